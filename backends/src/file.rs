@@ -1,0 +1,360 @@
+//! File-descriptor backends: RAM (a memfd), regular file, block device.
+//!
+//! All three are "bytes at offsets behind an fd", so one implementation
+//! serves them; what differs is how the fd is opened, whether a volatile
+//! cache sits in front (FLUSH and FUA do real work), and whether `O_DIRECT`
+//! is used. RAM lives in a memfd rather than a `Vec` so that it is sparse
+//! (a 1 GiB volume costs what was written) and so its pages can be spliced
+//! into a socket by the zero-copy path.
+
+use crate::{Backend, BackendError, BackendInfo, IoMode, Result, Sgl};
+use rustix::fs::FallocateFlags;
+use rustix::io::{Errno, ReadWriteFlags};
+use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, IoSliceMut, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+pub struct FileBackend {
+    info: BackendInfo,
+    /// The fd used for buffered I/O (and everything when not direct).
+    file: File,
+    /// An `O_DIRECT` fd when the volume is direct; I/O it cannot align
+    /// falls back to `file`.
+    direct: Option<File>,
+    /// fallocate modes the file system refused once; not tried again.
+    no_punch: std::sync::atomic::AtomicBool,
+    no_zero_range: std::sync::atomic::AtomicBool,
+}
+
+fn open_rw(path: &Path, read_only: bool, direct: bool, create: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(!read_only).create(create && !read_only);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path)
+}
+
+impl FileBackend {
+    /// A sparse RAM volume in a memfd.
+    pub fn ram(name: &str, size: u64, block_size: u32) -> Result<FileBackend> {
+        let fd = rustix::fs::memfd_create(format!("pinion-{name}"), rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| BackendError::Open(format!("memfd_create: {e}")))?;
+        let file = File::from(fd);
+        file.set_len(size)?;
+        Ok(FileBackend::new(
+            BackendInfo {
+                kind: "ram",
+                size,
+                block_size,
+                may_block: false,
+                read_only: false,
+                volatile_cache: false,
+                describe: "memfd".into(),
+            },
+            file,
+            None,
+        ))
+    }
+
+    /// A regular file, created with `size` when missing; an existing file
+    /// shorter than `size` is extended (never shrunk).
+    pub fn open_file(path: &Path, size: Option<u64>, block_size: u32, io_mode: IoMode, read_only: bool) -> Result<FileBackend> {
+        let exists = path.exists();
+        if !exists && size.is_none() {
+            return Err(BackendError::Open(format!("{} does not exist and no size is given", path.display())));
+        }
+        let file = open_rw(path, read_only, false, true)
+            .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
+        let cur = file.metadata()?.len();
+        let size = match size {
+            Some(s) => {
+                if cur < s {
+                    if read_only {
+                        return Err(BackendError::Open(format!("{}: {cur} bytes, shorter than size {s}", path.display())));
+                    }
+                    file.set_len(s)?;
+                }
+                s
+            }
+            None => cur - cur % u64::from(block_size),
+        };
+        if size == 0 {
+            return Err(BackendError::Open(format!("{}: empty", path.display())));
+        }
+        let direct = Self::open_direct(path, io_mode, read_only);
+        Ok(FileBackend::new(
+            BackendInfo {
+                kind: "file",
+                size,
+                block_size,
+                may_block: true,
+                read_only,
+                volatile_cache: true,
+                describe: path.display().to_string(),
+            },
+            file,
+            direct,
+        ))
+    }
+
+    /// A block device; its size comes from the device.
+    pub fn open_block(path: &Path, block_size: u32, io_mode: IoMode, read_only: bool) -> Result<FileBackend> {
+        let meta = std::fs::metadata(path).map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
+        if !meta.file_type().is_block_device() {
+            return Err(BackendError::Open(format!("{} is not a block device", path.display())));
+        }
+        let mut file = open_rw(path, read_only, false, false)
+            .map_err(|e| BackendError::Open(format!("{}: {e}", path.display())))?;
+        let size = file.seek(SeekFrom::End(0))?;
+        if let Ok(lbs) = rustix::fs::ioctl_blksszget(&file) {
+            if lbs > block_size {
+                return Err(BackendError::Open(format!(
+                    "{}: device logical block size {lbs} is larger than block_size {block_size}",
+                    path.display()
+                )));
+            }
+        }
+        // A block device is always used with O_DIRECT unless told otherwise:
+        // the target's own pool pages are its cache.
+        let mode = if io_mode == IoMode::Buffered { IoMode::Buffered } else { IoMode::Direct };
+        let direct = Self::open_direct(path, mode, read_only);
+        Ok(FileBackend::new(
+            BackendInfo {
+                kind: "block",
+                size: size - size % u64::from(block_size),
+                block_size,
+                may_block: true,
+                read_only,
+                volatile_cache: true,
+                describe: path.display().to_string(),
+            },
+            file,
+            direct,
+        ))
+    }
+
+    fn open_direct(path: &Path, io_mode: IoMode, read_only: bool) -> Option<File> {
+        if io_mode != IoMode::Direct {
+            return None;
+        }
+        match open_rw(path, read_only, true, false) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "O_DIRECT not available; using buffered I/O");
+                None
+            }
+        }
+    }
+
+    fn new(info: BackendInfo, file: File, direct: Option<File>) -> FileBackend {
+        FileBackend {
+            info,
+            file,
+            direct,
+            no_punch: false.into(),
+            no_zero_range: false.into(),
+        }
+    }
+
+    /// Direct I/O needs page-aligned memory (pool pages are) and lengths
+    /// and offsets aligned to the logical block size.
+    fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&File> {
+        let d = self.direct.as_ref()?;
+        let bs = u64::from(self.info.block_size);
+        let aligned = offset % bs == 0
+            && sgl.segments().iter().all(|s| {
+                s.len() as u64 % bs == 0 && (s.bytes().as_ptr() as usize) % crate::PAGE_SIZE == 0
+            });
+        aligned.then_some(d)
+    }
+
+    fn zero_fill(&self, offset: u64, len: u64) -> Result<()> {
+        let mut off = offset;
+        let end = offset + len;
+        while off < end {
+            let n = (end - off).min(1 << 20) as usize;
+            let z = Sgl::zeroes(n);
+            write_all(&self.file, off, &z.io_slices(), false)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn read_all(f: &File, mut offset: u64, mut bufs: &mut [IoSliceMut<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        let n = match rustix::io::preadv(f, bufs, offset) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            // past the end of the file: the rest reads as zeroes
+            for b in bufs.iter_mut() {
+                b.fill(0);
+            }
+            return Ok(());
+        }
+        IoSliceMut::advance_slices(&mut bufs, n);
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn write_all(f: &File, mut offset: u64, bufs: &[IoSlice<'_>], dsync: bool) -> std::io::Result<()> {
+    let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
+    let mut bufs = &mut owned[..];
+    let flags = if dsync { ReadWriteFlags::DSYNC } else { ReadWriteFlags::empty() };
+    while !bufs.is_empty() {
+        let n = match rustix::io::pwritev2(f, bufs, offset, flags) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+impl Backend for FileBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn read(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
+        self.check_range(offset, sgl.len() as u64)?;
+        if let Some(d) = self.direct_fd(offset, sgl) {
+            match read_all(d, offset, &mut sgl.io_slices_mut()) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                r => return Ok(r?),
+            }
+        }
+        Ok(read_all(&self.file, offset, &mut sgl.io_slices_mut())?)
+    }
+
+    fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()> {
+        self.check_range(offset, sgl.len() as u64)?;
+        if self.info.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        // FUA on a volume with a volatile cache: the write is durable before
+        // we return (RWF_DSYNC covers the data and what is needed to read it).
+        let dsync = fua && self.info.volatile_cache;
+        if let Some(d) = self.direct_fd(offset, sgl) {
+            match write_all(d, offset, &sgl.io_slices(), dsync) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                r => return Ok(r?),
+            }
+        }
+        Ok(write_all(&self.file, offset, &sgl.io_slices(), dsync)?)
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.info.volatile_cache && !self.info.read_only {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        if self.info.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if deallocate && !self.no_punch.load(Relaxed) {
+            match rustix::fs::fallocate(&self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_punch.store(true, Relaxed),
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+        }
+        if !self.no_zero_range.load(Relaxed) {
+            match rustix::fs::fallocate(&self.file, FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_zero_range.store(true, Relaxed),
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+        }
+        self.zero_fill(offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        // Deallocated blocks must read back as zeroes (we advertise it), so a
+        // file system that cannot punch holes gets zeroes written instead.
+        self.write_zeroes(offset, len, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Direction, PagePool};
+
+    async fn filled(pool: &PagePool, len: usize, byte: u8) -> Sgl {
+        let mut s = Sgl::alloc(pool, Direction::Dest, len).await;
+        assert!(s.copy_in(0, &vec![byte; len]));
+        s
+    }
+
+    async fn round_trip(b: &dyn Backend) {
+        let pool = PagePool::new(1 << 20, false);
+        let w = filled(&pool, 12288, 0x5c).await;
+        b.write(8192, &w, true).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 16384).await;
+        b.read(4096, &mut r).unwrap();
+        let v = r.to_vec();
+        assert!(v[..4096].iter().all(|&x| x == 0), "unwritten reads as zero");
+        assert!(v[4096..].iter().all(|&x| x == 0x5c));
+        b.write_zeroes(8192, 4096, false).unwrap();
+        b.discard(12288, 4096).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 12288).await;
+        b.read(8192, &mut r).unwrap();
+        let v = r.to_vec();
+        assert!(v[..8192].iter().all(|&x| x == 0));
+        assert!(v[8192..].iter().all(|&x| x == 0x5c));
+        b.flush().unwrap();
+        let size = b.info().size;
+        assert!(matches!(b.read(size - 4096 + 1, &mut r), Err(BackendError::OutOfRange { .. })));
+        assert!(b.write(u64::MAX - 10, &w, false).is_err());
+    }
+
+    #[tokio::test]
+    async fn ram_round_trip() {
+        let b = FileBackend::ram("t", 1 << 20, 4096).unwrap();
+        round_trip(&b).await;
+    }
+
+    #[tokio::test]
+    async fn file_round_trip_buffered_and_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.img");
+        let b = FileBackend::open_file(&p, Some(1 << 20), 512, IoMode::Buffered, false).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        round_trip(&b).await;
+        drop(b);
+        // reopen without a size: the file's size is used, data persists
+        let b = FileBackend::open_file(&p, None, 512, IoMode::Direct, false).unwrap();
+        assert_eq!(b.info().size, 1 << 20);
+        let pool = PagePool::new(1 << 20, false);
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 4096).await;
+        b.read(16384, &mut r).unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 0x5c));
+        round_trip(&b).await;
+    }
+
+    #[test]
+    fn missing_file_without_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = FileBackend::open_file(&dir.path().join("nope"), None, 4096, IoMode::Auto, false);
+        assert!(matches!(e, Err(BackendError::Open(_))));
+        let e = FileBackend::open_block(&dir.path().join("nope"), 4096, IoMode::Auto, false);
+        assert!(matches!(e, Err(BackendError::Open(_))));
+    }
+}

@@ -1,0 +1,113 @@
+//! Where Pinion's data lives.
+//!
+//! * [`pool`]: the page pool, driver-owned page-aligned pages with a fixed
+//!   budget and backpressure.
+//! * [`sgl`]: scatter-gather lists that carry their direction and, per
+//!   segment, the owner that decides how the segment is released.
+//! * [`Backend`] and its implementations: RAM (a memfd, so its pages can be
+//!   spliced later), null, regular file, block device.
+#![forbid(unsafe_code)]
+
+pub mod file;
+pub mod null;
+pub mod pool;
+pub mod sgl;
+
+use std::sync::Arc;
+
+pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
+pub use sgl::{Direction, Segment, Sgl};
+
+/// Errors of the storage layer; the target maps them to protocol status at
+/// the protocol boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("range {offset}+{len} outside the volume ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("volume is read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    Open(String),
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// What the rest of the server needs to know about a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub kind: &'static str,
+    pub size: u64,
+    pub block_size: u32,
+    /// I/O may sleep on a device: run it off the async workers.
+    pub may_block: bool,
+    pub read_only: bool,
+    /// Data reaches a volatile cache first, so FLUSH/FUA do real work.
+    pub volatile_cache: bool,
+    /// Path or description, for logs.
+    pub describe: String,
+}
+
+/// A volume's storage. Calls are synchronous: the caller decides whether to
+/// run them inline (RAM, null) or on a blocking thread (file, block), using
+/// [`BackendInfo::may_block`].
+pub trait Backend: Send + Sync + 'static {
+    fn info(&self) -> &BackendInfo;
+    /// Fills `sgl` with `sgl.len()` bytes starting at byte `offset`.
+    fn read(&self, offset: u64, sgl: &mut Sgl) -> Result<()>;
+    /// Writes the bytes of `sgl` at `offset`; with `fua` they are durable
+    /// before this returns.
+    fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<()>;
+    /// Zeroes a range; with `deallocate` the space may be released (it still
+    /// reads back as zeroes).
+    fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> Result<()>;
+    /// Releases a range; afterwards it reads back as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> Result<()>;
+
+    /// Checks that a byte range lies inside the volume.
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.info().size;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BackendError::OutOfRange { offset, len, size }),
+        }
+    }
+}
+
+/// How a file or block volume is read and written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoMode {
+    /// Per I/O; until the zero-copy path lands it behaves as `Buffered`.
+    Auto,
+    Buffered,
+    Direct,
+}
+
+/// Everything needed to open a volume.
+#[derive(Clone, Debug)]
+pub enum VolumeSpec {
+    Ram { size: u64, block_size: u32 },
+    Null { size: u64, block_size: u32 },
+    File { path: std::path::PathBuf, size: Option<u64>, block_size: u32, io_mode: IoMode, read_only: bool },
+    Block { path: std::path::PathBuf, block_size: u32, io_mode: IoMode, read_only: bool },
+}
+
+/// Opens a volume.
+pub fn open(name: &str, spec: &VolumeSpec) -> Result<Arc<dyn Backend>> {
+    let b: Arc<dyn Backend> = match spec {
+        VolumeSpec::Ram { size, block_size } => Arc::new(file::FileBackend::ram(name, *size, *block_size)?),
+        VolumeSpec::Null { size, block_size } => Arc::new(null::NullBackend::new(*size, *block_size)),
+        VolumeSpec::File { path, size, block_size, io_mode, read_only } => {
+            Arc::new(file::FileBackend::open_file(path, *size, *block_size, *io_mode, *read_only)?)
+        }
+        VolumeSpec::Block { path, block_size, io_mode, read_only } => {
+            Arc::new(file::FileBackend::open_block(path, *block_size, *io_mode, *read_only)?)
+        }
+    };
+    tracing::info!(volume = name, kind = b.info().kind, size = b.info().size, block_size = b.info().block_size,
+        path = %b.info().describe, "volume opened");
+    Ok(b)
+}

@@ -1,0 +1,213 @@
+//! The page pool: driver-owned, page-aligned pages, reused, with a fixed
+//! budget. When the budget is spent, allocation waits (backpressure); it
+//! never fails and never grows the pool past the budget.
+//!
+//! A [`Page`] is owned by exactly one holder at a time (an SGL segment, and
+//! through it a backend I/O or a send). It returns to the pool when dropped,
+//! so a page cannot be reused while anything still holds it: the borrow
+//! checker enforces for us what the kernel does with page references.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+pub const PAGE_SIZE: usize = 4096;
+
+/// Pattern written over released pages when poisoning is on.
+pub const POISON: u8 = 0xa5;
+
+/// Page-aligned so that `O_DIRECT` can use pool pages as they are.
+#[repr(C, align(4096))]
+pub struct PageBuf(pub [u8; PAGE_SIZE]);
+
+/// Pool usage, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub budget_pages: usize,
+    pub in_use: usize,
+    pub high_water: usize,
+    /// Pages ever allocated from the system (at most the budget).
+    pub allocated: usize,
+    /// Allocations that had to wait for pages.
+    pub waits: usize,
+}
+
+struct Inner {
+    budget: usize,
+    free: Mutex<Vec<Box<PageBuf>>>,
+    permits: Semaphore,
+    in_use: AtomicUsize,
+    high_water: AtomicUsize,
+    allocated: AtomicUsize,
+    waits: AtomicUsize,
+    poison: bool,
+}
+
+/// A shared handle to the pool.
+#[derive(Clone)]
+pub struct PagePool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PagePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PagePool({:?})", self.stats())
+    }
+}
+
+impl PagePool {
+    /// A pool of at most `budget_bytes` (rounded down to pages, at least
+    /// 256 pages so one maximum-size command always fits). Pages are
+    /// allocated on first use and then kept.
+    pub fn new(budget_bytes: u64, poison: bool) -> PagePool {
+        let budget = ((budget_bytes / PAGE_SIZE as u64) as usize).max(256);
+        PagePool {
+            inner: Arc::new(Inner {
+                budget,
+                free: Mutex::new(Vec::new()),
+                permits: Semaphore::new(budget),
+                in_use: AtomicUsize::new(0),
+                high_water: AtomicUsize::new(0),
+                allocated: AtomicUsize::new(0),
+                waits: AtomicUsize::new(0),
+                poison,
+            }),
+        }
+    }
+
+    pub fn budget_pages(&self) -> usize {
+        self.inner.budget
+    }
+
+    /// Takes `n` pages, waiting while the budget is spent.
+    pub async fn alloc(&self, n: usize) -> Vec<Page> {
+        assert!(n <= self.inner.budget, "request of {n} pages exceeds the pool budget");
+        let permit = match self.inner.permits.try_acquire_many(n as u32) {
+            Ok(p) => p,
+            Err(_) => {
+                self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                self.inner.permits.acquire_many(n as u32).await.expect("pool semaphore is never closed")
+            }
+        };
+        // Each Page gives its permit back on drop.
+        permit.forget();
+        self.take(n)
+    }
+
+    /// Takes `n` pages if they are available now.
+    pub fn try_alloc(&self, n: usize) -> Option<Vec<Page>> {
+        let permit = self.inner.permits.try_acquire_many(n as u32).ok()?;
+        permit.forget();
+        Some(self.take(n))
+    }
+
+    fn take(&self, n: usize) -> Vec<Page> {
+        let mut out = Vec::with_capacity(n);
+        {
+            let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
+            while out.len() < n {
+                match free.pop() {
+                    Some(buf) => out.push(Page { buf: Some(buf), pool: self.inner.clone() }),
+                    None => break,
+                }
+            }
+        }
+        while out.len() < n {
+            self.inner.allocated.fetch_add(1, Ordering::Relaxed);
+            out.push(Page { buf: Some(Box::new(PageBuf([0; PAGE_SIZE]))), pool: self.inner.clone() });
+        }
+        let now = self.inner.in_use.fetch_add(n, Ordering::Relaxed) + n;
+        self.inner.high_water.fetch_max(now, Ordering::Relaxed);
+        out
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            budget_pages: self.inner.budget,
+            in_use: self.inner.in_use.load(Ordering::Relaxed),
+            high_water: self.inner.high_water.load(Ordering::Relaxed),
+            allocated: self.inner.allocated.load(Ordering::Relaxed),
+            waits: self.inner.waits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One pool page, owned. Dropping it returns it to the pool.
+pub struct Page {
+    buf: Option<Box<PageBuf>>,
+    pool: Arc<Inner>,
+}
+
+impl Page {
+    pub fn as_slice(&self) -> &[u8; PAGE_SIZE] {
+        &self.buf.as_ref().expect("page present until drop").0
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8; PAGE_SIZE] {
+        &mut self.buf.as_mut().expect("page present until drop").0
+    }
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Page({:p})", self.as_slice().as_ptr())
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        if let Some(mut buf) = self.buf.take() {
+            if self.pool.poison {
+                buf.0.fill(POISON);
+            }
+            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+            self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.permits.add_permits(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn pages_are_aligned_and_reused() {
+        let pool = PagePool::new(256 * 4096, false);
+        let p = pool.alloc(2).await;
+        let a = p[0].as_slice().as_ptr() as usize;
+        assert_eq!(a % PAGE_SIZE, 0);
+        assert_eq!(pool.stats().in_use, 2);
+        drop(p);
+        assert_eq!(pool.stats().in_use, 0);
+        let q = pool.alloc(1).await;
+        assert_eq!(pool.stats().allocated, 2, "freed pages are reused, not reallocated");
+        assert!(q[0].as_slice().as_ptr() as usize == a || pool.stats().allocated == 2);
+        assert_eq!(pool.stats().high_water, 2);
+    }
+
+    #[tokio::test]
+    async fn empty_pool_applies_backpressure() {
+        let pool = PagePool::new(256 * 4096, false);
+        let all = pool.alloc(256).await;
+        assert!(pool.try_alloc(1).is_none());
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move { p2.alloc(4).await.len() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "allocation must wait, not fail or grow");
+        drop(all);
+        assert_eq!(waiter.await.unwrap(), 4);
+        assert_eq!(pool.stats().allocated, 256);
+        assert_eq!(pool.stats().waits, 1);
+    }
+
+    #[tokio::test]
+    async fn poisoning_marks_released_pages() {
+        let pool = PagePool::new(256 * 4096, true);
+        let mut p = pool.alloc(1).await;
+        p[0].as_mut_slice().fill(7);
+        drop(p);
+        let p = pool.alloc(1).await;
+        assert!(p[0].as_slice().iter().all(|&b| b == POISON));
+    }
+}

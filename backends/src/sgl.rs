@@ -1,0 +1,218 @@
+//! Scatter-gather lists with a direction and per-segment owners.
+//!
+//! The direction names what the bytes do *relative to the pages*, never
+//! "read"/"write" (which people mix up; see the kernel's ITER_SOURCE /
+//! ITER_DEST change in `shared/seeds/`):
+//! * [`Direction::Source`]: data leaves these pages (a READ's payload, sent
+//!   to the host);
+//! * [`Direction::Dest`]: data lands in these pages (a WRITE's payload,
+//!   received from the host).
+//!
+//! Each segment's owner decides its release: a [`Segment::Pool`] page goes
+//! back to the pool when the segment is dropped, which happens only once
+//! every user (backend I/O, send) has given the SGL up; a
+//! [`Segment::Static`] slice is never released.
+
+use crate::pool::{Page, PagePool, PAGE_SIZE};
+use std::io::{IoSlice, IoSliceMut};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Source,
+    Dest,
+}
+
+/// One all-zero page, shared read-only.
+pub static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+#[derive(Debug)]
+pub enum Segment {
+    /// A driver-owned pool page; `len` bytes from its start are in use.
+    Pool { page: Page, len: usize },
+    /// Shared read-only bytes (e.g. the zero page); never released.
+    Static { data: &'static [u8] },
+}
+
+impl Segment {
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Pool { len, .. } => *len,
+            Segment::Static { data } => data.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Pool { page, len } => &page.as_slice()[..*len],
+            Segment::Static { data } => data,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Sgl {
+    dir: Direction,
+    segs: Vec<Segment>,
+    len: usize,
+}
+
+impl Sgl {
+    /// An SGL of `len` bytes over freshly taken pool pages (waits for pages
+    /// when the pool is spent).
+    pub async fn alloc(pool: &PagePool, dir: Direction, len: usize) -> Sgl {
+        let pages = pool.alloc(len.div_ceil(PAGE_SIZE)).await;
+        Sgl::from_pages(dir, pages, len)
+    }
+
+    pub fn from_pages(dir: Direction, pages: Vec<Page>, len: usize) -> Sgl {
+        assert!(len <= pages.len() * PAGE_SIZE);
+        let mut left = len;
+        let segs = pages
+            .into_iter()
+            .map(|page| {
+                let l = left.min(PAGE_SIZE);
+                left -= l;
+                Segment::Pool { page, len: l }
+            })
+            .collect();
+        Sgl { dir, segs, len }
+    }
+
+    /// A source of `len` zero bytes that owns no pages.
+    pub fn zeroes(len: usize) -> Sgl {
+        let mut segs = Vec::with_capacity(len.div_ceil(PAGE_SIZE));
+        let mut left = len;
+        while left > 0 {
+            let l = left.min(PAGE_SIZE);
+            segs.push(Segment::Static { data: &ZERO_PAGE[..l] });
+            left -= l;
+        }
+        Sgl { dir: Direction::Source, segs, len }
+    }
+
+    pub fn empty(dir: Direction) -> Sgl {
+        Sgl { dir, segs: Vec::new(), len: 0 }
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn segments(&self) -> &[Segment] {
+        &self.segs
+    }
+
+    /// The pages a backend filled become the payload of a READ: from now on
+    /// data leaves them.
+    pub fn into_source(mut self) -> Sgl {
+        self.dir = Direction::Source;
+        self
+    }
+
+    /// Slices to write out (to a file or a socket).
+    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
+        self.segs.iter().map(|s| IoSlice::new(s.bytes())).collect()
+    }
+
+    /// Mutable slices for a backend to fill, covering `len()` bytes. Static
+    /// segments cannot be filled; a source SGL of them is already complete.
+    pub fn io_slices_mut(&mut self) -> Vec<IoSliceMut<'_>> {
+        self.segs
+            .iter_mut()
+            .filter_map(|s| match s {
+                Segment::Pool { page, len } => Some(IoSliceMut::new(&mut page.as_mut_slice()[..*len])),
+                Segment::Static { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The writable byte ranges covering `[offset, offset + len)`, in
+    /// order, so a receiver can read socket data straight into the pages.
+    /// Returns `None` when the range is outside the SGL or touches a
+    /// segment that cannot be written.
+    pub fn dest_slices(&mut self, offset: usize, len: usize) -> Option<Vec<&mut [u8]>> {
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        let end = offset + len;
+        for s in self.segs.iter_mut() {
+            let slen = s.len();
+            let (sstart, send) = (pos, pos + slen);
+            pos = send;
+            if send <= offset || len == 0 {
+                continue;
+            }
+            if sstart >= end {
+                break;
+            }
+            let a = offset.max(sstart) - sstart;
+            let b = end.min(send) - sstart;
+            match s {
+                Segment::Pool { page, .. } => out.push(&mut page.as_mut_slice()[a..b]),
+                Segment::Static { .. } => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Copies bytes in at `offset` (in-capsule data already in memory).
+    pub fn copy_in(&mut self, offset: usize, mut data: &[u8]) -> bool {
+        let Some(slices) = self.dest_slices(offset, data.len()) else { return false };
+        for s in slices {
+            let n = s.len();
+            s.copy_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        true
+    }
+
+    /// Copies the SGL's bytes out, in order (tests and small payloads).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for s in &self.segs {
+            v.extend_from_slice(s.bytes());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dest_slices_cover_page_boundaries() {
+        let pool = PagePool::new(1 << 20, false);
+        let mut s = Sgl::alloc(&pool, Direction::Dest, 3 * PAGE_SIZE - 100).await;
+        assert_eq!(s.segments().len(), 3);
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        assert!(s.copy_in(4000, &data));
+        let v = s.to_vec();
+        assert_eq!(&v[4000..9000], &data[..]);
+        let sl = s.dest_slices(4000, 5000).unwrap();
+        assert_eq!(sl.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![96, 4096, 808]);
+        assert!(s.dest_slices(3 * PAGE_SIZE - 150, 51).is_none(), "past the end");
+        assert!(s.dest_slices(usize::MAX, 2).is_none(), "overflow");
+        let s = s.into_source();
+        assert_eq!(s.direction(), Direction::Source);
+        assert_eq!(s.io_slices().iter().map(|x| x.len()).sum::<usize>(), s.len());
+    }
+
+    #[test]
+    fn zeroes_own_nothing() {
+        let mut z = Sgl::zeroes(10000);
+        assert_eq!(z.len(), 10000);
+        assert!(z.to_vec().iter().all(|&b| b == 0));
+        assert!(z.io_slices_mut().is_empty());
+        assert!(z.dest_slices(0, 1).is_none());
+    }
+}

@@ -1,0 +1,860 @@
+use super::*;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+
+const EXAMPLE: &str = include_str!("../../deploy/examples/pinion.toml");
+const RAM_AND_NULL: &str = include_str!("../../deploy/examples/ram-and-null.toml");
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The error text for a config that must be rejected.
+fn err(toml: &str) -> String {
+    match Config::from_toml_str(toml) {
+        Ok(c) => panic!("accepted:\n{toml}\n=> {c:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_err(toml: &str, needles: &[&str]) {
+    let e = err(toml);
+    for n in needles {
+        assert!(
+            e.contains(n),
+            "expected {n:?} in error:\n{e}\n--- for config:\n{toml}"
+        );
+    }
+}
+
+/// A RAM volume and a subsystem using it, so a case only has to add the part under test.
+const BASE: &str = r#"
+[[volume]]
+name = "v0"
+backend = "ram"
+size = "1MiB"
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:a"
+namespaces = ["v0"]
+"#;
+
+fn with_base(extra: &str) -> String {
+    format!("{BASE}\n{extra}")
+}
+
+fn env(pairs: &[(&str, &str)]) -> Option<Vec<(String, OsString)>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------- examples and defaults
+
+#[test]
+fn example_file_parses_to_expected_values() {
+    let c = Config::from_toml_str(EXAMPLE).unwrap();
+    let expected = Config {
+        nvme_tcp: NvmeTcpConfig {
+            listen: vec![addr("127.0.0.1:4420")],
+            ..Default::default()
+        },
+        iscsi: IscsiConfig {
+            listen: vec![addr("127.0.0.1:3260")],
+        },
+        volume: vec![VolumeConfig {
+            name: "vol1".into(),
+            backend: BackendKind::File,
+            path: Some("/dev/shm/pinion-vol1.img".into()),
+            size: Some(256 << 20),
+            io_mode: IoMode::Auto,
+            block_size: 4096,
+            read_only: false,
+        }],
+        subsystem: vec![SubsystemConfig {
+            nqn: "nqn.2026-11.io.pinion:vol1".into(),
+            namespaces: vec!["vol1".into()],
+            hosts: vec!["*".into()],
+            serial: None,
+            model: None,
+        }],
+        iscsi_target: vec![IscsiTargetConfig {
+            iqn: "iqn.2026-11.io.pinion:vol1".into(),
+            luns: vec!["vol1".into()],
+            initiators: vec!["*".into()],
+        }],
+        memory: MemoryConfig { pool: 256 << 20 },
+        log: LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        },
+        debug: DebugConfig {
+            poison_released_pages: false,
+        },
+    };
+    assert_eq!(c, expected);
+    assert_eq!(c.nvme_tcp.inline_data_size, 16384);
+    assert_eq!(c.nvme_tcp.max_queue_size, 128);
+    assert_eq!(c.nvme_tcp.max_io_queues, 8);
+    assert_eq!(c.nvme_tcp.max_h2c_data, 131072);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn ram_and_null_example_parses() {
+    let c = Config::from_toml_str(RAM_AND_NULL).unwrap();
+    assert_eq!(c.volume.len(), 2);
+    let ram = c.volume("ram0").unwrap();
+    assert_eq!(
+        (ram.backend, ram.size, ram.block_size),
+        (BackendKind::Ram, Some(1 << 30), 4096)
+    );
+    let null = c.volume("null0").unwrap();
+    assert_eq!(
+        (null.backend, null.size, null.block_size),
+        (BackendKind::Null, Some(16 << 30), 512)
+    );
+    assert_eq!(c.subsystem.len(), 2);
+    assert_eq!(c.subsystem[0].serial.as_deref(), Some("PINION-RAM0"));
+    assert_eq!(c.subsystem[1].namespaces, ["null0"]);
+    assert!(c.iscsi.listen.is_empty());
+    assert_eq!(c.nvme_tcp.inline_data_size, 16384);
+    assert_eq!(c.nvme_tcp.max_h2c_data, 131072);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn default_ram_validates() {
+    let c = Config::default_ram();
+    c.validate().unwrap();
+    assert!(c.warnings().is_empty());
+    let v = c.volume("ram0").unwrap();
+    assert_eq!(
+        (v.backend, v.size, v.block_size, v.path.as_ref()),
+        (BackendKind::Ram, Some(1 << 30), 4096, None)
+    );
+    assert_eq!(c.subsystem[0].nqn, "nqn.2026-11.io.pinion:default");
+    assert_eq!(c.subsystem[0].namespaces, ["ram0"]);
+    assert_eq!(c.subsystem[0].hosts, ["*"]);
+    assert_eq!(c.iscsi_target[0].iqn, "iqn.2026-11.io.pinion:default");
+    assert_eq!(c.iscsi_target[0].luns, ["ram0"]);
+    assert_eq!(c.nvme_tcp.listen, [addr("127.0.0.1:4420")]);
+    assert_eq!(c.iscsi.listen, [addr("127.0.0.1:3260")]);
+    assert!(c.volume("nope").is_none());
+}
+
+#[test]
+fn empty_config_is_valid_with_defaults() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.nvme_tcp.listen, [addr("127.0.0.1:4420")]);
+    assert_eq!(c.iscsi.listen, [addr("127.0.0.1:3260")]);
+    assert_eq!(c.memory.pool, 256 << 20);
+    assert_eq!(c.log.level, "info");
+}
+
+#[test]
+fn partial_sections_keep_other_defaults() {
+    let c = Config::from_toml_str(
+        "[nvme_tcp]\nmax_io_queues = 4\ninline_data_size = \"8KiB\"\n[log]\nformat = \"json\"\n[memory]\npool = 8388608\n",
+    )
+    .unwrap();
+    assert_eq!(c.nvme_tcp.listen, [addr("127.0.0.1:4420")]);
+    assert_eq!(c.nvme_tcp.max_io_queues, 4);
+    assert_eq!(c.nvme_tcp.inline_data_size, 8192);
+    assert_eq!(c.nvme_tcp.max_queue_size, 128);
+    assert_eq!(
+        c.log,
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Json
+        }
+    );
+    assert_eq!(c.memory.pool, 8 << 20);
+}
+
+#[test]
+fn volume_defaults_and_options() {
+    let c = Config::from_toml_str(&with_base(
+        "[[volume]]\nname = \"n.1_x-y\"\nbackend = \"null\"\nsize = 4096\nio_mode = \"direct\"\nblock_size = \"512\"\nread_only = true\n",
+    ))
+    .unwrap();
+    let v0 = &c.volume[0];
+    assert_eq!(
+        (v0.io_mode, v0.block_size, v0.read_only),
+        (IoMode::Auto, 4096, false)
+    );
+    let v1 = c.volume("n.1_x-y").unwrap();
+    assert_eq!(
+        (v1.io_mode, v1.block_size, v1.read_only, v1.size),
+        (IoMode::Direct, 512, true, Some(4096))
+    );
+    assert_eq!(
+        c.warnings(),
+        [r#"volume[1] "n.1_x-y" is not used by any [[subsystem]] or [[iscsi_target]]"#]
+    );
+}
+
+// ---------------------------------------------------------------- schema pre-pass
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    assert_err("colour = 1\n", &[r#"unknown key "colour" at top level"#]);
+    assert_err(
+        "[volumes]\nx = 1\n",
+        &[r#"unknown key "volumes" at top level (did you mean "volume"?)"#],
+    );
+}
+
+#[test]
+fn unknown_key_in_volume_is_named_with_index() {
+    let toml = with_base("[[volume]]\nname = \"v1\"\nbackend = \"ram\"\nsise = \"1MiB\"\n");
+    assert_err(
+        &toml,
+        &[
+            r#"unknown key "sise" in volume[1]"#,
+            r#"did you mean "size"?"#,
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_in_sections_are_named() {
+    assert_err(
+        "[log]\nlevel = \"info\"\nformt = \"json\"\n",
+        &[r#"unknown key "formt" in log"#],
+    );
+    assert_err(
+        "[nvme_tcp]\nport = 4420\n",
+        &[r#"unknown key "port" in nvme_tcp"#, "known keys: listen"],
+    );
+    assert_err(
+        &with_base("[[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = [\"v0\"]\nhost = [\"*\"]\n"),
+        &[r#"unknown key "host" in subsystem[1]"#],
+    );
+    assert_err(
+        "[[iscsi_target]]\niqn = \"iqn.x\"\nluns = []\nlun = 1\n",
+        &[r#"unknown key "lun" in iscsi_target[0]"#],
+    );
+    assert_err(
+        "[debug]\npoison = true\n",
+        &[r#"unknown key "poison" in debug"#],
+    );
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    assert_err(
+        "[[volume]]\nname = \"v\"\n",
+        &[r#"missing required key "backend" in volume[0]"#],
+    );
+    assert_err(
+        "[[subsystem]]\nnqn = \"nqn.x\"\n",
+        &[r#"missing required key "namespaces" in subsystem[0]"#],
+    );
+    assert_err(
+        "[[iscsi_target]]\nluns = []\n",
+        &[r#"missing required key "iqn" in iscsi_target[0]"#],
+    );
+}
+
+#[test]
+fn bad_size_string_names_key_and_value() {
+    let toml = with_base("[[volume]]\nname = \"v1\"\nbackend = \"ram\"\nsize = \"12XB\"\n");
+    assert_eq!(
+        err(&toml),
+        r#"volume[1].size: "12XB" is not a size (use e.g. 512MiB, 1GiB, 4096)"#
+    );
+    assert_err("[memory]\npool = -5\n", &["memory.pool:", "is not a size"]);
+    assert_err("[memory]\npool = 1.5\n", &["memory.pool: expected a size"]);
+    assert_err(
+        "[nvme_tcp]\nmax_h2c_data = \"8GiB\"\n",
+        &["nvme_tcp.max_h2c_data: 8 GiB is too large"],
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    assert_err(
+        "[nvme_tcp]\nmax_queue_size = \"64\"\n",
+        &[r#"nvme_tcp.max_queue_size: expected an integer, found string "64""#],
+    );
+    assert_err(
+        "[nvme_tcp]\nmax_io_queues = 70000\n",
+        &["nvme_tcp.max_io_queues: 70000 is out of range"],
+    );
+    assert_err(
+        "[nvme_tcp]\nlisten = \"127.0.0.1:4420\"\n",
+        &["nvme_tcp.listen: expected an array"],
+    );
+    assert_err(
+        "[nvme_tcp]\nlisten = [\"localhost:4420\"]\n",
+        &[r#"nvme_tcp.listen[0]: "localhost:4420" is not an address:port"#],
+    );
+    assert_err(
+        "[iscsi]\nlisten = [3260]\n",
+        &["iscsi.listen[0]: expected a string"],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"v1\"\nbackend = \"disk\"\n"),
+        &[r#"volume[1].backend: "disk" is not one of "ram", "null", "file", "block""#],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = 7\nbackend = \"ram\"\n"),
+        &["volume[1].name: expected a string, found integer 7"],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"v1\"\nbackend = \"ram\"\nread_only = \"yes\"\n"),
+        &["volume[1].read_only: expected true or false"],
+    );
+    assert_err(
+        "[[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = [\"a\", 2]\n",
+        &["subsystem[0].namespaces[1]: expected a string"],
+    );
+    assert_err(
+        "[log]\nformat = \"xml\"\n",
+        &[r#"log.format: "xml" is not one of "text", "json""#],
+    );
+    assert_err(
+        "[volume]\nname = \"v\"\nbackend = \"ram\"\n",
+        &["volume: write [[volume]] (an array of tables), not [volume]"],
+    );
+    assert_err("log = \"debug\"\n", &["log: expected a table [log]"]);
+}
+
+#[test]
+fn syntax_errors_say_so() {
+    let e = Config::from_toml_str("[log\nlevel = 1").unwrap_err();
+    assert!(matches!(e, ConfError::Syntax { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("<string>: invalid TOML"), "{e}");
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let e = Config::from_toml_str("foo = 1\n[log]\nbar = 2\n[nvme_tcp]\nmax_io_queues = \"x\"\n")
+        .unwrap_err();
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["foo", "nvme_tcp.max_io_queues", "log.bar"]);
+    assert_eq!(e.to_string().lines().count(), 3);
+}
+
+/// The pre-pass schema must describe exactly what serde accepts, or it would reject valid files
+/// (or wave through keys that serde then rejects with a pathless message).
+#[test]
+fn schema_matches_serde_structs() {
+    let mut full = Config::default_ram();
+    full.volume[0].path = Some("/x".into());
+    full.subsystem[0].serial = Some("s".into());
+    full.subsystem[0].model = Some("m".into());
+    let tree = config::Config::try_from(&full).unwrap();
+    assert_eq!(schema::check(&tree.cache), []);
+
+    // Every schema key appears in the serialised form, so the schema has no stale keys.
+    fn walk(v: &config::Value, fields: &[schema::Field], at: &str) {
+        let config::ValueKind::Table(t) = &v.kind else {
+            panic!("{at}: not a table")
+        };
+        for f in fields {
+            let child = t
+                .get(f.key)
+                .unwrap_or_else(|| panic!("{at}.{}: in schema, not serialised", f.key));
+            match f.kind {
+                schema::Kind::Section(sub) => walk(child, sub, f.key),
+                schema::Kind::Tables(sub) => match &child.kind {
+                    config::ValueKind::Array(items) => walk(&items[0], sub, f.key),
+                    _ => panic!("{}: not an array", f.key),
+                },
+                _ => {}
+            }
+        }
+    }
+    walk(&tree.cache, schema::ROOT, "");
+
+    // And the serialised form deserialises back to the same value.
+    let back: Config = tree.try_deserialize().unwrap();
+    assert_eq!(back, full);
+}
+
+// ---------------------------------------------------------------- validation rules
+
+#[test]
+fn volume_name_rules() {
+    assert_err(
+        &with_base("[[volume]]\nname = \"\"\nbackend = \"ram\"\nsize = 4096\n"),
+        &["volume[1].name: must not be empty"],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"a b\"\nbackend = \"ram\"\nsize = 4096\n"),
+        &[r#"volume[1].name: "a b" may only contain"#],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"v0\"\nbackend = \"null\"\nsize = 4096\n"),
+        &[r#"volume[1].name: "v0" is already used by volume[0]"#],
+    );
+}
+
+#[test]
+fn ram_and_null_rules() {
+    assert_err(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\n",
+        &[r#"volume[0].size: required for backend "ram""#],
+    );
+    assert_err(
+        "[[volume]]\nname = \"n\"\nbackend = \"null\"\n",
+        &[r#"volume[0].size: required for backend "null""#],
+    );
+    assert_err(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\nsize = 4096\npath = \"/tmp/x\"\n",
+        &[r#"volume[0].path: not allowed for backend "ram""#],
+    );
+}
+
+#[test]
+fn size_and_block_size_rules() {
+    assert_err(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\nsize = 0\n",
+        &["volume[0].size: must be greater than 0"],
+    );
+    assert_err(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\nsize = \"1MB\"\n",
+        &["volume[0].size: 1000000 bytes is not a multiple of block_size 4096"],
+    );
+    assert_err(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\nsize = 4096\nblock_size = 1024\n",
+        &["volume[0].block_size: 1024 is not supported (use 512 or 4096)"],
+    );
+    // 512-byte blocks allow sizes that 4096 would not.
+    Config::from_toml_str(
+        "[[volume]]\nname = \"r\"\nbackend = \"ram\"\nsize = 1536\nblock_size = 512\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn file_backend_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    assert_err(
+        "[[volume]]\nname = \"f\"\nbackend = \"file\"\nsize = 4096\n",
+        &[r#"volume[0].path: required for backend "file""#],
+    );
+    // Missing file: size required, then the server creates it.
+    assert_err(
+        &format!("[[volume]]\nname = \"f\"\nbackend = \"file\"\npath = \"{d}/new.img\"\n"),
+        &["volume[0].size: required because", "new.img does not exist"],
+    );
+    Config::from_toml_str(&format!(
+        "[[volume]]\nname = \"f\"\nbackend = \"file\"\npath = \"{d}/new.img\"\nsize = \"1MiB\"\n"
+    ))
+    .unwrap();
+    // Missing directory.
+    assert_err(&format!("[[volume]]\nname = \"f\"\nbackend = \"file\"\npath = \"{d}/no/such.img\"\nsize = 4096\n"), &[
+        "volume[0].path: directory",
+        "does not exist",
+    ]);
+    // Existing file: size optional.
+    let img = dir.path().join("old.img");
+    std::fs::write(&img, vec![0u8; 8192]).unwrap();
+    let c = Config::from_toml_str(&format!(
+        "[[volume]]\nname = \"f\"\nbackend = \"file\"\npath = \"{}\"\n",
+        img.display()
+    ))
+    .unwrap();
+    assert_eq!(c.volume[0].path.as_deref(), Some(img.as_path()));
+    assert_eq!(c.volume[0].size, None);
+    // A directory is not a file.
+    assert_err(
+        &format!("[[volume]]\nname = \"f\"\nbackend = \"file\"\npath = \"{d}\"\n"),
+        &["volume[0].path:", "is a directory"],
+    );
+}
+
+#[test]
+fn block_backend_rules() {
+    assert_err(
+        "[[volume]]\nname = \"b\"\nbackend = \"block\"\n",
+        &[r#"volume[0].path: required for backend "block""#],
+    );
+    assert_err(
+        "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"/dev/x\"\n",
+        &["volume[0].path: /dev/x does not exist"],
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    assert_err(
+        &format!(
+            "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"{}\"\n",
+            file.path().display()
+        ),
+        &["volume[0].path:", "is not a block device"],
+    );
+    assert_err(
+        "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"/dev/x\"\nsize = \"1GiB\"\n",
+        &["volume[0].size: not allowed for backend \"block\" (the size is taken from the device)"],
+    );
+    // A real block device passes, where the machine has one visible.
+    let dev = std::fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        });
+    if let Some(dev) = dev {
+        Config::from_toml_str(&format!(
+            "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"{}\"\n",
+            dev.display()
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn subsystem_nqn_rules() {
+    let sub = |nqn: &str| {
+        with_base(&format!(
+            "[[subsystem]]\nnqn = \"{nqn}\"\nnamespaces = [\"v0\"]\n"
+        ))
+    };
+    assert_err(
+        &sub("nvme.x"),
+        &[r#"subsystem[1].nqn: "nvme.x" must start with "nqn.""#],
+    );
+    assert_err(
+        &sub(&format!("nqn.{}", "a".repeat(220))),
+        &["subsystem[1].nqn: is 224 bytes (at most 223)"],
+    );
+    assert_err(
+        &sub(DISCOVERY_NQN),
+        &["subsystem[1].nqn: is the discovery subsystem NQN"],
+    );
+    assert_err(
+        &sub("nqn.2026-11.io.pinion:a"),
+        &[r#"subsystem[1].nqn: "nqn.2026-11.io.pinion:a" is already used by subsystem[0]"#],
+    );
+    Config::from_toml_str(&sub(&format!("nqn.{}", "a".repeat(219)))).unwrap();
+}
+
+#[test]
+fn subsystem_namespace_rules() {
+    assert_err(
+        "[[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = []\n",
+        &["subsystem[0].namespaces: must list at least one volume"],
+    );
+    assert_err(
+        &with_base("[[subsystem]]\nnqn = \"nqn.b\"\nnamespaces = [\"v0\", \"v9\"]\n"),
+        &[r#"subsystem[1].namespaces[1]: no volume named "v9" (volumes: v0)"#],
+    );
+    assert_err(
+        &with_base("[[subsystem]]\nnqn = \"nqn.b\"\nnamespaces = [\"v0\", \"v0\"]\n"),
+        &[r#"subsystem[1].namespaces[1]: "v0" is already listed as subsystem[1].namespaces[0]"#],
+    );
+    // The same volume in two subsystems is fine.
+    Config::from_toml_str(&with_base(
+        "[[subsystem]]\nnqn = \"nqn.b\"\nnamespaces = [\"v0\"]\n",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn subsystem_host_serial_model_rules() {
+    let sub = |extra: &str| {
+        with_base(&format!(
+            "[[subsystem]]\nnqn = \"nqn.b\"\nnamespaces = [\"v0\"]\n{extra}\n"
+        ))
+    };
+    assert_err(
+        &sub("hosts = []"),
+        &["subsystem[1].hosts: must not be empty"],
+    );
+    assert_err(
+        &sub("hosts = [\"*\", \"\"]"),
+        &[r#"subsystem[1].hosts[1]: "" is neither "*" nor a host NQN"#],
+    );
+    assert_err(
+        &sub("hosts = [\"host1\"]"),
+        &[r#"subsystem[1].hosts[0]: "host1" is neither"#],
+    );
+    assert_err(
+        &sub(&format!("serial = \"{}\"", "1".repeat(21))),
+        &["subsystem[1].serial:", "is 21 bytes (at most 20)"],
+    );
+    assert_err(
+        &sub("serial = \"tab\\there\""),
+        &["subsystem[1].serial:", "printable ASCII"],
+    );
+    assert_err(
+        &sub("serial = \"café\""),
+        &["subsystem[1].serial:", "printable ASCII"],
+    );
+    assert_err(
+        &sub(&format!("model = \"{}\"", "m".repeat(41))),
+        &["subsystem[1].model:", "is 41 bytes (at most 40)"],
+    );
+    let ok = Config::from_toml_str(&sub(&format!(
+        "hosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]\nserial = \"{}\"\nmodel = \"{}\"",
+        "1".repeat(20),
+        "m".repeat(40)
+    )))
+    .unwrap();
+    assert_eq!(ok.subsystem[1].hosts, ["nqn.2014-08.org.nvmexpress:uuid:1"]);
+}
+
+#[test]
+fn iscsi_target_rules() {
+    let tgt = |iqn: &str, luns: &str| {
+        with_base(&format!(
+            "[[iscsi_target]]\niqn = \"{iqn}\"\nluns = {luns}\n"
+        ))
+    };
+    Config::from_toml_str(&tgt("iqn.2026-11.io.pinion:t", "[\"v0\"]")).unwrap();
+    Config::from_toml_str(&tgt("eui.0123456789abcdef", "[\"v0\"]")).unwrap();
+    Config::from_toml_str(&tgt("naa.0123456789abcdef", "[\"v0\"]")).unwrap();
+    assert_err(
+        &tgt("target1", "[\"v0\"]"),
+        &[r#"iscsi_target[0].iqn: "target1" must start with "iqn.""#],
+    );
+    assert_err(
+        &tgt("iqn.x", "[\"v0\", \"nope\"]"),
+        &[r#"iscsi_target[0].luns[1]: no volume named "nope""#],
+    );
+    assert_err(
+        &tgt("iqn.x", "[\"v0\", \"v0\"]"),
+        &[r#"iscsi_target[0].luns[1]: "v0" is already listed as iscsi_target[0].luns[0]"#],
+    );
+    assert_err(
+        &tgt("iqn.x", "[]"),
+        &["iscsi_target[0].luns: must list at least one volume"],
+    );
+    let two = with_base("[[iscsi_target]]\niqn = \"iqn.x\"\nluns = [\"v0\"]\n[[iscsi_target]]\niqn = \"IQN.X\"\nluns = [\"v0\"]\n");
+    assert_err(
+        &two,
+        &[r#"iscsi_target[1].iqn: "IQN.X" is already used by iscsi_target[0]"#],
+    );
+    let bad_init =
+        with_base("[[iscsi_target]]\niqn = \"iqn.x\"\nluns = [\"v0\"]\ninitiators = [\"bob\"]\n");
+    assert_err(
+        &bad_init,
+        &[r#"iscsi_target[0].initiators[0]: "bob" is neither"#],
+    );
+}
+
+#[test]
+fn listen_rules() {
+    assert_err(
+        "[nvme_tcp]\nlisten = [\"127.0.0.1:4420\", \"127.0.0.1:4420\"]\n",
+        &["nvme_tcp.listen[1]: 127.0.0.1:4420 is also listed as nvme_tcp.listen[0]"],
+    );
+    assert_err(
+        "[nvme_tcp]\nlisten = [\"0.0.0.0:4420\", \"10.0.0.1:4420\"]\n",
+        &["nvme_tcp.listen[1]: 10.0.0.1:4420 overlaps nvme_tcp.listen[0]"],
+    );
+    assert_err(
+        "[iscsi]\nlisten = [\"127.0.0.1:4420\"]\n",
+        &["iscsi.listen[0]: 127.0.0.1:4420 is also listed as nvme_tcp.listen[0]"],
+    );
+    // Different families, different ports, and ephemeral ports don't collide.
+    Config::from_toml_str(
+        "[nvme_tcp]\nlisten = [\"0.0.0.0:4420\", \"[::]:4420\", \"127.0.0.1:4421\"]\n",
+    )
+    .unwrap();
+    Config::from_toml_str(
+        "[nvme_tcp]\nlisten = [\"127.0.0.1:0\"]\n[iscsi]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let c = Config::from_toml_str("[nvme_tcp]\nlisten = []\n[iscsi]\nlisten = []\n").unwrap();
+    assert!(c.nvme_tcp.listen.is_empty() && c.iscsi.listen.is_empty());
+}
+
+#[test]
+fn nvme_tcp_limit_rules() {
+    for (toml, needle) in [
+        (
+            "inline_data_size = 4096",
+            "nvme_tcp.inline_data_size: 4096 is out of range (8192..=131072)",
+        ),
+        (
+            "inline_data_size = \"256KiB\"",
+            "nvme_tcp.inline_data_size: 262144 is out of range",
+        ),
+        (
+            "max_queue_size = 8",
+            "nvme_tcp.max_queue_size: 8 is out of range (16..=128)",
+        ),
+        (
+            "max_queue_size = 256",
+            "nvme_tcp.max_queue_size: 256 is out of range",
+        ),
+        (
+            "max_io_queues = 0",
+            "nvme_tcp.max_io_queues: 0 is out of range (1..=64)",
+        ),
+        (
+            "max_io_queues = 65",
+            "nvme_tcp.max_io_queues: 65 is out of range",
+        ),
+        (
+            "max_h2c_data = 1024",
+            "nvme_tcp.max_h2c_data: 1024 is out of range (at least 4096)",
+        ),
+    ] {
+        assert_err(&format!("[nvme_tcp]\n{toml}\n"), &[needle]);
+    }
+    let c = Config::from_toml_str(
+        "[nvme_tcp]\ninline_data_size = \"128KiB\"\nmax_queue_size = 16\nmax_io_queues = 64\nmax_h2c_data = \"1MiB\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.nvme_tcp.max_h2c_data, 1 << 20);
+}
+
+#[test]
+fn memory_and_log_rules() {
+    assert_err(
+        "[memory]\npool = \"1MiB\"\n",
+        &["memory.pool: 1 MiB is too small (at least 4 MiB)"],
+    );
+    assert_err(
+        "[memory]\npool = 4194305\n",
+        &["memory.pool: 4194305 bytes is not a multiple of 4096"],
+    );
+    assert_err("[log]\nlevel = \" \"\n", &["log.level: must not be empty"]);
+    assert_eq!(
+        Config::from_toml_str("[memory]\npool = \"4MiB\"\n")
+            .unwrap()
+            .memory
+            .pool,
+        4 << 20
+    );
+}
+
+#[test]
+fn validate_reports_every_problem() {
+    let mut c = Config::default_ram();
+    c.memory.pool = 0;
+    c.volume[0].block_size = 1000;
+    c.subsystem[0].namespaces.push("missing".into());
+    let e = c.validate().unwrap_err();
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "volume[0].block_size",
+            "subsystem[0].namespaces[1]",
+            "memory.pool"
+        ]
+    );
+    for p in e.problems() {
+        assert!(p.message.starts_with(&p.key), "{p}");
+    }
+}
+
+#[test]
+fn warnings_for_unused_volumes_and_unreachable_services() {
+    let c = Config::from_toml_str(
+        "[nvme_tcp]\nlisten = []\n[[volume]]\nname = \"a\"\nbackend = \"ram\"\nsize = 4096\n[[volume]]\nname = \"b\"\nbackend = \"ram\"\nsize = 4096\n\
+         [[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = [\"a\"]\n",
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains(r#"volume[1] "b" is not used"#), "{w:?}");
+    assert!(w[1].contains("nvme_tcp.listen is empty"), "{w:?}");
+}
+
+// ---------------------------------------------------------------- loading and environment
+
+#[test]
+fn env_overrides_apply() {
+    let c = load::load_str(
+        EXAMPLE,
+        "example",
+        env(&[
+            ("HOME", "/root"),
+            ("PINION_LOG__LEVEL", "debug"),
+            ("PINION_LOG__FORMAT", "json"),
+            ("PINION_MEMORY__POOL", "512MiB"),
+            ("PINION_NVME_TCP__MAX_IO_QUEUES", "4"),
+            ("PINION_NVME_TCP__LISTEN", "0.0.0.0:4420,[::]:4420"),
+            ("PINION_ISCSI__LISTEN", "127.0.0.1:3261"),
+            ("PINION_DEBUG__POISON_RELEASED_PAGES", "true"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.log,
+        LogConfig {
+            level: "debug".into(),
+            format: LogFormat::Json
+        }
+    );
+    assert_eq!(c.memory.pool, 512 << 20);
+    assert_eq!(c.nvme_tcp.max_io_queues, 4);
+    assert_eq!(c.nvme_tcp.listen, [addr("0.0.0.0:4420"), addr("[::]:4420")]);
+    assert_eq!(c.iscsi.listen, [addr("127.0.0.1:3261")]);
+    assert!(c.debug.poison_released_pages);
+    // The file's other values survive.
+    assert_eq!(c.volume[0].name, "vol1");
+}
+
+#[test]
+fn bad_env_overrides_are_named() {
+    let e = load::load_str(
+        "",
+        "x",
+        env(&[
+            ("PINION_LOG__LEVLE", "debug"),
+            ("PINION_VOLUME__0__NAME", "x"),
+            ("PINION_NVME_TCP__MAX_IO_QUEUES", "many"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        r#"environment variable PINION_LOG__LEVLE: unknown key "levle" in log (did you mean "level"?)"#,
+        "environment variable PINION_VOLUME__0__NAME: [[volume]] entries cannot be set from the environment",
+        r#"nvme_tcp.max_io_queues: expected an integer, found string "many""#,
+    ] {
+        assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+    }
+    let e = load::load_str("", "x", env(&[("PINION_MEMORY__POOL", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        r#"memory.pool: "lots" is not a size (use e.g. 512MiB, 1GiB, 4096)"#
+    );
+}
+
+/// The only test that touches the process environment; no other test reads `PINION_*`.
+#[test]
+fn load_reads_file_and_process_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pinion.toml");
+    std::fs::write(&path, "[log]\nlevel = \"warn\"\n").unwrap();
+    std::env::set_var("PINION_LOG__LEVEL", "pinion_target=trace,info");
+    let loaded = Config::load(&path);
+    std::env::remove_var("PINION_LOG__LEVEL");
+    assert_eq!(loaded.unwrap().log.level, "pinion_target=trace,info");
+    // Without the override, the file's value.
+    assert_eq!(
+        load::load_file(&path, Vec::new()).unwrap().log.level,
+        "warn"
+    );
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let e = load::load_file(&missing, Vec::new()).unwrap_err();
+    assert!(matches!(e, ConfError::Read { .. }), "{e:?}");
+    assert!(e.to_string().contains("missing.toml"), "{e}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[volume]\n").unwrap();
+    let e = load::load_file(&bad, Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("bad.toml: invalid TOML"), "{e}");
+}

@@ -34,6 +34,10 @@ pub struct PoolStats {
 
 struct Inner {
     budget: usize,
+    /// Pages that wait on the peer (R2T transfers) are capped below the
+    /// budget: the connection reader needs pages for in-capsule data to make
+    /// progress, and it is the reader that completes those transfers.
+    peer_permits: Semaphore,
     free: Mutex<Vec<Box<PageBuf>>>,
     permits: Semaphore,
     in_use: AtomicUsize,
@@ -64,6 +68,7 @@ impl PagePool {
         PagePool {
             inner: Arc::new(Inner {
                 budget,
+                peer_permits: Semaphore::new(budget - (budget / 8).max(64)),
                 free: Mutex::new(Vec::new()),
                 permits: Semaphore::new(budget),
                 in_use: AtomicUsize::new(0),
@@ -91,30 +96,44 @@ impl PagePool {
         };
         // Each Page gives its permit back on drop.
         permit.forget();
-        self.take(n)
+        self.take(n, false)
+    }
+
+    /// Takes `n` pages for a transfer whose completion depends on the peer
+    /// (data the host will send after an R2T). These never take the last
+    /// eighth of the budget, so pages for in-capsule data can always be had
+    /// and a full pool cannot stall the reader that would free it.
+    pub async fn alloc_waiting_on_peer(&self, n: usize) -> Vec<Page> {
+        let peer = self.inner.peer_permits.acquire_many(n as u32).await.expect("pool semaphore is never closed");
+        peer.forget();
+        let mut pages = self.alloc(n).await;
+        for p in &mut pages {
+            p.peer = true;
+        }
+        pages
     }
 
     /// Takes `n` pages if they are available now.
     pub fn try_alloc(&self, n: usize) -> Option<Vec<Page>> {
         let permit = self.inner.permits.try_acquire_many(n as u32).ok()?;
         permit.forget();
-        Some(self.take(n))
+        Some(self.take(n, false))
     }
 
-    fn take(&self, n: usize) -> Vec<Page> {
+    fn take(&self, n: usize, peer: bool) -> Vec<Page> {
         let mut out = Vec::with_capacity(n);
         {
             let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
             while out.len() < n {
                 match free.pop() {
-                    Some(buf) => out.push(Page { buf: Some(buf), pool: self.inner.clone() }),
+                    Some(buf) => out.push(Page { buf: Some(buf), pool: self.inner.clone(), peer }),
                     None => break,
                 }
             }
         }
         while out.len() < n {
             self.inner.allocated.fetch_add(1, Ordering::Relaxed);
-            out.push(Page { buf: Some(Box::new(PageBuf([0; PAGE_SIZE]))), pool: self.inner.clone() });
+            out.push(Page { buf: Some(Box::new(PageBuf([0; PAGE_SIZE]))), pool: self.inner.clone(), peer });
         }
         let now = self.inner.in_use.fetch_add(n, Ordering::Relaxed) + n;
         self.inner.high_water.fetch_max(now, Ordering::Relaxed);
@@ -136,6 +155,8 @@ impl PagePool {
 pub struct Page {
     buf: Option<Box<PageBuf>>,
     pool: Arc<Inner>,
+    /// Counted against the peer-wait cap too.
+    peer: bool,
 }
 
 impl Page {
@@ -162,6 +183,9 @@ impl Drop for Page {
             self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
             self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
             self.pool.permits.add_permits(1);
+            if self.peer {
+                self.pool.peer_permits.add_permits(1);
+            }
         }
     }
 }
@@ -199,6 +223,20 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), 4);
         assert_eq!(pool.stats().allocated, 256);
         assert_eq!(pool.stats().waits, 1);
+    }
+
+    #[tokio::test]
+    async fn peer_waits_leave_a_reserve() {
+        let pool = PagePool::new(1024 * 4096, false);
+        let held = pool.alloc_waiting_on_peer(1024 - 128).await;
+        let p2 = pool.clone();
+        let more = tokio::spawn(async move { p2.alloc_waiting_on_peer(1).await.len() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!more.is_finished(), "the reserve is not for peer waits");
+        // in-capsule data can still be received
+        assert_eq!(pool.try_alloc(128).map(|v| v.len()), Some(128));
+        drop(held);
+        assert_eq!(more.await.unwrap(), 1);
     }
 
     #[tokio::test]

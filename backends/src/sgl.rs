@@ -66,6 +66,13 @@ impl Sgl {
         Sgl::from_pages(dir, pages, len)
     }
 
+    /// Like [`Sgl::alloc`], for data that the peer has yet to send (see
+    /// [`PagePool::alloc_waiting_on_peer`]).
+    pub async fn alloc_waiting_on_peer(pool: &PagePool, len: usize) -> Sgl {
+        let pages = pool.alloc_waiting_on_peer(len.div_ceil(PAGE_SIZE)).await;
+        Sgl::from_pages(Direction::Dest, pages, len)
+    }
+
     pub fn from_pages(dir: Direction, pages: Vec<Page>, len: usize) -> Sgl {
         assert!(len <= pages.len() * PAGE_SIZE);
         let mut left = len;

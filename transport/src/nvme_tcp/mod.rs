@@ -1,0 +1,258 @@
+//! NVMe/TCP queue connections (one TCP connection = one NVMe queue).
+//!
+//! [`accept`] performs the ICReq/ICResp exchange and then runs two tasks:
+//! the reader, which turns PDUs into [`Command`]s (and routes H2CData to the
+//! command that asked for it with an R2T), and the writer, which sends what
+//! the [`Responder`] queues. The NVMe layer above sees only commands in and
+//! completions and data out.
+
+mod reader;
+mod writer;
+
+use nvme_types::tcp::{self, Digests, Fes, Limits};
+use nvme_types::{Cqe, Status};
+use pinion_backends::{PagePool, Sgl};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Transport-level settings for a listener.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Largest in-capsule data accepted (advertised through IOCCSZ).
+    pub max_inline: u32,
+    /// Largest H2CData payload accepted (ICResp MAXH2CDATA).
+    pub max_h2c_data: u32,
+    /// How long a new connection may take to send its ICReq.
+    pub icreq_timeout: std::time::Duration,
+}
+
+/// Errors of the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Pdu(#[from] tcp::PduError),
+    #[error("header digest mismatch")]
+    HeaderDigest,
+    #[error("timed out waiting for ICReq")]
+    IcReqTimeout,
+    #[error("host terminated the connection: FES {0:?}")]
+    HostTerminated(Fes),
+    #[error("connection closed")]
+    Closed,
+}
+
+/// What the handshake settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub digests: Digests,
+    /// Host PDU data alignment (0-based dwords) for the PDUs we send.
+    pub hpda: u8,
+    pub max_h2c_data: u32,
+}
+
+/// A command capsule from the host.
+#[derive(Debug)]
+pub struct Command {
+    pub sqe: nvme_types::Sqe,
+    /// In-capsule data, already received into pool pages.
+    pub data: Option<Sgl>,
+    /// Set when the in-capsule data failed its digest: the command must
+    /// complete with this status without being executed.
+    pub data_error: Option<Status>,
+}
+
+/// A data transfer the host was asked for with an R2T.
+struct PendingXfer {
+    cccid: u16,
+    sgl: Sgl,
+    received: usize,
+    done: oneshot::Sender<Result<Sgl, Status>>,
+}
+
+struct Shared {
+    pending: Mutex<HashMap<u16, PendingXfer>>,
+    next_ttag: Mutex<u16>,
+}
+
+/// Items for the writer.
+enum Tx {
+    Resp(Cqe),
+    /// C2HData carrying `data`; `resp` follows it unless the SUCCESS flag is
+    /// used (`resp == None`).
+    Data { cccid: u16, data: Sgl, resp: Option<Cqe> },
+    R2t { cccid: u16, ttag: u16, offset: u32, len: u32 },
+    /// Fatal: C2HTermReq, then close.
+    Term { fes: Fes, fei: u32, hdr: Vec<u8> },
+}
+
+/// Sends completions and data, and asks the host for data. Cheap to clone;
+/// the connection closes once every clone and the [`Connection`] are gone.
+#[derive(Clone)]
+pub struct Responder {
+    tx: mpsc::Sender<Tx>,
+    shared: Arc<Shared>,
+    negotiated: Negotiated,
+}
+
+impl Responder {
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Sends a response capsule.
+    pub async fn complete(&self, cqe: Cqe) {
+        let _ = self.tx.send(Tx::Resp(cqe)).await;
+    }
+
+    /// Sends read data, then `resp`; with `resp == None` the data PDU carries
+    /// the SUCCESS flag instead (only when the host disabled SQ flow
+    /// control, because no CQE will report SQHD).
+    pub async fn send_data(&self, cccid: u16, data: Sgl, resp: Option<Cqe>) {
+        let _ = self.tx.send(Tx::Data { cccid, data, resp }).await;
+    }
+
+    /// Asks the host for `sgl.len()` bytes of a write with an R2T and waits
+    /// until they have landed in `sgl`. An error is the status the command
+    /// must complete with.
+    pub async fn receive_data(&self, cccid: u16, sgl: Sgl) -> Result<Sgl, Status> {
+        let len = sgl.len() as u32;
+        let (done, wait) = oneshot::channel();
+        let ttag = {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = self.shared.next_ttag.lock().unwrap_or_else(|e| e.into_inner());
+            // queue depth is at most 128, so a free tag is always near
+            while pending.contains_key(&*next) {
+                *next = next.wrapping_add(1);
+            }
+            let t = *next;
+            *next = next.wrapping_add(1);
+            pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
+            t
+        };
+        if self.tx.send(Tx::R2t { cccid, ttag, offset: 0, len }).await.is_err() {
+            self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&ttag);
+            return Err(Status::ABORT_QUEUE);
+        }
+        wait.await.unwrap_or(Err(Status::ABORT_QUEUE))
+    }
+
+    /// Ends the connection with a C2HTermReq (a fatal protocol error found
+    /// above the framing layer).
+    pub async fn terminate(&self, fes: Fes, fei: u32) {
+        let _ = self.tx.send(Tx::Term { fes, fei, hdr: Vec::new() }).await;
+    }
+}
+
+/// One accepted queue connection.
+pub struct Connection {
+    /// Commands in arrival order; `None` once the connection is gone.
+    pub commands: mpsc::Receiver<Command>,
+    pub responder: Responder,
+    pub peer: std::net::SocketAddr,
+    reader: JoinHandle<()>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Stops reading; queued sends still go out, then the socket closes
+    /// once the last [`Responder`] is dropped.
+    pub fn close(&self) {
+        self.reader.abort();
+    }
+
+    /// Waits until the writer has flushed and closed the socket.
+    pub async fn closed(mut self) {
+        self.reader.abort();
+        let writer = self.writer.take();
+        drop(self);
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Runs the ICReq/ICResp exchange on a new socket and starts the queue's
+/// reader and writer tasks.
+pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
+    let peer = stream.peer_addr()?;
+    let mut buf = [0u8; 128];
+    let limits = Limits { max_inline: cfg.max_inline, max_data: cfg.max_h2c_data };
+    let read = async {
+        stream.read_exact(&mut buf[..8]).await?;
+        let ch = tcp::CommonHeader::read_from_bytes(&buf[..8]).expect("8 bytes");
+        let layout = tcp::check_header(&ch, tcp::Role::Controller, false, Digests::default(), limits)?;
+        stream.read_exact(&mut buf[8..8 + layout.rest_of_header()]).await?;
+        Ok::<_, TransportError>(layout)
+    };
+    let layout = match tokio::time::timeout(cfg.icreq_timeout, read).await {
+        Err(_) => return Err(TransportError::IcReqTimeout),
+        Ok(Err(TransportError::Pdu(e))) => {
+            let _ = send_term_now(&mut stream, e.fes, e.fei, &buf[..8]).await;
+            return Err(e.into());
+        }
+        Ok(r) => r?,
+    };
+    let icreq = match tcp::Pdu::parse(&layout, &buf)? {
+        tcp::Pdu::IcReq(r) => r,
+        _ => unreachable!("check_header admits only ICReq before the handshake"),
+    };
+    let fail = |fei: u32, reason: &'static str| tcp::PduError { fes: Fes::UNSUPPORTED_PARAMETER, fei, reason };
+    let err = if icreq.pfv.get() != 0 {
+        Some(fail(8, "unsupported PDU format version"))
+    } else if icreq.hpda > 31 {
+        Some(fail(10, "HPDA out of range"))
+    } else {
+        None
+    };
+    if let Some(e) = err {
+        let _ = send_term_now(&mut stream, e.fes, e.fei, &buf).await;
+        return Err(e.into());
+    }
+    let digests = Digests {
+        header: icreq.digest & tcp::digest::HDGST_ENABLE != 0,
+        data: icreq.digest & tcp::digest::DDGST_ENABLE != 0,
+    };
+    let resp = tcp::IcResp {
+        ch: tcp::common_header(tcp::PduType::IC_RESP, 0, 128, 0, 128),
+        pfv: 0.into(),
+        cpda: 0,
+        digest: icreq.digest & (tcp::digest::HDGST_ENABLE | tcp::digest::DDGST_ENABLE),
+        maxdata: cfg.max_h2c_data.into(),
+        rsvd: [0; 112],
+    };
+    stream.write_all(resp.as_bytes()).await?;
+    let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data };
+    tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
+
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(512);
+    let (cmd_tx, commands) = mpsc::channel(256);
+    let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), next_ttag: Mutex::new(0) });
+    let span = tracing::Span::current();
+    let writer = tokio::spawn(tracing::Instrument::instrument(writer::run(wr, rx, negotiated), span.clone()));
+    let reader = tokio::spawn(tracing::Instrument::instrument(
+        reader::run(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), cmd_tx, tx: tx.clone() }),
+        span,
+    ));
+    Ok(Connection { commands, responder: Responder { tx, shared, negotiated }, peer, reader, writer: Some(writer) })
+}
+
+/// A C2HTermReq written directly (before the writer task exists).
+async fn send_term_now(stream: &mut TcpStream, fes: Fes, fei: u32, hdr: &[u8]) -> std::io::Result<()> {
+    let bytes = writer::term_req(fes, fei, hdr);
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await
+}

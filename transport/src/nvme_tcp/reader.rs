@@ -1,0 +1,213 @@
+//! The receive side of a queue: every PDU is checked whole (common header,
+//! header, digest, lengths, transfer tags) before anything acts on it.
+
+use super::{Command, PendingXfer, Shared, TransportError, Tx};
+use crate::digest::{crc32c, crc32c_sgl};
+use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HLEN};
+use nvme_types::Status;
+use pinion_backends::{PagePool, Sgl};
+use std::io::ErrorKind;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use zerocopy::FromBytes;
+
+pub(super) struct State {
+    pub negotiated: super::Negotiated,
+    pub limits: Limits,
+    pub pool: PagePool,
+    pub shared: Arc<Shared>,
+    pub cmd_tx: mpsc::Sender<Command>,
+    pub tx: mpsc::Sender<Tx>,
+}
+
+enum Stop {
+    /// The host closed the connection or the command consumer went away.
+    Done,
+    Io(std::io::Error),
+    /// A protocol error: C2HTermReq with the offending header, then close.
+    Fatal(PduError, Vec<u8>),
+    HostTerm(Fes, u32),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        if e.kind() == ErrorKind::UnexpectedEof {
+            Stop::Done
+        } else {
+            Stop::Io(e)
+        }
+    }
+}
+
+fn fatal(fes: Fes, fei: u32, reason: &'static str, hdr: &[u8]) -> Stop {
+    Stop::Fatal(PduError { fes, fei, reason }, hdr.to_vec())
+}
+
+pub(super) async fn run(rd: OwnedReadHalf, st: State) {
+    // Headers are small and frequent: buffer them. Large data reads bypass
+    // the buffer when it is empty.
+    let mut rd = BufReader::with_capacity(16 * 1024, rd);
+    match read_loop(&mut rd, &st).await {
+        Stop::Done => tracing::debug!("queue connection closed by host"),
+        Stop::Io(e) => tracing::info!(error = %e, "queue connection lost"),
+        Stop::HostTerm(fes, fei) => {
+            tracing::warn!(fes = ?fes, fei, error = %TransportError::HostTerminated(fes), "host sent H2CTermReq")
+        }
+        Stop::Fatal(e, hdr) => {
+            tracing::warn!(fes = ?e.fes, fei = e.fei, reason = e.reason, "fatal PDU error; sending C2HTermReq");
+            let _ = st.tx.send(Tx::Term { fes: e.fes, fei: e.fei, hdr }).await;
+        }
+    }
+    // Transfers still waiting for data will never get it.
+    st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
+    let mut d = [0u8; DIGEST_LEN];
+    rd.read_exact(&mut d).await?;
+    Ok(u32::from_le_bytes(d))
+}
+
+/// Reads `len` bytes from the socket straight into the SGL's pages.
+async fn read_into<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, len: usize) -> std::io::Result<bool> {
+    let Some(slices) = sgl.dest_slices(offset, len) else { return Ok(false) };
+    for s in slices {
+        rd.read_exact(s).await?;
+    }
+    Ok(true)
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(rd: &mut R, st: &State) -> Stop {
+    let digests = st.negotiated.digests;
+    let mut hdr = [0u8; MAX_HLEN + DIGEST_LEN];
+    loop {
+        if let Err(e) = rd.read_exact(&mut hdr[..8]).await {
+            return e.into();
+        }
+        let ch = tcp::CommonHeader::read_from_bytes(&hdr[..8]).expect("8 bytes");
+        let layout = match tcp::check_header(&ch, Role::Controller, true, digests, st.limits) {
+            Ok(l) => l,
+            Err(e) => return Stop::Fatal(e, hdr[..8].to_vec()),
+        };
+        let hlen = layout.hlen;
+        if let Err(e) = rd.read_exact(&mut hdr[8..8 + layout.rest_of_header()]).await {
+            return e.into();
+        }
+        if layout.header_digest {
+            let want = u32::from_le_bytes(hdr[hlen..hlen + 4].try_into().expect("4 bytes"));
+            if crc32c(&hdr[..hlen]) != want {
+                return fatal(Fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch", &hdr[..hlen]);
+            }
+        }
+        let pdu = match Pdu::parse(&layout, &hdr[..hlen]) {
+            Ok(p) => p,
+            Err(e) => return Stop::Fatal(e, hdr[..hlen].to_vec()),
+        };
+        if layout.pad > 0 {
+            let mut pad = [0u8; 256];
+            if let Err(e) = rd.read_exact(&mut pad[..layout.pad]).await {
+                return e.into();
+            }
+        }
+        let r = match pdu {
+            Pdu::CapsuleCmd(c) => capsule(rd, st, &layout, c.sqe).await,
+            Pdu::H2CData(d) => h2c_data(rd, st, &layout, &d, &hdr[..hlen]).await,
+            Pdu::H2CTermReq(t) => {
+                let mut data = vec![0u8; layout.data_len];
+                let _ = rd.read_exact(&mut data).await;
+                let fei = u32::from(t.feil.get()) | (u32::from(t.feiu.get()) << 16);
+                Err(Stop::HostTerm(Fes(t.fes.get()), fei))
+            }
+            // check_header admits nothing else on a connected controller queue
+            _ => Err(fatal(Fes::INVALID_HEADER_FIELD, 0, "unexpected PDU", &hdr[..hlen])),
+        };
+        if let Err(stop) = r {
+            return stop;
+        }
+    }
+}
+
+async fn capsule<R: AsyncRead + Unpin>(rd: &mut R, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
+    let mut data = None;
+    let mut data_error = None;
+    if layout.data_len > 0 {
+        let mut sgl = Sgl::alloc(&st.pool, pinion_backends::Direction::Dest, layout.data_len).await;
+        read_into(rd, &mut sgl, 0, layout.data_len).await?;
+        if layout.data_digest {
+            let want = read_digest(rd).await?;
+            if crc32c_sgl(&sgl) != want {
+                tracing::warn!(cid = sqe.cid(), "in-capsule data digest mismatch");
+                data_error = Some(Status::TRANSIENT_TRANSPORT_ERROR);
+            }
+        }
+        data = Some(sgl);
+    }
+    st.cmd_tx.send(Command { sqe, data, data_error }).await.map_err(|_| Stop::Done)
+}
+
+async fn h2c_data<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    st: &State,
+    layout: &tcp::Layout,
+    d: &tcp::DataHdr,
+    hdr: &[u8],
+) -> Result<(), Stop> {
+    let ttag = d.ttag.get();
+    let (datao, datal) = (d.datao.get() as usize, d.datal.get() as usize);
+    let Some(mut x) = st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&ttag) else {
+        return Err(fatal(Fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag", hdr));
+    };
+    if x.cccid != d.cccid.get() {
+        return Err(fatal(Fes::INVALID_HEADER_FIELD, 8, "H2CData command id does not match its R2T", hdr));
+    }
+    // We send one R2T per command for the whole transfer and take its data
+    // in order, as the Linux host sends it.
+    if datao != x.received {
+        return Err(fatal(Fes::DATA_OUT_OF_RANGE, 12, "H2CData offset out of order", hdr));
+    }
+    if datao + datal > x.sgl.len() {
+        return Err(fatal(Fes::DATA_OUT_OF_RANGE, 16, "H2CData beyond the requested range", hdr));
+    }
+    let _ = layout;
+    read_into(rd, &mut x.sgl, datao, datal).await?;
+    let mut digest_ok = true;
+    if layout.data_digest {
+        let want = read_digest(rd).await?;
+        let got = x
+            .sgl
+            .segments()
+            .iter()
+            .scan(0usize, |pos, s| {
+                let start = *pos;
+                *pos += s.len();
+                Some((start, s))
+            })
+            .filter(|(start, s)| start + s.len() > datao && *start < datao + datal)
+            .fold(0u32, |c, (start, s)| {
+                let a = datao.saturating_sub(start);
+                let b = (datao + datal - start).min(s.len());
+                crc32c::crc32c_append(c, &s.bytes()[a..b])
+            });
+        digest_ok = got == want;
+    }
+    x.received += datal;
+    if !digest_ok {
+        tracing::warn!(cid = x.cccid, ttag, "H2CData digest mismatch");
+        let _ = x.done.send(Err(Status::TRANSIENT_TRANSPORT_ERROR));
+        // the rest of this transfer (if any) is unknown-tag and fatal; the
+        // Linux host sends one PDU per R2T chunk and stops on the error
+        return Ok(());
+    }
+    let last = d.ch.flags & tcp::flags::LAST_PDU != 0;
+    if x.received == x.sgl.len() {
+        let PendingXfer { sgl, done, .. } = x;
+        let _ = done.send(Ok(sgl));
+    } else if last {
+        return Err(fatal(Fes::PDU_SEQUENCE_ERROR, 1, "last H2CData before the transfer was complete", hdr));
+    } else {
+        st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(ttag, x);
+    }
+    Ok(())
+}

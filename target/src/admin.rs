@@ -1,0 +1,309 @@
+//! Admin commands: Identify, Get Log Page, Set/Get Features, Asynchronous
+//! Event Request, Keep Alive, Abort.
+
+use crate::ctrl::CtrlState;
+use crate::queue::{QueueCtx, Reply};
+use crate::subsys::SubsysKind;
+use nvme_types::command::{feature, Opcode};
+use nvme_types::identify::{self, cns, IdentifyController, IdentifyNamespace};
+use nvme_types::log::{self, effects, lid, EffectsLog, FwSlotLog, GetLogPage, SmartLog};
+use nvme_types::{ascii_field, nul_field, Sqe, Status};
+use std::sync::atomic::Ordering::Relaxed;
+use zerocopy::{FromZeros, IntoBytes};
+
+pub const FIRMWARE_REV: &str = env!("CARGO_PKG_VERSION");
+const MAX_AERS: usize = 4;
+const BROADCAST_NSID: u32 = 0xffff_ffff;
+
+/// `None`: the command completes later (an AER).
+pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    let r = match sqe.opcode() {
+        Opcode::IDENTIFY => identify(ctx, sqe).await,
+        Opcode::GET_LOG_PAGE => get_log_page(ctx, sqe).await,
+        Opcode::SET_FEATURES => set_features(ctx, sqe),
+        Opcode::GET_FEATURES => get_features(ctx, sqe).await,
+        Opcode::KEEP_ALIVE => Reply::ok(),
+        Opcode::ASYNC_EVENT => {
+            let mut s = ctx.ctrl.lock();
+            if s.aers.len() >= MAX_AERS {
+                Err(Status::ASYNC_LIMIT.dnr())
+            } else {
+                s.aers.push(sqe.cid());
+                return None;
+            }
+        }
+        // Nothing is ever queued long enough to abort: "not aborted".
+        Opcode::ABORT if !discovery => Reply::result(1),
+        op => {
+            tracing::info!(opcode = ?op, "unsupported admin command");
+            Err(Status::INVALID_OPCODE.dnr())
+        }
+    };
+    Some(r)
+}
+
+async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+    let c = sqe.cdw10.get() as u8;
+    let nsid = sqe.nsid();
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    match c {
+        cns::CONTROLLER => {
+            let id = identify_controller(ctx);
+            ctx.data_reply(sqe, id.as_bytes(), 0).await
+        }
+        cns::NAMESPACE if !discovery => {
+            let ns = ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+            let mut id = IdentifyNamespace::new_zeroed();
+            let nsze = ns.nsze();
+            id.nsze = nsze.into();
+            id.ncap = nsze.into();
+            id.nuse = nsze.into();
+            // thin provisioning: deallocate is supported
+            id.nsfeat = 1 << 0;
+            // deallocated blocks read as zeroes; Write Zeroes may deallocate
+            id.dlfeat = 0x1 | 1 << 3;
+            // may be attached to several controllers
+            id.nmic = 1;
+            id.nvmcap = log::u128_le(u128::from(ns.backend.info().size));
+            id.nguid = ns.nguid;
+            id.eui64 = ns.eui64;
+            id.lbaf[0] = (u32::from(ns.lba_shift()) << 16).into();
+            ctx.data_reply(sqe, id.as_bytes(), 0).await
+        }
+        cns::ACTIVE_NS_LIST if !discovery => {
+            let mut list = Vec::with_capacity(4096);
+            for ns in ctx.subsys.namespaces.iter().filter(|n| n.nsid > nsid).take(1024) {
+                list.extend_from_slice(&ns.nsid.to_le_bytes());
+            }
+            ctx.data_reply(sqe, &list, 0).await
+        }
+        cns::NS_DESC_LIST if !discovery => {
+            let ns = ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+            ctx.data_reply(sqe, &identify::ns_desc_list(ns.eui64, ns.nguid, ns.uuid), 0).await
+        }
+        _ => {
+            tracing::debug!(cns = c, "unsupported identify CNS");
+            Err(Status::INVALID_FIELD.dnr())
+        }
+    }
+}
+
+pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    let lim = ctx.reg.limits;
+    let mut id = IdentifyController::zeroed();
+    id.sn = ascii_field(&ctx.subsys.serial);
+    id.mn = ascii_field(&ctx.subsys.model);
+    id.fr = ascii_field(FIRMWARE_REV);
+    id.rab = 6;
+    id.cntlid = ctx.ctrl.cntlid.into();
+    id.ver = crate::fabrics::VERSION_1_3.into();
+    id.mdts = lim.mdts;
+    id.maxcmd = lim.max_queue_size.into();
+    // keep-alive granularity: 100 ms units
+    id.kas = 10.into();
+    // extended Get Log Page data (offsets)
+    id.lpa = 1 << 2;
+    id.sgls = (1 << 0 | 1 << 20).into();
+    id.subnqn = nul_field(&ctx.subsys.nqn);
+    id.ioccsz = ((64 + lim.inline_data_size) / 16).into();
+    id.iorcsz = 1.into();
+    id.msdbd = 1;
+    id.sqes = 0x66;
+    id.cqes = 0x44;
+    id.aerl = (MAX_AERS - 1) as u8;
+    if discovery {
+        id.cntrltype = identify::cntrltype::DISCOVERY;
+        return id;
+    }
+    id.cntrltype = identify::cntrltype::IO;
+    // several controllers may share the subsystem
+    id.cmic = 1 << 1;
+    // namespace attribute notices
+    id.oaes = (1 << 8).into();
+    // 128-bit host identifier
+    id.ctratt = 1.into();
+    id.acl = 3;
+    // one read-only firmware slot
+    id.frmw = 1 << 1 | 1;
+    id.lpa |= 1 << 1;
+    id.wctemp = 0x157.into();
+    id.cctemp = 0x175.into();
+    id.nn = (ctx.subsys.namespaces.len() as u32).into();
+    id.oncs = (identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    // volatile write cache present; Flush accepts the broadcast NSID
+    id.vwc = 1 | 0x3 << 1;
+    id
+}
+
+async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+    let g = GetLogPage::from_sqe(sqe);
+    let max = ctx.reg.limits.max_transfer();
+    let want = crate::queue::transfer_len(sqe, max)?;
+    if g.len as usize != want || g.offset % 4 != 0 {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    let page: Vec<u8> = match g.lid {
+        lid::DISCOVERY if discovery => crate::discovery::log_page(ctx),
+        lid::ERROR if !discovery => vec![0; 64],
+        lid::SMART if !discovery => smart_log(ctx, sqe.nsid())?.as_bytes().to_vec(),
+        lid::FW_SLOT if !discovery => {
+            let mut f = FwSlotLog::new_zeroed();
+            f.afi = 1;
+            f.frs[0] = ascii_field(FIRMWARE_REV);
+            f.as_bytes().to_vec()
+        }
+        lid::CHANGED_NS if !discovery => {
+            let mut s = ctx.ctrl.lock();
+            let mut v = vec![0u8; 4096];
+            if s.changed_ns.len() > 1024 {
+                // more than the list holds: the spec's "too many" marker
+                v[..4].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+            } else {
+                for (i, n) in s.changed_ns.iter().enumerate() {
+                    v[i * 4..i * 4 + 4].copy_from_slice(&n.to_le_bytes());
+                }
+            }
+            if !g.rae {
+                s.changed_ns.clear();
+            }
+            v
+        }
+        lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
+        l => {
+            tracing::debug!(lid = l, "unsupported log page");
+            return Err(Status::INVALID_LOG_PAGE.dnr());
+        }
+    };
+    let off = g.offset as usize;
+    if off > page.len() {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    ctx.data_reply(sqe, &page[off..], 0).await
+}
+
+fn smart_log(ctx: &QueueCtx, nsid: u32) -> Result<SmartLog, Status> {
+    let nss: Vec<_> = if nsid == 0 || nsid == BROADCAST_NSID {
+        ctx.subsys.namespaces.iter().collect()
+    } else {
+        vec![ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?]
+    };
+    let sum = |f: &dyn Fn(&crate::subsys::NsStats) -> u64| -> u128 { nss.iter().map(|n| u128::from(f(&n.stats))).sum() };
+    // data units are thousands of 512-byte units, rounded up
+    let units = |bytes: u128| bytes.div_ceil(512 * 1000);
+    let mut s = SmartLog::new_zeroed();
+    s.temperature = 293.into();
+    s.avail_spare = 100;
+    s.spare_thresh = 10;
+    s.data_units_read = log::u128_le(units(sum(&|x| x.bytes_read.load(Relaxed))));
+    s.data_units_written = log::u128_le(units(sum(&|x| x.bytes_written.load(Relaxed))));
+    s.host_reads = log::u128_le(sum(&|x| x.read_cmds.load(Relaxed)));
+    s.host_writes = log::u128_le(sum(&|x| x.write_cmds.load(Relaxed)));
+    s.power_cycles = log::u128_le(1);
+    Ok(s)
+}
+
+fn effects_log() -> EffectsLog {
+    let mut e = EffectsLog::new_zeroed();
+    for op in [Opcode::GET_LOG_PAGE, Opcode::IDENTIFY, Opcode::ABORT, Opcode::SET_FEATURES, Opcode::GET_FEATURES, Opcode::ASYNC_EVENT, Opcode::KEEP_ALIVE] {
+        e.acs[op.0 as usize] = effects::CSUPP.into();
+    }
+    use nvme_types::command::io;
+    e.iocs[io::FLUSH.0 as usize] = effects::CSUPP.into();
+    e.iocs[io::READ.0 as usize] = effects::CSUPP.into();
+    for op in [io::WRITE, io::WRITE_ZEROES, io::DSM] {
+        e.iocs[op.0 as usize] = (effects::CSUPP | effects::LBCC).into();
+    }
+    e
+}
+
+fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+    let d10 = sqe.cdw10.get();
+    let fid = d10 as u8;
+    let v = sqe.cdw11.get();
+    if d10 & (1 << 31) != 0 {
+        return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
+    }
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    let mut s = ctx.ctrl.lock();
+    match fid {
+        feature::NUM_QUEUES if !discovery => {
+            if !s.connected_io.is_empty() {
+                return Err(Status::CMD_SEQ_ERROR.dnr());
+            }
+            let (nsq, ncq) = ((v & 0xffff) + 1, (v >> 16) + 1);
+            if nsq == 0x10000 || ncq == 0x10000 {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            let max = u32::from(ctx.reg.limits.max_io_queues);
+            let n = nsq.min(ncq).min(max);
+            s.io_queues = n as u16;
+            Reply::result(u64::from((n - 1) | (n - 1) << 16))
+        }
+        feature::VOLATILE_WC if !discovery => {
+            let on = v & 1 != 0;
+            if s.vwc && !on {
+                tracing::info!("volatile write cache disabled by host: writes become write-through");
+            }
+            s.vwc = on;
+            Reply::ok()
+        }
+        feature::ASYNC_EVENT => {
+            s.async_event_config = v;
+            Reply::ok()
+        }
+        feature::KATO => {
+            s.kato_ms = v;
+            Reply::ok()
+        }
+        // accepted and ignored: they describe PCIe interrupts and power
+        feature::ARBITRATION | feature::POWER_MGMT | feature::IRQ_COALESCE | feature::TEMP_THRESH if !discovery => Reply::ok(),
+        f => {
+            tracing::debug!(fid = f, "unsupported Set Features");
+            Err(Status::INVALID_FIELD.dnr())
+        }
+    }
+}
+
+fn feature_value(s: &CtrlState, fid: u8) -> Option<u64> {
+    Some(match fid {
+        feature::NUM_QUEUES => {
+            let n = u64::from(s.io_queues.max(1) - 1);
+            n | n << 16
+        }
+        feature::VOLATILE_WC => u64::from(s.vwc),
+        feature::ASYNC_EVENT => u64::from(s.async_event_config),
+        feature::KATO => u64::from(s.kato_ms),
+        feature::ARBITRATION | feature::POWER_MGMT | feature::ERR_RECOVERY | feature::IRQ_COALESCE | feature::IRQ_CONFIG
+        | feature::WRITE_ATOMIC => 0,
+        feature::TEMP_THRESH => 0x157,
+        _ => return None,
+    })
+}
+
+async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+    let d10 = sqe.cdw10.get();
+    let fid = d10 as u8;
+    let sel = (d10 >> 8) & 0x7;
+    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    if fid == feature::HOST_ID && !discovery {
+        // 128-bit host identifier only (EXHID)
+        if sqe.cdw11.get() & 1 == 0 {
+            return Err(Status::INVALID_FIELD.dnr());
+        }
+        let hostid = ctx.ctrl.hostid;
+        return ctx.data_reply(sqe, &hostid, 0).await;
+    }
+    if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    let v = feature_value(&ctx.ctrl.lock(), fid).ok_or(Status::INVALID_FIELD.dnr())?;
+    match sel {
+        0 | 1 | 2 => Reply::result(v),
+        // supported capabilities: changeable, not saveable, not per namespace
+        3 => Reply::result(1 << 2),
+        _ => Err(Status::INVALID_FIELD.dnr()),
+    }
+}

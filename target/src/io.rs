@@ -1,0 +1,202 @@
+//! NVM I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management.
+//!
+//! Every LBA range is checked against the namespace before the backend sees
+//! it. Data moves in pool-page SGLs: a READ's pages are filled by the
+//! backend and become the `Source` of the C2HData; a WRITE's data lands in
+//! `Dest` pages (in the capsule, or after an R2T) and the backend writes
+//! from them.
+
+use crate::queue::{transfer_len, QueueCtx, Reply};
+use crate::subsys::{Namespace, Subsystem};
+use nvme_types::command::{io, DsmRange, SglType};
+use nvme_types::{Sqe, Status};
+use pinion_backends::{Backend, BackendError, Direction, Sgl};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use zerocopy::FromBytes;
+
+const BROADCAST_NSID: u32 = 0xffff_ffff;
+
+/// Runs backend work inline when it cannot sleep (RAM, null) and on the
+/// blocking pool when it can (files, devices).
+async fn run_backend<T: Send + 'static>(
+    b: &Arc<dyn Backend>,
+    f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+) -> Result<T, Status> {
+    if b.info().may_block {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || f(&*b)).await.map_err(|_| Status::INTERNAL)
+    } else {
+        Ok(f(&**b))
+    }
+}
+
+fn map_err(e: BackendError, write: bool) -> Status {
+    match e {
+        BackendError::OutOfRange { .. } => Status::LBA_RANGE.dnr(),
+        BackendError::ReadOnly => Status::NS_WRITE_PROTECTED.dnr(),
+        e => {
+            tracing::error!(error = %e, "backend I/O failed");
+            if write {
+                Status::WRITE_FAULT
+            } else {
+                Status::READ_ERROR
+            }
+        }
+    }
+}
+
+/// Byte offset and length of an LBA range, checked against the namespace.
+fn lba_range(ns: &Namespace, slba: u64, nlb: u64) -> Result<(u64, u64), Status> {
+    let nsze = ns.nsze();
+    match slba.checked_add(nlb) {
+        Some(end) if end <= nsze => Ok((slba << ns.lba_shift(), nlb << ns.lba_shift())),
+        _ => {
+            tracing::debug!(slba, nlb, nsze, "LBA range outside the namespace");
+            Err(Status::LBA_RANGE.dnr())
+        }
+    }
+}
+
+pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let op = sqe.opcode();
+    if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+        flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
+        return Reply::ok();
+    }
+    let ns = ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
+        tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
+        Status::INVALID_NS.dnr()
+    })?;
+    match op {
+        io::READ => read(ctx, ns, &sqe).await,
+        io::WRITE => write(ctx, ns, &sqe, data).await,
+        io::FLUSH => {
+            run_backend(&ns.backend, |b| b.flush()).await?.map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        io::WRITE_ZEROES => {
+            let d12 = sqe.cdw12.get();
+            let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
+            let deallocate = d12 & (1 << 25) != 0;
+            let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
+            run_backend(&ns.backend, move |b| {
+                b.write_zeroes(off, len, deallocate)?;
+                if fua {
+                    b.flush()?;
+                }
+                Ok(())
+            })
+            .await?
+            .map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        io::DSM => dsm(ctx, ns, &sqe, data).await,
+        _ => {
+            tracing::info!(opcode = sqe.opcode, "unsupported I/O command");
+            Err(Status::INVALID_OPCODE.dnr())
+        }
+    }
+}
+
+/// The data length the command's LBA count implies must match its SGL.
+fn data_len(ctx: &QueueCtx, ns: &Namespace, sqe: &Sqe) -> Result<(u64, usize), Status> {
+    let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
+    let sgl_len = transfer_len(sqe, ctx.reg.limits.max_transfer())?;
+    if sgl_len as u64 != len {
+        tracing::debug!(sgl_len, len, "SGL length does not match the LBA count");
+        return Err(Status::SGL_INVALID_DATA.dnr());
+    }
+    Ok((off, len as usize))
+}
+
+async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, Status> {
+    let (off, len) = data_len(ctx, ns, sqe)?;
+    if sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
+        return Err(Status::SGL_INVALID_TYPE.dnr());
+    }
+    let mut sgl = Sgl::alloc(&ctx.pool, Direction::Dest, len).await;
+    let sgl = run_backend(&ns.backend, move |b| b.read(off, &mut sgl).map(|()| sgl))
+        .await?
+        .map_err(|e| map_err(e, false))?;
+    ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
+    ns.stats.read_cmds.fetch_add(1, Relaxed);
+    Ok(Reply { result: 0, data: Some(sgl.into_source()) })
+}
+
+/// The host's data for a write-type command: in the capsule, or fetched
+/// with an R2T.
+async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+    match (sqe.sgl_type(), data) {
+        (SglType::DATA_BLOCK_OFFSET, Some(d)) => {
+            // in-capsule: offset 0 (ICDOFF 0) and exactly the data we got
+            if sqe.dptr.addr.get() != 0 || d.len() != len {
+                tracing::debug!(capsule = d.len(), len, "in-capsule data does not match the command");
+                return Err(Status::SGL_INVALID_DATA.dnr());
+            }
+            Ok(d)
+        }
+        (SglType::TRANSPORT_DATA_BLOCK, None) => {
+            let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
+            ctx.responder.receive_data(sqe.cid(), sgl).await
+        }
+        (SglType::DATA_BLOCK_OFFSET, None) | (SglType::TRANSPORT_DATA_BLOCK, Some(_)) => Err(Status::SGL_INVALID_DATA.dnr()),
+        (t, _) => {
+            tracing::debug!(sgl_type = ?t, "unsupported SGL descriptor type");
+            Err(Status::SGL_INVALID_TYPE.dnr())
+        }
+    }
+}
+
+async fn write(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let (off, len) = data_len(ctx, ns, sqe)?;
+    if ns.backend.info().read_only {
+        return Err(Status::NS_WRITE_PROTECTED.dnr());
+    }
+    let sgl = host_data(ctx, sqe, data, len).await?;
+    // With the volatile write cache turned off, every write is written through.
+    let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
+    run_backend(&ns.backend, move |b| b.write(off, &sgl, fua)).await?.map_err(|e| map_err(e, true))?;
+    ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
+    ns.stats.write_cmds.fetch_add(1, Relaxed);
+    Reply::ok()
+}
+
+async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
+    let deallocate = sqe.cdw11.get() & (1 << 2) != 0;
+    let len = nr * core::mem::size_of::<DsmRange>();
+    let sgl_len = transfer_len(sqe, ctx.reg.limits.max_transfer())?;
+    if sgl_len < len {
+        return Err(Status::SGL_INVALID_DATA.dnr());
+    }
+    let sgl = host_data(ctx, sqe, data, sgl_len).await?;
+    if !deallocate {
+        // only hints (access frequency etc.): nothing to do
+        return Reply::ok();
+    }
+    let bytes = sgl.to_vec();
+    let mut ranges = Vec::with_capacity(nr);
+    for r in bytes[..len].chunks_exact(16) {
+        let r = DsmRange::read_from_bytes(r).expect("16 bytes");
+        // DSM lengths are 1-based; a zero-length range is a no-op
+        if r.nlb.get() == 0 {
+            continue;
+        }
+        ranges.push(lba_range(ns, r.slba.get(), u64::from(r.nlb.get()))?);
+    }
+    run_backend(&ns.backend, move |b| ranges.iter().try_for_each(|&(off, len)| b.discard(off, len)))
+        .await?
+        .map_err(|e| map_err(e, true))?;
+    Reply::ok()
+}
+
+/// Flushes every namespace of a subsystem (Flush to the broadcast NSID,
+/// shutdown notification).
+pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
+    for ns in &subsys.namespaces {
+        let b = ns.backend.clone();
+        tokio::task::spawn_blocking(move || b.flush()).await.map_err(|e| BackendError::Io(std::io::Error::other(e)))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! The Pinion server: subsystems, controllers and namespaces; NVMe admin,
+//! fabrics, discovery and I/O command execution over the NVMe/TCP
+//! transport; and the process around them (listeners, signals, shutdown).
+//!
+//! One module per spec area, as in Linux `drivers/nvme/target/`: `fabrics`
+//! (Connect, properties), `admin`, `discovery`, `io`. A command handler's
+//! error type is the NVMe [`Status`](nvme_types::Status) it completes with.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod ctrl;
+pub mod discovery;
+pub mod fabrics;
+pub mod io;
+pub mod queue;
+pub mod server;
+pub mod subsys;
+
+pub use server::{Server, ServerError};

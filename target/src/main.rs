@@ -1,0 +1,130 @@
+//! `pinion`: the storage target server.
+
+use clap::{Parser, Subcommand};
+use pinion_conf::Config;
+use pinion_target::Server;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pinion", version, about = "Pinion: an NVMe/TCP (and soon iSCSI) storage target")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve volumes. Without --config: a 1 GiB RAM namespace of
+    /// nqn.2026-11.io.pinion:default on 127.0.0.1:4420.
+    Serve {
+        /// TOML configuration file (see deploy/examples/).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit (0 = valid).
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(cfg: &pinion_conf::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over the config, for one-off debugging
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cfg.format {
+        pinion_conf::LogFormat::Json => b.json().init(),
+        pinion_conf::LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Serve { config } => {
+            let cfg = match &config {
+                Some(f) => match Config::load(f) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::default_ram(),
+            };
+            init_logging(&cfg.log);
+            for w in cfg.warnings() {
+                tracing::warn!("{w}");
+            }
+            serve(cfg)
+        }
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("pinion").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let server = match Server::build(&cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pinion: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listeners = match server.bind() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("pinion: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        print!("{}", server.banner(&bound));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        server.run(listeners, stop_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+    }
+}

@@ -1,0 +1,236 @@
+//! One NVMe queue over one TCP connection: the first command must be a
+//! fabrics Connect; after it, commands are dispatched to the fabrics, admin
+//! or I/O handlers. I/O commands run concurrently, up to the queue depth.
+
+use crate::ctrl::{Controller, KillReason};
+use crate::subsys::{Registry, Subsystem};
+use crate::{admin, fabrics, io};
+use nvme_types::command::Opcode;
+use nvme_types::{Cqe, Sqe, Status};
+use pinion_backends::{Direction, PagePool, Sgl};
+use pinion_transport::nvme_tcp::{Command, Connection, Responder};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Shared by a queue's command tasks.
+pub struct QueueCtx {
+    pub reg: Arc<Registry>,
+    pub subsys: Arc<Subsystem>,
+    pub ctrl: Arc<Controller>,
+    pub qid: u16,
+    /// Entries in the submission queue (1-based).
+    pub sq_entries: u16,
+    sq_head: AtomicU16,
+    pub responder: Responder,
+    pub pool: PagePool,
+    /// The host disabled SQ flow control: completions need not report SQHD,
+    /// so successful reads may end with a C2HData SUCCESS flag alone.
+    pub sqflow_disabled: bool,
+    pub local_addr: std::net::SocketAddr,
+}
+
+/// A command's outcome: DW0/DW1 of the completion, and data for the host.
+pub struct Reply {
+    pub result: u64,
+    pub data: Option<Sgl>,
+}
+
+impl Reply {
+    pub fn ok() -> Result<Reply, Status> {
+        Ok(Reply { result: 0, data: None })
+    }
+    pub fn result(v: u64) -> Result<Reply, Status> {
+        Ok(Reply { result: v, data: None })
+    }
+}
+
+impl QueueCtx {
+    pub fn cqe(&self, cid: u16, status: Status, result: u64) -> Cqe {
+        let mut c = Cqe::new(cid, status, result);
+        c.sqhd = self.sq_head.load(Ordering::Relaxed).into();
+        c.sqid = self.qid.into();
+        c
+    }
+
+    /// Sends a command's completion (and its data first, if any).
+    pub async fn finish(&self, sqe: &Sqe, r: Result<Reply, Status>) {
+        let cid = sqe.cid();
+        match r {
+            Ok(Reply { result, data: Some(data) }) if !data.is_empty() => {
+                let resp = if self.sqflow_disabled && result == 0 { None } else { Some(self.cqe(cid, Status::SUCCESS, result)) };
+                self.responder.send_data(cid, data, resp).await;
+            }
+            Ok(Reply { result, .. }) => self.responder.complete(self.cqe(cid, Status::SUCCESS, result)).await,
+            Err(status) => {
+                tracing::debug!(cid, opcode = sqe.opcode, status = ?status, "command failed");
+                self.responder.complete(self.cqe(cid, status, 0)).await
+            }
+        }
+    }
+
+    /// Host-bound data for an admin command: exactly the transfer length the
+    /// host's SGL asked for (zero padded, or truncated).
+    pub async fn data_reply(&self, sqe: &Sqe, bytes: &[u8], result: u64) -> Result<Reply, Status> {
+        let len = transfer_len(sqe, self.reg.limits.max_transfer())?;
+        let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        let n = len.min(bytes.len());
+        sgl.copy_in(0, &bytes[..n]);
+        if n < len {
+            sgl.copy_in(n, &vec![0; len - n]);
+        }
+        Ok(Reply { result, data: Some(sgl.into_source()) })
+    }
+}
+
+/// The host's data length for a command with a transport SGL (data moved by
+/// C2HData or R2T/H2CData).
+pub fn transfer_len(sqe: &Sqe, max: usize) -> Result<usize, Status> {
+    if sqe.psdt() == 0 {
+        // PRPs do not exist on fabrics
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    let len = sqe.dptr.length.get() as usize;
+    if len > max {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    Ok(len)
+}
+
+/// Serves one accepted NVMe/TCP connection until it closes.
+pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    // The host sends Connect right after ICResp; a silent peer is dropped.
+    let first = tokio::select! {
+        c = tokio::time::timeout(Duration::from_secs(10), conn.commands.recv()) => c,
+        _ = shutdown.changed() => return,
+    };
+    let cmd = match first {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!("no Connect within 10 s; closing");
+            return;
+        }
+    };
+    let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
+        Ok(ctx) => Arc::new(ctx),
+        Err(status) => {
+            let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
+            c.sqid = 0.into();
+            conn.responder.complete(c).await;
+            conn.closed().await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("queue", cntlid = ctx.ctrl.cntlid, qid = ctx.qid);
+    run(conn, ctx, shutdown).instrument(span).await
+}
+
+async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
+    let mut killed = ctx.ctrl.killed();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    let why = loop {
+        tokio::select! {
+            biased;
+            _ = killed.changed() => break *killed.borrow(),
+            _ = shutdown.changed() => break KillReason::ServerShutdown,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            c = conn.commands.recv() => match c {
+                None => break KillReason::Alive,
+                Some(cmd) => {
+                    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
+                    ctx.ctrl.touch();
+                    if let Stop::Disconnect = dispatch(&ctx, cmd, &mut tasks).await {
+                        break KillReason::Alive;
+                    }
+                }
+            },
+        }
+    };
+    // Stop taking commands, let those in flight finish (bounded), then the
+    // writer flushes their completions and the socket closes.
+    conn.close();
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
+        tasks.abort_all();
+    }
+    if ctx.qid == 0 {
+        ctx.ctrl.lock().admin = None;
+        ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
+        ctx.subsys.remove_controller(ctx.ctrl.cntlid);
+        tracing::info!(reason = ?why, "controller released");
+    } else {
+        ctx.ctrl.lock().connected_io.remove(&ctx.qid);
+    }
+    tracing::info!(reason = ?why, "queue closed");
+    drop(ctx);
+    conn.closed().await;
+}
+
+enum Stop {
+    Continue,
+    Disconnect,
+}
+
+async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) -> Stop {
+    let sqe = cmd.sqe;
+    if let Some(status) = cmd.data_error {
+        ctx.finish(&sqe, Err(status)).await;
+        return Stop::Continue;
+    }
+    if sqe.fuse() != 0 {
+        ctx.finish(&sqe, Err(Status::INVALID_FIELD.dnr())).await;
+        return Stop::Continue;
+    }
+    if sqe.opcode() == Opcode::FABRICS {
+        let (r, stop) = fabrics::execute(ctx, &cmd).await;
+        ctx.finish(&sqe, r).await;
+        return if stop { Stop::Disconnect } else { Stop::Continue };
+    }
+    if !ctx.ctrl.ready() {
+        tracing::debug!(opcode = sqe.opcode, "command before the controller is enabled");
+        ctx.finish(&sqe, Err(Status::CMD_SEQ_ERROR.dnr())).await;
+        return Stop::Continue;
+    }
+    if ctx.qid == 0 {
+        // Admin commands are few and cheap; AER completes later, if ever.
+        let span = tracing::debug_span!("admin", cid = sqe.cid(), opcode = ?sqe.opcode());
+        if let Some(r) = admin::execute(ctx, &sqe).instrument(span).await {
+            ctx.finish(&sqe, r).await;
+        }
+        return Stop::Continue;
+    }
+    let ctx = ctx.clone();
+    let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    tasks.spawn(
+        async move {
+            let r = io::execute(&ctx, sqe, cmd.data).await;
+            ctx.finish(&sqe, r).await;
+        }
+        .instrument(span),
+    );
+    Stop::Continue
+}
+
+/// Builds a queue context (fabrics Connect does this once it has checked
+/// everything).
+#[allow(clippy::too_many_arguments)]
+pub fn new_ctx(
+    reg: Arc<Registry>,
+    subsys: Arc<Subsystem>,
+    ctrl: Arc<Controller>,
+    qid: u16,
+    sq_entries: u16,
+    responder: Responder,
+    pool: PagePool,
+    sqflow_disabled: bool,
+    local_addr: std::net::SocketAddr,
+) -> QueueCtx {
+    // the Connect command itself took the first entry
+    QueueCtx { reg, subsys, ctrl, qid, sq_entries, sq_head: AtomicU16::new(1 % sq_entries), responder, pool, sqflow_disabled, local_addr }
+}

@@ -1,0 +1,217 @@
+//! The process: opens volumes, builds subsystems, listens, serves, and on
+//! shutdown stops accepting, lets in-flight commands finish (bounded),
+//! flushes every volume, and returns.
+
+use crate::subsys::{Limits, Registry, Subsystem};
+use pinion_backends::{Backend, IoMode, PagePool, VolumeSpec};
+use pinion_conf::{BackendKind, Config};
+use pinion_transport::nvme_tcp::{self, TransportConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("volume {name}: {source}")]
+    Volume { name: String, source: pinion_backends::BackendError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("subsystem {0} names unknown volume {1}")]
+    UnknownVolume(String, String),
+}
+
+pub struct Server {
+    pub reg: Arc<Registry>,
+    pub pool: PagePool,
+    volumes: Vec<(String, Arc<dyn Backend>)>,
+    transport: TransportConfig,
+    cfg: Config,
+}
+
+fn io_mode(m: pinion_conf::IoMode) -> IoMode {
+    match m {
+        pinion_conf::IoMode::Auto => IoMode::Auto,
+        pinion_conf::IoMode::Buffered => IoMode::Buffered,
+        pinion_conf::IoMode::Direct => IoMode::Direct,
+    }
+}
+
+fn volume_spec(v: &pinion_conf::VolumeConfig) -> VolumeSpec {
+    let path = v.path.clone().unwrap_or_default();
+    match v.backend {
+        BackendKind::Ram => VolumeSpec::Ram { size: v.size.unwrap_or(0), block_size: v.block_size },
+        BackendKind::Null => VolumeSpec::Null { size: v.size.unwrap_or(0), block_size: v.block_size },
+        BackendKind::File => VolumeSpec::File { path, size: v.size, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
+        BackendKind::Block => VolumeSpec::Block { path, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
+    }
+}
+
+impl Server {
+    /// Opens every volume and builds the subsystems; nothing is served yet,
+    /// and any failure leaves nothing half-configured.
+    pub fn build(cfg: &Config) -> Result<Server, ServerError> {
+        let mut volumes = Vec::new();
+        for v in &cfg.volume {
+            let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
+            volumes.push((v.name.clone(), b));
+        }
+        let by_name: HashMap<_, _> = volumes.iter().cloned().collect();
+        let mut subsystems = HashMap::new();
+        for s in &cfg.subsystem {
+            let mut vols = Vec::new();
+            for n in &s.namespaces {
+                let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
+                vols.push((n.clone(), b.clone()));
+            }
+            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
+            subsystems.insert(s.nqn.clone(), Arc::new(sub));
+        }
+        let t = &cfg.nvme_tcp;
+        let reg = Registry {
+            subsystems,
+            discovery: Arc::new(Subsystem::new_discovery()),
+            listeners: t.listen.clone(),
+            limits: Limits { max_queue_size: t.max_queue_size, max_io_queues: t.max_io_queues, inline_data_size: t.inline_data_size, mdts: 8 },
+            genctr: 1.into(),
+        };
+        Ok(Server {
+            reg: Arc::new(reg),
+            pool: PagePool::new(cfg.memory.pool, cfg.debug.poison_released_pages),
+            volumes,
+            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10) },
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// What a person needs to connect, printed at start-up.
+    pub fn banner(&self, bound: &[SocketAddr]) -> String {
+        let mut s = format!("Pinion {} is serving NVMe/TCP\n", env!("CARGO_PKG_VERSION"));
+        let mut subs: Vec<_> = self.reg.subsystems.values().collect();
+        subs.sort_by(|a, b| a.nqn.cmp(&b.nqn));
+        for sub in &subs {
+            s += &format!("  subsystem {}\n", sub.nqn);
+            for ns in &sub.namespaces {
+                let i = ns.backend.info();
+                s += &format!(
+                    "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
+                    ns.nsid, ns.volume, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                );
+            }
+        }
+        for a in bound {
+            let host = if a.ip().is_unspecified() { "<this host's address>".to_string() } else { a.ip().to_string() };
+            s += &format!("Connect from a Linux host (nvme-cli) through {a}:\n");
+            s += &format!("  nvme discover -t tcp -a {host} -s {}\n", a.port());
+            for sub in &subs {
+                s += &format!("  nvme connect -t tcp -a {host} -s {} -n {}\n", a.port(), sub.nqn);
+            }
+        }
+        if !self.cfg.iscsi_target.is_empty() {
+            for t in &self.cfg.iscsi_target {
+                s += &format!("iSCSI target {} is configured but not served: iSCSI is not implemented yet\n", t.iqn);
+            }
+        }
+        s
+    }
+
+    /// Binds every listener (all or nothing).
+    pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
+        self.reg.listeners.iter().map(|a| bind(*a).map_err(|source| ServerError::Bind { addr: *a, source })).collect()
+    }
+
+    /// Serves until `stop` resolves, then shuts down cleanly.
+    pub async fn run(self, listeners: Vec<TcpListener>, stop: impl std::future::Future<Output = ()>) {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let mut conns: JoinSet<()> = JoinSet::new();
+        let mut accepts = JoinSet::new();
+        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        for l in listeners {
+            let tx = new_tx.clone();
+            let mut sd = shutdown.clone();
+            accepts.spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = l.accept() => match r {
+                            Ok((s, peer)) => { if tx.send((s, peer)).await.is_err() { break } }
+                            Err(e) => {
+                                // e.g. out of file descriptors: keep serving the rest
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        },
+                        _ = sd.changed() => break,
+                    }
+                }
+            });
+        }
+        drop(new_tx);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                n = new_rx.recv() => match n {
+                    Some((stream, peer)) => {
+                        let reg = self.reg.clone();
+                        let pool = self.pool.clone();
+                        let tcfg = self.transport.clone();
+                        let sd = shutdown.clone();
+                        let span = tracing::info_span!("conn", %peer);
+                        conns.spawn(async move { connection(stream, reg, pool, tcfg, sd).await }.instrument(span));
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::info!(connections = conns.len(), "shutting down: no new connections; finishing in-flight commands");
+        let _ = shutdown_tx.send(true);
+        accepts.abort_all();
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(40), drain).await.is_err() {
+            tracing::warn!("connections did not close in time; aborting them");
+            conns.abort_all();
+        }
+        for (name, b) in &self.volumes {
+            let b = b.clone();
+            match tokio::task::spawn_blocking(move || b.flush()).await {
+                Ok(Ok(())) => tracing::info!(volume = %name, "flushed"),
+                Ok(Err(e)) => tracing::error!(volume = %name, error = %e, "flush at shutdown failed"),
+                Err(e) => tracing::error!(volume = %name, error = %e, "flush at shutdown panicked"),
+            }
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
+async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg: TransportConfig, shutdown: watch::Receiver<bool>) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    // Latency matters more than packet count: completions go out at once.
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_keepalive(true);
+    match nvme_tcp::accept(stream, &tcfg, pool.clone()).await {
+        Ok(conn) => crate::queue::serve(conn, reg, pool, local, shutdown).await,
+        Err(e) => tracing::info!(error = %e, "connection setup failed"),
+    }
+}

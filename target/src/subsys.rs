@@ -1,0 +1,222 @@
+//! Subsystems and namespaces: what hosts can connect to and what they see.
+
+use crate::ctrl::Controller;
+use nvme_types::fabrics::DISCOVERY_NQN;
+use pinion_backends::Backend;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Per-namespace I/O counters (SMART / health log).
+#[derive(Default, Debug)]
+pub struct NsStats {
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub read_cmds: AtomicU64,
+    pub write_cmds: AtomicU64,
+}
+
+pub struct Namespace {
+    pub nsid: u32,
+    pub volume: String,
+    pub backend: Arc<dyn Backend>,
+    pub nguid: [u8; 16],
+    pub uuid: [u8; 16],
+    pub eui64: [u8; 8],
+    pub stats: NsStats,
+}
+
+impl Namespace {
+    pub fn block_size(&self) -> u32 {
+        self.backend.info().block_size
+    }
+    pub fn lba_shift(&self) -> u8 {
+        self.block_size().trailing_zeros() as u8
+    }
+    /// Size in logical blocks.
+    pub fn nsze(&self) -> u64 {
+        self.backend.info().size >> self.lba_shift()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubsysKind {
+    Nvm,
+    Discovery,
+}
+
+pub struct Subsystem {
+    pub nqn: String,
+    pub kind: SubsysKind,
+    pub serial: String,
+    pub model: String,
+    pub namespaces: Vec<Arc<Namespace>>,
+    /// Allowed host NQNs; `*` admits any host.
+    pub hosts: Vec<String>,
+    controllers: Mutex<Controllers>,
+}
+
+struct Controllers {
+    by_id: HashMap<u16, Arc<Controller>>,
+    next: u16,
+}
+
+/// Identifiers derived from names, so they survive restarts without state.
+fn stable_id(parts: &[&str]) -> [u8; 16] {
+    // A fixed namespace UUID for Pinion's name-based (v5) identifiers.
+    const PINION_NS: uuid::Uuid = uuid::Uuid::from_u128(0x5b1e_2f6a_7c3d_4e8f_9a0b_1c2d_3e4f_5a6b);
+    *uuid::Uuid::new_v5(&PINION_NS, parts.join("\0").as_bytes()).as_bytes()
+}
+
+impl Subsystem {
+    pub fn new_nvm(
+        nqn: &str,
+        serial: Option<&str>,
+        model: Option<&str>,
+        volumes: Vec<(String, Arc<dyn Backend>)>,
+        hosts: Vec<String>,
+    ) -> Subsystem {
+        let namespaces = volumes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (volume, backend))| {
+                let nsid = i as u32 + 1;
+                let n = nsid.to_string();
+                let nguid = stable_id(&["nguid", nqn, &volume, &n]);
+                let uuid = stable_id(&["uuid", nqn, &volume, &n]);
+                let e = stable_id(&["eui64", nqn, &volume, &n]);
+                // locally administered, so it cannot collide with a vendor's OUI
+                let eui64 = [e[0] | 0x02, e[1], e[2], e[3], e[4], e[5], e[6], e[7]];
+                Arc::new(Namespace { nsid, volume, backend, nguid, uuid, eui64, stats: NsStats::default() })
+            })
+            .collect();
+        let serial = match serial {
+            Some(s) => s.to_string(),
+            None => stable_id(&["serial", nqn])[..10].iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        Subsystem {
+            nqn: nqn.to_string(),
+            kind: SubsysKind::Nvm,
+            serial,
+            model: model.unwrap_or("Pinion").to_string(),
+            namespaces,
+            hosts,
+            controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1 }),
+        }
+    }
+
+    pub fn new_discovery() -> Subsystem {
+        let mut s = Subsystem::new_nvm(DISCOVERY_NQN, None, Some("Pinion discovery"), Vec::new(), vec!["*".into()]);
+        s.kind = SubsysKind::Discovery;
+        s
+    }
+
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.hosts.iter().any(|h| h == "*" || h == hostnqn)
+    }
+
+    pub fn namespace(&self, nsid: u32) -> Option<&Arc<Namespace>> {
+        if nsid == 0 {
+            return None;
+        }
+        self.namespaces.get(nsid as usize - 1)
+    }
+
+    /// Registers a new controller under a free ID (1..=0xffef, as the
+    /// dynamic controller model allows).
+    pub fn add_controller(&self, make: impl FnOnce(u16) -> Arc<Controller>) -> Option<Arc<Controller>> {
+        let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..0xffef {
+            let id = c.next;
+            c.next = if c.next >= 0xffef { 1 } else { c.next + 1 };
+            if let std::collections::hash_map::Entry::Vacant(v) = c.by_id.entry(id) {
+                let ctrl = make(id);
+                v.insert(ctrl.clone());
+                return Some(ctrl);
+            }
+        }
+        None
+    }
+
+    pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
+        self.controllers.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(&cntlid).cloned()
+    }
+
+    pub fn remove_controller(&self, cntlid: u16) {
+        self.controllers.lock().unwrap_or_else(|e| e.into_inner()).by_id.remove(&cntlid);
+    }
+
+    pub fn controllers(&self) -> Vec<Arc<Controller>> {
+        self.controllers.lock().unwrap_or_else(|e| e.into_inner()).by_id.values().cloned().collect()
+    }
+}
+
+/// Everything a queue needs to find: subsystems by NQN, listeners.
+pub struct Registry {
+    pub subsystems: HashMap<String, Arc<Subsystem>>,
+    pub discovery: Arc<Subsystem>,
+    /// NVMe/TCP listeners, in config order (discovery port IDs are 1-based).
+    pub listeners: Vec<std::net::SocketAddr>,
+    pub limits: Limits,
+    /// Discovery log generation counter.
+    pub genctr: AtomicU64,
+}
+
+/// What the controllers advertise.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_queue_size: u16,
+    pub max_io_queues: u16,
+    pub inline_data_size: u32,
+    /// MDTS as a power of two of 4 KiB pages.
+    pub mdts: u8,
+}
+
+impl Limits {
+    pub fn max_transfer(&self) -> usize {
+        4096usize << self.mdts
+    }
+}
+
+impl Registry {
+    pub fn lookup(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        if nqn == DISCOVERY_NQN {
+            return Some(self.discovery.clone());
+        }
+        self.subsystems.get(nqn).cloned()
+    }
+
+    pub fn genctr(&self) -> u64 {
+        self.genctr.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_stable_and_distinct() {
+        let b: Arc<dyn Backend> = Arc::new(pinion_backends::null::NullBackend::new(1 << 20, 4096));
+        let mk = || Subsystem::new_nvm("nqn.a", None, None, vec![("v".into(), b.clone()), ("w".into(), b.clone())], vec![]);
+        let (s1, s2) = (mk(), mk());
+        assert_eq!(s1.namespaces[0].nguid, s2.namespaces[0].nguid);
+        assert_eq!(s1.serial, s2.serial);
+        assert_eq!(s1.serial.len(), 20);
+        assert_ne!(s1.namespaces[0].nguid, s1.namespaces[1].nguid);
+        assert_ne!(s1.namespaces[0].nguid, s1.namespaces[0].uuid);
+        assert_eq!(s1.namespaces[1].nsid, 2);
+        assert!(s1.namespace(0).is_none() && s1.namespace(3).is_none());
+    }
+
+    #[test]
+    fn controller_ids_are_unique() {
+        let s = Subsystem::new_discovery();
+        let a = s.add_controller(|id| Controller::new_for_test(id)).unwrap();
+        let b = s.add_controller(|id| Controller::new_for_test(id)).unwrap();
+        assert_ne!(a.cntlid, b.cntlid);
+        s.remove_controller(a.cntlid);
+        assert!(s.controller(a.cntlid).is_none());
+        assert!(s.controller(b.cntlid).is_some());
+    }
+}

@@ -60,11 +60,15 @@ impl std::fmt::Debug for PagePool {
 }
 
 impl PagePool {
+    /// Smallest budget: 4 MiB, so that the peer-wait cap (7/8 of it) still
+    /// holds several maximum-size (1 MiB) transfers.
+    pub const MIN_PAGES: usize = 1024;
+
     /// A pool of at most `budget_bytes` (rounded down to pages, at least
-    /// 256 pages so one maximum-size command always fits). Pages are
-    /// allocated on first use and then kept.
+    /// [`PagePool::MIN_PAGES`]). Pages are allocated on first use and then
+    /// kept.
     pub fn new(budget_bytes: u64, poison: bool) -> PagePool {
-        let budget = ((budget_bytes / PAGE_SIZE as u64) as usize).max(256);
+        let budget = ((budget_bytes / PAGE_SIZE as u64) as usize).max(Self::MIN_PAGES);
         PagePool {
             inner: Arc::new(Inner {
                 budget,
@@ -212,8 +216,8 @@ mod tests {
 
     #[tokio::test]
     async fn empty_pool_applies_backpressure() {
-        let pool = PagePool::new(256 * 4096, false);
-        let all = pool.alloc(256).await;
+        let pool = PagePool::new(0, false);
+        let all = pool.alloc(PagePool::MIN_PAGES).await;
         assert!(pool.try_alloc(1).is_none());
         let p2 = pool.clone();
         let waiter = tokio::spawn(async move { p2.alloc(4).await.len() });
@@ -221,7 +225,7 @@ mod tests {
         assert!(!waiter.is_finished(), "allocation must wait, not fail or grow");
         drop(all);
         assert_eq!(waiter.await.unwrap(), 4);
-        assert_eq!(pool.stats().allocated, 256);
+        assert_eq!(pool.stats().allocated, PagePool::MIN_PAGES);
         assert_eq!(pool.stats().waits, 1);
     }
 

@@ -134,6 +134,10 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
     let why = loop {
+        // a kill before we subscribed is not seen by `changed()`
+        if ctx.ctrl.is_killed() {
+            break *killed.borrow();
+        }
         tokio::select! {
             biased;
             _ = killed.changed() => break *killed.borrow(),

@@ -165,11 +165,14 @@ impl Connection {
     /// once the last [`Responder`] is dropped.
     pub fn close(&self) {
         self.reader.abort();
+        // The aborted reader will never complete these: fail them now so
+        // their commands can finish instead of waiting forever.
+        self.responder.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Waits until the writer has flushed and closed the socket.
     pub async fn closed(mut self) {
-        self.reader.abort();
+        self.close();
         let writer = self.writer.take();
         drop(self);
         if let Some(w) = writer {

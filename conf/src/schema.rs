@@ -321,6 +321,11 @@ pub(crate) const ENV_SEPARATOR: &str = "__";
 pub(crate) fn env_key(var: &str) -> Option<Result<String, Problem>> {
     let lower = var.to_ascii_lowercase();
     let rest = lower.strip_prefix(ENV_PREFIX)?;
+    // Only PINION_<SECTION>__<KEY> is configuration; other PINION_* names
+    // (PINION_BIN in a test script, say) belong to someone else.
+    if !rest.contains(ENV_SEPARATOR) {
+        return None;
+    }
     let parts: Vec<&str> = rest.split(ENV_SEPARATOR).collect();
     let bad = |key: &str, what: String| {
         Some(Err(Problem {
@@ -382,6 +387,8 @@ mod tests {
     #[test]
     fn env_keys() {
         assert_eq!(env_key("HOME"), None);
+        assert_eq!(env_key("PINION_BIN"), None, "not a config override");
+        assert_eq!(env_key("PINION_LOG"), None);
         assert_eq!(env_key("PINION_LOG__LEVEL"), Some(Ok("log.level".into())));
         assert_eq!(
             env_key("pinion_nvme_tcp__max_io_queues"),
@@ -389,8 +396,7 @@ mod tests {
         );
         for (var, needle) in [
             ("PINION_LOG__LEVLE", r#"unknown key "levle" in log"#),
-            ("PINION_FOO", r#"unknown key "foo" at top level"#),
-            ("PINION_LOG", "is a section"),
+            ("PINION_FOO__BAR", r#"unknown key "foo" at top level"#),
             (
                 "PINION_VOLUME__0__NAME",
                 "cannot be set from the environment",

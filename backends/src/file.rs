@@ -163,9 +163,9 @@ impl FileBackend {
     fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&File> {
         let d = self.direct.as_ref()?;
         let bs = u64::from(self.info.block_size);
-        let aligned = offset % bs == 0
+        let aligned = offset.is_multiple_of(bs)
             && sgl.segments().iter().all(|s| {
-                s.len() as u64 % bs == 0 && (s.bytes().as_ptr() as usize) % crate::PAGE_SIZE == 0
+                (s.len() as u64).is_multiple_of(bs) && (s.bytes().as_ptr() as usize).is_multiple_of(crate::PAGE_SIZE)
             });
         aligned.then_some(d)
     }

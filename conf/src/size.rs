@@ -53,7 +53,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 /// ("4 MiB" reads better than "4194304").
 pub fn format_size(bytes: u64) -> String {
     for (unit, name) in [(TI, "TiB"), (GI, "GiB"), (MI, "MiB"), (KI, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }

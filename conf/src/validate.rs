@@ -25,7 +25,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
                 format_size(c.memory.pool)
             ),
         ));
-    } else if c.memory.pool % 4096 != 0 {
+    } else if !c.memory.pool.is_multiple_of(4096) {
         out.push(Problem::at(
             "memory.pool",
             format!("{} bytes is not a multiple of 4096", c.memory.pool),

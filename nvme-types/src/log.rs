@@ -175,10 +175,8 @@ mod tests {
 
     #[test]
     fn get_log_page_decodes() {
-        let mut s = crate::Sqe::default();
         // lid 0x70, 0-based NUMDL 255 -> 1 KiB, offset 1024
-        s.cdw10 = (0x70 | (255 << 16)).into();
-        s.cdw12 = 1024.into();
+        let mut s = crate::Sqe { cdw10: (0x70 | (255 << 16)).into(), cdw12: 1024.into(), ..Default::default() };
         let g = GetLogPage::from_sqe(&s);
         assert_eq!(g.lid, 0x70);
         assert_eq!(g.len, 1024);

@@ -141,7 +141,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
     let g = GetLogPage::from_sqe(sqe);
     let max = ctx.reg.limits.max_transfer();
     let want = crate::queue::transfer_len(sqe, max)?;
-    if g.len as usize != want || g.offset % 4 != 0 {
+    if g.len as usize != want || !g.offset.is_multiple_of(4) {
         return Err(Status::INVALID_FIELD.dnr());
     }
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
@@ -301,7 +301,7 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
     }
     let v = feature_value(&ctx.ctrl.lock(), fid).ok_or(Status::INVALID_FIELD.dnr())?;
     match sel {
-        0 | 1 | 2 => Reply::result(v),
+        0..=2 => Reply::result(v),
         // supported capabilities: changeable, not saveable, not per namespace
         3 => Reply::result(1 << 2),
         _ => Err(Status::INVALID_FIELD.dnr()),

@@ -212,8 +212,8 @@ mod tests {
     #[test]
     fn controller_ids_are_unique() {
         let s = Subsystem::new_discovery();
-        let a = s.add_controller(|id| Controller::new_for_test(id)).unwrap();
-        let b = s.add_controller(|id| Controller::new_for_test(id)).unwrap();
+        let a = s.add_controller(Controller::new_for_test).unwrap();
+        let b = s.add_controller(Controller::new_for_test).unwrap();
         assert_ne!(a.cntlid, b.cntlid);
         s.remove_controller(a.cntlid);
         assert!(s.controller(a.cntlid).is_none());

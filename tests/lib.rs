@@ -1,1 +1,6 @@
-//! Integration tests live in `tests/*.rs`; this library is empty.
+//! Test support for Pinion's integration tests (`tests/tests/*.rs`):
+//! a small blocking NVMe/TCP host ([`host`]) and a harness that runs the real
+//! `pinion` binary ([`server`]).
+
+pub mod host;
+pub mod server;

@@ -1,0 +1,160 @@
+//! Runs the real `pinion` binary for a test.
+//!
+//! [`Server::start`] writes a config into a fresh temporary directory, starts
+//! `pinion serve --config FILE` with its output going to a log file there,
+//! and waits until the NVMe/TCP port accepts. Dropping the [`Server`] kills
+//! the child (by its PID, via `Child::kill`) and, if the test is panicking,
+//! prints the server's log (always, when `PINION_TEST_SHOW_LOG` is set).
+
+use std::fs;
+use std::fmt::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the server gets to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the `pinion` binary is: `$PINION_BIN`, else
+/// `$CARGO_TARGET_DIR/debug/pinion`, else `<repo>/build/cargo/debug/pinion`.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PINION_BIN") {
+        return PathBuf::from(p);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        let t = if t.is_absolute() { t } else { repo.join(t) };
+        let p = t.join("debug/pinion");
+        if p.exists() {
+            return p;
+        }
+    }
+    repo.join("build/cargo/debug/pinion")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+pub struct Server {
+    child: Child,
+    /// The NVMe/TCP listener.
+    pub addr: SocketAddr,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts the server. In `config_toml`, `{PORT}` is replaced by a free
+    /// port and `{DIR}` by the temporary directory (for backing files).
+    pub fn start(config_toml: &str) -> Server {
+        let bin = binary();
+        assert!(
+            bin.exists(),
+            "pinion binary not found at {} — run `cargo build -p pinion-target` first (or set PINION_BIN)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new().prefix("pinion-test-").tempdir().expect("tempdir");
+        let port = free_port();
+        let config = config_toml
+            .replace("{PORT}", &port.to_string())
+            .replace("{DIR}", &dir.path().display().to_string());
+        let conf_path = dir.path().join("pinion.toml");
+        fs::write(&conf_path, &config).expect("write config");
+        let log = dir.path().join("pinion.log");
+        let out = fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log fd");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg("--config").arg(&conf_path).stdin(Stdio::null()).stdout(out).stderr(err);
+        // The server reads PINION_* variables as config overrides and rejects
+        // unknown ones (PINION_BIN would be "unknown key"): do not pass any.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().to_ascii_uppercase().starts_with("PINION_") {
+                cmd.env_remove(&k);
+            }
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = Server { child, addr, port, dir, log };
+        s.wait_listening(&config);
+        s
+    }
+
+    fn wait_listening(&mut self, config: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "pinion exited during startup with {status}\n--- config ---\n{config}\n--- log ---\n{}",
+                    self.log_text()
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pinion did not listen on {} within {START_TIMEOUT:?}\n--- config ---\n{config}\n--- log ---\n{}",
+                    self.addr,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// True while the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("PINION_TEST_SHOW_LOG").is_some() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(300);
+            let mut e = String::new();
+            let _ = writeln!(
+                e,
+                "--- pinion log ({} lines, last {} shown; {}) ---",
+                lines.len(),
+                lines.len() - from,
+                match exited {
+                    Some(s) => format!("server had exited: {s}"),
+                    None => "server was running".to_owned(),
+                }
+            );
+            for l in &lines[from..] {
+                let _ = writeln!(e, "{l}");
+            }
+            let _ = writeln!(e, "--- end of pinion log ---");
+            // eprint! (not io::stderr) so the test harness shows it with the failing test
+            eprint!("{e}");
+        }
+    }
+}

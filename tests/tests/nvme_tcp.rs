@@ -1,0 +1,860 @@
+//! NVMe/TCP against the real `pinion` binary.
+//!
+//! Each test starts its own server (own port, own temporary directory) and
+//! drives it with the blocking host in `pinion_tests::host`. Every socket
+//! read and write has a timeout, so a silent server fails a test instead of
+//! hanging it.
+//!
+//! Build the server first: `cargo build -p pinion-target` (or point
+//! `PINION_BIN` at a binary).
+
+use nvme_types::command::{io, Opcode, SglType};
+use nvme_types::fabrics::{prop, DISCOVERY_NQN};
+use nvme_types::identify::{cns, IdentifyController};
+use nvme_types::log::{disc, lid, DiscoveryLogEntry, DiscoveryLogHeader, SmartLog};
+use nvme_types::tcp::{self, Fes, Pdu};
+use nvme_types::{read_nul_field, Cqe, Sqe, Status};
+use pinion_tests::host::{
+    self, capsule_pdu, h2c_data_pdu, rw_sqe, sgl, Digests, Queue, Xfer, CNTLID_DYNAMIC, HOSTID, HOSTNQN,
+};
+use pinion_tests::server::Server;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::time::{Duration, Instant};
+use zerocopy::FromBytes;
+
+const TEST_NQN: &str = "nqn.2026-11.io.pinion:test";
+const LOCKED_NQN: &str = "nqn.2026-11.io.pinion:locked";
+const ALLOWED_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+
+/// ns 1: 64 MiB RAM, 4 KiB blocks; ns 2: 8 MiB file, 512-byte blocks.
+const CONFIG: &str = r#"
+[nvme_tcp]
+listen = ["127.0.0.1:{PORT}"]
+
+[iscsi]
+listen = []
+
+[log]
+level = "debug"
+
+[[volume]]
+name = "ram0"
+backend = "ram"
+size = "64MiB"
+block_size = 4096
+
+[[volume]]
+name = "small"
+backend = "file"
+path = "{DIR}/small.img"
+size = "8MiB"
+block_size = 512
+io_mode = "buffered"
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:test"
+namespaces = ["ram0", "small"]
+hosts = ["*"]
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:locked"
+namespaces = ["ram0"]
+hosts = ["nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"]
+"#;
+
+const NS1_BLOCKS: u64 = 64 * 1024 * 1024 / 4096;
+const NS2_BLOCKS: u64 = 8 * 1024 * 1024 / 512;
+const NO_DIGESTS: Digests = Digests { header: false, data: false };
+const ALL_DIGESTS: Digests = Digests { header: true, data: true };
+const KATO_MS: u32 = 30_000;
+const TERM_WAIT: Duration = Duration::from_secs(5);
+
+fn start() -> Server {
+    Server::start(CONFIG)
+}
+
+/// Status code and type, without DNR / More.
+fn code(c: &Cqe) -> u16 {
+    c.status().0 & 0x7ff
+}
+
+#[track_caller]
+fn assert_status(c: &Cqe, want: Status, what: &str) {
+    assert_eq!(code(c), want.0, "{what}: expected {want:?}, got {:?} (cqe {c:?})", c.status());
+}
+
+#[track_caller]
+fn assert_ok(c: &Cqe, what: &str) {
+    assert!(c.status().is_success(), "{what}: expected success, got {:?} (cqe {c:?})", c.status());
+}
+
+/// Deterministic pseudo-random bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Connects an admin queue; panics unless the Connect succeeds.
+fn admin_connect(s: &Server, digests: Digests, nqn: &str, hostnqn: &str, kato: u32) -> (Queue, u16) {
+    let mut q = Queue::connect(s.addr, digests).expect("TCP connect + ICReq/ICResp");
+    let c = q.fabrics_connect(0, 31, kato, CNTLID_DYNAMIC, nqn, hostnqn, HOSTID, 0).expect("admin Connect");
+    assert_ok(&c, &format!("admin Connect to {nqn}"));
+    let cntlid = c.result.get() as u16;
+    assert_ne!(cntlid, CNTLID_DYNAMIC, "Connect returned cntlid 0xffff");
+    (q, cntlid)
+}
+
+struct Session {
+    admin: Queue,
+    io: Queue,
+    cntlid: u16,
+    id: IdentifyController,
+}
+
+/// Admin connect + enable + identify + one I/O queue (qid 1, 128 entries).
+fn session(s: &Server, digests: Digests) -> Session {
+    let (mut admin, cntlid) = admin_connect(s, digests, TEST_NQN, HOSTNQN, KATO_MS);
+    admin.enable_controller().expect("enable controller");
+    let id = admin.identify_controller().expect("identify controller");
+    let mut io = Queue::connect(s.addr, digests).expect("I/O queue TCP connect");
+    let c = io.fabrics_connect(1, 127, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 0).expect("I/O Connect");
+    assert_ok(&c, "I/O queue Connect");
+    let ioccsz = id.ioccsz.get() as usize;
+    if ioccsz * 16 > 64 {
+        io.set_inline_limit(ioccsz * 16 - 64);
+    }
+    io.set_block_size(1, 4096);
+    io.set_block_size(2, 512);
+    Session { admin, io, cntlid, id }
+}
+
+/// Write then read back, comparing.
+#[track_caller]
+fn round_trip(q: &mut Queue, nsid: u32, slba: u64, data: &[u8]) {
+    let bs = q.block_size(nsid);
+    let c = q.write(nsid, slba, data, false).unwrap_or_else(|e| panic!("write ns {nsid} lba {slba} len {}: {e}", data.len()));
+    assert_ok(&c, &format!("write ns {nsid} lba {slba} len {}", data.len()));
+    let nlb = (data.len() / bs as usize) as u32;
+    let (c, back) = q.read(nsid, slba, nlb, bs).unwrap_or_else(|e| panic!("read ns {nsid} lba {slba} nlb {nlb}: {e}"));
+    assert_ok(&c, &format!("read ns {nsid} lba {slba} nlb {nlb}"));
+    if back != data {
+        let first = back.iter().zip(data).position(|(a, b)| a != b).unwrap_or(0);
+        panic!("ns {nsid} lba {slba} len {}: data differs first at byte {first}", data.len());
+    }
+}
+
+/// The server still serves: a fresh controller does identify + a write/read.
+#[track_caller]
+fn assert_fresh_session_works(s: &Server) {
+    let mut ses = session(s, NO_DIGESTS);
+    round_trip(&mut ses.io, 1, 7, &pattern(99, 8192));
+}
+
+/// An existing session is still usable.
+#[track_caller]
+fn assert_session_works(ses: &mut Session, seed: u64) {
+    assert_ok(&ses.admin.keep_alive().expect("keep alive on bystander"), "keep alive on bystander");
+    round_trip(&mut ses.io, 1, 20 + seed % 100, &pattern(seed, 4096));
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn handshake_connect_enable_identify() {
+    let s = start();
+    let mut q = Queue::connect(s.addr, NO_DIGESTS).expect("ICReq/ICResp");
+    assert!(q.maxdata() >= 4096, "MAXH2CDATA {}", q.maxdata());
+    let c = q.fabrics_connect(0, 31, KATO_MS, CNTLID_DYNAMIC, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap();
+    assert_ok(&c, "admin Connect");
+    let cntlid = c.result.get() as u16;
+    assert_ne!(cntlid, 0xffff);
+
+    let cap = q.property(prop::CAP, true).unwrap();
+    assert_eq!(cap & 0xffff, 127, "CAP.MQES (CAP = {cap:#x})");
+    let vs = q.property(prop::VS, false).unwrap();
+    assert!(vs >= 0x0001_0300, "VS {vs:#x}");
+    let csts = q.property(prop::CSTS, false).unwrap();
+    assert_eq!(csts & 1, 0, "CSTS.RDY before CC.EN");
+    q.enable_controller().unwrap();
+    let cc = q.property(prop::CC, false).unwrap();
+    assert_eq!(cc & 1, 1, "CC.EN reads back (CC {cc:#x})");
+
+    let id = q.identify_controller().unwrap();
+    assert_eq!(read_nul_field(&id.subnqn), Some(TEST_NQN), "SUBNQN");
+    assert_eq!(id.ioccsz.get(), 1028, "IOCCSZ");
+    assert_eq!(id.nn.get(), 2, "NN");
+    assert_eq!(id.cntlid.get(), cntlid, "CNTLID vs Connect result");
+    assert_eq!(id.mdts, 8, "MDTS");
+    assert_eq!(id.sqes & 0xf, 6, "SQES minimum");
+    assert_eq!(id.cqes & 0xf, 4, "CQES minimum");
+    eprintln!(
+        "identify: cntrltype {} kas {} maxcmd {} oncs {:#x} sgls {:#x} iorcsz {} vwc {:#x}",
+        id.cntrltype,
+        id.kas.get(),
+        id.maxcmd.get(),
+        id.oncs.get(),
+        id.sgls.get(),
+        id.iorcsz.get(),
+        id.vwc
+    );
+
+    for (nsid, nsze, lbads) in [(1u32, NS1_BLOCKS, 12u32), (2, NS2_BLOCKS, 9)] {
+        let ns = q.identify_namespace(nsid).unwrap();
+        assert_eq!(ns.nsze.get(), nsze, "ns {nsid} NSZE");
+        let f = usize::from(ns.flbas & 0xf);
+        assert_eq!((ns.lbaf[f].get() >> 16) & 0xff, lbads, "ns {nsid} LBADS of format {f}");
+    }
+    let (c, list) = q.identify(cns::ACTIVE_NS_LIST, 0).unwrap();
+    assert_ok(&c, "active NS list");
+    let ids: Vec<u32> = list.chunks(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).take_while(|&n| n != 0).collect();
+    assert_eq!(ids, vec![1, 2], "active namespace list");
+    let (c, desc) = q.identify(cns::NS_DESC_LIST, 1).unwrap();
+    assert_ok(&c, "NS descriptor list");
+    assert!((1..=4).contains(&desc[0]) && desc[1] > 0, "first NS descriptor {:?}", &desc[..8]);
+
+    // an I/O queue on that controller
+    let mut io = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    let c = io.fabrics_connect(1, 127, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap();
+    assert_ok(&c, "I/O Connect");
+}
+
+#[test]
+fn connect_access_control() {
+    let s = start();
+    let attempt = |nqn: &str, hostnqn: &str| -> Cqe {
+        let mut q = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+        q.fabrics_connect(0, 31, KATO_MS, CNTLID_DYNAMIC, nqn, hostnqn, HOSTID, 0).unwrap()
+    };
+    let c = attempt(LOCKED_NQN, HOSTNQN);
+    assert_status(&c, Status::CONNECT_INVALID_HOST, "locked subsystem, host not allowed");
+    let c = attempt(LOCKED_NQN, ALLOWED_HOST);
+    assert_ok(&c, "locked subsystem, allowed host");
+    let c = attempt("nqn.2026-11.io.pinion:nope", HOSTNQN);
+    assert_status(&c, Status::CONNECT_INVALID_PARAM, "unknown subsystem NQN");
+    // an I/O queue naming a controller that does not exist
+    let mut q = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    let c = q.fabrics_connect(1, 127, 0, 0x1234, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap();
+    assert!(!c.status().is_success(), "I/O Connect to unknown cntlid 0x1234 succeeded");
+    eprintln!("I/O Connect to unknown cntlid: {:?}", c.status());
+}
+
+fn io_round_trips(digests: Digests) {
+    let s = start();
+    let mut ses = session(&s, digests);
+    assert_eq!(ses.cntlid, ses.id.cntlid.get());
+    let q = &mut ses.io;
+    assert_eq!(q.inline_limit(), 16384);
+
+    // 4 KiB: in-capsule
+    let before = q.stats();
+    round_trip(q, 1, 10, &pattern(1, 4096));
+    let st = q.stats();
+    assert_eq!(st.r2ts, before.r2ts, "4 KiB write should be in-capsule");
+    assert_eq!(st.inline_bytes_sent - before.inline_bytes_sent, 4096);
+    // exactly the inline limit, and just above it
+    round_trip(q, 1, 20, &pattern(2, 16384));
+    assert_eq!(q.stats().r2ts, before.r2ts, "16 KiB write should be in-capsule");
+    round_trip(q, 1, 30, &pattern(3, 20480));
+    assert!(q.stats().r2ts > before.r2ts, "20 KiB write should use R2T");
+
+    // 128 KiB via R2T
+    let before = q.stats();
+    round_trip(q, 1, 100, &pattern(4, 128 * 1024));
+    let st = q.stats();
+    assert!(st.r2ts > before.r2ts, "128 KiB write without R2T");
+    // 1 MiB (MDTS) via R2T, several H2CData
+    let before = q.stats();
+    round_trip(q, 1, 1000, &pattern(5, 1024 * 1024));
+    let st = q.stats();
+    assert!(st.r2ts > before.r2ts);
+    assert!(
+        st.h2c_pdus - before.h2c_pdus >= 2,
+        "1 MiB went in {} H2CData PDUs (MAXH2CDATA {})",
+        st.h2c_pdus - before.h2c_pdus,
+        q.maxdata()
+    );
+    // first and last block of the namespace
+    round_trip(q, 1, 0, &pattern(6, 4096));
+    round_trip(q, 1, NS1_BLOCKS - 2, &pattern(7, 8192));
+
+    // 512-byte LBAs on ns 2
+    round_trip(q, 2, 1, &pattern(8, 512));
+    round_trip(q, 2, 3, &pattern(9, 4096));
+    round_trip(q, 2, 100, &pattern(10, 128 * 1024));
+    round_trip(q, 2, NS2_BLOCKS - 1, &pattern(11, 512));
+    // what ns 1 holds is unaffected by ns 2
+    let (c, back) = q.read(1, 10, 1, 4096).unwrap();
+    assert_ok(&c, "re-read ns 1");
+    assert_eq!(back, pattern(1, 4096));
+    eprintln!("stats {:?}", q.stats());
+}
+
+#[test]
+fn io_write_read_no_digests() {
+    io_round_trips(NO_DIGESTS);
+}
+
+#[test]
+fn io_write_read_with_digests() {
+    io_round_trips(ALL_DIGESTS);
+}
+
+#[test]
+fn io_write_read_header_digest_only() {
+    io_round_trips(Digests { header: true, data: false });
+}
+
+/// A deferred submission: returns the cid.
+type Submit = Box<dyn FnOnce(&mut Queue) -> u16>;
+
+/// Keeps `depth` commands in flight; returns completions by cid.
+fn pipeline(q: &mut Queue, depth: usize, mut cmds: VecDeque<Submit>) -> HashMap<u16, host::Completion> {
+    let mut inflight = HashSet::new();
+    let mut done = HashMap::new();
+    let mut max_inflight = 0;
+    while !cmds.is_empty() || !inflight.is_empty() {
+        while inflight.len() < depth {
+            let Some(f) = cmds.pop_front() else { break };
+            let cid = f(q);
+            assert!(inflight.insert(cid), "cid {cid} reused while in flight");
+            max_inflight = max_inflight.max(inflight.len());
+        }
+        let c = q.reap().expect("reap");
+        assert!(inflight.remove(&c.cid), "completion for cid {} not in flight", c.cid);
+        assert_eq!(c.cqe.cid.get(), c.cid);
+        done.insert(c.cid, c);
+    }
+    assert_eq!(max_inflight, depth.min(done.len()));
+    done
+}
+
+#[test]
+fn pipelined_32_outstanding() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let q = &mut ses.io;
+    for (size, count) in [(4096usize, 256u64), (32 * 1024, 64)] {
+        let blocks = (size / 4096) as u64;
+        // distinct, scattered LBAs
+        let lbas: Vec<u64> = (0..count).map(|i| (i * 7919 % count) * blocks + 2000).collect();
+        let mut cmds: VecDeque<Submit> = VecDeque::new();
+        for &lba in &lbas {
+            cmds.push_back(Box::new(move |q: &mut Queue| q.submit_write(1, lba, pattern(lba, size), false).unwrap()));
+        }
+        let done = pipeline(q, 32, cmds);
+        assert_eq!(done.len(), lbas.len());
+        for c in done.values() {
+            assert_ok(&c.cqe, &format!("pipelined {size}-byte write"));
+        }
+        let mut cmds: VecDeque<Submit> = VecDeque::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for &lba in &lbas {
+            let tx = tx.clone();
+            cmds.push_back(Box::new(move |q: &mut Queue| {
+                let cid = q.submit_read(1, lba, blocks as u32, 4096).unwrap();
+                tx.send((cid, lba)).unwrap();
+                cid
+            }));
+        }
+        drop(tx);
+        let done = pipeline(q, 32, cmds);
+        // cids are reused across the run; map each read to its LBA in order
+        let seen: HashMap<u16, u64> = rx.iter().collect();
+        assert_eq!(seen.len(), lbas.len(), "cids repeated across reads");
+        assert_eq!(done.len(), seen.len());
+        for (cid, c) in &done {
+            assert_ok(&c.cqe, &format!("pipelined {size}-byte read"));
+            let lba = seen[cid];
+            assert!(c.data == pattern(lba, size), "pipelined {size}-byte read of lba {lba} returned wrong data");
+        }
+    }
+    eprintln!("stats {:?}", q.stats());
+}
+
+#[test]
+fn fua_flush_write_zeroes_deallocate() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let q = &mut ses.io;
+    let oncs = ses.id.oncs.get();
+    eprintln!("ONCS {oncs:#x} VWC {:#x}", ses.id.vwc);
+
+    let d = pattern(20, 8192);
+    assert_ok(&q.write(1, 200, &d, true).unwrap(), "FUA write");
+    let (c, back) = q.read(1, 200, 2, 4096).unwrap();
+    assert_ok(&c, "read after FUA write");
+    assert_eq!(back, d);
+    assert_ok(&q.flush(1).unwrap(), "flush ns 1");
+    assert_ok(&q.flush(2).unwrap(), "flush ns 2");
+
+    for (nsid, bs, base) in [(1u32, 4096usize, 300u64), (2, 512, 3000)] {
+        // Write Zeroes inside a written range
+        let d = pattern(base, 8 * bs);
+        assert_ok(&q.write(nsid, base, &d, false).unwrap(), "write before write-zeroes");
+        assert_ok(&q.write_zeroes(nsid, base + 2, 4).unwrap(), &format!("write zeroes ns {nsid}"));
+        let (c, back) = q.read(nsid, base, 8, bs as u32).unwrap();
+        assert_ok(&c, "read after write zeroes");
+        assert_eq!(back[..2 * bs], d[..2 * bs], "ns {nsid}: blocks before the zeroed range changed");
+        assert!(back[2 * bs..6 * bs].iter().all(|&b| b == 0), "ns {nsid}: write zeroes range not zero");
+        assert_eq!(back[6 * bs..], d[6 * bs..], "ns {nsid}: blocks after the zeroed range changed");
+
+        // DSM deallocate two ranges
+        let base = base + 100;
+        let d = pattern(base, 16 * bs);
+        assert_ok(&q.write(nsid, base, &d, false).unwrap(), "write before deallocate");
+        assert_ok(&q.dsm_deallocate(nsid, &[(base + 4, 4), (base + 10, 2)]).unwrap(), &format!("DSM deallocate ns {nsid}"));
+        let (c, back) = q.read(nsid, base, 16, bs as u32).unwrap();
+        assert_ok(&c, "read after deallocate");
+        for blk in 0..16usize {
+            let got = &back[blk * bs..(blk + 1) * bs];
+            if (4..8).contains(&blk) || (10..12).contains(&blk) {
+                assert!(got.iter().all(|&b| b == 0), "ns {nsid}: deallocated block {blk} does not read zero");
+            } else {
+                assert_eq!(got, &d[blk * bs..(blk + 1) * bs], "ns {nsid}: block {blk} outside the deallocated ranges changed");
+            }
+        }
+    }
+}
+
+#[test]
+fn command_errors() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let q = &mut ses.io;
+
+    let (c, _) = q.read(1, NS1_BLOCKS, 1, 4096).unwrap();
+    assert_status(&c, Status::LBA_RANGE, "read starting at the capacity");
+    let (c, _) = q.read(1, NS1_BLOCKS - 1, 2, 4096).unwrap();
+    assert_status(&c, Status::LBA_RANGE, "read crossing the end");
+    let c = q.write(2, NS2_BLOCKS - 1, &[1u8; 1024], false).unwrap();
+    assert_status(&c, Status::LBA_RANGE, "write crossing the end of ns 2");
+    let c = q.write_zeroes(1, NS1_BLOCKS - 1, 2).unwrap();
+    assert_status(&c, Status::LBA_RANGE, "write zeroes crossing the end");
+
+    let (c, _) = q.read(99, 0, 1, 4096).unwrap();
+    assert_status(&c, Status::INVALID_NS, "read nsid 99");
+    q.set_block_size(99, 4096);
+    let c = q.write(99, 0, &[0u8; 4096], false).unwrap();
+    assert_status(&c, Status::INVALID_NS, "write nsid 99");
+
+    let sqe = Sqe { opcode: 0x7e, nsid: 1.into(), ..Sqe::default() };
+    let c = q.exec(sqe, None, 0).unwrap().cqe;
+    assert_status(&c, Status::INVALID_OPCODE, "I/O opcode 0x7e");
+    let sqe = Sqe { opcode: 0xc1, ..Sqe::default() };
+    let c = ses.admin.exec(sqe, None, 0).unwrap().cqe;
+    assert_status(&c, Status::INVALID_OPCODE, "admin opcode 0xc1");
+    let (c, _) = ses.admin.get_log_page(0xbe, 0xffff_ffff, 512, 0).unwrap();
+    assert!(!c.status().is_success(), "get log page 0xbe succeeded");
+    eprintln!("unknown log page 0xbe: {:?}", c.status());
+
+    // SGL length disagreeing with NLB * block size
+    // (a) in-capsule: 4 KiB of data for an 8 KiB write
+    let mut sqe = rw_sqe(io::WRITE, 1, 500, 2, false);
+    sqe.flags = host::PSDT_SGL;
+    sqe.dptr = sgl(SglType::DATA_BLOCK_OFFSET, 4096);
+    let c = q.exec_with(sqe, Some(vec![5u8; 4096]), 0, Xfer::AsIs).unwrap().cqe;
+    assert!(!c.status().is_success(), "in-capsule write with SGL 4096 for NLB 2 x 4096 succeeded");
+    eprintln!("write with short in-capsule SGL: {:?}", c.status());
+    // (b) transport SGL: read of 1 block with an 8 KiB SGL
+    let mut sqe = rw_sqe(io::READ, 1, 500, 1, false);
+    sqe.flags = host::PSDT_SGL;
+    sqe.dptr = sgl(SglType::TRANSPORT_DATA_BLOCK, 8192);
+    let c = q.exec_with(sqe, None, 8192, Xfer::AsIs).unwrap().cqe;
+    assert!(!c.status().is_success(), "read with SGL 8192 for NLB 1 x 4096 succeeded");
+    eprintln!("read with long transport SGL: {:?}", c.status());
+    // the queue still works
+    round_trip(q, 1, 500, &pattern(30, 8192));
+
+    // I/O on a controller whose CC.EN was never set
+    let (_admin, cntlid) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, KATO_MS);
+    let mut ioq = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    let c = ioq.fabrics_connect(1, 127, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap();
+    if c.status().is_success() {
+        let (c, _) = ioq.read(1, 0, 1, 4096).unwrap();
+        assert!(!c.status().is_success(), "read on a controller with CC.EN = 0 succeeded");
+        eprintln!("read before CC.EN: {:?}", c.status());
+    } else {
+        eprintln!("I/O Connect before CC.EN refused: {:?}", c.status());
+    }
+}
+
+// ---- hostile PDUs ---------------------------------------------------------
+
+/// Reads PDUs until a C2HTermReq; returns (FES, FEI), then checks the
+/// target closes the connection.
+#[track_caller]
+fn expect_term_req(q: &mut Queue, what: &str) -> (u16, u32) {
+    let r = loop {
+        match q.recv_pdu() {
+            Ok((Pdu::C2HTermReq(t), data)) => {
+                let fei = u32::from(t.feil.get()) | (u32::from(t.feiu.get()) << 16);
+                eprintln!("{what}: C2HTermReq FES {:?} FEI {fei:#x}, {} bytes of PDU echoed", Fes(t.fes.get()), data.len());
+                break (t.fes.get(), fei);
+            }
+            Ok((p, _)) => eprintln!("{what}: skipping {p:?} before the C2HTermReq"),
+            Err(e) => panic!("{what}: expected a C2HTermReq, got {e}"),
+        }
+    };
+    q.expect_closed(TERM_WAIT).unwrap_or_else(|e| panic!("{what}: connection not closed after C2HTermReq: {e}"));
+    r
+}
+
+#[test]
+fn hostile_bad_hlen() {
+    let s = start();
+    let mut bystander = session(&s, NO_DIGESTS);
+    let mut q = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    let mut pdu = capsule_pdu(&Sqe { opcode: Opcode::KEEP_ALIVE.0, ..Sqe::default() }, &[], NO_DIGESTS, 0);
+    pdu[2] = 70;
+    q.send_raw(&pdu).unwrap();
+    let (fes, fei) = expect_term_req(&mut q, "CapsuleCmd with HLEN 70");
+    assert_eq!(Fes(fes), Fes::INVALID_HEADER_FIELD);
+    assert_eq!(fei, 2, "FEI should point at HLEN");
+    assert_session_works(&mut bystander, 1);
+    assert_fresh_session_works(&s);
+}
+
+#[test]
+fn hostile_header_digest() {
+    let s = start();
+    let mut bystander = session(&s, ALL_DIGESTS);
+    let mut q = Queue::connect(s.addr, Digests { header: true, data: false }).unwrap();
+    let mut pdu = capsule_pdu(&Sqe { opcode: Opcode::KEEP_ALIVE.0, ..Sqe::default() }, &[], q.digests(), 0);
+    pdu[72] ^= 0x5a;
+    q.send_raw(&pdu).unwrap();
+    let (fes, _) = expect_term_req(&mut q, "CapsuleCmd with a bad header digest");
+    assert_eq!(Fes(fes), Fes::HEADER_DIGEST_ERROR);
+    assert_session_works(&mut bystander, 2);
+    assert_fresh_session_works(&s);
+}
+
+#[test]
+fn hostile_h2c_data_unknown_ttag() {
+    let s = start();
+    let mut bystander = session(&s, NO_DIGESTS);
+
+    // (a) H2CData with no command at all
+    let mut ses = session(&s, NO_DIGESTS);
+    let pdu = h2c_data_pdu(77, 0x4242, 0, &[1u8; 4096], true, NO_DIGESTS, ses.io.cpda());
+    ses.io.send_raw(&pdu).unwrap();
+    let (fes, _) = expect_term_req(&mut ses.io, "H2CData for no command");
+    eprintln!("unknown ttag, no command: FES {:?}", Fes(fes));
+
+    // (b) a write in flight answered with the wrong ttag
+    let mut ses = session(&s, NO_DIGESTS);
+    let data = pattern(40, 65536);
+    let cid = ses.io.submit_with(rw_sqe(io::WRITE, 1, 600, 16, false), Some(data.clone()), 0, Xfer::Transport).unwrap();
+    let r2t = match ses.io.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => r,
+        (p, _) => panic!("expected R2T, got {p:?}"),
+    };
+    assert_eq!(r2t.cccid.get(), cid);
+    let n = (r2t.r2tl.get() as usize).min(ses.io.maxdata() as usize);
+    let bad_ttag = r2t.ttag.get() ^ 0x5555;
+    let pdu = h2c_data_pdu(cid, bad_ttag, r2t.r2to.get(), &data[..n], n == r2t.r2tl.get() as usize, NO_DIGESTS, ses.io.cpda());
+    ses.io.send_raw(&pdu).unwrap();
+    let (fes, _) = expect_term_req(&mut ses.io, "H2CData with a wrong ttag");
+    eprintln!("wrong ttag on a live write: FES {:?}", Fes(fes));
+
+    assert_session_works(&mut bystander, 3);
+    assert_fresh_session_works(&s);
+}
+
+#[test]
+fn hostile_garbage_and_truncated_pdus() {
+    let s = start();
+    let mut bystander = session(&s, NO_DIGESTS);
+
+    // garbage instead of an ICReq
+    let mut raw = Queue::connect_raw(s.addr).unwrap();
+    raw.write_all(&pattern(50, 300)).unwrap();
+    host::expect_closed(&mut raw, TERM_WAIT).expect("server keeps a garbage connection open");
+    // half an ICReq, then close
+    let mut raw = Queue::connect_raw(s.addr).unwrap();
+    raw.write_all(&host::icreq_pdu(NO_DIGESTS)[..60]).unwrap();
+    drop(raw);
+    // an ICReq with a wrong PFV
+    let mut raw = Queue::connect_raw(s.addr).unwrap();
+    let mut ic = host::icreq_pdu(NO_DIGESTS);
+    ic[8] = 7;
+    raw.write_all(&ic).unwrap();
+    host::expect_closed(&mut raw, TERM_WAIT).expect("ICReq with PFV 7 left open");
+    // a capsule with in-capsule data cut short, then close
+    let (mut q, _) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, KATO_MS);
+    let mut sqe = rw_sqe(io::WRITE, 1, 0, 1, false);
+    sqe.flags = host::PSDT_SGL;
+    sqe.dptr = sgl(SglType::DATA_BLOCK_OFFSET, 4096);
+    let pdu = capsule_pdu(&sqe, &[3u8; 4096], NO_DIGESTS, q.cpda());
+    q.send_raw(&pdu[..1000]).unwrap();
+    drop(q);
+    // half a capsule header on an I/O queue, then close
+    let mut ses = session(&s, NO_DIGESTS);
+    let pdu = capsule_pdu(&rw_sqe(io::READ, 1, 0, 1, false), &[], NO_DIGESTS, 0);
+    ses.io.send_raw(&pdu[..30]).unwrap();
+    drop(ses);
+    // garbage after a good exchange: an unknown PDU type
+    let (mut q, _) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, KATO_MS);
+    q.send_raw(&[0x42, 0, 24, 0, 24, 0, 0, 0]).unwrap();
+    q.send_raw(&[0u8; 16]).unwrap();
+    let (fes, _) = expect_term_req(&mut q, "unknown PDU type 0x42");
+    assert_eq!(Fes(fes), Fes::INVALID_HEADER_FIELD);
+
+    std::thread::sleep(Duration::from_millis(200));
+    assert_session_works(&mut bystander, 4);
+    assert_fresh_session_works(&s);
+}
+
+#[test]
+fn hostile_data_digest_is_transient() {
+    let s = start();
+    let mut bystander = session(&s, NO_DIGESTS);
+    let mut ses = session(&s, ALL_DIGESTS);
+    let q = &mut ses.io;
+    let original = pattern(60, 4096);
+    round_trip(q, 1, 50, &original);
+
+    // in-capsule write data with a bad data digest
+    let cid = q.alloc_cid();
+    let mut sqe = rw_sqe(io::WRITE, 1, 50, 1, false);
+    sqe.cid = cid.into();
+    sqe.flags = host::PSDT_SGL;
+    sqe.dptr = sgl(SglType::DATA_BLOCK_OFFSET, 4096);
+    let mut pdu = capsule_pdu(&sqe, &pattern(61, 4096), q.digests(), q.cpda());
+    let n = pdu.len();
+    pdu[n - 1] ^= 0xff;
+    q.send_raw(&pdu).unwrap();
+    match q.recv_pdu() {
+        Ok((Pdu::CapsuleResp(r), _)) => {
+            assert_eq!(r.cqe.cid.get(), cid);
+            assert_status(&r.cqe, Status::TRANSIENT_TRANSPORT_ERROR, "in-capsule data digest error");
+        }
+        Ok((p, _)) => panic!("expected CapsuleResp, got {p:?}"),
+        Err(e) => panic!("expected CapsuleResp with TRANSIENT_TRANSPORT_ERROR, got {e}"),
+    }
+    let (c, back) = q.read(1, 50, 1, 4096).unwrap();
+    assert_ok(&c, "read after the digest error");
+    eprintln!("block after the rejected write: {}", if back == original { "unchanged" } else { "CHANGED" });
+
+    // H2CData with a bad data digest
+    let data = pattern(62, 65536);
+    let cid = q.submit_with(rw_sqe(io::WRITE, 1, 700, 16, false), Some(data.clone()), 0, Xfer::Transport).unwrap();
+    let r2t = match q.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => r,
+        (p, _) => panic!("expected R2T, got {p:?}"),
+    };
+    let (off, len) = (r2t.r2to.get() as usize, r2t.r2tl.get() as usize);
+    let max = q.maxdata() as usize;
+    let mut pos = off;
+    while pos < off + len {
+        let n = max.min(off + len - pos);
+        let last = pos + n == off + len;
+        let mut pdu = h2c_data_pdu(cid, r2t.ttag.get(), pos as u32, &data[pos..pos + n], last, q.digests(), q.cpda());
+        if last {
+            let k = pdu.len();
+            pdu[k - 1] ^= 0xff;
+        }
+        q.send_raw(&pdu).unwrap();
+        pos += n;
+    }
+    let c = match q.recv_pdu() {
+        Ok((Pdu::CapsuleResp(r), _)) => r.cqe,
+        Ok((Pdu::R2t(r), _)) => panic!("target asked for more data after a digest error: {r:?}"),
+        Ok((p, _)) => panic!("expected CapsuleResp, got {p:?}"),
+        Err(e) => panic!("expected CapsuleResp with TRANSIENT_TRANSPORT_ERROR after bad H2CData digest, got {e}"),
+    };
+    assert_eq!(c.cid.get(), cid);
+    assert_status(&c, Status::TRANSIENT_TRANSPORT_ERROR, "H2CData data digest error");
+    // the test consumed that command's PDUs itself
+    q.forget(cid);
+
+    // the same connection keeps working
+    round_trip(q, 1, 51, &pattern(63, 4096));
+    round_trip(q, 1, 800, &pattern(64, 65536));
+    assert_session_works(&mut bystander, 5);
+}
+
+// ---- discovery, keep-alive, log pages, features ---------------------------
+
+/// Reads the whole discovery log as `hostnqn`; checks each entry's transport
+/// fields and returns subnqn -> subtype.
+fn discovery_entries(s: &Server, hostnqn: &str) -> HashMap<String, u8> {
+    let mut q = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    let c = q.fabrics_connect(0, 31, 0, CNTLID_DYNAMIC, DISCOVERY_NQN, hostnqn, HOSTID, 0).unwrap();
+    assert_ok(&c, "Connect to the discovery NQN");
+    q.enable_controller().unwrap();
+    let id = q.identify_controller().unwrap();
+    assert_eq!(read_nul_field(&id.subnqn), Some(DISCOVERY_NQN));
+    eprintln!("discovery controller: cntrltype {} nn {}", id.cntrltype, id.nn.get());
+
+    let (c, hdr) = q.get_log_page(lid::DISCOVERY, 0, 1024, 0).unwrap();
+    assert_ok(&c, "discovery log header");
+    let h = DiscoveryLogHeader::read_from_bytes(&hdr).unwrap();
+    let numrec = h.numrec.get();
+    assert_eq!(h.recfmt.get(), 0);
+    assert!((1..=16).contains(&numrec), "NUMREC {numrec}");
+    let total = 1024 * (1 + numrec as usize);
+    let (c, page) = q.get_log_page(lid::DISCOVERY, 0, total, 0).unwrap();
+    assert_ok(&c, "full discovery log");
+    let h2 = DiscoveryLogHeader::read_from_bytes(&page[..1024]).unwrap();
+    assert_eq!(h2.genctr.get(), h.genctr.get(), "GENCTR changed between reads");
+    assert_eq!(h2.numrec.get(), numrec);
+    let mut by_nqn = HashMap::new();
+    for i in 0..numrec as usize {
+        let e = DiscoveryLogEntry::read_from_bytes(&page[1024 * (i + 1)..1024 * (i + 2)]).unwrap();
+        let nqn = read_nul_field(&e.subnqn).unwrap().to_owned();
+        assert_eq!(e.trtype, disc::TRTYPE_TCP, "{nqn}: TRTYPE");
+        assert_eq!(e.adrfam, disc::ADRFAM_IPV4, "{nqn}: ADRFAM");
+        assert_eq!(read_nul_field(&e.traddr).map(str::trim), Some("127.0.0.1"), "{nqn}: TRADDR");
+        assert_eq!(read_nul_field(&e.trsvcid).map(str::trim), Some(s.port.to_string().as_str()), "{nqn}: TRSVCID");
+        eprintln!(
+            "{hostnqn}: entry {i}: {nqn} subtype {} treq {:#x} portid {} cntlid {:#x} asqsz {} eflags {:#x}",
+            e.subtype,
+            e.treq,
+            e.portid.get(),
+            e.cntlid.get(),
+            e.asqsz.get(),
+            e.eflags.get()
+        );
+        assert!(by_nqn.insert(nqn.clone(), e.subtype).is_none(), "{nqn} listed twice");
+    }
+    if total > 2048 {
+        // a read at an offset returns the same bytes
+        let (c, part) = q.get_log_page(lid::DISCOVERY, 0, 1024, 1024).unwrap();
+        assert_ok(&c, "discovery log at offset 1024");
+        assert!(part[..] == page[1024..2048], "discovery log at offset 1024 differs from the full read");
+    }
+    by_nqn
+}
+
+#[test]
+fn discovery_log_page() {
+    let s = start();
+    // a host allowed everywhere sees both subsystems and the discovery subsystem
+    let all = discovery_entries(&s, ALLOWED_HOST);
+    assert_eq!(all.len(), 3, "NUMREC for {ALLOWED_HOST}: {all:?}");
+    assert_eq!(all.get(TEST_NQN), Some(&disc::SUBTYPE_NVME), "{all:?}");
+    assert_eq!(all.get(LOCKED_NQN), Some(&disc::SUBTYPE_NVME), "{all:?}");
+    assert_eq!(all.get(DISCOVERY_NQN), Some(&disc::SUBTYPE_CURRENT_DISCOVERY), "{all:?}");
+    // any other host is not shown the subsystem it may not connect to
+    let other = discovery_entries(&s, HOSTNQN);
+    assert_eq!(other.len(), 2, "NUMREC for {HOSTNQN}: {other:?}");
+    assert_eq!(other.get(TEST_NQN), Some(&disc::SUBTYPE_NVME), "{other:?}");
+    assert_eq!(other.get(DISCOVERY_NQN), Some(&disc::SUBTYPE_CURRENT_DISCOVERY), "{other:?}");
+}
+
+#[test]
+fn keep_alive_timeout_tears_down_controller() {
+    let s = start();
+    // A: KATO 1 s, then silence
+    let (mut a, cntlid) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, 1000);
+    a.enable_controller().unwrap();
+    let mut a_io = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    assert_ok(&a_io.fabrics_connect(1, 31, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap(), "A I/O Connect");
+    // B: KATO 1 s, keep-alive every 250 ms
+    let (mut b, _) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, 1000);
+    b.enable_controller().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_ok(&b.keep_alive().expect("B keep alive"), "B keep alive");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    a.expect_closed(Duration::from_secs(3)).expect("admin queue of the silent controller still open 3-6 s after KATO 1 s");
+    a_io.expect_closed(Duration::from_secs(3)).expect("I/O queue of the silent controller still open");
+    let id = b.identify_controller().expect("controller that sent keep-alives was torn down");
+    assert_eq!(read_nul_field(&id.subnqn), Some(TEST_NQN));
+    assert_fresh_session_works(&s);
+}
+
+fn u128_of(b: &[u8; 16]) -> u128 {
+    u128::from_le_bytes(*b)
+}
+
+#[test]
+fn smart_log_counts_io() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let smart = |q: &mut Queue| -> SmartLog {
+        let (c, d) = q.get_log_page(lid::SMART, 0xffff_ffff, 512, 0).unwrap();
+        assert_ok(&c, "SMART log");
+        SmartLog::read_from_bytes(&d).unwrap()
+    };
+    let before = smart(&mut ses.admin);
+    let mb = pattern(70, 1024 * 1024);
+    for i in 0..2u64 {
+        assert_ok(&ses.io.write(1, 4000 + i * 256, &mb, false).unwrap(), "1 MiB write");
+    }
+    for i in 0..2u64 {
+        let (c, _) = ses.io.read(1, 4000 + i * 256, 256, 4096).unwrap();
+        assert_ok(&c, "1 MiB read");
+    }
+    let after = smart(&mut ses.admin);
+    let (w0, w1) = (u128_of(&before.data_units_written), u128_of(&after.data_units_written));
+    let (r0, r1) = (u128_of(&before.data_units_read), u128_of(&after.data_units_read));
+    let (hw0, hw1) = (u128_of(&before.host_writes), u128_of(&after.host_writes));
+    eprintln!("SMART: data units written {w0} -> {w1}, read {r0} -> {r1}, host writes {hw0} -> {hw1}");
+    assert!(w1 > 0 && w1 > w0, "data_units_written {w0} -> {w1} after 2 MiB of writes");
+    // 2 MiB = 4096 units of 512 bytes = 4.096 thousand
+    assert!(w1 - w0 >= 4, "data_units_written grew by {} for 2 MiB", w1 - w0);
+    assert!(r1 > r0, "data_units_read {r0} -> {r1} after 2 MiB of reads");
+    assert!(hw1 >= hw0 + 2, "host_writes {hw0} -> {hw1} after 2 write commands");
+}
+
+#[test]
+fn features_number_of_queues() {
+    use nvme_types::command::feature::NUM_QUEUES;
+    let s = start();
+    // Set Features 7 is only valid before any I/O queue exists: admin queue only.
+    let (mut q, cntlid) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, KATO_MS);
+    q.enable_controller().unwrap();
+    let c = q.get_features(NUM_QUEUES).unwrap();
+    assert_ok(&c, "get features 7");
+    let r = c.result.get() as u32;
+    let (nsqa, ncqa) = (r & 0xffff, r >> 16);
+    eprintln!("get features 7: NSQA {nsqa} NCQA {ncqa} (0-based)");
+    assert!(nsqa < 64 && ncqa < 64, "get features 7 result {r:#x}");
+
+    let c = q.set_features(NUM_QUEUES, 0xffff | (0xffff << 16)).unwrap();
+    assert!(!c.status().is_success(), "set features 7 with 0-based 0xffff (65536 queues) succeeded");
+    eprintln!("set features 7 with 0xffff: {:?}", c.status());
+
+    let c = q.set_features(NUM_QUEUES, 3 | (3 << 16)).unwrap();
+    assert_ok(&c, "set features 7 (4 SQ / 4 CQ) before any I/O queue");
+    let r = c.result.get() as u32;
+    let (nsqa, ncqa) = (r & 0xffff, r >> 16);
+    eprintln!("set features 7 (asked 3/3 0-based): NSQA {nsqa} NCQA {ncqa}");
+    assert!(nsqa <= 3 && ncqa <= 3, "set features 7 asked for 4/4, granted {}/{} (0-based {nsqa}/{ncqa})", nsqa + 1, ncqa + 1);
+    let c = q.get_features(NUM_QUEUES).unwrap();
+    assert_ok(&c, "get features 7 after set");
+    eprintln!("get features 7 after set: {:#x}", c.result.get());
+
+    // once an I/O queue exists, the spec requires Command Sequence Error
+    let mut io = Queue::connect(s.addr, NO_DIGESTS).unwrap();
+    assert_ok(&io.fabrics_connect(1, 31, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 0).unwrap(), "I/O Connect");
+    let c = q.set_features(NUM_QUEUES, 3 | (3 << 16)).unwrap();
+    assert_status(&c, Status::CMD_SEQ_ERROR, "set features 7 after an I/O queue was created");
+}
+
+#[test]
+fn header_check_constants_are_consistent() {
+    // guards against the host encoding drifting from what the wire crate checks
+    let pdu = capsule_pdu(&Sqe::default(), &[0u8; 16], ALL_DIGESTS, 0);
+    let ch = tcp::CommonHeader::read_from_bytes(&pdu[..8]).unwrap();
+    let l = tcp::check_header(
+        &ch,
+        tcp::Role::Controller,
+        true,
+        ALL_DIGESTS,
+        tcp::Limits { max_inline: 16384, max_data: 131072 },
+    )
+    .unwrap();
+    assert_eq!(l.data_len, 16);
+}

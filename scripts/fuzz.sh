@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs one fuzz target for a bounded time.
+#
+#   scripts/fuzz.sh TARGET [SECONDS]       e.g. scripts/fuzz.sh nvme_tcp_pdu 600
+#
+# Installs cargo-fuzz from crates.io when missing. Uses the nightly toolchain
+# with AddressSanitizer when rustup has one, else the stable toolchain without
+# a sanitizer (Rust's own bounds and overflow checks still apply; the fuzz
+# build enables debug assertions). Crashes land in fuzz/artifacts/TARGET/.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+target=${1:?usage: scripts/fuzz.sh TARGET [SECONDS]}
+secs=${2:-60}
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+tc=() san=()
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  tc=(+nightly)
+else
+  san=(--sanitizer none)
+fi
+export CARGO_TARGET_DIR=$REPO/build/fuzz
+corpus=$REPO/build/fuzz-corpus/$target
+mkdir -p "$corpus"
+cd "$REPO/fuzz"
+exec cargo "${tc[@]}" fuzz run "${san[@]}" "$target" "$corpus" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1

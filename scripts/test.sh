@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need first.
+#
+#   sudo ./scripts/test.sh        (root: it installs Debian packages and the
+#                                   VM kernel on first use)
+#
+# Steps: install test dependencies; build (debug + release); clippy with
+# warnings denied; unit and integration tests (the integration tests start
+# the real `pinion` binary); a bounded fuzz run of the PDU parser; the
+# kernel-initiator VM test, first against the kernel's own nvmet (the
+# reference) and then against Pinion, with the same script.
+#
+# Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), SKIP_VM=1 skips
+# the VM tests (for a quick local run; CI never sets it).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+export CARGO_TARGET_DIR=$REPO/build/cargo
+export CARGO_TERM_COLOR=never
+LOG=$REPO/build/test-logs
+mkdir -p "$LOG"
+
+passed=0 failed=0 failures=()
+step() { printf '\n===== %s\n' "$*"; }
+ok() { passed=$((passed + ${2:-1})); printf -- '--- ok: %s\n' "$1"; }
+bad() { failed=$((failed + ${2:-1})); failures+=("$1"); printf -- '--- FAILED: %s\n' "$1"; }
+
+step "install test dependencies"
+if [[ $(id -u) == 0 ]]; then
+  ./scripts/install-test-deps.sh || { bad "install-test-deps"; }
+else
+  echo "not root: skipping package installs (run with sudo to install them)"
+fi
+
+step "build"
+if ! cargo build --workspace --all-targets --quiet; then bad "cargo build"; fi
+if ! cargo build --release -p pinion-target --quiet; then bad "cargo build --release"; fi
+
+step "clippy"
+if cargo clippy --workspace --all-targets --quiet -- -D warnings; then ok clippy; else bad clippy; fi
+
+step "unit and integration tests"
+export PINION_BIN=$CARGO_TARGET_DIR/debug/pinion
+cargo test --workspace --no-fail-fast 2>&1 | tee "$LOG/cargo-test.log"
+rc=${PIPESTATUS[0]}
+p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$LOG/cargo-test.log" | awk '{s+=$4} END {print s+0}')
+f=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$LOG/cargo-test.log" | awk '{s+=$6} END {print s+0}')
+passed=$((passed + p)); failed=$((failed + f))
+if ((rc != 0)); then
+  failures+=("cargo test (rc=$rc)")
+  ((f == 0)) && failed=$((failed + 1))
+fi
+
+step "fuzz: NVMe/TCP PDU parser (${FUZZ_SECONDS:-60} s)"
+if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
+  if ./scripts/fuzz.sh nvme_tcp_pdu "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
+    tail -n 3 "$LOG/fuzz.log"; ok "fuzz nvme_tcp_pdu"
+  else
+    tail -n 40 "$LOG/fuzz.log"; bad "fuzz nvme_tcp_pdu"
+  fi
+fi
+
+if [[ ${SKIP_VM:-} == 1 ]]; then
+  step "VM tests skipped (SKIP_VM=1)"
+else
+  step "kernel initiator vs the kernel's nvmet (reference)"
+  if tests/vm/run-e2e.sh nvmet >"$LOG/vm-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-nvmet.out"; ok "vm e2e nvmet"; else tail -n 60 "$LOG/vm-nvmet.out"; bad "vm e2e nvmet"; fi
+  step "kernel initiator vs Pinion"
+  if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
+fi
+
+step "summary"
+for f in "${failures[@]}"; do echo "failed: $f"; done
+echo "tests: $passed passed, $failed failed"
+((failed == 0))

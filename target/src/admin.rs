@@ -105,7 +105,8 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.kas = 10.into();
     // extended Get Log Page data (offsets)
     id.lpa = 1 << 2;
-    id.sgls = (1 << 0 | 1 << 20).into();
+    // SGLs, transport SGL data blocks (R2T/C2HData), offsets for in-capsule data
+    id.sgls = (1 << 0 | 1 << 20 | 1 << 21).into();
     id.subnqn = nul_field(&ctx.subsys.nqn);
     id.ioccsz = ((64 + lim.inline_data_size) / 16).into();
     id.iorcsz = 1.into();
@@ -132,8 +133,9 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.cctemp = 0x175.into();
     id.nn = (ctx.subsys.namespaces.len() as u32).into();
     id.oncs = (identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
-    // volatile write cache present; Flush accepts the broadcast NSID
-    id.vwc = 1 | 0x3 << 1;
+    // volatile write cache present (Flush to the broadcast NSID works too,
+    // but the bits that say so are NVMe 1.4 and we report 1.3)
+    id.vwc = 1;
     id
 }
 

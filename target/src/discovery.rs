@@ -23,7 +23,9 @@ fn entry(subtype: u8, nqn: &str, portid: u16, addr: SocketAddr) -> DiscoveryLogE
     e.cntlid = 0xffff.into();
     e.asqsz = ADMIN_SQ_SIZE.into();
     if subtype == disc::SUBTYPE_CURRENT_DISCOVERY {
-        e.eflags = (disc::EFLAGS_DUPRETINFO | disc::EFLAGS_EPCSD).into();
+        // no EPCSD: we never send discovery-log-change events to a
+        // persistent discovery connection
+        e.eflags = disc::EFLAGS_DUPRETINFO.into();
     }
     e.trsvcid = nul_field(&addr.port().to_string());
     e.subnqn = nul_field(nqn);

@@ -858,3 +858,27 @@ fn header_check_constants_are_consistent() {
     .unwrap();
     assert_eq!(l.data_len, 16);
 }
+
+/// With SQ flow control disabled (Connect CATTR bit 2, as nvme-cli's
+/// `--disable-sqflow` does), a successful read ends with the C2HData
+/// SUCCESS flag and no CapsuleResp; a failed read still gets a response.
+#[test]
+fn success_flag_when_sq_flow_control_is_disabled() {
+    let s = start();
+    let (mut admin, cntlid) = admin_connect(&s, NO_DIGESTS, TEST_NQN, HOSTNQN, KATO_MS);
+    admin.enable_controller().expect("enable controller");
+    let mut io = Queue::connect(s.addr, NO_DIGESTS).expect("I/O queue TCP connect");
+    let c = io.fabrics_connect(1, 127, 0, cntlid, TEST_NQN, HOSTNQN, HOSTID, 1 << 2).expect("I/O Connect");
+    assert_ok(&c, "I/O Connect with SQ flow control disabled");
+    io.set_block_size(1, 4096);
+    let data = pattern(77, 8192);
+    assert_ok(&io.write(1, 40, &data, false).unwrap(), "write");
+    let cid = io.submit_read(1, 40, 2, 4096).unwrap();
+    let done = io.wait(cid).unwrap();
+    assert!(done.via_success_flag, "read completion did not use the SUCCESS flag");
+    assert_eq!(done.data, data);
+    let cid = io.submit_read(1, NS1_BLOCKS, 1, 4096).unwrap();
+    let done = io.wait(cid).unwrap();
+    assert!(!done.via_success_flag);
+    assert_status(&done.cqe, Status::LBA_RANGE, "read past the end");
+}

@@ -286,8 +286,8 @@ run blkdiscard -o 0 -l 8M "$dev"
 step "disconnect"
 disconnect
 
-step "reconnect with header + data digests"
-run nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" -g -G -i 2 --ctrl-loss-tmo="$CTRL_LOSS_TMO"
+step "reconnect with header + data digests, SQ flow control disabled (C2HData SUCCESS flag)"
+run nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" -g -G --disable-sqflow -i 2 --ctrl-loss-tmo="$CTRL_LOSS_TMO"
 find_dev
 fio_4k_verify
 disconnect

@@ -84,19 +84,7 @@ impl FileBackend {
             return Err(BackendError::Open(format!("{}: empty", path.display())));
         }
         let direct = Self::open_direct(path, io_mode, read_only);
-        Ok(FileBackend::new(
-            BackendInfo {
-                kind: "file",
-                size,
-                block_size,
-                may_block: true,
-                read_only,
-                volatile_cache: true,
-                describe: path.display().to_string(),
-            },
-            file,
-            direct,
-        ))
+        Ok(FileBackend::on_disk("file", path, size, block_size, read_only, file, direct))
     }
 
     /// A block device; its size comes from the device.
@@ -120,19 +108,23 @@ impl FileBackend {
         // the target's own pool pages are its cache.
         let mode = if io_mode == IoMode::Buffered { IoMode::Buffered } else { IoMode::Direct };
         let direct = Self::open_direct(path, mode, read_only);
-        Ok(FileBackend::new(
-            BackendInfo {
-                kind: "block",
-                size: size - size % u64::from(block_size),
-                block_size,
-                may_block: true,
-                read_only,
-                volatile_cache: true,
-                describe: path.display().to_string(),
-            },
-            file,
-            direct,
-        ))
+        let size = size - size % u64::from(block_size);
+        Ok(FileBackend::on_disk("block", path, size, block_size, read_only, file, direct))
+    }
+
+    /// Files and devices: I/O may sleep, and a volatile cache (page cache or
+    /// device cache) sits in front, so FLUSH and FUA do real work.
+    fn on_disk(kind: &'static str, path: &Path, size: u64, block_size: u32, read_only: bool, file: File, direct: Option<File>) -> FileBackend {
+        let info = BackendInfo {
+            kind,
+            size,
+            block_size,
+            may_block: true,
+            read_only,
+            volatile_cache: true,
+            describe: path.display().to_string(),
+        };
+        FileBackend::new(info, file, direct)
     }
 
     fn open_direct(path: &Path, io_mode: IoMode, read_only: bool) -> Option<File> {

@@ -2,7 +2,6 @@
 //! queues (registers, features, keep-alive, asynchronous events).
 
 use crate::subsys::SubsysKind;
-use nvme_types::Cqe;
 use pinion_transport::nvme_tcp::Responder;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -59,7 +58,9 @@ pub struct CtrlState {
     pub io_queues: u16,
     pub async_event_config: u32,
     pub connected_io: BTreeSet<u16>,
-    /// Outstanding Asynchronous Event Request command IDs.
+    /// Outstanding Asynchronous Event Request command IDs. Held until the
+    /// association ends: no event source exists yet (namespaces do not
+    /// change while the server runs).
     pub aers: Vec<u16>,
     pub admin: Option<(Responder, u16)>,
     /// Changed Namespace List log contents, until read.
@@ -172,33 +173,6 @@ impl Controller {
 
     pub fn shutdown_complete(&self) {
         self.lock().csts |= csts::SHST_COMPLETE;
-    }
-
-    /// Records changed namespaces and, when the host asked for namespace
-    /// attribute notices and has an AER outstanding, completes it.
-    pub async fn notify_ns_changed(&self, nsids: &[u32]) {
-        let send = {
-            let mut s = self.lock();
-            for n in nsids {
-                if !s.changed_ns.contains(n) {
-                    s.changed_ns.push(*n);
-                }
-            }
-            if s.async_event_config & (1 << 8) == 0 {
-                None
-            } else {
-                match (s.aers.pop(), s.admin.clone()) {
-                    (Some(cid), Some((r, sqid))) => Some((cid, r, sqid)),
-                    _ => None,
-                }
-            }
-        };
-        if let Some((cid, r, sqid)) = send {
-            // type 2 (notice), info 0 (namespace attribute changed), log page 04h
-            let mut cqe = Cqe::new(cid, nvme_types::Status::SUCCESS, 0x0004_0002);
-            cqe.sqid = sqid.into();
-            r.complete(cqe).await;
-        }
     }
 }
 

@@ -136,6 +136,9 @@ open_code! {
     }
 }
 
+/// The NSID that addresses every namespace (Flush, SMART log).
+pub const BROADCAST_NSID: u32 = 0xffff_ffff;
+
 /// I/O command set opcodes (NVM command set).
 pub mod io {
     use super::Opcode;

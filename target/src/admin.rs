@@ -4,7 +4,7 @@
 use crate::ctrl::CtrlState;
 use crate::queue::{QueueCtx, Reply};
 use crate::subsys::SubsysKind;
-use nvme_types::command::{feature, Opcode};
+use nvme_types::command::{feature, Opcode, BROADCAST_NSID};
 use nvme_types::identify::{self, cns, IdentifyController, IdentifyNamespace};
 use nvme_types::log::{self, effects, lid, EffectsLog, FwSlotLog, GetLogPage, SmartLog};
 use nvme_types::{ascii_field, nul_field, Sqe, Status};
@@ -13,7 +13,6 @@ use zerocopy::{FromZeros, IntoBytes};
 
 pub const FIRMWARE_REV: &str = env!("CARGO_PKG_VERSION");
 const MAX_AERS: usize = 4;
-const BROADCAST_NSID: u32 = 0xffff_ffff;
 
 /// `None`: the command completes later (an AER).
 pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {

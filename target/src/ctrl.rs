@@ -2,7 +2,6 @@
 //! queues (registers, features, keep-alive, asynchronous events).
 
 use crate::subsys::SubsysKind;
-use pinion_transport::nvme_tcp::Responder;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +61,6 @@ pub struct CtrlState {
     /// association ends: no event source exists yet (namespaces do not
     /// change while the server runs).
     pub aers: Vec<u16>,
-    pub admin: Option<(Responder, u16)>,
     /// Changed Namespace List log contents, until read.
     pub changed_ns: Vec<u32>,
 }
@@ -94,7 +92,6 @@ impl Controller {
                 async_event_config: 0,
                 connected_io: BTreeSet::new(),
                 aers: Vec::new(),
-                admin: None,
                 changed_ns: Vec::new(),
             }),
             last_seen: Mutex::new(Instant::now()),

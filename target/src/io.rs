@@ -8,14 +8,12 @@
 
 use crate::queue::{transfer_len, QueueCtx, Reply};
 use crate::subsys::{Namespace, Subsystem};
-use nvme_types::command::{io, DsmRange, SglType};
+use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
 use nvme_types::{Sqe, Status};
 use pinion_backends::{Backend, BackendError, Direction, Sgl};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use zerocopy::FromBytes;
-
-const BROADCAST_NSID: u32 = 0xffff_ffff;
 
 /// Runs backend work inline when it cannot sleep (RAM, null) and on the
 /// blocking pool when it can (files, devices).

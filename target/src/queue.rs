@@ -164,7 +164,6 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         tasks.abort_all();
     }
     if ctx.qid == 0 {
-        ctx.ctrl.lock().admin = None;
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);
         tracing::info!(reason = ?why, "controller released");

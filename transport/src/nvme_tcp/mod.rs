@@ -76,9 +76,21 @@ struct PendingXfer {
     done: oneshot::Sender<Result<Sgl, Status>>,
 }
 
+/// Transfers waiting for H2CData, by transfer tag, and the next tag to try.
+#[derive(Default)]
+struct Xfers {
+    pending: HashMap<u16, PendingXfer>,
+    next_ttag: u16,
+}
+
 struct Shared {
-    pending: Mutex<HashMap<u16, PendingXfer>>,
-    next_ttag: Mutex<u16>,
+    xfers: Mutex<Xfers>,
+}
+
+impl Shared {
+    fn xfers(&self) -> std::sync::MutexGuard<'_, Xfers> {
+        self.xfers.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Items for the writer.
@@ -125,19 +137,18 @@ impl Responder {
         let len = sgl.len() as u32;
         let (done, wait) = oneshot::channel();
         let ttag = {
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let mut next = self.shared.next_ttag.lock().unwrap_or_else(|e| e.into_inner());
+            let mut x = self.shared.xfers();
             // queue depth is at most 128, so a free tag is always near
-            while pending.contains_key(&*next) {
-                *next = next.wrapping_add(1);
+            while x.pending.contains_key(&x.next_ttag) {
+                x.next_ttag = x.next_ttag.wrapping_add(1);
             }
-            let t = *next;
-            *next = next.wrapping_add(1);
-            pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
+            let t = x.next_ttag;
+            x.next_ttag = t.wrapping_add(1);
+            x.pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
             t
         };
         if self.tx.send(Tx::R2t { cccid, ttag, offset: 0, len }).await.is_err() {
-            self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&ttag);
+            self.shared.xfers().pending.remove(&ttag);
             return Err(Status::ABORT_QUEUE);
         }
         wait.await.unwrap_or(Err(Status::ABORT_QUEUE))
@@ -167,7 +178,7 @@ impl Connection {
         self.reader.abort();
         // The aborted reader will never complete these: fail them now so
         // their commands can finish instead of waiting forever.
-        self.responder.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.responder.shared.xfers().pending.clear();
     }
 
     /// Waits until the writer has flushed and closed the socket.
@@ -243,7 +254,7 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(512);
     let (cmd_tx, commands) = mpsc::channel(256);
-    let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), next_ttag: Mutex::new(0) });
+    let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
     let span = tracing::Span::current();
     let writer = tokio::spawn(tracing::Instrument::instrument(writer::run(wr, rx, negotiated), span.clone()));
     let reader = tokio::spawn(tracing::Instrument::instrument(

@@ -2,7 +2,7 @@
 //! header, digest, lengths, transfer tags) before anything acts on it.
 
 use super::{Command, PendingXfer, Shared, TransportError, Tx};
-use crate::digest::{crc32c, crc32c_sgl};
+use crate::digest::crc32c;
 use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HLEN};
 use nvme_types::Status;
 use pinion_backends::{PagePool, Sgl};
@@ -61,7 +61,7 @@ pub(super) async fn run(rd: OwnedReadHalf, st: State) {
         }
     }
     // Transfers still waiting for data will never get it.
-    st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    st.shared.xfers().pending.clear();
 }
 
 async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
@@ -70,13 +70,22 @@ async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
     Ok(u32::from_le_bytes(d))
 }
 
-/// Reads `len` bytes from the socket straight into the SGL's pages.
-async fn read_into<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, len: usize) -> std::io::Result<bool> {
-    let Some(slices) = sgl.dest_slices(offset, len) else { return Ok(false) };
+/// Reads `len` bytes from the socket straight into the SGL's pages; with
+/// `digest`, returns the CRC32C of exactly those bytes (else 0). Callers
+/// check the range first, so an out-of-range request is a bug, reported as
+/// an error rather than a silent desync of the stream.
+async fn read_into<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
+    let slices = sgl
+        .dest_slices(offset, len)
+        .ok_or_else(|| std::io::Error::other(format!("receive range {offset}+{len} outside the destination SGL")))?;
+    let mut crc = 0;
     for s in slices {
         rd.read_exact(s).await?;
+        if digest {
+            crc = crc32c::crc32c_append(crc, s);
+        }
     }
-    Ok(true)
+    Ok(crc)
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(rd: &mut R, st: &State) -> Stop {
@@ -134,10 +143,10 @@ async fn capsule<R: AsyncRead + Unpin>(rd: &mut R, st: &State, layout: &tcp::Lay
     let mut data_error = None;
     if layout.data_len > 0 {
         let mut sgl = Sgl::alloc(&st.pool, pinion_backends::Direction::Dest, layout.data_len).await;
-        read_into(rd, &mut sgl, 0, layout.data_len).await?;
+        let got = read_into(rd, &mut sgl, 0, layout.data_len, layout.data_digest).await?;
         if layout.data_digest {
             let want = read_digest(rd).await?;
-            if crc32c_sgl(&sgl) != want {
+            if got != want {
                 tracing::warn!(cid = sqe.cid(), "in-capsule data digest mismatch");
                 data_error = Some(Status::TRANSIENT_TRANSPORT_ERROR);
             }
@@ -156,7 +165,7 @@ async fn h2c_data<R: AsyncRead + Unpin>(
 ) -> Result<(), Stop> {
     let ttag = d.ttag.get();
     let (datao, datal) = (d.datao.get() as usize, d.datal.get() as usize);
-    let Some(mut x) = st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&ttag) else {
+    let Some(mut x) = st.shared.xfers().pending.remove(&ttag) else {
         return Err(fatal(Fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag", hdr));
     };
     if x.cccid != d.cccid.get() {
@@ -170,28 +179,8 @@ async fn h2c_data<R: AsyncRead + Unpin>(
     if datao + datal > x.sgl.len() {
         return Err(fatal(Fes::DATA_OUT_OF_RANGE, 16, "H2CData beyond the requested range", hdr));
     }
-    let _ = layout;
-    read_into(rd, &mut x.sgl, datao, datal).await?;
-    let mut digest_ok = true;
-    if layout.data_digest {
-        let want = read_digest(rd).await?;
-        let got = x
-            .sgl
-            .segments()
-            .iter()
-            .scan(0usize, |pos, s| {
-                let start = *pos;
-                *pos += s.len();
-                Some((start, s))
-            })
-            .filter(|(start, s)| start + s.len() > datao && *start < datao + datal)
-            .fold(0u32, |c, (start, s)| {
-                let a = datao.saturating_sub(start);
-                let b = (datao + datal - start).min(s.len());
-                crc32c::crc32c_append(c, &s.bytes()[a..b])
-            });
-        digest_ok = got == want;
-    }
+    let got = read_into(rd, &mut x.sgl, datao, datal, layout.data_digest).await?;
+    let digest_ok = !layout.data_digest || read_digest(rd).await? == got;
     x.received += datal;
     if !digest_ok {
         tracing::warn!(cid = x.cccid, ttag, "H2CData digest mismatch");
@@ -207,7 +196,7 @@ async fn h2c_data<R: AsyncRead + Unpin>(
     } else if last {
         return Err(fatal(Fes::PDU_SEQUENCE_ERROR, 1, "last H2CData before the transfer was complete", hdr));
     } else {
-        st.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(ttag, x);
+        st.shared.xfers().pending.insert(ttag, x);
     }
     Ok(())
 }

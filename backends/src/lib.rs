@@ -12,11 +12,13 @@ pub mod file;
 pub mod null;
 pub mod pool;
 pub mod sgl;
+pub mod volume;
 
 use std::sync::Arc;
 
 pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
 pub use sgl::{Direction, Segment, Sgl};
+pub use volume::{ReadOpts, Volume};
 
 /// Errors of the storage layer; the target maps them to protocol status at
 /// the protocol boundary.

@@ -10,24 +10,10 @@ use crate::queue::{transfer_len, QueueCtx, Reply};
 use crate::subsys::{Namespace, Subsystem};
 use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
 use nvme_types::{Sqe, Status};
-use pinion_backends::{Backend, BackendError, Direction, Sgl};
+use pinion_backends::{BackendError, ReadOpts, Sgl};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use zerocopy::FromBytes;
-
-/// Runs backend work inline when it cannot sleep (RAM, null) and on the
-/// blocking pool when it can (files, devices).
-async fn run_backend<T: Send + 'static>(
-    b: &Arc<dyn Backend>,
-    f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
-) -> Result<T, Status> {
-    if b.info().may_block {
-        let b = b.clone();
-        tokio::task::spawn_blocking(move || f(&*b)).await.map_err(|_| Status::INTERNAL)
-    } else {
-        Ok(f(&**b))
-    }
-}
 
 fn map_err(e: BackendError, write: bool) -> Status {
     match e {
@@ -70,7 +56,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
         io::READ => read(ctx, ns, &sqe).await,
         io::WRITE => write(ctx, ns, &sqe, data).await,
         io::FLUSH => {
-            run_backend(&ns.backend, |b| b.flush()).await?.map_err(|e| map_err(e, true))?;
+            ns.volume.flush().await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
         io::WRITE_ZEROES => {
@@ -78,15 +64,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
             let deallocate = d12 & (1 << 25) != 0;
             let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
-            run_backend(&ns.backend, move |b| {
-                b.write_zeroes(off, len, deallocate)?;
-                if fua {
-                    b.flush()?;
-                }
-                Ok(())
-            })
-            .await?
-            .map_err(|e| map_err(e, true))?;
+            ns.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
         io::DSM => dsm(ctx, ns, &sqe, data).await,
@@ -113,13 +91,11 @@ async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, S
     if sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
         return Err(Status::SGL_INVALID_TYPE.dnr());
     }
-    let mut sgl = Sgl::alloc(&ctx.pool, Direction::Dest, len).await;
-    let sgl = run_backend(&ns.backend, move |b| b.read(off, &mut sgl).map(|()| sgl))
-        .await?
-        .map_err(|e| map_err(e, false))?;
+    let opts = ReadOpts { need_bytes: ctx.responder.negotiated().digests.data };
+    let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
     ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
     ns.stats.read_cmds.fetch_add(1, Relaxed);
-    Ok(Reply { result: 0, data: Some(sgl.into_source()) })
+    Ok(Reply { result: 0, data: Some(sgl) })
 }
 
 /// The host's data for a write-type command: in the capsule, or fetched
@@ -148,13 +124,13 @@ async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> 
 
 async fn write(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
     let (off, len) = data_len(ctx, ns, sqe)?;
-    if ns.backend.info().read_only {
+    if ns.volume.info().read_only {
         return Err(Status::NS_WRITE_PROTECTED.dnr());
     }
     let sgl = host_data(ctx, sqe, data, len).await?;
     // With the volatile write cache turned off, every write is written through.
     let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
-    run_backend(&ns.backend, move |b| b.write(off, &sgl, fua)).await?.map_err(|e| map_err(e, true))?;
+    ns.volume.write(off, sgl, fua).await.map_err(|e| map_err(e, true))?;
     ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
     ns.stats.write_cmds.fetch_add(1, Relaxed);
     Reply::ok()
@@ -183,9 +159,7 @@ async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) 
         }
         ranges.push(lba_range(ns, r.slba.get(), u64::from(r.nlb.get()))?);
     }
-    run_backend(&ns.backend, move |b| ranges.iter().try_for_each(|&(off, len)| b.discard(off, len)))
-        .await?
-        .map_err(|e| map_err(e, true))?;
+    ns.volume.discard(ranges).await.map_err(|e| map_err(e, true))?;
     Reply::ok()
 }
 
@@ -193,8 +167,7 @@ async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) 
 /// shutdown notification).
 pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
     for ns in &subsys.namespaces {
-        let b = ns.backend.clone();
-        tokio::task::spawn_blocking(move || b.flush()).await.map_err(|e| BackendError::Io(std::io::Error::other(e)))??;
+        ns.volume.flush().await?;
     }
     Ok(())
 }

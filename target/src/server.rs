@@ -3,7 +3,7 @@
 //! flushes every volume, and returns.
 
 use crate::subsys::{Limits, Registry, Subsystem};
-use pinion_backends::{Backend, IoMode, PagePool, VolumeSpec};
+use pinion_backends::{IoMode, PagePool, Volume, VolumeSpec};
 use pinion_conf::{BackendKind, Config};
 use pinion_transport::nvme_tcp::{self, TransportConfig};
 use std::collections::HashMap;
@@ -28,7 +28,8 @@ pub enum ServerError {
 pub struct Server {
     pub reg: Arc<Registry>,
     pub pool: PagePool,
-    volumes: Vec<(String, Arc<dyn Backend>)>,
+    /// Every configured volume, in config order; shared by all protocols.
+    pub volumes: Vec<Arc<Volume>>,
     transport: TransportConfig,
     cfg: Config,
 }
@@ -55,18 +56,19 @@ impl Server {
     /// Opens every volume and builds the subsystems; nothing is served yet,
     /// and any failure leaves nothing half-configured.
     pub fn build(cfg: &Config) -> Result<Server, ServerError> {
+        let pool = PagePool::new(cfg.memory.pool, cfg.debug.poison_released_pages);
         let mut volumes = Vec::new();
         for v in &cfg.volume {
             let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
-            volumes.push((v.name.clone(), b));
+            volumes.push(Arc::new(Volume::new(&v.name, b, pool.clone())));
         }
-        let by_name: HashMap<_, _> = volumes.iter().cloned().collect();
+        let by_name: HashMap<_, _> = volumes.iter().map(|v| (v.name.clone(), v.clone())).collect();
         let mut subsystems = HashMap::new();
         for s in &cfg.subsystem {
             let mut vols = Vec::new();
             for n in &s.namespaces {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
-                vols.push((n.clone(), b.clone()));
+                vols.push(b.clone());
             }
             let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
@@ -81,7 +83,7 @@ impl Server {
         };
         Ok(Server {
             reg: Arc::new(reg),
-            pool: PagePool::new(cfg.memory.pool, cfg.debug.poison_released_pages),
+            pool,
             volumes,
             transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10) },
             cfg: cfg.clone(),
@@ -96,10 +98,10 @@ impl Server {
         for sub in &subs {
             s += &format!("  subsystem {}\n", sub.nqn);
             for ns in &sub.namespaces {
-                let i = ns.backend.info();
+                let i = ns.volume.info();
                 s += &format!(
                     "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
-                    ns.nsid, ns.volume, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                    ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
                 );
             }
         }
@@ -176,12 +178,10 @@ impl Server {
             tracing::warn!("connections did not close in time; aborting them");
             conns.abort_all();
         }
-        for (name, b) in &self.volumes {
-            let b = b.clone();
-            match tokio::task::spawn_blocking(move || b.flush()).await {
-                Ok(Ok(())) => tracing::info!(volume = %name, "flushed"),
-                Ok(Err(e)) => tracing::error!(volume = %name, error = %e, "flush at shutdown failed"),
-                Err(e) => tracing::error!(volume = %name, error = %e, "flush at shutdown panicked"),
+        for v in &self.volumes {
+            match v.flush().await {
+                Ok(()) => tracing::info!(volume = %v.name, "flushed"),
+                Err(e) => tracing::error!(volume = %v.name, error = %e, "flush at shutdown failed"),
             }
         }
         tracing::info!("stopped");

@@ -2,7 +2,7 @@
 
 use crate::ctrl::Controller;
 use nvme_types::fabrics::DISCOVERY_NQN;
-use pinion_backends::Backend;
+use pinion_backends::Volume;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,7 @@ pub struct NsStats {
 
 pub struct Namespace {
     pub nsid: u32,
-    pub volume: String,
-    pub backend: Arc<dyn Backend>,
+    pub volume: Arc<Volume>,
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub eui64: [u8; 8],
@@ -28,14 +27,14 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn block_size(&self) -> u32 {
-        self.backend.info().block_size
+        self.volume.info().block_size
     }
     pub fn lba_shift(&self) -> u8 {
         self.block_size().trailing_zeros() as u8
     }
     /// Size in logical blocks.
     pub fn nsze(&self) -> u64 {
-        self.backend.info().size >> self.lba_shift()
+        self.volume.info().size >> self.lba_shift()
     }
 }
 
@@ -62,7 +61,7 @@ struct Controllers {
 }
 
 /// Identifiers derived from names, so they survive restarts without state.
-fn stable_id(parts: &[&str]) -> [u8; 16] {
+pub fn stable_id(parts: &[&str]) -> [u8; 16] {
     // A fixed namespace UUID for Pinion's name-based (v5) identifiers.
     const PINION_NS: uuid::Uuid = uuid::Uuid::from_u128(0x5b1e_2f6a_7c3d_4e8f_9a0b_1c2d_3e4f_5a6b);
     *uuid::Uuid::new_v5(&PINION_NS, parts.join("\0").as_bytes()).as_bytes()
@@ -73,21 +72,21 @@ impl Subsystem {
         nqn: &str,
         serial: Option<&str>,
         model: Option<&str>,
-        volumes: Vec<(String, Arc<dyn Backend>)>,
+        volumes: Vec<Arc<Volume>>,
         hosts: Vec<String>,
     ) -> Subsystem {
         let namespaces = volumes
             .into_iter()
             .enumerate()
-            .map(|(i, (volume, backend))| {
+            .map(|(i, volume)| {
                 let nsid = i as u32 + 1;
                 let n = nsid.to_string();
-                let nguid = stable_id(&["nguid", nqn, &volume, &n]);
-                let uuid = stable_id(&["uuid", nqn, &volume, &n]);
-                let e = stable_id(&["eui64", nqn, &volume, &n]);
+                let nguid = stable_id(&["nguid", nqn, &volume.name, &n]);
+                let uuid = stable_id(&["uuid", nqn, &volume.name, &n]);
+                let e = stable_id(&["eui64", nqn, &volume.name, &n]);
                 // locally administered, so it cannot collide with a vendor's OUI
                 let eui64 = [e[0] | 0x02, e[1], e[2], e[3], e[4], e[5], e[6], e[7]];
-                Arc::new(Namespace { nsid, volume, backend, nguid, uuid, eui64, stats: NsStats::default() })
+                Arc::new(Namespace { nsid, volume, nguid, uuid, eui64, stats: NsStats::default() })
             })
             .collect();
         let serial = match serial {
@@ -197,8 +196,11 @@ mod tests {
 
     #[test]
     fn identifiers_are_stable_and_distinct() {
-        let b: Arc<dyn Backend> = Arc::new(pinion_backends::null::NullBackend::new(1 << 20, 4096));
-        let mk = || Subsystem::new_nvm("nqn.a", None, None, vec![("v".into(), b.clone()), ("w".into(), b.clone())], vec![]);
+        let b: Arc<dyn pinion_backends::Backend> = Arc::new(pinion_backends::null::NullBackend::new(1 << 20, 4096));
+        let pool = pinion_backends::PagePool::new(0, false);
+        let v = Arc::new(Volume::new("v", b.clone(), pool.clone()));
+        let w = Arc::new(Volume::new("w", b, pool));
+        let mk = || Subsystem::new_nvm("nqn.a", None, None, vec![v.clone(), w.clone()], vec![]);
         let (s1, s2) = (mk(), mk());
         assert_eq!(s1.namespaces[0].nguid, s2.namespaces[0].nguid);
         assert_eq!(s1.serial, s2.serial);

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod file;
+pub mod locks;
 pub mod null;
 pub mod pool;
 pub mod sgl;
@@ -16,6 +17,7 @@ pub mod volume;
 
 use std::sync::Arc;
 
+pub use locks::{LockMode, RangeGuard, RangeLocks};
 pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
 pub use sgl::{Direction, Segment, Sgl};
 pub use volume::{ReadOpts, Volume};

@@ -10,7 +10,7 @@
 //! their release.
 
 use crate::{Backend, BackendError, BackendInfo, PagePool, Result, Sgl};
-use crate::Direction;
+use crate::{Direction, LockMode, RangeGuard, RangeLocks};
 use std::sync::Arc;
 
 /// What the protocol needs from a READ's source SGL.
@@ -25,6 +25,7 @@ pub struct Volume {
     pub name: String,
     backend: Arc<dyn Backend>,
     pool: PagePool,
+    locks: Arc<RangeLocks>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -35,7 +36,7 @@ impl std::fmt::Debug for Volume {
 
 impl Volume {
     pub fn new(name: &str, backend: Arc<dyn Backend>, pool: PagePool) -> Volume {
-        Volume { name: name.to_string(), backend, pool }
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default() }
     }
 
     pub fn info(&self) -> &BackendInfo {
@@ -48,6 +49,16 @@ impl Volume {
 
     pub fn pool(&self) -> &PagePool {
         &self.pool
+    }
+
+    /// Locks a byte range against overlapping users (see [`RangeLocks`]):
+    /// e.g. COMPARE AND WRITE holds `Exclusive` across its read and write.
+    pub async fn lock_range(&self, offset: u64, len: u64, mode: LockMode) -> RangeGuard {
+        self.locks.lock(offset, len, mode).await
+    }
+
+    pub fn range_locks(&self) -> &Arc<RangeLocks> {
+        &self.locks
     }
 
     /// Checks that a byte range lies inside the volume.

@@ -1,0 +1,129 @@
+//! Byte-range locks of a volume.
+//!
+//! A `Shared` lock is held by a send that references the volume's page
+//! cache (a spliced READ payload): until the socket has sent those bytes, a
+//! WRITE to the same range would change what goes on the wire. A
+//! `Exclusive` lock is held by writers. Overlapping `Shared` locks coexist;
+//! anything else that overlaps waits: nothing is copied to get around it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+struct Held {
+    id: u64,
+    start: u64,
+    end: u64,
+    mode: LockMode,
+}
+
+#[derive(Default)]
+pub struct RangeLocks {
+    held: Mutex<Vec<Held>>,
+    released: Notify,
+    next_id: AtomicU64,
+    /// Lock requests that had to wait (metrics).
+    pub waits: AtomicU64,
+    /// Requests waiting right now (metrics).
+    pub waiting: AtomicU64,
+}
+
+/// A held range lock; dropping it releases the range.
+pub struct RangeGuard {
+    locks: Arc<RangeLocks>,
+    id: u64,
+}
+
+impl std::fmt::Debug for RangeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RangeGuard({})", self.id)
+    }
+}
+
+impl RangeLocks {
+    fn conflicts(held: &[Held], start: u64, end: u64, mode: LockMode) -> bool {
+        held.iter().any(|h| h.start < end && start < h.end && (mode == LockMode::Exclusive || h.mode == LockMode::Exclusive))
+    }
+
+    fn try_take(self: &Arc<Self>, start: u64, end: u64, mode: LockMode) -> Option<RangeGuard> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if Self::conflicts(&held, start, end, mode) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        held.push(Held { id, start, end, mode });
+        Some(RangeGuard { locks: self.clone(), id })
+    }
+
+    /// Locks `[offset, offset + len)`, waiting while an overlapping lock
+    /// conflicts.
+    pub async fn lock(self: &Arc<Self>, offset: u64, len: u64, mode: LockMode) -> RangeGuard {
+        let end = offset.saturating_add(len.max(1));
+        if let Some(g) = self.try_take(offset, end, mode) {
+            return g;
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let g = loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Register before re-checking, so a release in between is not missed.
+            released.as_mut().enable();
+            if let Some(g) = self.try_take(offset, end, mode) {
+                break g;
+            }
+            released.await;
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        g
+    }
+
+    /// Number of ranges held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for RangeGuard {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = held.iter().position(|h| h.id == self.id) {
+            held.swap_remove(i);
+        }
+        drop(held);
+        self.locks.released.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn shared_coexist_exclusive_waits() {
+        let l = Arc::new(RangeLocks::default());
+        let a = l.lock(0, 8192, LockMode::Shared).await;
+        let b = l.lock(4096, 8192, LockMode::Shared).await;
+        let _c = l.lock(12288, 4096, LockMode::Exclusive).await; // disjoint from both
+        let l2 = l.clone();
+        let w = tokio::spawn(async move { l2.lock(0, 1, LockMode::Exclusive).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!w.is_finished(), "an overlapping writer waits for the shared holder");
+        assert_eq!(l.waiting.load(Ordering::Relaxed), 1);
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!w.is_finished());
+        drop(a);
+        let g = tokio::time::timeout(Duration::from_secs(1), w).await.unwrap().unwrap();
+        drop(g);
+        assert_eq!(l.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(l.waiting.load(Ordering::Relaxed), 0);
+    }
+}

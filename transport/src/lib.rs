@@ -2,9 +2,14 @@
 //!
 //! `nvme_tcp` frames NVMe/TCP: the ICReq/ICResp handshake, a reader that
 //! checks every PDU fully before acting on it and receives data straight
-//! into destination SGLs, and a writer (the send engine) that batches PDUs
-//! into vectored writes and releases each SGL only once it has been written.
-#![forbid(unsafe_code)]
+//! into destination SGLs, and an encoder of its PDUs. `send` is the send
+//! engine every protocol shares: batched vectored writes, zero-copy sends,
+//! splice, and the tracker that releases each payload only once the kernel
+//! is done with it.
+// `unsafe` lives only in `sys`, each block with its SAFETY argument.
+#![deny(unsafe_code)]
 
 pub mod digest;
 pub mod nvme_tcp;
+pub mod send;
+mod sys;

@@ -558,3 +558,64 @@ async fn close<T>(
         inflight.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinion_backends::{file::FileBackend, PagePool, ReadOpts, Volume};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    struct Item(Sgl);
+    impl Outgoing for Item {
+        fn payload(&self) -> Option<&Sgl> {
+            Some(&self.0)
+        }
+    }
+    struct Raw;
+    impl Encode<Item> for Raw {
+        fn encode(&mut self, i: usize, item: &Item, out: &mut Frames) -> Flow {
+            out.bytes(b"HDR!");
+            out.payload(i, 0..item.0.len());
+            Flow::Continue
+        }
+    }
+
+    /// A spliced page-cache payload keeps its range locked until the peer
+    /// has received (and acknowledged) it, however long that takes.
+    #[tokio::test]
+    async fn page_cache_payload_is_held_until_the_socket_drains() {
+        let pool = PagePool::new(0, true);
+        let vol = Volume::new("t", Arc::new(FileBackend::ram("t", 8 << 20, 4096).unwrap()), pool);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // a small receive window, so the payload cannot all be in flight
+        socket2::SockRef::from(&peer).set_recv_buffer_size(64 << 10).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let (_rd, wr) = TcpStream::from_std(s).unwrap().into_split();
+        let (tx, rx) = mpsc::channel(4);
+        let engine = tokio::spawn(run(wr, rx, Raw, SendConfig::default()));
+        let len = 1 << 20;
+        let payload = vol.read(0, len, ReadOpts::default()).await.unwrap();
+        assert!(!payload.is_memory(), "expected the splice path");
+        tx.send(Item(payload)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(vol.range_locks().held(), 1, "released while bytes were still queued");
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; len + 4];
+            peer.read_exact(&mut got).unwrap();
+            (got, peer)
+        });
+        let (got, _peer) = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+        assert_eq!(&got[..4], b"HDR!");
+        assert!(got[4..].iter().all(|&b| b == 0));
+        let t = tokio::time::Instant::now();
+        while vol.range_locks().held() != 0 {
+            assert!(t.elapsed() < Duration::from_secs(2), "not released after the peer had it all");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tx);
+        engine.await.unwrap();
+    }
+}

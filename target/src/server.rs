@@ -274,8 +274,25 @@ impl Server {
 }
 
 /// iSCSI service settings from the configuration.
-fn iscsi_settings(_cfg: &Config) -> IscsiSettings {
-    IscsiSettings::default()
+fn iscsi_settings(cfg: &Config) -> IscsiSettings {
+    let i = &cfg.iscsi;
+    let prefs = pinion_transport::iscsi::text::TargetPrefs {
+        max_recv_dsl: i.max_recv_data_segment_length,
+        max_burst: i.max_burst_length,
+        first_burst: i.first_burst_length,
+        initial_r2t: i.initial_r2t,
+        immediate_data: i.immediate_data,
+        max_outstanding_r2t: i.max_outstanding_r2t,
+        ..Default::default()
+    };
+    IscsiSettings {
+        prefs,
+        portal_group_tag: i.portal_group,
+        queue_depth: i.queue_depth,
+        nop_interval: (i.nop_interval > 0).then(|| Duration::from_secs(i.nop_interval.into())),
+        nop_timeout: Duration::from_secs(i.nop_timeout.into()),
+        ..IscsiSettings::default()
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

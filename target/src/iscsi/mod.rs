@@ -279,5 +279,11 @@ pub async fn connection(srv: Arc<IscsiServer>, stream: TcpStream, shutdown: watc
 
 /// A target as the configuration describes it.
 pub fn target_from_config(t: &pinion_conf::IscsiTargetConfig, volumes: Vec<Arc<Volume>>) -> Target {
-    IscsiServer::target(&t.iqn, volumes, &t.initiators)
+    let creds = |user: &str, secret: &pinion_conf::Secret| Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() };
+    let mut target = IscsiServer::target(&t.iqn, volumes, &t.initiators);
+    target.alias = t.alias.clone();
+    target.chap = t.chap.as_ref().map(|c| creds(&c.user, &c.secret));
+    target.mutual_chap = t.mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret));
+    target.initiator_chap = t.initiator_chap.iter().map(|c| (c.initiator.to_ascii_lowercase(), creds(&c.user, &c.secret))).collect();
+    target
 }

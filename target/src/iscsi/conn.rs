@@ -856,7 +856,7 @@ impl Reader {
             }
             Ok(Some(x)) => x,
         };
-        let pairs = match text::parse(&text) {
+        let pairs = match text::parse_unique(&text) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed Text Request");

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod io;
 pub mod queue;
+pub mod scsi;
 pub mod server;
 pub mod subsys;
 

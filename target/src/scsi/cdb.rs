@@ -5,7 +5,7 @@
 //! masks are what REPORT SUPPORTED OPERATION CODES returns, so what we claim
 //! and what we accept cannot drift apart. A bit outside the mask is reserved
 //! or names a feature we do not have (RDPROTECT without protection
-//! information, ANCHOR, group numbers, third-party reservations): it must
+//! information, ANCHOR, third-party reservations): it must
 //! be zero, or the command fails with INVALID FIELD IN CDB pointing at it.
 //! Checks that need the logical unit (LBA range, transfer limits) happen
 //! when the command runs.
@@ -110,6 +110,8 @@ impl CmdDesc {
 }
 
 const F: u8 = 0xff;
+/// GROUP NUMBER: accepted and ignored (we have no grouping function).
+const G: u8 = 0x1f;
 
 macro_rules! cmd {
     ($op:expr, $name:expr, [$($m:expr),*]) => {
@@ -134,15 +136,15 @@ pub static COMMANDS: &[CmdDesc] = &[
     cmd!(Opcode::START_STOP_UNIT, "START STOP UNIT", [0x01, 0, 0x0f, 0xf7, 0]),
     cmd!(Opcode::PREVENT_ALLOW, "PREVENT ALLOW MEDIUM REMOVAL", [0, 0, 0, 0x03, 0]),
     cmd!(Opcode::READ_CAPACITY_10, "READ CAPACITY(10)", [0, F, F, F, F, 0, 0, 0x01, 0]),
-    cmd!(Opcode::READ_10, "READ(10)", [0x1c, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::WRITE_10, "WRITE(10)", [0x18, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::WRITE_VERIFY_10, "WRITE AND VERIFY(10)", [0x12, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::VERIFY_10, "VERIFY(10)", [0x16, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::PRE_FETCH_10, "PRE-FETCH(10)", [0x02, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::SYNCHRONIZE_CACHE_10, "SYNCHRONIZE CACHE(10)", [0x02, F, F, F, F, 0, F, F, 0]),
+    cmd!(Opcode::READ_10, "READ(10)", [0x1c, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::WRITE_10, "WRITE(10)", [0x18, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::WRITE_VERIFY_10, "WRITE AND VERIFY(10)", [0x12, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::VERIFY_10, "VERIFY(10)", [0x16, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::PRE_FETCH_10, "PRE-FETCH(10)", [0x02, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::SYNCHRONIZE_CACHE_10, "SYNCHRONIZE CACHE(10)", [0x02, F, F, F, F, G, F, F, 0]),
     cmd!(Opcode::READ_DEFECT_DATA_10, "READ DEFECT DATA(10)", [0, 0x1f, 0, 0, 0, 0, F, F, 0]),
-    cmd!(Opcode::WRITE_SAME_10, "WRITE SAME(10)", [0x08, F, F, F, F, 0, F, F, 0]),
-    cmd!(Opcode::UNMAP, "UNMAP", [0, 0, 0, 0, 0, 0, F, F, 0]),
+    cmd!(Opcode::WRITE_SAME_10, "WRITE SAME(10)", [0x08, F, F, F, F, G, F, F, 0]),
+    cmd!(Opcode::UNMAP, "UNMAP", [0, 0, 0, 0, 0, G, F, F, 0]),
     cmd!(Opcode::MODE_SELECT_10, "MODE SELECT(10)", [0x11, 0, 0, 0, 0, 0, F, F, 0]),
     cmd!(Opcode::RESERVE_10, "RESERVE(10)", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd!(Opcode::RELEASE_10, "RELEASE(10)", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -159,24 +161,24 @@ pub static COMMANDS: &[CmdDesc] = &[
     cmd!(Opcode::PERSISTENT_RESERVE_OUT, sa prout::PREEMPT_AND_ABORT, "PERSISTENT RESERVE OUT", [0x1f, F, 0, 0, F, F, F, F, 0]),
     cmd!(Opcode::PERSISTENT_RESERVE_OUT, sa prout::REGISTER_AND_IGNORE, "PERSISTENT RESERVE OUT", [0x1f, F, 0, 0, F, F, F, F, 0]),
     cmd!(Opcode::PERSISTENT_RESERVE_OUT, sa prout::REGISTER_AND_MOVE, "PERSISTENT RESERVE OUT", [0x1f, F, 0, 0, F, F, F, F, 0]),
-    cmd!(Opcode::READ_16, "READ(16)", [0x1c, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::COMPARE_AND_WRITE, "COMPARE AND WRITE", [0x18, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, 0]),
-    cmd!(Opcode::WRITE_16, "WRITE(16)", [0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::ORWRITE_16, "ORWRITE(16)", [0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::WRITE_VERIFY_16, "WRITE AND VERIFY(16)", [0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::VERIFY_16, "VERIFY(16)", [0x16, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::PRE_FETCH_16, "PRE-FETCH(16)", [0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::SYNCHRONIZE_CACHE_16, "SYNCHRONIZE CACHE(16)", [0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::WRITE_SAME_16, "WRITE SAME(16)", [0x09, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
+    cmd!(Opcode::READ_16, "READ(16)", [0x1c, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::COMPARE_AND_WRITE, "COMPARE AND WRITE", [0x18, F, F, F, F, F, F, F, F, 0, 0, 0, F, G, 0]),
+    cmd!(Opcode::WRITE_16, "WRITE(16)", [0x18, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::ORWRITE_16, "ORWRITE(16)", [0x18, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::WRITE_VERIFY_16, "WRITE AND VERIFY(16)", [0x12, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::VERIFY_16, "VERIFY(16)", [0x16, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::PRE_FETCH_16, "PRE-FETCH(16)", [0x02, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::SYNCHRONIZE_CACHE_16, "SYNCHRONIZE CACHE(16)", [0x02, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::WRITE_SAME_16, "WRITE SAME(16)", [0x09, F, F, F, F, F, F, F, F, F, F, F, F, G, 0]),
     cmd!(Opcode::SERVICE_ACTION_IN_16, sa SAI_READ_CAPACITY_16, "READ CAPACITY(16)", [0x1f, F, F, F, F, F, F, F, F, F, F, F, F, 0x01, 0]),
     cmd!(Opcode::SERVICE_ACTION_IN_16, sa SAI_GET_LBA_STATUS, "GET LBA STATUS", [0x1f, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
     cmd!(Opcode::REPORT_LUNS, "REPORT LUNS", [0, F, 0, 0, 0, F, F, F, F, 0, 0]),
     cmd!(Opcode::MAINTENANCE_IN, sa MI_REPORT_SUPPORTED_OPCODES, "REPORT SUPPORTED OPERATION CODES", [0x1f, 0x87, F, F, F, F, F, F, F, 0, 0]),
     cmd!(Opcode::MAINTENANCE_IN, sa MI_REPORT_SUPPORTED_TMFS, "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0x1f, 0x80, 0, 0, 0, F, F, F, F, 0, 0]),
-    cmd!(Opcode::READ_12, "READ(12)", [0x1c, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::WRITE_12, "WRITE(12)", [0x18, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::WRITE_VERIFY_12, "WRITE AND VERIFY(12)", [0x12, F, F, F, F, F, F, F, F, 0, 0]),
-    cmd!(Opcode::VERIFY_12, "VERIFY(12)", [0x16, F, F, F, F, F, F, F, F, 0, 0]),
+    cmd!(Opcode::READ_12, "READ(12)", [0x1c, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::WRITE_12, "WRITE(12)", [0x18, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::WRITE_VERIFY_12, "WRITE AND VERIFY(12)", [0x12, F, F, F, F, F, F, F, F, G, 0]),
+    cmd!(Opcode::VERIFY_12, "VERIFY(12)", [0x16, F, F, F, F, F, F, F, F, G, 0]),
     cmd!(Opcode::READ_DEFECT_DATA_12, "READ DEFECT DATA(12)", [0x1f, 0, 0, 0, 0, F, F, F, F, 0, 0]),
 ];
 
@@ -629,8 +631,9 @@ mod tests {
         assert_eq!(field(decode(&cdb(&[0x28, 0x20])).unwrap_err()), (1, Some(5)));
         // WRPROTECT = 7
         assert_eq!(field(decode(&cdb(&[0x2a, 0xe0])).unwrap_err()), (1, Some(7)));
-        // group number
-        assert_eq!(field(decode(&cdb(&[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01])).unwrap_err()), (14, Some(0)));
+        // group numbers are accepted, the MMC bit beside them is not
+        assert!(decode(&cdb(&[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x13])).is_ok());
+        assert_eq!(field(decode(&cdb(&[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80])).unwrap_err()), (14, Some(7)));
         // NACA in the control byte
         assert_eq!(field(decode(&cdb(&[0x00, 0, 0, 0, 0, 0x04])).unwrap_err()), (5, Some(2)));
         // vendor bits of the control byte are ignored

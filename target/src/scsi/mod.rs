@@ -161,7 +161,7 @@ pub enum TmfKind {
     AbortTaskSet,
     ClearAca,
     ClearTaskSet,
-    LogicalUnitReset,
+    LunReset,
     TargetWarmReset,
     TargetColdReset,
 }
@@ -169,7 +169,8 @@ pub enum TmfKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TmfResult {
     Complete,
-    NoSuchLun,
+    LunDoesNotExist,
+    Rejected,
     NotSupported,
 }
 
@@ -248,17 +249,17 @@ impl ScsiTarget {
         match f {
             TmfKind::AbortTask | TmfKind::AbortTaskSet => {
                 if self.lu(lun).is_none() {
-                    return TmfResult::NoSuchLun;
+                    return TmfResult::LunDoesNotExist;
                 }
                 TmfResult::Complete
             }
             TmfKind::ClearAca | TmfKind::ClearTaskSet => TmfResult::NotSupported,
-            TmfKind::LogicalUnitReset => match self.lu(lun) {
+            TmfKind::LunReset => match self.lu(lun) {
                 Some(lu) => {
                     lu.reset(Asc::BUS_DEVICE_RESET);
                     TmfResult::Complete
                 }
-                None => TmfResult::NoSuchLun,
+                None => TmfResult::LunDoesNotExist,
             },
             TmfKind::TargetWarmReset | TmfKind::TargetColdReset => {
                 let asc = if f == TmfKind::TargetColdReset { Asc::POWER_ON_OCCURRED } else { Asc::POWER_ON_RESET };

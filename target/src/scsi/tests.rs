@@ -295,8 +295,8 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &[0x16, 0, 0, 0, 0, 0]).await.good();
-    assert_eq!(t.tgt.task_mgmt(TmfKind::LogicalUnitReset, 0, &t.a), TmfResult::Complete);
-    assert_eq!(t.tgt.task_mgmt(TmfKind::LogicalUnitReset, 9, &t.a), TmfResult::NoSuchLun);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 0, &t.a), TmfResult::Complete);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 9, &t.a), TmfResult::LunDoesNotExist);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2903);
     nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2903);
     // the SPC-2 reservation went with the reset
@@ -594,7 +594,7 @@ async fn write_cache_can_be_turned_off_on_a_file_volume() {
     assert!(!t.tgt.lus[0].state().mode.wce);
     dout(&t.tgt, &t.a, &write10(0, 1), &[1; BS]).await.good();
     // a LUN reset restores the default
-    t.tgt.task_mgmt(TmfKind::LogicalUnitReset, 0, &t.a);
+    t.tgt.task_mgmt(TmfKind::LunReset, 0, &t.a);
     assert!(t.tgt.lus[0].state().mode.wce);
 }
 
@@ -856,7 +856,7 @@ async fn report_supported_operation_codes() {
     r.good();
     assert_eq!(r.data[1] & 0x07, 0x03, "supported");
     assert_eq!(u16::from_be_bytes([r.data[2], r.data[3]]), 10);
-    assert_eq!(&r.data[4..14], &[0x28, 0x1c, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0]);
+    assert_eq!(&r.data[4..14], &[0x28, 0x1c, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]);
     let r = din(&t.tgt, &t.a, &rsoc(true, 1, 0x28, 0, 512), 512).await;
     assert_eq!(r.data.len(), 4 + 10 + 12);
     assert_eq!(r.data[1] & 0x80, 0x80);

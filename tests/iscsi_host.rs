@@ -473,6 +473,23 @@ impl Session {
         }
     }
 
+    /// Clears the unit attentions a new I_T nexus gets (POWER ON, RESET)
+    /// with TEST UNIT READY on each LUN.
+    pub fn clear_unit_attentions(&mut self, luns: u64) -> Result<()> {
+        for lun in 0..luns {
+            for _ in 0..4 {
+                let r = self.scsi_in(lun, &[0; 6], 0)?;
+                if r.status == 0 {
+                    break;
+                }
+                if r.sense_key() != 6 {
+                    return Err(format!("TEST UNIT READY on LUN {lun}: status {} sense {:?}", r.status, r.sense));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn answer_ping(&mut self, ttt: u32) -> Result<()> {
         let n = NopOut {
             opcode: Opcode::NOP_OUT.0 | IMMEDIATE,

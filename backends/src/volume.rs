@@ -117,6 +117,12 @@ impl Volume {
         .await
     }
 
+    /// Whether `offset` is mapped and for how many bytes (at most
+    /// `max_len`) that holds; see [`Backend::allocation`].
+    pub async fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        self.run(move |b| b.allocation(offset, max_len)).await
+    }
+
     /// Releases byte ranges; afterwards they read back as zeroes.
     pub async fn discard(&self, ranges: Vec<(u64, u64)>) -> Result<()> {
         for &(o, l) in &ranges {

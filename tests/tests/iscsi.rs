@@ -76,8 +76,13 @@ fn normal(target: &str) -> LoginOpts {
     LoginOpts { target: Some(target.into()), ..LoginOpts::default() }
 }
 
+/// Logs in and clears the new nexus's unit attentions (both LUNs of t1,
+/// the one LUN of the others).
 fn login(s: &Server, o: &LoginOpts) -> Session {
-    Session::login(s.iscsi_addr, o).unwrap_or_else(|e| panic!("login failed: {e:?}"))
+    let mut sess = Session::login(s.iscsi_addr, o).unwrap_or_else(|e| panic!("login failed: {e:?}"));
+    let luns = if o.target.as_deref() == Some(T1) { 2 } else { 1 };
+    sess.clear_unit_attentions(luns).unwrap();
+    sess
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -354,6 +359,10 @@ fn task_management() {
     assert_eq!(sess.tmf(2, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "ABORT TASK SET");
     assert_eq!(sess.tmf(6, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "TARGET WARM RESET");
     assert_eq!(sess.tmf(8, 0, 0, 0).unwrap(), TmfResponse::REASSIGN_NOT_SUPPORTED.0);
+    // the resets reached the logical units: a unit attention, then GOOD
+    let r = sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!((r.status, r.sense_key()), (2, 6), "UNIT ATTENTION after the resets");
+    sess.clear_unit_attentions(2).unwrap();
     assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
     // cold reset: response, then every session of the target is dropped
     assert_eq!(sess.tmf(7, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0);

@@ -782,6 +782,7 @@ impl Reader {
                         write: cmd.write,
                         data_out: data,
                         attr: cmd.attr,
+                        need_bytes: s.params.data_digest,
                     })
                     .await;
                 if resp.status != scsi::ScsiStatus::GOOD {

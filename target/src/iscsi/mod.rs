@@ -11,7 +11,7 @@
 mod conn;
 mod writer;
 
-pub(crate) use crate::scsi_standin as scsi;
+use crate::scsi;
 
 use pinion_backends::{PagePool, Volume};
 use pinion_transport::iscsi::chap::Credentials;

@@ -277,15 +277,23 @@ fn hostile_pdus_get_rejects_and_other_sessions_keep_working() {
     assert_eq!(bhs.opcode(), Opcode::REJECT);
     check_bystander(&mut bystander);
 
-    // data beyond EDTL: Reject, then the target drops the connection
+    // data beyond EDTL, a wrong DataSN: Reject, the command ends with
+    // CHECK CONDITION, the session goes on
     let mut sess = login(&s, &LoginOpts { keys: vec![("InitialR2T".into(), "No".into())], ..normal(T1) });
-    let mut c = sess.cmd_hdr(1, &rw16(0x8a, 0, 1), 4096, false, true);
-    c.flags &= !F;
-    sess.send(c.as_bytes(), &[]).unwrap();
-    let d = DataOut { opcode: 5, flags: F, itt: c.itt, ttt: RESERVED_TAG.into(), buffer_offset: 0.into(), ..Default::default() };
-    sess.send(d.as_bytes(), &vec![1u8; 8192]).unwrap();
-    let got = sess.expect_closed(Duration::from_secs(5)).unwrap();
-    assert_eq!(got.first().map(|b| b.opcode()), Some(Opcode::REJECT), "{:?}", got.iter().map(|b| b.opcode()).collect::<Vec<_>>());
+    for (datasn, len, asc) in [(0u32, 8192usize, (0x4b, 0x02)), (5, 4096, (0x4b, 0x05))] {
+        let mut c = sess.cmd_hdr(1, &rw16(0x8a, 0, 1), 4096, false, true);
+        c.flags &= !F;
+        sess.send(c.as_bytes(), &[]).unwrap();
+        let d = DataOut { opcode: 5, flags: F, itt: c.itt, ttt: RESERVED_TAG.into(), datasn: datasn.into(), ..Default::default() };
+        sess.send(d.as_bytes(), &vec![1u8; len]).unwrap();
+        let (bhs, _) = sess.recv().unwrap();
+        assert_eq!(Reject::from_bhs(&bhs).reason, RejectReason::PROTOCOL_ERROR.0);
+        let r = sess.collect(c.itt.get(), &[]).unwrap();
+        assert_eq!((r.status, r.sense_key(), r.asc()), (2, 0x0b, asc));
+        // more data for the failed task is dropped quietly
+        sess.send(d.as_bytes(), &[1u8; 512]).unwrap();
+        assert_eq!(sess.nop(b"on").unwrap(), b"on");
+    }
     check_bystander(&mut bystander);
 
     // DataSegmentLength beyond MaxRecvDataSegmentLength: Reject and close

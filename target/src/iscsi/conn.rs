@@ -16,7 +16,7 @@ use pinion_transport::iscsi::pdu::{
     Opcode, RejectReason, RxState, ScsiCmd, TextReq, TextResp, TmfFunction, TmfReq, TmfResp, TmfResponse, BHS_LEN, DIGEST_LEN, F,
     RESERVED_TAG,
 };
-use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer};
+use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer, XferError};
 use pinion_transport::iscsi::text::{self, OpParams};
 use pinion_transport::iscsi::wire::{self, Encoder, ScsiDone, SendParams, Tx};
 use std::collections::{HashMap, VecDeque};
@@ -746,9 +746,22 @@ impl Reader {
             final_: d.flags & F != 0,
         };
         if let Err(e) = x.state.data_out(&h) {
+            // The PDU's length is known, so the stream stays in step: reject
+            // the PDU, end the task with CHECK CONDITION, and drop whatever
+            // else the initiator still sends for it.
             tracing::warn!(itt, error = %e, ttt = h.ttt, datasn = h.datasn, offset = h.offset, len = h.len, edtl = x.cmd.edtl, "bad Data-Out");
+            let asc = match e {
+                XferError::Overrun => (0x4b, 0x02),                            // TOO MUCH WRITE DATA
+                XferError::DataSn { .. } | XferError::Offset { .. } => (0x4b, 0x05), // DATA OFFSET ERROR
+                XferError::UnknownTtt => (0x4b, 0x01),                         // INVALID TARGET PORT TRANSFER TAG RECEIVED
+                XferError::Unsolicited | XferError::Final => (0x4b, 0x00),     // DATA PHASE ERROR
+            };
+            discard(rd, layout.rest_of_pdu()).await?;
             self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await?;
-            return Err(Stop::Protocol(format!("Data-Out: {e}")));
+            let x = self.xfers.remove(&itt).expect("present");
+            self.mark_stale(itt);
+            self.sess.fail_task(&x.cmd, fixed_sense(0x0b, asc.0, asc.1), x.state.r2t_count()).await;
+            return Ok(());
         }
         match (&mut x.sgl, x.failed.is_some()) {
             (Some(sgl), false) if layout.data_len > 0 => {

@@ -343,6 +343,11 @@ impl LogicalUnit {
         }
         let (off, len) = self.range(rw.lba, u64::from(n))?;
         if n == 0 {
+            // nothing to compare: but Data-Out for it means the CDB's one-byte
+            // block count wrapped (libiscsi sends 256 blocks as 0)
+            if cmd.data_out.as_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(Sense::invalid_cdb(13, None).into());
+            }
             return Ok(Done::Out { full: 0 });
         }
         self.check_writable()?;

@@ -131,10 +131,12 @@ impl LogicalUnit {
         (self.max_transfer_blocks() / 2).clamp(1, 255) as u8
     }
 
-    /// WRITE SAME without UNMAP writes the pattern block by block; beyond
-    /// this many bytes a host should use UNMAP or several commands.
+    /// WRITE SAME covers at most what one WRITE may carry: hosts and
+    /// libiscsi's conformance suite treat a range they may WRITE SAME as one
+    /// they may also WRITE (WriteSame16.Unmap writes 65536 blocks at once
+    /// when the limit allows it), and larger zeroing goes through UNMAP.
     pub(crate) fn max_write_same_blocks(&self) -> u64 {
-        (1u64 << 30) / self.block_size()
+        u64::from(self.max_transfer_blocks())
     }
 
     pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;

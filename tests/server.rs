@@ -46,6 +46,8 @@ pub struct Server {
     /// The NVMe/TCP listener.
     pub addr: SocketAddr,
     pub port: u16,
+    /// The iSCSI listener (`{ISCSI_PORT}` in the config).
+    pub iscsi_addr: SocketAddr,
     /// The metrics endpoint, when the config used `{MPORT}`.
     pub metrics: Option<SocketAddr>,
     dir: tempfile::TempDir,
@@ -53,9 +55,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server. In `config_toml`, `{PORT}` is replaced by a free
-    /// port, `{MPORT}` by another (for `[metrics] listen`) and `{DIR}` by
-    /// the temporary directory (for backing files).
+    /// Starts the server. In `config_toml`, `{PORT}` and `{ISCSI_PORT}` are
+    /// replaced by free ports (the server must listen on `{PORT}`, and on
+    /// `{ISCSI_PORT}` when the config names it), `{MPORT}` by another (for
+    /// `[metrics] listen`) and `{DIR}` by the temporary directory (for
+    /// backing files).
     pub fn start(config_toml: &str) -> Server {
         let bin = binary();
         assert!(
@@ -65,10 +69,12 @@ impl Server {
         );
         let dir = tempfile::Builder::new().prefix("pinion-test-").tempdir().expect("tempdir");
         let port = free_port();
+        let iscsi_port = free_port();
         let mport = free_port();
         let metrics = config_toml.contains("{MPORT}").then(|| SocketAddr::from(([127, 0, 0, 1], mport)));
         let config = config_toml
             .replace("{PORT}", &port.to_string())
+            .replace("{ISCSI_PORT}", &iscsi_port.to_string())
             .replace("{MPORT}", &mport.to_string())
             .replace("{DIR}", &dir.path().display().to_string());
         let conf_path = dir.path().join("pinion.toml");
@@ -87,8 +93,12 @@ impl Server {
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = Server { child, addr, port, metrics, dir, log };
-        s.wait_listening(&config);
+        let iscsi_addr = SocketAddr::from(([127, 0, 0, 1], iscsi_port));
+        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log };
+        s.wait_listening(&config, addr);
+        if config_toml.contains("{ISCSI_PORT}") {
+            s.wait_listening(&config, iscsi_addr);
+        }
         s
     }
 
@@ -112,7 +122,7 @@ impl Server {
             .unwrap_or_else(|| panic!("no metric {name} in\n{t}"))
     }
 
-    fn wait_listening(&mut self, config: &str) {
+    fn wait_listening(&mut self, config: &str, addr: SocketAddr) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -121,13 +131,13 @@ impl Server {
                     self.log_text()
                 );
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
                     "pinion did not listen on {} within {START_TIMEOUT:?}\n--- config ---\n{config}\n--- log ---\n{}",
-                    self.addr,
+                    addr,
                     self.log_text()
                 );
             }

@@ -185,7 +185,7 @@ impl Volume {
         let lock = self.locks.lock(offset, len as u64, LockMode::Shared).await;
         let f = file.clone();
         let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
-        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, lock: Some(lock) })))
+        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, filled: len, lock: Some(lock) })))
     }
 
     /// Writes a `Dest` SGL (the host's data) at `offset`; with `fua` it is
@@ -199,6 +199,35 @@ impl Volume {
         // a socket: changing those pages now would change bytes on the wire.
         let _g = self.locks.lock(offset, sgl.len() as u64, LockMode::Exclusive).await;
         self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    /// A read-modify-write under one exclusive lock (COMPARE AND WRITE,
+    /// WRITE AND VERIFY): `guard` must hold the range. The bytes are read
+    /// into memory (no splice: that would need a shared lock).
+    pub async fn read_locked(&self, guard: &RangeGuard, offset: u64, len: usize) -> Result<Sgl> {
+        self.check_locked(guard, offset, len as u64)?;
+        let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        METRICS.copy.add(len);
+        Ok(sgl.into_source())
+    }
+
+    /// [`Volume::write`] for a caller that already holds the range
+    /// exclusively.
+    pub async fn write_locked(&self, guard: &RangeGuard, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
+        self.check_locked(guard, offset, sgl.len() as u64)?;
+        if self.info().read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    fn check_locked(&self, guard: &RangeGuard, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        if !guard.covers_exclusive(offset, len) {
+            return Err(BackendError::Io(std::io::Error::other("range is not locked by this guard")));
+        }
+        Ok(())
     }
 
     /// Makes every completed write durable.
@@ -222,6 +251,12 @@ impl Volume {
             Ok(())
         })
         .await
+    }
+
+    /// Whether `offset` is mapped and for how many bytes (at most
+    /// `max_len`) that holds; see [`Backend::allocation`].
+    pub async fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        self.run(move |b| b.allocation(offset, max_len)).await
     }
 
     /// Releases byte ranges; afterwards they read back as zeroes.

@@ -6,10 +6,15 @@
 //! engine every protocol shares: batched vectored writes, zero-copy sends,
 //! splice, and the tracker that releases each payload only once the kernel
 //! is done with it.
+//!
+//! `iscsi` is the sans-IO core of the iSCSI target: PDUs, text negotiation,
+//! login with CHAP, the CmdSN window and write transfers, and the encoder of
+//! the send path.
 // `unsafe` lives only in `sys`, each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
 pub mod digest;
+pub mod iscsi;
 pub mod nvme_tcp;
 pub mod send;
 mod sys;

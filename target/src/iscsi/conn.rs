@@ -98,6 +98,8 @@ struct Sess {
     tx: mpsc::Sender<Tx>,
     tasks: Arc<TaskTable>,
     local: SocketAddr,
+    /// The initiator is on this host ([`pinion_backends::ReadOpts::local_peer`]).
+    local_peer: bool,
     cid: u16,
     start: Instant,
     /// Milliseconds since `start` of the last PDU received.
@@ -306,6 +308,7 @@ async fn full_feature(
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let params = info.params;
+    let local_peer = wr.peer_addr().is_ok_and(|p| p.ip() == local.ip() || p.ip().is_loopback());
     tracing::info!(
         session_type = ?info.session_type,
         header_digest = params.header_digest,
@@ -350,6 +353,7 @@ async fn full_feature(
         tx: tx.clone(),
         tasks: tasks.clone(),
         local,
+        local_peer,
         cid: info.cid,
         start: Instant::now(),
         last_rx: AtomicU64::new(0),
@@ -797,6 +801,7 @@ impl Reader {
                         data_out: data,
                         attr: cmd.attr,
                         need_bytes: s.params.data_digest,
+                        local_peer: s.local_peer,
                     })
                     .await;
                 if resp.status != scsi::ScsiStatus::GOOD {

@@ -88,6 +88,7 @@ pub(crate) struct Cmd<'a> {
     pub edtl_in: u32,
     pub data_out: Option<Sgl>,
     pub need_bytes: bool,
+    pub local_peer: bool,
 }
 
 impl Cmd<'_> {
@@ -267,7 +268,7 @@ impl LogicalUnit {
         }
         let edtl = req.edtl;
         let (edtl_in, edtl_out) = (if req.read { edtl } else { 0 }, if req.write { edtl } else { 0 });
-        let mut cmd = Cmd { tgt, nexus: req.nexus, key, edtl_in, data_out: req.data_out, need_bytes: req.need_bytes };
+        let mut cmd = Cmd { tgt, nexus: req.nexus, key, edtl_in, data_out: req.data_out, need_bytes: req.need_bytes, local_peer: req.local_peer };
         if cdb.dir() != Dir::Out {
             // data the initiator sent for a command that takes none is dropped
             cmd.data_out = None;

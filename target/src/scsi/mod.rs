@@ -94,6 +94,8 @@ pub struct ScsiRequest<'a> {
     /// The transport must see Data-In bytes (a data digest is negotiated);
     /// passed to [`pinion_backends::ReadOpts::need_bytes`].
     pub need_bytes: bool,
+    /// The initiator is on this host ([`pinion_backends::ReadOpts::local_peer`]).
+    pub local_peer: bool,
 }
 
 /// SCSI status (SAM-5 table 33), an open newtype.

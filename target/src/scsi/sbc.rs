@@ -121,7 +121,7 @@ impl LogicalUnit {
         if send == 0 {
             return Ok(Done::InSgl { sgl: None, full: len });
         }
-        let opts = ReadOpts { need_bytes: cmd.need_bytes };
+        let opts = ReadOpts { need_bytes: cmd.need_bytes, local_peer: cmd.local_peer };
         let sgl = self.volume.read(off, send as usize, opts).await.map_err(|e| backend_sense(e, false))?;
         Ok(Done::InSgl { sgl: Some(sgl), full: len })
     }
@@ -196,7 +196,7 @@ impl LogicalUnit {
         if n == 0 {
             return Ok(Done::Out { full });
         }
-        let got = self.volume.read(off, n as usize, ReadOpts { need_bytes: true }).await.map_err(|e| backend_sense(e, false))?;
+        let got = self.volume.read(off, n as usize, ReadOpts { need_bytes: true, local_peer: false }).await.map_err(|e| backend_sense(e, false))?;
         let got = got.to_vec();
         let bad =
             if bytchk == 3 { got.chunks(bs as usize).any(|b| b != &data[..bs as usize]) } else { first_mismatch(&got, &data).is_some() };

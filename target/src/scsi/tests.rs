@@ -90,7 +90,7 @@ async fn exec(t: &ScsiTarget, n: &Nexus, lun: u64, cdb: &[u8], edtl: u32, read: 
         }
         None => None,
     };
-    let req = ScsiRequest { nexus: n, lun, cdb: &c, edtl, read, write: out.is_some(), data_out, attr: TaskAttr::Simple, need_bytes: false };
+    let req = ScsiRequest { nexus: n, lun, cdb: &c, edtl, read, write: out.is_some(), data_out, attr: TaskAttr::Simple, need_bytes: false, local_peer: false };
     let r = t.execute(req).await;
     if let Some(d) = &r.data_in {
         assert_eq!(d.direction(), Direction::Source);

@@ -6,7 +6,7 @@
 #
 # Steps: install test dependencies; build (debug + release); clippy with
 # warnings denied; unit and integration tests (the integration tests start
-# the real `pinion` binary); a bounded fuzz run of the PDU parser; the
+# the real `pinion` binary); a bounded run of every fuzz target; the
 # kernel-initiator VM test, first against the kernel's own nvmet (the
 # reference) and then against Pinion, with the same script.
 #
@@ -51,14 +51,17 @@ if ((rc != 0)); then
   ((f == 0)) && failed=$((failed + 1))
 fi
 
-step "fuzz: NVMe/TCP PDU parser (${FUZZ_SECONDS:-60} s)"
-if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
-  if ./scripts/fuzz.sh nvme_tcp_pdu "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
-    tail -n 3 "$LOG/fuzz.log"; ok "fuzz nvme_tcp_pdu"
+# every [[bin]] of fuzz/Cargo.toml is a fuzz target; each gets its own run
+fuzz_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^pinion-fuzz$')
+for t in $fuzz_targets; do
+  step "fuzz: $t (${FUZZ_SECONDS:-60} s)"
+  [[ ${FUZZ_SECONDS:-60} == 0 ]] && continue
+  if ./scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-60}" >"$LOG/fuzz-$t.log" 2>&1; then
+    tail -n 3 "$LOG/fuzz-$t.log"; ok "fuzz $t"
   else
-    tail -n 40 "$LOG/fuzz.log"; bad "fuzz nvme_tcp_pdu"
+    tail -n 40 "$LOG/fuzz-$t.log"; bad "fuzz $t"
   fi
-fi
+done
 
 if [[ ${SKIP_VM:-} == 1 ]]; then
   step "VM tests skipped (SKIP_VM=1)"

@@ -131,10 +131,13 @@ impl LogicalUnit {
         (self.max_transfer_blocks() / 2).clamp(1, 255) as u8
     }
 
-    /// WRITE SAME without UNMAP writes the pattern block by block; beyond
-    /// this many bytes a host should use UNMAP or several commands.
+    /// MAXIMUM WRITE SAME LENGTH. libiscsi writes this many blocks with a
+    /// plain WRITE before it unmaps them with WRITE SAME when the limit is
+    /// 64Ki blocks or more, which a 1 MiB transfer limit cannot take; and
+    /// WRITE SAME without UNMAP writes its pattern block by block, so a
+    /// bounded length also bounds one command's work.
     pub(crate) fn max_write_same_blocks(&self) -> u64 {
-        (1u64 << 30) / self.block_size()
+        0xffff
     }
 
     pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;

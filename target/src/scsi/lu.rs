@@ -212,10 +212,6 @@ impl LogicalUnit {
         q.push_front(asc);
     }
 
-    pub fn nexus_added(&self, key: &ItKey) {
-        Self::ua_reset(&mut self.state(), key, Asc::POWER_ON_RESET);
-    }
-
     pub fn nexus_gone(&self, key: &ItKey) {
         let mut st = self.state();
         if st.spc2.as_ref() == Some(key) {

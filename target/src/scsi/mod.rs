@@ -271,14 +271,13 @@ impl ScsiTarget {
         }
     }
 
-    /// A new session: its I_T nexus gets a unit attention on every LU, as
-    /// after power on (libiscsi and Linux clear it with TEST UNIT READY).
+    /// A new session: its I_T nexus will hear of later events (mode
+    /// changes, resets) on every LU. A login itself raises no unit
+    /// attention, as with LIO: libiscsi's test harness cannot always clear
+    /// one on a session it re-establishes behind a test's back (it hangs in
+    /// iscsi-test-cu's SANITIZE tests), and initiators learn nothing from it.
     pub fn nexus_added(&self, n: &Nexus) {
-        let key = n.key();
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
-        for lu in &self.lus {
-            lu.nexus_added(&key);
-        }
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(n.key());
     }
 
     /// A session ended: its SPC-2 reservation and PREVENT state go; its

@@ -265,26 +265,33 @@ async fn report_luns() {
 // ---- unit attentions, REQUEST SENSE, sense formats ------------------------
 
 #[tokio::test]
-async fn unit_attention_after_login_is_reported_once() {
+async fn unit_attentions_are_reported_once() {
     let t = setup();
     t.tgt.nexus_added(&t.a);
+    t.tgt.nexus_added(&t.b);
+    // a login raises none
+    nodata(&t.tgt, &t.a, &tur()).await.good();
+    t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.b);
     // INQUIRY neither reports nor clears it
     din(&t.tgt, &t.a, &[0x12, 0, 0, 0, 36, 0], 36).await.good();
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.good();
     // REQUEST SENSE returns a pending UA as data and clears it
-    t.tgt.nexus_added(&t.a);
-    let r = din(&t.tgt, &t.a, &[0x03, 0, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 0, 0, 0, 252, 0], 252).await;
     r.good();
     assert_eq!((r.data[2], r.data[12], r.data[13]), (0x06, 0x29, 0x00));
     assert_eq!(r.residual, Residual::Underflow(252 - 18));
-    let r = din(&t.tgt, &t.a, &[0x03, 0, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 0, 0, 0, 252, 0], 252).await;
     assert_eq!((r.data[2], r.data[12]), (0, 0), "NO SENSE");
     // descriptor format on request
-    let r = din(&t.tgt, &t.a, &[0x03, 1, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 1, 0, 0, 252, 0], 252).await;
     assert_eq!(&r.data[..4], &[0x72, 0, 0, 0]);
-    // the other nexus was never told anything
+    // a nexus that logged out hears nothing more; one that never logged in
+    // was never told anything
+    t.tgt.nexus_gone(&t.b);
+    t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.a);
     nodata(&t.tgt, &t.b, &tur()).await.good();
+    nodata(&t.tgt, &nexus(9, "iqn.2026-01.test:z"), &tur()).await.good();
 }
 
 #[tokio::test]
@@ -292,8 +299,6 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     let t = setup();
     t.tgt.nexus_added(&t.a);
     t.tgt.nexus_added(&t.b);
-    nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
-    nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &[0x16, 0, 0, 0, 0, 0]).await.good();
     assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 0, &t.a), TmfResult::Complete);
     assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 9, &t.a), TmfResult::LunDoesNotExist);
@@ -308,6 +313,7 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     t.tgt.capacity_changed(0);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2a09);
+    nodata(&t.tgt, &t.a, &tur()).await.good();
 }
 
 #[tokio::test]

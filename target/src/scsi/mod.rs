@@ -272,10 +272,9 @@ impl ScsiTarget {
     }
 
     /// A new session: its I_T nexus will hear of later events (mode
-    /// changes, resets) on every LU. A login itself raises no unit
-    /// attention, as with LIO: libiscsi's test harness cannot always clear
-    /// one on a session it re-establishes behind a test's back (it hangs in
-    /// iscsi-test-cu's SANITIZE tests), and initiators learn nothing from it.
+    /// changes, resets, reservations) on every LU. A login itself raises no
+    /// unit attention, as with LIO: initiators learn nothing from a POWER ON
+    /// after every login but must spend a TEST UNIT READY to clear it.
     pub fn nexus_added(&self, n: &Nexus) {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(n.key());
     }

@@ -84,7 +84,11 @@ impl LogicalUnit {
         let room = (alloc.saturating_sub(8) / 16).clamp(1, 64);
         let mut descs: Vec<(u64, u64, bool)> = Vec::new();
         let mut at = lba;
-        while at < cap && descs.len() < room as usize {
+        // backends answer with maximal runs; the bound only guards against
+        // one that does not (each step costs a system call)
+        let mut steps = 4096;
+        while at < cap && descs.len() < room as usize && steps > 0 {
+            steps -= 1;
             let left = (cap - at).min(u64::from(u32::MAX));
             let (mapped, bytes) = self.volume.allocation(at * bs, left * bs).await.map_err(|e| backend_sense(e, false))?;
             // a block with any storage behind it counts as mapped
@@ -307,7 +311,7 @@ impl LogicalUnit {
         if 8 + bd_len > list.len() {
             return Err(Sense::invalid_param(2, None).into());
         }
-        // a trailing partial descriptor is ignored (SBC-3 5.28.2)
+        // a trailing partial descriptor is ignored (SBC-3 UNMAP)
         let n = bd_len / 16;
         if n > Self::MAX_UNMAP_DESCRIPTORS as usize {
             return Err(Sense::invalid_param(2, None).into());

@@ -362,6 +362,7 @@ impl LogicalUnit {
                 | Cdb::PreFetch { .. }
                 | Cdb::WriteSame { .. }
                 | Cdb::Unmap { .. }
+                | Cdb::Sanitize { .. }
                 | Cdb::CompareAndWrite(_)
                 | Cdb::GetLbaStatus { .. }
         )
@@ -392,6 +393,7 @@ impl LogicalUnit {
             }
             Cdb::WriteSame { rw, unmap, ndob } => self.write_same(cmd, rw, unmap, ndob).await,
             Cdb::Unmap { len } => self.unmap(cmd, len).await,
+            Cdb::Sanitize { sa } => self.sanitize(sa).await,
             Cdb::CompareAndWrite(rw) => self.compare_and_write(cmd, rw).await,
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),

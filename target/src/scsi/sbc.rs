@@ -337,6 +337,23 @@ impl LogicalUnit {
         Ok(done)
     }
 
+    /// SANITIZE: BLOCK ERASE deallocates the whole medium (it then reads
+    /// as zeroes, and reads succeed: WABEREQ 01b); EXIT FAILURE MODE has
+    /// nothing to do, a sanitize never fails half-way here. The erase runs
+    /// to completion before the status, holding the whole range against
+    /// writers, so no command ever sees SANITIZE IN PROGRESS.
+    pub(crate) async fn sanitize(&self, sa: u8) -> CmdResult {
+        self.check_writable()?;
+        if sa == super::cdb::SANITIZE_BLOCK_ERASE {
+            let size = self.num_blocks() * self.block_size();
+            tracing::warn!(lun = self.lun, volume = %self.volume.name, "SANITIZE BLOCK ERASE: deallocating the whole volume");
+            let _g = self.volume.lock_range(0, size, LockMode::Exclusive).await;
+            self.volume.discard(vec![(0, size)]).await.map_err(|e| backend_sense(e, true))?;
+            self.volume.flush().await.map_err(|e| backend_sense(e, true))?;
+        }
+        Ok(Done::Out { full: 0 })
+    }
+
     /// COMPARE AND WRITE: compares the first half of the Data-Out with the
     /// blocks and, only if they match, writes the second half; the range
     /// stays locked in between so no other writer can slip in.

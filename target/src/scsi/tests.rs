@@ -781,6 +781,40 @@ async fn get_lba_status_follows_mapping() {
     assert_eq!(r.data.len(), 24);
 }
 
+#[tokio::test]
+async fn sanitize_block_erase() {
+    let t = setup();
+    write_blocks(&t, 0, &[0x5a; 8 * BS]).await;
+    write_blocks(&t, BLOCKS as u32 - 8, &[0x5a; 8 * BS]).await;
+    nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    assert_eq!(read_blocks(&t, 0, 8).await, vec![0; 8 * BS]);
+    assert_eq!(read_blocks(&t, BLOCKS as u32 - 8, 8).await, vec![0; 8 * BS]);
+    assert_eq!(lba_status(&t, 0).await, vec![(0, BLOCKS as u32, 1)], "all deallocated");
+    // IMMED and AUSE are fine; EXIT FAILURE MODE has nothing to do
+    nodata(&t.tgt, &t.a, &[0x48, 0xa2, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    nodata(&t.tgt, &t.a, &[0x48, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    // no parameters; reserved bits; OVERWRITE and CRYPTO ERASE unsupported
+    let r = dout(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], &[0; 8]).await;
+    assert_eq!(r.field(), (true, 7, None));
+    let r = nodata(&t.tgt, &t.a, &[0x48, 0x42, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(r.field(), (true, 1, Some(6)));
+    let r = nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 3, 0, 0, 0, 0, 0]).await;
+    assert_eq!(r.field(), (true, 4, Some(1)));
+    for sa in [0x01, 0x03, 0x00, 0x1e] {
+        let r = nodata(&t.tgt, &t.a, &[0x48, sa, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+        assert_eq!(r.field(), (true, 1, Some(4)), "service action {sa:#x}");
+    }
+    // a write: reservations and write protection apply
+    pr(&t, &t.b, REGISTER, 0, 0, 2).await.good();
+    pr(&t, &t.b, RESERVE, 1, 2, 0).await.good();
+    assert_eq!(nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]).await.status, ScsiStatus::RESERVATION_CONFLICT);
+    // it shows in REPORT SUPPORTED OPERATION CODES and the block device page
+    let r = din(&t.tgt, &t.a, &rsoc(false, 2, 0x48, 0x02, 512), 512).await;
+    assert_eq!(r.data[1] & 7, 3);
+    let r = din(&t.tgt, &t.a, &[0x12, 1, 0xb1, 0, 64, 0], 64).await;
+    assert_eq!(r.data[7] >> 6, 1, "WABEREQ");
+}
+
 // ---- COMPARE AND WRITE ----------------------------------------------------
 
 fn caw(lba: u64, n: u8) -> Vec<u8> {

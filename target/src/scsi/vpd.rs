@@ -173,6 +173,8 @@ impl LogicalUnit {
             _ => 0,
         };
         b[0..2].copy_from_slice(&rate.to_be_bytes());
+        // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (with zeroes)
+        b[3] = 0x40;
         page(0xb1, &b)
     }
 

@@ -76,7 +76,7 @@ if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
   else
     grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; tail -n 40 "$LOG/fuzz.log"; bad "fuzz (all targets)"
   fi
-fi
+done
 
 if [[ ${SKIP_VM:-} == 1 ]]; then
   step "VM tests skipped (SKIP_VM=1)"

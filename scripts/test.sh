@@ -85,6 +85,8 @@ else
   if tests/vm/run-e2e.sh nvmet >"$LOG/vm-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-nvmet.out"; ok "vm e2e nvmet"; else tail -n 60 "$LOG/vm-nvmet.out"; bad "vm e2e nvmet"; fi
   step "kernel initiator vs Pinion"
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
+  step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
+  if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
 fi
 
 step "summary"

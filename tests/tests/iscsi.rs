@@ -444,3 +444,28 @@ fn long_text_response_uses_continuation() {
     let r = sess.collect(c.itt.get(), &[]).unwrap();
     assert_eq!(r.status, 0);
 }
+
+#[test]
+fn shutdown_asks_initiators_to_log_out() {
+    let mut s = start();
+    let mut sess = login(&s, &normal(T1));
+    let data = pattern(4096, 9);
+    assert_eq!(sess.scsi_out(1, &rw16(0x8a, 3, 1), &data).unwrap().status, 0);
+    let ok = Command::new("kill").arg("-TERM").arg(s.pid().to_string()).status().unwrap();
+    assert!(ok.success());
+    // an Async Message asking for a logout, then the logout completes
+    let (bhs, _) = sess.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::ASYNC);
+    let a = pdu::AsyncMsg::from_bhs(&bhs);
+    assert_eq!(a.event, pdu::AsyncEvent::LOGOUT_REQUEST.0);
+    assert!(a.param3.get() > 0, "time to log out");
+    assert_eq!(sess.logout().unwrap().response, 0);
+    sess.expect_closed(Duration::from_secs(5)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.is_running() {
+        assert!(std::time::Instant::now() < deadline, "server still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log_text();
+    assert!(log.contains("flushed") && log.contains("stopped"), "{log}");
+}

@@ -172,6 +172,8 @@ enum Stop {
     Protocol(String),
     HeaderDigest,
     Logout,
+    /// TARGET COLD RESET: the session ends after the TMF response.
+    ColdReset,
     WriterGone,
 }
 
@@ -363,6 +365,7 @@ async fn full_feature(
         r = &mut reader => {
             match r {
                 Ok(Stop::Logout) => graceful = true,
+                Ok(Stop::ColdReset) => tracing::info!("session ended by TARGET COLD RESET"),
                 Ok(Stop::Eof) => tracing::info!("initiator closed the connection"),
                 Ok(s) => tracing::info!(reason = ?s, "connection ended"),
                 Err(e) => tracing::error!(error = %e, "reader task failed"),
@@ -829,6 +832,9 @@ impl Reader {
             return Ok(());
         }
         self.done_cmdsn(bhs);
+        // the echo must fit what the initiator accepts per PDU
+        let mut data = data;
+        data.truncate(self.sess.params.initiator_max_recv_dsl as usize);
         let r = NopIn { opcode: Opcode::NOP_IN.0, flags: F, lun: n.lun, itt: n.itt, ttt: RESERVED_TAG.into(), ..Default::default() };
         self.sess.send(Tx::pdu(&r, data)).await
     }
@@ -1009,7 +1015,7 @@ impl Reader {
                 }
             }
             let _ = self.sess.tx.send(Tx::Close).await;
-            return Err(Stop::Protocol("TARGET COLD RESET".into()));
+            return Err(Stop::ColdReset);
         }
         Ok(())
     }

@@ -390,10 +390,27 @@ fn reinstatement_pings_and_pipelining() {
     assert_eq!(n.itt.get(), RESERVED_TAG);
     a.answer_ping(n.ttt.get()).unwrap();
     assert_eq!(a.nop(b"alive").unwrap(), b"alive");
+    // a second connection to the session: MaxConnections is 1
+    let tsih = a.tsih;
+    match Session::login(s.iscsi_addr, &LoginOpts { isid, tsih, cid: 2, ..normal(T1) }) {
+        Err(Ok(LoginFailed(2, 6))) => {}
+        other => panic!("expected too many connections: {:?}", other.err()),
+    }
+    match Session::login(s.iscsi_addr, &LoginOpts { isid, tsih: tsih.wrapping_add(100), ..normal(T1) }) {
+        Err(Ok(LoginFailed(2, 0x0a))) => {}
+        other => panic!("expected session does not exist: {:?}", other.err()),
+    }
+    assert_eq!(a.nop(b"still").unwrap(), b"still");
     // same initiator name and ISID: the old session is closed
     let mut b = login(&s, &LoginOpts { isid, ..normal(T1) });
     a.expect_closed(Duration::from_secs(5)).unwrap();
     assert_ne!(b.tsih, 0);
+    // the same TSIH and CID: connection reinstatement replaces it
+    let mut b2 = login(&s, &LoginOpts { isid, tsih: b.tsih, ..normal(T1) });
+    b.expect_closed(Duration::from_secs(5)).unwrap();
+    assert_eq!(b2.tsih, b.tsih);
+    assert_eq!(b2.nop(b"new").unwrap(), b"new");
+    let mut b = b2;
     // pipelined commands up to the window, answered in any order
     let mut itts = Vec::new();
     for i in 0..32u64 {

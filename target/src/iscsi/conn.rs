@@ -216,6 +216,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         tsih: 0,
         initiator: info.initiator_name.clone(),
         isid: info.isid,
+        cid: info.cid,
         target: target.clone(),
         kill,
         tasks: tasks.clone(),

@@ -71,6 +71,8 @@ pub struct SessionHandle {
     pub tsih: u16,
     pub initiator: String,
     pub isid: [u8; 6],
+    /// The CID of its (one) connection.
+    pub cid: u16,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
@@ -257,8 +259,8 @@ impl Directory for Dir<'_> {
         Ok(TargetAuth { name: t.name.clone(), alias: t.alias.clone(), chap: t.chap_for(initiator), mutual_chap: t.mutual_chap.clone() })
     }
 
-    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
-        self.0.sessions().get(&tsih).is_some_and(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator))
+    fn session_cid(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> Option<u16> {
+        self.0.sessions().get(&tsih).filter(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator)).map(|s| s.cid)
     }
 
     fn portal_group_tag(&self) -> u16 {

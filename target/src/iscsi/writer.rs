@@ -18,6 +18,11 @@ pub(super) async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Tx>, mut 
     let mut batch: Vec<Tx> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // Let the other runnable tasks of this connection (commands that
+        // are about to complete) queue their PDUs first: tokio runs a task
+        // it has just woken before the rest, so without this the writer
+        // would send one PDU per writev under load.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(t) => batch.push(t),

@@ -69,14 +69,17 @@ else
   fi
 fi
 
-step "fuzz: every target, ${FUZZ_SECONDS:-60} s each"
-if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
-  if ./scripts/fuzz.sh all "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
-    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; ok "fuzz (all targets)"
+# every [[bin]] of fuzz/Cargo.toml is a fuzz target; each gets its own run
+fuzz_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^pinion-fuzz$')
+for t in $fuzz_targets; do
+  step "fuzz: $t (${FUZZ_SECONDS:-60} s)"
+  [[ ${FUZZ_SECONDS:-60} == 0 ]] && continue
+  if ./scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-60}" >"$LOG/fuzz-$t.log" 2>&1; then
+    tail -n 3 "$LOG/fuzz-$t.log"; ok "fuzz $t"
   else
-    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; tail -n 40 "$LOG/fuzz.log"; bad "fuzz (all targets)"
+    tail -n 40 "$LOG/fuzz-$t.log"; bad "fuzz $t"
   fi
-fi
+done
 
 if [[ ${SKIP_VM:-} == 1 ]]; then
   step "VM tests skipped (SKIP_VM=1)"

@@ -83,7 +83,6 @@ pub(crate) type CmdResult = Result<Done, CmdError>;
 pub(crate) struct Cmd<'a> {
     pub tgt: &'a ScsiTarget,
     pub nexus: &'a Nexus,
-    pub key: ItKey,
     /// The EDTL that applies to Data-In (0 when the R bit is clear).
     pub edtl_in: u32,
     pub data_out: Option<Sgl>,
@@ -91,6 +90,11 @@ pub(crate) struct Cmd<'a> {
 }
 
 impl Cmd<'_> {
+    /// The I_T nexus identity state is keyed by.
+    pub fn key(&self) -> ItKey {
+        self.nexus.key()
+    }
+
     /// The parameter list of a Data-Out command: at most `len` bytes of
     /// what was received (a short Data-Out gives a short list).
     pub fn param_list(&self, len: u32) -> Vec<u8> {
@@ -243,35 +247,62 @@ impl LogicalUnit {
         ScsiResponse::check(sense, desc)
     }
 
-    pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
-        let key = req.nexus.key();
-        let op = Opcode(req.cdb.first().copied().unwrap_or(0xff));
+    /// Takes the oldest pending unit attention of an I_T nexus.
+    pub(crate) fn pop_ua(st: &mut LuState, key: &ItKey) -> Option<Asc> {
+        let q = st.ua.get_mut(key)?;
+        let asc = q.pop_front();
+        if q.is_empty() {
+            // an empty map is the fast path's "no unit attention anywhere"
+            st.ua.remove(key);
+        }
+        asc
+    }
+
+    /// Everything checked before a command runs, under one lock: a pending
+    /// unit attention, the CDB, reservations, and whether the unit is
+    /// started. The I_T nexus identity is only built when some state is
+    /// keyed by it.
+    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<Cdb, ScsiResponse> {
+        let op = Opcode(raw.first().copied().unwrap_or(0xff));
+        let decoded = cdb::decode(raw);
+        let mut st = self.state();
+        let d_sense = st.mode.d_sense;
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear
         // a unit attention (SAM-5 5.14; REQUEST SENSE returns it as data)
-        if !matches!(op, Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE) {
-            let ua = self.state().ua.get_mut(&key).and_then(|q| q.pop_front());
-            if let Some(asc) = ua {
+        if !st.ua.is_empty() && !matches!(op, Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE) {
+            if let Some(asc) = Self::pop_ua(&mut st, &nexus.key()) {
                 tracing::debug!(asc = format!("{:04x}", asc.0), "reporting unit attention");
-                return self.respond_check(&Sense::unit_attention(asc));
+                return Err(ScsiResponse::check(&Sense::unit_attention(asc), d_sense));
             }
         }
-        let cdb = match cdb::decode(req.cdb) {
+        let cdb = decoded.map_err(|s| {
+            tracing::info!(cdb = ?&raw[..raw.len().min(16)], sense = ?s, "CDB rejected");
+            ScsiResponse::check(&s, d_sense)
+        })?;
+        if st.spc2.is_some() || st.pr.res.is_some() || !st.pr.regs.is_empty() {
+            if let Err(e) = Self::check_access(&st, &nexus.key(), &cdb) {
+                return Err(match e {
+                    CmdError::Check(s) => ScsiResponse::check(&s, d_sense),
+                    CmdError::Conflict => ScsiResponse::status(ScsiStatus::RESERVATION_CONFLICT),
+                });
+            }
+        }
+        if st.stopped && Self::media_access(&cdb) {
+            return Err(ScsiResponse::check(&Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED), d_sense));
+        }
+        Ok(cdb)
+    }
+
+    pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
+        let cdb = match self.admit(req.nexus, req.cdb) {
             Ok(c) => c,
-            Err(s) => {
-                tracing::info!(cdb = ?&req.cdb[..req.cdb.len().min(16)], sense = ?s, "CDB rejected");
-                return self.respond_check(&s);
-            }
+            Err(resp) => return resp,
         };
-        if let Err(e) = self.check_access(&key, &cdb) {
-            return self.fail(e);
-        }
         let edtl = req.edtl;
         let (edtl_in, edtl_out) = (if req.read { edtl } else { 0 }, if req.write { edtl } else { 0 });
-        let mut cmd = Cmd { tgt, nexus: req.nexus, key, edtl_in, data_out: req.data_out, need_bytes: req.need_bytes };
-        if cdb.dir() != Dir::Out {
-            // data the initiator sent for a command that takes none is dropped
-            cmd.data_out = None;
-        }
+        // data the initiator sent for a command that takes none is dropped
+        let data_out = if cdb.dir() == Dir::Out { req.data_out } else { None };
+        let mut cmd = Cmd { tgt, nexus: req.nexus, edtl_in, data_out, need_bytes: req.need_bytes };
         match self.dispatch(&mut cmd, cdb).await {
             Ok(done) => self.finish(done, edtl, edtl_in, edtl_out).await,
             Err(e) => self.fail(e),
@@ -301,8 +332,7 @@ impl LogicalUnit {
 
     /// Reservation checks (SPC-2 RESERVE and SPC-4 5.13.1 persistent
     /// reservations), before anything runs.
-    fn check_access(&self, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
-        let st = self.state();
+    fn check_access(st: &LuState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
         if let Some(holder) = &st.spc2 {
             if holder != key
                 && !matches!(cdb, Cdb::Inquiry { .. } | Cdb::ReportLuns { .. } | Cdb::RequestSense { .. } | Cdb::Release { .. })
@@ -322,9 +352,9 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// Media access is refused while the unit is stopped.
-    fn check_ready(&self, cdb: &Cdb) -> Result<(), Sense> {
-        let media = matches!(
+    /// Commands refused while the unit is stopped.
+    fn media_access(cdb: &Cdb) -> bool {
+        matches!(
             cdb,
             Cdb::TestUnitReady
                 | Cdb::Read(_)
@@ -338,15 +368,10 @@ impl LogicalUnit {
                 | Cdb::Unmap { .. }
                 | Cdb::CompareAndWrite(_)
                 | Cdb::GetLbaStatus { .. }
-        );
-        if media && self.state().stopped {
-            return Err(Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED));
-        }
-        Ok(())
+        )
     }
 
     async fn dispatch(&self, cmd: &mut Cmd<'_>, cdb: Cdb) -> CmdResult {
-        self.check_ready(&cdb)?;
         match cdb {
             Cdb::TestUnitReady => Ok(Done::NoData),
             Cdb::RequestSense { desc, alloc } => self.request_sense(cmd, desc, alloc),
@@ -379,7 +404,7 @@ impl LogicalUnit {
             Cdb::Reserve { .. } => self.reserve(cmd),
             Cdb::Release { .. } => {
                 let mut st = self.state();
-                if st.spc2.as_ref() == Some(&cmd.key) {
+                if st.spc2.as_ref() == Some(&cmd.key()) {
                     st.spc2 = None;
                 }
                 Ok(Done::NoData)
@@ -402,16 +427,16 @@ impl LogicalUnit {
     fn reserve(&self, cmd: &Cmd<'_>) -> CmdResult {
         let mut st = self.state();
         match &st.spc2 {
-            Some(h) if *h != cmd.key => Err(CmdError::Conflict),
+            Some(h) if *h != cmd.key() => Err(CmdError::Conflict),
             _ => {
-                st.spc2 = Some(cmd.key.clone());
+                st.spc2 = Some(cmd.key());
                 Ok(Done::NoData)
             }
         }
     }
 
     fn request_sense(&self, cmd: &Cmd<'_>, desc: bool, alloc: u32) -> CmdResult {
-        let ua = self.state().ua.get_mut(&cmd.key).and_then(|q| q.pop_front());
+        let ua = Self::pop_ua(&mut self.state(), &cmd.key());
         let sense = match ua {
             Some(asc) => Sense::unit_attention(asc),
             None if self.state().stopped => Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED),

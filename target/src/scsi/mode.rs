@@ -233,7 +233,7 @@ impl LogicalUnit {
         if new != old {
             tracing::info!(lun = self.lun, ?old, ?new, "mode parameters changed");
             self.state().mode = new;
-            self.ua_all(Some(&cmd.key), Asc::MODE_PARAMETERS_CHANGED);
+            self.ua_all(Some(&cmd.key()), Asc::MODE_PARAMETERS_CHANGED);
             if old.wce && !new.wce {
                 // writes are written through from now on; make the cached
                 // ones durable too, so "WCE off" means everything acknowledged

@@ -276,7 +276,7 @@ impl LogicalUnit {
             }
             Ok(())
         };
-        let me = cmd.key.clone();
+        let me = cmd.key();
         let mut st = self.state();
         let mine = st.pr.key_of(&me);
         // every action but registering needs the caller's own key
@@ -404,7 +404,7 @@ impl LogicalUnit {
         if 24 + tid_len > list.len() {
             return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR).into());
         }
-        let me = cmd.key.clone();
+        let me = cmd.key();
         let mut st = self.state();
         match st.pr.key_of(&me) {
             Some(k) if k == rk => {}

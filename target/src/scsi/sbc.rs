@@ -342,21 +342,18 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb(13, None).into());
         }
         let (off, len) = self.range(rw.lba, u64::from(n))?;
-        if n == 0 {
-            // nothing to compare: but Data-Out for it means the CDB's one-byte
-            // block count wrapped (libiscsi sends 256 blocks as 0)
-            if cmd.data_out.as_ref().is_some_and(|d| !d.is_empty()) {
-                return Err(Sense::invalid_cdb(13, None).into());
-            }
-            return Ok(Done::Out { full: 0 });
-        }
-        self.check_writable()?;
         let full = 2 * len;
+        // the Data-Out must be exactly the two halves: a count that does not
+        // match it (e.g. 256 blocks truncated to 0 in the 8-bit field) is wrong
         let data = cmd.data_out.take().map(|d| d.to_vec()).unwrap_or_default();
         if data.len() as u64 != full {
             tracing::debug!(got = data.len(), want = full, "COMPARE AND WRITE Data-Out does not match its length");
             return Err(Sense::invalid_cdb(13, None).into());
         }
+        if n == 0 {
+            return Ok(Done::Out { full: 0 });
+        }
+        self.check_writable()?;
         let len = len as usize;
         let _g = self.volume.lock_range(off, len as u64, LockMode::Exclusive).await;
         let cur = self.volume.read(off, len, ReadOpts { need_bytes: true }).await.map_err(|e| backend_sense(e, false))?;

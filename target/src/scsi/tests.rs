@@ -805,6 +805,8 @@ async fn compare_and_write() {
     dout(&t.tgt, &t.a, &caw(50, 3), &[new.clone(), old.clone()].concat()).await.check(ILLEGAL, 0x2400);
     dout(&t.tgt, &t.a, &caw(BLOCKS - 1, 2), &[new.clone(), old.clone()].concat()).await.check(ILLEGAL, 0x2100);
     nodata(&t.tgt, &t.a, &caw(0, 0)).await.good();
+    // 256 blocks do not fit the 8-bit count: it reads 0, the Data-Out disagrees
+    dout(&t.tgt, &t.a, &caw(0, 0), &vec![0; 512 * BS]).await.check(ILLEGAL, 0x2400);
 }
 
 #[tokio::test]

@@ -131,12 +131,13 @@ impl LogicalUnit {
         (self.max_transfer_blocks() / 2).clamp(1, 255) as u8
     }
 
-    /// WRITE SAME covers at most what one WRITE may carry: hosts and
-    /// libiscsi's conformance suite treat a range they may WRITE SAME as one
-    /// they may also WRITE (WriteSame16.Unmap writes 65536 blocks at once
-    /// when the limit allows it), and larger zeroing goes through UNMAP.
+    /// MAXIMUM WRITE SAME LENGTH. libiscsi writes this many blocks with a
+    /// plain WRITE before it unmaps them with WRITE SAME when the limit is
+    /// 64Ki blocks or more, which a 1 MiB transfer limit cannot take; and
+    /// WRITE SAME without UNMAP writes its pattern block by block, so a
+    /// bounded length also bounds one command's work.
     pub(crate) fn max_write_same_blocks(&self) -> u64 {
-        u64::from(self.max_transfer_blocks())
+        0xffff
     }
 
     pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;

@@ -113,6 +113,16 @@ fn libiscsi_tools() {
     assert!(rc.contains("Total size:8388608"), "{rc}");
     let rc = tool(&["iscsi-readcapacity16", &format!("{url}/0")]);
     assert!(rc.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{rc}");
+    // software write protect (MODE SELECT, control page SWP): writes then
+    // fail with DATA PROTECT until it is turned off again
+    let swp = tool(&["iscsi-swp", "-s", "on", &format!("{url}/1")]);
+    assert!(!swp.to_lowercase().contains("fail"), "{swp}");
+    let mut sess = login(&s, &normal(T1));
+    let w = sess.scsi_out(1, &rw16(0x8a, 0, 1), &[0u8; 4096]).unwrap();
+    assert_eq!((w.status, w.sense_key()), (2, 0x07), "DATA PROTECT while SWP is on: {w:?}");
+    tool(&["iscsi-swp", "-s", "off", &format!("{url}/1")]);
+    sess.clear_unit_attentions(2).unwrap();
+    assert_eq!(sess.scsi_out(1, &rw16(0x8a, 0, 1), &[0u8; 4096]).unwrap().status, 0);
     // CHAP through libiscsi
     let inq = tool(&["iscsi-inq", &format!("iscsi://alice%alice-secret-123@{}/{CHAP_T}/0", s.iscsi_addr)]);
     assert!(inq.contains("DIRECT_ACCESS"));

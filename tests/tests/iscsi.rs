@@ -390,7 +390,7 @@ fn task_management() {
 
 #[test]
 fn reinstatement_pings_and_pipelining() {
-    let s = Server::start(&CONFIG.replace("nop_interval = 0", "nop_interval = 1\nnop_timeout = 2"));
+    let s = Server::start(&CONFIG.replace("nop_interval = 0", "nop_interval = 1\nnop_timeout = 2\ndata_out_timeout = 2"));
     let isid = Some([0x80, 1, 2, 3, 4, 5]);
     let mut a = login(&s, &LoginOpts { isid, ..normal(T1) });
     // the idle initiator is pinged; answering keeps the session
@@ -442,10 +442,26 @@ fn reinstatement_pings_and_pipelining() {
     }
     assert!(pdu::sn_le(b.cmdsn, b.max_cmdsn.wrapping_add(1)), "window open again after completions");
     // an initiator that stops answering pings is dropped
-    let c = login(&s, &LoginOpts { isid: Some([0x80, 9, 9, 9, 9, 9]), ..normal(T1) });
-    let mut c = c;
+    let mut c = login(&s, &LoginOpts { isid: Some([0x80, 9, 9, 9, 9, 9]), ..normal(T1) });
     let got = c.expect_closed(Duration::from_secs(10)).unwrap();
     assert!(got.iter().all(|b: &Bhs| b.opcode() == Opcode::NOP_IN));
+    // one that answers pings but never sends the data of its write is
+    // dropped too: the pages held for that data are released
+    let mut d = login(&s, &LoginOpts { isid: Some([0x80, 8, 8, 8, 8, 8]), keys: vec![("InitialR2T".into(), "Yes".into())], ..normal(T1) });
+    let c = d.cmd_hdr(1, &rw16(0x8a, 0, 16), 65536, false, true);
+    d.send(c.as_bytes(), &[]).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        match d.recv() {
+            Ok((bhs, _)) if bhs.opcode() == Opcode::NOP_IN => d.answer_ping(pdu::NopIn::from_bhs(&bhs).ttt.get()).unwrap(),
+            Ok((bhs, _)) => assert_eq!(bhs.opcode(), Opcode::R2T),
+            Err(_) => break,
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "session not dropped");
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(8), "dropped after {waited:?}");
+    assert!(s.log_text().contains("Data-Out did not arrive in time"));
     let _ = INITIATOR;
 }
 

@@ -6,7 +6,8 @@
 //! A connection runs: the login exchange inline on the socket; then a
 //! reader task (the session's engine: CmdSN window, write transfers, TMF,
 //! Text, Logout, NOP), one task per SCSI command, a writer task that
-//! batches PDUs into vectored writes, and an idle pinger.
+//! batches PDUs into vectored writes, and a watchdog (NOP-In pings to idle
+//! initiators, Data-Out that never comes).
 
 mod conn;
 mod writer;
@@ -64,6 +65,8 @@ pub enum Kill {
     ColdReset,
     /// The initiator stopped answering NOP-In pings.
     PingTimeout,
+    /// A write's Data-Out did not arrive in time.
+    DataTimeout,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -92,6 +95,8 @@ pub struct IscsiSettings {
     pub nop_interval: Option<Duration>,
     /// An unanswered ping after this long drops the session.
     pub nop_timeout: Duration,
+    /// A write waiting this long for its Data-Out drops the session.
+    pub data_timeout: Duration,
     pub login_timeout: Duration,
 }
 
@@ -103,6 +108,7 @@ impl Default for IscsiSettings {
             queue_depth: 128,
             nop_interval: Some(Duration::from_secs(30)),
             nop_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
         }
     }

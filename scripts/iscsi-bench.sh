@@ -32,15 +32,25 @@ stop_tgtd() {
 trap 'stop_tgtd; rm -rf "$WORK"' EXIT
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
+# CPU time (user + system, all threads) of a process, in clock ticks
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # bench NAME URL: RUNS runs of each workload; prints the iops average of each
+# and the target's CPU time per I/O (a measure of its cost that other load on
+# the machine disturbs less than the rate does)
 bench() {
-  local name=$1 url=$2 kind args r out
+  local name=$1 url=$2 kind args r out t0 t1 iops hz
+  hz=$(getconf CLK_TCK)
   for kind in "4k-randread:-r -b 8" "128k-read:-b 256"; do
     args=${kind#*:}
     for r in $(seq "$RUNS"); do
+      t0=$(cputicks "$pid")
       # shellcheck disable=SC2086
       out=$(taskset -c "$ICPU" timeout $((SECS + 20)) iscsi-perf $args -m "$DEPTH" -t "$SECS" "$url" 2>&1 | tr '\r' '\n' | grep 'iops average' | tail -n 1)
-      printf '%-14s %-12s run %d: %s\n' "$name" "${kind%%:*}" "$r" "$(echo "$out" | sed 's/ *$//')"
+      t1=$(cputicks "$pid")
+      iops=$(echo "$out" | awk '{print $3}')
+      printf '%-14s %-12s run %d: %-40s target CPU %s us/IO\n' "$name" "${kind%%:*}" "$r" "$(echo "$out" | sed 's/ *$//')" \
+        "$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="${iops:-0}" -v s="$SECS" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * s); else print "?" }')"
     done
   done
 }

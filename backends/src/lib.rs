@@ -6,13 +6,17 @@
 //!   segment, the owner that decides how the segment is released.
 //! * [`Backend`] and its implementations: RAM (a memfd, so its pages can be
 //!   spliced later), null, regular file, block device.
-#![forbid(unsafe_code)]
+// `unsafe` lives only in `sys`, each block with its SAFETY argument.
+#![deny(unsafe_code)]
 
 pub mod file;
 pub mod locks;
+pub mod metrics;
 pub mod null;
 pub mod pool;
 pub mod sgl;
+pub mod splice;
+mod sys;
 pub mod volume;
 
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 pub use locks::{LockMode, RangeGuard, RangeLocks};
 pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
 pub use sgl::{Direction, Segment, Sgl};
-pub use volume::{ReadOpts, Volume};
+pub use volume::{DataPolicy, ReadOpts, ReadPath, Volume};
 
 /// Errors of the storage layer; the target maps them to protocol status at
 /// the protocol boundary.
@@ -71,6 +75,34 @@ pub trait Backend: Send + Sync + 'static {
     /// Releases a range; afterwards it reads back as zeroes.
     fn discard(&self, offset: u64, len: u64) -> Result<()>;
 
+    /// How the volume was configured to move data (the per-I/O policy in
+    /// [`Volume`] reads it).
+    fn io_mode(&self) -> IoMode {
+        IoMode::Buffered
+    }
+    /// The file whose page cache holds the volume's bytes, for splice.
+    fn splice_file(&self) -> Option<&Arc<std::fs::File>> {
+        None
+    }
+    /// Whether a range is entirely in the page cache; `None` when unknown.
+    fn resident(&self, _offset: u64, _len: u64) -> Option<bool> {
+        None
+    }
+    /// Reads with `O_DIRECT` into the SGL's pool pages; `Ok(false)` when
+    /// this I/O cannot be done direct (no direct fd, misaligned).
+    fn read_direct(&self, _offset: u64, _sgl: &mut Sgl) -> Result<bool> {
+        Ok(false)
+    }
+    /// Reads through the page cache only if that needs no device I/O
+    /// (`RWF_NOWAIT`): `Ok(false)` when some of it is not cached; the SGL
+    /// may then hold part of the data.
+    fn read_cached(&self, _offset: u64, _sgl: &mut Sgl) -> Result<bool> {
+        Ok(false)
+    }
+    /// Reads through the page cache (a copy into the SGL's pages).
+    fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
+        self.read(offset, sgl)
+    }
     /// Whether the byte at `offset` is mapped (has storage behind it) and
     /// how many bytes from `offset`, at most `max_len`, share that state
     /// (SCSI GET LBA STATUS). A backend that cannot tell reports the whole
@@ -93,7 +125,8 @@ pub trait Backend: Send + Sync + 'static {
 /// How a file or block volume is read and written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
-    /// Per I/O; until the zero-copy path lands it behaves as `Buffered`.
+    /// Per I/O: splice what is in the page cache, `O_DIRECT` what is not,
+    /// copy what is too small to be worth either.
     Auto,
     Buffered,
     Direct,

@@ -9,9 +9,36 @@
 //! range to splice) is decided here per I/O, and the segments' owners decide
 //! their release.
 
-use crate::{Backend, BackendError, BackendInfo, PagePool, Result, Sgl};
+use crate::metrics::{bump, METRICS};
+use crate::splice::{PageCacheRange, PipeLease, PIPE_BYTES};
+use crate::{Backend, BackendError, BackendInfo, IoMode, PagePool, Result, Sgl};
 use crate::{Direction, LockMode, RangeGuard, RangeLocks};
 use std::sync::Arc;
+
+/// Tunables of the per-I/O path choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataPolicy {
+    /// READs shorter than this are copied: below it, a copy costs less than
+    /// the pipe, the range lock and the drain tracking of a splice.
+    pub splice_min: usize,
+}
+
+impl Default for DataPolicy {
+    fn default() -> Self {
+        DataPolicy { splice_min: 32 << 10 }
+    }
+}
+
+/// How one READ's bytes are obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    Splice,
+    Direct,
+    Copy,
+    /// Residency unknown: a non-blocking buffered read, `O_DIRECT` if it
+    /// cannot be served from the cache.
+    Probe,
+}
 
 /// What the protocol needs from a READ's source SGL.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +53,7 @@ pub struct Volume {
     backend: Arc<dyn Backend>,
     pool: PagePool,
     locks: Arc<RangeLocks>,
+    policy: DataPolicy,
 }
 
 impl std::fmt::Debug for Volume {
@@ -36,7 +64,42 @@ impl std::fmt::Debug for Volume {
 
 impl Volume {
     pub fn new(name: &str, backend: Arc<dyn Backend>, pool: PagePool) -> Volume {
-        Volume { name: name.to_string(), backend, pool, locks: Arc::default() }
+        Volume::with_policy(name, backend, pool, DataPolicy::default())
+    }
+
+    pub fn with_policy(name: &str, backend: Arc<dyn Backend>, pool: PagePool, policy: DataPolicy) -> Volume {
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy }
+    }
+
+    /// The path a READ takes (see the module docs and DESIGN.md "Splice or
+    /// direct I/O"). Every choice that is not the configured one's best is
+    /// counted with its reason.
+    pub fn read_path(&self, offset: u64, len: usize, opts: ReadOpts) -> ReadPath {
+        let b = &self.backend;
+        let mode = b.io_mode();
+        if mode == IoMode::Direct {
+            return ReadPath::Direct;
+        }
+        if b.splice_file().is_none() || len < self.policy.splice_min || len > PIPE_BYTES {
+            return ReadPath::Copy;
+        }
+        let hot = match mode {
+            IoMode::Buffered => true,
+            _ => match b.resident(offset, len as u64) {
+                Some(h) => h,
+                // No cachestat(2): try a read that fails rather than wait
+                // for the device; what it cannot serve goes direct.
+                None => return ReadPath::Probe,
+            },
+        };
+        match (hot, opts.need_bytes) {
+            (true, false) => ReadPath::Splice,
+            (true, true) => {
+                bump(&METRICS.fallback_data_digest);
+                ReadPath::Copy
+            }
+            (false, _) => ReadPath::Direct,
+        }
     }
 
     pub fn info(&self) -> &BackendInfo {
@@ -78,11 +141,51 @@ impl Volume {
     }
 
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
-    pub async fn read(&self, offset: u64, len: usize, _opts: ReadOpts) -> Result<Sgl> {
+    pub async fn read(&self, offset: u64, len: usize, opts: ReadOpts) -> Result<Sgl> {
         self.check_range(offset, len as u64)?;
+        let path = self.read_path(offset, len, opts);
+        if path == ReadPath::Splice {
+            if let Some(s) = self.read_splice(offset, len).await? {
+                METRICS.splice.add(len);
+                return Ok(s);
+            }
+            bump(&METRICS.fallback_no_pipe);
+        }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
-        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
+        let probe = path == ReadPath::Probe;
+        let (sgl, was_direct) = self
+            .run(move |b| {
+                if probe && b.read_cached(offset, &mut sgl)? {
+                    return Ok((sgl, false));
+                }
+                if direct && b.read_direct(offset, &mut sgl)? {
+                    return Ok((sgl, true));
+                }
+                b.read_buffered(offset, &mut sgl).map(|()| (sgl, false))
+            })
+            .await?;
+        match (direct && !probe, was_direct) {
+            (_, true) => METRICS.direct.add(len),
+            (true, false) => {
+                bump(&METRICS.fallback_unaligned);
+                METRICS.copy.add(len)
+            }
+            (false, false) => METRICS.copy.add(len),
+        }
         Ok(sgl.into_source())
+    }
+
+    /// Loads the range's page-cache pages into a pipe, under a shared lock
+    /// that the payload carries until the socket has sent it. `None` when
+    /// no pipe is free.
+    async fn read_splice(&self, offset: u64, len: usize) -> Result<Option<Sgl>> {
+        let Some(pipe) = PipeLease::get(len) else { return Ok(None) };
+        let file = self.backend.splice_file().expect("checked by read_path").clone();
+        let lock = self.locks.lock(offset, len as u64, LockMode::Shared).await;
+        let f = file.clone();
+        let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
+        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, filled: len, lock: Some(lock) })))
     }
 
     /// Writes a `Dest` SGL (the host's data) at `offset`; with `fua` it is
@@ -92,7 +195,39 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        // Waits while a page-cache payload of this range is still queued on
+        // a socket: changing those pages now would change bytes on the wire.
+        let _g = self.locks.lock(offset, sgl.len() as u64, LockMode::Exclusive).await;
         self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    /// A read-modify-write under one exclusive lock (COMPARE AND WRITE,
+    /// WRITE AND VERIFY): `guard` must hold the range. The bytes are read
+    /// into memory (no splice: that would need a shared lock).
+    pub async fn read_locked(&self, guard: &RangeGuard, offset: u64, len: usize) -> Result<Sgl> {
+        self.check_locked(guard, offset, len as u64)?;
+        let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        METRICS.copy.add(len);
+        Ok(sgl.into_source())
+    }
+
+    /// [`Volume::write`] for a caller that already holds the range
+    /// exclusively.
+    pub async fn write_locked(&self, guard: &RangeGuard, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
+        self.check_locked(guard, offset, sgl.len() as u64)?;
+        if self.info().read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    fn check_locked(&self, guard: &RangeGuard, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        if !guard.covers_exclusive(offset, len) {
+            return Err(BackendError::Io(std::io::Error::other("range is not locked by this guard")));
+        }
+        Ok(())
     }
 
     /// Makes every completed write durable.
@@ -107,6 +242,7 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        let _g = self.locks.lock(offset, len, LockMode::Exclusive).await;
         self.run(move |b| {
             b.write_zeroes(offset, len, deallocate)?;
             if fua {
@@ -131,6 +267,11 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        // One lock over the span of all ranges: several locks taken one by
+        // one could deadlock against another multi-range discard.
+        let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
+        let _g = self.locks.lock(start, end - start, LockMode::Exclusive).await;
         self.run(move |b| ranges.iter().try_for_each(|&(o, l)| b.discard(o, l))).await
     }
 }
@@ -151,5 +292,47 @@ mod tests {
         assert_eq!(r.direction(), Direction::Source);
         assert!(r.to_vec().iter().all(|&x| x == 7));
         assert!(matches!(v.read(1 << 20, 512, ReadOpts::default()).await, Err(BackendError::OutOfRange { .. })));
+    }
+
+    #[tokio::test]
+    async fn each_read_takes_the_path_its_volume_and_range_call_for() {
+        let pool = PagePool::new(1 << 22, false);
+        let ram = Volume::new("r", Arc::new(crate::file::FileBackend::ram("r", 1 << 22, 4096).unwrap()), pool.clone());
+        let big = 128 << 10;
+        assert_eq!(ram.read_path(0, big, ReadOpts::default()), ReadPath::Splice);
+        assert_eq!(ram.read_path(0, 4096, ReadOpts::default()), ReadPath::Copy, "small I/O is copied");
+        assert_eq!(ram.read_path(0, big, ReadOpts { need_bytes: true }), ReadPath::Copy, "a digest needs the bytes");
+
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, mode| {
+            let b = crate::file::FileBackend::open_file(&dir.path().join(name), Some(1 << 22), 4096, mode, false).unwrap();
+            Volume::new(name, Arc::new(b), pool.clone())
+        };
+        let direct = open("d", IoMode::Direct);
+        assert_eq!(direct.read_path(0, 4096, ReadOpts::default()), ReadPath::Direct, "direct is forced");
+        let buffered = open("b", IoMode::Buffered);
+        assert_eq!(buffered.read_path(0, big, ReadOpts::default()), ReadPath::Splice);
+        let auto = open("a", IoMode::Auto);
+        let mut s = Sgl::alloc(&pool, Direction::Dest, big).await;
+        assert!(s.copy_in(0, &vec![1u8; big]));
+        auto.write(0, s, false).await.unwrap();
+        let hot = auto.read_path(0, big, ReadOpts::default());
+        if hot != ReadPath::Probe {
+            // cachestat(2) is there: just-written pages are resident
+            assert_eq!(hot, ReadPath::Splice);
+            let f = std::fs::File::open(dir.path().join("a")).unwrap();
+            f.sync_all().unwrap();
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            assert_eq!(auto.read_path(0, big, ReadOpts::default()), ReadPath::Direct, "cold ranges go direct");
+        }
+        // whatever the path, the bytes are right
+        let r = auto.read(0, big, ReadOpts::default()).await.unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 1));
+        let r = ram.read(0, big, ReadOpts::default()).await.unwrap();
+        assert!(!r.is_memory(), "a spliced payload");
+        assert_eq!(r.to_vec(), vec![0u8; big]);
+        assert_eq!(ram.range_locks().held(), 1, "held while the payload lives");
+        drop(r);
+        assert_eq!(ram.range_locks().held(), 0);
     }
 }

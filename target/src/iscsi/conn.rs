@@ -8,7 +8,7 @@
 //! command once its data is complete. Tasks queue their results for the
 //! writer, which cuts Data-In from the volume's `Source` SGL.
 
-use super::{scsi, writer, Dir, IscsiServer, Kill, SessionHandle, Target};
+use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
 use pinion_backends::Sgl;
 use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
 use pinion_transport::iscsi::pdu::{
@@ -335,7 +335,8 @@ async fn full_feature(
         info.next_statsn,
     );
     let span = tracing::Span::current();
-    let writer = tokio::spawn(writer::run(wr, rx, enc, window.clone()).instrument(span.clone()));
+    let enc = pinion_transport::iscsi::wire::SendEncoder { enc, window: window.clone() };
+    let writer = tokio::spawn(pinion_transport::send::run(wr, rx, enc, srv.settings.send).instrument(span.clone()));
     let nexus = Arc::new(scsi::Nexus {
         id: srv.next_nexus_id(),
         initiator: info.initiator_name.clone(),

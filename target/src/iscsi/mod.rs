@@ -5,12 +5,11 @@
 //! One connection per session (MaxConnections=1, ErrorRecoveryLevel=0).
 //! A connection runs: the login exchange inline on the socket; then a
 //! reader task (the session's engine: CmdSN window, write transfers, TMF,
-//! Text, Logout, NOP), one task per SCSI command, a writer task that
-//! batches PDUs into vectored writes, and a watchdog (NOP-In pings to idle
-//! initiators, Data-Out that never comes).
+//! Text, Logout, NOP), one task per SCSI command, the shared send engine
+//! (`pinion_transport::send`) as its writer, and a watchdog (NOP-In pings
+//! to idle initiators, Data-Out that never comes).
 
 mod conn;
-mod writer;
 
 use crate::scsi;
 
@@ -98,6 +97,8 @@ pub struct IscsiSettings {
     /// A write waiting this long for its Data-Out drops the session.
     pub data_timeout: Duration,
     pub login_timeout: Duration,
+    /// How Data-In payloads are sent (zero-copy threshold, test hooks).
+    pub send: pinion_transport::send::SendConfig,
 }
 
 impl Default for IscsiSettings {
@@ -110,6 +111,7 @@ impl Default for IscsiSettings {
             nop_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            send: Default::default(),
         }
     }
 }

@@ -153,10 +153,10 @@ impl LogicalUnit {
         let expect = verify.then(|| data.to_vec());
         // WRITE AND VERIFY writes to the medium before it verifies
         let fua = verify || self.write_through(rw.fua);
-        let _g = self.volume.lock_range(off, n as u64, LockMode::Exclusive).await;
-        self.volume.write(off, data, fua).await.map_err(|e| backend_sense(e, true))?;
+        let g = self.volume.lock_range(off, n as u64, LockMode::Exclusive).await;
+        self.volume.write_locked(&g, off, data, fua).await.map_err(|e| backend_sense(e, true))?;
         if let Some(expect) = expect {
-            let got = self.volume.read(off, n, ReadOpts { need_bytes: true }).await.map_err(|e| backend_sense(e, false))?;
+            let got = self.volume.read_locked(&g, off, n).await.map_err(|e| backend_sense(e, false))?;
             if let Some(i) = first_mismatch(&got.to_vec(), &expect) {
                 tracing::error!(lba = rw.lba, offset = i, "data read back differs from what was written");
                 return Err(miscompare().with_info(i as u64).into());
@@ -217,15 +217,15 @@ impl LogicalUnit {
             return Ok(done);
         };
         let n = data.len();
-        let _g = self.volume.lock_range(off, n as u64, LockMode::Exclusive).await;
-        let cur = self.volume.read(off, n, ReadOpts { need_bytes: true }).await.map_err(|e| backend_sense(e, false))?;
+        let g = self.volume.lock_range(off, n as u64, LockMode::Exclusive).await;
+        let cur = self.volume.read_locked(&g, off, n).await.map_err(|e| backend_sense(e, false))?;
         let mut merged = cur.to_vec();
         for (m, d) in merged.iter_mut().zip(data.to_vec()) {
             *m |= d;
         }
         drop(data);
         let sgl = sgl_of(&self.volume, &merged).await;
-        self.volume.write(off, sgl, self.write_through(rw.fua)).await.map_err(|e| backend_sense(e, true))?;
+        self.volume.write_locked(&g, off, sgl, self.write_through(rw.fua)).await.map_err(|e| backend_sense(e, true))?;
         Ok(done)
     }
 
@@ -272,7 +272,6 @@ impl LogicalUnit {
         let fua = self.write_through(false);
         let zeroes = pattern.as_ref().is_none_or(|p| p.iter().all(|&b| b == 0));
         if unmap || zeroes {
-            let _g = self.volume.lock_range(off, len, LockMode::Exclusive).await;
             self.volume.write_zeroes(off, len, unmap, fua).await.map_err(|e| backend_sense(e, true))?;
             return Ok(Done::Out { full });
         }
@@ -285,7 +284,6 @@ impl LogicalUnit {
             let chunk: Vec<u8> = pattern.iter().copied().cycle().take((n * bs) as usize).collect();
             let sgl = sgl_of(&self.volume, &chunk).await;
             let o = off + at * bs;
-            let _g = self.volume.lock_range(o, n * bs, LockMode::Exclusive).await;
             self.volume.write(o, sgl, fua).await.map_err(|e| backend_sense(e, true))?;
             at += n;
         }
@@ -355,14 +353,14 @@ impl LogicalUnit {
         }
         self.check_writable()?;
         let len = len as usize;
-        let _g = self.volume.lock_range(off, len as u64, LockMode::Exclusive).await;
-        let cur = self.volume.read(off, len, ReadOpts { need_bytes: true }).await.map_err(|e| backend_sense(e, false))?;
+        let g = self.volume.lock_range(off, len as u64, LockMode::Exclusive).await;
+        let cur = self.volume.read_locked(&g, off, len).await.map_err(|e| backend_sense(e, false))?;
         if let Some(i) = first_mismatch(&cur.to_vec(), &data[..len]) {
             tracing::debug!(lba = rw.lba, offset = i, "COMPARE AND WRITE miscompare");
             return Err(miscompare().with_info(i as u64).into());
         }
         let sgl = sgl_of(&self.volume, &data[len..]).await;
-        self.volume.write(off, sgl, self.write_through(rw.fua)).await.map_err(|e| backend_sense(e, true))?;
+        self.volume.write_locked(&g, off, sgl, self.write_through(rw.fua)).await.map_err(|e| backend_sense(e, true))?;
         Ok(Done::Out { full })
     }
 }

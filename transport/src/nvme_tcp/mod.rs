@@ -29,6 +29,8 @@ pub struct TransportConfig {
     pub max_h2c_data: u32,
     /// How long a new connection may take to send its ICReq.
     pub icreq_timeout: std::time::Duration,
+    /// How payloads are sent (zero-copy threshold, test hooks).
+    pub send: crate::send::SendConfig,
 }
 
 /// Errors of the transport layer.
@@ -81,6 +83,8 @@ struct PendingXfer {
 struct Xfers {
     pending: HashMap<u16, PendingXfer>,
     next_ttag: u16,
+    /// The reader is gone: no transfer can complete any more.
+    closed: bool,
 }
 
 struct Shared {
@@ -138,6 +142,9 @@ impl Responder {
         let (done, wait) = oneshot::channel();
         let ttag = {
             let mut x = self.shared.xfers();
+            if x.closed {
+                return Err(Status::ABORT_QUEUE);
+            }
             // queue depth is at most 128, so a free tag is always near
             while x.pending.contains_key(&x.next_ttag) {
                 x.next_ttag = x.next_ttag.wrapping_add(1);
@@ -177,8 +184,11 @@ impl Connection {
     pub fn close(&self) {
         self.reader.abort();
         // The aborted reader will never complete these: fail them now so
-        // their commands can finish instead of waiting forever.
-        self.responder.shared.xfers().pending.clear();
+        // their commands can finish instead of waiting forever, and refuse
+        // the ones commands still in flight would start.
+        let mut x = self.responder.shared.xfers();
+        x.closed = true;
+        x.pending.clear();
     }
 
     /// Waits until the writer has flushed and closed the socket.
@@ -256,7 +266,10 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
     let (cmd_tx, commands) = mpsc::channel(256);
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
     let span = tracing::Span::current();
-    let writer = tokio::spawn(tracing::Instrument::instrument(writer::run(wr, rx, negotiated), span.clone()));
+    let writer = tokio::spawn(tracing::Instrument::instrument(
+        crate::send::run(wr, rx, writer::Encoder { neg: negotiated }, cfg.send),
+        span.clone(),
+    ));
     let reader = tokio::spawn(tracing::Instrument::instrument(
         reader::run(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), cmd_tx, tx: tx.clone() }),
         span,

@@ -109,8 +109,8 @@ impl Cmd<'_> {
     }
 }
 
-/// Maps a backend failure to sense data (SBC-3 4.14: read and write
-/// errors are MEDIUM ERROR; a read-only volume is DATA PROTECT).
+/// Maps a backend failure to sense data (SBC-3: read and write errors
+/// are MEDIUM ERROR; a read-only volume is DATA PROTECT).
 pub(crate) fn backend_sense(e: BackendError, write: bool) -> Sense {
     match e {
         BackendError::OutOfRange { .. } => Sense::illegal(Asc::LBA_OUT_OF_RANGE),
@@ -205,15 +205,11 @@ impl LogicalUnit {
     }
 
     /// Establishes a reset-class unit attention ahead of everything else:
-    /// it supersedes other pending reset conditions (SAM-5 5.14).
+    /// it supersedes other pending reset conditions (SAM-5, unit attention conditions).
     fn ua_reset(st: &mut LuState, key: &ItKey, asc: Asc) {
         let q = st.ua.entry(key.clone()).or_default();
         q.retain(|a| a.asc() != 0x29);
         q.push_front(asc);
-    }
-
-    pub fn nexus_added(&self, key: &ItKey) {
-        Self::ua_reset(&mut self.state(), key, Asc::POWER_ON_RESET);
     }
 
     pub fn nexus_gone(&self, key: &ItKey) {
@@ -268,7 +264,7 @@ impl LogicalUnit {
         let mut st = self.state();
         let d_sense = st.mode.d_sense;
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear
-        // a unit attention (SAM-5 5.14; REQUEST SENSE returns it as data)
+        // a unit attention (SAM-5; REQUEST SENSE returns it as data)
         if !st.ua.is_empty() && !matches!(op, Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE) {
             if let Some(asc) = Self::pop_ua(&mut st, &nexus.key()) {
                 tracing::debug!(asc = format!("{:04x}", asc.0), "reporting unit attention");
@@ -330,7 +326,7 @@ impl LogicalUnit {
         ScsiResponse { status: ScsiStatus::GOOD, sense: None, data_in, residual }
     }
 
-    /// Reservation checks (SPC-2 RESERVE and SPC-4 5.13.1 persistent
+    /// Reservation checks (SPC-2 RESERVE and SPC-4 persistent
     /// reservations), before anything runs.
     fn check_access(st: &LuState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
         if let Some(holder) = &st.spc2 {
@@ -366,6 +362,7 @@ impl LogicalUnit {
                 | Cdb::PreFetch { .. }
                 | Cdb::WriteSame { .. }
                 | Cdb::Unmap { .. }
+                | Cdb::Sanitize { .. }
                 | Cdb::CompareAndWrite(_)
                 | Cdb::GetLbaStatus { .. }
         )
@@ -396,6 +393,7 @@ impl LogicalUnit {
             }
             Cdb::WriteSame { rw, unmap, ndob } => self.write_same(cmd, rw, unmap, ndob).await,
             Cdb::Unmap { len } => self.unmap(cmd, len).await,
+            Cdb::Sanitize { sa } => self.sanitize(sa).await,
             Cdb::CompareAndWrite(rw) => self.compare_and_write(cmd, rw).await,
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
@@ -449,7 +447,7 @@ impl LogicalUnit {
 
     async fn start_stop(&self, condition: u8, loej: bool, start: bool, no_flush: bool) -> CmdResult {
         // a power condition other than START_VALID leaves START and LOEJ
-        // unprocessed (SBC-3 5.25); we have no power states to move between
+        // unprocessed (SBC-3 START STOP UNIT); we have no power states to move between
         if condition != 0 {
             return Ok(Done::NoData);
         }

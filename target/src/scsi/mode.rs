@@ -1,4 +1,4 @@
-//! MODE SENSE / MODE SELECT (SPC-4 6.11-6.14, 7.5) with the caching,
+//! MODE SENSE / MODE SELECT (SPC-4) with the caching,
 //! control and informational exceptions pages.
 //!
 //! Pages are built from [`ModeParams`] for each page control (current,

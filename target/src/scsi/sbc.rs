@@ -84,7 +84,11 @@ impl LogicalUnit {
         let room = (alloc.saturating_sub(8) / 16).clamp(1, 64);
         let mut descs: Vec<(u64, u64, bool)> = Vec::new();
         let mut at = lba;
-        while at < cap && descs.len() < room as usize {
+        // backends answer with maximal runs; the bound only guards against
+        // one that does not (each step costs a system call)
+        let mut steps = 4096;
+        while at < cap && descs.len() < room as usize && steps > 0 {
+            steps -= 1;
             let left = (cap - at).min(u64::from(u32::MAX));
             let (mapped, bytes) = self.volume.allocation(at * bs, left * bs).await.map_err(|e| backend_sense(e, false))?;
             // a block with any storage behind it counts as mapped
@@ -305,7 +309,7 @@ impl LogicalUnit {
         if 8 + bd_len > list.len() {
             return Err(Sense::invalid_param(2, None).into());
         }
-        // a trailing partial descriptor is ignored (SBC-3 5.28.2)
+        // a trailing partial descriptor is ignored (SBC-3 UNMAP)
         let n = bd_len / 16;
         if n > Self::MAX_UNMAP_DESCRIPTORS as usize {
             return Err(Sense::invalid_param(2, None).into());
@@ -329,6 +333,23 @@ impl LogicalUnit {
         }
         self.volume.discard(ranges).await.map_err(|e| backend_sense(e, true))?;
         Ok(done)
+    }
+
+    /// SANITIZE: BLOCK ERASE deallocates the whole medium (it then reads
+    /// as zeroes, and reads succeed: WABEREQ 01b); EXIT FAILURE MODE has
+    /// nothing to do, a sanitize never fails half-way here. The erase runs
+    /// to completion before the status, holding the whole range against
+    /// writers, so no command ever sees SANITIZE IN PROGRESS.
+    pub(crate) async fn sanitize(&self, sa: u8) -> CmdResult {
+        self.check_writable()?;
+        if sa == super::cdb::SANITIZE_BLOCK_ERASE {
+            let size = self.num_blocks() * self.block_size();
+            tracing::warn!(lun = self.lun, volume = %self.volume.name, "SANITIZE BLOCK ERASE: deallocating the whole volume");
+            let _g = self.volume.lock_range(0, size, LockMode::Exclusive).await;
+            self.volume.discard(vec![(0, size)]).await.map_err(|e| backend_sense(e, true))?;
+            self.volume.flush().await.map_err(|e| backend_sense(e, true))?;
+        }
+        Ok(Done::Out { full: 0 })
     }
 
     /// COMPARE AND WRITE: compares the first half of the Data-Out with the

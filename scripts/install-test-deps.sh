@@ -11,14 +11,17 @@
 #     tests/vm/lib/common.sh) and the guest kernel + initramfs, cached in
 #     $GUEST_RUN_CACHE (default /tmp/guest-run-cache), via
 #     `tests/vm/guest-setup --install`;
-#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, ... for the iSCSI tests).
+#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, iscsi-test-cu,
+#     iscsi-perf for the iSCSI tests and the conformance run), sg3-utils
+#     (sg_inq, sg_sync in the iSCSI VM test), python3 (the conformance
+#     script's result parser).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -345,7 +345,8 @@ impl LogicalUnit {
         if sa == super::cdb::SANITIZE_BLOCK_ERASE {
             let size = self.num_blocks() * self.block_size();
             tracing::warn!(lun = self.lun, volume = %self.volume.name, "SANITIZE BLOCK ERASE: deallocating the whole volume");
-            // (discard holds the whole span against other I/O while it runs)
+            // Volume::discard holds the whole range exclusively itself
+            // (taking it here too would wait on ourselves)
             self.volume.discard(vec![(0, size)]).await.map_err(|e| backend_sense(e, true))?;
             self.volume.flush().await.map_err(|e| backend_sense(e, true))?;
         }

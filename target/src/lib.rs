@@ -12,6 +12,7 @@ pub mod ctrl;
 pub mod discovery;
 pub mod fabrics;
 pub mod io;
+pub mod perf;
 pub mod queue;
 pub mod server;
 pub mod subsys;

@@ -520,7 +520,7 @@ impl Job {
                         if self.ios.is_some_and(|n| issued >= n) {
                             break 'fill;
                         }
-                        let mut io = self.gen.next();
+                        let mut io = self.gen.next_io();
                         if let Some(v) = self.verifier.as_mut() {
                             // a few tries for blocks no I/O in flight is
                             // using; otherwise wait for completions
@@ -530,7 +530,7 @@ impl Job {
                                 if tries == 8 {
                                     break 'fill;
                                 }
-                                io = self.gen.next();
+                                io = self.gen.next_io();
                             }
                         }
                         b.free[q].pop();

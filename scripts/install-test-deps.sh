@@ -11,14 +11,16 @@
 #     tests/vm/lib/common.sh) and the guest kernel + initramfs, cached in
 #     $GUEST_RUN_CACHE (default /tmp/guest-run-cache), via
 #     `tests/vm/guest-setup --install`;
-#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, ... for the iSCSI tests).
+#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, iscsi-perf ... for the
+#     iSCSI tests and the benchmark), iperf3 and linux-perf (deploy/bench/run.sh:
+#     the loopback limit and `perf record` of the target; CI never runs it).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin"
+EXTRA_PKGS="libiscsi-bin iperf3 linux-perf"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

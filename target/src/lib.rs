@@ -1,6 +1,7 @@
 //! The Pinion server: subsystems, controllers and namespaces; NVMe admin,
 //! fabrics, discovery and I/O command execution over the NVMe/TCP
-//! transport; and the process around them (listeners, signals, shutdown).
+//! transport; the iSCSI target (`iscsi`) over the same volumes; and the
+//! process around them (listeners, signals, shutdown).
 //!
 //! One module per spec area, as in Linux `drivers/nvme/target/`: `fabrics`
 //! (Connect, properties), `admin`, `discovery`, `io`. A command handler's
@@ -12,8 +13,11 @@ pub mod ctrl;
 pub mod discovery;
 pub mod fabrics;
 pub mod io;
+pub mod iscsi;
 pub mod perf;
 pub mod queue;
+/// TEMPORARY until the `scsi` branch is merged (see the module doc).
+pub mod scsi_standin;
 pub mod server;
 pub mod subsys;
 

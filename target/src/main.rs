@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pinion", version, about = "Pinion: an NVMe/TCP (and soon iSCSI) storage target")]
+#[command(name = "pinion", version, about = "Pinion: an NVMe/TCP and iSCSI storage target")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -15,8 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve volumes. Without --config: a 1 GiB RAM namespace of
-    /// nqn.2026-11.io.pinion:default on 127.0.0.1:4420.
+    /// Serve volumes. Without --config: a 1 GiB RAM volume as namespace 1 of
+    /// nqn.2026-11.io.pinion:default on 127.0.0.1:4420 (NVMe/TCP) and LUN 0
+    /// of iqn.2026-11.io.pinion:default on 127.0.0.1:3260 (iSCSI).
     Serve {
         /// TOML configuration file (see deploy/examples/).
         #[arg(long, short)]
@@ -106,7 +107,7 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let bound: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let bound = listeners.addrs();
         print!("{}", server.banner(&bound));
         use std::io::Write;
         let _ = std::io::stdout().flush();

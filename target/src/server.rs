@@ -2,6 +2,7 @@
 //! shutdown stops accepting, lets in-flight commands finish (bounded),
 //! flushes every volume, and returns.
 
+use crate::iscsi::{IscsiServer, IscsiSettings};
 use crate::subsys::{Limits, Registry, Subsystem};
 use pinion_backends::{IoMode, PagePool, Volume, VolumeSpec};
 use pinion_conf::{BackendKind, Config};
@@ -25,11 +26,35 @@ pub enum ServerError {
     UnknownVolume(String, String),
 }
 
+/// Which protocol a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    NvmeTcp,
+    Iscsi,
+}
+
+/// The bound listeners of both protocols.
+pub struct Listeners {
+    pub nvme_tcp: Vec<TcpListener>,
+    pub iscsi: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Bound addresses with their protocol.
+    pub fn addrs(&self) -> Vec<(Proto, SocketAddr)> {
+        let n = self.nvme_tcp.iter().filter_map(|l| l.local_addr().ok()).map(|a| (Proto::NvmeTcp, a));
+        let i = self.iscsi.iter().filter_map(|l| l.local_addr().ok()).map(|a| (Proto::Iscsi, a));
+        n.chain(i).collect()
+    }
+}
+
 pub struct Server {
     pub reg: Arc<Registry>,
     pub pool: PagePool,
     /// Every configured volume, in config order; shared by all protocols.
     pub volumes: Vec<Arc<Volume>>,
+    /// The iSCSI targets over the same volumes.
+    pub iscsi: Arc<IscsiServer>,
     transport: TransportConfig,
     cfg: Config,
 }
@@ -73,6 +98,16 @@ impl Server {
             let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
+        let mut targets = Vec::new();
+        for t in &cfg.iscsi_target {
+            let mut vols = Vec::new();
+            for n in &t.luns {
+                let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(t.iqn.clone(), n.clone()))?;
+                vols.push(b.clone());
+            }
+            targets.push(Arc::new(crate::iscsi::target_from_config(t, vols)));
+        }
+        let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
         let reg = Registry {
             subsystems,
@@ -85,61 +120,105 @@ impl Server {
             reg: Arc::new(reg),
             pool,
             volumes,
+            iscsi,
             transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10) },
             cfg: cfg.clone(),
         })
     }
 
     /// What a person needs to connect, printed at start-up.
-    pub fn banner(&self, bound: &[SocketAddr]) -> String {
-        let mut s = format!("Pinion {} is serving NVMe/TCP\n", env!("CARGO_PKG_VERSION"));
+    pub fn banner(&self, bound: &[(Proto, SocketAddr)]) -> String {
+        let nvme: Vec<SocketAddr> = bound.iter().filter(|(p, _)| *p == Proto::NvmeTcp).map(|(_, a)| *a).collect();
+        let iscsi: Vec<SocketAddr> = bound.iter().filter(|(p, _)| *p == Proto::Iscsi).map(|(_, a)| *a).collect();
+        let mut protos = Vec::new();
+        if !nvme.is_empty() {
+            protos.push("NVMe/TCP");
+        }
+        if !iscsi.is_empty() {
+            protos.push("iSCSI");
+        }
+        let mut s = format!("Pinion {} is serving {}\n", env!("CARGO_PKG_VERSION"), if protos.is_empty() { "nothing".to_string() } else { protos.join(" and ") });
+        let host_of = |a: &SocketAddr| if a.ip().is_unspecified() { "<this host's address>".to_string() } else { a.ip().to_string() };
         let mut subs: Vec<_> = self.reg.subsystems.values().collect();
         subs.sort_by(|a, b| a.nqn.cmp(&b.nqn));
-        for sub in &subs {
-            s += &format!("  subsystem {}\n", sub.nqn);
-            for ns in &sub.namespaces {
-                let i = ns.volume.info();
-                s += &format!(
-                    "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
-                    ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
-                );
-            }
-        }
-        for a in bound {
-            let host = if a.ip().is_unspecified() { "<this host's address>".to_string() } else { a.ip().to_string() };
-            s += &format!("Connect from a Linux host (nvme-cli) through {a}:\n");
-            s += &format!("  nvme discover -t tcp -a {host} -s {}\n", a.port());
+        if !nvme.is_empty() {
             for sub in &subs {
-                s += &format!("  nvme connect -t tcp -a {host} -s {} -n {}\n", a.port(), sub.nqn);
+                s += &format!("  subsystem {}\n", sub.nqn);
+                for ns in &sub.namespaces {
+                    let i = ns.volume.info();
+                    s += &format!(
+                        "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
+                        ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                    );
+                }
+            }
+            for a in &nvme {
+                let host = host_of(a);
+                s += &format!("Connect from a Linux host (nvme-cli) through {a}:\n");
+                s += &format!("  nvme discover -t tcp -a {host} -s {}\n", a.port());
+                for sub in &subs {
+                    s += &format!("  nvme connect -t tcp -a {host} -s {} -n {}\n", a.port(), sub.nqn);
+                }
             }
         }
-        if !self.cfg.iscsi_target.is_empty() {
+        if !iscsi.is_empty() {
             for t in &self.cfg.iscsi_target {
-                s += &format!("iSCSI target {} is configured but not served: iSCSI is not implemented yet\n", t.iqn);
+                s += &format!("  iSCSI target {}\n", t.iqn);
+                for (lun, name) in t.luns.iter().enumerate() {
+                    if let Some(v) = self.volumes.iter().find(|v| &v.name == name) {
+                        let i = v.info();
+                        s += &format!(
+                            "    LUN {lun}: volume {} ({}, {}, {}-byte blocks)\n",
+                            v.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                        );
+                    }
+                }
             }
+            for a in &iscsi {
+                let host = host_of(a);
+                let portal = if a.is_ipv6() { format!("[{host}]:{}", a.port()) } else { format!("{host}:{}", a.port()) };
+                s += &format!("Connect from a Linux host (open-iscsi) through {a}:\n");
+                s += &format!("  iscsiadm -m discovery -t st -p {portal}\n");
+                for t in &self.cfg.iscsi_target {
+                    s += &format!("  iscsiadm -m node -T {} -p {portal} --login\n", t.iqn);
+                }
+            }
+        } else if !self.cfg.iscsi_target.is_empty() {
+            s += "iSCSI targets are configured but iscsi.listen is empty: not served\n";
         }
         s
     }
 
-    /// Binds every listener (all or nothing).
-    pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
-        self.reg.listeners.iter().map(|a| bind(*a).map_err(|source| ServerError::Bind { addr: *a, source })).collect()
+    /// Binds every listener of both protocols (all or nothing). iSCSI is
+    /// served only when a target is configured.
+    pub fn bind(&self) -> Result<Listeners, ServerError> {
+        let b = |a: &SocketAddr| bind(*a).map_err(|source| ServerError::Bind { addr: *a, source });
+        let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
+        let iscsi = if self.cfg.iscsi_target.is_empty() {
+            Vec::new()
+        } else {
+            self.cfg.iscsi.listen.iter().map(b).collect::<Result<Vec<_>, _>>()?
+        };
+        // SendTargets reports the portals as bound (ephemeral ports resolved)
+        self.iscsi.set_portals(iscsi.iter().filter_map(|l| l.local_addr().ok()).collect());
+        Ok(Listeners { nvme_tcp, iscsi })
     }
 
     /// Serves until `stop` resolves, then shuts down cleanly.
-    pub async fn run(self, listeners: Vec<TcpListener>, stop: impl std::future::Future<Output = ()>) {
+    pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let mut conns: JoinSet<()> = JoinSet::new();
         let mut accepts = JoinSet::new();
-        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
-        for l in listeners {
+        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
+        let all = listeners.nvme_tcp.into_iter().map(|l| (Proto::NvmeTcp, l)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l)));
+        for (proto, l) in all {
             let tx = new_tx.clone();
             let mut sd = shutdown.clone();
             accepts.spawn(async move {
                 loop {
                     tokio::select! {
                         r = l.accept() => match r {
-                            Ok((s, peer)) => { if tx.send((s, peer)).await.is_err() { break } }
+                            Ok((s, peer)) => { if tx.send((proto, s, peer)).await.is_err() { break } }
                             Err(e) => {
                                 // e.g. out of file descriptors: keep serving the rest
                                 tracing::warn!(error = %e, "accept failed");
@@ -158,7 +237,13 @@ impl Server {
                 _ = &mut stop => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 n = new_rx.recv() => match n {
-                    Some((stream, peer)) => {
+                    Some((Proto::Iscsi, stream, peer)) => {
+                        let srv = self.iscsi.clone();
+                        let sd = shutdown.clone();
+                        let span = tracing::info_span!("iscsi_conn", %peer);
+                        conns.spawn(async move { crate::iscsi::connection(srv, stream, sd).await }.instrument(span));
+                    }
+                    Some((Proto::NvmeTcp, stream, peer)) => {
                         let reg = self.reg.clone();
                         let pool = self.pool.clone();
                         let tcfg = self.transport.clone();
@@ -186,6 +271,11 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// iSCSI service settings from the configuration.
+fn iscsi_settings(_cfg: &Config) -> IscsiSettings {
+    IscsiSettings::default()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -361,10 +361,8 @@ impl Login {
                         _ => return fail(LoginStatus::SESSION_TYPE_UNSUPPORTED, "unknown SessionType"),
                     };
                 }
-                "TargetName" => {
-                    if !was_first {
-                        return fail(LoginStatus::INITIATOR_ERROR, "TargetName outside the first request");
-                    }
+                "TargetName" if !was_first => {
+                    return fail(LoginStatus::INITIATOR_ERROR, "TargetName outside the first request");
                 }
                 _ => {}
             }
@@ -663,7 +661,8 @@ mod tests {
     #[test]
     fn failure_statuses() {
         let d = Dir::default();
-        let cases: Vec<(Vec<(&str, &str)>, u8, u8, LoginStatus)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, u8, u8, LoginStatus);
+        let cases: Vec<Case> = vec![
             (vec![("InitiatorName", INI), ("TargetName", "iqn.nope")], 0, 1, LoginStatus::NOT_FOUND),
             (vec![("InitiatorName", INI), ("TargetName", "iqn.2026-11.test:locked")], 0, 1, LoginStatus::FORBIDDEN),
             (vec![("InitiatorName", INI)], 0, 1, LoginStatus::MISSING_PARAMETER),

@@ -1011,6 +1011,7 @@ pub fn sn_le(a: u32, b: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::field_reassign_with_default)]
     use super::*;
 
     fn full() -> RxState {

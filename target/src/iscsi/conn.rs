@@ -1,0 +1,1129 @@
+//! One iSCSI connection (= one session: MaxConnections=1, ERL 0).
+//!
+//! The login runs inline on the socket. In the full feature phase the
+//! reader task is the session's engine: it checks every header before its
+//! payload, keeps the CmdSN window, receives WRITE data straight into `Dest`
+//! pool pages (immediate, unsolicited and R2T-solicited), answers NOP-Out,
+//! Text, Logout and task management itself, and starts one task per SCSI
+//! command once its data is complete. Tasks queue their results for the
+//! writer, which cuts Data-In from the volume's `Source` SGL.
+
+use super::{scsi, writer, Dir, IscsiServer, Kill, SessionHandle, Target};
+use pinion_backends::Sgl;
+use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
+use pinion_transport::iscsi::pdu::{
+    self, cmd_flags, decode_lun, parse_ahs, Bhs, DataOut, Layout, LoginReq, LoginResp, LogoutReq, LogoutResponse, NopIn, NopOut,
+    Opcode, RejectReason, RxState, ScsiCmd, TextReq, TextResp, TmfFunction, TmfReq, TmfResp, TmfResponse, BHS_LEN, DIGEST_LEN, F,
+    RESERVED_TAG,
+};
+use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer};
+use pinion_transport::iscsi::text::{self, OpParams};
+use pinion_transport::iscsi::wire::{self, Encoder, ScsiDone, SendParams, Tx};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// A SCSI task of a session, from acceptance to response.
+struct TaskEntry {
+    lun: u64,
+    immediate: bool,
+    /// Set once the task runs (`None` while its data is being received).
+    abort: Option<AbortHandle>,
+}
+
+/// A session's live tasks, shared by its reader, its tasks and task
+/// management from other sessions. Removing an entry is what decides who
+/// answers for a task: the task itself (its response) or an abort (none).
+pub struct TaskTable {
+    m: Mutex<HashMap<u32, TaskEntry>>,
+    window: Arc<Mutex<CmdWindow>>,
+}
+
+impl TaskTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, TaskEntry>> {
+        self.m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, CmdWindow> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a task out; true if it was there (the caller answers for it).
+    fn take(&self, itt: u32) -> Option<TaskEntry> {
+        let e = self.lock().remove(&itt)?;
+        if !e.immediate {
+            self.window().complete();
+        }
+        Some(e)
+    }
+
+    /// Aborts the tasks that match; returns their ITTs.
+    pub fn abort_where(&self, pred: impl Fn(u64) -> bool) -> Vec<u32> {
+        let victims: Vec<u32> = self.lock().iter().filter(|(_, e)| pred(e.lun)).map(|(k, _)| *k).collect();
+        for itt in &victims {
+            if let Some(e) = self.take(*itt) {
+                if let Some(a) = e.abort {
+                    a.abort();
+                }
+            }
+        }
+        victims
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a session's tasks and helpers share.
+struct Sess {
+    srv: Arc<IscsiServer>,
+    handle: Arc<SessionHandle>,
+    target: Option<Arc<Target>>,
+    nexus: Arc<scsi::Nexus>,
+    params: OpParams,
+    tx: mpsc::Sender<Tx>,
+    tasks: Arc<TaskTable>,
+    local: SocketAddr,
+    cid: u16,
+    start: Instant,
+    /// Milliseconds since `start` of the last PDU received.
+    last_rx: AtomicU64,
+    /// Our outstanding NOP-In ping: its TTT and when it went out.
+    ping: Mutex<Option<(u32, Instant)>>,
+}
+
+impl Sess {
+    fn touch(&self) {
+        self.last_rx.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn send(&self, t: Tx) -> Result<(), Stop> {
+        self.tx.send(t).await.map_err(|_| Stop::WriterGone)
+    }
+
+    async fn reject(&self, reason: RejectReason, bhs: &Bhs) -> Result<(), Stop> {
+        tracing::info!(?reason, opcode = ?bhs.opcode(), itt = bhs.itt.get(), "sending Reject");
+        let (r, data) = pdu::reject(reason, bhs);
+        self.send(Tx::pdu(&r, data)).await
+    }
+
+    /// Sends a task's outcome unless it was aborted meanwhile.
+    async fn finish(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32) {
+        if self.tasks.take(c.itt).is_none() {
+            tracing::debug!(itt = c.itt, "task was aborted; no response");
+            return;
+        }
+        let mut data = if c.read { resp.data_in } else { None };
+        let mut status = resp.status.0;
+        let mut sense = resp.sense;
+        let residual = match resp.residual {
+            scsi::Residual::None => wire::Residual::None,
+            scsi::Residual::Underflow(n) => wire::Residual::Underflow(n),
+            scsi::Residual::Overflow(n) => wire::Residual::Overflow(n),
+        };
+        if data.as_ref().is_some_and(|d| d.len() > c.edtl as usize) {
+            tracing::error!(itt = c.itt, len = data.as_ref().map(|d| d.len()), edtl = c.edtl, "SCSI layer returned more data than EDTL");
+            data = None;
+            status = scsi::ScsiStatus::CHECK_CONDITION.0;
+            sense = Some(fixed_sense(0x04, 0x44, 0x00)); // HARDWARE ERROR, INTERNAL TARGET FAILURE
+        }
+        let done = ScsiDone { itt: c.itt, lun: c.lun_raw, data, status, sense, residual, r2ts };
+        let _ = self.tx.send(Tx::Scsi(Box::new(done))).await;
+    }
+
+    async fn fail_task(&self, c: &CmdInfo, sense: Vec<u8>, r2ts: u32) {
+        let resp = scsi::ScsiResponse { status: scsi::ScsiStatus::CHECK_CONDITION, sense: Some(sense), data_in: None, residual: scsi::Residual::None };
+        self.finish(c, resp, r2ts).await
+    }
+}
+
+/// Fixed-format sense data (SPC-4 §4.5.3) for the failures the session
+/// layer itself reports.
+fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = key;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    s
+}
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum Stop {
+    Eof,
+    Io(std::io::Error),
+    /// A protocol error after which the stream cannot be trusted.
+    Protocol(String),
+    HeaderDigest,
+    Logout,
+    WriterGone,
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Stop::Eof
+        } else {
+            Stop::Io(e)
+        }
+    }
+}
+
+/// Serves one connection: login, then the full feature phase.
+pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(16 * 1024, rd);
+    let login = tokio::select! {
+        r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr)) => r,
+        _ = shutdown.changed() => return,
+    };
+    let (info, mut final_resp) = match login {
+        Err(_) => {
+            tracing::info!(%peer, "login timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = ?e, "login ended");
+            return;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let target = info.target.as_ref().and_then(|t| srv.find_target(&t.name).cloned());
+    let window = Arc::new(Mutex::new(CmdWindow::new(info.cmdsn, srv.settings.queue_depth)));
+    let tasks = Arc::new(TaskTable { m: Mutex::new(HashMap::new()), window: window.clone() });
+    let (kill, mut kill_rx) = watch::channel(Kill::Alive);
+    let (gone_tx, gone) = watch::channel(false);
+    let handle = SessionHandle {
+        tsih: 0,
+        initiator: info.initiator_name.clone(),
+        isid: info.isid,
+        target: target.clone(),
+        kill,
+        tasks: tasks.clone(),
+        gone,
+    };
+    let handle = srv.register(handle, info.tsih).await;
+    final_resp.0.tsih = handle.tsih.into();
+    if let Err(e) = write_login(&mut wr, &final_resp.0, &final_resp.1).await {
+        tracing::info!(%peer, error = %e, "sending the final login response failed");
+        srv.unregister(&handle);
+        let _ = gone_tx.send(true);
+        return;
+    }
+    let span = tracing::info_span!(
+        "iscsi_session",
+        tsih = handle.tsih,
+        initiator = %info.initiator_name,
+        target = target.as_ref().map(|t| t.name.as_str()).unwrap_or("(discovery)"),
+    );
+    full_feature(srv.clone(), rd, wr, info, handle.clone(), target, window, tasks, local, &mut kill_rx, &mut shutdown).instrument(span).await;
+    srv.unregister(&handle);
+    let _ = gone_tx.send(true);
+}
+
+type LoginResult = Result<(Box<SessionInfo>, (LoginResp, Vec<u8>)), String>;
+
+/// The login exchange, inline on the socket (no digests yet). Returns the
+/// settled session and the final response, which still needs its TSIH.
+async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> LoginResult {
+    let dir = Dir(srv);
+    let mut l = Login::new(srv.settings.prefs, srv.settings.queue_depth);
+    let mut buf = [0u8; BHS_LEN];
+    loop {
+        rd.read_exact(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let bhs = Bhs::read_from_bytes(&buf[..]).expect("48 bytes");
+        if let Err(e) = pdu::check(&bhs, &RxState::LOGIN) {
+            tracing::warn!(error = %e, opcode = ?bhs.opcode(), "bad PDU during login");
+            if bhs.opcode() == Opcode::LOGIN_REQ {
+                let req = LoginReq::from_bhs(&bhs);
+                let resp = LoginResp {
+                    opcode: Opcode::LOGIN_RESP.0,
+                    isid: req.isid,
+                    itt: req.itt,
+                    status_class: 2,
+                    status_detail: 0,
+                    ..Default::default()
+                };
+                let _ = write_login(wr, &resp, &[]).await;
+            }
+            return Err(format!("bad login PDU: {e}"));
+        }
+        let n = bhs.data_len() as usize;
+        let mut data = vec![0u8; n + pdu::pad_len(n)];
+        rd.read_exact(&mut data).await.map_err(|e| format!("read: {e}"))?;
+        data.truncate(n);
+        let req = LoginReq::from_bhs(&bhs);
+        let reply = l.handle(&req, &data, &dir);
+        match reply.outcome {
+            Outcome::Continue => write_login(wr, &reply.resp, &reply.data).await.map_err(|e| format!("write: {e}"))?,
+            Outcome::Failed(s) => {
+                let _ = write_login(wr, &reply.resp, &reply.data).await;
+                return Err(format!("login rejected with status {:02x}{:02x}", s.0, s.1));
+            }
+            Outcome::FullFeature(info) => return Ok((info, (reply.resp, reply.data))),
+        }
+    }
+}
+
+async fn write_login(wr: &mut tokio::net::tcp::OwnedWriteHalf, resp: &LoginResp, data: &[u8]) -> std::io::Result<()> {
+    let mut r = *resp;
+    r.set_data_len(data.len() as u32);
+    let mut v = r.as_bytes().to_vec();
+    v.extend_from_slice(data);
+    v.resize(v.len() + pdu::pad_len(data.len()), 0);
+    wr.write_all(&v).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn full_feature(
+    srv: Arc<IscsiServer>,
+    rd: BufReader<OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    info: Box<SessionInfo>,
+    handle: Arc<SessionHandle>,
+    target: Option<Arc<Target>>,
+    window: Arc<Mutex<CmdWindow>>,
+    tasks: Arc<TaskTable>,
+    local: SocketAddr,
+    kill_rx: &mut watch::Receiver<Kill>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let params = info.params;
+    tracing::info!(
+        session_type = ?info.session_type,
+        header_digest = params.header_digest,
+        data_digest = params.data_digest,
+        max_recv_dsl = params.target_max_recv_dsl,
+        initiator_max_recv_dsl = params.initiator_max_recv_dsl,
+        max_burst = params.max_burst,
+        first_burst = params.first_burst,
+        initial_r2t = params.initial_r2t,
+        immediate_data = params.immediate_data,
+        max_r2t = params.max_outstanding_r2t,
+        "session in full feature phase"
+    );
+    let (tx, rx) = mpsc::channel(1024);
+    let enc = Encoder::new(
+        SendParams {
+            header_digest: params.header_digest,
+            data_digest: params.data_digest,
+            max_pdu: params.initiator_max_recv_dsl,
+            max_burst: params.max_burst,
+        },
+        info.next_statsn,
+    );
+    let span = tracing::Span::current();
+    let writer = tokio::spawn(writer::run(wr, rx, enc, window.clone()).instrument(span.clone()));
+    let nexus = Arc::new(scsi::Nexus {
+        id: srv.next_nexus_id(),
+        initiator: info.initiator_name.clone(),
+        isid: info.isid,
+        tpgt: srv.settings.portal_group_tag,
+    });
+    if let Some(t) = &target {
+        t.scsi.nexus_added(&nexus);
+    }
+    let sess = Arc::new(Sess {
+        srv: srv.clone(),
+        handle: handle.clone(),
+        target: target.clone(),
+        nexus: nexus.clone(),
+        params,
+        tx: tx.clone(),
+        tasks: tasks.clone(),
+        local,
+        cid: info.cid,
+        start: Instant::now(),
+        last_rx: AtomicU64::new(0),
+        ping: Mutex::new(None),
+    });
+    let discovery = info.session_type == SessionType::Discovery;
+    let mut reader = tokio::spawn(read_loop(rd, sess.clone(), discovery).instrument(span.clone()));
+    let pinger = srv.settings.nop_interval.map(|iv| tokio::spawn(ping_loop(sess.clone(), iv, srv.settings.nop_timeout).instrument(span.clone())));
+    // logout and server shutdown let tasks in flight finish
+    let mut graceful = false;
+    let why = tokio::select! {
+        r = &mut reader => {
+            match r {
+                Ok(Stop::Logout) => graceful = true,
+                Ok(Stop::Eof) => tracing::info!("initiator closed the connection"),
+                Ok(s) => tracing::info!(reason = ?s, "connection ended"),
+                Err(e) => tracing::error!(error = %e, "reader task failed"),
+            }
+            Kill::Alive
+        }
+        _ = kill_rx.changed() => *kill_rx.borrow(),
+        _ = shutdown.changed() => {
+            graceful = true;
+            // ask the initiator to log out, give it a moment, then drop it
+            let wait = 3u16;
+            let m = pdu::AsyncMsg {
+                opcode: Opcode::ASYNC.0,
+                flags: F,
+                itt: RESERVED_TAG.into(),
+                rsvd2: RESERVED_TAG.into(),
+                event: pdu::AsyncEvent::LOGOUT_REQUEST.0,
+                param3: wait.into(),
+                ..Default::default()
+            };
+            let _ = tx.send(Tx::pdu(&m, Vec::new())).await;
+            if tokio::time::timeout(Duration::from_secs(u64::from(wait)), &mut reader).await.is_err() {
+                tracing::info!("initiator did not log out after the Async logout request");
+            }
+            Kill::Alive
+        }
+    };
+    if why != Kill::Alive {
+        tracing::info!(reason = ?why, "session ended from outside");
+    }
+    reader.abort();
+    if let Some(p) = pinger {
+        p.abort();
+    }
+    if !graceful {
+        // ERL 0: the tasks of a dropped session are terminated
+        tasks.abort_where(|_| true);
+    } else {
+        let drain = async {
+            while !tasks.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!(tasks = tasks.len(), "tasks did not finish within 10 s; aborting them");
+            tasks.abort_where(|_| true);
+        }
+    }
+    let _ = tx.send(Tx::Close).await;
+    drop(tx);
+    drop(sess);
+    if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+        tracing::warn!("writer did not finish within 5 s");
+    }
+    if let Some(t) = &target {
+        t.scsi.nexus_gone(&nexus);
+    }
+    tracing::info!("session closed");
+}
+
+async fn ping_loop(s: Arc<Sess>, interval: Duration, timeout: Duration) {
+    let mut ttt: u32 = 1;
+    let tick = interval.min(timeout).max(Duration::from_millis(100)) / 2;
+    loop {
+        tokio::time::sleep(tick).await;
+        let last = Duration::from_millis(s.last_rx.load(Ordering::Relaxed));
+        let now = s.start.elapsed();
+        let outstanding = *s.ping.lock().unwrap_or_else(|e| e.into_inner());
+        match outstanding {
+            Some((_, sent)) => {
+                let sent_at = sent.duration_since(s.start);
+                // any PDU since the ping shows the initiator is alive
+                if last >= sent_at {
+                    *s.ping.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                } else if sent.elapsed() >= timeout {
+                    tracing::warn!(timeout = ?timeout, "initiator did not answer a NOP-In ping; dropping the session");
+                    let _ = s.handle.kill.send(Kill::PingTimeout);
+                    return;
+                }
+            }
+            None if now.saturating_sub(last) >= interval => {
+                let n = NopIn { opcode: Opcode::NOP_IN.0, flags: F, itt: RESERVED_TAG.into(), ttt: ttt.into(), ..Default::default() };
+                *s.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((ttt, Instant::now()));
+                tracing::debug!(ttt, "pinging an idle initiator");
+                if s.tx.send(Tx::pdu(&n, Vec::new())).await.is_err() {
+                    return;
+                }
+                ttt = ttt.wrapping_add(1);
+                if ttt == RESERVED_TAG {
+                    ttt = 1;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// A SCSI command as the reader saw it.
+#[derive(Debug, Clone)]
+struct CmdInfo {
+    itt: u32,
+    lun_raw: [u8; 8],
+    lun: u64,
+    cdb: Vec<u8>,
+    edtl: u32,
+    read: bool,
+    write: bool,
+    attr: scsi::TaskAttr,
+    final_: bool,
+}
+
+/// A WRITE whose data is still arriving.
+struct Xfer {
+    cmd: CmdInfo,
+    state: WriteXfer,
+    /// `None`: the data is discarded (the command already failed).
+    sgl: Option<Sgl>,
+    /// Sense to answer with once the initiator's data stops.
+    failed: Option<Vec<u8>>,
+}
+
+struct Reader {
+    sess: Arc<Sess>,
+    discovery: bool,
+    st: RxState,
+    xfers: HashMap<u32, Xfer>,
+    /// Tasks that ended while the initiator may still send their data
+    /// (aborted, or failed mid-transfer): their Data-Out is dropped quietly.
+    stale: VecDeque<u32>,
+    next_ttt: u32,
+    text: text::Accumulator,
+    /// A Text response too long for one PDU: (TTT, ITT, rest).
+    text_pending: Option<(u32, u32, Vec<u8>)>,
+}
+
+async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: bool) -> Stop {
+    let p = sess.params;
+    let st = RxState { login: false, header_digest: p.header_digest, data_digest: p.data_digest, max_recv_dsl: p.target_max_recv_dsl };
+    let mut r = Reader {
+        sess,
+        discovery,
+        st,
+        xfers: HashMap::new(),
+        stale: VecDeque::new(),
+        next_ttt: 0x1000,
+        text: text::Accumulator::default(),
+        text_pending: None,
+    };
+    let mut rd = rd;
+    let stop = r.run(&mut rd).await;
+    match &stop {
+        Stop::Protocol(why) => tracing::warn!(reason = %why, "closing the connection after a protocol error"),
+        Stop::HeaderDigest => tracing::warn!("header digest error; closing the connection (ERL 0)"),
+        Stop::Io(e) => tracing::info!(error = %e, "connection lost"),
+        _ => {}
+    }
+    stop
+}
+
+impl Reader {
+    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Stop {
+        loop {
+            if let Err(s) = self.one(rd).await {
+                return s;
+            }
+        }
+    }
+
+    async fn one<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<(), Stop> {
+        let mut hdr = [0u8; BHS_LEN];
+        rd.read_exact(&mut hdr).await?;
+        self.sess.touch();
+        let bhs = Bhs::read_from_bytes(&hdr[..]).expect("48 bytes");
+        // the AHS length is untrusted until the digest checks, but bounded
+        let mut ahs = vec![0u8; bhs.ahs_len()];
+        rd.read_exact(&mut ahs).await?;
+        if self.st.header_digest {
+            let mut d = [0u8; DIGEST_LEN];
+            rd.read_exact(&mut d).await?;
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr), &ahs);
+            if crc != u32::from_le_bytes(d) {
+                return Err(Stop::HeaderDigest);
+            }
+        }
+        let layout = match pdu::check(&bhs, &self.st) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, opcode = ?bhs.opcode(), itt = bhs.itt.get(), "malformed PDU");
+                self.sess.reject(e.reject_reason(), &bhs).await?;
+                if e.is_fatal() || bhs.data_len() > self.st.max_recv_dsl {
+                    return Err(Stop::Protocol(e.to_string()));
+                }
+                let n = bhs.data_len() as usize;
+                let skip = n + pdu::pad_len(n) + if self.st.data_digest && n > 0 { DIGEST_LEN } else { 0 };
+                discard(rd, skip).await?;
+                return Ok(());
+            }
+        };
+        let op = bhs.opcode();
+        if self.discovery && !matches!(op, Opcode::TEXT_REQ | Opcode::LOGOUT_REQ | Opcode::NOP_OUT) {
+            tracing::warn!(opcode = ?op, "only Text, Logout and NOP-Out are allowed in a discovery session");
+            discard(rd, layout.rest_of_pdu()).await?;
+            return self.sess.reject(RejectReason::PROTOCOL_ERROR, &bhs).await;
+        }
+        match op {
+            Opcode::SCSI_CMD => self.scsi_cmd(rd, &bhs, &ahs, &layout).await,
+            Opcode::DATA_OUT => self.data_out(rd, &bhs, &layout).await,
+            Opcode::NOP_OUT => self.nop_out(rd, &bhs, &layout).await,
+            Opcode::TEXT_REQ => self.text_req(rd, &bhs, &layout).await,
+            Opcode::TMF_REQ => self.tmf(&bhs).await,
+            Opcode::LOGOUT_REQ => self.logout(&bhs).await,
+            // ERL 0: no SNACK support
+            _ => {
+                discard(rd, layout.rest_of_pdu()).await?;
+                self.sess.reject(RejectReason::PROTOCOL_ERROR, &bhs).await
+            }
+        }
+    }
+
+    /// CmdSN check for a non-SCSI request; true if it is to be processed.
+    fn accept_cmdsn(&self, bhs: &Bhs, cmdsn: u32) -> bool {
+        let r = self.sess.tasks.window().receive(cmdsn, bhs.immediate());
+        if r == CmdSnCheck::OutOfWindow {
+            let w = *self.sess.tasks.window();
+            tracing::info!(opcode = ?bhs.opcode(), cmdsn, exp_cmdsn = w.exp_cmdsn, max_cmdsn = w.max_cmdsn(), "CmdSN outside the window; PDU ignored");
+            return false;
+        }
+        true
+    }
+
+    /// The request has been answered: its CmdSN slot frees.
+    fn done_cmdsn(&self, bhs: &Bhs) {
+        if !bhs.immediate() {
+            self.sess.tasks.window().complete();
+        }
+    }
+
+    async fn scsi_cmd<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, ahs: &[u8], layout: &Layout) -> Result<(), Stop> {
+        let c = ScsiCmd::from_bhs(bhs);
+        let itt = c.itt.get();
+        let ahs = match parse_ahs(ahs) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, itt, "bad AHS");
+                discard(rd, layout.rest_of_pdu()).await?;
+                return self.sess.reject(e.reject_reason(), bhs).await;
+            }
+        };
+        if !self.accept_cmdsn(bhs, c.cmdsn.get()) {
+            return discard(rd, layout.rest_of_pdu()).await;
+        }
+        if self.sess.tasks.lock().contains_key(&itt) {
+            tracing::warn!(itt, "ITT of a task still in progress");
+            discard(rd, layout.rest_of_pdu()).await?;
+            self.done_cmdsn(bhs);
+            return self.sess.reject(RejectReason::TASK_IN_PROGRESS, bhs).await;
+        }
+        let mut cdb = c.cdb.to_vec();
+        if let Some(ext) = ahs.extended_cdb {
+            cdb.extend_from_slice(&ext);
+        }
+        let attr = match c.flags & cmd_flags::ATTR_MASK {
+            2 => scsi::TaskAttr::Ordered,
+            3 => scsi::TaskAttr::HeadOfQueue,
+            4 => scsi::TaskAttr::Aca,
+            _ => scsi::TaskAttr::Simple,
+        };
+        let cmd = CmdInfo {
+            itt,
+            lun_raw: c.lun,
+            lun: decode_lun(&c.lun),
+            cdb,
+            edtl: c.edtl.get(),
+            read: c.flags & cmd_flags::READ != 0,
+            write: c.flags & cmd_flags::WRITE != 0,
+            attr,
+            final_: c.flags & cmd_flags::F != 0,
+        };
+        self.sess.tasks.lock().insert(itt, TaskEntry { lun: cmd.lun, immediate: bhs.immediate(), abort: None });
+        let p = self.sess.params;
+        let imm = layout.data_len as u32;
+        if imm > 0 && (!p.immediate_data || imm > p.first_burst) {
+            self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await?;
+            return Err(Stop::Protocol(format!("immediate data of {imm} bytes (ImmediateData={}, FirstBurstLength={})", p.immediate_data, p.first_burst)));
+        }
+        let too_big = cmd.edtl > scsi::ScsiTarget::MAX_TRANSFER_BYTES;
+        if !(cmd.write && cmd.edtl > 0) {
+            if too_big {
+                tracing::info!(itt, edtl = cmd.edtl, "EDTL beyond the largest transfer");
+                self.sess.fail_task(&cmd, fixed_sense(0x05, 0x24, 0x00), 0).await;
+                return Ok(());
+            }
+            self.execute(cmd, None, 0);
+            return Ok(());
+        }
+        let ttt_base = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(scsi::ScsiTarget::MAX_TRANSFER_BYTES / 512 + 1);
+        let state = WriteXfer::new(cmd.edtl, imm, cmd.final_, p.initial_r2t, p.first_burst, p.max_burst, p.max_outstanding_r2t, ttt_base);
+        let mut x = Xfer { cmd, state, sgl: None, failed: None };
+        if too_big {
+            tracing::info!(itt, edtl = x.cmd.edtl, "EDTL beyond the largest transfer");
+            x.failed = Some(fixed_sense(0x05, 0x24, 0x00));
+            discard(rd, layout.rest_of_pdu()).await?;
+        } else {
+            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, x.cmd.edtl as usize).await;
+            if imm > 0 && !read_into_sgl(rd, &mut sgl, 0, layout).await? {
+                tracing::warn!(itt, "immediate data digest error");
+                self.sess.reject(RejectReason::DATA_DIGEST, bhs).await?;
+                x.failed = Some(fixed_sense(0x0b, 0x47, 0x05));
+            }
+            x.sgl = Some(sgl);
+        }
+        self.xfers.insert(itt, x);
+        self.progress(itt).await
+    }
+
+    /// Moves a write on: R2Ts, execution once its data is whole, or the
+    /// failure response once the initiator's unsolicited data has ended.
+    async fn progress(&mut self, itt: u32) -> Result<(), Stop> {
+        let Some(x) = self.xfers.get_mut(&itt) else { return Ok(()) };
+        if x.failed.is_some() {
+            if x.state.in_unsolicited() {
+                return Ok(());
+            }
+            let x = self.xfers.remove(&itt).expect("present");
+            self.mark_stale(itt);
+            let r2ts = x.state.r2t_count();
+            self.sess.fail_task(&x.cmd, x.failed.expect("failed"), r2ts).await;
+            return Ok(());
+        }
+        if x.state.complete() {
+            let x = self.xfers.remove(&itt).expect("present");
+            let r2ts = x.state.r2t_count();
+            let data = x.sgl;
+            self.execute(x.cmd, data, r2ts);
+            return Ok(());
+        }
+        let r2ts = x.state.next_r2ts();
+        let lun = x.cmd.lun_raw;
+        for r in r2ts {
+            let h = pdu::R2t {
+                opcode: Opcode::R2T.0,
+                flags: F,
+                lun,
+                itt: itt.into(),
+                ttt: r.ttt.into(),
+                r2tsn: r.r2tsn.into(),
+                buffer_offset: r.offset.into(),
+                desired_len: r.len.into(),
+                ..Default::default()
+            };
+            self.sess.send(Tx::pdu(&h, Vec::new())).await?;
+        }
+        Ok(())
+    }
+
+    fn mark_stale(&mut self, itt: u32) {
+        if self.stale.len() >= 256 {
+            self.stale.pop_front();
+        }
+        self.stale.push_back(itt);
+    }
+
+    async fn data_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+        let d = DataOut::from_bhs(bhs);
+        let itt = d.itt.get();
+        let Some(x) = self.xfers.get_mut(&itt) else {
+            discard(rd, layout.rest_of_pdu()).await?;
+            if self.stale.contains(&itt) {
+                tracing::debug!(itt, "Data-Out for an ended task dropped");
+                return Ok(());
+            }
+            tracing::warn!(itt, "Data-Out for no pending write");
+            return self.sess.reject(RejectReason::INVALID_PDU_FIELD, bhs).await;
+        };
+        let h = DataOutHdr {
+            ttt: d.ttt.get(),
+            datasn: d.datasn.get(),
+            offset: d.buffer_offset.get(),
+            len: layout.data_len as u32,
+            final_: d.flags & F != 0,
+        };
+        if let Err(e) = x.state.data_out(&h) {
+            tracing::warn!(itt, error = %e, ttt = h.ttt, datasn = h.datasn, offset = h.offset, len = h.len, edtl = x.cmd.edtl, "bad Data-Out");
+            self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await?;
+            return Err(Stop::Protocol(format!("Data-Out: {e}")));
+        }
+        match (&mut x.sgl, x.failed.is_some()) {
+            (Some(sgl), false) if layout.data_len > 0 => {
+                if !read_into_sgl(rd, sgl, h.offset as usize, layout).await? {
+                    tracing::warn!(itt, offset = h.offset, "Data-Out digest error");
+                    x.failed = Some(fixed_sense(0x0b, 0x47, 0x05));
+                    self.sess.reject(RejectReason::DATA_DIGEST, bhs).await?;
+                }
+            }
+            _ => discard(rd, layout.rest_of_pdu()).await?,
+        }
+        self.progress(itt).await
+    }
+
+    /// Starts a SCSI task.
+    fn execute(&self, cmd: CmdInfo, data: Option<Sgl>, r2ts: u32) {
+        let s = self.sess.clone();
+        let itt = cmd.itt;
+        let Some(target) = s.target.clone() else { return };
+        let span = tracing::debug_span!("task", itt, op = cmd.cdb.first().copied().unwrap_or(0), lun = cmd.lun);
+        let h = tokio::spawn(
+            async move {
+                let resp = target
+                    .scsi
+                    .execute(scsi::ScsiRequest {
+                        nexus: &s.nexus,
+                        lun: cmd.lun,
+                        cdb: &cmd.cdb,
+                        edtl: cmd.edtl,
+                        read: cmd.read,
+                        write: cmd.write,
+                        data_out: data,
+                        attr: cmd.attr,
+                    })
+                    .await;
+                if resp.status != scsi::ScsiStatus::GOOD {
+                    tracing::debug!(status = resp.status.0, sense = ?resp.sense.as_deref().map(|s| &s[..s.len().min(18)]), "command failed");
+                }
+                s.finish(&cmd, resp, r2ts).await;
+            }
+            .instrument(span),
+        );
+        if let Some(e) = self.sess.tasks.lock().get_mut(&itt) {
+            e.abort = Some(h.abort_handle());
+        }
+    }
+
+    async fn nop_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+        let n = NopOut::from_bhs(bhs);
+        let (data, ok) = read_vec(rd, layout).await?;
+        if !ok {
+            return self.sess.reject(RejectReason::DATA_DIGEST, bhs).await;
+        }
+        if n.ttt.get() != RESERVED_TAG {
+            let mut p = self.sess.ping.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_some_and(|(t, _)| t == n.ttt.get()) {
+                *p = None;
+            }
+        }
+        if n.itt.get() == RESERVED_TAG {
+            return Ok(());
+        }
+        if !self.accept_cmdsn(bhs, n.cmdsn.get()) {
+            return Ok(());
+        }
+        self.done_cmdsn(bhs);
+        let r = NopIn { opcode: Opcode::NOP_IN.0, flags: F, lun: n.lun, itt: n.itt, ttt: RESERVED_TAG.into(), ..Default::default() };
+        self.sess.send(Tx::pdu(&r, data)).await
+    }
+
+    async fn text_req<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+        let t = TextReq::from_bhs(bhs);
+        let (data, ok) = read_vec(rd, layout).await?;
+        if !ok {
+            return self.sess.reject(RejectReason::DATA_DIGEST, bhs).await;
+        }
+        if !self.accept_cmdsn(bhs, t.cmdsn.get()) {
+            return Ok(());
+        }
+        self.done_cmdsn(bhs);
+        let itt = t.itt.get();
+        let cont = t.flags & pdu::text_flags::CONTINUE != 0;
+        let max = self.sess.params.initiator_max_recv_dsl as usize;
+        // the initiator pulls the rest of a long response
+        if t.ttt.get() != RESERVED_TAG && !self.text.pending() {
+            let Some((ttt, pitt, rest)) = self.text_pending.take() else {
+                return self.sess.reject(RejectReason::INVALID_PDU_FIELD, bhs).await;
+            };
+            if ttt != t.ttt.get() || pitt != itt {
+                return self.sess.reject(RejectReason::INVALID_PDU_FIELD, bhs).await;
+            }
+            return self.send_text(&t, rest, max).await;
+        }
+        self.text_pending = None;
+        let text = match self.text.push(&data, cont) {
+            Err(e) => {
+                tracing::warn!(error = %e, "Text Request too long");
+                return self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await;
+            }
+            Ok(None) => {
+                // acknowledge a continued request with an empty response
+                let ttt = self.alloc_text_ttt();
+                let r = TextResp { opcode: Opcode::TEXT_RESP.0, flags: 0, lun: t.lun, itt: t.itt, ttt: ttt.into(), ..Default::default() };
+                return self.sess.send(Tx::pdu(&r, Vec::new())).await;
+            }
+            Ok(Some(x)) => x,
+        };
+        let pairs = match text::parse(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed Text Request");
+                return self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await;
+            }
+        };
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in &pairs {
+            match k.as_str() {
+                "SendTargets" => self.send_targets(v, &mut out),
+                k if k.starts_with("X-") || k.starts_with("X#") => out.push((k.to_string(), "NotUnderstood".into())),
+                k => out.push((k.to_string(), if text::is_security_key(k) { "Reject".into() } else { "NotUnderstood".into() })),
+            }
+        }
+        self.send_text(&t, text::encode(&out), max).await
+    }
+
+    fn alloc_text_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if t == RESERVED_TAG {
+            return self.alloc_text_ttt();
+        }
+        t
+    }
+
+    async fn send_text(&mut self, t: &TextReq, mut body: Vec<u8>, max: usize) -> Result<(), Stop> {
+        let mut r = TextResp { opcode: Opcode::TEXT_RESP.0, flags: F, lun: t.lun, itt: t.itt, ttt: RESERVED_TAG.into(), ..Default::default() };
+        if body.len() > max {
+            let rest = body.split_off(max);
+            let ttt = self.alloc_text_ttt();
+            r.flags = pdu::text_flags::CONTINUE;
+            r.ttt = ttt.into();
+            self.text_pending = Some((ttt, t.itt.get(), rest));
+        }
+        self.sess.send(Tx::pdu(&r, body)).await
+    }
+
+    /// SendTargets (§13.3 and Appendix C): in a discovery session every
+    /// target this initiator may log in to; in a normal session only its
+    /// own target.
+    fn send_targets(&self, v: &str, out: &mut Vec<(String, String)>) {
+        let srv = &self.sess.srv;
+        let me = &self.sess.nexus.initiator;
+        let wanted: Vec<&Arc<Target>> = match (self.discovery, v) {
+            (true, "All") => srv.targets.iter().filter(|t| t.allows(me)).collect(),
+            (false, "All") | (false, "") => self.sess.target.iter().collect(),
+            (_, "") => Vec::new(),
+            (true, name) => srv.find_target(name).filter(|t| t.allows(me)).into_iter().collect(),
+            (false, name) => self.sess.target.iter().filter(|t| t.name.eq_ignore_ascii_case(name)).collect(),
+        };
+        let portals = srv.portal_strings(self.sess.local);
+        for t in wanted {
+            out.push(("TargetName".into(), t.name.clone()));
+            for p in &portals {
+                out.push(("TargetAddress".into(), p.clone()));
+            }
+        }
+    }
+
+    async fn tmf(&mut self, bhs: &Bhs) -> Result<(), Stop> {
+        let t = TmfReq::from_bhs(bhs);
+        if !self.accept_cmdsn(bhs, t.cmdsn.get()) {
+            return Ok(());
+        }
+        let f = t.function();
+        let lun = decode_lun(&t.lun);
+        let target = self.sess.target.clone().expect("normal session");
+        let nexus = self.sess.nexus.clone();
+        tracing::info!(function = ?f, lun, ref_task_tag = t.ref_task_tag.get(), "task management request");
+        let scsi_tmf = |k: scsi::TmfKind| match target.scsi.task_mgmt(k, lun, &nexus) {
+            scsi::TmfResult::Complete => TmfResponse::COMPLETE,
+            scsi::TmfResult::LunDoesNotExist => TmfResponse::LUN_DOES_NOT_EXIST,
+            scsi::TmfResult::NotSupported => TmfResponse::NOT_SUPPORTED,
+            scsi::TmfResult::Rejected => TmfResponse::REJECTED,
+        };
+        let lun_exists = (lun as usize) < target.scsi.luns();
+        let mut cold = false;
+        let resp = match f {
+            TmfFunction::ABORT_TASK => {
+                let rtt = t.ref_task_tag.get();
+                if self.xfers.remove(&rtt).is_some() {
+                    self.mark_stale(rtt);
+                    self.sess.tasks.take(rtt);
+                    TmfResponse::COMPLETE
+                } else if let Some(e) = self.sess.tasks.take(rtt) {
+                    if let Some(a) = e.abort {
+                        a.abort();
+                    }
+                    TmfResponse::COMPLETE
+                } else if pdu::sn_lt(t.ref_cmdsn.get(), t.cmdsn.get()) {
+                    // the task was received and has completed (§11.5.1)
+                    TmfResponse::COMPLETE
+                } else {
+                    TmfResponse::TASK_DOES_NOT_EXIST
+                }
+            }
+            TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET if !lun_exists => TmfResponse::LUN_DOES_NOT_EXIST,
+            TmfFunction::ABORT_TASK_SET => {
+                self.abort_local(|l| l == lun);
+                scsi_tmf(scsi::TmfKind::AbortTaskSet)
+            }
+            TmfFunction::CLEAR_TASK_SET => {
+                self.abort_local(|l| l == lun);
+                self.abort_other_sessions(&target, |l| l == lun);
+                scsi_tmf(scsi::TmfKind::ClearTaskSet)
+            }
+            TmfFunction::CLEAR_ACA => scsi_tmf(scsi::TmfKind::ClearAca),
+            TmfFunction::LOGICAL_UNIT_RESET if !lun_exists => TmfResponse::LUN_DOES_NOT_EXIST,
+            TmfFunction::LOGICAL_UNIT_RESET => {
+                self.abort_local(|l| l == lun);
+                self.abort_other_sessions(&target, |l| l == lun);
+                scsi_tmf(scsi::TmfKind::LunReset)
+            }
+            TmfFunction::TARGET_WARM_RESET | TmfFunction::TARGET_COLD_RESET => {
+                self.abort_local(|_| true);
+                self.abort_other_sessions(&target, |_| true);
+                if f == TmfFunction::TARGET_COLD_RESET {
+                    cold = true;
+                    scsi_tmf(scsi::TmfKind::TargetColdReset)
+                } else {
+                    scsi_tmf(scsi::TmfKind::TargetWarmReset)
+                }
+            }
+            TmfFunction::TASK_REASSIGN => TmfResponse::REASSIGN_NOT_SUPPORTED,
+            _ => TmfResponse::REJECTED,
+        };
+        self.done_cmdsn(bhs);
+        let r = TmfResp { opcode: Opcode::TMF_RESP.0, flags: F, response: resp.0, itt: t.itt, ..Default::default() };
+        self.sess.send(Tx::pdu(&r, Vec::new())).await?;
+        if cold {
+            // SAM: a cold reset ends every I_T nexus of the target
+            for s in self.sess.srv.sessions_of(&target.name) {
+                if !Arc::ptr_eq(&s, &self.sess.handle) {
+                    let _ = s.kill.send(Kill::ColdReset);
+                }
+            }
+            let _ = self.sess.tx.send(Tx::Close).await;
+            return Err(Stop::Protocol("TARGET COLD RESET".into()));
+        }
+        Ok(())
+    }
+
+    /// Aborts this session's tasks on matching LUNs, including writes still
+    /// receiving data.
+    fn abort_local(&mut self, pred: impl Fn(u64) -> bool) {
+        let pending: Vec<u32> = self.xfers.iter().filter(|(_, x)| pred(x.cmd.lun)).map(|(k, _)| *k).collect();
+        for itt in pending {
+            self.xfers.remove(&itt);
+            self.mark_stale(itt);
+        }
+        let n = self.sess.tasks.abort_where(&pred);
+        if !n.is_empty() {
+            tracing::info!(tasks = n.len(), "tasks aborted");
+        }
+    }
+
+    fn abort_other_sessions(&self, target: &Arc<Target>, pred: impl Fn(u64) -> bool + Copy) {
+        for s in self.sess.srv.sessions_of(&target.name) {
+            if !Arc::ptr_eq(&s, &self.sess.handle) {
+                let n = s.tasks.abort_where(pred);
+                if !n.is_empty() {
+                    tracing::info!(tsih = s.tsih, tasks = n.len(), "tasks of another session aborted");
+                }
+            }
+        }
+    }
+
+    async fn logout(&mut self, bhs: &Bhs) -> Result<(), Stop> {
+        let l = LogoutReq::from_bhs(bhs);
+        if !self.accept_cmdsn(bhs, l.cmdsn.get()) {
+            return Ok(());
+        }
+        let reason = l.reason();
+        let response = match reason {
+            pdu::LogoutReason::CLOSE_SESSION => LogoutResponse::CLOSED,
+            pdu::LogoutReason::CLOSE_CONNECTION if l.cid.get() == self.sess.cid => LogoutResponse::CLOSED,
+            pdu::LogoutReason::CLOSE_CONNECTION => LogoutResponse::CID_NOT_FOUND,
+            _ => LogoutResponse::RECOVERY_NOT_SUPPORTED,
+        };
+        tracing::info!(?reason, ?response, "logout");
+        if response == LogoutResponse::CLOSED {
+            // the response follows the responses of every task in flight;
+            // writes still waiting for data will not get it
+            for itt in self.xfers.keys().copied().collect::<Vec<_>>() {
+                self.xfers.remove(&itt);
+                self.sess.tasks.take(itt);
+            }
+            let drain = async {
+                // tasks other than this request
+                while !self.sess.tasks.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+                tracing::warn!("tasks still running 30 s after logout; aborting them");
+                self.sess.tasks.abort_where(|_| true);
+            }
+        }
+        self.done_cmdsn(bhs);
+        let r = pdu::LogoutResp {
+            opcode: Opcode::LOGOUT_RESP.0,
+            flags: F,
+            response: response.0,
+            itt: l.itt,
+            time2wait: if response == LogoutResponse::CLOSED { self.sess.params.default_time2wait.into() } else { 0.into() },
+            time2retain: 0.into(),
+            ..Default::default()
+        };
+        self.sess.send(Tx::pdu(&r, Vec::new())).await?;
+        if response == LogoutResponse::CLOSED {
+            let _ = self.sess.tx.send(Tx::Close).await;
+            return Err(Stop::Logout);
+        }
+        Ok(())
+    }
+}
+
+async fn discard<R: AsyncRead + Unpin>(rd: &mut R, mut n: usize) -> Result<(), Stop> {
+    let mut scratch = [0u8; 4096];
+    while n > 0 {
+        let k = n.min(scratch.len());
+        rd.read_exact(&mut scratch[..k]).await?;
+        n -= k;
+    }
+    Ok(())
+}
+
+/// Reads a data segment (with padding and digest) into memory; the bool
+/// says whether the digest matched.
+async fn read_vec<R: AsyncRead + Unpin>(rd: &mut R, l: &Layout) -> Result<(Vec<u8>, bool), Stop> {
+    if l.data_len == 0 {
+        return Ok((Vec::new(), true));
+    }
+    let mut v = vec![0u8; l.data_len + l.pad];
+    rd.read_exact(&mut v).await?;
+    let ok = if l.data_digest {
+        let mut d = [0u8; DIGEST_LEN];
+        rd.read_exact(&mut d).await?;
+        crc32c::crc32c(&v) == u32::from_le_bytes(d)
+    } else {
+        true
+    };
+    v.truncate(l.data_len);
+    Ok((v, ok))
+}
+
+/// Reads a data segment straight into an SGL's pages at `offset`; returns
+/// whether the digest matched. The caller has checked the range.
+async fn read_into_sgl<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, l: &Layout) -> Result<bool, Stop> {
+    let slices = sgl
+        .dest_slices(offset, l.data_len)
+        .ok_or_else(|| Stop::Protocol(format!("receive range {offset}+{} outside the buffer", l.data_len)))?;
+    let mut crc = 0;
+    for s in slices {
+        rd.read_exact(s).await?;
+        if l.data_digest {
+            crc = crc32c::crc32c_append(crc, s);
+        }
+    }
+    let mut pad = [0u8; 4];
+    rd.read_exact(&mut pad[..l.pad]).await?;
+    if !l.data_digest {
+        return Ok(true);
+    }
+    crc = crc32c::crc32c_append(crc, &pad[..l.pad]);
+    let mut d = [0u8; DIGEST_LEN];
+    rd.read_exact(&mut d).await?;
+    Ok(crc == u32::from_le_bytes(d))
+}

@@ -1,0 +1,283 @@
+//! The iSCSI target: targets and their LUNs, the session registry (TSIH,
+//! reinstatement), the login directory, and per connection the tokio glue
+//! around the sans-IO core in `pinion_transport::iscsi`.
+//!
+//! One connection per session (MaxConnections=1, ErrorRecoveryLevel=0).
+//! A connection runs: the login exchange inline on the socket; then a
+//! reader task (the session's engine: CmdSN window, write transfers, TMF,
+//! Text, Logout, NOP), one task per SCSI command, a writer task that
+//! batches PDUs into vectored writes, and an idle pinger.
+
+mod conn;
+mod writer;
+
+pub(crate) use crate::scsi_standin as scsi;
+
+use pinion_backends::{PagePool, Volume};
+use pinion_transport::iscsi::chap::Credentials;
+use pinion_transport::iscsi::login::{Directory, Lookup, TargetAuth};
+use pinion_transport::iscsi::text::TargetPrefs;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub use conn::TaskTable;
+
+/// One `[[iscsi_target]]`.
+pub struct Target {
+    pub name: String,
+    pub alias: Option<String>,
+    pub scsi: Arc<scsi::ScsiTarget>,
+    /// Initiator names allowed (lower case), or `*`.
+    pub acl: Vec<String>,
+    pub chap: Option<Credentials>,
+    pub mutual_chap: Option<Credentials>,
+    /// Per-initiator CHAP credentials (initiator name lower case).
+    pub initiator_chap: Vec<(String, Credentials)>,
+}
+
+impl Target {
+    pub fn allows(&self, initiator: &str) -> bool {
+        self.acl.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(initiator))
+    }
+
+    fn chap_for(&self, initiator: &str) -> Option<Credentials> {
+        self.initiator_chap
+            .iter()
+            .find(|(i, _)| i.eq_ignore_ascii_case(initiator))
+            .map(|(_, c)| c.clone())
+            .or_else(|| self.chap.clone())
+    }
+}
+
+/// Why a session is being ended from outside its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    Alive,
+    /// The same initiator logged in again with the same ISID.
+    Reinstated,
+    /// TARGET COLD RESET.
+    ColdReset,
+    /// The initiator stopped answering NOP-In pings.
+    PingTimeout,
+}
+
+/// A live session, as other sessions and the registry see it.
+pub struct SessionHandle {
+    pub tsih: u16,
+    pub initiator: String,
+    pub isid: [u8; 6],
+    /// `None` for discovery sessions.
+    pub target: Option<Arc<Target>>,
+    pub kill: watch::Sender<Kill>,
+    pub tasks: Arc<conn::TaskTable>,
+    /// Resolves when the session has ended.
+    pub gone: watch::Receiver<bool>,
+}
+
+/// Settings of the iSCSI service.
+#[derive(Debug, Clone)]
+pub struct IscsiSettings {
+    pub prefs: TargetPrefs,
+    pub portal_group_tag: u16,
+    /// Commands per session (the CmdSN window).
+    pub queue_depth: u32,
+    /// NOP-In to an initiator idle this long; `None` disables pings.
+    pub nop_interval: Option<Duration>,
+    /// An unanswered ping after this long drops the session.
+    pub nop_timeout: Duration,
+    pub login_timeout: Duration,
+}
+
+impl Default for IscsiSettings {
+    fn default() -> Self {
+        IscsiSettings {
+            prefs: TargetPrefs::default(),
+            portal_group_tag: 1,
+            queue_depth: 128,
+            nop_interval: Some(Duration::from_secs(30)),
+            nop_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+pub struct IscsiServer {
+    pub targets: Vec<Arc<Target>>,
+    pub settings: IscsiSettings,
+    pub pool: PagePool,
+    /// Listener addresses as bound (set once the listeners exist).
+    portals: Mutex<Vec<SocketAddr>>,
+    sessions: Mutex<HashMap<u16, Arc<SessionHandle>>>,
+    next_tsih: Mutex<u16>,
+    next_nexus: AtomicU64,
+}
+
+impl IscsiServer {
+    pub fn new(targets: Vec<Arc<Target>>, settings: IscsiSettings, pool: PagePool) -> IscsiServer {
+        IscsiServer {
+            targets,
+            settings,
+            pool,
+            portals: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_tsih: Mutex::new(1),
+            next_nexus: AtomicU64::new(1),
+        }
+    }
+
+    /// Builds a target's SCSI side over its volumes (LUN n = volume n).
+    pub fn target(name: &str, volumes: Vec<Arc<Volume>>, acl: &[String]) -> Target {
+        Target {
+            name: name.to_string(),
+            alias: None,
+            scsi: Arc::new(scsi::ScsiTarget::new(name, volumes)),
+            acl: acl.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            chap: None,
+            mutual_chap: None,
+            initiator_chap: Vec::new(),
+        }
+    }
+
+    pub fn set_portals(&self, p: Vec<SocketAddr>) {
+        *self.portals.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.portals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn find_target(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Arc<SessionHandle>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Sessions of one target (for target-wide task management).
+    pub fn sessions_of(&self, target: &str) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().filter(|s| s.target.as_ref().is_some_and(|t| t.name == target)).cloned().collect()
+    }
+
+    fn alloc_tsih(&self) -> u16 {
+        let sessions = self.sessions();
+        let mut n = self.next_tsih.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let t = *n;
+            *n = n.wrapping_add(1);
+            if *n == 0 {
+                *n = 1;
+            }
+            if t != 0 && !sessions.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
+    pub fn next_nexus_id(&self) -> u64 {
+        self.next_nexus.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a new session: ends a session it reinstates (same
+    /// initiator, ISID and target), picks its TSIH.
+    pub async fn register(&self, mut h: SessionHandle, old_tsih: u16) -> Arc<SessionHandle> {
+        let same = |s: &SessionHandle| {
+            s.initiator.eq_ignore_ascii_case(&h.initiator)
+                && s.isid == h.isid
+                && s.target.as_ref().map(|t| &t.name) == h.target.as_ref().map(|t| &t.name)
+        };
+        let old: Vec<Arc<SessionHandle>> = self.sessions().values().filter(|s| same(s) || (old_tsih != 0 && s.tsih == old_tsih)).cloned().collect();
+        for o in old {
+            tracing::info!(tsih = o.tsih, initiator = %o.initiator, "session reinstatement: closing the old session");
+            let _ = o.kill.send(Kill::Reinstated);
+            let mut gone = o.gone.clone();
+            let wait = async {
+                while !*gone.borrow() {
+                    if gone.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+                tracing::warn!(tsih = o.tsih, "old session did not end within 10 s");
+            }
+            self.sessions().remove(&o.tsih);
+        }
+        h.tsih = if old_tsih != 0 { old_tsih } else { self.alloc_tsih() };
+        let h = Arc::new(h);
+        self.sessions().insert(h.tsih, h.clone());
+        h
+    }
+
+    pub fn unregister(&self, h: &Arc<SessionHandle>) {
+        let mut s = self.sessions();
+        if s.get(&h.tsih).is_some_and(|x| Arc::ptr_eq(x, h)) {
+            s.remove(&h.tsih);
+        }
+    }
+
+    /// The target portals to report for SendTargets: every listener, with
+    /// a wildcard address replaced by the one this connection came in on.
+    pub fn portal_strings(&self, local: SocketAddr) -> Vec<String> {
+        let tpgt = self.settings.portal_group_tag;
+        let mut out = Vec::new();
+        for p in self.portals() {
+            let ip = if p.ip().is_unspecified() { local.ip() } else { p.ip() };
+            let a = SocketAddr::new(ip, p.port());
+            let s = format!("{a},{tpgt}");
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if out.is_empty() {
+            out.push(format!("{local},{tpgt}"));
+        }
+        out
+    }
+}
+
+/// The login's view of the server.
+pub(crate) struct Dir<'a>(pub &'a IscsiServer);
+
+impl Directory for Dir<'_> {
+    fn target(&self, name: &str, initiator: &str) -> Result<TargetAuth, Lookup> {
+        let t = self.0.find_target(name).ok_or(Lookup::NotFound)?;
+        if !t.allows(initiator) {
+            return Err(Lookup::Forbidden);
+        }
+        Ok(TargetAuth { name: t.name.clone(), alias: t.alias.clone(), chap: t.chap_for(initiator), mutual_chap: t.mutual_chap.clone() })
+    }
+
+    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
+        self.0.sessions().get(&tsih).is_some_and(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator))
+    }
+
+    fn portal_group_tag(&self) -> u16 {
+        self.0.settings.portal_group_tag
+    }
+
+    fn prefs(&self) -> TargetPrefs {
+        self.0.settings.prefs
+    }
+}
+
+/// Serves one accepted iSCSI connection until it closes.
+pub async fn connection(srv: Arc<IscsiServer>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+    conn::serve(srv, stream, shutdown).await
+}
+
+/// A target as the configuration describes it.
+pub fn target_from_config(t: &pinion_conf::IscsiTargetConfig, volumes: Vec<Arc<Volume>>) -> Target {
+    IscsiServer::target(&t.iqn, volumes, &t.initiators)
+}

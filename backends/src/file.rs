@@ -14,14 +14,20 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, IoSliceMut, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
+use crate::metrics::METRICS;
 
 pub struct FileBackend {
     info: BackendInfo,
-    /// The fd used for buffered I/O (and everything when not direct).
-    file: File,
-    /// An `O_DIRECT` fd when the volume is direct; I/O it cannot align
-    /// falls back to `file`.
+    /// The fd used for buffered I/O and splice (and everything when not
+    /// direct); shared with page-cache payloads in flight.
+    file: Arc<File>,
+    /// An `O_DIRECT` fd when the volume is `direct` or `auto`; I/O it
+    /// cannot align falls back to `file`.
     direct: Option<File>,
+    mode: IoMode,
+    /// A memfd: every page is resident by construction.
+    in_memory: bool,
     /// fallocate modes the file system refused once; not tried again.
     no_punch: std::sync::atomic::AtomicBool,
     no_zero_range: std::sync::atomic::AtomicBool,
@@ -55,7 +61,9 @@ impl FileBackend {
             },
             file,
             None,
-        ))
+            IoMode::Auto,
+        )
+        .in_memory())
     }
 
     /// A regular file, created with `size` when missing; an existing file
@@ -84,7 +92,8 @@ impl FileBackend {
             return Err(BackendError::Open(format!("{}: empty", path.display())));
         }
         let direct = Self::open_direct(path, io_mode, read_only);
-        Ok(FileBackend::on_disk("file", path, size, block_size, read_only, file, direct))
+        let mode = if direct.is_none() && io_mode == IoMode::Direct { IoMode::Buffered } else { io_mode };
+        Ok(FileBackend::on_disk("file", path, size, block_size, read_only, file, direct, mode))
     }
 
     /// A block device; its size comes from the device.
@@ -108,13 +117,15 @@ impl FileBackend {
         // the target's own pool pages are its cache.
         let mode = if io_mode == IoMode::Buffered { IoMode::Buffered } else { IoMode::Direct };
         let direct = Self::open_direct(path, mode, read_only);
+        let mode = if direct.is_none() { IoMode::Buffered } else { mode };
         let size = size - size % u64::from(block_size);
-        Ok(FileBackend::on_disk("block", path, size, block_size, read_only, file, direct))
+        Ok(FileBackend::on_disk("block", path, size, block_size, read_only, file, direct, mode))
     }
 
     /// Files and devices: I/O may sleep, and a volatile cache (page cache or
     /// device cache) sits in front, so FLUSH and FUA do real work.
-    fn on_disk(kind: &'static str, path: &Path, size: u64, block_size: u32, read_only: bool, file: File, direct: Option<File>) -> FileBackend {
+    #[allow(clippy::too_many_arguments)]
+    fn on_disk(kind: &'static str, path: &Path, size: u64, block_size: u32, read_only: bool, file: File, direct: Option<File>, mode: IoMode) -> FileBackend {
         let info = BackendInfo {
             kind,
             size,
@@ -124,11 +135,11 @@ impl FileBackend {
             volatile_cache: true,
             describe: path.display().to_string(),
         };
-        FileBackend::new(info, file, direct)
+        FileBackend::new(info, file, direct, mode)
     }
 
     fn open_direct(path: &Path, io_mode: IoMode, read_only: bool) -> Option<File> {
-        if io_mode != IoMode::Direct {
+        if io_mode == IoMode::Buffered {
             return None;
         }
         match open_rw(path, read_only, true, false) {
@@ -140,14 +151,21 @@ impl FileBackend {
         }
     }
 
-    fn new(info: BackendInfo, file: File, direct: Option<File>) -> FileBackend {
+    fn new(info: BackendInfo, file: File, direct: Option<File>, mode: IoMode) -> FileBackend {
         FileBackend {
             info,
-            file,
+            file: Arc::new(file),
             direct,
+            mode,
+            in_memory: false,
             no_punch: false.into(),
             no_zero_range: false.into(),
         }
+    }
+
+    fn in_memory(mut self) -> FileBackend {
+        self.in_memory = true;
+        self
     }
 
     /// Direct I/O needs page-aligned memory (pool pages are) and lengths
@@ -157,7 +175,7 @@ impl FileBackend {
         let bs = u64::from(self.info.block_size);
         let aligned = offset.is_multiple_of(bs)
             && sgl.segments().iter().all(|s| {
-                (s.len() as u64).is_multiple_of(bs) && (s.bytes().as_ptr() as usize).is_multiple_of(crate::PAGE_SIZE)
+                (s.len() as u64).is_multiple_of(bs) && s.memory().is_some_and(|m| (m.as_ptr() as usize).is_multiple_of(crate::PAGE_SIZE))
             });
         aligned.then_some(d)
     }
@@ -221,12 +239,41 @@ impl Backend for FileBackend {
 
     fn read(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.check_range(offset, sgl.len() as u64)?;
-        if let Some(d) = self.direct_fd(offset, sgl) {
-            match read_all(d, offset, &mut sgl.io_slices_mut()) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                r => return Ok(r?),
-            }
+        if self.mode == IoMode::Direct && self.read_direct(offset, sgl)? {
+            return Ok(());
         }
+        self.read_buffered(offset, sgl)
+    }
+
+    fn io_mode(&self) -> IoMode {
+        self.mode
+    }
+
+    fn splice_file(&self) -> Option<&Arc<File>> {
+        Some(&self.file)
+    }
+
+    fn resident(&self, offset: u64, len: u64) -> Option<bool> {
+        if self.in_memory {
+            return Some(true);
+        }
+        match crate::sys::cachestat(&*self.file, offset, len)? {
+            Ok(c) => Some(c.nr_cache >= len.div_ceil(crate::PAGE_SIZE as u64)),
+            Err(_) => None,
+        }
+    }
+
+    fn read_direct(&self, offset: u64, sgl: &mut Sgl) -> Result<bool> {
+        self.check_range(offset, sgl.len() as u64)?;
+        let Some(d) = self.direct_fd(offset, sgl) else { return Ok(false) };
+        match read_all(d, offset, &mut sgl.io_slices_mut()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            r => r.map(|()| true).map_err(Into::into),
+        }
+    }
+
+    fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
+        self.check_range(offset, sgl.len() as u64)?;
         Ok(read_all(&self.file, offset, &mut sgl.io_slices_mut())?)
     }
 
@@ -238,12 +285,21 @@ impl Backend for FileBackend {
         // FUA on a volume with a volatile cache: the write is durable before
         // we return (RWF_DSYNC covers the data and what is needed to read it).
         let dsync = fua && self.info.volatile_cache;
-        if let Some(d) = self.direct_fd(offset, sgl) {
-            match write_all(d, offset, &sgl.io_slices(), dsync) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                r => return Ok(r?),
+        // `auto` writes through the page cache, so what was just written is
+        // hot for the reads that often follow; only `direct` bypasses it.
+        if self.mode == IoMode::Direct {
+            if let Some(d) = self.direct_fd(offset, sgl) {
+                match write_all(d, offset, &sgl.io_slices(), dsync) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => {
+                        METRICS.write_direct.add(sgl.len());
+                        return Ok(r?);
+                    }
+                }
             }
+            crate::metrics::bump(&METRICS.fallback_unaligned);
         }
+        METRICS.write_buffered.add(sgl.len());
         Ok(write_all(&self.file, offset, &sgl.io_slices(), dsync)?)
     }
 
@@ -261,14 +317,14 @@ impl Backend for FileBackend {
         }
         use std::sync::atomic::Ordering::Relaxed;
         if deallocate && !self.no_punch.load(Relaxed) {
-            match rustix::fs::fallocate(&self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
+            match rustix::fs::fallocate(&*self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_punch.store(true, Relaxed),
                 Err(e) => return Err(std::io::Error::from(e).into()),
             }
         }
         if !self.no_zero_range.load(Relaxed) {
-            match rustix::fs::fallocate(&self.file, FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, offset, len) {
+            match rustix::fs::fallocate(&*self.file, FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_zero_range.store(true, Relaxed),
                 Err(e) => return Err(std::io::Error::from(e).into()),

@@ -6,13 +6,17 @@
 //!   segment, the owner that decides how the segment is released.
 //! * [`Backend`] and its implementations: RAM (a memfd, so its pages can be
 //!   spliced later), null, regular file, block device.
-#![forbid(unsafe_code)]
+// `unsafe` lives only in `sys`, each block with its SAFETY argument.
+#![deny(unsafe_code)]
 
 pub mod file;
 pub mod locks;
+pub mod metrics;
 pub mod null;
 pub mod pool;
 pub mod sgl;
+pub mod splice;
+mod sys;
 pub mod volume;
 
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 pub use locks::{LockMode, RangeGuard, RangeLocks};
 pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
 pub use sgl::{Direction, Segment, Sgl};
-pub use volume::{ReadOpts, Volume};
+pub use volume::{DataPolicy, ReadOpts, ReadPath, Volume};
 
 /// Errors of the storage layer; the target maps them to protocol status at
 /// the protocol boundary.
@@ -71,6 +75,29 @@ pub trait Backend: Send + Sync + 'static {
     /// Releases a range; afterwards it reads back as zeroes.
     fn discard(&self, offset: u64, len: u64) -> Result<()>;
 
+    /// How the volume was configured to move data (the per-I/O policy in
+    /// [`Volume`] reads it).
+    fn io_mode(&self) -> IoMode {
+        IoMode::Buffered
+    }
+    /// The file whose page cache holds the volume's bytes, for splice.
+    fn splice_file(&self) -> Option<&Arc<std::fs::File>> {
+        None
+    }
+    /// Whether a range is entirely in the page cache; `None` when unknown.
+    fn resident(&self, _offset: u64, _len: u64) -> Option<bool> {
+        None
+    }
+    /// Reads with `O_DIRECT` into the SGL's pool pages; `Ok(false)` when
+    /// this I/O cannot be done direct (no direct fd, misaligned).
+    fn read_direct(&self, _offset: u64, _sgl: &mut Sgl) -> Result<bool> {
+        Ok(false)
+    }
+    /// Reads through the page cache (a copy into the SGL's pages).
+    fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
+        self.read(offset, sgl)
+    }
+
     /// Checks that a byte range lies inside the volume.
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.info().size;
@@ -84,7 +111,8 @@ pub trait Backend: Send + Sync + 'static {
 /// How a file or block volume is read and written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
-    /// Per I/O; until the zero-copy path lands it behaves as `Buffered`.
+    /// Per I/O: splice what is in the page cache, `O_DIRECT` what is not,
+    /// copy what is too small to be worth either.
     Auto,
     Buffered,
     Direct,

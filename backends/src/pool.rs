@@ -1,6 +1,6 @@
-//! The page pool: driver-owned, page-aligned pages, reused, with a fixed
-//! budget. When the budget is spent, allocation waits (backpressure); it
-//! never fails and never grows the pool past the budget.
+//! The page pool: driver-owned, page-aligned anonymous memory, mapped once
+//! up front for the whole budget and reused. When every page is in use,
+//! allocation waits (backpressure); it never fails and never grows.
 //!
 //! A [`Page`] is owned by exactly one holder at a time (an SGL segment, and
 //! through it a backend I/O or a send). It returns to the pool when dropped,
@@ -26,10 +26,12 @@ pub struct PoolStats {
     pub budget_pages: usize,
     pub in_use: usize,
     pub high_water: usize,
-    /// Pages ever allocated from the system (at most the budget).
+    /// Pages mapped for the pool (the budget, mapped at start).
     pub allocated: usize,
     /// Allocations that had to wait for pages.
     pub waits: usize,
+    /// Allocations waiting for pages now.
+    pub waiting: usize,
 }
 
 struct Inner {
@@ -38,12 +40,13 @@ struct Inner {
     /// budget: the connection reader needs pages for in-capsule data to make
     /// progress, and it is the reader that completes those transfers.
     peer_permits: Semaphore,
-    free: Mutex<Vec<Box<PageBuf>>>,
+    free: Mutex<Vec<&'static mut PageBuf>>,
     permits: Semaphore,
     in_use: AtomicUsize,
     high_water: AtomicUsize,
     allocated: AtomicUsize,
     waits: AtomicUsize,
+    waiting: AtomicUsize,
     poison: bool,
 }
 
@@ -64,21 +67,28 @@ impl PagePool {
     /// holds several maximum-size (1 MiB) transfers.
     pub const MIN_PAGES: usize = 1024;
 
-    /// A pool of at most `budget_bytes` (rounded down to pages, at least
-    /// [`PagePool::MIN_PAGES`]). Pages are allocated on first use and then
-    /// kept.
+    /// A pool of `budget_bytes` (rounded down to pages, at least
+    /// [`PagePool::MIN_PAGES`]), mapped now. The mapping is lazily backed
+    /// by the kernel, so an idle pool costs address space, not memory.
+    ///
+    /// Panics when the memory cannot be mapped: the server cannot run
+    /// without its pool, and this happens once at start.
     pub fn new(budget_bytes: u64, poison: bool) -> PagePool {
         let budget = ((budget_bytes / PAGE_SIZE as u64) as usize).max(Self::MIN_PAGES);
+        let region = crate::sys::map_pool(budget).unwrap_or_else(|e| panic!("cannot map the {budget}-page pool: {e}"));
+        // Lowest addresses on top of the stack: reuse stays in few pages.
+        let free: Vec<&'static mut PageBuf> = region.iter_mut().rev().collect();
         PagePool {
             inner: Arc::new(Inner {
                 budget,
                 peer_permits: Semaphore::new(budget - (budget / 8).max(64)),
-                free: Mutex::new(Vec::new()),
+                free: Mutex::new(free),
                 permits: Semaphore::new(budget),
                 in_use: AtomicUsize::new(0),
                 high_water: AtomicUsize::new(0),
-                allocated: AtomicUsize::new(0),
+                allocated: AtomicUsize::new(budget),
                 waits: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
                 poison,
             }),
         }
@@ -95,7 +105,10 @@ impl PagePool {
             Ok(p) => p,
             Err(_) => {
                 self.inner.waits.fetch_add(1, Ordering::Relaxed);
-                self.inner.permits.acquire_many(n as u32).await.expect("pool semaphore is never closed")
+                self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+                let p = self.inner.permits.acquire_many(n as u32).await.expect("pool semaphore is never closed");
+                self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                p
             }
         };
         // Each Page gives its permit back on drop.
@@ -124,20 +137,13 @@ impl PagePool {
         Some(self.take(n, false))
     }
 
+    /// Called with `n` permits taken, so `n` pages are free.
     fn take(&self, n: usize, peer: bool) -> Vec<Page> {
         let mut out = Vec::with_capacity(n);
         {
             let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
-            while out.len() < n {
-                match free.pop() {
-                    Some(buf) => out.push(Page { buf: Some(buf), pool: self.inner.clone(), peer }),
-                    None => break,
-                }
-            }
-        }
-        while out.len() < n {
-            self.inner.allocated.fetch_add(1, Ordering::Relaxed);
-            out.push(Page { buf: Some(Box::new(PageBuf([0; PAGE_SIZE]))), pool: self.inner.clone(), peer });
+            let at = free.len().checked_sub(n).expect("a permit for every free page");
+            out.extend(free.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner.clone(), peer }));
         }
         let now = self.inner.in_use.fetch_add(n, Ordering::Relaxed) + n;
         self.inner.high_water.fetch_max(now, Ordering::Relaxed);
@@ -151,13 +157,14 @@ impl PagePool {
             high_water: self.inner.high_water.load(Ordering::Relaxed),
             allocated: self.inner.allocated.load(Ordering::Relaxed),
             waits: self.inner.waits.load(Ordering::Relaxed),
+            waiting: self.inner.waiting.load(Ordering::Relaxed),
         }
     }
 }
 
 /// One pool page, owned. Dropping it returns it to the pool.
 pub struct Page {
-    buf: Option<Box<PageBuf>>,
+    buf: Option<&'static mut PageBuf>,
     pool: Arc<Inner>,
     /// Counted against the peer-wait cap too.
     peer: bool,
@@ -180,7 +187,7 @@ impl std::fmt::Debug for Page {
 
 impl Drop for Page {
     fn drop(&mut self) {
-        if let Some(mut buf) = self.buf.take() {
+        if let Some(buf) = self.buf.take() {
             if self.pool.poison {
                 buf.0.fill(POISON);
             }
@@ -204,13 +211,14 @@ mod tests {
         let pool = PagePool::new(256 * 4096, false);
         let p = pool.alloc(2).await;
         let a = p[0].as_slice().as_ptr() as usize;
+        let b = p[1].as_slice().as_ptr() as usize;
         assert_eq!(a % PAGE_SIZE, 0);
         assert_eq!(pool.stats().in_use, 2);
         drop(p);
         assert_eq!(pool.stats().in_use, 0);
         let q = pool.alloc(1).await;
-        assert_eq!(pool.stats().allocated, 2, "freed pages are reused, not reallocated");
-        assert!(q[0].as_slice().as_ptr() as usize == a || pool.stats().allocated == 2);
+        assert!([a, b].contains(&(q[0].as_slice().as_ptr() as usize)), "freed pages are reused first");
+        assert_eq!(pool.stats().allocated, pool.budget_pages(), "mapped up front, never grown");
         assert_eq!(pool.stats().high_water, 2);
     }
 
@@ -225,7 +233,7 @@ mod tests {
         assert!(!waiter.is_finished(), "allocation must wait, not fail or grow");
         drop(all);
         assert_eq!(waiter.await.unwrap(), 4);
-        assert_eq!(pool.stats().allocated, PagePool::MIN_PAGES);
+        assert_eq!(pool.stats().allocated, PagePool::MIN_PAGES, "never grown");
         assert_eq!(pool.stats().waits, 1);
     }
 

@@ -11,9 +11,12 @@
 //! Each segment's owner decides its release: a [`Segment::Pool`] page goes
 //! back to the pool when the segment is dropped, which happens only once
 //! every user (backend I/O, send) has given the SGL up; a
+//! [`Segment::PageCache`] range releases its pipe and its range lock when
+//! dropped, which the send engine does only once the socket has sent it; a
 //! [`Segment::Static`] slice is never released.
 
 use crate::pool::{Page, PagePool, PAGE_SIZE};
+use crate::splice::PageCacheRange;
 use std::io::{IoSlice, IoSliceMut};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +34,9 @@ pub enum Segment {
     Pool { page: Page, len: usize },
     /// Shared read-only bytes (e.g. the zero page); never released.
     Static { data: &'static [u8] },
+    /// Page-cache pages of a volume's file, referenced by a pipe; sent with
+    /// splice, never readable as memory.
+    PageCache(PageCacheRange),
 }
 
 impl Segment {
@@ -38,15 +44,18 @@ impl Segment {
         match self {
             Segment::Pool { len, .. } => *len,
             Segment::Static { data } => data.len(),
+            Segment::PageCache(r) => r.len,
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn bytes(&self) -> &[u8] {
+    /// The bytes, when they are in our memory (not for page-cache ranges).
+    pub fn memory(&self) -> Option<&[u8]> {
         match self {
-            Segment::Pool { page, len } => &page.as_slice()[..*len],
-            Segment::Static { data } => data,
+            Segment::Pool { page, len } => Some(&page.as_slice()[..*len]),
+            Segment::Static { data } => Some(data),
+            Segment::PageCache(_) => None,
         }
     }
 }
@@ -99,6 +108,44 @@ impl Sgl {
         Sgl { dir: Direction::Source, segs, len }
     }
 
+    /// A READ payload held in the page cache.
+    pub fn page_cache(r: PageCacheRange) -> Sgl {
+        let len = r.len;
+        Sgl { dir: Direction::Source, segs: vec![Segment::PageCache(r)], len }
+    }
+
+    /// The segments covering `range` of the SGL, each with the part of it
+    /// that falls inside the range (a range past the end yields less).
+    pub fn segments_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (&Segment, std::ops::Range<usize>)> {
+        let mut pos = 0usize;
+        self.segs.iter().filter_map(move |s| {
+            let (a, b) = (pos, pos + s.len());
+            pos = b;
+            let (lo, hi) = (range.start.max(a), range.end.min(b));
+            (lo < hi).then(|| (s, lo - a..hi - a))
+        })
+    }
+
+    /// One segment's bytes, copied (see [`Sgl::to_vec`]).
+    pub fn segment_bytes(s: &Segment) -> Vec<u8> {
+        Sgl { dir: Direction::Source, segs: Vec::new(), len: 0 }.segment_to_vec(s)
+    }
+
+    fn segment_to_vec(&self, s: &Segment) -> Vec<u8> {
+        match s {
+            Segment::Pool { .. } | Segment::Static { .. } => s.memory().unwrap_or_default().to_vec(),
+            Segment::PageCache(r) => r.read_bytes().unwrap_or_else(|e| {
+                tracing::error!(offset = r.offset, len = r.len, error = %e, "re-reading a page-cache payload failed");
+                vec![0; r.len]
+            }),
+        }
+    }
+
+    /// Whether every byte is in our memory (no page-cache segment).
+    pub fn is_memory(&self) -> bool {
+        self.segs.iter().all(|s| !matches!(s, Segment::PageCache(_)))
+    }
+
     pub fn empty(dir: Direction) -> Sgl {
         Sgl { dir, segs: Vec::new(), len: 0 }
     }
@@ -123,9 +170,10 @@ impl Sgl {
         self
     }
 
-    /// Slices to write out (to a file or a socket).
+    /// Slices to write out (to a file or a socket). Page-cache segments
+    /// have no slices; the send engine splices them instead.
     pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
-        self.segs.iter().map(|s| IoSlice::new(s.bytes())).collect()
+        self.segs.iter().filter_map(|s| s.memory().map(IoSlice::new)).collect()
     }
 
     /// Mutable slices for a backend to fill, covering `len()` bytes. Static
@@ -135,7 +183,7 @@ impl Sgl {
             .iter_mut()
             .filter_map(|s| match s {
                 Segment::Pool { page, len } => Some(IoSliceMut::new(&mut page.as_mut_slice()[..*len])),
-                Segment::Static { .. } => None,
+                Segment::Static { .. } | Segment::PageCache(_) => None,
             })
             .collect()
     }
@@ -165,7 +213,7 @@ impl Sgl {
             let b = end.min(send) - sstart;
             match s {
                 Segment::Pool { page, .. } => out.push(&mut page.as_mut_slice()[a..b]),
-                Segment::Static { .. } => return None,
+                Segment::Static { .. } | Segment::PageCache(_) => return None,
             }
         }
         Some(out)
@@ -182,11 +230,18 @@ impl Sgl {
         true
     }
 
-    /// Copies the SGL's bytes out, in order (tests and small payloads).
+    /// Copies the SGL's bytes out, in order (tests, digests of page-cache
+    /// payloads, small payloads). Page-cache bytes are read again from the
+    /// file, which they match while the range lock is held.
+    /// A device error while re-reading reads as zeroes, and is logged: the
+    /// peer then sees a digest error or bad data, as with any failed read.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len);
         for s in &self.segs {
-            v.extend_from_slice(s.bytes());
+            match s.memory() {
+                Some(m) => v.extend_from_slice(m),
+                None => v.extend_from_slice(&self.segment_to_vec(s)),
+            }
         }
         v
     }
@@ -212,6 +267,15 @@ mod tests {
         let s = s.into_source();
         assert_eq!(s.direction(), Direction::Source);
         assert_eq!(s.io_slices().iter().map(|x| x.len()).sum::<usize>(), s.len());
+    }
+
+    #[test]
+    fn segments_in_cuts_at_the_range() {
+        let z = Sgl::zeroes(3 * PAGE_SIZE);
+        let v: Vec<_> = z.segments_in(4000..8200).map(|(_, r)| r).collect();
+        assert_eq!(v, vec![4000..4096, 0..4096, 0..8]);
+        assert_eq!(z.segments_in(0..0).count(), 0);
+        assert_eq!(z.segments_in(12000..20000).map(|(_, r)| r.len()).sum::<usize>(), 288);
     }
 
     #[test]

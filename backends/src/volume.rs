@@ -9,9 +9,33 @@
 //! range to splice) is decided here per I/O, and the segments' owners decide
 //! their release.
 
-use crate::{Backend, BackendError, BackendInfo, PagePool, Result, Sgl};
+use crate::metrics::{bump, METRICS};
+use crate::splice::{PageCacheRange, PipeLease, PIPE_BYTES};
+use crate::{Backend, BackendError, BackendInfo, IoMode, PagePool, Result, Sgl};
 use crate::{Direction, LockMode, RangeGuard, RangeLocks};
 use std::sync::Arc;
+
+/// Tunables of the per-I/O path choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataPolicy {
+    /// READs shorter than this are copied: below it, a copy costs less than
+    /// the pipe, the range lock and the drain tracking of a splice.
+    pub splice_min: usize,
+}
+
+impl Default for DataPolicy {
+    fn default() -> Self {
+        DataPolicy { splice_min: 32 << 10 }
+    }
+}
+
+/// How one READ's bytes are obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    Splice,
+    Direct,
+    Copy,
+}
 
 /// What the protocol needs from a READ's source SGL.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +50,7 @@ pub struct Volume {
     backend: Arc<dyn Backend>,
     pool: PagePool,
     locks: Arc<RangeLocks>,
+    policy: DataPolicy,
 }
 
 impl std::fmt::Debug for Volume {
@@ -36,7 +61,37 @@ impl std::fmt::Debug for Volume {
 
 impl Volume {
     pub fn new(name: &str, backend: Arc<dyn Backend>, pool: PagePool) -> Volume {
-        Volume { name: name.to_string(), backend, pool, locks: Arc::default() }
+        Volume::with_policy(name, backend, pool, DataPolicy::default())
+    }
+
+    pub fn with_policy(name: &str, backend: Arc<dyn Backend>, pool: PagePool, policy: DataPolicy) -> Volume {
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy }
+    }
+
+    /// The path a READ takes (see the module docs and DESIGN.md "Splice or
+    /// direct I/O"). Every choice that is not the configured one's best is
+    /// counted with its reason.
+    pub fn read_path(&self, offset: u64, len: usize, opts: ReadOpts) -> ReadPath {
+        let b = &self.backend;
+        let mode = b.io_mode();
+        if mode == IoMode::Direct {
+            return ReadPath::Direct;
+        }
+        if b.splice_file().is_none() || len < self.policy.splice_min || len > PIPE_BYTES {
+            return ReadPath::Copy;
+        }
+        let hot = match mode {
+            IoMode::Buffered => true,
+            _ => b.resident(offset, len as u64).unwrap_or(false),
+        };
+        match (hot, opts.need_bytes) {
+            (true, false) => ReadPath::Splice,
+            (true, true) => {
+                bump(&METRICS.fallback_data_digest);
+                ReadPath::Copy
+            }
+            (false, _) => ReadPath::Direct,
+        }
     }
 
     pub fn info(&self) -> &BackendInfo {
@@ -78,11 +133,47 @@ impl Volume {
     }
 
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
-    pub async fn read(&self, offset: u64, len: usize, _opts: ReadOpts) -> Result<Sgl> {
+    pub async fn read(&self, offset: u64, len: usize, opts: ReadOpts) -> Result<Sgl> {
         self.check_range(offset, len as u64)?;
+        let path = self.read_path(offset, len, opts);
+        if path == ReadPath::Splice {
+            if let Some(s) = self.read_splice(offset, len).await? {
+                METRICS.splice.add(len);
+                return Ok(s);
+            }
+            bump(&METRICS.fallback_no_pipe);
+        }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
-        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        let direct = path == ReadPath::Direct;
+        let (sgl, was_direct) = self
+            .run(move |b| {
+                if direct && b.read_direct(offset, &mut sgl)? {
+                    return Ok((sgl, true));
+                }
+                b.read_buffered(offset, &mut sgl).map(|()| (sgl, false))
+            })
+            .await?;
+        match (direct, was_direct) {
+            (_, true) => METRICS.direct.add(len),
+            (true, false) => {
+                bump(&METRICS.fallback_unaligned);
+                METRICS.copy.add(len)
+            }
+            (false, false) => METRICS.copy.add(len),
+        }
         Ok(sgl.into_source())
+    }
+
+    /// Loads the range's page-cache pages into a pipe, under a shared lock
+    /// that the payload carries until the socket has sent it. `None` when
+    /// no pipe is free.
+    async fn read_splice(&self, offset: u64, len: usize) -> Result<Option<Sgl>> {
+        let Some(pipe) = PipeLease::get(len) else { return Ok(None) };
+        let file = self.backend.splice_file().expect("checked by read_path").clone();
+        let lock = self.locks.lock(offset, len as u64, LockMode::Shared).await;
+        let f = file.clone();
+        let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
+        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, lock: Some(lock) })))
     }
 
     /// Writes a `Dest` SGL (the host's data) at `offset`; with `fua` it is
@@ -92,6 +183,9 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        // Waits while a page-cache payload of this range is still queued on
+        // a socket: changing those pages now would change bytes on the wire.
+        let _g = self.locks.lock(offset, sgl.len() as u64, LockMode::Exclusive).await;
         self.run(move |b| b.write(offset, &sgl, fua)).await
     }
 
@@ -107,6 +201,7 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        let _g = self.locks.lock(offset, len, LockMode::Exclusive).await;
         self.run(move |b| {
             b.write_zeroes(offset, len, deallocate)?;
             if fua {
@@ -125,6 +220,11 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
+        // One lock over the span of all ranges: several locks taken one by
+        // one could deadlock against another multi-range discard.
+        let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
+        let _g = self.locks.lock(start, end - start, LockMode::Exclusive).await;
         self.run(move |b| ranges.iter().try_for_each(|&(o, l)| b.discard(o, l))).await
     }
 }

@@ -45,6 +45,7 @@ pub struct Config {
     pub subsystem: Vec<SubsystemConfig>,
     pub iscsi_target: Vec<IscsiTargetConfig>,
     pub memory: MemoryConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
 }
@@ -210,12 +211,29 @@ pub struct MemoryConfig {
     /// Bytes (>= 4 MiB, multiple of 4096); accepts size strings like "512MiB".
     #[serde(with = "size::serde_size::u64_bytes")]
     pub pool: u64,
+    /// READs at least this long are spliced from the page cache when they can be; shorter ones
+    /// are copied (a copy is cheaper than tracking a splice). At most 1 MiB.
+    #[serde(with = "size::serde_size::u64_bytes")]
+    pub splice_min: u64,
+    /// Sends carrying at least this many bytes of pool pages use `MSG_ZEROCOPY`; 0 turns
+    /// zero-copy sends off.
+    #[serde(with = "size::serde_size::u64_bytes")]
+    pub zerocopy_min: u64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { pool: 256 * MIB }
+        MemoryConfig { pool: 256 * MIB, splice_min: 32 * 1024, zerocopy_min: 32 * 1024 }
     }
+}
+
+/// `[metrics]`: the OpenMetrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP `/metrics` endpoint; absent = no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`.
@@ -251,6 +269,12 @@ pub enum LogFormat {
 pub struct DebugConfig {
     /// Fill pool pages with a pattern when released, so use-after-release shows up as garbage.
     pub poison_released_pages: bool,
+    /// TEST HOOK: release send payloads as soon as the send call returns, without waiting for
+    /// the kernel to be done with them. Only for proving that the tests catch it.
+    pub early_release: bool,
+    /// Keep using zero-copy sends when the kernel reports copying them (loopback), so tests can
+    /// exercise completion tracking there.
+    pub keep_zerocopy_when_copied: bool,
 }
 
 /// An empty configuration: default listeners and limits, no volumes, serves nothing.
@@ -263,6 +287,7 @@ impl Default for Config {
             subsystem: Vec::new(),
             iscsi_target: Vec::new(),
             memory: MemoryConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
         }

@@ -20,6 +20,8 @@ pub(crate) enum Kind {
     Size(u64),
     Enum(&'static [&'static str]),
     Addrs,
+    /// One address:port string.
+    Addr,
     Strs,
     /// `[name]`
     Section(&'static [Field]),
@@ -83,12 +85,21 @@ const ISCSI_TARGET: &[Field] = &[
     req("luns", Kind::Strs),
     opt("initiators", Kind::Strs),
 ];
-const MEMORY: &[Field] = &[opt("pool", Kind::Size(u64::MAX))];
+const MEMORY: &[Field] = &[
+    opt("pool", Kind::Size(u64::MAX)),
+    opt("splice_min", Kind::Size(1 << 20)),
+    opt("zerocopy_min", Kind::Size(U32)),
+];
+const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
 ];
-const DEBUG: &[Field] = &[opt("poison_released_pages", Kind::Bool)];
+const DEBUG: &[Field] = &[
+    opt("poison_released_pages", Kind::Bool),
+    opt("early_release", Kind::Bool),
+    opt("keep_zerocopy_when_copied", Kind::Bool),
+];
 
 pub(crate) const ROOT: &[Field] = &[
     opt("nvme_tcp", Kind::Section(NVME_TCP)),
@@ -97,6 +108,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("subsystem", Kind::Tables(SUBSYSTEM)),
     opt("iscsi_target", Kind::Tables(ISCSI_TARGET)),
     opt("memory", Kind::Section(MEMORY)),
+    opt("metrics", Kind::Section(METRICS)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
 ];
@@ -237,6 +249,12 @@ fn check_value(v: &Value, kind: Kind, path: &str, out: &mut Vec<Problem>) {
             }
         }
         (Kind::Addrs, _) => wrong("an array of addresses like [\"127.0.0.1:4420\"]"),
+        (Kind::Addr, ValueKind::String(s)) => {
+            if s.parse::<SocketAddr>().is_err() {
+                out.push(Problem::at(path, format!("{s:?} is not an address:port (use e.g. \"127.0.0.1:9464\")")));
+            }
+        }
+        (Kind::Addr, _) => wrong("an address like \"127.0.0.1:9464\""),
         (Kind::Strs, ValueKind::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 if !matches!(item.kind, ValueKind::String(_)) {

@@ -86,13 +86,16 @@ fn example_file_parses_to_expected_values() {
             luns: vec!["vol1".into()],
             initiators: vec!["*".into()],
         }],
-        memory: MemoryConfig { pool: 256 << 20 },
+        memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
+        metrics: MetricsConfig { listen: None },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
         },
         debug: DebugConfig {
             poison_released_pages: false,
+            early_release: false,
+            keep_zerocopy_when_copied: false,
         },
     };
     assert_eq!(c, expected);
@@ -349,6 +352,7 @@ fn schema_matches_serde_structs() {
     full.volume[0].path = Some("/x".into());
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
+    full.metrics.listen = Some(addr("127.0.0.1:9464"));
     let tree = config::Config::try_from(&full).unwrap();
     assert_eq!(schema::check(&tree.cache), []);
 
@@ -857,4 +861,22 @@ fn load_errors_name_the_file() {
     std::fs::write(&bad, "[[volume]\n").unwrap();
     let e = load::load_file(&bad, Vec::new()).unwrap_err().to_string();
     assert!(e.contains("bad.toml: invalid TOML"), "{e}");
+}
+
+#[test]
+fn data_path_and_metrics_keys() {
+    let c = Config::from_toml_str(
+        "[memory]\nsplice_min = \"64KiB\"\nzerocopy_min = 0\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[debug]\nearly_release = true\n",
+    )
+    .unwrap();
+    assert_eq!(c.memory.splice_min, 64 << 10);
+    assert_eq!(c.memory.zerocopy_min, 0);
+    assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9464")));
+    assert!(c.debug.early_release);
+    let e = Config::from_toml_str("[memory]\nsplice_min = \"2MiB\"\n").unwrap_err().to_string();
+    assert!(e.contains("memory.splice_min"), "{e}");
+    let e = Config::from_toml_str("[metrics]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+    assert!(e.contains("metrics.listen"), "{e}");
+    let e = Config::from_toml_str("[metrics]\nport = 1\n").unwrap_err().to_string();
+    assert!(e.contains("\"port\" in metrics"), "{e}");
 }

@@ -15,6 +15,7 @@ pub mod fabrics;
 pub mod io;
 pub mod iscsi;
 pub mod perf;
+pub mod metrics;
 pub mod queue;
 /// TEMPORARY until the `scsi` branch is merged (see the module doc).
 pub mod scsi_standin;

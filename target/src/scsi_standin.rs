@@ -184,7 +184,7 @@ impl ScsiTarget {
                     return check(5, 0x24, 0);
                 }
                 if op == 0x28 || op == 0x88 {
-                    match vol.read(lba * bs, len as usize, ReadOpts::default()).await {
+                    match vol.read(lba * bs, len as usize, ReadOpts { need_bytes: true }).await {
                         Ok(s) => ScsiResponse { status: ScsiStatus::GOOD, sense: None, data_in: Some(s), residual: Residual::None },
                         Err(_) => check(3, 0x11, 0),
                     }

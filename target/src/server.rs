@@ -4,7 +4,8 @@
 
 use crate::iscsi::{IscsiServer, IscsiSettings};
 use crate::subsys::{Limits, Registry, Subsystem};
-use pinion_backends::{IoMode, PagePool, Volume, VolumeSpec};
+use pinion_backends::{DataPolicy, IoMode, PagePool, Volume, VolumeSpec};
+use pinion_transport::send::SendConfig;
 use pinion_conf::{BackendKind, Config};
 use pinion_transport::nvme_tcp::{self, TransportConfig};
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ pub struct Server {
     pub iscsi: Arc<IscsiServer>,
     transport: TransportConfig,
     cfg: Config,
+    /// Bound by [`Server::bind`], served by [`Server::run`].
+    metrics: std::sync::Mutex<Option<TcpListener>>,
 }
 
 fn io_mode(m: pinion_conf::IoMode) -> IoMode {
@@ -81,11 +84,15 @@ impl Server {
     /// Opens every volume and builds the subsystems; nothing is served yet,
     /// and any failure leaves nothing half-configured.
     pub fn build(cfg: &Config) -> Result<Server, ServerError> {
+        if cfg.debug.early_release {
+            tracing::warn!("debug.early_release is on: send payloads are released before the kernel is done with them (a test hook; data on the wire WILL be corrupted)");
+        }
         let pool = PagePool::new(cfg.memory.pool, cfg.debug.poison_released_pages);
         let mut volumes = Vec::new();
         for v in &cfg.volume {
             let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
-            volumes.push(Arc::new(Volume::new(&v.name, b, pool.clone())));
+            let policy = DataPolicy { splice_min: cfg.memory.splice_min as usize };
+            volumes.push(Arc::new(Volume::with_policy(&v.name, b, pool.clone(), policy)));
         }
         let by_name: HashMap<_, _> = volumes.iter().map(|v| (v.name.clone(), v.clone())).collect();
         let mut subsystems = HashMap::new();
@@ -121,8 +128,9 @@ impl Server {
             pool,
             volumes,
             iscsi,
-            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10) },
+            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10), send: send_config(cfg) },
             cfg: cfg.clone(),
+            metrics: std::sync::Mutex::new(None),
         })
     }
 
@@ -161,6 +169,9 @@ impl Server {
                 }
             }
         }
+        if let Some(m) = self.metrics_addr() {
+            s += &format!("Metrics (OpenMetrics): http://{m}/metrics\n");
+        }
         if !iscsi.is_empty() {
             for t in &self.cfg.iscsi_target {
                 s += &format!("  iSCSI target {}\n", t.iqn);
@@ -189,8 +200,8 @@ impl Server {
         s
     }
 
-    /// Binds every listener of both protocols (all or nothing). iSCSI is
-    /// served only when a target is configured.
+    /// Binds every listener of both protocols (all or nothing), and the
+    /// metrics endpoint. iSCSI is served only when a target is configured.
     pub fn bind(&self) -> Result<Listeners, ServerError> {
         let b = |a: &SocketAddr| bind(*a).map_err(|source| ServerError::Bind { addr: *a, source });
         let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
@@ -199,9 +210,17 @@ impl Server {
         } else {
             self.cfg.iscsi.listen.iter().map(b).collect::<Result<Vec<_>, _>>()?
         };
+        if let Some(a) = self.cfg.metrics.listen {
+            *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(b(&a)?);
+        }
         // SendTargets reports the portals as bound (ephemeral ports resolved)
         self.iscsi.set_portals(iscsi.iter().filter_map(|l| l.local_addr().ok()).collect());
         Ok(Listeners { nvme_tcp, iscsi })
+    }
+
+    /// Where the metrics endpoint listens, once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `stop` resolves, then shuts down cleanly.
@@ -231,6 +250,10 @@ impl Server {
             });
         }
         drop(new_tx);
+        if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone() };
+            accepts.spawn(crate::metrics::serve(l, src));
+        }
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -276,6 +299,15 @@ impl Server {
 /// iSCSI service settings from the configuration.
 fn iscsi_settings(_cfg: &Config) -> IscsiSettings {
     IscsiSettings::default()
+}
+
+fn send_config(cfg: &Config) -> SendConfig {
+    SendConfig {
+        zerocopy_min: cfg.memory.zerocopy_min as usize,
+        keep_zerocopy_when_copied: cfg.debug.keep_zerocopy_when_copied,
+        early_release: cfg.debug.early_release,
+        ..SendConfig::default()
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -2,14 +2,19 @@
 //!
 //! `nvme_tcp` frames NVMe/TCP: the ICReq/ICResp handshake, a reader that
 //! checks every PDU fully before acting on it and receives data straight
-//! into destination SGLs, and a writer (the send engine) that batches PDUs
-//! into vectored writes and releases each SGL only once it has been written.
+//! into destination SGLs, and an encoder of its PDUs. `send` is the send
+//! engine every protocol shares: batched vectored writes, zero-copy sends,
+//! splice, and the tracker that releases each payload only once the kernel
+//! is done with it.
 //!
 //! `iscsi` is the sans-IO core of the iSCSI target: PDUs, text negotiation,
 //! login with CHAP, the CmdSN window and write transfers, and the encoder of
 //! the send path.
-#![forbid(unsafe_code)]
+// `unsafe` lives only in `sys`, each block with its SAFETY argument.
+#![deny(unsafe_code)]
 
 pub mod digest;
 pub mod iscsi;
 pub mod nvme_tcp;
+pub mod send;
+mod sys;

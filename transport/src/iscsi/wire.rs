@@ -100,7 +100,10 @@ pub fn crc_range(sgl: &Sgl, range: Range<usize>) -> u32 {
 pub fn sgl_range(sgl: &Sgl, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
     let mut pos = 0usize;
     sgl.segments().iter().filter_map(move |s| {
-        let b = s.bytes();
+        // the iSCSI send path reads volumes with `need_bytes`, so every
+        // segment is memory (page-cache splicing is NVMe/TCP-only for now)
+        debug_assert!(s.memory().is_some(), "iSCSI payload segment without memory");
+        let b = s.memory().unwrap_or_default();
         let (start, end) = (pos, pos + b.len());
         pos = end;
         if end <= range.start || start >= range.end {

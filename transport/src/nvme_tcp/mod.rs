@@ -29,6 +29,8 @@ pub struct TransportConfig {
     pub max_h2c_data: u32,
     /// How long a new connection may take to send its ICReq.
     pub icreq_timeout: std::time::Duration,
+    /// How payloads are sent (zero-copy threshold, test hooks).
+    pub send: crate::send::SendConfig,
 }
 
 /// Errors of the transport layer.
@@ -256,7 +258,10 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
     let (cmd_tx, commands) = mpsc::channel(256);
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
     let span = tracing::Span::current();
-    let writer = tokio::spawn(tracing::Instrument::instrument(writer::run(wr, rx, negotiated), span.clone()));
+    let writer = tokio::spawn(tracing::Instrument::instrument(
+        crate::send::run(wr, rx, writer::Encoder { neg: negotiated }, cfg.send),
+        span.clone(),
+    ));
     let reader = tokio::spawn(tracing::Instrument::instrument(
         reader::run(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), cmd_tx, tx: tx.clone() }),
         span,

@@ -1,0 +1,440 @@
+//! The send engine every protocol shares, and the buffer-lifetime tracker.
+//!
+//! A protocol hands the engine items (its PDUs to send, each owning its
+//! payload [`Sgl`]) and an [`Encode`] that turns a batch of them into
+//! [`Frames`]: header bytes in an arena, payloads as byte ranges of the
+//! items' SGLs. The engine moves the bytes the cheapest way the kernel
+//! allows and keeps every item until the kernel is done with its pages:
+//!
+//! * memory (headers, `Pool`/`Static` payloads): one vectored `sendmsg` per
+//!   batch. When the batch carries at least `zerocopy_min` payload bytes of
+//!   pool pages, with `MSG_ZEROCOPY`: the kernel then references our pages
+//!   (and the arena) instead of copying them, and the batch is kept until
+//!   the completion for each of its sends arrives on the error queue. A
+//!   connection whose completions say the kernel copied anyway (loopback)
+//!   stops asking, since the notifications then only cost.
+//! * `PageCache` payloads: spliced from their pipe into the socket. The
+//!   pages are then in the socket's queue by reference, so the item (and
+//!   the range lock it carries) is kept until the socket has sent and been
+//!   acknowledged past its last byte (`SIOCOUTQ`): a write to those blocks
+//!   before that would change bytes still queued for the wire, or about to
+//!   be retransmitted.
+//! * anything else is released as soon as the send call returns (the
+//!   kernel copied it).
+//!
+//! At close the engine waits (bounded) for everything outstanding; what is
+//! still referenced then is cut off by resetting the connection, so a page
+//! the pool reuses can never reach the wire.
+
+use crate::sys;
+use pinion_backends::metrics::{bump, METRICS};
+use pinion_backends::{Segment, Sgl};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::ops::Range;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Items per batch: one wakeup, one encode, (usually) one `sendmsg`.
+const MAX_BATCH: usize = 64;
+/// `writev` accepts at most IOV_MAX slices.
+const IOV_MAX: usize = 1024;
+/// How often an idle engine looks at `SIOCOUTQ` while page-cache payloads
+/// wait to be acknowledged.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+
+/// How the engine may send.
+#[derive(Clone, Copy, Debug)]
+pub struct SendConfig {
+    /// Smallest pool-page payload per batch sent with `MSG_ZEROCOPY`; 0
+    /// turns zero-copy sends off.
+    pub zerocopy_min: usize,
+    /// Keep using `MSG_ZEROCOPY` even when the kernel reports it copied
+    /// (tests that exercise the tracker on loopback).
+    pub keep_zerocopy_when_copied: bool,
+    /// TEST HOOK, never for production: release payloads as soon as the
+    /// send call returns, without waiting for the kernel. With page
+    /// poisoning this must show up as corrupted data.
+    pub early_release: bool,
+    /// How long a closing connection waits for the kernel to let go of its
+    /// pages before resetting the connection.
+    pub close_timeout: Duration,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        SendConfig { zerocopy_min: 32 << 10, keep_zerocopy_when_copied: false, early_release: false, close_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// An item the engine sends: it owns its payload, if any.
+pub trait Outgoing: Send + 'static {
+    fn payload(&self) -> Option<&Sgl>;
+}
+
+/// What the encoder says after an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Send what is encoded so far, then close the connection.
+    Close,
+}
+
+/// Encodes a protocol's items into frames.
+pub trait Encode<T>: Send + 'static {
+    /// Appends item number `index` of the batch to `out`.
+    fn encode(&mut self, index: usize, item: &T, out: &mut Frames) -> Flow;
+}
+
+enum Piece {
+    Arena(Range<usize>),
+    Payload { item: usize, range: Range<usize> },
+}
+
+/// One batch's bytes: header bytes copied into an arena, payloads by
+/// reference to the items that own them.
+#[derive(Default)]
+pub struct Frames {
+    arena: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+impl Frames {
+    /// Appends bytes (headers, digests, padding, small control PDUs).
+    pub fn bytes(&mut self, b: &[u8]) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(b);
+        match self.pieces.last_mut() {
+            Some(Piece::Arena(r)) if r.end == start => r.end = self.arena.len(),
+            _ => self.pieces.push(Piece::Arena(start..self.arena.len())),
+        }
+    }
+
+    /// Appends `range` of the payload of batch item `item`. The ranges of
+    /// one payload must be appended in order, each once (a page-cache
+    /// payload is a pipe, read front to back).
+    pub fn payload(&mut self, item: usize, range: Range<usize>) {
+        if !range.is_empty() {
+            self.pieces.push(Piece::Payload { item, range });
+        }
+    }
+
+    fn clear(&mut self) {
+        self.arena.clear();
+        self.pieces.clear();
+    }
+}
+
+/// A sent batch whose pages the kernel may still reference.
+struct InFlight<T> {
+    items: Vec<T>,
+    /// Kept when the arena went out with `MSG_ZEROCOPY`.
+    frames: Option<Frames>,
+    /// Zero-copy sends not yet completed.
+    zc_ids: Vec<u32>,
+    /// Stream position the socket must have been acknowledged past.
+    drain_to: Option<u64>,
+}
+
+struct Engine<'a> {
+    stream: &'a TcpStream,
+    cfg: SendConfig,
+    zerocopy: bool,
+    /// The kernel's counter of zero-copy send calls on this socket.
+    next_zc_id: u32,
+    /// Bytes the socket has accepted since the connection started.
+    pos: u64,
+}
+
+#[derive(Default)]
+struct Sent {
+    zc_ids: Vec<u32>,
+    drain_to: Option<u64>,
+}
+
+impl Engine<'_> {
+    /// Sends the memory slices gathered so far; `pool_bytes` of them are
+    /// pool-page payload.
+    async fn send_iov(&mut self, iov: &mut Vec<IoSlice<'_>>, pool_bytes: &mut usize, sent: &mut Sent) -> std::io::Result<()> {
+        let zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min;
+        let mut s = &mut iov[..];
+        while !s.is_empty() {
+            let n = s.len().min(IOV_MAX);
+            let flags = if zc { libc::MSG_ZEROCOPY } else { 0 };
+            let r = self.stream.try_io(Interest::WRITABLE, || socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], flags));
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(w) => {
+                    if zc {
+                        sent.zc_ids.push(self.next_zc_id);
+                        self.next_zc_id = self.next_zc_id.wrapping_add(1);
+                    }
+                    self.pos += w as u64;
+                    IoSlice::advance_slices(&mut s, w);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                // Out of option memory for notifications: this call copies.
+                Err(e) if zc && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Box::pin(self.send_plain(s, pool_bytes)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if *pool_bytes > 0 {
+            let c = if zc { &METRICS.zerocopy } else { &METRICS.send_copy };
+            c.add(*pool_bytes);
+        }
+        *pool_bytes = 0;
+        iov.clear();
+        Ok(())
+    }
+
+    async fn send_plain(&mut self, mut s: &mut [IoSlice<'_>], pool_bytes: &mut usize) -> std::io::Result<()> {
+        while !s.is_empty() {
+            let n = s.len().min(IOV_MAX);
+            let r = self.stream.try_io(Interest::WRITABLE, || socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], 0));
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(w) => {
+                    self.pos += w as u64;
+                    IoSlice::advance_slices(&mut s, w);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        METRICS.send_copy.add(*pool_bytes);
+        *pool_bytes = 0;
+        Ok(())
+    }
+
+    /// Moves `len` bytes from a page-cache payload's pipe into the socket.
+    async fn splice(&mut self, r: &pinion_backends::splice::PageCacheRange, len: usize) -> std::io::Result<()> {
+        use rustix::pipe::SpliceFlags;
+        let mut left = len;
+        while left > 0 {
+            let res = self.stream.try_io(Interest::WRITABLE, || {
+                rustix::pipe::splice(r.pipe.read_end(), None, self.stream, None, left, SpliceFlags::MOVE | SpliceFlags::NONBLOCK | SpliceFlags::MORE)
+                    .map_err(std::io::Error::from)
+            });
+            match res {
+                Ok(0) => return Err(std::io::Error::other("pipe of a page-cache payload ran dry")),
+                Ok(n) => {
+                    left -= n;
+                    self.pos += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one encoded batch.
+    async fn transmit<T: Outgoing>(&mut self, frames: &Frames, items: &[T]) -> std::io::Result<Sent> {
+        let mut sent = Sent::default();
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.pieces.len() * 2);
+        let mut pool_bytes = 0usize;
+        for p in &frames.pieces {
+            match p {
+                Piece::Arena(r) => iov.push(IoSlice::new(&frames.arena[r.clone()])),
+                Piece::Payload { item, range } => {
+                    let Some(sgl) = items.get(*item).and_then(|i| i.payload()) else {
+                        return Err(std::io::Error::other("encoder referenced a payload the item does not have"));
+                    };
+                    for (seg, sub) in sgl.segments_in(range.clone()) {
+                        match seg {
+                            Segment::PageCache(r) => {
+                                self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+                                self.splice(r, sub.len()).await?;
+                                if sub.end == r.len {
+                                    r.pipe.mark_empty();
+                                }
+                                sent.drain_to = Some(self.pos);
+                            }
+                            Segment::Pool { .. } => {
+                                iov.push(IoSlice::new(&seg.memory().expect("pool pages are memory")[sub.clone()]));
+                                pool_bytes += sub.len();
+                            }
+                            Segment::Static { data } => iov.push(IoSlice::new(&data[sub])),
+                        }
+                    }
+                }
+            }
+        }
+        self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+        Ok(sent)
+    }
+
+    /// Reads zero-copy completions until the error queue is empty and
+    /// marks the sends they cover.
+    fn reap_completions<T>(&mut self, inflight: &mut VecDeque<InFlight<T>>) -> std::io::Result<()> {
+        loop {
+            let r = self.stream.try_io(Interest::ERROR, || sys::recv_errqueue(self.stream));
+            match r {
+                Ok(Some(done)) => {
+                    bump(&METRICS.zerocopy_completions);
+                    let covers = |id: u32| id.wrapping_sub(done.lo) <= done.hi.wrapping_sub(done.lo);
+                    for f in inflight.iter_mut() {
+                        f.zc_ids.retain(|&id| !covers(id));
+                    }
+                    if done.copied {
+                        bump(&METRICS.zerocopy_copied);
+                        if self.zerocopy && !self.cfg.keep_zerocopy_when_copied {
+                            self.zerocopy = false;
+                            bump(&METRICS.zerocopy_disabled);
+                            tracing::debug!("kernel copies zero-copy sends on this connection; sending plainly from now on");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Releases batches, oldest first, that the kernel no longer needs.
+    fn retire<T>(&mut self, inflight: &mut VecDeque<InFlight<T>>, spare: &mut Vec<Frames>) {
+        let mut acked: Option<u64> = None;
+        while let Some(f) = inflight.front() {
+            if !f.zc_ids.is_empty() {
+                break;
+            }
+            if let Some(d) = f.drain_to {
+                let a = *acked.get_or_insert_with(|| match sys::outq(self.stream) {
+                    Ok(q) => self.pos.saturating_sub(q as u64),
+                    Err(_) => 0,
+                });
+                if a < d {
+                    break;
+                }
+            }
+            let f = inflight.pop_front().expect("front exists");
+            if let Some(mut fr) = f.frames {
+                fr.clear();
+                spare.push(fr);
+            }
+            drop(f.items);
+        }
+    }
+}
+
+/// Runs a connection's send side until the channel closes, the encoder
+/// asks to close, or the socket fails; then waits for outstanding pages
+/// and closes the socket.
+pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<T>, mut enc: E, cfg: SendConfig) {
+    let stream: &TcpStream = wr.as_ref();
+    let zerocopy = cfg.zerocopy_min > 0 && sys::enable_zerocopy(stream).is_ok();
+    let mut eng = Engine { stream, cfg, zerocopy, next_zc_id: 0, pos: 0 };
+    let mut inflight: VecDeque<InFlight<T>> = VecDeque::new();
+    let mut spare: Vec<Frames> = Vec::new();
+    let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
+    let mut failed = false;
+    loop {
+        eng.retire(&mut inflight, &mut spare);
+        let want_zc = inflight.iter().any(|f| !f.zc_ids.is_empty());
+        let want_drain = inflight.front().is_some_and(|f| f.zc_ids.is_empty() && f.drain_to.is_some());
+        let first = tokio::select! {
+            biased;
+            r = stream.ready(Interest::ERROR), if want_zc => {
+                if r.is_err() || eng.reap_completions(&mut inflight).is_err() {
+                    failed = true;
+                    break;
+                }
+                continue;
+            }
+            t = rx.recv() => match t {
+                Some(t) => t,
+                None => break,
+            },
+            _ = tokio::time::sleep(DRAIN_POLL), if want_drain => continue,
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        let mut frames = spare.pop().unwrap_or_default();
+        let mut close = false;
+        for (i, item) in batch.iter().enumerate() {
+            if enc.encode(i, item, &mut frames) == Flow::Close {
+                close = true;
+                break;
+            }
+        }
+        match eng.transmit(&frames, &batch).await {
+            Ok(sent) => {
+                let items: Vec<T> = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+                if cfg.early_release {
+                    drop(items);
+                    spare.push(frames);
+                } else if sent.zc_ids.is_empty() && sent.drain_to.is_none() {
+                    // The kernel copied everything during the call.
+                    drop(items);
+                    frames.clear();
+                    spare.push(frames);
+                } else {
+                    let frames = (!sent.zc_ids.is_empty()).then_some(frames);
+                    inflight.push_back(InFlight { items, frames, zc_ids: sent.zc_ids, drain_to: sent.drain_to });
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "send failed");
+                // Whatever part of the batch reached the socket may still be
+                // referenced: keep it with the rest until the close below.
+                let items: Vec<T> = std::mem::take(&mut batch);
+                inflight.push_back(InFlight { items, frames: Some(frames), zc_ids: Vec::new(), drain_to: Some(u64::MAX) });
+                failed = true;
+                break;
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    rx.close();
+    drop(batch);
+    close(&mut eng, &mut inflight, &mut spare, failed).await;
+    if !failed && inflight.is_empty() {
+        let _ = wr.shutdown().await;
+    }
+}
+
+/// Waits (bounded) until the kernel holds none of the connection's pages;
+/// otherwise resets the connection so none of them is ever sent.
+async fn close<T>(eng: &mut Engine<'_>, inflight: &mut VecDeque<InFlight<T>>, spare: &mut Vec<Frames>, failed: bool) {
+    if inflight.is_empty() {
+        return;
+    }
+    bump(&METRICS.close_waits);
+    let give_up = tokio::time::Instant::now() + if failed { Duration::ZERO } else { eng.cfg.close_timeout };
+    while !inflight.is_empty() && tokio::time::Instant::now() < give_up {
+        let _ = eng.reap_completions(inflight);
+        eng.retire(inflight, spare);
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    if !inflight.is_empty() {
+        // Anything still queued must never be sent once its pages go back
+        // to the pool: a zero linger makes the close a reset that discards
+        // the queue instead of flushing it.
+        bump(&METRICS.close_resets);
+        // (No shutdown here: that would queue a FIN behind the data and
+        // flush it. The reset happens when the connection's last handle
+        // closes, which its owner does as soon as this returns; the peer
+        // has not read for `close_timeout`, so nothing moves before then.)
+        let _ = socket2::SockRef::from(eng.stream).set_linger(Some(Duration::ZERO));
+        tracing::warn!(batches = inflight.len(), "closing with sends outstanding: connection reset");
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while inflight.iter().any(|f| !f.zc_ids.is_empty()) && tokio::time::Instant::now() < until {
+            let _ = eng.reap_completions(inflight);
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        inflight.clear();
+    }
+}

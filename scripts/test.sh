@@ -8,7 +8,9 @@
 # warnings denied; unit and integration tests (the integration tests start
 # the real `pinion` binary); a bounded fuzz run of the PDU parser; the
 # kernel-initiator VM test, first against the kernel's own nvmet (the
-# reference) and then against Pinion, with the same script.
+# reference) and then against Pinion, with the same script; `pinion perf
+# --verify` against the kernel's nvmet in the same VM. (Benchmarks are not
+# tests: deploy/bench/run.sh is never run here.)
 #
 # Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), SKIP_VM=1 skips
 # the VM tests (for a quick local run; CI never sets it).
@@ -67,6 +69,8 @@ else
   if tests/vm/run-e2e.sh nvmet >"$LOG/vm-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-nvmet.out"; ok "vm e2e nvmet"; else tail -n 60 "$LOG/vm-nvmet.out"; bad "vm e2e nvmet"; fi
   step "kernel initiator vs Pinion"
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
+  step "pinion perf --verify vs the kernel's nvmet (VM)"
+  if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi
 
 step "summary"

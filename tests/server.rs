@@ -45,13 +45,16 @@ pub struct Server {
     /// The NVMe/TCP listener.
     pub addr: SocketAddr,
     pub port: u16,
+    /// The iSCSI listener, when the config uses `{ISCSI_PORT}`.
+    pub iscsi_port: Option<u16>,
     dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Server {
     /// Starts the server. In `config_toml`, `{PORT}` is replaced by a free
-    /// port and `{DIR}` by the temporary directory (for backing files).
+    /// port, `{ISCSI_PORT}` by another (waited for too), and `{DIR}` by the
+    /// temporary directory (for backing files).
     pub fn start(config_toml: &str) -> Server {
         let bin = binary();
         assert!(
@@ -61,8 +64,15 @@ impl Server {
         );
         let dir = tempfile::Builder::new().prefix("pinion-test-").tempdir().expect("tempdir");
         let port = free_port();
+        let iscsi_port = config_toml.contains("{ISCSI_PORT}").then(|| loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        });
         let config = config_toml
             .replace("{PORT}", &port.to_string())
+            .replace("{ISCSI_PORT}", &iscsi_port.map(|p| p.to_string()).unwrap_or_default())
             .replace("{DIR}", &dir.path().display().to_string());
         let conf_path = dir.path().join("pinion.toml");
         fs::write(&conf_path, &config).expect("write config");
@@ -80,12 +90,15 @@ impl Server {
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = Server { child, addr, port, dir, log };
-        s.wait_listening(&config);
+        let mut s = Server { child, addr, port, iscsi_port, dir, log };
+        s.wait_listening(&config, addr);
+        if let Some(p) = iscsi_port {
+            s.wait_listening(&config, SocketAddr::from(([127, 0, 0, 1], p)));
+        }
         s
     }
 
-    fn wait_listening(&mut self, config: &str) {
+    fn wait_listening(&mut self, config: &str, addr: SocketAddr) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -94,13 +107,13 @@ impl Server {
                     self.log_text()
                 );
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
                     "pinion did not listen on {} within {START_TIMEOUT:?}\n--- config ---\n{config}\n--- log ---\n{}",
-                    self.addr,
+                    addr,
                     self.log_text()
                 );
             }

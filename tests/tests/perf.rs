@@ -262,3 +262,148 @@ fn target_dying_mid_run_fails_the_run() {
     assert!(j["fatal"].as_str().is_some_and(|f| !f.is_empty()), "{j:#}");
     assert!(j["runtime_s"].as_f64().unwrap() < 15.0);
 }
+
+// ---- iSCSI ---------------------------------------------------------------------
+
+/// NVMe/TCP config plus iSCSI: LUN 0 = ram0 (4 KiB blocks), LUN 1 = file0
+/// (512-byte blocks, buffered).
+fn iscsi_config() -> String {
+    CONFIG.replace("[iscsi]\nlisten = []", "[iscsi]\nlisten = [\"127.0.0.1:{ISCSI_PORT}\"]")
+        + "\n[[iscsi_target]]\niqn = \"iqn.2026-11.io.pinion:perf\"\nluns = [\"ram0\", \"file0\"]\n"
+}
+
+fn iscsi_url(s: &Server, lun: u32) -> String {
+    format!("iscsi://127.0.0.1:{}/iqn.2026-11.io.pinion:perf/{lun}", s.iscsi_port.expect("iSCSI port"))
+}
+
+#[test]
+fn iscsi_against_pinion() {
+    let s = Server::start(&iscsi_config());
+    let u = iscsi_url(&s, 0);
+    let j = clean(&perf(&[&u, "--rw", "randread", "--qd", "8", "--ios", "2000", "--json"]));
+    assert_eq!((j["protocol"].as_str(), j["ios"].as_u64(), j["bytes"].as_u64()), (Some("iscsi"), Some(2000), Some(2000 * 4096)));
+    // immediate, unsolicited and R2T data; several sessions; digests
+    clean(&perf(&[&u, "--rw", "write", "--bs", "256k", "--qd", "8", "--range", "0-8MiB", "--verify", "--ios", "32", "--json"]));
+    for extra in [&["--queues", "2"][..], &["--digest", "header,data"], &["--qd", "1"]] {
+        let mut a = vec![u.as_str(), "--rw", "randrw", "--bs", "4k-512k", "--range", "0-8MiB", "--verify", "--ios", "800", "--json"];
+        a.extend_from_slice(extra);
+        let j = clean(&perf(&a));
+        assert_eq!(j["verify"]["mismatches"], 0, "{extra:?}: {j:#}");
+        assert!(j["verify"]["blocks_checked"].as_u64().unwrap() > 500, "{extra:?}: {j:#}");
+    }
+}
+
+#[test]
+fn iscsi_verify_reports_a_block_corrupted_in_the_backing_file() {
+    let s = Server::start(&iscsi_config());
+    let u = iscsi_url(&s, 1);
+    clean(&perf(&[&u, "--rw", "write", "--bs", "64k", "--qd", "4", "--range", "0-1MiB", "--verify", "--ios", "16", "--json"]));
+    let mut f = std::fs::OpenOptions::new().write(true).open(s.dir().join("file0.img")).expect("open backing file");
+    // a whole block of foreign data (an all-zero block would read as never
+    // written to a run that did not write it itself)
+    f.seek(SeekFrom::Start(999 * 512)).unwrap();
+    f.write_all(&[0x5a; 512]).unwrap();
+    f.sync_all().unwrap();
+    let r = perf(&[&u, "--rw", "read", "--bs", "8k", "--qd", "4", "--range", "0-1MiB", "--verify", "--ios", "128", "--json"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(mismatch_lbas(&j), vec![999], "{j:#}");
+    assert_eq!(j["verify"]["blocks_checked"], 2048);
+}
+
+/// tgtd (from the `tgt` package) on a private port and control socket,
+/// stopped by PID (after deleting its targets: it ignores SIGTERM while it
+/// has any).
+struct Tgtd {
+    child: std::process::Child,
+    ctl: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Tgtd {
+    /// None when tgtd is not installed or we are not root (it needs both).
+    fn start() -> Option<Tgtd> {
+        let euid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if Command::new("tgtd").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() || euid.as_deref() != Some("0") {
+            eprintln!("tgtd not installed or not root: skipping (scripts/install-test-deps.sh installs it; CI runs as root)");
+            return None;
+        }
+        let port = server::free_port();
+        let ctl = (1000 + port % 1000).to_string();
+        let dir = tempfile::Builder::new().prefix("pinion-tgtd-").tempdir().expect("tempdir");
+        let child = Command::new("tgtd")
+            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &ctl])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tgtd");
+        let t = Tgtd { child, ctl, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tgtd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(t)
+    }
+
+    fn adm(&self, args: &[&str]) {
+        let st = Command::new("tgtadm").args(["-C", &self.ctl, "--lld", "iscsi"]).args(args).status().expect("tgtadm");
+        assert!(st.success(), "tgtadm {args:?}: {st}");
+    }
+
+    fn img(&self) -> std::path::PathBuf {
+        self.dir.path().join("lun1.img")
+    }
+}
+
+impl Drop for Tgtd {
+    fn drop(&mut self) {
+        let _ = Command::new("tgtadm").args(["-C", &self.ctl, "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"]).status();
+        let _ = Command::new("tgtadm").args(["-C", &self.ctl, "--mode", "system", "--op", "delete"]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn iscsi_against_tgtd_with_chap_and_digests() {
+    let Some(t) = Tgtd::start() else { return };
+    std::fs::File::create(t.img()).unwrap().set_len(16 << 20).unwrap();
+    let iqn = "iqn.2026-11.io.pinion:perf-tgtd";
+    t.adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
+    t.adm(&["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", t.img().to_str().unwrap()]);
+    t.adm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
+    for k in ["HeaderDigest", "DataDigest"] {
+        t.adm(&["--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", "CRC32C,None"]);
+    }
+    t.adm(&["--op", "new", "--mode", "account", "--user", "perfuser", "--password", "perf-secret-12"]);
+    t.adm(&["--op", "bind", "--mode", "account", "--tid", "1", "--user", "perfuser"]);
+    let u = format!("iscsi://perfuser%perf-secret-12@127.0.0.1:{}/{iqn}/1", t.port);
+
+    // tgtd's 512-byte blocks, 8 KiB MaxRecvDataSegmentLength, InitialR2T=Yes
+    clean(&perf(&[&u, "--rw", "write", "--bs", "128k", "--qd", "8", "--range", "0-4MiB", "--verify", "--ios", "32", "--json"]));
+    let j = clean(&perf(&[&u, "--rw", "randrw", "--bs", "512-64k", "--qd", "16", "--queues", "2", "--range", "0-4MiB", "--digest", "header,data", "--verify", "--ios", "1500", "--json"]));
+    assert_eq!(j["verify"]["mismatches"], 0, "{j:#}");
+    assert!(j["target"].as_str().unwrap().contains("CRC32C/CRC32C"), "{j:#}");
+
+    // a wrong secret fails the login: exit 2
+    let bad = u.replace("perf-secret-12", "not-the-secret");
+    let r = perf(&[&bad, "--ios", "10"]);
+    assert_eq!(r.code, Some(2), "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("authentication failed"), "{}", r.stderr);
+
+    // a block rewritten in tgtd's backing file is reported with its LBA
+    let mut f = std::fs::OpenOptions::new().write(true).open(t.img()).unwrap();
+    f.seek(SeekFrom::Start(4321 * 512 + 7)).unwrap();
+    f.write_all(b"x").unwrap();
+    f.sync_all().unwrap();
+    let r = perf(&[&u, "--rw", "read", "--bs", "64k", "--qd", "4", "--range", "0-4MiB", "--verify", "--ios", "64", "--json"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert_eq!(mismatch_lbas(&r.json()), vec![4321]);
+}

@@ -1157,3 +1157,92 @@ impl Engine for IscsiEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = IscsiUrl::parse("127.0.0.1:3262/iqn.2026-11.io.pinion:vol1/0").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.iqn.as_str(), u.lun, u.user), ("127.0.0.1", 3262, "iqn.2026-11.io.pinion:vol1", 0, None));
+        let u = IscsiUrl::parse("bob%s3cr3t-pw@h/iqn.x/3").unwrap();
+        assert_eq!((u.user.as_deref(), u.secret.as_deref(), u.port, u.lun), (Some("bob"), Some("s3cr3t-pw"), 3260, 3));
+        let u = IscsiUrl::parse("bob@[::1]:3300/iqn.x/1").unwrap();
+        assert_eq!((u.user.as_deref(), u.secret, u.host.as_str(), u.port), (Some("bob"), None, "::1", 3300));
+        assert!(IscsiUrl::parse("h:3260/iqn.x").is_err());
+        assert!(IscsiUrl::parse("h:3260/iqn.x/x").is_err());
+        assert!(IscsiUrl::parse("h:3260//0").is_err());
+        assert!(IscsiUrl::parse("h:3260/iqn.x/16384").is_err());
+    }
+
+    fn answer(n: &mut Negotiated, k: &str, v: &str) -> Result<Option<(String, String)>, PerfError> {
+        apply_key(n, &operational_offer(Digests { header: true, data: false }), k, v)
+    }
+
+    #[test]
+    fn negotiation_outcomes() {
+        let mut n = Negotiated::default();
+        // answers to our offers are the outcome
+        assert_eq!(answer(&mut n, "HeaderDigest", "CRC32C").unwrap(), None);
+        assert_eq!(answer(&mut n, "DataDigest", "None").unwrap(), None);
+        assert_eq!(answer(&mut n, "InitialR2T", "Yes").unwrap(), None);
+        assert_eq!(answer(&mut n, "ImmediateData", "No").unwrap(), None);
+        assert_eq!(answer(&mut n, "FirstBurstLength", "65536").unwrap(), None);
+        assert_eq!(answer(&mut n, "MaxBurstLength", "0x40000").unwrap(), None);
+        assert_eq!(answer(&mut n, "MaxRecvDataSegmentLength", "8192").unwrap(), None);
+        assert_eq!(
+            n,
+            Negotiated { header_digest: true, data_digest: false, immediate_data: false, initial_r2t: true, first_burst: 65536, max_burst: 262144, target_mrdsl: 8192 }
+        );
+        // a refused digest fails the login instead of running without it
+        assert!(answer(&mut n, "HeaderDigest", "None").is_err());
+        // garbage values are protocol errors
+        assert!(answer(&mut n, "MaxBurstLength", "12").is_err());
+        assert!(answer(&mut n, "InitialR2T", "maybe").is_err());
+        assert!(answer(&mut n, "MaxRecvDataSegmentLength", "0x1000000").is_err());
+        // the target's own offers get an answer; declarations do not
+        assert_eq!(answer(&mut n, "TargetPortalGroupTag", "1").unwrap(), None);
+        assert_eq!(answer(&mut n, "X-com.example.Thing", "1").unwrap(), Some(("X-com.example.Thing".into(), "NotUnderstood".into())));
+        assert_eq!(answer(&mut n, "OFMarker", "No").unwrap(), Some(("OFMarker".into(), "No".into())));
+    }
+
+    #[test]
+    fn target_pdu_layouts() {
+        let mut b = Bhs::read_from_bytes(&[0u8; BHS_LEN]).unwrap();
+        b.opcode = Opcode::DATA_IN.0;
+        b.dsl = [0, 0x10, 0x01]; // 4097 bytes
+        b.total_ahs_len = 2;
+        let l = rx_layout(&b, true, true, 8192).unwrap();
+        assert_eq!((l.ahs, l.rest_hdr, l.data, l.pad, l.data_digest), (8, 12, 4097, 3, true));
+        assert!(rx_layout(&b, false, false, 4096).is_err(), "longer than our MaxRecvDataSegmentLength");
+        b.opcode = Opcode::SCSI_CMD.0;
+        assert!(rx_layout(&b, false, false, 8192).is_err(), "an initiator opcode from the target");
+        b.opcode = Opcode::NOP_IN.0;
+        b.dsl = [0; 3];
+        assert!(!rx_layout(&b, false, true, 8192).unwrap().data_digest, "no data, no data digest");
+    }
+
+    #[test]
+    fn data_digest_covers_padding() {
+        let mut out = Vec::new();
+        frame_tail(&mut out, b"abcde", true);
+        assert_eq!(out.len(), 3 + 4);
+        assert_eq!(&out[..3], &[0, 0, 0]);
+        assert_eq!(u32::from_le_bytes([out[3], out[4], out[5], out[6]]), crc32c::crc32c(b"abcde\0\0\0"));
+        let mut out = Vec::new();
+        frame_tail(&mut out, b"abcd", false);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn sense_is_decoded() {
+        let mut fixed = vec![0u8; 18];
+        fixed[0] = 0x70;
+        fixed[2] = 0x05;
+        fixed[12] = 0x21;
+        assert_eq!(sense_text(&fixed), ", sense key 0x5, ASC/ASCQ 0x21/0x00");
+        assert_eq!(sense_text(&[0x72, 0x06, 0x29, 0x00]), ", sense key 0x6, ASC/ASCQ 0x29/0x00");
+        assert_eq!(sense_text(&[]), "");
+    }
+}

@@ -220,6 +220,9 @@ pub struct VerifyReport {
 pub struct Report {
     pub target: String,
     pub protocol: &'static str,
+    /// The namespace's / LUN's logical block size and capacity in blocks.
+    pub lba_size: u64,
+    pub blocks: u64,
     pub rw: RwMode,
     pub rwmix_read: u8,
     pub bs: String,
@@ -381,6 +384,8 @@ pub fn run(args: &PerfArgs) -> Result<Report, PerfError> {
     Ok(Report {
         target: setup.describe,
         protocol,
+        lba_size: setup.lba_size,
+        blocks: setup.blocks,
         rw: args.rw,
         rwmix_read: w.read_pct,
         bs: args.bs.to_string(),

@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::fmt::Write;
+use std::io::{Read, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,16 +46,20 @@ pub struct Server {
     /// The NVMe/TCP listener.
     pub addr: SocketAddr,
     pub port: u16,
-    /// The iSCSI listener, when the config uses `{ISCSI_PORT}`.
-    pub iscsi_port: Option<u16>,
+    /// The iSCSI listener (`{ISCSI_PORT}` in the config).
+    pub iscsi_addr: SocketAddr,
+    /// The metrics endpoint, when the config used `{MPORT}`.
+    pub metrics: Option<SocketAddr>,
     dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Server {
-    /// Starts the server. In `config_toml`, `{PORT}` is replaced by a free
-    /// port, `{ISCSI_PORT}` by another (waited for too), and `{DIR}` by the
-    /// temporary directory (for backing files).
+    /// Starts the server. In `config_toml`, `{PORT}` and `{ISCSI_PORT}` are
+    /// replaced by free ports (the server must listen on `{PORT}`, and on
+    /// `{ISCSI_PORT}` when the config names it), `{MPORT}` by another (for
+    /// `[metrics] listen`) and `{DIR}` by the temporary directory (for
+    /// backing files).
     pub fn start(config_toml: &str) -> Server {
         let bin = binary();
         assert!(
@@ -64,15 +69,13 @@ impl Server {
         );
         let dir = tempfile::Builder::new().prefix("pinion-test-").tempdir().expect("tempdir");
         let port = free_port();
-        let iscsi_port = config_toml.contains("{ISCSI_PORT}").then(|| loop {
-            let p = free_port();
-            if p != port {
-                break p;
-            }
-        });
+        let iscsi_port = free_port();
+        let mport = free_port();
+        let metrics = config_toml.contains("{MPORT}").then(|| SocketAddr::from(([127, 0, 0, 1], mport)));
         let config = config_toml
             .replace("{PORT}", &port.to_string())
-            .replace("{ISCSI_PORT}", &iscsi_port.map(|p| p.to_string()).unwrap_or_default())
+            .replace("{ISCSI_PORT}", &iscsi_port.to_string())
+            .replace("{MPORT}", &mport.to_string())
             .replace("{DIR}", &dir.path().display().to_string());
         let conf_path = dir.path().join("pinion.toml");
         fs::write(&conf_path, &config).expect("write config");
@@ -90,12 +93,33 @@ impl Server {
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = Server { child, addr, port, iscsi_port, dir, log };
+        let iscsi_addr = SocketAddr::from(([127, 0, 0, 1], iscsi_port));
+        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log };
         s.wait_listening(&config, addr);
-        if let Some(p) = iscsi_port {
-            s.wait_listening(&config, SocketAddr::from(([127, 0, 0, 1], p)));
+        if config_toml.contains("{ISCSI_PORT}") {
+            s.wait_listening(&config, iscsi_addr);
         }
         s
+    }
+
+    /// The metrics endpoint's exposition (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        let a = self.metrics.expect("config has no [metrics] listen = \"127.0.0.1:{MPORT}\"");
+        let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(5)).expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: pinion\r\n\r\n").expect("send request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read response");
+        assert!(out.starts_with("HTTP/1.1 200"), "metrics answered {out}");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// One sample of the metrics, e.g. `metric("pinion_io_total{path=\"splice\"}")`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let t = self.metrics_text();
+        t.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{t}"))
     }
 
     fn wait_listening(&mut self, config: &str, addr: SocketAddr) {

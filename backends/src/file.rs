@@ -272,6 +272,17 @@ impl Backend for FileBackend {
         }
     }
 
+    fn read_cached(&self, offset: u64, sgl: &mut Sgl) -> Result<bool> {
+        self.check_range(offset, sgl.len() as u64)?;
+        let want = sgl.len();
+        let mut bufs = sgl.io_slices_mut();
+        match rustix::io::preadv2(&*self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
+            Ok(n) => Ok(n == want),
+            Err(Errno::AGAIN) | Err(Errno::OPNOTSUPP) | Err(Errno::INTR) => Ok(false),
+            Err(e) => Err(std::io::Error::from(e).into()),
+        }
+    }
+
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.check_range(offset, sgl.len() as u64)?;
         Ok(read_all(&self.file, offset, &mut sgl.io_slices_mut())?)
@@ -395,6 +406,21 @@ mod tests {
         b.read(16384, &mut r).unwrap();
         assert!(r.to_vec().iter().all(|&x| x == 0x5c));
         round_trip(&b).await;
+    }
+
+    #[tokio::test]
+    async fn cached_reads_do_not_wait_for_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_file(&dir.path().join("c.img"), Some(1 << 20), 4096, IoMode::Auto, false).unwrap();
+        let pool = PagePool::new(1 << 22, false);
+        b.write(0, &filled(&pool, 65536, 9).await, false).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 65536).await;
+        // just written through the page cache: resident, readable without waiting
+        assert!(b.read_cached(0, &mut r).unwrap());
+        assert!(r.to_vec().iter().all(|&x| x == 9));
+        if let Some(res) = b.resident(0, 65536) {
+            assert!(res);
+        }
     }
 
     #[test]

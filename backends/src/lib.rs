@@ -93,6 +93,12 @@ pub trait Backend: Send + Sync + 'static {
     fn read_direct(&self, _offset: u64, _sgl: &mut Sgl) -> Result<bool> {
         Ok(false)
     }
+    /// Reads through the page cache only if that needs no device I/O
+    /// (`RWF_NOWAIT`): `Ok(false)` when some of it is not cached; the SGL
+    /// may then hold part of the data.
+    fn read_cached(&self, _offset: u64, _sgl: &mut Sgl) -> Result<bool> {
+        Ok(false)
+    }
     /// Reads through the page cache (a copy into the SGL's pages).
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.read(offset, sgl)

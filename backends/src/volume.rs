@@ -35,6 +35,9 @@ pub enum ReadPath {
     Splice,
     Direct,
     Copy,
+    /// Residency unknown: a non-blocking buffered read, `O_DIRECT` if it
+    /// cannot be served from the cache.
+    Probe,
 }
 
 /// What the protocol needs from a READ's source SGL.
@@ -82,7 +85,12 @@ impl Volume {
         }
         let hot = match mode {
             IoMode::Buffered => true,
-            _ => b.resident(offset, len as u64).unwrap_or(false),
+            _ => match b.resident(offset, len as u64) {
+                Some(h) => h,
+                // No cachestat(2): try a read that fails rather than wait
+                // for the device; what it cannot serve goes direct.
+                None => return ReadPath::Probe,
+            },
         };
         match (hot, opts.need_bytes) {
             (true, false) => ReadPath::Splice,
@@ -144,16 +152,20 @@ impl Volume {
             bump(&METRICS.fallback_no_pipe);
         }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
-        let direct = path == ReadPath::Direct;
+        let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
+        let probe = path == ReadPath::Probe;
         let (sgl, was_direct) = self
             .run(move |b| {
+                if probe && b.read_cached(offset, &mut sgl)? {
+                    return Ok((sgl, false));
+                }
                 if direct && b.read_direct(offset, &mut sgl)? {
                     return Ok((sgl, true));
                 }
                 b.read_buffered(offset, &mut sgl).map(|()| (sgl, false))
             })
             .await?;
-        match (direct, was_direct) {
+        match (direct && !probe, was_direct) {
             (_, true) => METRICS.direct.add(len),
             (true, false) => {
                 bump(&METRICS.fallback_unaligned);
@@ -245,5 +257,47 @@ mod tests {
         assert_eq!(r.direction(), Direction::Source);
         assert!(r.to_vec().iter().all(|&x| x == 7));
         assert!(matches!(v.read(1 << 20, 512, ReadOpts::default()).await, Err(BackendError::OutOfRange { .. })));
+    }
+
+    #[tokio::test]
+    async fn each_read_takes_the_path_its_volume_and_range_call_for() {
+        let pool = PagePool::new(1 << 22, false);
+        let ram = Volume::new("r", Arc::new(crate::file::FileBackend::ram("r", 1 << 22, 4096).unwrap()), pool.clone());
+        let big = 128 << 10;
+        assert_eq!(ram.read_path(0, big, ReadOpts::default()), ReadPath::Splice);
+        assert_eq!(ram.read_path(0, 4096, ReadOpts::default()), ReadPath::Copy, "small I/O is copied");
+        assert_eq!(ram.read_path(0, big, ReadOpts { need_bytes: true }), ReadPath::Copy, "a digest needs the bytes");
+
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, mode| {
+            let b = crate::file::FileBackend::open_file(&dir.path().join(name), Some(1 << 22), 4096, mode, false).unwrap();
+            Volume::new(name, Arc::new(b), pool.clone())
+        };
+        let direct = open("d", IoMode::Direct);
+        assert_eq!(direct.read_path(0, 4096, ReadOpts::default()), ReadPath::Direct, "direct is forced");
+        let buffered = open("b", IoMode::Buffered);
+        assert_eq!(buffered.read_path(0, big, ReadOpts::default()), ReadPath::Splice);
+        let auto = open("a", IoMode::Auto);
+        let mut s = Sgl::alloc(&pool, Direction::Dest, big).await;
+        assert!(s.copy_in(0, &vec![1u8; big]));
+        auto.write(0, s, false).await.unwrap();
+        let hot = auto.read_path(0, big, ReadOpts::default());
+        if hot != ReadPath::Probe {
+            // cachestat(2) is there: just-written pages are resident
+            assert_eq!(hot, ReadPath::Splice);
+            let f = std::fs::File::open(dir.path().join("a")).unwrap();
+            f.sync_all().unwrap();
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            assert_eq!(auto.read_path(0, big, ReadOpts::default()), ReadPath::Direct, "cold ranges go direct");
+        }
+        // whatever the path, the bytes are right
+        let r = auto.read(0, big, ReadOpts::default()).await.unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 1));
+        let r = ram.read(0, big, ReadOpts::default()).await.unwrap();
+        assert!(!r.is_memory(), "a spliced payload");
+        assert_eq!(r.to_vec(), vec![0u8; big]);
+        assert_eq!(ram.range_locks().held(), 1, "held while the payload lives");
+        drop(r);
+        assert_eq!(ram.range_locks().held(), 0);
     }
 }

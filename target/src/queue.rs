@@ -125,6 +125,8 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
             return;
         }
     };
+    // Its in-capsule Connect data is a pool page: not kept for the queue's life.
+    drop(cmd);
     let span = tracing::info_span!("queue", cntlid = ctx.ctrl.cntlid, qid = ctx.qid);
     run(conn, ctx, shutdown).instrument(span).await
 }

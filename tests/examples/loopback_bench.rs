@@ -5,7 +5,7 @@
 //!   cargo run --release -p pinion-tests --example loopback_bench -- \
 //!       127.0.0.1:4420 nqn.2026-11.io.pinion:default randread 4096 32 10 1
 //!
-//! Arguments: ADDR NQN randread|read|randwrite BS QD SECONDS QUEUES.
+//! Arguments: ADDR NQN randread|read|randwrite BS QD SECONDS QUEUES [NSID].
 //! The initiator is the blocking test host, so it is the simple, honest
 //! baseline until `pinion perf` exists; it checks every completion status.
 use nvme_types::Status;
@@ -16,8 +16,8 @@ const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 8 {
-        eprintln!("usage: {} ADDR NQN randread|read|randwrite BS QD SECONDS QUEUES", a[0]);
+    if a.len() != 8 && a.len() != 9 {
+        eprintln!("usage: {} ADDR NQN randread|read|randwrite BS QD SECONDS QUEUES [NSID]", a[0]);
         std::process::exit(2);
     }
     let (addr, nqn, rw) = (a[1].clone(), a[2].clone(), a[3].clone());
@@ -25,6 +25,7 @@ fn main() {
     let qd: usize = a[5].parse().expect("QD");
     let secs: u64 = a[6].parse().expect("SECONDS");
     let queues: u16 = a[7].parse().expect("QUEUES");
+    let nsid: u32 = a.get(8).map_or(1, |n| n.parse().expect("NSID"));
 
     let mut admin = Queue::connect(&addr, Digests::default()).expect("connect");
     let c = admin.fabrics_connect(0, 31, 15000, 0xffff, &nqn, HOSTNQN, [7; 16], 0).expect("admin connect");
@@ -32,7 +33,7 @@ fn main() {
     let cntlid = c.result.get() as u16;
     admin.enable_controller().expect("enable");
     admin.set_features(0x07, u32::from(queues - 1) | u32::from(queues - 1) << 16).expect("queues");
-    let ns = admin.identify_namespace(1).expect("identify ns");
+    let ns = admin.identify_namespace(nsid).expect("identify ns");
     let lbads = (ns.lbaf[0].get() >> 16) & 0xff;
     let lba = 1u32 << lbads;
     let nsze = ns.nsze.get();
@@ -47,7 +48,7 @@ fn main() {
                 let mut q = Queue::connect(&addr, Digests::default()).expect("connect");
                 let c = q.fabrics_connect(qid, 127, 0, cntlid, &nqn, HOSTNQN, [7; 16], 0).expect("io connect");
                 assert!(c.status().is_success(), "io connect: {:?}", c.status());
-                q.set_block_size(1, lba);
+                q.set_block_size(nsid, lba);
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(qid);
                 let mut next = 0u64;
                 let mut pick = |seq: bool| {
@@ -67,9 +68,9 @@ fn main() {
                 let mut lats = Vec::with_capacity(1 << 20);
                 let submit = |q: &mut Queue, slot: u64| {
                     if rw == "randwrite" {
-                        q.submit_write(1, slot * u64::from(nlb), data.clone(), false).expect("submit")
+                        q.submit_write(nsid, slot * u64::from(nlb), data.clone(), false).expect("submit")
                     } else {
-                        q.submit_read(1, slot * u64::from(nlb), nlb, lba).expect("submit")
+                        q.submit_read(nsid, slot * u64::from(nlb), nlb, lba).expect("submit")
                     }
                 };
                 for _ in 0..qd {

@@ -273,7 +273,7 @@ fn iscsi_config() -> String {
 }
 
 fn iscsi_url(s: &Server, lun: u32) -> String {
-    format!("iscsi://127.0.0.1:{}/iqn.2026-11.io.pinion:perf/{lun}", s.iscsi_port.expect("iSCSI port"))
+    format!("iscsi://127.0.0.1:{}/iqn.2026-11.io.pinion:perf/{lun}", s.iscsi_addr.port())
 }
 
 #[test]

@@ -66,7 +66,12 @@ pub struct SendConfig {
 
 impl Default for SendConfig {
     fn default() -> Self {
-        SendConfig { zerocopy_min: 32 << 10, keep_zerocopy_when_copied: false, early_release: false, close_timeout: Duration::from_secs(10) }
+        SendConfig {
+            zerocopy_min: 32 << 10,
+            keep_zerocopy_when_copied: false,
+            early_release: false,
+            close_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -158,13 +163,20 @@ struct Sent {
 impl Engine<'_> {
     /// Sends the memory slices gathered so far; `pool_bytes` of them are
     /// pool-page payload.
-    async fn send_iov(&mut self, iov: &mut Vec<IoSlice<'_>>, pool_bytes: &mut usize, sent: &mut Sent) -> std::io::Result<()> {
+    async fn send_iov(
+        &mut self,
+        iov: &mut Vec<IoSlice<'_>>,
+        pool_bytes: &mut usize,
+        sent: &mut Sent,
+    ) -> std::io::Result<()> {
         let zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min;
         let mut s = &mut iov[..];
         while !s.is_empty() {
             let n = s.len().min(IOV_MAX);
             let flags = if zc { libc::MSG_ZEROCOPY } else { 0 };
-            let r = self.stream.try_io(Interest::WRITABLE, || socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], flags));
+            let r = self.stream.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], flags)
+            });
             match r {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(w) => {
@@ -175,7 +187,9 @@ impl Engine<'_> {
                     self.pos += w as u64;
                     IoSlice::advance_slices(&mut s, w);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await?
+                }
                 // Out of option memory for notifications: this call copies.
                 Err(e) if zc && e.raw_os_error() == Some(libc::ENOBUFS) => {
                     return Box::pin(self.send_plain(s, pool_bytes)).await;
@@ -184,7 +198,11 @@ impl Engine<'_> {
             }
         }
         if *pool_bytes > 0 {
-            let c = if zc { &METRICS.zerocopy } else { &METRICS.send_copy };
+            let c = if zc {
+                &METRICS.zerocopy
+            } else {
+                &METRICS.send_copy
+            };
             c.add(*pool_bytes);
         }
         *pool_bytes = 0;
@@ -192,17 +210,25 @@ impl Engine<'_> {
         Ok(())
     }
 
-    async fn send_plain(&mut self, mut s: &mut [IoSlice<'_>], pool_bytes: &mut usize) -> std::io::Result<()> {
+    async fn send_plain(
+        &mut self,
+        mut s: &mut [IoSlice<'_>],
+        pool_bytes: &mut usize,
+    ) -> std::io::Result<()> {
         while !s.is_empty() {
             let n = s.len().min(IOV_MAX);
-            let r = self.stream.try_io(Interest::WRITABLE, || socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], 0));
+            let r = self.stream.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], 0)
+            });
             match r {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(w) => {
                     self.pos += w as u64;
                     IoSlice::advance_slices(&mut s, w);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -212,21 +238,38 @@ impl Engine<'_> {
     }
 
     /// Moves `len` bytes from a page-cache payload's pipe into the socket.
-    async fn splice(&mut self, r: &pinion_backends::splice::PageCacheRange, len: usize) -> std::io::Result<()> {
+    async fn splice(
+        &mut self,
+        r: &pinion_backends::splice::PageCacheRange,
+        len: usize,
+    ) -> std::io::Result<()> {
         use rustix::pipe::SpliceFlags;
         let mut left = len;
         while left > 0 {
             let res = self.stream.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(r.pipe.read_end(), None, self.stream, None, left, SpliceFlags::MOVE | SpliceFlags::NONBLOCK | SpliceFlags::MORE)
-                    .map_err(std::io::Error::from)
+                rustix::pipe::splice(
+                    r.pipe.read_end(),
+                    None,
+                    self.stream,
+                    None,
+                    left,
+                    SpliceFlags::MOVE | SpliceFlags::NONBLOCK | SpliceFlags::MORE,
+                )
+                .map_err(std::io::Error::from)
             });
             match res {
-                Ok(0) => return Err(std::io::Error::other("pipe of a page-cache payload ran dry")),
+                Ok(0) => {
+                    return Err(std::io::Error::other(
+                        "pipe of a page-cache payload ran dry",
+                    ))
+                }
                 Ok(n) => {
                     left -= n;
                     self.pos += n as u64;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -234,7 +277,11 @@ impl Engine<'_> {
     }
 
     /// Sends one encoded batch.
-    async fn transmit<T: Outgoing>(&mut self, frames: &Frames, items: &[T]) -> std::io::Result<Sent> {
+    async fn transmit<T: Outgoing>(
+        &mut self,
+        frames: &Frames,
+        items: &[T],
+    ) -> std::io::Result<Sent> {
         let mut sent = Sent::default();
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.pieces.len() * 2);
         let mut pool_bytes = 0usize;
@@ -243,7 +290,9 @@ impl Engine<'_> {
                 Piece::Arena(r) => iov.push(IoSlice::new(&frames.arena[r.clone()])),
                 Piece::Payload { item, range } => {
                     let Some(sgl) = items.get(*item).and_then(|i| i.payload()) else {
-                        return Err(std::io::Error::other("encoder referenced a payload the item does not have"));
+                        return Err(std::io::Error::other(
+                            "encoder referenced a payload the item does not have",
+                        ));
                     };
                     for (seg, sub) in sgl.segments_in(range.clone()) {
                         match seg {
@@ -256,7 +305,9 @@ impl Engine<'_> {
                                 sent.drain_to = Some(self.pos);
                             }
                             Segment::Pool { .. } => {
-                                iov.push(IoSlice::new(&seg.memory().expect("pool pages are memory")[sub.clone()]));
+                                iov.push(IoSlice::new(
+                                    &seg.memory().expect("pool pages are memory")[sub.clone()],
+                                ));
                                 pool_bytes += sub.len();
                             }
                             Segment::Static { data } => iov.push(IoSlice::new(&data[sub])),
@@ -272,12 +323,18 @@ impl Engine<'_> {
     /// Reads zero-copy completions until the error queue is empty and
     /// marks the sends they cover.
     fn reap_completions<T>(&mut self, inflight: &mut VecDeque<InFlight<T>>) -> std::io::Result<()> {
+        // Clear the error readiness first, then drain the queue directly: a
+        // completion that arrives after the clear raises readiness again, so
+        // none is left unread while the engine sleeps.
+        let _ = self.stream.try_io(Interest::ERROR, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
         loop {
-            let r = self.stream.try_io(Interest::ERROR, || sys::recv_errqueue(self.stream));
-            match r {
+            match sys::recv_errqueue(self.stream) {
                 Ok(Some(done)) => {
                     bump(&METRICS.zerocopy_completions);
-                    let covers = |id: u32| id.wrapping_sub(done.lo) <= done.hi.wrapping_sub(done.lo);
+                    let covers =
+                        |id: u32| id.wrapping_sub(done.lo) <= done.hi.wrapping_sub(done.lo);
                     for f in inflight.iter_mut() {
                         f.zc_ids.retain(|&id| !covers(id));
                     }
@@ -298,20 +355,29 @@ impl Engine<'_> {
     }
 
     /// Releases batches, oldest first, that the kernel no longer needs.
-    fn retire<T>(&mut self, inflight: &mut VecDeque<InFlight<T>>, spare: &mut Vec<Frames>) {
+    /// With `check_closed`, a connection that is closed (reset) counts as
+    /// done with everything: the kernel purged its queues.
+    fn retire<T>(
+        &mut self,
+        inflight: &mut VecDeque<InFlight<T>>,
+        spare: &mut Vec<Frames>,
+        check_closed: bool,
+    ) {
         let mut acked: Option<u64> = None;
+        let mut closed: Option<bool> = None;
         while let Some(f) = inflight.front() {
-            if !f.zc_ids.is_empty() {
-                break;
-            }
-            if let Some(d) = f.drain_to {
-                let a = *acked.get_or_insert_with(|| match sys::outq(self.stream) {
-                    Ok(q) => self.pos.saturating_sub(q as u64),
-                    Err(_) => 0,
+            let done = f.zc_ids.is_empty()
+                && f.drain_to.is_none_or(|d| {
+                    let a = *acked.get_or_insert_with(|| match sys::outq(self.stream) {
+                        Ok(q) => self.pos.saturating_sub(q as u64),
+                        Err(_) => 0,
+                    });
+                    a >= d
                 });
-                if a < d {
-                    break;
-                }
+            let stream = self.stream;
+            let gone = check_closed && !done && *closed.get_or_insert_with(|| sys::tcp_closed(stream));
+            if !done && !gone {
+                break;
             }
             let f = inflight.pop_front().expect("front exists");
             if let Some(mut fr) = f.frames {
@@ -326,18 +392,31 @@ impl Engine<'_> {
 /// Runs a connection's send side until the channel closes, the encoder
 /// asks to close, or the socket fails; then waits for outstanding pages
 /// and closes the socket.
-pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<T>, mut enc: E, cfg: SendConfig) {
+pub async fn run<T: Outgoing, E: Encode<T>>(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<T>,
+    mut enc: E,
+    cfg: SendConfig,
+) {
     let stream: &TcpStream = wr.as_ref();
     let zerocopy = cfg.zerocopy_min > 0 && sys::enable_zerocopy(stream).is_ok();
-    let mut eng = Engine { stream, cfg, zerocopy, next_zc_id: 0, pos: 0 };
+    let mut eng = Engine {
+        stream,
+        cfg,
+        zerocopy,
+        next_zc_id: 0,
+        pos: 0,
+    };
     let mut inflight: VecDeque<InFlight<T>> = VecDeque::new();
     let mut spare: Vec<Frames> = Vec::new();
     let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
     let mut failed = false;
     loop {
-        eng.retire(&mut inflight, &mut spare);
+        eng.retire(&mut inflight, &mut spare, false);
         let want_zc = inflight.iter().any(|f| !f.zc_ids.is_empty());
-        let want_drain = inflight.front().is_some_and(|f| f.zc_ids.is_empty() && f.drain_to.is_some());
+        let want_drain = inflight
+            .front()
+            .is_some_and(|f| f.zc_ids.is_empty() && f.drain_to.is_some());
         let first = tokio::select! {
             biased;
             r = stream.ready(Interest::ERROR), if want_zc => {
@@ -351,7 +430,10 @@ pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc
                 Some(t) => t,
                 None => break,
             },
-            _ = tokio::time::sleep(DRAIN_POLL), if want_drain => continue,
+            _ = tokio::time::sleep(DRAIN_POLL), if want_drain => {
+                eng.retire(&mut inflight, &mut spare, true);
+                continue;
+            }
         };
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -372,8 +454,20 @@ pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc
             Ok(sent) => {
                 let items: Vec<T> = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
                 if cfg.early_release {
+                    // The hook frees the payload pages only; the header arena
+                    // is tracked as usual, so what breaks is the data.
                     drop(items);
-                    spare.push(frames);
+                    if sent.zc_ids.is_empty() {
+                        frames.clear();
+                        spare.push(frames);
+                    } else {
+                        inflight.push_back(InFlight {
+                            items: Vec::new(),
+                            frames: Some(frames),
+                            zc_ids: sent.zc_ids,
+                            drain_to: None,
+                        });
+                    }
                 } else if sent.zc_ids.is_empty() && sent.drain_to.is_none() {
                     // The kernel copied everything during the call.
                     drop(items);
@@ -381,7 +475,12 @@ pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc
                     spare.push(frames);
                 } else {
                     let frames = (!sent.zc_ids.is_empty()).then_some(frames);
-                    inflight.push_back(InFlight { items, frames, zc_ids: sent.zc_ids, drain_to: sent.drain_to });
+                    inflight.push_back(InFlight {
+                        items,
+                        frames,
+                        zc_ids: sent.zc_ids,
+                        drain_to: sent.drain_to,
+                    });
                 }
             }
             Err(e) => {
@@ -389,7 +488,12 @@ pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc
                 // Whatever part of the batch reached the socket may still be
                 // referenced: keep it with the rest until the close below.
                 let items: Vec<T> = std::mem::take(&mut batch);
-                inflight.push_back(InFlight { items, frames: Some(frames), zc_ids: Vec::new(), drain_to: Some(u64::MAX) });
+                inflight.push_back(InFlight {
+                    items,
+                    frames: Some(frames),
+                    zc_ids: Vec::new(),
+                    drain_to: Some(u64::MAX),
+                });
                 failed = true;
                 break;
             }
@@ -408,15 +512,28 @@ pub async fn run<T: Outgoing, E: Encode<T>>(mut wr: OwnedWriteHalf, mut rx: mpsc
 
 /// Waits (bounded) until the kernel holds none of the connection's pages;
 /// otherwise resets the connection so none of them is ever sent.
-async fn close<T>(eng: &mut Engine<'_>, inflight: &mut VecDeque<InFlight<T>>, spare: &mut Vec<Frames>, failed: bool) {
+async fn close<T>(
+    eng: &mut Engine<'_>,
+    inflight: &mut VecDeque<InFlight<T>>,
+    spare: &mut Vec<Frames>,
+    failed: bool,
+) {
     if inflight.is_empty() {
         return;
     }
     bump(&METRICS.close_waits);
-    let give_up = tokio::time::Instant::now() + if failed { Duration::ZERO } else { eng.cfg.close_timeout };
-    while !inflight.is_empty() && tokio::time::Instant::now() < give_up {
+    let give_up = tokio::time::Instant::now()
+        + if failed {
+            Duration::ZERO
+        } else {
+            eng.cfg.close_timeout
+        };
+    loop {
         let _ = eng.reap_completions(inflight);
-        eng.retire(inflight, spare);
+        eng.retire(inflight, spare, true);
+        if inflight.is_empty() || tokio::time::Instant::now() >= give_up {
+            break;
+        }
         tokio::time::sleep(DRAIN_POLL).await;
     }
     if !inflight.is_empty() {
@@ -429,12 +546,76 @@ async fn close<T>(eng: &mut Engine<'_>, inflight: &mut VecDeque<InFlight<T>>, sp
         // closes, which its owner does as soon as this returns; the peer
         // has not read for `close_timeout`, so nothing moves before then.)
         let _ = socket2::SockRef::from(eng.stream).set_linger(Some(Duration::ZERO));
-        tracing::warn!(batches = inflight.len(), "closing with sends outstanding: connection reset");
+        tracing::warn!(
+            batches = inflight.len(),
+            "closing with sends outstanding: connection reset"
+        );
         let until = tokio::time::Instant::now() + Duration::from_millis(200);
         while inflight.iter().any(|f| !f.zc_ids.is_empty()) && tokio::time::Instant::now() < until {
             let _ = eng.reap_completions(inflight);
             tokio::time::sleep(DRAIN_POLL).await;
         }
         inflight.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinion_backends::{file::FileBackend, PagePool, ReadOpts, Volume};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    struct Item(Sgl);
+    impl Outgoing for Item {
+        fn payload(&self) -> Option<&Sgl> {
+            Some(&self.0)
+        }
+    }
+    struct Raw;
+    impl Encode<Item> for Raw {
+        fn encode(&mut self, i: usize, item: &Item, out: &mut Frames) -> Flow {
+            out.bytes(b"HDR!");
+            out.payload(i, 0..item.0.len());
+            Flow::Continue
+        }
+    }
+
+    /// A spliced page-cache payload keeps its range locked until the peer
+    /// has received (and acknowledged) it, however long that takes.
+    #[tokio::test]
+    async fn page_cache_payload_is_held_until_the_socket_drains() {
+        let pool = PagePool::new(0, true);
+        let vol = Volume::new("t", Arc::new(FileBackend::ram("t", 8 << 20, 4096).unwrap()), pool);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // a small receive window, so the payload cannot all be in flight
+        socket2::SockRef::from(&peer).set_recv_buffer_size(64 << 10).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let (_rd, wr) = TcpStream::from_std(s).unwrap().into_split();
+        let (tx, rx) = mpsc::channel(4);
+        let engine = tokio::spawn(run(wr, rx, Raw, SendConfig::default()));
+        let len = 1 << 20;
+        let payload = vol.read(0, len, ReadOpts::default()).await.unwrap();
+        assert!(!payload.is_memory(), "expected the splice path");
+        tx.send(Item(payload)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(vol.range_locks().held(), 1, "released while bytes were still queued");
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; len + 4];
+            peer.read_exact(&mut got).unwrap();
+            (got, peer)
+        });
+        let (got, _peer) = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+        assert_eq!(&got[..4], b"HDR!");
+        assert!(got[4..].iter().all(|&b| b == 0));
+        let t = tokio::time::Instant::now();
+        while vol.range_locks().held() != 0 {
+            assert!(t.elapsed() < Duration::from_secs(2), "not released after the peer had it all");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tx);
+        engine.await.unwrap();
     }
 }

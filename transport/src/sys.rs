@@ -38,12 +38,39 @@ pub(crate) fn outq(fd: impl AsFd) -> std::io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one `int` through the pointer, which points
     // to a live `c_int`.
-    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), SIOCOUTQ as _, &mut n as *mut libc::c_int) };
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_fd().as_raw_fd(),
+            SIOCOUTQ as _,
+            &mut n as *mut libc::c_int,
+        )
+    };
     if r == 0 {
         Ok(n.max(0) as usize)
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Whether a TCP socket has reached `TCP_CLOSE` (reset, or fully closed):
+/// its queues are purged then, so the kernel holds none of our pages.
+pub(crate) fn tcp_closed(fd: impl AsFd) -> bool {
+    // struct tcp_info starts with `__u8 tcpi_state`; the rest is not needed.
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is live and `len` holds its size; the kernel writes at
+    // most `len` bytes and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    const TCP_CLOSE: u8 = 7;
+    r == 0 && len >= 1 && info[0] == TCP_CLOSE
 }
 
 /// A zero-copy completion: sends `lo..=hi` (the kernel's per-socket
@@ -68,12 +95,22 @@ pub(crate) fn recv_errqueue(fd: impl AsFd) -> std::io::Result<Option<ZcDone>> {
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: `msg` points to `control`, live and of the stated length, for
     // the duration of the call; no data buffers are passed.
-    let r = unsafe { libc::recvmsg(fd.as_fd().as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    let r = unsafe {
+        libc::recvmsg(
+            fd.as_fd().as_raw_fd(),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     let len = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
-    let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).take(len).collect();
+    let bytes: Vec<u8> = control
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
     Ok(parse_zerocopy_cmsgs(&bytes))
 }
 
@@ -88,7 +125,8 @@ pub(crate) fn parse_zerocopy_cmsgs(mut b: &[u8]) -> Option<ZcDone> {
         if clen < HDR || clen > b.len() {
             return None;
         }
-        let recverr = (level == libc::SOL_IP && ty == libc::IP_RECVERR) || (level == libc::SOL_IPV6 && ty == libc::IPV6_RECVERR);
+        let recverr = (level == libc::SOL_IP && ty == libc::IP_RECVERR)
+            || (level == libc::SOL_IPV6 && ty == libc::IPV6_RECVERR);
         let data = &b[HDR..clen];
         if recverr && data.len() >= 16 {
             // struct sock_extended_err { u32 errno; u8 origin, type, code, pad; u32 info; u32 data; }
@@ -97,7 +135,11 @@ pub(crate) fn parse_zerocopy_cmsgs(mut b: &[u8]) -> Option<ZcDone> {
             if origin == SO_EE_ORIGIN_ZEROCOPY {
                 let lo = u32::from_ne_bytes(data[8..12].try_into().ok()?);
                 let hi = u32::from_ne_bytes(data[12..16].try_into().ok()?);
-                return Some(ZcDone { lo, hi, copied: code & SO_EE_CODE_ZEROCOPY_COPIED != 0 });
+                return Some(ZcDone {
+                    lo,
+                    hi,
+                    copied: code & SO_EE_CODE_ZEROCOPY_COPIED != 0,
+                });
             }
         }
         let next = clen.div_ceil(8) * 8;
@@ -131,13 +173,38 @@ mod tests {
 
     #[test]
     fn parses_completions_and_skips_the_rest() {
-        let m = cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee(SO_EE_ORIGIN_ZEROCOPY, 1, 3, 9));
-        assert_eq!(parse_zerocopy_cmsgs(&m), Some(ZcDone { lo: 3, hi: 9, copied: true }));
+        let m = cmsg(
+            libc::SOL_IP,
+            libc::IP_RECVERR,
+            &ee(SO_EE_ORIGIN_ZEROCOPY, 1, 3, 9),
+        );
+        assert_eq!(
+            parse_zerocopy_cmsgs(&m),
+            Some(ZcDone {
+                lo: 3,
+                hi: 9,
+                copied: true
+            })
+        );
         let mut two = cmsg(libc::SOL_SOCKET, 1, &[1, 2, 3]);
-        two.extend(cmsg(libc::SOL_IPV6, libc::IPV6_RECVERR, &ee(SO_EE_ORIGIN_ZEROCOPY, 0, 0, 0)));
-        assert_eq!(parse_zerocopy_cmsgs(&two), Some(ZcDone { lo: 0, hi: 0, copied: false }));
+        two.extend(cmsg(
+            libc::SOL_IPV6,
+            libc::IPV6_RECVERR,
+            &ee(SO_EE_ORIGIN_ZEROCOPY, 0, 0, 0),
+        ));
+        assert_eq!(
+            parse_zerocopy_cmsgs(&two),
+            Some(ZcDone {
+                lo: 0,
+                hi: 0,
+                copied: false
+            })
+        );
         // an ICMP error is not a completion
-        assert_eq!(parse_zerocopy_cmsgs(&cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee(2, 0, 1, 1))), None);
+        assert_eq!(
+            parse_zerocopy_cmsgs(&cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee(2, 0, 1, 1))),
+            None
+        );
         // truncated and lying lengths
         assert_eq!(parse_zerocopy_cmsgs(&m[..20]), None);
         let mut bad = m.clone();
@@ -152,5 +219,14 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         assert_eq!(outq(&c).unwrap(), 0);
         enable_zerocopy(&c).unwrap();
+        assert!(!tcp_closed(&c));
+        let (a, _) = l.accept().unwrap();
+        socket2::SockRef::from(&a).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(a); // a reset
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !tcp_closed(&c) {
+            assert!(std::time::Instant::now() < deadline, "reset not seen");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

@@ -83,6 +83,8 @@ struct PendingXfer {
 struct Xfers {
     pending: HashMap<u16, PendingXfer>,
     next_ttag: u16,
+    /// The reader is gone: no transfer can complete any more.
+    closed: bool,
 }
 
 struct Shared {
@@ -140,6 +142,9 @@ impl Responder {
         let (done, wait) = oneshot::channel();
         let ttag = {
             let mut x = self.shared.xfers();
+            if x.closed {
+                return Err(Status::ABORT_QUEUE);
+            }
             // queue depth is at most 128, so a free tag is always near
             while x.pending.contains_key(&x.next_ttag) {
                 x.next_ttag = x.next_ttag.wrapping_add(1);
@@ -179,8 +184,11 @@ impl Connection {
     pub fn close(&self) {
         self.reader.abort();
         // The aborted reader will never complete these: fail them now so
-        // their commands can finish instead of waiting forever.
-        self.responder.shared.xfers().pending.clear();
+        // their commands can finish instead of waiting forever, and refuse
+        // the ones commands still in flight would start.
+        let mut x = self.responder.shared.xfers();
+        x.closed = true;
+        x.pending.clear();
     }
 
     /// Waits until the writer has flushed and closed the socket.

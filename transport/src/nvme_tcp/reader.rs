@@ -61,7 +61,11 @@ pub(super) async fn run(rd: OwnedReadHalf, st: State) {
         }
     }
     // Transfers still waiting for data will never get it.
-    st.shared.xfers().pending.clear();
+    {
+        let mut x = st.shared.xfers();
+        x.closed = true;
+        x.pending.clear();
+    }
 }
 
 async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {

@@ -9,7 +9,7 @@
 #   deploy/bench/run.sh --quick         # RAM volume, 1 round, 2 s cells (~1 min)
 #   deploy/bench/run.sh --profile       # also `perf record -g` the target under load
 #
-# Options: --rounds N (3), --time S (4 s per cell), --size SIZE (1G volumes),
+# Options: --rounds N (3), --time S (3 s per cell), --size SIZE (1G volumes),
 # --volumes "ram filehot filedirect", --bin PINION_BINARY, --out DIR
 # (build/bench/<timestamp>), --target-cpu N (0), --initiator-cpu N (1).
 # Ports (override with env): BENCH_NVME_PORT 4520, BENCH_ISCSI_PORT 3280,
@@ -25,7 +25,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 ARGS="$*"
-ROUNDS=3 TIME=4 SIZE=1G VOLUMES="ram filehot filedirect" PROFILE=0 QUICK=0
+ROUNDS=3 TIME=3 SIZE=1G VOLUMES="ram filehot filedirect" PROFILE=0 QUICK=0
 BIN= OUT= TCPU=0 ICPU=1
 while (($#)); do
   case $1 in

@@ -54,7 +54,8 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -154,7 +155,12 @@ fn verify_runs_clean_on_every_path() {
     // stamp the window first, so later reads all find stamps
     let j = clean(&perf(&[&u, "--rw", "write", "--bs", "256k", "--qd", "8", "--range", "0-8MiB", "--verify", "--ios", "32", "--json"]));
     assert_eq!(j["write_ios"], 32);
-    for extra in [&["--queues", "3", "--qd", "16"][..], &["--digest", "header,data", "--qd", "16"], &["--digest", "header", "--sqflow", "--qd", "16"], &["--sqflow", "--qd", "1"]] {
+    for extra in [
+        &["--queues", "3", "--qd", "16"][..],
+        &["--digest", "header,data", "--qd", "16"],
+        &["--digest", "header", "--sqflow", "--qd", "16"],
+        &["--sqflow", "--qd", "1"],
+    ] {
         let mut a = vec![u.as_str(), "--rw", "randrw", "--bs", "4k-256k", "--range", "0-8MiB", "--verify", "--ios", "1500", "--json"];
         a.extend_from_slice(extra);
         let j = clean(&perf(&a));
@@ -360,7 +366,9 @@ impl Tgtd {
 
 impl Drop for Tgtd {
     fn drop(&mut self) {
-        let _ = Command::new("tgtadm").args(["-C", &self.ctl, "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"]).status();
+        let _ = Command::new("tgtadm")
+            .args(["-C", &self.ctl, "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"])
+            .status();
         let _ = Command::new("tgtadm").args(["-C", &self.ctl, "--mode", "system", "--op", "delete"]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -388,7 +396,25 @@ fn iscsi_against_tgtd_with_chap_and_digests() {
 
     // tgtd's 512-byte blocks, 8 KiB MaxRecvDataSegmentLength, InitialR2T=Yes
     clean(&perf(&[&u, "--rw", "write", "--bs", "128k", "--qd", "8", "--range", "0-4MiB", "--verify", "--ios", "32", "--json"]));
-    let j = clean(&perf(&[&u, "--rw", "randrw", "--bs", "512-64k", "--qd", "16", "--queues", "2", "--range", "0-4MiB", "--digest", "header,data", "--verify", "--ios", "1500", "--json"]));
+    let j = clean(&perf(&[
+        &u,
+        "--rw",
+        "randrw",
+        "--bs",
+        "512-64k",
+        "--qd",
+        "16",
+        "--queues",
+        "2",
+        "--range",
+        "0-4MiB",
+        "--digest",
+        "header,data",
+        "--verify",
+        "--ios",
+        "1500",
+        "--json",
+    ]));
     assert_eq!(j["verify"]["mismatches"], 0, "{j:#}");
     assert!(j["target"].as_str().unwrap().contains("CRC32C/CRC32C"), "{j:#}");
 

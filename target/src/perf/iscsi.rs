@@ -186,8 +186,15 @@ fn apply_key(n: &mut Negotiated, offered: &[(String, String)], k: &str, v: &str)
         "MaxBurstLength" => n.max_burst = num()?,
         // declarations that need no answer
         "TargetAlias" | "TargetPortalGroupTag" | "TargetAddress" => return Ok(None),
-        "MaxOutstandingR2T" | "MaxConnections" | "ErrorRecoveryLevel" | "DataPDUInOrder" | "DataSequenceInOrder" | "DefaultTime2Wait"
-        | "DefaultTime2Retain" | "IFMarker" | "OFMarker" => {}
+        "MaxOutstandingR2T"
+        | "MaxConnections"
+        | "ErrorRecoveryLevel"
+        | "DataPDUInOrder"
+        | "DataSequenceInOrder"
+        | "DefaultTime2Wait"
+        | "DefaultTime2Retain"
+        | "IFMarker"
+        | "OFMarker" => {}
         _ if ours.is_none() => return Ok(Some((k.to_string(), "NotUnderstood".to_string()))),
         _ => {}
     }
@@ -303,7 +310,8 @@ impl SyncSession {
 
     /// Logs in: security stage (CHAP or None), then operational.
     fn login(sock: TcpStream, url: &IscsiUrl, opts: &IscsiOpts, isid: [u8; 6]) -> Result<SyncSession, PerfError> {
-        let mut s = SyncSession { sock, neg: Negotiated::default(), cmdsn: 1, max_cmdsn: 1, exp_statsn: 0, lun: pdu::encode_lun(url.lun), itt: 0 };
+        let mut s =
+            SyncSession { sock, neg: Negotiated::default(), cmdsn: 1, max_cmdsn: 1, exp_statsn: 0, lun: pdu::encode_lun(url.lun), itt: 0 };
         let creds = match (&opts.chap_user, &opts.chap_secret) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
@@ -356,7 +364,10 @@ impl SyncSession {
                     (3, _) => "target error",
                     _ => "unknown status",
                 };
-                return Err(PerfError::Command { what: "iSCSI Login", status: format!("{why} (class {:#x}, detail {:#x})", r.status_class, r.status_detail) });
+                return Err(PerfError::Command {
+                    what: "iSCSI Login",
+                    status: format!("{why} (class {:#x}, detail {:#x})", r.status_class, r.status_detail),
+                });
             }
             s.exp_statsn = r.statsn.get().wrapping_add(1);
             s.max_cmdsn = r.max_cmdsn.get();
@@ -389,8 +400,12 @@ impl SyncSession {
                         if get("CHAP_A") != Some("5") {
                             return Err(proto(format!("target chose CHAP_A={:?}; only MD5 (5) is supported", get("CHAP_A"))));
                         }
-                        let id = get("CHAP_I").and_then(text::parse_number).filter(|&i| i <= 255).ok_or_else(|| proto("no valid CHAP_I"))?;
-                        let c = get("CHAP_C").and_then(text::decode_binary).filter(|c| !c.is_empty()).ok_or_else(|| proto("no valid CHAP_C"))?;
+                        let id =
+                            get("CHAP_I").and_then(text::parse_number).filter(|&i| i <= 255).ok_or_else(|| proto("no valid CHAP_I"))?;
+                        let c = get("CHAP_C")
+                            .and_then(text::decode_binary)
+                            .filter(|c| !c.is_empty())
+                            .ok_or_else(|| proto("no valid CHAP_C"))?;
                         let resp = chap::response(id as u8, secret.as_bytes(), &c);
                         keys.push(("CHAP_N".into(), user.clone()));
                         keys.push(("CHAP_R".into(), text::encode_hex(&resp)));
@@ -562,7 +577,8 @@ pub fn connect(url: &IscsiUrl, opts: &IscsiOpts) -> Result<(Setup, Vec<Box<dyn E
     let mut rnd = [0u8; 4];
     getrandom::fill(&mut rnd).map_err(|e| proto(format!("no randomness for the ISID: {e}")))?;
     for i in 0..opts.sessions {
-        let sock = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT).map_err(|source| PerfError::Io { what: format!("connect to {addr}"), source })?;
+        let sock = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT)
+            .map_err(|source| PerfError::Io { what: format!("connect to {addr}"), source })?;
         let opt = |source| PerfError::Io { what: "socket options".into(), source };
         sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(opt)?;
         sock.set_write_timeout(Some(SETUP_TIMEOUT)).map_err(opt)?;
@@ -585,7 +601,12 @@ pub fn connect(url: &IscsiUrl, opts: &IscsiOpts) -> Result<(Setup, Vec<Box<dyn E
         return Err(PerfError::Usage(format!("LUN block length {bl} is not supported")));
     }
     Ok((
-        Setup { lba_size: u64::from(bl), blocks, describe: format!("iSCSI {addr} {} LUN {} ({params})", url.iqn, url.lun), keep: Box::new(()) },
+        Setup {
+            lba_size: u64::from(bl),
+            blocks,
+            describe: format!("iSCSI {addr} {} LUN {} ({params})", url.iqn, url.lun),
+            keep: Box::new(()),
+        },
         engines,
     ))
 }
@@ -1193,7 +1214,15 @@ mod tests {
         assert_eq!(answer(&mut n, "MaxRecvDataSegmentLength", "8192").unwrap(), None);
         assert_eq!(
             n,
-            Negotiated { header_digest: true, data_digest: false, immediate_data: false, initial_r2t: true, first_burst: 65536, max_burst: 262144, target_mrdsl: 8192 }
+            Negotiated {
+                header_digest: true,
+                data_digest: false,
+                immediate_data: false,
+                initial_r2t: true,
+                first_burst: 65536,
+                max_burst: 262144,
+                target_mrdsl: 8192
+            }
         );
         // a refused digest fails the login instead of running without it
         assert!(answer(&mut n, "HeaderDigest", "None").is_err());

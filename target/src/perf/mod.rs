@@ -165,7 +165,15 @@ pub struct PerfArgs {
 
 /// Splits `host:port`, `[v6]:port`, or a bare host.
 pub(crate) fn split_host_port(a: &str, default: u16) -> Result<(String, u16), String> {
-    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("port {p:?} is not a TCP port")).and_then(|p| if p == 0 { Err("port 0".to_string()) } else { Ok(p) });
+    let port = |p: &str| {
+        p.parse::<u16>().map_err(|_| format!("port {p:?} is not a TCP port")).and_then(|p| {
+            if p == 0 {
+                Err("port 0".to_string())
+            } else {
+                Ok(p)
+            }
+        })
+    };
     if let Some(r) = a.strip_prefix('[') {
         let (h, rest) = r.split_once(']').ok_or_else(|| format!("{a:?}: unclosed '['"))?;
         return match rest.strip_prefix(':') {
@@ -277,10 +285,7 @@ impl Report {
             println!("    {e}");
         }
         if let Some(v) = &self.verify {
-            println!(
-                "  verify    {} blocks checked ({} never written), {} mismatches",
-                v.blocks_checked, v.blocks_unwritten, v.mismatches
-            );
+            println!("  verify    {} blocks checked ({} never written), {} mismatches", v.blocks_checked, v.blocks_unwritten, v.mismatches);
             for m in &v.first_mismatches {
                 println!("    LBA {}: {}", m.lba, m.reason);
             }
@@ -322,8 +327,7 @@ fn pin(cpu: usize) -> Result<(), PerfError> {
         return Err(PerfError::Usage(format!("--cpu {cpu}: no such CPU")));
     }
     set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set)
-        .map_err(|e| PerfError::Io { what: format!("pin to CPU {cpu}"), source: e.into() })
+    rustix::thread::sched_setaffinity(None, &set).map_err(|e| PerfError::Io { what: format!("pin to CPU {cpu}"), source: e.into() })
 }
 
 /// Connects, runs the job and returns its report (Err: it never started).
@@ -332,7 +336,8 @@ pub fn run(args: &PerfArgs) -> Result<Report, PerfError> {
     if let Some(c) = args.cpu {
         pin(c)?;
     }
-    let digests = nvme_types::tcp::Digests { header: args.digest.contains(&DigestKind::Header), data: args.digest.contains(&DigestKind::Data) };
+    let digests =
+        nvme_types::tcp::Digests { header: args.digest.contains(&DigestKind::Header), data: args.digest.contains(&DigestKind::Data) };
     let max_io = args.bs.max as usize;
     let (setup, mut engines, protocol) = match &target {
         Target::Nvme(u) => {
@@ -373,7 +378,14 @@ pub fn run(args: &PerfArgs) -> Result<Report, PerfError> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
-    let job = Job { gen: Generator::new(w, args.seed), verifier, time, ios: args.ios, lba_size: setup.lba_size, progress: std::io::stderr().is_terminal() };
+    let job = Job {
+        gen: Generator::new(w, args.seed),
+        verifier,
+        time,
+        ios: args.ios,
+        lba_size: setup.lba_size,
+        progress: std::io::stderr().is_terminal(),
+    };
     let out = job.run(&mut engines);
     for e in engines.iter_mut() {
         e.close();
@@ -516,7 +528,10 @@ impl Job {
                 }
                 let dd = *drain_deadline.get_or_insert(now + DRAIN_TIMEOUT);
                 if now >= dd {
-                    fatal = Some(PerfError::Protocol(format!("{} commands still outstanding {DRAIN_TIMEOUT:?} after the run ended", in_flight(engines))));
+                    fatal = Some(PerfError::Protocol(format!(
+                        "{} commands still outstanding {DRAIN_TIMEOUT:?} after the run ended",
+                        in_flight(engines)
+                    )));
                     break;
                 }
             } else {

@@ -248,7 +248,16 @@ impl SyncQueue {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fabrics_connect(&mut self, qid: u16, sqsize: u16, cattr: u8, cntlid: u16, nqn: &str, hostnqn: &str, hostid: [u8; 16]) -> Result<u16, PerfError> {
+    fn fabrics_connect(
+        &mut self,
+        qid: u16,
+        sqsize: u16,
+        cattr: u8,
+        cntlid: u16,
+        nqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+    ) -> Result<u16, PerfError> {
         let mut sqe = fabrics_sqe(FabricsType::CONNECT);
         sqe.cdw10 = (u32::from(qid) << 16).into();
         sqe.cdw11 = (u32::from(sqsize) | (u32::from(cattr) << 16)).into();
@@ -362,7 +371,8 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
         std::thread::sleep(Duration::from_millis(10));
     }
     let idc = IdentifyController::read_from_bytes(&admin.identify(cns::CONTROLLER, 0)?).map_err(|_| proto("short Identify Controller"))?;
-    let ns = IdentifyNamespace::read_from_bytes(&admin.identify(cns::NAMESPACE, url.nsid)?).map_err(|_| proto("short Identify Namespace"))?;
+    let ns =
+        IdentifyNamespace::read_from_bytes(&admin.identify(cns::NAMESPACE, url.nsid)?).map_err(|_| proto("short Identify Namespace"))?;
     let lbaf = ns.lbaf[usize::from(ns.flbas & 0xf)].get();
     let lbads = (lbaf >> 16) & 0xff;
     if !(9..=16).contains(&lbads) {
@@ -387,7 +397,8 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
     }
     let inline = (idc.ioccsz.get() as usize * 16).saturating_sub(64);
     let nq = opts.queues - 1;
-    let mut sqe = Sqe { opcode: Opcode::SET_FEATURES.0, cdw10: u32::from(nvme_types::command::feature::NUM_QUEUES).into(), ..Sqe::default() };
+    let mut sqe =
+        Sqe { opcode: Opcode::SET_FEATURES.0, cdw10: u32::from(nvme_types::command::feature::NUM_QUEUES).into(), ..Sqe::default() };
     sqe.cdw11 = (u32::from(nq) | (u32::from(nq) << 16)).into();
     let (c, _) = admin.exec(sqe, &[], 0)?;
     if !c.status().is_success() {
@@ -531,7 +542,11 @@ impl NvmeEngine {
     }
 
     fn complete(&mut self, slot: usize, status: Status, done: &mut Vec<Completion>) -> Result<(), PerfError> {
-        let s = self.slots.get_mut(slot).filter(|s| s.busy).ok_or_else(|| proto(format!("completion for command {slot}, which is not outstanding")))?;
+        let s = self
+            .slots
+            .get_mut(slot)
+            .filter(|s| s.busy)
+            .ok_or_else(|| proto(format!("completion for command {slot}, which is not outstanding")))?;
         if status.is_success() && !s.write && s.received != s.len {
             return Err(proto(format!("read command {slot} completed after {} of its {} bytes", s.received, s.len)));
         }
@@ -544,7 +559,12 @@ impl NvmeEngine {
     /// Handles an R2T: queues H2CData PDUs of at most MAXH2CDATA bytes.
     fn on_r2t(&mut self, r: &tcp::R2t) -> Result<(), PerfError> {
         let slot = usize::from(r.cccid.get());
-        let s = self.slots.get(slot).copied().filter(|s| s.busy && s.write).ok_or_else(|| proto(format!("R2T for command {slot}, not an outstanding write")))?;
+        let s = self
+            .slots
+            .get(slot)
+            .copied()
+            .filter(|s| s.busy && s.write)
+            .ok_or_else(|| proto(format!("R2T for command {slot}, not an outstanding write")))?;
         let (off, len) = (r.r2to.get() as usize, r.r2tl.get() as usize);
         if len == 0 || off + len > s.len as usize {
             return Err(proto(format!("R2T for command {slot} asks for {len} bytes at {off} of a {}-byte write", s.len)));
@@ -604,7 +624,9 @@ impl NvmeEngine {
                 self.rx_start += tcp::DIGEST_LEN;
                 self.digest_rx = None;
                 if got != crc {
-                    return Err(proto(format!("data digest mismatch on C2HData of command {slot}: computed {crc:#010x}, PDU has {got:#010x}")));
+                    return Err(proto(format!(
+                        "data digest mismatch on C2HData of command {slot}: computed {crc:#010x}, PDU has {got:#010x}"
+                    )));
                 }
                 self.data_done(slot, success, done)?;
             }
@@ -615,7 +637,8 @@ impl NvmeEngine {
             let at = self.rx_start;
             let ch = CommonHeader::read_from_bytes(&self.rx[at..at + 8]).map_err(|_| proto("short header"))?;
             let limits = Limits { max_inline: 0, max_data: self.slot_len as u32 };
-            let layout: Layout = tcp::check_header(&ch, Role::Host, true, self.link.digests, limits).map_err(|e| proto(format!("bad PDU from the target: {e}")))?;
+            let layout: Layout = tcp::check_header(&ch, Role::Host, true, self.link.digests, limits)
+                .map_err(|e| proto(format!("bad PDU from the target: {e}")))?;
             let head = layout.hlen + if layout.header_digest { tcp::DIGEST_LEN } else { 0 };
             // C2HData payloads may be received piecewise; every other PDU whole
             let need = if layout.pdu_type == PduType::C2H_DATA { head + layout.pad } else { layout.plen };
@@ -642,7 +665,12 @@ impl NvmeEngine {
                 }
                 Pdu::C2HData(h) => {
                     let slot = usize::from(h.cccid.get());
-                    let s = self.slots.get(slot).copied().filter(|s| s.busy && !s.write).ok_or_else(|| proto(format!("C2HData for command {slot}, not an outstanding read")))?;
+                    let s = self
+                        .slots
+                        .get(slot)
+                        .copied()
+                        .filter(|s| s.busy && !s.write)
+                        .ok_or_else(|| proto(format!("C2HData for command {slot}, not an outstanding read")))?;
                     let (off, len) = (h.datao.get() as usize, layout.data_len);
                     if off != s.received as usize || off + len > s.len as usize {
                         return Err(proto(format!(
@@ -839,7 +867,9 @@ mod tests {
 
     #[test]
     fn framing_matches_the_wire_checks() {
-        for (digests, cpda) in [(Digests::default(), 0), (Digests { header: true, data: true }, 0), (Digests { header: true, data: false }, 3)] {
+        for (digests, cpda) in
+            [(Digests::default(), 0), (Digests { header: true, data: true }, 0), (Digests { header: true, data: false }, 3)]
+        {
             let link = Link { digests, cpda, maxh2c: 8192 };
             let mut out = Vec::new();
             let mut c = capsule_header(&Sqe::default());

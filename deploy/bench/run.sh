@@ -197,8 +197,13 @@ pperf() {
 iperf_cell() {
   local r=$1 v=$2 wl=$3 sys=$4 url=$5 bs=$6 qd=$7 rnd=$8
   local cap blk out rc=0 iops
-  cap=$(iscsi-readcapacity16 "$url" 2>/dev/null | awk -F: '/Logical block length/ {gsub(/ /, "", $2); print $2}')
-  blk=$((bs / ${cap:-512}))
+  # iscsi-perf counts in LUN blocks: never guess the block length
+  cap=$(iscsi-readcapacity16 "$url" 2>/dev/null | awk -F: 'toupper($1) ~ /LOGICAL BLOCK LENGTH/ {gsub(/ /, "", $2); print $2}')
+  if [[ ! $cap =~ ^[0-9]+$ ]] || ((cap == 0 || bs % cap)); then
+    say "  $sys $v $wl: FAILED (no block length from iscsi-readcapacity16)"
+    record "$r" "$v" "$wl" "$sys" NA NA NA NA; return 0
+  fi
+  blk=$((bs / cap))
   out=$OUT/cell.iscsi-perf
   # shellcheck disable=SC2046
   timeout -k 5 $((TIME + 30)) taskset -c "$ICPU" iscsi-perf -i iqn.2026-11.io.pinion:iscsi-perf -m "$qd" -b "$blk" -t "$TIME" $( ((rnd)) && echo -r) "$url" >"$out" 2>&1 || rc=$?

@@ -248,6 +248,40 @@ fn setup_failures_exit_2() {
     let r = perf(&[&url(&s, 1), "--qd", "500", "--ios", "1"]);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("MQES"), "{}", r.stderr);
+    // pinning to a CPU this machine does not have
+    let r = perf(&[&url(&s, 1), "--cpu", "500", "--ios", "1"]);
+    assert_eq!(r.code, Some(2), "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("CPU 500"), "{}", r.stderr);
+}
+
+/// `--cpu` pins the initiator: the run works, and its thread's affinity
+/// (read back from /proc while it runs) is that one CPU.
+#[test]
+fn cpu_pinning() {
+    let s = Server::start(CONFIG);
+    let mut child = Command::new(server::binary())
+        .args(["perf", &url(&s, 1), "--cpu", "0", "--qd", "1", "--time", "2", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let status_file = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut allowed = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let st = std::fs::read_to_string(&status_file).unwrap_or_default();
+        allowed = st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string();
+        if allowed == "0" {
+            break;
+        }
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(allowed, "0", "affinity of the running initiator");
+    assert!(st.success(), "{out}");
 }
 
 /// The target going away mid-run is a failed run, not a hang.

@@ -138,6 +138,10 @@ impl Controller {
         self.kill.subscribe()
     }
 
+    pub fn kill_reason(&self) -> KillReason {
+        *self.kill.borrow()
+    }
+
     pub fn is_killed(&self) -> bool {
         *self.kill.borrow() != KillReason::Alive
     }

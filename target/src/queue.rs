@@ -135,15 +135,20 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    // The kill and shutdown waits live across iterations: re-arming them
+    // for every command costs more than the command's own bookkeeping.
+    let killed_fut = killed.changed();
+    let shutdown_fut = shutdown.changed();
+    tokio::pin!(killed_fut, shutdown_fut);
     let why = loop {
         // a kill before we subscribed is not seen by `changed()`
         if ctx.ctrl.is_killed() {
-            break *killed.borrow();
+            break ctx.ctrl.kill_reason();
         }
         tokio::select! {
             biased;
-            _ = killed.changed() => break *killed.borrow(),
-            _ = shutdown.changed() => break KillReason::ServerShutdown,
+            _ = &mut killed_fut => break ctx.ctrl.kill_reason(),
+            _ = &mut shutdown_fut => break KillReason::ServerShutdown,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             c = conn.commands.recv() => match c {
                 None => break KillReason::Alive,

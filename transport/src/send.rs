@@ -436,6 +436,9 @@ pub async fn run<T: Outgoing, E: Encode<T>>(
             }
         };
         batch.push(first);
+        // Let the commands that are ready to run finish first: their
+        // completions join this batch, one sendmsg instead of several.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(t) => batch.push(t),

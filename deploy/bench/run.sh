@@ -21,7 +21,7 @@
 # Initiators: `pinion perf` for every system; libiscsi's `iscsi-perf` too
 # for reads (it cannot write). Needs root only for `perf record`.
 # Every process this script starts is stopped by its PID on exit.
-set -euo pipefail
+set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 ARGS="$*"
@@ -58,6 +58,8 @@ LOG=$OUT/run.log
 : >"$RESULTS"
 : >"$LOG"
 say() { printf '%s\n' "$*" | tee -a "$LOG" >&2; }
+# a step that fails unexpectedly ends the run (set -e): say which one
+trap 'say "run.sh: line $LINENO: \"$BASH_COMMAND\" failed (rc=$?); stopping"' ERR
 
 if [[ -z $BIN ]]; then
   BIN=$REPO/build/cargo/release/pinion
@@ -198,7 +200,12 @@ iperf_cell() {
   local r=$1 v=$2 wl=$3 sys=$4 url=$5 bs=$6 qd=$7 rnd=$8
   local cap blk out rc=0 iops
   # iscsi-perf counts in LUN blocks: never guess the block length
-  cap=$(iscsi-readcapacity16 "$url" 2>/dev/null | awk -F: 'toupper($1) ~ /LOGICAL BLOCK LENGTH/ {gsub(/ /, "", $2); print $2}')
+  # (a fresh session may first get a unit attention: retry, bounded)
+  local try
+  for try in 1 2 3; do
+    cap=$(timeout -k 2 10 iscsi-readcapacity16 "$url" 2>>"$LOG" | awk -F: 'toupper($1) ~ /LOGICAL BLOCK LENGTH/ {gsub(/ /, "", $2); print $2}') || cap=
+    [[ $cap =~ ^[0-9]+$ ]] && break
+  done
   if [[ ! $cap =~ ^[0-9]+$ ]] || ((cap == 0 || bs % cap)); then
     say "  $sys $v $wl: FAILED (no block length from iscsi-readcapacity16)"
     record "$r" "$v" "$wl" "$sys" NA NA NA NA; return 0

@@ -39,7 +39,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --target-cpu) TCPU=$2; shift ;;
     --initiator-cpu) ICPU=$2; shift ;;
-    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

@@ -6,13 +6,15 @@
 #
 # Steps: install test dependencies; build (debug + release); clippy with
 # warnings denied; unit and integration tests (the integration tests start
-# the real `pinion` binary); a bounded fuzz run of the PDU parser; the
-# kernel-initiator VM test, first against the kernel's own nvmet (the
-# reference) and then against Pinion, with the same script; `pinion perf
-# --verify` against the kernel's nvmet in the same VM. (Benchmarks are not
-# tests: deploy/bench/run.sh is never run here.)
+# the real `pinion` binary); libiscsi's iSCSI conformance suite against
+# Pinion and tgtd side by side; a bounded fuzz run of every fuzz target; the
+# kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
+# (the reference) and then against Pinion with the same script, and iSCSI
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
+# --verify` against the kernel's nvmet. (Benchmarks are not tests:
+# deploy/bench/run.sh is never run here.)
 #
-# Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), SKIP_VM=1 skips
+# Environment: FUZZ_SECONDS (default 60 per target; 0 skips fuzzing), SKIP_VM=1 skips
 # the VM tests (for a quick local run; CI never sets it).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,12 +55,28 @@ if ((rc != 0)); then
   ((f == 0)) && failed=$((failed + 1))
 fi
 
-step "fuzz: NVMe/TCP PDU parser (${FUZZ_SECONDS:-60} s)"
-if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
-  if ./scripts/fuzz.sh nvme_tcp_pdu "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
-    tail -n 3 "$LOG/fuzz.log"; ok "fuzz nvme_tcp_pdu"
+step "iSCSI conformance: iscsi-test-cu against Pinion and tgtd"
+if [[ $(id -u) == 0 ]]; then
+  if tests/iscsi-conformance.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/iscsi-conformance.out" 2>&1; then
+    tail -n 8 "$LOG/iscsi-conformance.out"; ok "iscsi conformance"
   else
-    tail -n 40 "$LOG/fuzz.log"; bad "fuzz nvme_tcp_pdu"
+    tail -n 40 "$LOG/iscsi-conformance.out"; bad "iscsi conformance"
+  fi
+else
+  echo "not root: tgtd needs root; running Pinion only"
+  if SKIP_TGTD=1 tests/iscsi-conformance.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/iscsi-conformance.out" 2>&1; then
+    tail -n 6 "$LOG/iscsi-conformance.out"; ok "iscsi conformance (pinion only)"
+  else
+    tail -n 40 "$LOG/iscsi-conformance.out"; bad "iscsi conformance (pinion only)"
+  fi
+fi
+
+step "fuzz: every target, ${FUZZ_SECONDS:-60} s each"
+if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
+  if ./scripts/fuzz.sh all "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
+    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; ok "fuzz (all targets)"
+  else
+    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; tail -n 40 "$LOG/fuzz.log"; bad "fuzz (all targets)"
   fi
 fi
 

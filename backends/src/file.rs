@@ -344,6 +344,32 @@ impl Backend for FileBackend {
         self.zero_fill(offset, len)
     }
 
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        self.check_range(offset, max_len)?;
+        // SEEK_DATA/SEEK_HOLE know a file's (and a memfd's) holes; on a
+        // block device they only say "all data", which is also the default
+        if self.info.kind == "block" || max_len == 0 {
+            return Ok((true, max_len));
+        }
+        use rustix::fs::{seek, SeekFrom};
+        let data = match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) => d,
+            // no data at or after offset: a hole up to the end
+            Err(Errno::NXIO) => return Ok((false, max_len)),
+            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok((true, max_len)),
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        };
+        if data > offset {
+            return Ok((false, (data - offset).min(max_len)));
+        }
+        let hole = match seek(&self.file, SeekFrom::Hole(offset)) {
+            Ok(h) => h,
+            Err(Errno::NXIO) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok((true, max_len)),
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        };
+        Ok((true, hole.saturating_sub(offset).clamp(1, max_len)))
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         // Deallocated blocks must read back as zeroes (we advertise it), so a
         // file system that cannot punch holes gets zeroes written instead.
@@ -421,6 +447,22 @@ mod tests {
         if let Some(res) = b.resident(0, 65536) {
             assert!(res);
         }
+    }
+
+    #[tokio::test]
+    async fn ram_allocation_follows_holes() {
+        let pool = PagePool::new(1 << 22, false);
+        let b = FileBackend::ram("alloc", 1 << 20, 512).unwrap();
+        assert_eq!(b.allocation(0, 1 << 20).unwrap(), (false, 1 << 20), "a fresh memfd is one hole");
+        let w = filled(&pool, 8192, 1).await;
+        b.write(65536, &w, false).unwrap();
+        assert_eq!(b.allocation(0, 1 << 20).unwrap(), (false, 65536));
+        assert_eq!(b.allocation(65536, (1 << 20) - 65536).unwrap(), (true, 8192));
+        assert_eq!(b.allocation(65536, 4096).unwrap(), (true, 4096), "capped at max_len");
+        b.discard(65536, 4096).unwrap();
+        assert_eq!(b.allocation(65536, 8192).unwrap(), (false, 4096));
+        assert_eq!(b.allocation(69632, 8192).unwrap(), (true, 4096));
+        assert!(b.allocation(1 << 20, 1).is_err());
     }
 
     #[test]

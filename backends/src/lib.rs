@@ -103,6 +103,14 @@ pub trait Backend: Send + Sync + 'static {
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.read(offset, sgl)
     }
+    /// Whether the byte at `offset` is mapped (has storage behind it) and
+    /// how many bytes from `offset`, at most `max_len`, share that state
+    /// (SCSI GET LBA STATUS). A backend that cannot tell reports the whole
+    /// range mapped, which is always a correct answer.
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        self.check_range(offset, max_len)?;
+        Ok((true, max_len))
+    }
 
     /// Checks that a byte range lies inside the volume.
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

@@ -38,6 +38,16 @@ pub struct RangeLocks {
 pub struct RangeGuard {
     locks: Arc<RangeLocks>,
     id: u64,
+    start: u64,
+    end: u64,
+    mode: LockMode,
+}
+
+impl RangeGuard {
+    /// Whether this guard holds `[offset, offset + len)` exclusively.
+    pub fn covers_exclusive(&self, offset: u64, len: u64) -> bool {
+        self.mode == LockMode::Exclusive && offset >= self.start && offset.saturating_add(len) <= self.end
+    }
 }
 
 impl std::fmt::Debug for RangeGuard {
@@ -58,7 +68,7 @@ impl RangeLocks {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         held.push(Held { id, start, end, mode });
-        Some(RangeGuard { locks: self.clone(), id })
+        Some(RangeGuard { locks: self.clone(), id, start, end, mode })
     }
 
     /// Locks `[offset, offset + len)`, waiting while an overlapping lock

@@ -45,6 +45,7 @@ pub struct DataPathMetrics {
     pub fallback_data_digest: AtomicU64,
     pub fallback_no_pipe: AtomicU64,
     pub fallback_unaligned: AtomicU64,
+    pub fallback_local_peer: AtomicU64,
     /// Sends whose page references had to be waited for at connection
     /// close, and closes that gave up waiting and reset the connection.
     pub close_waits: AtomicU64,

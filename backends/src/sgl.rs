@@ -163,6 +163,35 @@ impl Sgl {
         &self.segs
     }
 
+    /// Shortens the SGL to its first `len` bytes (no-op when it is not
+    /// longer); segments past the cut are released. E.g. a WRITE whose
+    /// Data-Out ran past the command's transfer length writes only what the
+    /// command covers.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let mut pos = 0usize;
+        let mut keep = 0usize;
+        for s in self.segs.iter_mut() {
+            if pos >= len {
+                break;
+            }
+            let l = s.len().min(len - pos);
+            match s {
+                Segment::Pool { len: sl, .. } => *sl = l,
+                Segment::Static { data } => *data = &data[..l],
+                // The pipe keeps the bytes past the cut; it is closed
+                // rather than reused (see `PageCacheRange::fully_sent`).
+                Segment::PageCache(r) => r.len = l,
+            }
+            pos += l;
+            keep += 1;
+        }
+        self.segs.truncate(keep);
+        self.len = len;
+    }
+
     /// The pages a backend filled become the payload of a READ: from now on
     /// data leaves them.
     pub fn into_source(mut self) -> Sgl {
@@ -267,6 +296,26 @@ mod tests {
         let s = s.into_source();
         assert_eq!(s.direction(), Direction::Source);
         assert_eq!(s.io_slices().iter().map(|x| x.len()).sum::<usize>(), s.len());
+    }
+
+    #[tokio::test]
+    async fn truncate_releases_the_tail() {
+        let pool = PagePool::new(1 << 22, false);
+        let mut s = Sgl::alloc(&pool, Direction::Dest, 3 * PAGE_SIZE).await;
+        let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| i as u8).collect();
+        assert!(s.copy_in(0, &data));
+        s.truncate(usize::MAX);
+        assert_eq!(s.len(), 3 * PAGE_SIZE);
+        s.truncate(PAGE_SIZE + 10);
+        assert_eq!(s.len(), PAGE_SIZE + 10);
+        assert_eq!(s.segments().len(), 2);
+        assert_eq!(s.to_vec(), &data[..PAGE_SIZE + 10]);
+        assert_eq!(pool.stats().in_use, 2, "the third page went back to the pool");
+        s.truncate(0);
+        assert!(s.is_empty() && s.segments().is_empty());
+        let mut z = Sgl::zeroes(10000);
+        z.truncate(5000);
+        assert_eq!(z.to_vec(), vec![0u8; 5000]);
     }
 
     #[test]

@@ -118,7 +118,10 @@ pub struct PageCacheRange {
     pub pipe: PipeLease,
     pub file: Arc<File>,
     pub offset: u64,
+    /// Bytes to send (at most what the pipe holds).
     pub len: usize,
+    /// Bytes put in the pipe.
+    pub filled: usize,
     pub lock: Option<RangeGuard>,
 }
 
@@ -129,6 +132,14 @@ impl std::fmt::Debug for PageCacheRange {
 }
 
 impl PageCacheRange {
+    /// Called by the sender once `sent` bytes have left the pipe: when that
+    /// is everything the pipe holds, it can be reused.
+    pub fn sent(&self, sent: usize) {
+        if sent == self.filled {
+            self.pipe.mark_empty();
+        }
+    }
+
     /// Reads the bytes again from the file; they cannot have changed while
     /// the range is locked.
     pub fn read_bytes(&self) -> std::io::Result<Vec<u8>> {

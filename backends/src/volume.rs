@@ -46,6 +46,13 @@ pub struct ReadOpts {
     /// The transport must see the bytes (e.g. to compute a data digest), so
     /// the SGL must be readable from userspace.
     pub need_bytes: bool,
+    /// The peer is on this host (loopback, or one of our own addresses).
+    /// Local TCP delivery hands the very pages to the receiving socket,
+    /// which holds them until its reader copies them out, long after our
+    /// send was acknowledged: a spliced page-cache page could then still
+    /// change under it. Such peers get copies, except from read-only
+    /// volumes, whose pages cannot change.
+    pub local_peer: bool,
 }
 
 pub struct Volume {
@@ -81,6 +88,10 @@ impl Volume {
             return ReadPath::Direct;
         }
         if b.splice_file().is_none() || len < self.policy.splice_min || len > PIPE_BYTES {
+            return ReadPath::Copy;
+        }
+        if opts.local_peer && !b.info().read_only {
+            bump(&METRICS.fallback_local_peer);
             return ReadPath::Copy;
         }
         let hot = match mode {
@@ -152,6 +163,13 @@ impl Volume {
             bump(&METRICS.fallback_no_pipe);
         }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        // Held only while the bytes are copied: a write of the same blocks
+        // running at the same time could otherwise tear them (each logical
+        // block must read as entirely old or entirely new).
+        let _g = match self.info().read_only {
+            true => None,
+            false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
+        };
         let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
         let probe = path == ReadPath::Probe;
         let (sgl, was_direct) = self
@@ -182,10 +200,14 @@ impl Volume {
     async fn read_splice(&self, offset: u64, len: usize) -> Result<Option<Sgl>> {
         let Some(pipe) = PipeLease::get(len) else { return Ok(None) };
         let file = self.backend.splice_file().expect("checked by read_path").clone();
-        let lock = self.locks.lock(offset, len as u64, LockMode::Shared).await;
+        // Nothing writes a read-only volume: its pages need no lock.
+        let lock = match self.info().read_only {
+            true => None,
+            false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
+        };
         let f = file.clone();
         let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
-        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, lock: Some(lock) })))
+        Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, filled: len, lock })))
     }
 
     /// Writes a `Dest` SGL (the host's data) at `offset`; with `fua` it is
@@ -199,6 +221,35 @@ impl Volume {
         // a socket: changing those pages now would change bytes on the wire.
         let _g = self.locks.lock(offset, sgl.len() as u64, LockMode::Exclusive).await;
         self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    /// A read-modify-write under one exclusive lock (COMPARE AND WRITE,
+    /// WRITE AND VERIFY): `guard` must hold the range. The bytes are read
+    /// into memory (no splice: that would need a shared lock).
+    pub async fn read_locked(&self, guard: &RangeGuard, offset: u64, len: usize) -> Result<Sgl> {
+        self.check_locked(guard, offset, len as u64)?;
+        let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        METRICS.copy.add(len);
+        Ok(sgl.into_source())
+    }
+
+    /// [`Volume::write`] for a caller that already holds the range
+    /// exclusively.
+    pub async fn write_locked(&self, guard: &RangeGuard, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
+        self.check_locked(guard, offset, sgl.len() as u64)?;
+        if self.info().read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        self.run(move |b| b.write(offset, &sgl, fua)).await
+    }
+
+    fn check_locked(&self, guard: &RangeGuard, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        if !guard.covers_exclusive(offset, len) {
+            return Err(BackendError::Io(std::io::Error::other("range is not locked by this guard")));
+        }
+        Ok(())
     }
 
     /// Makes every completed write durable.
@@ -222,6 +273,12 @@ impl Volume {
             Ok(())
         })
         .await
+    }
+
+    /// Whether `offset` is mapped and for how many bytes (at most
+    /// `max_len`) that holds; see [`Backend::allocation`].
+    pub async fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        self.run(move |b| b.allocation(offset, max_len)).await
     }
 
     /// Releases byte ranges; afterwards they read back as zeroes.
@@ -266,7 +323,9 @@ mod tests {
         let big = 128 << 10;
         assert_eq!(ram.read_path(0, big, ReadOpts::default()), ReadPath::Splice);
         assert_eq!(ram.read_path(0, 4096, ReadOpts::default()), ReadPath::Copy, "small I/O is copied");
-        assert_eq!(ram.read_path(0, big, ReadOpts { need_bytes: true }), ReadPath::Copy, "a digest needs the bytes");
+        assert_eq!(ram.read_path(0, big, ReadOpts { need_bytes: true, ..Default::default() }), ReadPath::Copy, "a digest needs the bytes");
+        let local = ReadOpts { local_peer: true, ..Default::default() };
+        assert_eq!(ram.read_path(0, big, local), ReadPath::Copy, "a local peer would see later writes");
 
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str, mode| {

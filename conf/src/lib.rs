@@ -83,19 +83,81 @@ impl Default for NvmeTcpConfig {
     }
 }
 
-/// `[iscsi]`: listener addresses. An empty list disables iSCSI.
+/// `[iscsi]`: listener addresses, the portal group, pings and the operational values the target
+/// offers at login. An empty `listen` disables iSCSI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IscsiConfig {
     pub listen: Vec<SocketAddr>,
+    /// Target portal group tag of every listener (1..=65535).
+    pub portal_group: u16,
+    /// Seconds an initiator may be idle before the target sends a NOP-In ping (0 = never).
+    pub nop_interval: u32,
+    /// Seconds to wait for the ping's answer before dropping the session (1..=3600).
+    pub nop_timeout: u32,
+    /// SCSI commands a session may have outstanding (the CmdSN window, 1..=1024).
+    pub queue_depth: u32,
+    /// Largest data segment the target accepts per PDU (512..=16777215); size strings accepted.
+    #[serde(with = "size::serde_size::u32_bytes")]
+    pub max_recv_data_segment_length: u32,
+    /// Largest solicited burst / Data-In sequence (512..=16777215).
+    #[serde(with = "size::serde_size::u32_bytes")]
+    pub max_burst_length: u32,
+    /// Largest unsolicited data per command (512..=max_burst_length).
+    #[serde(with = "size::serde_size::u32_bytes")]
+    pub first_burst_length: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// R2Ts outstanding per command (1..=65535).
+    pub max_outstanding_r2t: u32,
 }
 
 impl Default for IscsiConfig {
     fn default() -> Self {
         IscsiConfig {
             listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_ISCSI_PORT))],
+            portal_group: 1,
+            nop_interval: 30,
+            nop_timeout: 30,
+            queue_depth: 128,
+            max_recv_data_segment_length: 262144,
+            max_burst_length: 1 << 20,
+            first_burst_length: 65536,
+            immediate_data: true,
+            initial_r2t: false,
+            max_outstanding_r2t: 16,
         }
     }
+}
+
+/// A CHAP secret: kept out of `Debug` output (and so out of logs).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// CHAP credentials (`chap = { user = "...", secret = "..." }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    pub user: String,
+    /// 12..=255 bytes (RFC 7143 §12.1.3 asks for secrets that resist guessing; open-iscsi
+    /// refuses shorter ones).
+    pub secret: Secret,
+}
+
+/// CHAP credentials for one initiator of a target, used instead of the target's `chap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitiatorChapConfig {
+    pub initiator: String,
+    pub user: String,
+    pub secret: Secret,
 }
 
 /// One `[[volume]]`: a block store that subsystems and iSCSI targets refer to by `name`.
@@ -198,6 +260,18 @@ pub struct IscsiTargetConfig {
     /// Initiator names allowed to log in; `"*"` allows any initiator.
     #[serde(default = "any")]
     pub initiators: Vec<String>,
+    /// TargetAlias sent at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// One-way CHAP: initiators must authenticate with these credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapConfig>,
+    /// Mutual CHAP: what the target answers with when an initiator asks it to authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap: Option<ChapConfig>,
+    /// Per-initiator CHAP credentials (`[[iscsi_target.initiator_chap]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initiator_chap: Vec<InitiatorChapConfig>,
 }
 
 fn any() -> Vec<String> {
@@ -321,6 +395,10 @@ impl Config {
                 iqn: "iqn.2026-11.io.pinion:default".to_owned(),
                 luns: vec!["ram0".to_owned()],
                 initiators: any(),
+                alias: None,
+                chap: None,
+                mutual_chap: None,
+                initiator_chap: Vec::new(),
             }],
             ..Config::default()
         }

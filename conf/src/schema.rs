@@ -62,7 +62,25 @@ const NVME_TCP: &[Field] = &[
     opt("max_io_queues", Kind::Int(U16)),
     opt("max_h2c_data", Kind::Size(U32)),
 ];
-const ISCSI: &[Field] = &[opt("listen", Kind::Addrs)];
+const ISCSI: &[Field] = &[
+    opt("listen", Kind::Addrs),
+    opt("portal_group", Kind::Int(U16)),
+    opt("nop_interval", Kind::Int(U32)),
+    opt("nop_timeout", Kind::Int(U32)),
+    opt("queue_depth", Kind::Int(U32)),
+    opt("max_recv_data_segment_length", Kind::Size(U32)),
+    opt("max_burst_length", Kind::Size(U32)),
+    opt("first_burst_length", Kind::Size(U32)),
+    opt("immediate_data", Kind::Bool),
+    opt("initial_r2t", Kind::Bool),
+    opt("max_outstanding_r2t", Kind::Int(U32)),
+];
+const CHAP: &[Field] = &[req("user", Kind::Str), req("secret", Kind::Str)];
+const INITIATOR_CHAP: &[Field] = &[
+    req("initiator", Kind::Str),
+    req("user", Kind::Str),
+    req("secret", Kind::Str),
+];
 pub(crate) const BACKENDS: &[&str] = &["ram", "null", "file", "block"];
 const VOLUME: &[Field] = &[
     req("name", Kind::Str),
@@ -84,6 +102,10 @@ const ISCSI_TARGET: &[Field] = &[
     req("iqn", Kind::Str),
     req("luns", Kind::Strs),
     opt("initiators", Kind::Strs),
+    opt("alias", Kind::Str),
+    opt("chap", Kind::Section(CHAP)),
+    opt("mutual_chap", Kind::Section(CHAP)),
+    opt("initiator_chap", Kind::Tables(INITIATOR_CHAP)),
 ];
 const MEMORY: &[Field] = &[
     opt("pool", Kind::Size(u64::MAX)),

@@ -64,6 +64,7 @@ fn example_file_parses_to_expected_values() {
         },
         iscsi: IscsiConfig {
             listen: vec![addr("127.0.0.1:3260")],
+            ..Default::default()
         },
         volume: vec![VolumeConfig {
             name: "vol1".into(),
@@ -85,6 +86,10 @@ fn example_file_parses_to_expected_values() {
             iqn: "iqn.2026-11.io.pinion:vol1".into(),
             luns: vec!["vol1".into()],
             initiators: vec!["*".into()],
+            alias: None,
+            chap: None,
+            mutual_chap: None,
+            initiator_chap: vec![],
         }],
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         metrics: MetricsConfig { listen: None },
@@ -353,6 +358,12 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
+    let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
+    let t = &mut full.iscsi_target[0];
+    t.alias = Some("a".into());
+    t.chap = Some(creds("one"));
+    t.mutual_chap = Some(creds("two"));
+    t.initiator_chap = vec![InitiatorChapConfig { initiator: "iqn.x".into(), user: "three".into(), secret: Secret("three-secret-long".into()) }];
     let tree = config::Config::try_from(&full).unwrap();
     assert_eq!(schema::check(&tree.cache), []);
 
@@ -879,4 +890,87 @@ fn data_path_and_metrics_keys() {
     assert!(e.contains("metrics.listen"), "{e}");
     let e = Config::from_toml_str("[metrics]\nport = 1\n").unwrap_err().to_string();
     assert!(e.contains("\"port\" in metrics"), "{e}");
+}
+
+#[test]
+fn iscsi_settings() {
+    let c = Config::from_toml_str(
+        "[iscsi]\nportal_group = 7\nnop_interval = 0\nmax_burst_length = \"512KiB\"\nfirst_burst_length = \"128KiB\"\nimmediate_data = false\ninitial_r2t = true\nmax_outstanding_r2t = 4\nqueue_depth = 64\nmax_recv_data_segment_length = 8192\n",
+    )
+    .unwrap();
+    let i = &c.iscsi;
+    assert_eq!((i.portal_group, i.nop_interval, i.nop_timeout), (7, 0, 30));
+    assert_eq!((i.max_burst_length, i.first_burst_length, i.max_recv_data_segment_length), (512 << 10, 128 << 10, 8192));
+    assert!(!i.immediate_data && i.initial_r2t);
+    assert_eq!((i.max_outstanding_r2t, i.queue_depth), (4, 64));
+    assert_err(
+        "[iscsi]\nportal_group = 0\nnop_timeout = 0\nqueue_depth = 0\nmax_recv_data_segment_length = 100\nmax_outstanding_r2t = 0\n",
+        &[
+            "iscsi.portal_group: 0 is out of range (1..=65535)",
+            "iscsi.nop_timeout: 0 is out of range (1..=3600)",
+            "iscsi.queue_depth: 0 is out of range (1..=1024)",
+            "iscsi.max_recv_data_segment_length: 100 is out of range (512..=16777215)",
+            "iscsi.max_outstanding_r2t: 0 is out of range (1..=65535)",
+        ],
+    );
+    assert_err(
+        "[iscsi]\nmax_burst_length = \"16MiB\"\n",
+        &["iscsi.max_burst_length: 16777216 is out of range (512..=16777215)"],
+    );
+    assert_err(
+        "[iscsi]\nmax_burst_length = 4096\nfirst_burst_length = 8192\n",
+        &["iscsi.first_burst_length: 8192 is larger than iscsi.max_burst_length (4096)"],
+    );
+    assert_err("[iscsi]\nnop_intervall = 1\n", &[r#"unknown key "nop_intervall" in iscsi (did you mean "nop_interval"?)"#]);
+}
+
+#[test]
+fn iscsi_chap_rules() {
+    let target = |extra: &str| with_base(&format!("[[iscsi_target]]\niqn = \"iqn.x\"\nluns = [\"v0\"]\n{extra}"));
+    let c = Config::from_toml_str(&target(
+        "alias = \"disk\"\nchap = { user = \"alice\", secret = \"alice-secret-1\" }\nmutual_chap = { user = \"tgt\", secret = \"target-secret-1\" }\n[[iscsi_target.initiator_chap]]\ninitiator = \"iqn.host-a\"\nuser = \"hosta\"\nsecret = \"host-a-secret-1\"\n",
+    ))
+    .unwrap();
+    let t = &c.iscsi_target[0];
+    assert_eq!(t.alias.as_deref(), Some("disk"));
+    assert_eq!(t.chap.as_ref().unwrap().user, "alice");
+    assert_eq!(t.chap.as_ref().unwrap().secret.0, "alice-secret-1");
+    assert_eq!(t.initiator_chap[0].initiator, "iqn.host-a");
+    // secrets never show in Debug output
+    assert!(!format!("{c:?}").contains("alice-secret-1"));
+    assert_err(
+        &target("chap = { user = \"alice\", secret = \"short\" }\n"),
+        &["iscsi_target[0].chap.secret: is 5 bytes (12..=255 bytes required)"],
+    );
+    assert_err(
+        &target(&format!("chap = {{ user = \"alice\", secret = \"{}\" }}\n", "s".repeat(256))),
+        &["iscsi_target[0].chap.secret: is 256 bytes"],
+    );
+    assert_err(
+        &target("chap = { user = \"a b\", secret = \"alice-secret-1\" }\n"),
+        &["iscsi_target[0].chap.user: must be 1..=255 printable"],
+    );
+    assert_err(
+        &target("chap = { user = \"alice\", secret = \"same-secret-12\" }\nmutual_chap = { user = \"t\", secret = \"same-secret-12\" }\n"),
+        &["iscsi_target[0].mutual_chap.secret: must differ from the one-way CHAP secrets"],
+    );
+    assert_err(
+        &target("mutual_chap = { user = \"t\", secret = \"target-secret-1\" }\n"),
+        &["iscsi_target[0].mutual_chap: needs chap or initiator_chap"],
+    );
+    assert_err(
+        &target("chap = { user = \"alice\" }\n"),
+        &[r#"missing required key "secret" in iscsi_target[0].chap"#],
+    );
+    assert_err(
+        &target("chap = { user = \"alice\", secret = \"alice-secret-1\", extra = 1 }\n"),
+        &[r#"unknown key "extra" in iscsi_target[0].chap"#],
+    );
+    assert_err(
+        &target("[[iscsi_target.initiator_chap]]\ninitiator = \"bob\"\nuser = \"b\"\nsecret = \"bob-secret-123\"\n[[iscsi_target.initiator_chap]]\ninitiator = \"iqn.a\"\nuser = \"a\"\nsecret = \"a-secret-12345\"\n[[iscsi_target.initiator_chap]]\ninitiator = \"IQN.A\"\nuser = \"a\"\nsecret = \"a-secret-12345\"\n"),
+        &[
+            r#"iscsi_target[0].initiator_chap[0].initiator: "bob" is not an iSCSI name"#,
+            r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
+        ],
+    );
 }

@@ -14,6 +14,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     listeners(c, &mut out);
     nvme_limits(c, &mut out);
+    iscsi_limits(c, &mut out);
     volumes(c, &mut out);
     subsystems(c, &mut out);
     iscsi_targets(c, &mut out);
@@ -138,6 +139,50 @@ fn nvme_limits(c: &Config, out: &mut Vec<Problem>) {
         4096,
         None,
     );
+}
+
+fn iscsi_limits(c: &Config, out: &mut Vec<Problem>) {
+    let i = &c.iscsi;
+    const MAX_DSL: u64 = (1 << 24) - 1;
+    range(out, "iscsi.portal_group", i.portal_group.into(), 1, Some(65535));
+    range(out, "iscsi.nop_interval", i.nop_interval.into(), 0, Some(3600));
+    range(out, "iscsi.nop_timeout", i.nop_timeout.into(), 1, Some(3600));
+    range(out, "iscsi.queue_depth", i.queue_depth.into(), 1, Some(1024));
+    range(
+        out,
+        "iscsi.max_recv_data_segment_length",
+        i.max_recv_data_segment_length.into(),
+        512,
+        Some(MAX_DSL),
+    );
+    range(out, "iscsi.max_burst_length", i.max_burst_length.into(), 512, Some(MAX_DSL));
+    range(out, "iscsi.first_burst_length", i.first_burst_length.into(), 512, Some(MAX_DSL));
+    if i.first_burst_length > i.max_burst_length {
+        out.push(Problem::at(
+            "iscsi.first_burst_length",
+            format!(
+                "{} is larger than iscsi.max_burst_length ({})",
+                i.first_burst_length, i.max_burst_length
+            ),
+        ));
+    }
+    range(out, "iscsi.max_outstanding_r2t", i.max_outstanding_r2t.into(), 1, Some(65535));
+}
+
+/// CHAP user names and secrets: printable, secrets 12..=255 bytes.
+fn chap_creds(out: &mut Vec<Problem>, key: &str, user: &str, secret: &str) {
+    if user.is_empty() || user.len() > 255 || !user.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        out.push(Problem::at(
+            format!("{key}.user"),
+            "must be 1..=255 printable ASCII characters without spaces",
+        ));
+    }
+    if !(12..=255).contains(&secret.len()) {
+        out.push(Problem::at(
+            format!("{key}.secret"),
+            format!("is {} bytes (12..=255 bytes required)", secret.len()),
+        ));
+    }
 }
 
 fn volumes(c: &Config, out: &mut Vec<Problem>) {
@@ -398,6 +443,44 @@ fn iscsi_targets(c: &Config, out: &mut Vec<Problem>) {
                 out.push(Problem::at(
                     format!("{}[{k}]", at("initiators")),
                     format!("{n:?} is neither \"*\" nor an iSCSI name (\"iqn.…\", \"eui.…\", \"naa.…\")"),
+                ));
+            }
+        }
+        printable(out, at("alias"), &t.alias, 255);
+        if let Some(ch) = &t.chap {
+            chap_creds(out, &at("chap"), &ch.user, &ch.secret.0);
+        }
+        for (k, ic) in t.initiator_chap.iter().enumerate() {
+            let key = format!("{}[{k}]", at("initiator_chap"));
+            if !iscsi_name_ok(&ic.initiator) {
+                out.push(Problem::at(
+                    format!("{key}.initiator"),
+                    format!("{:?} is not an iSCSI name", ic.initiator),
+                ));
+            } else if let Some(j) = t.initiator_chap[..k]
+                .iter()
+                .position(|o| o.initiator.eq_ignore_ascii_case(&ic.initiator))
+            {
+                out.push(Problem::at(
+                    format!("{key}.initiator"),
+                    format!("{:?} already has credentials in initiator_chap[{j}]", ic.initiator),
+                ));
+            }
+            chap_creds(out, &key, &ic.user, &ic.secret.0);
+        }
+        if let Some(m) = &t.mutual_chap {
+            chap_creds(out, &at("mutual_chap"), &m.user, &m.secret.0);
+            if t.chap.is_none() && t.initiator_chap.is_empty() {
+                out.push(Problem::at(
+                    at("mutual_chap"),
+                    "needs chap or initiator_chap (the target authenticates itself only after the initiator has)",
+                ));
+            }
+            let one_way = t.chap.iter().map(|c| &c.secret).chain(t.initiator_chap.iter().map(|c| &c.secret));
+            if one_way.into_iter().any(|s| *s == m.secret) {
+                out.push(Problem::at(
+                    format!("{}.secret", at("mutual_chap")),
+                    "must differ from the one-way CHAP secrets (a reflection attack would otherwise work)",
                 ));
             }
         }

@@ -91,7 +91,8 @@ async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, S
     if sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
         return Err(Status::SGL_INVALID_TYPE.dnr());
     }
-    let opts = ReadOpts { need_bytes: ctx.responder.negotiated().digests.data };
+    let n = ctx.responder.negotiated();
+    let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
     let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
     ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
     ns.stats.read_cmds.fetch_add(1, Relaxed);

@@ -17,8 +17,7 @@ pub mod iscsi;
 pub mod perf;
 pub mod metrics;
 pub mod queue;
-/// TEMPORARY until the `scsi` branch is merged (see the module doc).
-pub mod scsi_standin;
+pub mod scsi;
 pub mod server;
 pub mod subsys;
 

@@ -61,6 +61,7 @@ pub fn render(src: &Sources) -> String {
             ("{reason=\"data_digest\"}", m.fallback_data_digest.load(Relaxed)),
             ("{reason=\"no_pipe\"}", m.fallback_no_pipe.load(Relaxed)),
             ("{reason=\"unaligned\"}", m.fallback_unaligned.load(Relaxed)),
+            ("{reason=\"local_peer\"}", m.fallback_local_peer.load(Relaxed)),
             ("{reason=\"zerocopy_copied\"}", m.zerocopy_disabled.load(Relaxed)),
         ],
     );

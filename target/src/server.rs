@@ -204,15 +204,15 @@ impl Server {
     /// metrics endpoint. iSCSI is served only when a target is configured.
     pub fn bind(&self) -> Result<Listeners, ServerError> {
         let b = |a: &SocketAddr| bind(*a).map_err(|source| ServerError::Bind { addr: *a, source });
+        if let Some(a) = self.cfg.metrics.listen {
+            *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(b(&a)?);
+        }
         let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
         let iscsi = if self.cfg.iscsi_target.is_empty() {
             Vec::new()
         } else {
             self.cfg.iscsi.listen.iter().map(b).collect::<Result<Vec<_>, _>>()?
         };
-        if let Some(a) = self.cfg.metrics.listen {
-            *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(b(&a)?);
-        }
         // SendTargets reports the portals as bound (ephemeral ports resolved)
         self.iscsi.set_portals(iscsi.iter().filter_map(|l| l.local_addr().ok()).collect());
         Ok(Listeners { nvme_tcp, iscsi })
@@ -296,17 +296,35 @@ impl Server {
     }
 }
 
-/// iSCSI service settings from the configuration.
-fn iscsi_settings(_cfg: &Config) -> IscsiSettings {
-    IscsiSettings::default()
-}
-
 fn send_config(cfg: &Config) -> SendConfig {
     SendConfig {
         zerocopy_min: cfg.memory.zerocopy_min as usize,
         keep_zerocopy_when_copied: cfg.debug.keep_zerocopy_when_copied,
         early_release: cfg.debug.early_release,
         ..SendConfig::default()
+    }
+}
+
+/// iSCSI service settings from the configuration.
+fn iscsi_settings(cfg: &Config) -> IscsiSettings {
+    let i = &cfg.iscsi;
+    let prefs = pinion_transport::iscsi::text::TargetPrefs {
+        max_recv_dsl: i.max_recv_data_segment_length,
+        max_burst: i.max_burst_length,
+        first_burst: i.first_burst_length,
+        initial_r2t: i.initial_r2t,
+        immediate_data: i.immediate_data,
+        max_outstanding_r2t: i.max_outstanding_r2t,
+        ..Default::default()
+    };
+    IscsiSettings {
+        prefs,
+        portal_group_tag: i.portal_group,
+        queue_depth: i.queue_depth,
+        nop_interval: (i.nop_interval > 0).then(|| Duration::from_secs(i.nop_interval.into())),
+        nop_timeout: Duration::from_secs(i.nop_timeout.into()),
+        send: send_config(cfg),
+        ..IscsiSettings::default()
     }
 }
 

@@ -26,13 +26,25 @@ const NQN: &str = "nqn.2026-11.io.pinion:zc";
 const BS: usize = 4096;
 /// Blocks of each namespace the load touches: small, so I/Os overlap.
 const WINDOW: u64 = 2048;
-const NSIDS: [u32; 3] = [1, 2, 3];
+const NSIDS: [u32; 4] = [1, 2, 3, 4];
+/// A read-only volume: the only one spliced for a peer on this host (the
+/// client here is local; see `ReadOpts::local_peer`). Stamped beforehand.
+const RO_NSID: u32 = 4;
 const NO_DIGESTS: Digests = Digests {
     header: false,
     data: false,
 };
 
-fn config(debug_extra: &str) -> String {
+/// A file of stamped blocks (generation 1) for the read-only namespace.
+fn ro_image() -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("temp file");
+    let data: Vec<u8> = (0..WINDOW).flat_map(|l| stamp(RO_NSID, l, 1)).collect();
+    std::fs::write(f.path(), data).expect("write image");
+    f
+}
+
+fn config(debug_extra: &str, ro: &std::path::Path) -> String {
+    let ro = ro.display();
     format!(
         r#"
 [nvme_tcp]
@@ -63,9 +75,15 @@ backend = "file"
 path = "{{DIR}}/direct.img"
 size = "16MiB"
 io_mode = "direct"
+[[volume]]
+name = "ro"
+backend = "file"
+path = "{ro}"
+io_mode = "buffered"
+read_only = true
 [[subsystem]]
 nqn = "{NQN}"
-namespaces = ["ram", "auto", "direct"]
+namespaces = ["ram", "auto", "direct", "ro"]
 hosts = ["*"]
 "#
     )
@@ -146,7 +164,7 @@ impl Model {
     fn new() -> Model {
         Model {
             acked: (0..NSIDS.len() as u64 * WINDOW)
-                .map(|_| AtomicU64::new(0))
+                .map(|i| AtomicU64::new(u64::from(i / WINDOW + 1 == u64::from(RO_NSID))))
                 .collect(),
             writing: Mutex::new(vec![false; NSIDS.len() * WINDOW as usize]),
             next_gen: AtomicU64::new(1),
@@ -263,11 +281,11 @@ fn worker(s: &Server, cntlid: u16, qid: u16, m: &Model, deadline: Instant, max_o
     const QD: usize = 6;
     loop {
         while inflight.len() < QD && Instant::now() < deadline && ops < max_ops {
-            let nsid = NSIDS[rng.below(3) as usize];
+            let nsid = NSIDS[rng.below(4) as usize];
             let nlb = 1u64 << rng.below(9); // 4 KiB .. 1 MiB
             let slba = rng.below(WINDOW - nlb + 1);
             ops += 1;
-            if rng.below(100) < 40 && m.reserve(nsid, slba, nlb) {
+            if nsid != RO_NSID && rng.below(100) < 40 && m.reserve(nsid, slba, nlb) {
                 let gen = m.next_gen.fetch_add(1, SeqCst);
                 let data: Vec<u8> = (slba..slba + nlb)
                     .flat_map(|l| stamp(nsid, l, gen))
@@ -364,7 +382,8 @@ fn drop_page_cache(dir: &std::path::Path) {
 
 #[test]
 fn stress_mixed_io_no_corruption() {
-    let s = Server::start(&config(""));
+    let ro = ro_image();
+    let s = Server::start(&config("", ro.path()));
     let (mut admin_q, cntlid) = admin(&s);
     let m = Model::new();
     let stop = AtomicBool::new(false);
@@ -443,6 +462,7 @@ fn stress_mixed_io_no_corruption() {
         );
     }
     assert!(s.metric("pinion_zerocopy_completions_total") > 0);
+    assert!(s.metric("pinion_path_fallback_total{reason=\"local_peer\"}") > 0, "writable volumes are not spliced to a local peer");
     assert!(
         s.metric("pinion_write_total{path=\"direct\"}") > 0
             && s.metric("pinion_write_total{path=\"buffered\"}") > 0
@@ -503,7 +523,8 @@ fn reads_with_backed_up_socket(s: &Server) -> usize {
 
 #[test]
 fn early_release_is_caught() {
-    let s = Server::start(&config("early_release = true"));
+    let ro = ro_image();
+    let s = Server::start(&config("early_release = true", ro.path()));
     let bad = reads_with_backed_up_socket(&s);
     assert!(
         s.metric("pinion_io_total{path=\"zerocopy\"}") > 0,
@@ -516,7 +537,7 @@ fn early_release_is_caught() {
     eprintln!("early release: {bad} corrupted blocks detected (as intended)");
 
     // The same procedure without the hook: not one corrupted block.
-    let s = Server::start(&config(""));
+    let s = Server::start(&config("", ro.path()));
     assert_eq!(
         reads_with_backed_up_socket(&s),
         0,

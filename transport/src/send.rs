@@ -110,6 +110,11 @@ pub struct Frames {
 impl Frames {
     /// Appends bytes (headers, digests, padding, small control PDUs).
     pub fn bytes(&mut self, b: &[u8]) {
+        if b.is_empty() {
+            // an empty slice would make a send of nothing look like a
+            // closed socket
+            return;
+        }
         let start = self.arena.len();
         self.arena.extend_from_slice(b);
         match self.pieces.last_mut() {
@@ -299,11 +304,10 @@ impl Engine<'_> {
                             Segment::PageCache(r) => {
                                 self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
                                 self.splice(r, sub.len()).await?;
-                                if sub.end == r.len {
-                                    r.pipe.mark_empty();
-                                }
+                                r.sent(sub.end);
                                 sent.drain_to = Some(self.pos);
                             }
+                            _ if sub.is_empty() => {}
                             Segment::Pool { .. } => {
                                 iov.push(IoSlice::new(
                                     &seg.memory().expect("pool pages are memory")[sub.clone()],

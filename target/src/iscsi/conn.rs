@@ -8,7 +8,7 @@
 //! command once its data is complete. Tasks queue their results for the
 //! writer, which cuts Data-In from the volume's `Source` SGL.
 
-use super::{scsi, writer, Dir, IscsiServer, Kill, SessionHandle, Target};
+use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
 use pinion_backends::Sgl;
 use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
 use pinion_transport::iscsi::pdu::{
@@ -16,7 +16,7 @@ use pinion_transport::iscsi::pdu::{
     Opcode, RejectReason, RxState, ScsiCmd, TextReq, TextResp, TmfFunction, TmfReq, TmfResp, TmfResponse, BHS_LEN, DIGEST_LEN, F,
     RESERVED_TAG,
 };
-use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer};
+use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer, XferError};
 use pinion_transport::iscsi::text::{self, OpParams};
 use pinion_transport::iscsi::wire::{self, Encoder, ScsiDone, SendParams, Tx};
 use std::collections::{HashMap, VecDeque};
@@ -98,6 +98,8 @@ struct Sess {
     tx: mpsc::Sender<Tx>,
     tasks: Arc<TaskTable>,
     local: SocketAddr,
+    /// The initiator is on this host ([`pinion_backends::ReadOpts::local_peer`]).
+    local_peer: bool,
     cid: u16,
     start: Instant,
     /// Milliseconds since `start` of the last PDU received.
@@ -306,6 +308,7 @@ async fn full_feature(
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let params = info.params;
+    let local_peer = wr.peer_addr().is_ok_and(|p| p.ip() == local.ip() || p.ip().is_loopback());
     tracing::info!(
         session_type = ?info.session_type,
         header_digest = params.header_digest,
@@ -330,7 +333,8 @@ async fn full_feature(
         info.next_statsn,
     );
     let span = tracing::Span::current();
-    let writer = tokio::spawn(writer::run(wr, rx, enc, window.clone()).instrument(span.clone()));
+    let enc = pinion_transport::iscsi::wire::SendEncoder { enc, window: window.clone() };
+    let writer = tokio::spawn(pinion_transport::send::run(wr, rx, enc, srv.settings.send).instrument(span.clone()));
     let nexus = Arc::new(scsi::Nexus {
         id: srv.next_nexus_id(),
         initiator: info.initiator_name.clone(),
@@ -349,6 +353,7 @@ async fn full_feature(
         tx: tx.clone(),
         tasks: tasks.clone(),
         local,
+        local_peer,
         cid: info.cid,
         start: Instant::now(),
         last_rx: AtomicU64::new(0),
@@ -746,9 +751,22 @@ impl Reader {
             final_: d.flags & F != 0,
         };
         if let Err(e) = x.state.data_out(&h) {
+            // The PDU's length is known, so the stream stays in step: reject
+            // the PDU, end the task with CHECK CONDITION, and drop whatever
+            // else the initiator still sends for it.
             tracing::warn!(itt, error = %e, ttt = h.ttt, datasn = h.datasn, offset = h.offset, len = h.len, edtl = x.cmd.edtl, "bad Data-Out");
+            let asc = match e {
+                XferError::Overrun => (0x4b, 0x02),                            // TOO MUCH WRITE DATA
+                XferError::DataSn { .. } | XferError::Offset { .. } => (0x4b, 0x05), // DATA OFFSET ERROR
+                XferError::UnknownTtt => (0x4b, 0x01),                         // INVALID TARGET PORT TRANSFER TAG RECEIVED
+                XferError::Unsolicited | XferError::Final => (0x4b, 0x00),     // DATA PHASE ERROR
+            };
+            discard(rd, layout.rest_of_pdu()).await?;
             self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await?;
-            return Err(Stop::Protocol(format!("Data-Out: {e}")));
+            let x = self.xfers.remove(&itt).expect("present");
+            self.mark_stale(itt);
+            self.sess.fail_task(&x.cmd, fixed_sense(0x0b, asc.0, asc.1), x.state.r2t_count()).await;
+            return Ok(());
         }
         match (&mut x.sgl, x.failed.is_some()) {
             (Some(sgl), false) if layout.data_len > 0 => {
@@ -782,6 +800,8 @@ impl Reader {
                         write: cmd.write,
                         data_out: data,
                         attr: cmd.attr,
+                        need_bytes: s.params.data_digest,
+                        local_peer: s.local_peer,
                     })
                     .await;
                 if resp.status != scsi::ScsiStatus::GOOD {
@@ -856,7 +876,7 @@ impl Reader {
             }
             Ok(Some(x)) => x,
         };
-        let pairs = match text::parse(&text) {
+        let pairs = match text::parse_unique(&text) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed Text Request");

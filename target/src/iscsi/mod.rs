@@ -5,13 +5,12 @@
 //! One connection per session (MaxConnections=1, ErrorRecoveryLevel=0).
 //! A connection runs: the login exchange inline on the socket; then a
 //! reader task (the session's engine: CmdSN window, write transfers, TMF,
-//! Text, Logout, NOP), one task per SCSI command, a writer task that
-//! batches PDUs into vectored writes, and an idle pinger.
+//! Text, Logout, NOP), one task per SCSI command, the shared send engine
+//! (`pinion_transport::send`) as its writer, and an idle pinger.
 
 mod conn;
-mod writer;
 
-pub(crate) use crate::scsi_standin as scsi;
+use crate::scsi;
 
 use pinion_backends::{PagePool, Volume};
 use pinion_transport::iscsi::chap::Credentials;
@@ -91,6 +90,8 @@ pub struct IscsiSettings {
     /// An unanswered ping after this long drops the session.
     pub nop_timeout: Duration,
     pub login_timeout: Duration,
+    /// How Data-In payloads are sent (zero-copy threshold, test hooks).
+    pub send: pinion_transport::send::SendConfig,
 }
 
 impl Default for IscsiSettings {
@@ -102,6 +103,7 @@ impl Default for IscsiSettings {
             nop_interval: Some(Duration::from_secs(30)),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            send: Default::default(),
         }
     }
 }
@@ -279,5 +281,11 @@ pub async fn connection(srv: Arc<IscsiServer>, stream: TcpStream, shutdown: watc
 
 /// A target as the configuration describes it.
 pub fn target_from_config(t: &pinion_conf::IscsiTargetConfig, volumes: Vec<Arc<Volume>>) -> Target {
-    IscsiServer::target(&t.iqn, volumes, &t.initiators)
+    let creds = |user: &str, secret: &pinion_conf::Secret| Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() };
+    let mut target = IscsiServer::target(&t.iqn, volumes, &t.initiators);
+    target.alias = t.alias.clone();
+    target.chap = t.chap.as_ref().map(|c| creds(&c.user, &c.secret));
+    target.mutual_chap = t.mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret));
+    target.initiator_chap = t.initiator_chap.iter().map(|c| (c.initiator.to_ascii_lowercase(), creds(&c.user, &c.secret))).collect();
+    target
 }

@@ -335,7 +335,7 @@ impl Login {
             }
             Ok(Some(t)) => t,
         };
-        let pairs = match text::parse(&text) {
+        let pairs = match text::parse_unique(&text) {
             Ok(p) => p,
             Err(e) => return fail(LoginStatus::INITIATOR_ERROR, &format!("login text: {e}")),
         };

@@ -49,8 +49,21 @@ fn key_ok(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+@_#".contains(&b))
 }
 
-/// Parses `key=value\0...` pairs in order. Extra NULs between pairs are
-/// tolerated (some initiators pad), a missing final NUL is not.
+/// Parses `key=value\0...` pairs of a request, in which no key may appear
+/// twice (§6.2).
+pub fn parse_unique(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
+    let pairs = parse(data)?;
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(o, _)| o == k) {
+            return Err(TextError::Duplicate(k.clone()));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Parses `key=value\0...` pairs in order (keys may repeat, as in a
+/// SendTargets response). Extra NULs between pairs are tolerated (some
+/// initiators pad), a missing final NUL is not.
 pub fn parse(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
     if data.is_empty() {
         return Ok(Vec::new());
@@ -76,9 +89,6 @@ pub fn parse(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
         let max = if long_value_key(k) { MAX_LONG_VALUE_LEN } else { MAX_VALUE_LEN };
         if v.len() > max {
             return Err(TextError::ValueTooLong(k.to_string()));
-        }
-        if out.iter().any(|(ok, _)| ok == k) {
-            return Err(TextError::Duplicate(k.to_string()));
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -528,7 +538,8 @@ mod tests {
         let chap = format!("CHAP_C=0x{}\0", "ab".repeat(1000));
         assert!(parse(chap.as_bytes()).is_ok());
         assert_eq!(parse(b"A=\xff\xfe\0"), Err(TextError::NotUtf8));
-        assert_eq!(parse(b"A=1\0A=2\0"), Err(TextError::Duplicate("A".into())));
+        assert_eq!(parse_unique(b"A=1\0A=2\0"), Err(TextError::Duplicate("A".into())));
+        assert_eq!(parse(b"A=1\0A=2\0").unwrap().len(), 2, "responses repeat keys");
         let huge = vec![b'a'; MAX_TEXT_LEN + 1];
         assert_eq!(parse(&huge), Err(TextError::TooLong));
     }

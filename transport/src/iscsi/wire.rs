@@ -1,6 +1,7 @@
 //! Encoding of what the target sends in the full feature phase, separate
-//! from the socket loop that writes it (the shared send engine takes
-//! [`Encoder`]'s pieces as they are).
+//! from the socket loop that writes it: [`SendEncoder`] hands the pieces to
+//! the shared send engine ([`crate::send`]), which sends Data-In payloads
+//! with zero-copy or splice and keeps each until the kernel is done.
 //!
 //! Sequence numbers are stamped here, at encode time, in send order:
 //! StatSN advances for every status-bearing PDU (§4.2.2.2), ExpCmdSN and
@@ -13,7 +14,8 @@ use super::session::{data_in_plan, CmdWindow};
 use pinion_backends::Sgl;
 use std::io::IoSlice;
 use std::ops::Range;
-use std::sync::Mutex;
+use crate::send::{Encode, Flow, Frames, Outgoing};
+use std::sync::{Arc, Mutex};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Residual of a SCSI command (§11.4.5).
@@ -87,32 +89,24 @@ pub struct Encoder {
     pub pieces: Vec<Piece>,
 }
 
-/// CRC32C of a byte range of an SGL.
+/// CRC32C of a byte range of an SGL. (A data digest asks the volume for
+/// memory payloads; a page-cache segment is re-read, which is correct but
+/// slow.)
 pub fn crc_range(sgl: &Sgl, range: Range<usize>) -> u32 {
     let mut crc = 0;
-    for s in sgl_range(sgl, range) {
-        crc = crc32c::crc32c_append(crc, s);
+    for (seg, sub) in sgl.segments_in(range) {
+        crc = match seg.memory() {
+            Some(m) => crc32c::crc32c_append(crc, &m[sub]),
+            None => crc32c::crc32c_append(crc, &Sgl::segment_bytes(seg)[sub]),
+        };
     }
     crc
 }
 
-/// The slices of an SGL covering a byte range.
+/// The in-memory slices of an SGL covering a byte range (tests; page-cache
+/// segments have none).
 pub fn sgl_range(sgl: &Sgl, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
-    let mut pos = 0usize;
-    sgl.segments().iter().filter_map(move |s| {
-        // the iSCSI send path reads volumes with `need_bytes`, so every
-        // segment is memory (page-cache splicing is NVMe/TCP-only for now)
-        debug_assert!(s.memory().is_some(), "iSCSI payload segment without memory");
-        let b = s.memory().unwrap_or_default();
-        let (start, end) = (pos, pos + b.len());
-        pos = end;
-        if end <= range.start || start >= range.end {
-            return None;
-        }
-        let a = range.start.max(start) - start;
-        let z = range.end.min(end) - start;
-        Some(&b[a..z])
-    })
+    sgl.segments_in(range).filter_map(|(seg, sub)| seg.memory().map(|m| &m[sub]))
 }
 
 impl Encoder {
@@ -285,6 +279,39 @@ impl Encoder {
             }
         }
         out
+    }
+}
+
+impl Outgoing for Tx {
+    fn payload(&self) -> Option<&Sgl> {
+        match self {
+            Tx::Scsi(d) => d.data.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The connection's encoder as the send engine drives it: sequence numbers
+/// are stamped against the session's command window at send time.
+pub struct SendEncoder {
+    pub enc: Encoder,
+    pub window: Arc<Mutex<CmdWindow>>,
+}
+
+impl Encode<Tx> for SendEncoder {
+    fn encode(&mut self, i: usize, item: &Tx, out: &mut Frames) -> Flow {
+        if matches!(item, Tx::Close) {
+            return Flow::Close;
+        }
+        self.enc.clear();
+        self.enc.encode(i, item, &self.window);
+        for p in &self.enc.pieces {
+            match p {
+                Piece::Arena(r) => out.bytes(&self.enc.arena[r.clone()]),
+                Piece::Data { item, range } => out.payload(*item, range.clone()),
+            }
+        }
+        Flow::Continue
     }
 }
 

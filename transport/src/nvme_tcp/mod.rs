@@ -57,6 +57,8 @@ pub struct Negotiated {
     /// Host PDU data alignment (0-based dwords) for the PDUs we send.
     pub hpda: u8,
     pub max_h2c_data: u32,
+    /// The host is on this machine (see `ReadOpts::local_peer`).
+    pub local_peer: bool,
 }
 
 /// A command capsule from the host.
@@ -258,7 +260,8 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
         rsvd: [0; 112],
     };
     stream.write_all(resp.as_bytes()).await?;
-    let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data };
+    let local_peer = stream.local_addr().is_ok_and(|l| l.ip() == peer.ip() || peer.ip().is_loopback());
+    let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data, local_peer };
     tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
 
     let (rd, wr) = stream.into_split();

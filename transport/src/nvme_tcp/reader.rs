@@ -8,7 +8,7 @@ use nvme_types::Status;
 use pinion_backends::{PagePool, Sgl};
 use std::io::ErrorKind;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use zerocopy::FromBytes;
@@ -78,13 +78,22 @@ async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
 /// `digest`, returns the CRC32C of exactly those bytes (else 0). Callers
 /// check the range first, so an out-of-range request is a bug, reported as
 /// an error rather than a silent desync of the stream.
-async fn read_into<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
+/// Receives payload bytes into the destination pages: what the header
+/// read already buffered is copied, the rest is read from the socket
+/// straight into the pages (the buffer would cost a second copy).
+async fn read_into<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
     let slices = sgl
         .dest_slices(offset, len)
         .ok_or_else(|| std::io::Error::other(format!("receive range {offset}+{len} outside the destination SGL")))?;
     let mut crc = 0;
     for s in slices {
-        rd.read_exact(s).await?;
+        let buffered = rd.buffer();
+        let n = buffered.len().min(s.len());
+        s[..n].copy_from_slice(&buffered[..n]);
+        rd.consume(n);
+        if n < s.len() {
+            rd.get_mut().read_exact(&mut s[n..]).await?;
+        }
         if digest {
             crc = crc32c::crc32c_append(crc, s);
         }
@@ -92,7 +101,7 @@ async fn read_into<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usiz
     Ok(crc)
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(rd: &mut R, st: &State) -> Stop {
+async fn read_loop<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State) -> Stop {
     let digests = st.negotiated.digests;
     let mut hdr = [0u8; MAX_HLEN + DIGEST_LEN];
     loop {
@@ -142,7 +151,7 @@ async fn read_loop<R: AsyncRead + Unpin>(rd: &mut R, st: &State) -> Stop {
     }
 }
 
-async fn capsule<R: AsyncRead + Unpin>(rd: &mut R, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
+async fn capsule<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
     let mut data = None;
     let mut data_error = None;
     if layout.data_len > 0 {
@@ -161,7 +170,7 @@ async fn capsule<R: AsyncRead + Unpin>(rd: &mut R, st: &State, layout: &tcp::Lay
 }
 
 async fn h2c_data<R: AsyncRead + Unpin>(
-    rd: &mut R,
+    rd: &mut BufReader<R>,
     st: &State,
     layout: &tcp::Layout,
     d: &tcp::DataHdr,

@@ -1,0 +1,306 @@
+//! SCSI logical-unit emulation (SPC-4 / SBC-3) for the iSCSI target.
+//!
+//! Sans-IO except for the calls into [`Volume`]: the iSCSI session layer
+//! hands over a CDB, the task's Expected Data Transfer Length and the
+//! Data-Out it received; it gets back a status, sense data, a Data-In SGL
+//! already cut to the EDTL, and the residual. Nothing here knows about
+//! PDUs; nothing in the session layer knows about CDBs beyond the LUN.
+//!
+//! * [`cdb`]: the pure CDB decoder (fuzzed) and the command table that
+//!   REPORT SUPPORTED OPERATION CODES reports;
+//! * [`sense`]: fixed and descriptor sense data;
+//! * `lu`: one logical unit's state (unit attentions, mode parameters,
+//!   reservations) and the command dispatcher;
+//! * `spc`, `vpd`, `mode`, `pr`, `sbc`: the commands, by standard.
+//!
+//! State that SPC-4 keeps per I_T nexus (unit attentions, reservations,
+//! PREVENT) is keyed by the nexus identity (initiator name, ISID, portal
+//! group), not by session: a reinstated session is the same I_T nexus, and
+//! persistent reservation registrations outlive sessions.
+
+pub mod cdb;
+mod lu;
+mod mode;
+mod pr;
+mod sbc;
+pub mod sense;
+mod spc;
+mod vpd;
+
+use crate::scsi::lu::LogicalUnit;
+use crate::scsi::sense::{Asc, Sense};
+use pinion_backends::{Sgl, Volume};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tracing::Instrument;
+
+/// One I_T nexus (an iSCSI session). `id` is unique per live session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nexus {
+    pub id: u64,
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub tpgt: u16,
+}
+
+/// The identity of an I_T nexus, which outlives sessions (SAM-5: initiator
+/// port name = iSCSI name + ISID; target port = target name + TPGT).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ItKey {
+    /// iSCSI names compare case-insensitively (RFC 3722 normalizes them).
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub tpgt: u16,
+}
+
+impl Nexus {
+    pub(crate) fn key(&self) -> ItKey {
+        ItKey { initiator: self.initiator.to_ascii_lowercase(), isid: self.isid, tpgt: self.tpgt }
+    }
+}
+
+impl ItKey {
+    /// The iSCSI initiator port TransportID name (SPC-4 7.6.4.6):
+    /// `<name>,i,0x<ISID>`.
+    pub(crate) fn port_name(&self) -> String {
+        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{},i,0x{isid}", self.initiator)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskAttr {
+    Simple,
+    Ordered,
+    HeadOfQueue,
+    Aca,
+}
+
+pub struct ScsiRequest<'a> {
+    pub nexus: &'a Nexus,
+    /// Decoded flat LUN number (SAM single-level), not the raw 8 bytes.
+    pub lun: u64,
+    /// 16 bytes from the BHS (+ AHS extended CDB if present).
+    pub cdb: &'a [u8],
+    /// iSCSI Expected Data Transfer Length.
+    pub edtl: u32,
+    /// R bit.
+    pub read: bool,
+    /// W bit.
+    pub write: bool,
+    /// W: exactly the bytes received for this task (Dest SGL, up to EDTL).
+    pub data_out: Option<Sgl>,
+    pub attr: TaskAttr,
+    /// The transport must see Data-In bytes (a data digest is negotiated);
+    /// passed to [`pinion_backends::ReadOpts::need_bytes`].
+    pub need_bytes: bool,
+    /// The initiator is on this host ([`pinion_backends::ReadOpts::local_peer`]).
+    pub local_peer: bool,
+}
+
+/// SCSI status (SAM-5 table 33), an open newtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScsiStatus(pub u8);
+
+impl ScsiStatus {
+    pub const GOOD: ScsiStatus = ScsiStatus(0x00);
+    pub const CHECK_CONDITION: ScsiStatus = ScsiStatus(0x02);
+    pub const CONDITION_MET: ScsiStatus = ScsiStatus(0x04);
+    pub const BUSY: ScsiStatus = ScsiStatus(0x08);
+    pub const RESERVATION_CONFLICT: ScsiStatus = ScsiStatus(0x18);
+    pub const TASK_SET_FULL: ScsiStatus = ScsiStatus(0x28);
+    pub const ACA_ACTIVE: ScsiStatus = ScsiStatus(0x30);
+    pub const TASK_ABORTED: ScsiStatus = ScsiStatus(0x40);
+}
+
+/// Residual of a task relative to its EDTL (RFC 7143 11.4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    None,
+    /// The command moved fewer bytes than the EDTL.
+    Underflow(u32),
+    /// The command wanted more bytes than the EDTL.
+    Overflow(u32),
+}
+
+impl Residual {
+    fn of(wanted: u64, edtl: u32) -> Residual {
+        let edtl = u64::from(edtl);
+        if wanted > edtl {
+            Residual::Overflow((wanted - edtl).min(u64::from(u32::MAX)) as u32)
+        } else if wanted < edtl {
+            Residual::Underflow((edtl - wanted) as u32)
+        } else {
+            Residual::None
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ScsiResponse {
+    pub status: ScsiStatus,
+    /// Sense data bytes (fixed or descriptor per D_SENSE).
+    pub sense: Option<Vec<u8>>,
+    /// Source SGL, already cut to what may be sent (<= EDTL).
+    pub data_in: Option<Sgl>,
+    /// Computed from the CDB's length vs EDTL.
+    pub residual: Residual,
+}
+
+impl ScsiResponse {
+    fn status(status: ScsiStatus) -> ScsiResponse {
+        ScsiResponse { status, sense: None, data_in: None, residual: Residual::None }
+    }
+    fn check(sense: &Sense, descriptor: bool) -> ScsiResponse {
+        ScsiResponse { sense: Some(sense.encode(descriptor)), ..ScsiResponse::status(ScsiStatus::CHECK_CONDITION) }
+    }
+}
+
+/// Task management functions (RFC 7143 11.5.1) the SCSI layer takes part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TmfKind {
+    AbortTask,
+    AbortTaskSet,
+    ClearAca,
+    ClearTaskSet,
+    LunReset,
+    TargetWarmReset,
+    TargetColdReset,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TmfResult {
+    Complete,
+    LunDoesNotExist,
+    Rejected,
+    NotSupported,
+}
+
+/// Why a command did not complete with GOOD; mapped to a SCSI status and
+/// sense data only in [`ScsiTarget::execute`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CmdError {
+    #[error("check condition: {0:?}")]
+    Check(Sense),
+    #[error("reservation conflict")]
+    Conflict,
+}
+
+impl From<Sense> for CmdError {
+    fn from(s: Sense) -> CmdError {
+        CmdError::Check(s)
+    }
+}
+
+/// The set of live I_T nexuses, for unit attentions that go to "every
+/// other I_T nexus".
+pub(crate) type LiveNexuses = Arc<Mutex<HashSet<ItKey>>>;
+
+pub struct ScsiTarget {
+    name: String,
+    lus: Vec<Arc<LogicalUnit>>,
+    live: LiveNexuses,
+}
+
+impl ScsiTarget {
+    /// The largest EDTL the session layer accepts; larger ones it rejects
+    /// with CHECK CONDITION. Also the Block Limits MAXIMUM TRANSFER LENGTH.
+    pub const MAX_TRANSFER_BYTES: u32 = 1 << 20;
+
+    pub fn new(target_name: &str, volumes: Vec<Arc<Volume>>) -> ScsiTarget {
+        let live = LiveNexuses::default();
+        let lus =
+            volumes.into_iter().enumerate().map(|(i, v)| Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()))).collect();
+        ScsiTarget { name: target_name.to_string(), lus, live }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn luns(&self) -> usize {
+        self.lus.len()
+    }
+
+    fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        usize::try_from(lun).ok().and_then(|i| self.lus.get(i))
+    }
+
+    /// Runs one SCSI command. Never panics on peer data; every failure is a
+    /// status (and sense data) in the response.
+    pub async fn execute(&self, req: ScsiRequest<'_>) -> ScsiResponse {
+        let span = tracing::debug_span!("scsi", nexus = req.nexus.id, lun = req.lun, op = req.cdb.first().copied().unwrap_or(0));
+        async {
+            let resp = match self.lu(req.lun) {
+                Some(lu) => lu.execute(self, req).await,
+                None => spc::no_such_lun(self, req).await,
+            };
+            if resp.status != ScsiStatus::GOOD {
+                tracing::debug!(status = resp.status.0, sense = ?resp.sense, "command failed");
+            }
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Task management that the session layer cannot do alone (it aborts
+    /// its own tasks itself).
+    pub fn task_mgmt(&self, f: TmfKind, lun: u64, from: &Nexus) -> TmfResult {
+        tracing::info!(tmf = ?f, lun, initiator = %from.initiator, "task management");
+        match f {
+            TmfKind::AbortTask | TmfKind::AbortTaskSet => {
+                if self.lu(lun).is_none() {
+                    return TmfResult::LunDoesNotExist;
+                }
+                TmfResult::Complete
+            }
+            TmfKind::ClearAca | TmfKind::ClearTaskSet => TmfResult::NotSupported,
+            TmfKind::LunReset => match self.lu(lun) {
+                Some(lu) => {
+                    lu.reset(Asc::BUS_DEVICE_RESET);
+                    TmfResult::Complete
+                }
+                None => TmfResult::LunDoesNotExist,
+            },
+            TmfKind::TargetWarmReset | TmfKind::TargetColdReset => {
+                let asc = if f == TmfKind::TargetColdReset { Asc::POWER_ON_OCCURRED } else { Asc::POWER_ON_RESET };
+                for lu in &self.lus {
+                    lu.reset(asc);
+                }
+                TmfResult::Complete
+            }
+        }
+    }
+
+    /// A new session: its I_T nexus gets a unit attention on every LU, as
+    /// after power on (libiscsi and Linux clear it with TEST UNIT READY).
+    pub fn nexus_added(&self, n: &Nexus) {
+        let key = n.key();
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+        for lu in &self.lus {
+            lu.nexus_added(&key);
+        }
+    }
+
+    /// A session ended: its SPC-2 reservation and PREVENT state go; its
+    /// persistent reservation registrations stay.
+    pub fn nexus_gone(&self, n: &Nexus) {
+        let key = n.key();
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        for lu in &self.lus {
+            lu.nexus_gone(&key);
+        }
+    }
+
+    /// The capacity of a volume changed: every I_T nexus is told (there is
+    /// no runtime resize yet; this is the mechanism it will use).
+    pub fn capacity_changed(&self, lun: u64) {
+        if let Some(lu) = self.lu(lun) {
+            lu.ua_all(None, Asc::CAPACITY_DATA_CHANGED);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! iSCSI against the real `pinion` binary: libiscsi's tools, and a raw
+//! initiator (`pinion_tests::iscsi_host`) for the protocol's corners and for
+//! hostile PDUs. Each test starts its own server; every socket operation has
+//! a timeout.
+//!
+//! Build the server first: `cargo build -p pinion-target` (or set
+//! `PINION_BIN`). The libiscsi tools come from Debian's `libiscsi-bin`
+//! (scripts/install-test-deps.sh).
+
+use pinion_tests::iscsi_host::{encode, rw16, val, LoginFailed, LoginOpts, Session, INITIATOR};
+use pinion_tests::server::Server;
+use pinion_transport::iscsi::pdu::{
+    self, data_in_flags, Bhs, DataOut, NopOut, Opcode, Reject, RejectReason, ScsiCmd, TmfResponse, F, IMMEDIATE, RESERVED_TAG,
+};
+use std::process::Command;
+use std::time::Duration;
+use zerocopy::IntoBytes;
+
+const T1: &str = "iqn.2026-11.io.pinion:t1";
+const LOCKED: &str = "iqn.2026-11.io.pinion:locked";
+const CHAP_T: &str = "iqn.2026-11.io.pinion:chap";
+
+/// LUN 0: 64 MiB RAM with 512-byte blocks, LUN 1: 8 MiB file with 4 KiB blocks.
+const CONFIG: &str = r#"
+[nvme_tcp]
+listen = ["127.0.0.1:{PORT}"]
+
+[iscsi]
+listen = ["127.0.0.1:{ISCSI_PORT}"]
+nop_interval = 0
+
+[log]
+level = "debug"
+
+[[volume]]
+name = "ram0"
+backend = "ram"
+size = "64MiB"
+block_size = 512
+
+[[volume]]
+name = "file1"
+backend = "file"
+path = "{DIR}/file1.img"
+size = "8MiB"
+block_size = 4096
+io_mode = "buffered"
+
+[[iscsi_target]]
+iqn = "iqn.2026-11.io.pinion:t1"
+luns = ["ram0", "file1"]
+alias = "pinion-test"
+
+[[iscsi_target]]
+iqn = "iqn.2026-11.io.pinion:locked"
+luns = ["ram0"]
+initiators = ["iqn.2026-11.io.pinion:someone-else"]
+
+[[iscsi_target]]
+iqn = "iqn.2026-11.io.pinion:chap"
+luns = ["ram0"]
+chap = { user = "alice", secret = "alice-secret-123" }
+mutual_chap = { user = "target", secret = "target-secret-456" }
+
+[[iscsi_target.initiator_chap]]
+initiator = "iqn.2026-11.io.pinion:bob"
+user = "bob"
+secret = "bob-secret-7890"
+"#;
+
+fn start() -> Server {
+    Server::start(CONFIG)
+}
+
+fn normal(target: &str) -> LoginOpts {
+    LoginOpts { target: Some(target.into()), ..LoginOpts::default() }
+}
+
+/// Logs in and clears the new nexus's unit attentions (both LUNs of t1,
+/// the one LUN of the others).
+fn login(s: &Server, o: &LoginOpts) -> Session {
+    let mut sess = Session::login(s.iscsi_addr, o).unwrap_or_else(|e| panic!("login failed: {e:?}"));
+    let luns = if o.target.as_deref() == Some(T1) { 2 } else { 1 };
+    sess.clear_unit_attentions(luns).unwrap();
+    sess
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8 ^ seed).collect()
+}
+
+fn tool(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e} (install libiscsi-bin)", args[0]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {}\n{text}", out.status);
+    text
+}
+
+#[test]
+fn libiscsi_tools() {
+    let s = start();
+    // iscsi-ls logs in to every target it discovers: one without CHAP
+    let no_chap = CONFIG.split("[[iscsi_target]]\niqn = \"iqn.2026-11.io.pinion:chap\"").next().unwrap();
+    let open = Server::start(no_chap);
+    let url = format!("iscsi://{}/{T1}", s.iscsi_addr);
+    let inq = tool(&["iscsi-inq", &format!("{url}/0")]);
+    assert!(inq.contains("DIRECT_ACCESS"), "{inq}");
+    let ls = tool(&["iscsi-ls", "-s", &format!("iscsi://{}", open.iscsi_addr)]);
+    assert!(ls.contains(&format!("Target:{T1} Portal:{},1", open.iscsi_addr)), "{ls}");
+    assert!(!ls.contains(LOCKED), "the ACL hides the locked target: {ls}");
+    assert!(ls.contains("Lun:0") && ls.contains("Lun:1"), "{ls}");
+    let rc = tool(&["iscsi-readcapacity16", &format!("{url}/1")]);
+    assert!(rc.contains("Total size:8388608"), "{rc}");
+    let rc = tool(&["iscsi-readcapacity16", &format!("{url}/0")]);
+    assert!(rc.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{rc}");
+    // CHAP through libiscsi
+    let inq = tool(&["iscsi-inq", &format!("iscsi://alice%alice-secret-123@{}/{CHAP_T}/0", s.iscsi_addr)]);
+    assert!(inq.contains("DIRECT_ACCESS"));
+    let out = Command::new("iscsi-inq").arg(format!("iscsi://alice%wrong-secret-12@{}/{CHAP_T}/0", s.iscsi_addr)).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn read_write_round_trips_with_every_data_path() {
+    let s = start();
+    // (keys, description): immediate + unsolicited; R2T only; small PDUs and bursts with digests
+    let variants: Vec<Vec<(&str, &str)>> = vec![
+        vec![("InitialR2T", "No"), ("ImmediateData", "Yes")],
+        vec![("InitialR2T", "Yes"), ("ImmediateData", "No"), ("MaxBurstLength", "16384")],
+        vec![
+            ("HeaderDigest", "CRC32C"),
+            ("DataDigest", "CRC32C"),
+            ("InitialR2T", "No"),
+            ("FirstBurstLength", "8192"),
+            ("MaxBurstLength", "12288"),
+            ("MaxOutstandingR2T", "2"),
+            ("MaxRecvDataSegmentLength", "4096"),
+        ],
+    ];
+    for (k, keys) in variants.iter().enumerate() {
+        let mut o = normal(T1);
+        o.keys = keys.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let mut sess = login(&s, &o);
+        if k == 2 {
+            assert!(sess.header_digest && sess.data_digest);
+            assert_eq!(sess.max_burst, 12288);
+        }
+        for (lun, bs) in [(0u64, 512usize), (1, 4096)] {
+            for blocks in [1usize, 8, 50] {
+                let data = pattern(blocks * bs, (k * 10 + blocks) as u8);
+                let lba = (k * 100 + blocks) as u64;
+                let w = sess.scsi_out(lun, &rw16(0x8a, lba, blocks as u32), &data).unwrap();
+                assert_eq!(w.status, 0, "write lun {lun} blocks {blocks} variant {k}: {w:?}");
+                let r = sess.scsi_in(lun, &rw16(0x88, lba, blocks as u32), data.len() as u32).unwrap();
+                assert_eq!(r.status, 0);
+                assert!(r.data == data, "read back differs (lun {lun}, {blocks} blocks, variant {k})");
+                if k == 2 && data.len() > 4096 {
+                    assert!(r.datain_pdus >= data.len() / 4096, "Data-In honours our MaxRecvDataSegmentLength");
+                }
+                if k == 1 {
+                    assert!(w.r2ts >= data.len().div_ceil(16384), "every byte solicited with R2Ts");
+                }
+            }
+        }
+        let l = sess.logout().unwrap();
+        assert_eq!(l.response, 0);
+        sess.expect_closed(Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[test]
+fn status_in_last_data_in_and_residuals() {
+    let s = start();
+    let mut sess = login(&s, &normal(T1));
+    // INQUIRY with allocation length 36 but EDTL 255: underflow
+    let mut cdb = [0u8; 6];
+    cdb[0] = 0x12;
+    cdb[4] = 36;
+    let r = sess.scsi_in(0, &cdb, 255).unwrap();
+    assert_eq!(r.status, 0);
+    assert!(r.flags & data_in_flags::STATUS != 0, "status collapsed into the last Data-In");
+    assert!(!r.data.is_empty());
+    // an unknown opcode: CHECK CONDITION with sense in a SCSI Response
+    let r = sess.scsi_in(0, &[0xff, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!(r.status, 2);
+    assert_eq!(r.sense_key(), 5, "ILLEGAL REQUEST");
+    // a LUN that does not exist
+    let r = sess.scsi_in(7, &[0x00, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!(r.status, 2);
+    // EDTL beyond the largest transfer
+    let r = sess.scsi_in(0, &rw16(0x88, 0, 8192), 16 << 20).unwrap();
+    assert_eq!(r.status, 2);
+}
+
+#[test]
+fn discovery_and_login_failures() {
+    let s = start();
+    let mut d = Session::login(s.iscsi_addr, &LoginOpts::default()).unwrap();
+    let kv = d.text(&[("SendTargets", "All")]).unwrap();
+    let names: Vec<&str> = kv.iter().filter(|(k, _)| k == "TargetName").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(names, vec![T1, CHAP_T], "{kv:?}");
+    assert_eq!(val(&kv, "TargetAddress"), Some(format!("{},1", s.iscsi_addr).as_str()));
+    let kv = d.text(&[("SendTargets", T1)]).unwrap();
+    assert_eq!(kv.iter().filter(|(k, _)| k == "TargetName").count(), 1);
+    // SCSI commands are not allowed in a discovery session
+    let c = d.cmd_hdr(0, &[0, 0, 0, 0, 0, 0], 0, false, false);
+    d.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, _) = d.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::REJECT);
+    assert_eq!(d.logout().unwrap().response, 0);
+
+    let fail = |o: &LoginOpts| match Session::login(s.iscsi_addr, o) {
+        Err(Ok(LoginFailed(c, d))) => (c, d),
+        Err(Err(e)) => panic!("login error {e}"),
+        Ok(_) => panic!("login succeeded"),
+    };
+    assert_eq!(fail(&normal("iqn.2026-11.io.pinion:nope")), (2, 3), "target not found");
+    assert_eq!(fail(&normal(LOCKED)), (2, 2), "initiator not allowed");
+    assert_eq!(fail(&normal(CHAP_T)), (2, 1), "CHAP required");
+    let mut o = normal(CHAP_T);
+    o.chap = Some(("alice".into(), "wrong-secret-12".into()));
+    assert_eq!(fail(&o), (2, 1), "wrong CHAP secret");
+    o.chap = Some(("alice".into(), "alice-secret-123".into()));
+    o.mutual = Some(("target".into(), "target-secret-456".into()));
+    let mut sess = login(&s, &o);
+    assert_eq!(val(&sess.login_keys, "TargetPortalGroupTag"), Some("1"));
+    assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
+    // per-initiator credentials replace the target's
+    let mut o = normal(CHAP_T);
+    o.initiator = Some("iqn.2026-11.io.pinion:bob".into());
+    o.chap = Some(("alice".into(), "alice-secret-123".into()));
+    assert_eq!(fail(&o), (2, 1));
+    o.chap = Some(("bob".into(), "bob-secret-7890".into()));
+    login(&s, &o);
+    let o = normal(T1);
+    let sess = login(&s, &o);
+    assert_eq!(val(&sess.login_keys, "TargetAlias"), Some("pinion-test"));
+}
+
+#[test]
+fn hostile_pdus_get_rejects_and_other_sessions_keep_working() {
+    let s = start();
+    let mut bystander = login(&s, &LoginOpts { isid: Some([0x80, 0, 0, 0, 0, 9]), ..normal(T1) });
+    let check_bystander = |b: &mut Session| {
+        let data = pattern(4096, 3);
+        assert_eq!(b.scsi_out(1, &rw16(0x8a, 5, 1), &data).unwrap().status, 0);
+        assert!(b.scsi_in(1, &rw16(0x88, 5, 1), 4096).unwrap().data == data);
+    };
+
+    // unknown opcode: Reject (command not supported), session goes on
+    let mut sess = login(&s, &normal(T1));
+    let mut b = NopOut { opcode: 0x1c, flags: F, itt: 5.into(), ..Default::default() };
+    sess.send(b.as_bytes(), &[]).unwrap();
+    let (bhs, data) = sess.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::REJECT);
+    let r = Reject::from_bhs(&bhs);
+    assert_eq!(RejectReason(r.reason), RejectReason::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&data[..], b.as_bytes(), "the Reject carries the rejected header");
+    assert_eq!(sess.nop(b"still here").unwrap(), b"still here");
+    // a reserved field set: Reject (invalid PDU field), session goes on
+    b.opcode = Opcode::NOP_OUT.0 | IMMEDIATE;
+    b.rsvd2[0] = 1;
+    sess.send(b.as_bytes(), &[]).unwrap();
+    let (bhs, _) = sess.recv().unwrap();
+    assert_eq!(Reject::from_bhs(&bhs).reason, RejectReason::INVALID_PDU_FIELD.0);
+    // CmdSN far outside the window: ignored; the next good command works
+    let mut c = sess.cmd_hdr(0, &[0, 0, 0, 0, 0, 0], 0, false, false);
+    c.cmdsn = c.cmdsn.get().wrapping_add(100_000).into();
+    sess.cmdsn = sess.cmdsn.wrapping_sub(1);
+    sess.send(c.as_bytes(), &[]).unwrap();
+    assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
+    assert_eq!(sess.nop(b"").unwrap(), b"");
+    // Data-Out for no task: Reject
+    let d = DataOut { opcode: 5, flags: F, itt: 0x7777.into(), ttt: 1.into(), ..Default::default() };
+    sess.send(d.as_bytes(), &[0u8; 512]).unwrap();
+    let (bhs, _) = sess.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::REJECT);
+    check_bystander(&mut bystander);
+
+    // data beyond EDTL, a wrong DataSN: Reject, the command ends with
+    // CHECK CONDITION, the session goes on
+    let mut sess = login(&s, &LoginOpts { keys: vec![("InitialR2T".into(), "No".into())], ..normal(T1) });
+    for (datasn, len, asc) in [(0u32, 8192usize, (0x4b, 0x02)), (5, 4096, (0x4b, 0x05))] {
+        let mut c = sess.cmd_hdr(1, &rw16(0x8a, 0, 1), 4096, false, true);
+        c.flags &= !F;
+        sess.send(c.as_bytes(), &[]).unwrap();
+        let d = DataOut { opcode: 5, flags: F, itt: c.itt, ttt: RESERVED_TAG.into(), datasn: datasn.into(), ..Default::default() };
+        sess.send(d.as_bytes(), &vec![1u8; len]).unwrap();
+        let (bhs, _) = sess.recv().unwrap();
+        assert_eq!(Reject::from_bhs(&bhs).reason, RejectReason::PROTOCOL_ERROR.0);
+        let r = sess.collect(c.itt.get(), &[]).unwrap();
+        assert_eq!((r.status, r.sense_key(), r.asc()), (2, 0x0b, asc));
+        // more data for the failed task is dropped quietly
+        sess.send(d.as_bytes(), &[1u8; 512]).unwrap();
+        assert_eq!(sess.nop(b"on").unwrap(), b"on");
+    }
+    check_bystander(&mut bystander);
+
+    // DataSegmentLength beyond MaxRecvDataSegmentLength: Reject and close
+    let mut sess = login(&s, &normal(T1));
+    let n = NopOut { opcode: 0x40, flags: F, itt: 9.into(), ttt: RESERVED_TAG.into(), ..Default::default() };
+    let mut raw = n.as_bytes().to_vec();
+    raw[5..8].copy_from_slice(&[0x10, 0, 0]); // 1 MiB
+    sess.send_raw(&raw).unwrap();
+    let got = sess.expect_closed(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.first().map(|b| b.opcode()), Some(Opcode::REJECT));
+
+    // a bad header digest: the connection is dropped
+    let keys = vec![("HeaderDigest".into(), "CRC32C".into()), ("DataDigest".into(), "CRC32C".into())];
+    let mut sess = login(&s, &LoginOpts { keys: keys.clone(), ..normal(T1) });
+    let mut raw = encode(n.as_bytes(), &[], true, true);
+    raw[48] ^= 0xff;
+    sess.send_raw(&raw).unwrap();
+    sess.expect_closed(Duration::from_secs(5)).unwrap();
+
+    // a bad data digest on immediate data: Reject (data digest), the
+    // command ends with CHECK CONDITION, and the session goes on
+    let mut sess = login(&s, &LoginOpts { keys, ..normal(T1) });
+    let c = sess.cmd_hdr(1, &rw16(0x8a, 1, 1), 4096, false, true);
+    let mut raw = encode(c.as_bytes(), &pattern(4096, 1), true, true);
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    sess.send_raw(&raw).unwrap();
+    let (bhs, _) = sess.recv().unwrap();
+    assert_eq!(Reject::from_bhs(&bhs).reason, RejectReason::DATA_DIGEST.0);
+    let r = sess.collect(c.itt.get(), &[]).unwrap();
+    assert_eq!((r.status, r.sense_key()), (2, 0x0b), "ABORTED COMMAND");
+    assert_eq!(sess.nop(b"ok").unwrap(), b"ok");
+
+    // a truncated, then abandoned login: the server stays up
+    let mut raw = Session::connect(s.iscsi_addr).unwrap();
+    std::io::Write::write_all(&mut raw, &[0x43, 0x87, 0, 0]).unwrap();
+    drop(raw);
+    check_bystander(&mut bystander);
+}
+
+#[test]
+fn task_management() {
+    let s = start();
+    let mut sess = login(&s, &normal(T1));
+    // a write waiting for its R2T data can be aborted
+    let mut w = login(
+        &s,
+        &LoginOpts {
+            isid: Some([0x80, 0, 0, 0, 0, 2]),
+            keys: vec![("InitialR2T".into(), "Yes".into()), ("ImmediateData".into(), "No".into())],
+            ..normal(T1)
+        },
+    );
+    let c = w.cmd_hdr(1, &rw16(0x8a, 0, 2), 8192, false, true);
+    w.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, _) = w.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::R2T);
+    assert_eq!(w.tmf(1, 1, c.itt.get(), c.cmdsn.get()).unwrap(), TmfResponse::COMPLETE.0);
+    // late data for the aborted task is dropped quietly
+    let d = DataOut { opcode: 5, flags: F, itt: c.itt, ttt: pdu::R2t::from_bhs(&bhs).ttt, ..Default::default() };
+    w.send(d.as_bytes(), &[0u8; 8192]).unwrap();
+    assert_eq!(w.nop(b"x").unwrap(), b"x");
+    // unknown task whose CmdSN is not behind: does not exist
+    assert_eq!(sess.tmf(1, 0, 0xdead, sess.cmdsn).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST.0);
+    // a task already answered (RefCmdSN behind the TMF's CmdSN): complete
+    let before = sess.cmdsn;
+    assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
+    assert_eq!(sess.tmf(1, 0, 0x101, before).unwrap(), TmfResponse::COMPLETE.0);
+    assert_eq!(sess.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
+    assert_eq!(sess.tmf(5, 9, 0, 0).unwrap(), TmfResponse::LUN_DOES_NOT_EXIST.0);
+    assert_eq!(sess.tmf(2, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "ABORT TASK SET");
+    assert_eq!(sess.tmf(6, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "TARGET WARM RESET");
+    assert_eq!(sess.tmf(8, 0, 0, 0).unwrap(), TmfResponse::REASSIGN_NOT_SUPPORTED.0);
+    // the resets reached the logical units: a unit attention, then GOOD
+    let r = sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!((r.status, r.sense_key()), (2, 6), "UNIT ATTENTION after the resets");
+    sess.clear_unit_attentions(2).unwrap();
+    assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
+    // cold reset: response, then every session of the target is dropped
+    assert_eq!(sess.tmf(7, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0);
+    sess.expect_closed(Duration::from_secs(5)).unwrap();
+    w.expect_closed(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn reinstatement_pings_and_pipelining() {
+    let s = Server::start(&CONFIG.replace("nop_interval = 0", "nop_interval = 1\nnop_timeout = 2"));
+    let isid = Some([0x80, 1, 2, 3, 4, 5]);
+    let mut a = login(&s, &LoginOpts { isid, ..normal(T1) });
+    // the idle initiator is pinged; answering keeps the session
+    let (bhs, _) = a.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::NOP_IN);
+    let n = pdu::NopIn::from_bhs(&bhs);
+    assert_eq!(n.itt.get(), RESERVED_TAG);
+    a.answer_ping(n.ttt.get()).unwrap();
+    assert_eq!(a.nop(b"alive").unwrap(), b"alive");
+    // same initiator name and ISID: the old session is closed
+    let mut b = login(&s, &LoginOpts { isid, ..normal(T1) });
+    a.expect_closed(Duration::from_secs(5)).unwrap();
+    assert_ne!(b.tsih, 0);
+    // pipelined commands up to the window, answered in any order
+    let mut itts = Vec::new();
+    for i in 0..32u64 {
+        let c = b.cmd_hdr(0, &rw16(0x88, i * 8, 8), 4096, true, false);
+        itts.push(c.itt.get());
+        b.send(c.as_bytes(), &[]).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < itts.len() {
+        let (bhs, _) = b.recv().unwrap();
+        if bhs.opcode() == Opcode::NOP_IN {
+            b.answer_ping(pdu::NopIn::from_bhs(&bhs).ttt.get()).unwrap();
+            continue;
+        }
+        assert_eq!(bhs.opcode(), Opcode::DATA_IN);
+        if bhs.flags & data_in_flags::STATUS != 0 {
+            seen.insert(bhs.itt.get());
+        }
+    }
+    assert!(pdu::sn_le(b.cmdsn, b.max_cmdsn.wrapping_add(1)), "window open again after completions");
+    // an initiator that stops answering pings is dropped
+    let c = login(&s, &LoginOpts { isid: Some([0x80, 9, 9, 9, 9, 9]), ..normal(T1) });
+    let mut c = c;
+    let got = c.expect_closed(Duration::from_secs(10)).unwrap();
+    assert!(got.iter().all(|b: &Bhs| b.opcode() == Opcode::NOP_IN));
+    let _ = INITIATOR;
+}
+
+#[test]
+fn long_text_response_uses_continuation() {
+    // many targets make a SendTargets answer longer than a small MaxRecvDataSegmentLength
+    let mut cfg = String::from(CONFIG);
+    for i in 0..40 {
+        cfg += &format!("\n[[iscsi_target]]\niqn = \"iqn.2026-11.io.pinion:many-{i:02}-padding-to-make-the-name-long\"\nluns = [\"ram0\"]\n");
+    }
+    let s = Server::start(&cfg);
+    let mut d = Session::login(s.iscsi_addr, &LoginOpts { keys: vec![("MaxRecvDataSegmentLength".into(), "512".into())], ..LoginOpts::default() }).unwrap();
+    let kv = d.text(&[("SendTargets", "All")]).unwrap();
+    assert_eq!(kv.iter().filter(|(k, _)| k == "TargetName").count(), 42);
+    // a SCSI command with an extended CDB AHS is accepted and parsed
+    let mut sess = login(&s, &normal(T1));
+    let c: ScsiCmd = sess.cmd_hdr(0, &[0, 0, 0, 0, 0, 0], 0, false, false);
+    let mut bhs = c.as_bytes().to_vec();
+    let ahs = pdu::extended_cdb_ahs(&[0u8; 16]);
+    bhs[4] = (ahs.len() / 4) as u8;
+    bhs.extend_from_slice(&ahs);
+    sess.send_raw(&bhs).unwrap();
+    let r = sess.collect(c.itt.get(), &[]).unwrap();
+    assert_eq!(r.status, 0);
+}

@@ -10,7 +10,9 @@
 # Pinion and tgtd side by side; a bounded fuzz run of every fuzz target; the
 # kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
 # (the reference) and then against Pinion with the same script, and iSCSI
-# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP.
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
+# --verify` against the kernel's nvmet. (Benchmarks are not tests:
+# deploy/bench/run.sh is never run here.)
 #
 # Environment: FUZZ_SECONDS (default 60 per target; 0 skips fuzzing), SKIP_VM=1 skips
 # the VM tests (for a quick local run; CI never sets it).
@@ -90,6 +92,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "pinion perf --verify vs the kernel's nvmet (VM)"
+  if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi
 
 step "summary"

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod io;
 pub mod iscsi;
+pub mod perf;
 pub mod metrics;
 pub mod queue;
 pub mod scsi;

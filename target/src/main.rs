@@ -28,6 +28,8 @@ enum Cmd {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// Load-test an NVMe/TCP or iSCSI target (any target, not only Pinion).
+    Perf(Box<pinion_target::perf::PerfArgs>),
 }
 
 fn init_logging(cfg: &pinion_conf::LogConfig) {
@@ -48,6 +50,7 @@ fn init_logging(cfg: &pinion_conf::LogConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Perf(args) => pinion_target::perf::main(*args),
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 for w in cfg.warnings() {

@@ -21,33 +21,8 @@ pub const MAX_DSL: u32 = (1 << 24) - 1;
 /// Tag value meaning "none" (ITT of unsolicited PDUs, TTT of unsolicited data).
 pub const RESERVED_TAG: u32 = 0xffff_ffff;
 
-macro_rules! open_code {
-    ($(#[$m:meta])* $name:ident($ty:ty) { $($(#[$cm:meta])* $c:ident = $v:expr),* $(,)? }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub $ty);
-        impl $name {
-            $($(#[$cm])* pub const $c: $name = $name($v);)*
-            /// The constant's name, if this value has one.
-            pub fn name(self) -> Option<&'static str> {
-                match self { $( $name::$c => Some(stringify!($c)), )* _ => None }
-            }
-        }
-        impl ::core::fmt::Debug for $name {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                match self.name() {
-                    Some(n) => write!(f, "{}({:#x})", n, self.0),
-                    None => write!(f, "{}({:#x})", stringify!($name), self.0),
-                }
-            }
-        }
-        impl ::core::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                ::core::fmt::Debug::fmt(self, f)
-            }
-        }
-    };
-}
+// Open code newtypes: the same macro as the NVMe wire types.
+use nvme_types::open_code;
 
 open_code! {
     /// The low six bits of BHS byte 0.

@@ -80,28 +80,60 @@ async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
 /// an error rather than a silent desync of the stream.
 /// Receives payload bytes into the destination pages: what the header
 /// read already buffered is copied, the rest is read from the socket
-/// straight into the pages (the buffer would cost a second copy).
-async fn read_into<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
-    let slices = sgl
+/// straight into the pages with vectored reads (through the 16 KiB buffer
+/// it would be copied twice; page by page it would cost a syscall a page).
+async fn read_into(rd: &mut BufReader<OwnedReadHalf>, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
+    let mut slices = sgl
         .dest_slices(offset, len)
         .ok_or_else(|| std::io::Error::other(format!("receive range {offset}+{len} outside the destination SGL")))?;
-    let mut crc = 0;
-    for s in slices {
+    let mut first = 0;
+    let mut filled = 0;
+    // the buffered bytes first
+    while first < slices.len() {
         let buffered = rd.buffer();
-        let n = buffered.len().min(s.len());
-        s[..n].copy_from_slice(&buffered[..n]);
-        rd.consume(n);
-        if n < s.len() {
-            rd.get_mut().read_exact(&mut s[n..]).await?;
+        if buffered.is_empty() {
+            break;
         }
-        if digest {
+        let s = &mut slices[first];
+        let n = buffered.len().min(s.len() - filled);
+        s[filled..filled + n].copy_from_slice(&buffered[..n]);
+        rd.consume(n);
+        filled += n;
+        if filled == s.len() {
+            first += 1;
+            filled = 0;
+        }
+    }
+    // then the socket, straight into the pages
+    if first < slices.len() {
+        let mut iov: Vec<std::io::IoSliceMut<'_>> = Vec::with_capacity(slices.len() - first);
+        let mut rest = slices[first..].iter_mut();
+        if let Some(s) = rest.next() {
+            iov.push(std::io::IoSliceMut::new(&mut s[filled..]));
+        }
+        iov.extend(rest.map(|s| std::io::IoSliceMut::new(&mut s[..])));
+        let mut iov = &mut iov[..];
+        while !iov.is_empty() {
+            let sock = rd.get_ref();
+            let n = iov.len().min(1024);
+            match sock.try_read_vectored(&mut iov[..n]) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => std::io::IoSliceMut::advance_slices(&mut iov, n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => sock.readable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut crc = 0;
+    if digest {
+        for s in &slices {
             crc = crc32c::crc32c_append(crc, s);
         }
     }
     Ok(crc)
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State) -> Stop {
+async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Stop {
     let digests = st.negotiated.digests;
     let mut hdr = [0u8; MAX_HLEN + DIGEST_LEN];
     loop {
@@ -151,7 +183,7 @@ async fn read_loop<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State) -> S
     }
 }
 
-async fn capsule<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
+async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
     let mut data = None;
     let mut data_error = None;
     if layout.data_len > 0 {
@@ -169,8 +201,8 @@ async fn capsule<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, st: &State, layout
     st.cmd_tx.send(Command { sqe, data, data_error }).await.map_err(|_| Stop::Done)
 }
 
-async fn h2c_data<R: AsyncRead + Unpin>(
-    rd: &mut BufReader<R>,
+async fn h2c_data(
+    rd: &mut BufReader<OwnedReadHalf>,
     st: &State,
     layout: &tcp::Layout,
     d: &tcp::DataHdr,

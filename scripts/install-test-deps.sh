@@ -11,16 +11,19 @@
 #     tests/vm/lib/common.sh) and the guest kernel + initramfs, cached in
 #     $GUEST_RUN_CACHE (default /tmp/guest-run-cache), via
 #     `tests/vm/guest-setup --install`;
-#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, iscsi-perf ... for the
-#     iSCSI tests and the benchmark), iperf3 and linux-perf (deploy/bench/run.sh:
-#     the loopback limit and `perf record` of the target; CI never runs it).
+#   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, iscsi-test-cu,
+#     iscsi-perf for the iSCSI tests, the conformance run and the benchmark),
+#     sg3-utils (sg_inq, sg_sync in the iSCSI VM test), python3 (the
+#     conformance script's result parser), iperf3 and linux-perf
+#     (deploy/bench/run.sh: the loopback limit and `perf record` of the
+#     target; CI never runs it).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -71,14 +71,17 @@ else
   fi
 fi
 
-step "fuzz: every target, ${FUZZ_SECONDS:-60} s each"
-if [[ ${FUZZ_SECONDS:-60} != 0 ]]; then
-  if ./scripts/fuzz.sh all "${FUZZ_SECONDS:-60}" >"$LOG/fuzz.log" 2>&1; then
-    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; ok "fuzz (all targets)"
+# every [[bin]] of fuzz/Cargo.toml is a fuzz target; each gets its own run
+fuzz_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^pinion-fuzz$')
+for t in $fuzz_targets; do
+  step "fuzz: $t (${FUZZ_SECONDS:-60} s)"
+  [[ ${FUZZ_SECONDS:-60} == 0 ]] && continue
+  if ./scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-60}" >"$LOG/fuzz-$t.log" 2>&1; then
+    tail -n 3 "$LOG/fuzz-$t.log"; ok "fuzz $t"
   else
-    grep -E '^=== fuzz .*: ' "$LOG/fuzz.log"; tail -n 40 "$LOG/fuzz.log"; bad "fuzz (all targets)"
+    tail -n 40 "$LOG/fuzz-$t.log"; bad "fuzz $t"
   fi
-fi
+done
 
 if [[ ${SKIP_VM:-} == 1 ]]; then
   step "VM tests skipped (SKIP_VM=1)"
@@ -87,6 +90,8 @@ else
   if tests/vm/run-e2e.sh nvmet >"$LOG/vm-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-nvmet.out"; ok "vm e2e nvmet"; else tail -n 60 "$LOG/vm-nvmet.out"; bad "vm e2e nvmet"; fi
   step "kernel initiator vs Pinion"
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
+  step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
+  if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

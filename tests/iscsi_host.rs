@@ -34,6 +34,9 @@ pub struct LoginOpts {
     pub mutual: Option<(String, String)>,
     /// Operational keys to offer (HeaderDigest, MaxBurstLength, ...).
     pub keys: Vec<(String, String)>,
+    /// TSIH of an existing session (0: a new session) and the CID.
+    pub tsih: u16,
+    pub cid: u16,
 }
 
 /// A login the target refused.
@@ -76,6 +79,7 @@ pub struct Session {
     pub initial_r2t: bool,
     pub immediate_data: bool,
     pub tsih: u16,
+    pub cid: u16,
     /// Key/values of the last login response, and of the whole login.
     pub login_keys: Vec<(String, String)>,
 }
@@ -135,7 +139,8 @@ impl Session {
             max_burst: 262144,
             initial_r2t: true,
             immediate_data: true,
-            tsih: 0,
+            tsih: o.tsih,
+            cid: o.cid,
             login_keys: Vec::new(),
         };
         s.do_login(o)?;
@@ -156,7 +161,7 @@ impl Session {
             isid,
             tsih: self.tsih.into(),
             itt: 1.into(),
-            cid: 1.into(),
+            cid: self.cid.into(),
             cmdsn: self.cmdsn.into(),
             exp_statsn: self.exp_statsn.into(),
             ..Default::default()
@@ -593,7 +598,7 @@ impl Session {
             opcode: Opcode::LOGOUT_REQ.0 | IMMEDIATE,
             flags: F,
             itt: itt.into(),
-            cid: 1.into(),
+            cid: self.cid.into(),
             cmdsn: self.cmdsn.into(),
             exp_statsn: self.exp_statsn.into(),
             ..Default::default()

@@ -95,6 +95,9 @@ pub struct IscsiConfig {
     pub nop_interval: u32,
     /// Seconds to wait for the ping's answer before dropping the session (1..=3600).
     pub nop_timeout: u32,
+    /// Seconds a write may wait for its Data-Out before the session is dropped (1..=3600): the
+    /// pages held for it must not be held forever.
+    pub data_out_timeout: u32,
     /// SCSI commands a session may have outstanding (the CmdSN window, 1..=1024).
     pub queue_depth: u32,
     /// Largest data segment the target accepts per PDU (512..=16777215); size strings accepted.
@@ -119,6 +122,7 @@ impl Default for IscsiConfig {
             portal_group: 1,
             nop_interval: 30,
             nop_timeout: 30,
+            data_out_timeout: 30,
             queue_depth: 128,
             max_recv_data_segment_length: 262144,
             max_burst_length: 1 << 20,

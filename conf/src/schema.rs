@@ -67,6 +67,7 @@ const ISCSI: &[Field] = &[
     opt("portal_group", Kind::Int(U16)),
     opt("nop_interval", Kind::Int(U32)),
     opt("nop_timeout", Kind::Int(U32)),
+    opt("data_out_timeout", Kind::Int(U32)),
     opt("queue_depth", Kind::Int(U32)),
     opt("max_recv_data_segment_length", Kind::Size(U32)),
     opt("max_burst_length", Kind::Size(U32)),

@@ -904,10 +904,11 @@ fn iscsi_settings() {
     assert!(!i.immediate_data && i.initial_r2t);
     assert_eq!((i.max_outstanding_r2t, i.queue_depth), (4, 64));
     assert_err(
-        "[iscsi]\nportal_group = 0\nnop_timeout = 0\nqueue_depth = 0\nmax_recv_data_segment_length = 100\nmax_outstanding_r2t = 0\n",
+        "[iscsi]\nportal_group = 0\nnop_timeout = 0\ndata_out_timeout = 0\nqueue_depth = 0\nmax_recv_data_segment_length = 100\nmax_outstanding_r2t = 0\n",
         &[
             "iscsi.portal_group: 0 is out of range (1..=65535)",
             "iscsi.nop_timeout: 0 is out of range (1..=3600)",
+            "iscsi.data_out_timeout: 0 is out of range (1..=3600)",
             "iscsi.queue_depth: 0 is out of range (1..=1024)",
             "iscsi.max_recv_data_segment_length: 100 is out of range (512..=16777215)",
             "iscsi.max_outstanding_r2t: 0 is out of range (1..=65535)",

@@ -147,6 +147,7 @@ fn iscsi_limits(c: &Config, out: &mut Vec<Problem>) {
     range(out, "iscsi.portal_group", i.portal_group.into(), 1, Some(65535));
     range(out, "iscsi.nop_interval", i.nop_interval.into(), 0, Some(3600));
     range(out, "iscsi.nop_timeout", i.nop_timeout.into(), 1, Some(3600));
+    range(out, "iscsi.data_out_timeout", i.data_out_timeout.into(), 1, Some(3600));
     range(out, "iscsi.queue_depth", i.queue_depth.into(), 1, Some(1024));
     range(
         out,

@@ -28,8 +28,8 @@ impl Directory for Dir {
             _ => Err(Lookup::NotFound),
         }
     }
-    fn session_exists(&self, _: &str, _: [u8; 6], tsih: u16) -> bool {
-        tsih == 7
+    fn session_cid(&self, _: &str, _: [u8; 6], tsih: u16) -> Option<u16> {
+        (tsih == 7).then_some(0)
     }
     fn portal_group_tag(&self) -> u16 {
         1

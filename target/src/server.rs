@@ -323,6 +323,7 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         queue_depth: i.queue_depth,
         nop_interval: (i.nop_interval > 0).then(|| Duration::from_secs(i.nop_interval.into())),
         nop_timeout: Duration::from_secs(i.nop_timeout.into()),
+        data_timeout: Duration::from_secs(i.data_out_timeout.into()),
         send: send_config(cfg),
         ..IscsiSettings::default()
     }

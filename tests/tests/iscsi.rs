@@ -113,6 +113,16 @@ fn libiscsi_tools() {
     assert!(rc.contains("Total size:8388608"), "{rc}");
     let rc = tool(&["iscsi-readcapacity16", &format!("{url}/0")]);
     assert!(rc.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{rc}");
+    // software write protect (MODE SELECT, control page SWP): writes then
+    // fail with DATA PROTECT until it is turned off again
+    let swp = tool(&["iscsi-swp", "-s", "on", &format!("{url}/1")]);
+    assert!(!swp.to_lowercase().contains("fail"), "{swp}");
+    let mut sess = login(&s, &normal(T1));
+    let w = sess.scsi_out(1, &rw16(0x8a, 0, 1), &[0u8; 4096]).unwrap();
+    assert_eq!((w.status, w.sense_key()), (2, 0x07), "DATA PROTECT while SWP is on: {w:?}");
+    tool(&["iscsi-swp", "-s", "off", &format!("{url}/1")]);
+    sess.clear_unit_attentions(2).unwrap();
+    assert_eq!(sess.scsi_out(1, &rw16(0x8a, 0, 1), &[0u8; 4096]).unwrap().status, 0);
     // CHAP through libiscsi
     let inq = tool(&["iscsi-inq", &format!("iscsi://alice%alice-secret-123@{}/{CHAP_T}/0", s.iscsi_addr)]);
     assert!(inq.contains("DIRECT_ACCESS"));
@@ -380,7 +390,7 @@ fn task_management() {
 
 #[test]
 fn reinstatement_pings_and_pipelining() {
-    let s = Server::start(&CONFIG.replace("nop_interval = 0", "nop_interval = 1\nnop_timeout = 2"));
+    let s = Server::start(&CONFIG.replace("nop_interval = 0", "nop_interval = 1\nnop_timeout = 2\ndata_out_timeout = 2"));
     let isid = Some([0x80, 1, 2, 3, 4, 5]);
     let mut a = login(&s, &LoginOpts { isid, ..normal(T1) });
     // the idle initiator is pinged; answering keeps the session
@@ -390,10 +400,27 @@ fn reinstatement_pings_and_pipelining() {
     assert_eq!(n.itt.get(), RESERVED_TAG);
     a.answer_ping(n.ttt.get()).unwrap();
     assert_eq!(a.nop(b"alive").unwrap(), b"alive");
+    // a second connection to the session: MaxConnections is 1
+    let tsih = a.tsih;
+    match Session::login(s.iscsi_addr, &LoginOpts { isid, tsih, cid: 2, ..normal(T1) }) {
+        Err(Ok(LoginFailed(2, 6))) => {}
+        other => panic!("expected too many connections: {:?}", other.err()),
+    }
+    match Session::login(s.iscsi_addr, &LoginOpts { isid, tsih: tsih.wrapping_add(100), ..normal(T1) }) {
+        Err(Ok(LoginFailed(2, 0x0a))) => {}
+        other => panic!("expected session does not exist: {:?}", other.err()),
+    }
+    assert_eq!(a.nop(b"still").unwrap(), b"still");
     // same initiator name and ISID: the old session is closed
     let mut b = login(&s, &LoginOpts { isid, ..normal(T1) });
     a.expect_closed(Duration::from_secs(5)).unwrap();
     assert_ne!(b.tsih, 0);
+    // the same TSIH and CID: connection reinstatement replaces it
+    let mut b2 = login(&s, &LoginOpts { isid, tsih: b.tsih, ..normal(T1) });
+    b.expect_closed(Duration::from_secs(5)).unwrap();
+    assert_eq!(b2.tsih, b.tsih);
+    assert_eq!(b2.nop(b"new").unwrap(), b"new");
+    let mut b = b2;
     // pipelined commands up to the window, answered in any order
     let mut itts = Vec::new();
     for i in 0..32u64 {
@@ -415,10 +442,26 @@ fn reinstatement_pings_and_pipelining() {
     }
     assert!(pdu::sn_le(b.cmdsn, b.max_cmdsn.wrapping_add(1)), "window open again after completions");
     // an initiator that stops answering pings is dropped
-    let c = login(&s, &LoginOpts { isid: Some([0x80, 9, 9, 9, 9, 9]), ..normal(T1) });
-    let mut c = c;
+    let mut c = login(&s, &LoginOpts { isid: Some([0x80, 9, 9, 9, 9, 9]), ..normal(T1) });
     let got = c.expect_closed(Duration::from_secs(10)).unwrap();
     assert!(got.iter().all(|b: &Bhs| b.opcode() == Opcode::NOP_IN));
+    // one that answers pings but never sends the data of its write is
+    // dropped too: the pages held for that data are released
+    let mut d = login(&s, &LoginOpts { isid: Some([0x80, 8, 8, 8, 8, 8]), keys: vec![("InitialR2T".into(), "Yes".into())], ..normal(T1) });
+    let c = d.cmd_hdr(1, &rw16(0x8a, 0, 16), 65536, false, true);
+    d.send(c.as_bytes(), &[]).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        match d.recv() {
+            Ok((bhs, _)) if bhs.opcode() == Opcode::NOP_IN => d.answer_ping(pdu::NopIn::from_bhs(&bhs).ttt.get()).unwrap(),
+            Ok((bhs, _)) => assert_eq!(bhs.opcode(), Opcode::R2T),
+            Err(_) => break,
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "session not dropped");
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(8), "dropped after {waited:?}");
+    assert!(s.log_text().contains("Data-Out did not arrive in time"));
     let _ = INITIATOR;
 }
 
@@ -443,4 +486,29 @@ fn long_text_response_uses_continuation() {
     sess.send_raw(&bhs).unwrap();
     let r = sess.collect(c.itt.get(), &[]).unwrap();
     assert_eq!(r.status, 0);
+}
+
+#[test]
+fn shutdown_asks_initiators_to_log_out() {
+    let mut s = start();
+    let mut sess = login(&s, &normal(T1));
+    let data = pattern(4096, 9);
+    assert_eq!(sess.scsi_out(1, &rw16(0x8a, 3, 1), &data).unwrap().status, 0);
+    let ok = Command::new("kill").arg("-TERM").arg(s.pid().to_string()).status().unwrap();
+    assert!(ok.success());
+    // an Async Message asking for a logout, then the logout completes
+    let (bhs, _) = sess.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::ASYNC);
+    let a = pdu::AsyncMsg::from_bhs(&bhs);
+    assert_eq!(a.event, pdu::AsyncEvent::LOGOUT_REQUEST.0);
+    assert!(a.param3.get() > 0, "time to log out");
+    assert_eq!(sess.logout().unwrap().response, 0);
+    sess.expect_closed(Duration::from_secs(5)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.is_running() {
+        assert!(std::time::Instant::now() < deadline, "server still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log_text();
+    assert!(log.contains("flushed") && log.contains("stopped"), "{log}");
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Host side of the NVMe/TCP end-to-end test: boots the initiator VM
-# (tests/vm/guest-run, QEMU/TCG) and runs tests/vm/nvme-e2e.sh in it.
+# Host side of the end-to-end tests: boots the initiator VM
+# (tests/vm/guest-run, QEMU/TCG) and runs tests/vm/nvme-e2e.sh (NVMe/TCP) or
+# tests/vm/iscsi-e2e.sh (iSCSI) in it.
 #
-#   tests/vm/run-e2e.sh [nvmet|pinion] [PINION_BIN]
+#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi] [PINION_BIN]
 #
-#   nvmet    reference run against the kernel's nvmet-tcp target
-#   pinion   (default) run against Pinion; PINION_BIN defaults to
+#   nvmet    NVMe/TCP reference run against the kernel's nvmet-tcp target
+#   pinion   (default) NVMe/TCP run against Pinion; PINION_BIN defaults to
 #            build/cargo/release/pinion, else build/cargo/debug/pinion
+#   iscsi    iSCSI run against Pinion (open-iscsi, with and without CHAP)
 #
 # The transcript is streamed and kept in $VM_E2E_OUT/<target>.log (default
 # OUT build/vm-e2e under the repository root), the guest console in
@@ -23,10 +25,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
 target=${1:-pinion}
-args=()
+args=() bin=
+script=nvme-e2e.sh
 case $target in
   nvmet) ;;
-  pinion)
+  pinion|iscsi)
+    [[ $target == iscsi ]] && script=iscsi-e2e.sh
     bin=${2:-}
     if [[ -z $bin ]]; then
       for b in "$REPO/build/cargo/release/pinion" "$REPO/build/cargo/debug/pinion"; do
@@ -36,9 +40,10 @@ case $target in
     [[ -n $bin && -x $bin ]] || { echo "run-e2e: no Pinion binary (looked for build/cargo/{release,debug}/pinion; got '${bin}')" >&2; exit 2; }
     bin=$(realpath -e -- "$bin")
     args=("$bin")
+    [[ $target == pinion ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
@@ -49,16 +54,17 @@ log=$OUT/$target.log
 opts=(--timeout "${VM_E2E_TIMEOUT:-600}" --cwd "$REPO" --console "$OUT/$target.console.log")
 # the guest's /tmp is an empty tmpfs: show the host's /tmp (copy-on-write)
 # when the repository or the binary lives there
-[[ $REPO == /tmp/* || ${args[0]:-} == /tmp/* ]] && opts+=(--host-tmp)
+[[ $REPO == /tmp/* || ${bin:-} == /tmp/* ]] && opts+=(--host-tmp)
 for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE; do
   [[ -n ${!v+x} ]] && opts+=(-e "$v")
 done
 # shellcheck disable=SC2206
 opts+=(${GUEST_RUN_OPTS:-})
 
-echo "run-e2e: $target${args[0]:+ (${args[0]})}; transcript $log"
+echo "run-e2e: $target ($script${args[*]:+ ${args[*]}}); transcript $log"
 start=${EPOCHREALTIME/./}
-"$HERE/guest-run" "${opts[@]}" -- "$HERE/nvme-e2e.sh" "$target" "${args[@]}" 2>&1 | tee "$log"
+if [[ $target == nvmet ]]; then args=(nvmet); fi
+"$HERE/guest-run" "${opts[@]}" -- "$HERE/$script" "${args[@]}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 us=$((${EPOCHREALTIME/./} - start))
 printf 'run-e2e: %s rc=%d wall=%d.%ds transcript=%s\n' "$target" "$rc" \

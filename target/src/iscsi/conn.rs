@@ -106,6 +106,8 @@ struct Sess {
     last_rx: AtomicU64,
     /// Our outstanding NOP-In ping: its TTT and when it went out.
     ping: Mutex<Option<(u32, Instant)>>,
+    /// When the longest-waiting write started to wait for its Data-Out.
+    oldest_xfer: Mutex<Option<Instant>>,
 }
 
 impl Sess {
@@ -174,6 +176,8 @@ enum Stop {
     Protocol(String),
     HeaderDigest,
     Logout,
+    /// TARGET COLD RESET: the session ends after the TMF response.
+    ColdReset,
     WriterGone,
 }
 
@@ -216,6 +220,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         tsih: 0,
         initiator: info.initiator_name.clone(),
         isid: info.isid,
+        cid: info.cid,
         target: target.clone(),
         kill,
         tasks: tasks.clone(),
@@ -358,16 +363,19 @@ async fn full_feature(
         start: Instant::now(),
         last_rx: AtomicU64::new(0),
         ping: Mutex::new(None),
+        oldest_xfer: Mutex::new(None),
     });
     let discovery = info.session_type == SessionType::Discovery;
     let mut reader = tokio::spawn(read_loop(rd, sess.clone(), discovery).instrument(span.clone()));
-    let pinger = srv.settings.nop_interval.map(|iv| tokio::spawn(ping_loop(sess.clone(), iv, srv.settings.nop_timeout).instrument(span.clone())));
+    let st = &srv.settings;
+    let watchdog = tokio::spawn(watch_loop(sess.clone(), st.nop_interval, st.nop_timeout, st.data_timeout).instrument(span.clone()));
     // logout and server shutdown let tasks in flight finish
     let mut graceful = false;
     let why = tokio::select! {
         r = &mut reader => {
             match r {
                 Ok(Stop::Logout) => graceful = true,
+                Ok(Stop::ColdReset) => tracing::info!("session ended by TARGET COLD RESET"),
                 Ok(Stop::Eof) => tracing::info!("initiator closed the connection"),
                 Ok(s) => tracing::info!(reason = ?s, "connection ended"),
                 Err(e) => tracing::error!(error = %e, "reader task failed"),
@@ -399,9 +407,7 @@ async fn full_feature(
         tracing::info!(reason = ?why, "session ended from outside");
     }
     reader.abort();
-    if let Some(p) = pinger {
-        p.abort();
-    }
+    watchdog.abort();
     if !graceful {
         // ERL 0: the tasks of a dropped session are terminated
         tasks.abort_where(|_| true);
@@ -428,11 +434,22 @@ async fn full_feature(
     tracing::info!("session closed");
 }
 
-async fn ping_loop(s: Arc<Sess>, interval: Duration, timeout: Duration) {
+/// The session's watchdog: pings an idle initiator with NOP-In (when
+/// `interval` is set) and drops the session when a ping goes unanswered, or
+/// when a write has waited for its Data-Out longer than `data_timeout` (its
+/// pages are held for the initiator, which must not keep them forever).
+async fn watch_loop(s: Arc<Sess>, interval: Option<Duration>, timeout: Duration, data_timeout: Duration) {
     let mut ttt: u32 = 1;
-    let tick = interval.min(timeout).max(Duration::from_millis(100)) / 2;
+    let tick = interval.unwrap_or(data_timeout).min(timeout).min(data_timeout).max(Duration::from_millis(100)) / 2;
     loop {
         tokio::time::sleep(tick).await;
+        let oldest = *s.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = oldest.filter(|t| t.elapsed() >= data_timeout) {
+            tracing::warn!(waited = ?t.elapsed(), "a write's Data-Out did not arrive in time; dropping the session");
+            let _ = s.handle.kill.send(Kill::DataTimeout);
+            return;
+        }
+        let Some(interval) = interval else { continue };
         let last = Duration::from_millis(s.last_rx.load(Ordering::Relaxed));
         let now = s.start.elapsed();
         let outstanding = *s.ping.lock().unwrap_or_else(|e| e.into_inner());
@@ -481,6 +498,7 @@ struct CmdInfo {
 
 /// A WRITE whose data is still arriving.
 struct Xfer {
+    started: Instant,
     cmd: CmdInfo,
     state: WriteXfer,
     /// `None`: the data is discarded (the command already failed).
@@ -529,9 +547,16 @@ async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: boo
 
 impl Reader {
     async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Stop {
+        let mut had_xfers = false;
         loop {
             if let Err(s) = self.one(rd).await {
                 return s;
+            }
+            // publish the oldest pending write for the watchdog
+            if had_xfers || !self.xfers.is_empty() {
+                let oldest = self.xfers.values().map(|x| x.started).min();
+                *self.sess.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner()) = oldest;
+                had_xfers = oldest.is_some();
             }
         }
     }
@@ -666,7 +691,7 @@ impl Reader {
         let ttt_base = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(scsi::ScsiTarget::MAX_TRANSFER_BYTES / 512 + 1);
         let state = WriteXfer::new(cmd.edtl, imm, cmd.final_, p.initial_r2t, p.first_burst, p.max_burst, p.max_outstanding_r2t, ttt_base);
-        let mut x = Xfer { cmd, state, sgl: None, failed: None };
+        let mut x = Xfer { started: Instant::now(), cmd, state, sgl: None, failed: None };
         if too_big {
             tracing::info!(itt, edtl = x.cmd.edtl, "EDTL beyond the largest transfer");
             x.failed = Some(fixed_sense(0x05, 0x24, 0x00));
@@ -835,6 +860,9 @@ impl Reader {
             return Ok(());
         }
         self.done_cmdsn(bhs);
+        // the echo must fit what the initiator accepts per PDU
+        let mut data = data;
+        data.truncate(self.sess.params.initiator_max_recv_dsl as usize);
         let r = NopIn { opcode: Opcode::NOP_IN.0, flags: F, lun: n.lun, itt: n.itt, ttt: RESERVED_TAG.into(), ..Default::default() };
         self.sess.send(Tx::pdu(&r, data)).await
     }
@@ -1015,7 +1043,7 @@ impl Reader {
                 }
             }
             let _ = self.sess.tx.send(Tx::Close).await;
-            return Err(Stop::Protocol("TARGET COLD RESET".into()));
+            return Err(Stop::ColdReset);
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! A connection runs: the login exchange inline on the socket; then a
 //! reader task (the session's engine: CmdSN window, write transfers, TMF,
 //! Text, Logout, NOP), one task per SCSI command, the shared send engine
-//! (`pinion_transport::send`) as its writer, and an idle pinger.
+//! (`pinion_transport::send`) as its writer, and a watchdog (NOP-In pings
+//! to idle initiators, Data-Out that never comes).
 
 mod conn;
 
@@ -63,6 +64,8 @@ pub enum Kill {
     ColdReset,
     /// The initiator stopped answering NOP-In pings.
     PingTimeout,
+    /// A write's Data-Out did not arrive in time.
+    DataTimeout,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -70,6 +73,8 @@ pub struct SessionHandle {
     pub tsih: u16,
     pub initiator: String,
     pub isid: [u8; 6],
+    /// The CID of its (one) connection.
+    pub cid: u16,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
@@ -89,6 +94,8 @@ pub struct IscsiSettings {
     pub nop_interval: Option<Duration>,
     /// An unanswered ping after this long drops the session.
     pub nop_timeout: Duration,
+    /// A write waiting this long for its Data-Out drops the session.
+    pub data_timeout: Duration,
     pub login_timeout: Duration,
     /// How Data-In payloads are sent (zero-copy threshold, test hooks).
     pub send: pinion_transport::send::SendConfig,
@@ -102,6 +109,7 @@ impl Default for IscsiSettings {
             queue_depth: 128,
             nop_interval: Some(Duration::from_secs(30)),
             nop_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
             send: Default::default(),
         }
@@ -259,8 +267,8 @@ impl Directory for Dir<'_> {
         Ok(TargetAuth { name: t.name.clone(), alias: t.alias.clone(), chap: t.chap_for(initiator), mutual_chap: t.mutual_chap.clone() })
     }
 
-    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
-        self.0.sessions().get(&tsih).is_some_and(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator))
+    fn session_cid(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> Option<u16> {
+        self.0.sessions().get(&tsih).filter(|s| s.isid == isid && s.initiator.eq_ignore_ascii_case(initiator)).map(|s| s.cid)
     }
 
     fn portal_group_tag(&self) -> u16 {

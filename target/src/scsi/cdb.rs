@@ -37,6 +37,7 @@ impl Opcode {
     pub const SYNCHRONIZE_CACHE_10: Opcode = Opcode(0x35);
     pub const READ_DEFECT_DATA_10: Opcode = Opcode(0x37);
     pub const WRITE_SAME_10: Opcode = Opcode(0x41);
+    pub const SANITIZE: Opcode = Opcode(0x48);
     pub const UNMAP: Opcode = Opcode(0x42);
     pub const MODE_SELECT_10: Opcode = Opcode(0x55);
     pub const RESERVE_10: Opcode = Opcode(0x56);
@@ -69,6 +70,13 @@ pub const SAI_GET_LBA_STATUS: u8 = 0x12;
 /// Service actions of MAINTENANCE IN.
 pub const MI_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
 pub const MI_REPORT_SUPPORTED_TMFS: u8 = 0x0d;
+
+/// SANITIZE service actions we implement (OVERWRITE would finish at once
+/// on our volumes, and libiscsi holds a device that does not report
+/// SANITIZE IN PROGRESS for seconds to be broken; there is no encryption to
+/// erase).
+pub const SANITIZE_BLOCK_ERASE: u8 = 0x02;
+pub const SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1f;
 
 /// PERSISTENT RESERVE IN service actions.
 pub mod prin {
@@ -145,6 +153,8 @@ pub static COMMANDS: &[CmdDesc] = &[
     cmd!(Opcode::READ_DEFECT_DATA_10, "READ DEFECT DATA(10)", [0, 0x1f, 0, 0, 0, 0, F, F, 0]),
     cmd!(Opcode::WRITE_SAME_10, "WRITE SAME(10)", [0x08, F, F, F, F, G, F, F, 0]),
     cmd!(Opcode::UNMAP, "UNMAP", [0, 0, 0, 0, 0, G, F, F, 0]),
+    cmd!(Opcode::SANITIZE, sa SANITIZE_BLOCK_ERASE, "SANITIZE", [0xbf, 0, 0, 0, 0, 0, F, F, 0]),
+    cmd!(Opcode::SANITIZE, sa SANITIZE_EXIT_FAILURE_MODE, "SANITIZE", [0xbf, 0, 0, 0, 0, 0, F, F, 0]),
     cmd!(Opcode::MODE_SELECT_10, "MODE SELECT(10)", [0x11, 0, 0, 0, 0, 0, F, F, 0]),
     cmd!(Opcode::RESERVE_10, "RESERVE(10)", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd!(Opcode::RELEASE_10, "RELEASE(10)", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -186,7 +196,11 @@ pub static COMMANDS: &[CmdDesc] = &[
 pub fn has_service_action(op: u8) -> bool {
     matches!(
         Opcode(op),
-        Opcode::SERVICE_ACTION_IN_16 | Opcode::MAINTENANCE_IN | Opcode::PERSISTENT_RESERVE_IN | Opcode::PERSISTENT_RESERVE_OUT
+        Opcode::SERVICE_ACTION_IN_16
+            | Opcode::MAINTENANCE_IN
+            | Opcode::PERSISTENT_RESERVE_IN
+            | Opcode::PERSISTENT_RESERVE_OUT
+            | Opcode::SANITIZE
     )
 }
 
@@ -286,6 +300,10 @@ pub enum Cdb {
     Unmap {
         len: u32,
     },
+    /// SANITIZE BLOCK ERASE or EXIT FAILURE MODE (neither takes parameters).
+    Sanitize {
+        sa: u8,
+    },
     CompareAndWrite(Rw),
     ReportOpcodes {
         rctd: bool,
@@ -366,6 +384,7 @@ impl Cdb {
             | Cdb::Reserve { .. }
             | Cdb::Release { .. }
             | Cdb::StartStop { .. }
+            | Cdb::Sanitize { .. }
             | Cdb::PreventAllow { .. } => Dir::None,
             Cdb::Verify { bytchk, .. } => {
                 if *bytchk == 0 {
@@ -528,6 +547,14 @@ pub fn decode(cdb: &[u8]) -> Result<Cdb, Sense> {
             Cdb::WriteSame { rw: Rw { fua: false, dpo: false, ..rw16(Size::S16) }, unmap: b1 & 0x08 != 0, ndob: b1 & 0x01 != 0 }
         }
         Opcode::UNMAP => Cdb::Unmap { len: be16(c, 7) },
+        Opcode::SANITIZE => {
+            // IMMED and AUSE are accepted: the erase completes before the
+            // status, and there is no failure mode to restrict
+            if be16(c, 7) != 0 {
+                return Err(Sense::invalid_cdb(7, None));
+            }
+            Cdb::Sanitize { sa: sa_byte }
+        }
         Opcode::COMPARE_AND_WRITE => Cdb::CompareAndWrite(Rw { blocks: u32::from(c[13]), ..rw16(Size::S16) }),
         Opcode::MAINTENANCE_IN => match sa_byte {
             MI_REPORT_SUPPORTED_OPCODES => {

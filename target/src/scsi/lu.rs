@@ -83,7 +83,6 @@ pub(crate) type CmdResult = Result<Done, CmdError>;
 pub(crate) struct Cmd<'a> {
     pub tgt: &'a ScsiTarget,
     pub nexus: &'a Nexus,
-    pub key: ItKey,
     /// The EDTL that applies to Data-In (0 when the R bit is clear).
     pub edtl_in: u32,
     pub data_out: Option<Sgl>,
@@ -92,6 +91,11 @@ pub(crate) struct Cmd<'a> {
 }
 
 impl Cmd<'_> {
+    /// The I_T nexus identity state is keyed by.
+    pub fn key(&self) -> ItKey {
+        self.nexus.key()
+    }
+
     /// The parameter list of a Data-Out command: at most `len` bytes of
     /// what was received (a short Data-Out gives a short list).
     pub fn param_list(&self, len: u32) -> Vec<u8> {
@@ -106,8 +110,8 @@ impl Cmd<'_> {
     }
 }
 
-/// Maps a backend failure to sense data (SBC-3 4.14: read and write
-/// errors are MEDIUM ERROR; a read-only volume is DATA PROTECT).
+/// Maps a backend failure to sense data (SBC-3: read and write errors
+/// are MEDIUM ERROR; a read-only volume is DATA PROTECT).
 pub(crate) fn backend_sense(e: BackendError, write: bool) -> Sense {
     match e {
         BackendError::OutOfRange { .. } => Sense::illegal(Asc::LBA_OUT_OF_RANGE),
@@ -202,15 +206,11 @@ impl LogicalUnit {
     }
 
     /// Establishes a reset-class unit attention ahead of everything else:
-    /// it supersedes other pending reset conditions (SAM-5 5.14).
+    /// it supersedes other pending reset conditions (SAM-5, unit attention conditions).
     fn ua_reset(st: &mut LuState, key: &ItKey, asc: Asc) {
         let q = st.ua.entry(key.clone()).or_default();
         q.retain(|a| a.asc() != 0x29);
         q.push_front(asc);
-    }
-
-    pub fn nexus_added(&self, key: &ItKey) {
-        Self::ua_reset(&mut self.state(), key, Asc::POWER_ON_RESET);
     }
 
     pub fn nexus_gone(&self, key: &ItKey) {
@@ -244,35 +244,62 @@ impl LogicalUnit {
         ScsiResponse::check(sense, desc)
     }
 
-    pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
-        let key = req.nexus.key();
-        let op = Opcode(req.cdb.first().copied().unwrap_or(0xff));
+    /// Takes the oldest pending unit attention of an I_T nexus.
+    pub(crate) fn pop_ua(st: &mut LuState, key: &ItKey) -> Option<Asc> {
+        let q = st.ua.get_mut(key)?;
+        let asc = q.pop_front();
+        if q.is_empty() {
+            // an empty map is the fast path's "no unit attention anywhere"
+            st.ua.remove(key);
+        }
+        asc
+    }
+
+    /// Everything checked before a command runs, under one lock: a pending
+    /// unit attention, the CDB, reservations, and whether the unit is
+    /// started. The I_T nexus identity is only built when some state is
+    /// keyed by it.
+    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<Cdb, ScsiResponse> {
+        let op = Opcode(raw.first().copied().unwrap_or(0xff));
+        let decoded = cdb::decode(raw);
+        let mut st = self.state();
+        let d_sense = st.mode.d_sense;
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear
-        // a unit attention (SAM-5 5.14; REQUEST SENSE returns it as data)
-        if !matches!(op, Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE) {
-            let ua = self.state().ua.get_mut(&key).and_then(|q| q.pop_front());
-            if let Some(asc) = ua {
+        // a unit attention (SAM-5; REQUEST SENSE returns it as data)
+        if !st.ua.is_empty() && !matches!(op, Opcode::INQUIRY | Opcode::REPORT_LUNS | Opcode::REQUEST_SENSE) {
+            if let Some(asc) = Self::pop_ua(&mut st, &nexus.key()) {
                 tracing::debug!(asc = format!("{:04x}", asc.0), "reporting unit attention");
-                return self.respond_check(&Sense::unit_attention(asc));
+                return Err(ScsiResponse::check(&Sense::unit_attention(asc), d_sense));
             }
         }
-        let cdb = match cdb::decode(req.cdb) {
+        let cdb = decoded.map_err(|s| {
+            tracing::info!(cdb = ?&raw[..raw.len().min(16)], sense = ?s, "CDB rejected");
+            ScsiResponse::check(&s, d_sense)
+        })?;
+        if st.spc2.is_some() || st.pr.res.is_some() || !st.pr.regs.is_empty() {
+            if let Err(e) = Self::check_access(&st, &nexus.key(), &cdb) {
+                return Err(match e {
+                    CmdError::Check(s) => ScsiResponse::check(&s, d_sense),
+                    CmdError::Conflict => ScsiResponse::status(ScsiStatus::RESERVATION_CONFLICT),
+                });
+            }
+        }
+        if st.stopped && Self::media_access(&cdb) {
+            return Err(ScsiResponse::check(&Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED), d_sense));
+        }
+        Ok(cdb)
+    }
+
+    pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
+        let cdb = match self.admit(req.nexus, req.cdb) {
             Ok(c) => c,
-            Err(s) => {
-                tracing::info!(cdb = ?&req.cdb[..req.cdb.len().min(16)], sense = ?s, "CDB rejected");
-                return self.respond_check(&s);
-            }
+            Err(resp) => return resp,
         };
-        if let Err(e) = self.check_access(&key, &cdb) {
-            return self.fail(e);
-        }
         let edtl = req.edtl;
         let (edtl_in, edtl_out) = (if req.read { edtl } else { 0 }, if req.write { edtl } else { 0 });
-        let mut cmd = Cmd { tgt, nexus: req.nexus, key, edtl_in, data_out: req.data_out, need_bytes: req.need_bytes, local_peer: req.local_peer };
-        if cdb.dir() != Dir::Out {
-            // data the initiator sent for a command that takes none is dropped
-            cmd.data_out = None;
-        }
+        // data the initiator sent for a command that takes none is dropped
+        let data_out = if cdb.dir() == Dir::Out { req.data_out } else { None };
+        let mut cmd = Cmd { tgt, nexus: req.nexus, edtl_in, data_out, need_bytes: req.need_bytes, local_peer: req.local_peer };
         match self.dispatch(&mut cmd, cdb).await {
             Ok(done) => self.finish(done, edtl, edtl_in, edtl_out).await,
             Err(e) => self.fail(e),
@@ -300,10 +327,9 @@ impl LogicalUnit {
         ScsiResponse { status: ScsiStatus::GOOD, sense: None, data_in, residual }
     }
 
-    /// Reservation checks (SPC-2 RESERVE and SPC-4 5.13.1 persistent
+    /// Reservation checks (SPC-2 RESERVE and SPC-4 persistent
     /// reservations), before anything runs.
-    fn check_access(&self, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
-        let st = self.state();
+    fn check_access(st: &LuState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
         if let Some(holder) = &st.spc2 {
             if holder != key
                 && !matches!(cdb, Cdb::Inquiry { .. } | Cdb::ReportLuns { .. } | Cdb::RequestSense { .. } | Cdb::Release { .. })
@@ -323,9 +349,9 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// Media access is refused while the unit is stopped.
-    fn check_ready(&self, cdb: &Cdb) -> Result<(), Sense> {
-        let media = matches!(
+    /// Commands refused while the unit is stopped.
+    fn media_access(cdb: &Cdb) -> bool {
+        matches!(
             cdb,
             Cdb::TestUnitReady
                 | Cdb::Read(_)
@@ -337,17 +363,13 @@ impl LogicalUnit {
                 | Cdb::PreFetch { .. }
                 | Cdb::WriteSame { .. }
                 | Cdb::Unmap { .. }
+                | Cdb::Sanitize { .. }
                 | Cdb::CompareAndWrite(_)
                 | Cdb::GetLbaStatus { .. }
-        );
-        if media && self.state().stopped {
-            return Err(Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED));
-        }
-        Ok(())
+        )
     }
 
     async fn dispatch(&self, cmd: &mut Cmd<'_>, cdb: Cdb) -> CmdResult {
-        self.check_ready(&cdb)?;
         match cdb {
             Cdb::TestUnitReady => Ok(Done::NoData),
             Cdb::RequestSense { desc, alloc } => self.request_sense(cmd, desc, alloc),
@@ -372,6 +394,7 @@ impl LogicalUnit {
             }
             Cdb::WriteSame { rw, unmap, ndob } => self.write_same(cmd, rw, unmap, ndob).await,
             Cdb::Unmap { len } => self.unmap(cmd, len).await,
+            Cdb::Sanitize { sa } => self.sanitize(sa).await,
             Cdb::CompareAndWrite(rw) => self.compare_and_write(cmd, rw).await,
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
@@ -380,7 +403,7 @@ impl LogicalUnit {
             Cdb::Reserve { .. } => self.reserve(cmd),
             Cdb::Release { .. } => {
                 let mut st = self.state();
-                if st.spc2.as_ref() == Some(&cmd.key) {
+                if st.spc2.as_ref() == Some(&cmd.key()) {
                     st.spc2 = None;
                 }
                 Ok(Done::NoData)
@@ -403,16 +426,16 @@ impl LogicalUnit {
     fn reserve(&self, cmd: &Cmd<'_>) -> CmdResult {
         let mut st = self.state();
         match &st.spc2 {
-            Some(h) if *h != cmd.key => Err(CmdError::Conflict),
+            Some(h) if *h != cmd.key() => Err(CmdError::Conflict),
             _ => {
-                st.spc2 = Some(cmd.key.clone());
+                st.spc2 = Some(cmd.key());
                 Ok(Done::NoData)
             }
         }
     }
 
     fn request_sense(&self, cmd: &Cmd<'_>, desc: bool, alloc: u32) -> CmdResult {
-        let ua = self.state().ua.get_mut(&cmd.key).and_then(|q| q.pop_front());
+        let ua = Self::pop_ua(&mut self.state(), &cmd.key());
         let sense = match ua {
             Some(asc) => Sense::unit_attention(asc),
             None if self.state().stopped => Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED),
@@ -425,7 +448,7 @@ impl LogicalUnit {
 
     async fn start_stop(&self, condition: u8, loej: bool, start: bool, no_flush: bool) -> CmdResult {
         // a power condition other than START_VALID leaves START and LOEJ
-        // unprocessed (SBC-3 5.25); we have no power states to move between
+        // unprocessed (SBC-3 START STOP UNIT); we have no power states to move between
         if condition != 0 {
             return Ok(Done::NoData);
         }

@@ -60,7 +60,7 @@ impl Nexus {
 }
 
 impl ItKey {
-    /// The iSCSI initiator port TransportID name (SPC-4 7.6.4.6):
+    /// The iSCSI initiator port TransportID name (SPC-4, iSCSI TransportID):
     /// `<name>,i,0x<ISID>`.
     pub(crate) fn port_name(&self) -> String {
         let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
@@ -98,7 +98,7 @@ pub struct ScsiRequest<'a> {
     pub local_peer: bool,
 }
 
-/// SCSI status (SAM-5 table 33), an open newtype.
+/// SCSI status (SAM-5), an open newtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScsiStatus(pub u8);
 
@@ -113,7 +113,7 @@ impl ScsiStatus {
     pub const TASK_ABORTED: ScsiStatus = ScsiStatus(0x40);
 }
 
-/// Residual of a task relative to its EDTL (RFC 7143 11.4.5).
+/// Residual of a task relative to its EDTL (RFC 7143, SCSI Response).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Residual {
     None,
@@ -156,7 +156,7 @@ impl ScsiResponse {
     }
 }
 
-/// Task management functions (RFC 7143 11.5.1) the SCSI layer takes part in.
+/// Task management functions (RFC 7143) the SCSI layer takes part in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TmfKind {
     AbortTask,
@@ -273,14 +273,12 @@ impl ScsiTarget {
         }
     }
 
-    /// A new session: its I_T nexus gets a unit attention on every LU, as
-    /// after power on (libiscsi and Linux clear it with TEST UNIT READY).
+    /// A new session: its I_T nexus will hear of later events (mode
+    /// changes, resets, reservations) on every LU. A login itself raises no
+    /// unit attention, as with LIO: initiators learn nothing from a POWER ON
+    /// after every login but must spend a TEST UNIT READY to clear it.
     pub fn nexus_added(&self, n: &Nexus) {
-        let key = n.key();
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
-        for lu in &self.lus {
-            lu.nexus_added(&key);
-        }
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(n.key());
     }
 
     /// A session ended: its SPC-2 reservation and PREVENT state go; its

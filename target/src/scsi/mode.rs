@@ -1,4 +1,4 @@
-//! MODE SENSE / MODE SELECT (SPC-4 6.11-6.14, 7.5) with the caching,
+//! MODE SENSE / MODE SELECT (SPC-4) with the caching,
 //! control and informational exceptions pages.
 //!
 //! Pages are built from [`ModeParams`] for each page control (current,
@@ -233,7 +233,7 @@ impl LogicalUnit {
         if new != old {
             tracing::info!(lun = self.lun, ?old, ?new, "mode parameters changed");
             self.state().mode = new;
-            self.ua_all(Some(&cmd.key), Asc::MODE_PARAMETERS_CHANGED);
+            self.ua_all(Some(&cmd.key()), Asc::MODE_PARAMETERS_CHANGED);
             if old.wce && !new.wce {
                 // writes are written through from now on; make the cached
                 // ones durable too, so "WCE off" means everything acknowledged

@@ -1,6 +1,6 @@
-//! Persistent reservations (SPC-4 5.13, PERSISTENT RESERVE IN/OUT 6.15,
-//! 6.16), kept in memory: APTPL is not supported (PTPL_C 0), so
-//! registrations survive sessions and resets but not a restart.
+//! Persistent reservations (SPC-4 PERSISTENT RESERVE IN/OUT), kept in
+//! memory: APTPL is not supported (PTPL_C 0), so registrations survive
+//! sessions and resets but not a restart.
 
 use super::cdb::{prin, prout, Cdb};
 use super::lu::Cmd;
@@ -8,7 +8,7 @@ use super::lu::{CmdResult, Done, LogicalUnit, LuState};
 use super::sense::{Asc, Sense};
 use super::{CmdError, ItKey};
 
-/// Reservation types (SPC-4 table 170).
+/// Reservation types (SPC-4).
 pub(crate) const WE: u8 = 1;
 pub(crate) const EA: u8 = 3;
 pub(crate) const WE_RO: u8 = 5;
@@ -62,8 +62,8 @@ impl PrState {
     }
 }
 
-/// How a command touches the medium, for the conflict table (SPC-4
-/// table 63 and SBC-3 table 13).
+/// How a command touches the medium, for the conflict tables of SPC-4
+/// and SBC-3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
     /// Never conflicts with a persistent reservation.
@@ -131,7 +131,7 @@ pub(crate) fn transport_id(it: &ItKey) -> Vec<u8> {
     v
 }
 
-/// Parses an iSCSI initiator port TransportID (SPC-4 7.6.4.6); the port
+/// Parses an iSCSI initiator port TransportID (SPC-4); the port
 /// name needs its ISID to name an I_T nexus.
 fn parse_transport_id(b: &[u8], tpgt: u16, at: usize) -> Result<ItKey, Sense> {
     if b.len() < 4 {
@@ -276,7 +276,7 @@ impl LogicalUnit {
             }
             Ok(())
         };
-        let me = cmd.key.clone();
+        let me = cmd.key();
         let mut st = self.state();
         let mine = st.pr.key_of(&me);
         // every action but registering needs the caller's own key
@@ -352,8 +352,9 @@ impl LogicalUnit {
         Ok(done)
     }
 
-    /// PREEMPT (SPC-4 5.13.11.4). The session layer aborts the preempted
-    /// nexuses' tasks for PREEMPT AND ABORT; this is the reservation part.
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4). The tasks of the preempted
+    /// I_T nexuses are not aborted: the session layer owns tasks and this
+    /// contract has no way to ask it, so PREEMPT AND ABORT acts as PREEMPT.
     fn preempt(&self, st: &mut LuState, me: &ItKey, sark: u64, ty: u8, check_type: impl Fn() -> Result<(), Sense>) -> Result<(), CmdError> {
         let res = st.pr.res.clone();
         let holder_key = res.as_ref().filter(|r| !all_registrants(r.ty)).and_then(|r| st.pr.key_of(&r.holder));
@@ -404,7 +405,7 @@ impl LogicalUnit {
         if 24 + tid_len > list.len() {
             return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR).into());
         }
-        let me = cmd.key.clone();
+        let me = cmd.key();
         let mut st = self.state();
         match st.pr.key_of(&me) {
             Some(k) if k == rk => {}

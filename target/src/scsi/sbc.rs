@@ -84,7 +84,11 @@ impl LogicalUnit {
         let room = (alloc.saturating_sub(8) / 16).clamp(1, 64);
         let mut descs: Vec<(u64, u64, bool)> = Vec::new();
         let mut at = lba;
-        while at < cap && descs.len() < room as usize {
+        // backends answer with maximal runs; the bound only guards against
+        // one that does not (each step costs a system call)
+        let mut steps = 4096;
+        while at < cap && descs.len() < room as usize && steps > 0 {
+            steps -= 1;
             let left = (cap - at).min(u64::from(u32::MAX));
             let (mapped, bytes) = self.volume.allocation(at * bs, left * bs).await.map_err(|e| backend_sense(e, false))?;
             // a block with any storage behind it counts as mapped
@@ -305,7 +309,7 @@ impl LogicalUnit {
         if 8 + bd_len > list.len() {
             return Err(Sense::invalid_param(2, None).into());
         }
-        // a trailing partial descriptor is ignored (SBC-3 5.28.2)
+        // a trailing partial descriptor is ignored (SBC-3 UNMAP)
         let n = bd_len / 16;
         if n > Self::MAX_UNMAP_DESCRIPTORS as usize {
             return Err(Sense::invalid_param(2, None).into());
@@ -331,6 +335,24 @@ impl LogicalUnit {
         Ok(done)
     }
 
+    /// SANITIZE: BLOCK ERASE deallocates the whole medium (it then reads
+    /// as zeroes, and reads succeed: WABEREQ 01b); EXIT FAILURE MODE has
+    /// nothing to do, a sanitize never fails half-way here. The erase runs
+    /// to completion before the status, holding the whole range against
+    /// writers, so no command ever sees SANITIZE IN PROGRESS.
+    pub(crate) async fn sanitize(&self, sa: u8) -> CmdResult {
+        self.check_writable()?;
+        if sa == super::cdb::SANITIZE_BLOCK_ERASE {
+            let size = self.num_blocks() * self.block_size();
+            tracing::warn!(lun = self.lun, volume = %self.volume.name, "SANITIZE BLOCK ERASE: deallocating the whole volume");
+            // Volume::discard holds the whole range exclusively itself
+            // (taking it here too would wait on ourselves)
+            self.volume.discard(vec![(0, size)]).await.map_err(|e| backend_sense(e, true))?;
+            self.volume.flush().await.map_err(|e| backend_sense(e, true))?;
+        }
+        Ok(Done::Out { full: 0 })
+    }
+
     /// COMPARE AND WRITE: compares the first half of the Data-Out with the
     /// blocks and, only if they match, writes the second half; the range
     /// stays locked in between so no other writer can slip in.
@@ -340,21 +362,18 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb(13, None).into());
         }
         let (off, len) = self.range(rw.lba, u64::from(n))?;
-        if n == 0 {
-            // nothing to compare: but Data-Out for it means the CDB's one-byte
-            // block count wrapped (libiscsi sends 256 blocks as 0)
-            if cmd.data_out.as_ref().is_some_and(|d| !d.is_empty()) {
-                return Err(Sense::invalid_cdb(13, None).into());
-            }
-            return Ok(Done::Out { full: 0 });
-        }
-        self.check_writable()?;
         let full = 2 * len;
+        // the Data-Out must be exactly the two halves: a count that does not
+        // match it (e.g. 256 blocks truncated to 0 in the 8-bit field) is wrong
         let data = cmd.data_out.take().map(|d| d.to_vec()).unwrap_or_default();
         if data.len() as u64 != full {
             tracing::debug!(got = data.len(), want = full, "COMPARE AND WRITE Data-Out does not match its length");
             return Err(Sense::invalid_cdb(13, None).into());
         }
+        if n == 0 {
+            return Ok(Done::Out { full: 0 });
+        }
+        self.check_writable()?;
         let len = len as usize;
         let g = self.volume.lock_range(off, len as u64, LockMode::Exclusive).await;
         let cur = self.volume.read_locked(&g, off, len).await.map_err(|e| backend_sense(e, false))?;

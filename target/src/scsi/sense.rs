@@ -1,8 +1,8 @@
-//! Sense data (SPC-4 4.5): what a CHECK CONDITION says, in fixed (70h) or
+//! Sense data (SPC-4): what a CHECK CONDITION says, in fixed (70h) or
 //! descriptor (72h) format. Which format goes out is the logical unit's
 //! D_SENSE setting (control mode page), or REQUEST SENSE's DESC bit.
 
-/// Sense key (SPC-4 table 27), an open newtype.
+/// Sense key (SPC-4), an open newtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SenseKey(pub u8);
 
@@ -19,7 +19,7 @@ impl SenseKey {
     pub const MISCOMPARE: SenseKey = SenseKey(0xe);
 }
 
-/// Additional sense code and qualifier, as `ASC << 8 | ASCQ` (SPC-4 table 28).
+/// Additional sense code and qualifier, as `ASC << 8 | ASCQ` (SPC-4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Asc(pub u16);
 
@@ -63,7 +63,7 @@ impl Asc {
     }
 }
 
-/// Sense-key specific field pointer (SPC-4 4.5.2.4.2): which CDB or
+/// Sense-key specific field pointer (SPC-4): which CDB or
 /// parameter-list byte (and bit) is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldPointer {

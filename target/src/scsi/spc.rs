@@ -7,7 +7,7 @@ use super::lu::{bytes_to_sgl, CmdResult, Done};
 use super::sense::{Asc, Sense};
 use super::{Residual, ScsiRequest, ScsiResponse, ScsiTarget};
 
-/// The 8-byte LUN field for LUN `n` (SAM-5 4.7: peripheral device
+/// The 8-byte LUN field for LUN `n` (SAM-5: peripheral device
 /// addressing below 256, flat space addressing above).
 pub(crate) fn lun_field(n: u64) -> [u8; 8] {
     let mut f = [0u8; 8];
@@ -33,7 +33,7 @@ pub(crate) fn report_luns(tgt: &ScsiTarget, select: u8, alloc: u32) -> Done {
     Done::In(v)
 }
 
-/// The command timeouts descriptor (SPC-4 6.35.4).
+/// The command timeouts descriptor (SPC-4 REPORT SUPPORTED OPERATION CODES).
 fn timeouts(c: &CmdDesc) -> [u8; 12] {
     let mut t = [0u8; 12];
     t[1] = 0x0a;

@@ -265,26 +265,33 @@ async fn report_luns() {
 // ---- unit attentions, REQUEST SENSE, sense formats ------------------------
 
 #[tokio::test]
-async fn unit_attention_after_login_is_reported_once() {
+async fn unit_attentions_are_reported_once() {
     let t = setup();
     t.tgt.nexus_added(&t.a);
+    t.tgt.nexus_added(&t.b);
+    // a login raises none
+    nodata(&t.tgt, &t.a, &tur()).await.good();
+    t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.b);
     // INQUIRY neither reports nor clears it
     din(&t.tgt, &t.a, &[0x12, 0, 0, 0, 36, 0], 36).await.good();
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.good();
     // REQUEST SENSE returns a pending UA as data and clears it
-    t.tgt.nexus_added(&t.a);
-    let r = din(&t.tgt, &t.a, &[0x03, 0, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 0, 0, 0, 252, 0], 252).await;
     r.good();
     assert_eq!((r.data[2], r.data[12], r.data[13]), (0x06, 0x29, 0x00));
     assert_eq!(r.residual, Residual::Underflow(252 - 18));
-    let r = din(&t.tgt, &t.a, &[0x03, 0, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 0, 0, 0, 252, 0], 252).await;
     assert_eq!((r.data[2], r.data[12]), (0, 0), "NO SENSE");
     // descriptor format on request
-    let r = din(&t.tgt, &t.a, &[0x03, 1, 0, 0, 252, 0], 252).await;
+    let r = din(&t.tgt, &t.b, &[0x03, 1, 0, 0, 252, 0], 252).await;
     assert_eq!(&r.data[..4], &[0x72, 0, 0, 0]);
-    // the other nexus was never told anything
+    // a nexus that logged out hears nothing more; one that never logged in
+    // was never told anything
+    t.tgt.nexus_gone(&t.b);
+    t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.a);
     nodata(&t.tgt, &t.b, &tur()).await.good();
+    nodata(&t.tgt, &nexus(9, "iqn.2026-01.test:z"), &tur()).await.good();
 }
 
 #[tokio::test]
@@ -292,8 +299,6 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     let t = setup();
     t.tgt.nexus_added(&t.a);
     t.tgt.nexus_added(&t.b);
-    nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
-    nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &[0x16, 0, 0, 0, 0, 0]).await.good();
     assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 0, &t.a), TmfResult::Complete);
     assert_eq!(t.tgt.task_mgmt(TmfKind::LunReset, 9, &t.a), TmfResult::LunDoesNotExist);
@@ -308,6 +313,7 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     t.tgt.capacity_changed(0);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2a09);
+    nodata(&t.tgt, &t.a, &tur()).await.good();
 }
 
 #[tokio::test]
@@ -775,6 +781,40 @@ async fn get_lba_status_follows_mapping() {
     assert_eq!(r.data.len(), 24);
 }
 
+#[tokio::test]
+async fn sanitize_block_erase() {
+    let t = setup();
+    write_blocks(&t, 0, &[0x5a; 8 * BS]).await;
+    write_blocks(&t, BLOCKS as u32 - 8, &[0x5a; 8 * BS]).await;
+    nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    assert_eq!(read_blocks(&t, 0, 8).await, vec![0; 8 * BS]);
+    assert_eq!(read_blocks(&t, BLOCKS as u32 - 8, 8).await, vec![0; 8 * BS]);
+    assert_eq!(lba_status(&t, 0).await, vec![(0, BLOCKS as u32, 1)], "all deallocated");
+    // IMMED and AUSE are fine; EXIT FAILURE MODE has nothing to do
+    nodata(&t.tgt, &t.a, &[0x48, 0xa2, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    nodata(&t.tgt, &t.a, &[0x48, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    // no parameters; reserved bits; OVERWRITE and CRYPTO ERASE unsupported
+    let r = dout(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], &[0; 8]).await;
+    assert_eq!(r.field(), (true, 7, None));
+    let r = nodata(&t.tgt, &t.a, &[0x48, 0x42, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(r.field(), (true, 1, Some(6)));
+    let r = nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 3, 0, 0, 0, 0, 0]).await;
+    assert_eq!(r.field(), (true, 4, Some(1)));
+    for sa in [0x01, 0x03, 0x00, 0x1e] {
+        let r = nodata(&t.tgt, &t.a, &[0x48, sa, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+        assert_eq!(r.field(), (true, 1, Some(4)), "service action {sa:#x}");
+    }
+    // a write: reservations and write protection apply
+    pr(&t, &t.b, REGISTER, 0, 0, 2).await.good();
+    pr(&t, &t.b, RESERVE, 1, 2, 0).await.good();
+    assert_eq!(nodata(&t.tgt, &t.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]).await.status, ScsiStatus::RESERVATION_CONFLICT);
+    // it shows in REPORT SUPPORTED OPERATION CODES and the block device page
+    let r = din(&t.tgt, &t.a, &rsoc(false, 2, 0x48, 0x02, 512), 512).await;
+    assert_eq!(r.data[1] & 7, 3);
+    let r = din(&t.tgt, &t.a, &[0x12, 1, 0xb1, 0, 64, 0], 64).await;
+    assert_eq!(r.data[7] >> 6, 1, "WABEREQ");
+}
+
 // ---- COMPARE AND WRITE ----------------------------------------------------
 
 fn caw(lba: u64, n: u8) -> Vec<u8> {
@@ -805,6 +845,8 @@ async fn compare_and_write() {
     dout(&t.tgt, &t.a, &caw(50, 3), &[new.clone(), old.clone()].concat()).await.check(ILLEGAL, 0x2400);
     dout(&t.tgt, &t.a, &caw(BLOCKS - 1, 2), &[new.clone(), old.clone()].concat()).await.check(ILLEGAL, 0x2100);
     nodata(&t.tgt, &t.a, &caw(0, 0)).await.good();
+    // 256 blocks do not fit the 8-bit count: it reads 0, the Data-Out disagrees
+    dout(&t.tgt, &t.a, &caw(0, 0), &vec![0; 512 * BS]).await.check(ILLEGAL, 0x2400);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! INQUIRY: standard data and the vital product data pages (SPC-4 7.8,
-//! SBC-3 6.6).
+//! INQUIRY: standard data and the vital product data pages (SPC-4,
+//! SBC-3).
 
 use super::lu::Cmd;
 use super::lu::{CmdResult, Done, LogicalUnit};
@@ -12,7 +12,7 @@ const PRODUCT: &str = "Pinion volume";
 /// Version descriptors: SAM-5, SPC-4, SBC-3, iSCSI (no version claimed).
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0460, 0x04c0, 0x0960];
 
-/// VPD pages we return, in order (SPC-4 7.8.13: ascending).
+/// VPD pages we return, in order (ascending, as SPC-4 asks).
 const PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
 
 fn padded<const N: usize>(s: &str) -> [u8; N] {
@@ -58,7 +58,7 @@ fn page(code: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A designation descriptor (SPC-4 7.8.6.1).
+/// A designation descriptor (SPC-4 Device Identification page).
 fn designator(v: &mut Vec<u8>, proto_codeset: u8, piv_assoc_type: u8, d: &[u8]) {
     v.extend_from_slice(&[proto_codeset, piv_assoc_type, 0, d.len() as u8]);
     v.extend_from_slice(d);
@@ -131,12 +131,13 @@ impl LogicalUnit {
         (self.max_transfer_blocks() / 2).clamp(1, 255) as u8
     }
 
-    /// WRITE SAME covers at most what one WRITE may carry: hosts and
-    /// libiscsi's conformance suite treat a range they may WRITE SAME as one
-    /// they may also WRITE (WriteSame16.Unmap writes 65536 blocks at once
-    /// when the limit allows it), and larger zeroing goes through UNMAP.
+    /// MAXIMUM WRITE SAME LENGTH. libiscsi writes this many blocks with a
+    /// plain WRITE before it unmaps them with WRITE SAME when the limit is
+    /// 64Ki blocks or more, which a 1 MiB transfer limit cannot take; and
+    /// WRITE SAME without UNMAP writes its pattern block by block, so a
+    /// bounded length also bounds one command's work.
     pub(crate) fn max_write_same_blocks(&self) -> u64 {
-        u64::from(self.max_transfer_blocks())
+        0xffff
     }
 
     pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
@@ -172,6 +173,8 @@ impl LogicalUnit {
             _ => 0,
         };
         b[0..2].copy_from_slice(&rate.to_be_bytes());
+        // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (with zeroes)
+        b[3] = 0x40;
         page(0xb1, &b)
     }
 

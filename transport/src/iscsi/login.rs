@@ -64,8 +64,9 @@ pub enum Lookup {
 pub trait Directory {
     /// The target named `name` (case-insensitive), for `initiator`.
     fn target(&self, name: &str, initiator: &str) -> Result<TargetAuth, Lookup>;
-    /// Whether a session with this TSIH exists for this initiator and ISID.
-    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool;
+    /// The CID of the connection of the session with this TSIH, initiator
+    /// and ISID, if there is one (sessions have one connection).
+    fn session_cid(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> Option<u16>;
     fn portal_group_tag(&self) -> u16;
     fn prefs(&self) -> TargetPrefs;
     /// Unpredictable bytes for CHAP challenges.
@@ -382,8 +383,16 @@ impl Login {
                     Err(Lookup::Forbidden) => return fail(LoginStatus::FORBIDDEN, "initiator not allowed by the target's ACL"),
                 }
             }
-            if self.tsih != 0 && !dir.session_exists(&initiator, self.isid, self.tsih) {
-                return fail(LoginStatus::NO_SESSION, "TSIH names no session of this initiator");
+            if self.tsih != 0 {
+                // a login with a TSIH adds a connection to a session, or with
+                // the CID of its connection replaces it (reinstatement)
+                match dir.session_cid(&initiator, self.isid, self.tsih) {
+                    None => return fail(LoginStatus::NO_SESSION, "TSIH names no session of this initiator"),
+                    Some(cid) if cid != self.cid => {
+                        return fail(LoginStatus::TOO_MANY_CONNECTIONS, "MaxConnections is 1");
+                    }
+                    Some(_) => {}
+                }
             }
             if self.session_type == SessionType::Normal {
                 resp.push(("TargetPortalGroupTag".into(), dir.portal_group_tag().to_string()));
@@ -552,8 +561,8 @@ mod tests {
             }
             Ok(TargetAuth { name: TGT.into(), alias: Some("pinion".into()), chap: self.chap.clone(), mutual_chap: self.mutual.clone() })
         }
-        fn session_exists(&self, _i: &str, _isid: [u8; 6], tsih: u16) -> bool {
-            self.sessions.contains(&tsih)
+        fn session_cid(&self, _i: &str, _isid: [u8; 6], tsih: u16) -> Option<u16> {
+            self.sessions.contains(&tsih).then_some(0)
         }
         fn portal_group_tag(&self) -> u16 {
             1
@@ -694,7 +703,10 @@ mod tests {
         assert_eq!(failed(&l.handle(&r, &data, &d)), LoginStatus::NO_SESSION);
         let d2 = Dir { sessions: vec![5], ..Dir::default() };
         let mut l = Login::new(TargetPrefs::default(), 32);
-        assert!(matches!(l.handle(&r, &data, &d2).outcome, Outcome::Continue));
+        assert!(matches!(l.handle(&r, &data, &d2).outcome, Outcome::Continue), "same CID: reinstatement");
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        r.cid = 1.into();
+        assert_eq!(failed(&l.handle(&r, &data, &d2)), LoginStatus::TOO_MANY_CONNECTIONS, "a second connection");
         // malformed text, duplicate keys
         let mut l = Login::new(TargetPrefs::default(), 32);
         let (mut r, _) = req(0, 1, true, &[]);

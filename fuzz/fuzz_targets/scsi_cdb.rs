@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
             data_out,
             attr: TaskAttr::Simple,
             need_bytes: false,
+            local_peer: false,
         };
         w.tgt.execute(req).await
     });

@@ -174,7 +174,7 @@ impl Engine<'_> {
         pool_bytes: &mut usize,
         sent: &mut Sent,
     ) -> std::io::Result<()> {
-        let zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min;
+        let mut zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min;
         let mut s = &mut iov[..];
         while !s.is_empty() {
             let n = s.len().min(IOV_MAX);
@@ -195,10 +195,9 @@ impl Engine<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.stream.writable().await?
                 }
-                // Out of option memory for notifications: this call copies.
-                Err(e) if zc && e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Box::pin(self.send_plain(s, pool_bytes)).await;
-                }
+                // Out of option memory for notifications: the rest of this
+                // batch is copied.
+                Err(e) if zc && e.raw_os_error() == Some(libc::ENOBUFS) => zc = false,
                 Err(e) => return Err(e),
             }
         }
@@ -212,33 +211,6 @@ impl Engine<'_> {
         }
         *pool_bytes = 0;
         iov.clear();
-        Ok(())
-    }
-
-    async fn send_plain(
-        &mut self,
-        mut s: &mut [IoSlice<'_>],
-        pool_bytes: &mut usize,
-    ) -> std::io::Result<()> {
-        while !s.is_empty() {
-            let n = s.len().min(IOV_MAX);
-            let r = self.stream.try_io(Interest::WRITABLE, || {
-                socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], 0)
-            });
-            match r {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(w) => {
-                    self.pos += w as u64;
-                    IoSlice::advance_slices(&mut s, w);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.stream.writable().await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        METRICS.send_copy.add(*pool_bytes);
-        *pool_bytes = 0;
         Ok(())
     }
 

@@ -50,6 +50,18 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The segment's bytes, copied (see [`Sgl::to_vec`] for page-cache
+    /// segments and read errors).
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Segment::Pool { .. } | Segment::Static { .. } => self.memory().unwrap_or_default().to_vec(),
+            Segment::PageCache(r) => r.read_bytes().unwrap_or_else(|e| {
+                tracing::error!(offset = r.offset, len = r.len, error = %e, "re-reading a page-cache payload failed");
+                vec![0; r.len]
+            }),
+        }
+    }
+
     /// The bytes, when they are in our memory (not for page-cache ranges).
     pub fn memory(&self) -> Option<&[u8]> {
         match self {
@@ -124,21 +136,6 @@ impl Sgl {
             let (lo, hi) = (range.start.max(a), range.end.min(b));
             (lo < hi).then(|| (s, lo - a..hi - a))
         })
-    }
-
-    /// One segment's bytes, copied (see [`Sgl::to_vec`]).
-    pub fn segment_bytes(s: &Segment) -> Vec<u8> {
-        Sgl { dir: Direction::Source, segs: Vec::new(), len: 0 }.segment_to_vec(s)
-    }
-
-    fn segment_to_vec(&self, s: &Segment) -> Vec<u8> {
-        match s {
-            Segment::Pool { .. } | Segment::Static { .. } => s.memory().unwrap_or_default().to_vec(),
-            Segment::PageCache(r) => r.read_bytes().unwrap_or_else(|e| {
-                tracing::error!(offset = r.offset, len = r.len, error = %e, "re-reading a page-cache payload failed");
-                vec![0; r.len]
-            }),
-        }
     }
 
     /// Whether every byte is in our memory (no page-cache segment).
@@ -269,7 +266,7 @@ impl Sgl {
         for s in &self.segs {
             match s.memory() {
                 Some(m) => v.extend_from_slice(m),
-                None => v.extend_from_slice(&self.segment_to_vec(s)),
+                None => v.extend_from_slice(&s.to_vec()),
             }
         }
         v

@@ -166,10 +166,7 @@ impl Volume {
         // Held only while the bytes are copied: a write of the same blocks
         // running at the same time could otherwise tear them (each logical
         // block must read as entirely old or entirely new).
-        let _g = match self.info().read_only {
-            true => None,
-            false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
-        };
+        let _g = self.read_lock(offset, len).await;
         let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
         let probe = path == ReadPath::Probe;
         let (sgl, was_direct) = self
@@ -194,17 +191,22 @@ impl Volume {
         Ok(sgl.into_source())
     }
 
+    /// The shared lock a read holds against overlapping writers; nothing
+    /// writes a read-only volume, so its reads need none.
+    async fn read_lock(&self, offset: u64, len: usize) -> Option<RangeGuard> {
+        match self.info().read_only {
+            true => None,
+            false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
+        }
+    }
+
     /// Loads the range's page-cache pages into a pipe, under a shared lock
     /// that the payload carries until the socket has sent it. `None` when
     /// no pipe is free.
     async fn read_splice(&self, offset: u64, len: usize) -> Result<Option<Sgl>> {
         let Some(pipe) = PipeLease::get(len) else { return Ok(None) };
         let file = self.backend.splice_file().expect("checked by read_path").clone();
-        // Nothing writes a read-only volume: its pages need no lock.
-        let lock = match self.info().read_only {
-            true => None,
-            false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
-        };
+        let lock = self.read_lock(offset, len).await;
         let f = file.clone();
         let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
         Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, filled: len, lock })))

@@ -18,3 +18,10 @@ pub mod iscsi;
 pub mod nvme_tcp;
 pub mod send;
 mod sys;
+
+/// Whether a peer is on this host (loopback, or our own address): local TCP
+/// delivery keeps our pages in the receiver's socket queue after the send
+/// is acknowledged (`pinion_backends::ReadOpts::local_peer`).
+pub fn is_local_peer(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> bool {
+    peer.ip() == local.ip() || peer.ip().is_loopback()
+}

@@ -313,7 +313,7 @@ async fn full_feature(
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let params = info.params;
-    let local_peer = wr.peer_addr().is_ok_and(|p| p.ip() == local.ip() || p.ip().is_loopback());
+    let local_peer = wr.peer_addr().is_ok_and(|p| pinion_transport::is_local_peer(local, p));
     tracing::info!(
         session_type = ?info.session_type,
         header_digest = params.header_digest,

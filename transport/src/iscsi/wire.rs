@@ -97,7 +97,7 @@ pub fn crc_range(sgl: &Sgl, range: Range<usize>) -> u32 {
     for (seg, sub) in sgl.segments_in(range) {
         crc = match seg.memory() {
             Some(m) => crc32c::crc32c_append(crc, &m[sub]),
-            None => crc32c::crc32c_append(crc, &Sgl::segment_bytes(seg)[sub]),
+            None => crc32c::crc32c_append(crc, &seg.to_vec()[sub]),
         };
     }
     crc

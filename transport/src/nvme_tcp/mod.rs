@@ -260,7 +260,7 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
         rsvd: [0; 112],
     };
     stream.write_all(resp.as_bytes()).await?;
-    let local_peer = stream.local_addr().is_ok_and(|l| l.ip() == peer.ip() || peer.ip().is_loopback());
+    let local_peer = stream.local_addr().is_ok_and(|l| crate::is_local_peer(l, peer));
     let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data, local_peer };
     tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
 

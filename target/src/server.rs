@@ -3,7 +3,7 @@
 //! flushes every volume, and returns.
 
 use crate::iscsi::{IscsiServer, IscsiSettings};
-use crate::subsys::{Limits, Registry, Subsystem};
+use crate::nvme::subsys::{Limits, Registry, Subsystem};
 use pinion_backends::{DataPolicy, IoMode, PagePool, Volume, VolumeSpec};
 use pinion_transport::send::SendConfig;
 use pinion_conf::{BackendKind, Config};
@@ -352,7 +352,7 @@ async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg:
     let sock = socket2::SockRef::from(&stream);
     let _ = sock.set_keepalive(true);
     match nvme_tcp::accept(stream, &tcfg, pool.clone()).await {
-        Ok(conn) => crate::queue::serve(conn, reg, pool, local, shutdown).await,
+        Ok(conn) => crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await,
         Err(e) => tracing::info!(error = %e, "connection setup failed"),
     }
 }

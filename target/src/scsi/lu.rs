@@ -7,7 +7,7 @@ use super::mode::ModeParams;
 use super::pr::{self, PrState};
 use super::sense::{Asc, Sense, SenseKey};
 use super::{CmdError, ItKey, LiveNexuses, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus, ScsiTarget};
-use crate::subsys::stable_id;
+use crate::nvme::subsys::stable_id;
 use pinion_backends::{BackendError, Direction, Sgl, Volume};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,7 +1,7 @@
 //! Controllers: the per-association state behind an admin queue and its I/O
 //! queues (registers, features, keep-alive, asynchronous events).
 
-use crate::subsys::SubsysKind;
+use super::subsys::SubsysKind;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

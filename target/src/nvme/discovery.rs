@@ -2,7 +2,7 @@
 //! connect to on each listener, plus an entry for this discovery subsystem
 //! on the port the host came in through.
 
-use crate::queue::QueueCtx;
+use super::queue::QueueCtx;
 use nvme_types::fabrics::DISCOVERY_NQN;
 use nvme_types::log::{disc, DiscoveryLogEntry, DiscoveryLogHeader};
 use nvme_types::nul_field;

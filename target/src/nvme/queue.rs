@@ -2,9 +2,9 @@
 //! fabrics Connect; after it, commands are dispatched to the fabrics, admin
 //! or I/O handlers. I/O commands run concurrently, up to the queue depth.
 
-use crate::ctrl::{Controller, KillReason};
-use crate::subsys::{Registry, Subsystem};
-use crate::{admin, fabrics, io};
+use super::ctrl::{Controller, KillReason};
+use super::subsys::{Registry, Subsystem};
+use super::{admin, fabrics, io};
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};

@@ -1,6 +1,6 @@
 //! Subsystems and namespaces: what hosts can connect to and what they see.
 
-use crate::ctrl::Controller;
+use super::ctrl::Controller;
 use nvme_types::fabrics::DISCOVERY_NQN;
 use pinion_backends::Volume;
 use std::collections::HashMap;

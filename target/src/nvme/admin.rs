@@ -1,9 +1,9 @@
 //! Admin commands: Identify, Get Log Page, Set/Get Features, Asynchronous
 //! Event Request, Keep Alive, Abort.
 
-use crate::ctrl::CtrlState;
-use crate::queue::{QueueCtx, Reply};
-use crate::subsys::SubsysKind;
+use super::ctrl::CtrlState;
+use super::queue::{QueueCtx, Reply};
+use super::subsys::SubsysKind;
 use nvme_types::command::{feature, Opcode, BROADCAST_NSID};
 use nvme_types::identify::{self, cns, IdentifyController, IdentifyNamespace};
 use nvme_types::log::{self, effects, lid, EffectsLog, FwSlotLog, GetLogPage, SmartLog};
@@ -97,7 +97,7 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.fr = ascii_field(FIRMWARE_REV);
     id.rab = 6;
     id.cntlid = ctx.ctrl.cntlid.into();
-    id.ver = crate::fabrics::VERSION_1_3.into();
+    id.ver = super::fabrics::VERSION_1_3.into();
     id.mdts = lim.mdts;
     id.maxcmd = lim.max_queue_size.into();
     // keep-alive granularity: 100 ms units
@@ -141,13 +141,13 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
 async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
     let g = GetLogPage::from_sqe(sqe);
     let max = ctx.reg.limits.max_transfer();
-    let want = crate::queue::transfer_len(sqe, max)?;
+    let want = super::queue::transfer_len(sqe, max)?;
     if g.len as usize != want || !g.offset.is_multiple_of(4) {
         return Err(Status::INVALID_FIELD.dnr());
     }
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
     let page: Vec<u8> = match g.lid {
-        lid::DISCOVERY if discovery => crate::discovery::log_page(ctx),
+        lid::DISCOVERY if discovery => super::discovery::log_page(ctx),
         lid::ERROR if !discovery => vec![0; 64],
         lid::SMART if !discovery => smart_log(ctx, sqe.nsid())?.as_bytes().to_vec(),
         lid::FW_SLOT if !discovery => {
@@ -191,7 +191,7 @@ fn smart_log(ctx: &QueueCtx, nsid: u32) -> Result<SmartLog, Status> {
     } else {
         vec![ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?]
     };
-    let sum = |f: &dyn Fn(&crate::subsys::NsStats) -> u64| -> u128 { nss.iter().map(|n| u128::from(f(&n.stats))).sum() };
+    let sum = |f: &dyn Fn(&super::subsys::NsStats) -> u64| -> u128 { nss.iter().map(|n| u128::from(f(&n.stats))).sum() };
     // data units are thousands of 512-byte units, rounded up
     let units = |bytes: u128| bytes.div_ceil(512 * 1000);
     let mut s = SmartLog::new_zeroed();

@@ -6,8 +6,8 @@
 //! `Dest` pages (in the capsule, or after an R2T) and the backend writes
 //! from them.
 
-use crate::queue::{transfer_len, QueueCtx, Reply};
-use crate::subsys::{Namespace, Subsystem};
+use super::queue::{transfer_len, QueueCtx, Reply};
+use super::subsys::{Namespace, Subsystem};
 use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
 use nvme_types::{Sqe, Status};
 use pinion_backends::{BackendError, ReadOpts, Sgl};

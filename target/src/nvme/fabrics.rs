@@ -1,9 +1,9 @@
 //! Fabrics commands: Connect (which creates or joins a controller),
 //! Property Get/Set (the register file), Disconnect.
 
-use crate::ctrl::{self, Controller};
-use crate::queue::{new_ctx, QueueCtx, Reply};
-use crate::subsys::{Registry, SubsysKind};
+use super::ctrl::{self, Controller};
+use super::queue::{new_ctx, QueueCtx, Reply};
+use super::subsys::{Registry, SubsysKind};
 use nvme_types::command::{Opcode, SglType};
 use nvme_types::fabrics::{prop, ConnectCmd, ConnectData, FabricsType, PropertyCmd};
 use nvme_types::{read_nul_field, Status};
@@ -160,7 +160,7 @@ async fn property_set(ctx: &QueueCtx, p: PropertyCmd) -> Result<Reply, Status> {
         // Shutdown notification: make every acknowledged write durable
         // before reporting the shutdown complete.
         tracing::info!("shutdown requested by host; flushing namespaces");
-        if let Err(e) = crate::io::flush_all(&ctx.subsys).await {
+        if let Err(e) = super::io::flush_all(&ctx.subsys).await {
             tracing::error!(error = %e, "flush on shutdown failed");
         }
         ctx.ctrl.shutdown_complete();

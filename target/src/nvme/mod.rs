@@ -1,0 +1,15 @@
+//! The NVMe target: one module per spec area, as in Linux
+//! `drivers/nvme/target/`. `subsys` holds subsystems, namespaces and the
+//! registry; `ctrl` a controller's state; `queue` drives one NVMe/TCP
+//! connection (an admin or I/O queue) and dispatches each command to
+//! `fabrics` (Connect, properties), `admin`, `discovery` or `io`. A command
+//! handler's error type is the NVMe [`Status`](nvme_types::Status) it
+//! completes with.
+
+pub mod admin;
+pub mod ctrl;
+pub mod discovery;
+pub mod fabrics;
+pub mod io;
+pub mod queue;
+pub mod subsys;

@@ -7,9 +7,10 @@
 # Steps: install test dependencies; build (debug + release); clippy with
 # warnings denied; unit and integration tests (the integration tests start
 # the real `pinion` binary); libiscsi's iSCSI conformance suite against
-# Pinion and tgtd side by side; a bounded fuzz run of every fuzz target; the
-# kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
-# (the reference) and then against Pinion with the same script, and iSCSI
+# Pinion (at 4096- and at 512-byte blocks) and tgtd side by side; a bounded
+# fuzz run of every fuzz target; the kernel-initiator VM tests: NVMe/TCP
+# first against the kernel's own nvmet (the reference) and then against
+# Pinion with the same script, and iSCSI
 # (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
 # --verify` against the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
@@ -58,7 +59,7 @@ fi
 step "iSCSI conformance: iscsi-test-cu against Pinion and tgtd"
 if [[ $(id -u) == 0 ]]; then
   if tests/iscsi-conformance.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/iscsi-conformance.out" 2>&1; then
-    tail -n 8 "$LOG/iscsi-conformance.out"; ok "iscsi conformance"
+    tail -n 9 "$LOG/iscsi-conformance.out"; ok "iscsi conformance"
   else
     tail -n 40 "$LOG/iscsi-conformance.out"; bad "iscsi conformance"
   fi

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # libiscsi's conformance suite (iscsi-test-cu, every test) against Pinion and
 # against tgtd (Debian's `tgt`), side by side, on the same kind of backing:
-# a file of the same size on /dev/shm with 512-byte blocks, two LUNs each.
+# a file of the same size on /dev/shm, two LUNs each. Pinion runs the suite
+# twice, with 4096-byte blocks (its default) and with 512-byte blocks; tgtd
+# runs it once with its 512-byte blocks.
 #
 #   tests/iscsi-conformance.sh [PINION_BIN]
 #
-# Prints passed / failed / skipped per target (a test that prints
-# "[SKIPPED]" counts as skipped, not passed, although CUnit calls it passed)
-# and the names of failing tests, and exits non-zero if Pinion fails any
-# test or really passes fewer tests than tgtd.  Needs root for tgtd (run
-# scripts/install-test-deps.sh first: libiscsi-bin, tgt).
+# Prints passed / failed / skipped per target and block size (a test that
+# prints "[SKIPPED]" counts as skipped, not passed, although CUnit calls it
+# passed) and the names of failing tests, and exits non-zero if Pinion fails
+# any test at either block size or, at either, really passes fewer tests than
+# tgtd.  Needs root for tgtd (run scripts/install-test-deps.sh first:
+# libiscsi-bin, tgt).
 #
 # environment: CONF_OUT (default build/iscsi-conformance), PINION_PORT
 #   (3272), TGTD_PORT (3261), TGTD_CONTROL_PORT (1), LUN_SIZE (default 128M),
 #   SKIP_TGTD=1 (Pinion only; the comparison is then skipped),
+#   BLOCK_SIZE (run Pinion at this block size only; default: 4096, then 512),
 #   TEST_FILTER (a -t expression instead of ALL, for debugging)
+#
+# Results go to $CONF_OUT: per Pinion run pinion-bsN.{log,counts,failed,
+# skipped,notes}, for tgtd tgtd.*, and pinion.counts / pinion.failed summed
+# over Pinion's runs (failed tests prefixed with their block size).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-}
@@ -116,8 +124,12 @@ print("   %s: %d tests: %d passed, %d failed, %d skipped" % (out.rsplit("/", 1)[
 EOF
 }
 
-# ---- Pinion --------------------------------------------------------------
-cat >"$OUT/pinion.toml" <<EOF
+# ---- Pinion ----------------------------------------------------------------
+# run_pinion BS: Pinion with both LUNs at BS-byte blocks -> $OUT/pinion-bsBS.*
+run_pinion() {
+  local bs=$1 name=pinion-bs$1
+  rm -f "$SHM"/pinion-lun*.img
+  cat >"$OUT/$name.toml" <<EOF
 [nvme_tcp]
 listen = []
 [iscsi]
@@ -129,30 +141,43 @@ name = "lun0"
 backend = "file"
 path = "$SHM/pinion-lun0.img"
 size = "$SIZE"
-block_size = 512
+block_size = $bs
 io_mode = "buffered"
 [[volume]]
 name = "lun1"
 backend = "file"
 path = "$SHM/pinion-lun1.img"
 size = "$SIZE"
-block_size = 512
+block_size = $bs
 io_mode = "buffered"
 [[iscsi_target]]
 iqn = "$IQN"
 luns = ["lun0", "lun1"]
 EOF
-setsid "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion-server.log" 2>&1 </dev/null &
-pinion_pid=$!
-wait_port "$PPORT" 30 || { echo "pinion did not listen on $PPORT"; tail -n 30 "$OUT/pinion-server.log"; exit 1; }
-run_suite pinion "iscsi://127.0.0.1:$PPORT/$IQN/0"
-if ! kill -0 "$pinion_pid" 2>/dev/null; then
-  echo "pinion died during the suite:"; tail -n 50 "$OUT/pinion-server.log"; exit 1
-fi
-stop_pid "$pinion_pid"; pinion_pid=
-if grep -q 'panicked' "$OUT/pinion-server.log"; then
-  echo "pinion panicked:"; grep -A5 panicked "$OUT/pinion-server.log" | head -n 40; exit 1
-fi
+  setsid "$BIN" serve --config "$OUT/$name.toml" >"$OUT/$name-server.log" 2>&1 </dev/null &
+  pinion_pid=$!
+  wait_port "$PPORT" 30 || { echo "pinion did not listen on $PPORT"; tail -n 30 "$OUT/$name-server.log"; exit 1; }
+  run_suite "$name" "iscsi://127.0.0.1:$PPORT/$IQN/0"
+  if ! kill -0 "$pinion_pid" 2>/dev/null; then
+    echo "pinion died during the suite ($bs-byte blocks):"; tail -n 50 "$OUT/$name-server.log"; exit 1
+  fi
+  stop_pid "$pinion_pid"; pinion_pid=
+  if grep -q 'panicked' "$OUT/$name-server.log"; then
+    echo "pinion panicked ($bs-byte blocks):"; grep -A5 panicked "$OUT/$name-server.log" | head -n 40; exit 1
+  fi
+}
+
+BLOCK_SIZES=${BLOCK_SIZE:-4096 512}
+for bs in $BLOCK_SIZES; do run_pinion "$bs"; done
+# summed over the block sizes, for callers that read one set of counts
+: >"$OUT/pinion.failed"
+sp=0 sf=0 ss=0
+for bs in $BLOCK_SIZES; do
+  read -r p f k <"$OUT/pinion-bs$bs.counts"
+  sp=$((sp + p)) sf=$((sf + f)) ss=$((ss + k))
+  sed "s/^/bs$bs: /" "$OUT/pinion-bs$bs.failed" >>"$OUT/pinion.failed"
+done
+echo "$sp $sf $ss" >"$OUT/pinion.counts"
 
 # ---- tgtd ------------------------------------------------------------------
 if [[ ${SKIP_TGTD:-} != 1 ]]; then
@@ -172,20 +197,24 @@ if [[ ${SKIP_TGTD:-} != 1 ]]; then
 fi
 
 # ---- verdict -----------------------------------------------------------------
-read -r pp pf ps <"$OUT/pinion.counts"
 echo
-printf '%-8s %8s %8s %8s\n' target passed failed skipped
-printf '%-8s %8d %8d %8d\n' pinion "$pp" "$pf" "$ps"
-rc=0
+printf '%-12s %8s %8s %8s\n' target passed failed skipped
+rc=0 tp=
 if [[ -f $OUT/tgtd.counts && ${SKIP_TGTD:-} != 1 ]]; then
   read -r tp tf ts <"$OUT/tgtd.counts"
-  printf '%-8s %8d %8d %8d\n' tgtd "$tp" "$tf" "$ts"
+fi
+for bs in $BLOCK_SIZES; do
+  read -r pp pf ps <"$OUT/pinion-bs$bs.counts"
+  printf '%-12s %8d %8d %8d\n' "pinion/$bs" "$pp" "$pf" "$ps"
+  if [[ -n $tp ]] && ((pp < tp)); then echo "FAIL: Pinion at $bs-byte blocks passes fewer tests ($pp) than tgtd ($tp)"; rc=1; fi
+  if ((pf > 0)); then
+    echo "FAIL: Pinion at $bs-byte blocks failed $pf test(s):"; sed 's/^/  /' "$OUT/pinion-bs$bs.failed"; rc=1
+  fi
+  ((pp > 0)) || { echo "FAIL: no test passed on Pinion at $bs-byte blocks (did the suite run?)"; rc=1; }
+done
+if [[ -n $tp ]]; then
+  printf '%-12s %8d %8d %8d\n' tgtd/512 "$tp" "$tf" "$ts"
   echo "tgtd failed: $(tr '\n' ' ' <"$OUT/tgtd.failed")"
-  if ((pp < tp)); then echo "FAIL: Pinion passes fewer tests ($pp) than tgtd ($tp)"; rc=1; fi
 fi
-if ((pf > 0)); then
-  echo "FAIL: Pinion failed $pf test(s):"; sed 's/^/  /' "$OUT/pinion.failed"; rc=1
-fi
-((pp > 0)) || { echo "FAIL: no test passed on Pinion (did the suite run?)"; rc=1; }
 ((rc == 0)) && echo "ISCSI-CONFORMANCE: PASS"
 exit $rc

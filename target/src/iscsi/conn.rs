@@ -678,7 +678,8 @@ impl Reader {
             self.sess.reject(RejectReason::PROTOCOL_ERROR, bhs).await?;
             return Err(Stop::Protocol(format!("immediate data of {imm} bytes (ImmediateData={}, FirstBurstLength={})", p.immediate_data, p.first_burst)));
         }
-        let too_big = cmd.edtl > scsi::ScsiTarget::MAX_TRANSFER_BYTES;
+        let max = scsi::ScsiTarget::max_transfer_bytes(&self.sess.srv.pool);
+        let too_big = cmd.edtl > max;
         if !(cmd.write && cmd.edtl > 0) {
             if too_big {
                 tracing::info!(itt, edtl = cmd.edtl, "EDTL beyond the largest transfer");

@@ -29,7 +29,7 @@ mod vpd;
 
 use crate::scsi::lu::LogicalUnit;
 use crate::scsi::sense::{Asc, Sense};
-use pinion_backends::{Sgl, Volume};
+use pinion_backends::{PagePool, Sgl, Volume, PAGE_SIZE};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
@@ -203,9 +203,27 @@ pub struct ScsiTarget {
 }
 
 impl ScsiTarget {
-    /// The largest EDTL the session layer accepts; larger ones it rejects
-    /// with CHECK CONDITION. Also the Block Limits MAXIMUM TRANSFER LENGTH.
-    pub const MAX_TRANSFER_BYTES: u32 = 1 << 20;
+    /// The largest transfer of one command, in bytes, with a pool large
+    /// enough (see [`ScsiTarget::max_transfer_bytes`]): 8 MiB, LIO's limit
+    /// for file-backed LUs. libiscsi's suite needs more than 1 MiB at
+    /// 4096-byte blocks (it writes 256 + 1 blocks in one command, and 2048
+    /// before an EXTENDED COPY), and a limit in bytes is the same for every
+    /// block size.
+    pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+
+    /// The largest EDTL the session layer accepts (larger ones get CHECK
+    /// CONDITION, INVALID FIELD IN CDB), and the Block Limits MAXIMUM
+    /// TRANSFER LENGTH. A command's whole payload sits in pool pages (a
+    /// WRITE's from its first R2T until the backend has it), so it is also
+    /// at most a quarter of the pool: several maximum-size transfers then
+    /// fit in the part of the pool that writes waiting on their host may
+    /// hold, and one command never asks for more pages than exist. The
+    /// smallest pool (4 MiB) gives 1 MiB, the default pool the full 8 MiB.
+    /// A whole number of pages, so a whole number of blocks at any block size.
+    pub fn max_transfer_bytes(pool: &PagePool) -> u32 {
+        let quarter = (pool.budget_pages() / 4 * PAGE_SIZE) as u64;
+        quarter.min(u64::from(Self::MAX_TRANSFER_BYTES)) as u32
+    }
 
     pub fn new(target_name: &str, volumes: Vec<Arc<Volume>>) -> ScsiTarget {
         let live = LiveNexuses::default();

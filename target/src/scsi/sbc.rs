@@ -10,7 +10,6 @@
 use super::cdb::{Rw, Size};
 use super::lu::{backend_sense, sgl_of, Cmd, CmdResult, Done, LogicalUnit};
 use super::sense::{Asc, Sense, SenseKey};
-use super::ScsiTarget;
 use pinion_backends::{LockMode, ReadOpts, Sgl};
 
 /// The offset of the first byte where `a` and `b` differ.
@@ -281,7 +280,7 @@ impl LogicalUnit {
         }
         let pattern = pattern.unwrap_or_default();
         // replicate the block into a chunk of at most one maximum transfer
-        let per_chunk = (u64::from(ScsiTarget::MAX_TRANSFER_BYTES) / bs).max(1);
+        let per_chunk = u64::from(self.max_transfer_blocks());
         let mut at = 0u64;
         while at < blocks {
             let n = per_chunk.min(blocks - at);

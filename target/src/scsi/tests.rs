@@ -211,7 +211,8 @@ async fn vpd_pages() {
     assert_eq!(bl.len(), 64);
     assert_eq!(bl[3], 0x3c);
     let be32 = |at: usize| u32::from_be_bytes(bl[at..at + 4].try_into().unwrap());
-    assert_eq!(be32(8), ScsiTarget::MAX_TRANSFER_BYTES / BS as u32, "MAXIMUM TRANSFER LENGTH");
+    // a quarter of the tests' 16 MiB pool
+    assert_eq!(be32(8), (4 << 20) / BS as u32, "MAXIMUM TRANSFER LENGTH");
     assert!(bl[5] >= 1, "COMPARE AND WRITE of at least one block");
     assert!(be32(20) > 0 && be32(24) >= 256, "UNMAP limits");
     assert!(u64::from_be_bytes(bl[36..44].try_into().unwrap()) >= 256, "MAXIMUM WRITE SAME LENGTH");
@@ -394,10 +395,27 @@ async fn lba_out_of_range_and_transfer_limits() {
     din(&t.tgt, &t.a, &read10(BLOCKS as u32 + 1, 0), 0).await.check(ILLEGAL, 0x2100);
     // beyond MAXIMUM TRANSFER LENGTH
     let big = setup_with(vec![ram("big", 64 << 20, 512)]);
-    let over = ScsiTarget::MAX_TRANSFER_BYTES / 512 + 1;
+    let over = ScsiTarget::max_transfer_bytes(&pool()) / 512 + 1;
     let r = din(&big.tgt, &big.a, &cdb16(0x88, 0, 0, over), 512).await;
     r.check(ILLEGAL, 0x2400);
     assert_eq!(r.field(), (true, 10, None));
+    // the largest transfer itself is served
+    let r = din(&big.tgt, &big.a, &cdb16(0x88, 0, 0, over - 1), (over - 1) * 512).await;
+    r.good();
+    assert_eq!(r.data.len(), (over as usize - 1) * 512);
+}
+
+#[test]
+fn max_transfer_is_bytes_and_bounded_by_the_pool() {
+    // LIO's 8 MiB with a pool of at least 32 MiB (the default is 256 MiB)
+    assert_eq!(ScsiTarget::max_transfer_bytes(&PagePool::new(256 << 20, false)), 8 << 20);
+    assert_eq!(ScsiTarget::max_transfer_bytes(&PagePool::new(32 << 20, false)), 8 << 20);
+    // a quarter of a smaller pool: the smallest (4 MiB) gives 1 MiB
+    assert_eq!(ScsiTarget::max_transfer_bytes(&PagePool::new(16 << 20, false)), 4 << 20);
+    assert_eq!(ScsiTarget::max_transfer_bytes(&PagePool::new(4 << 20, false)), 1 << 20);
+    // always whole pages, so whole blocks at 512 and 4096
+    let odd = ScsiTarget::max_transfer_bytes(&PagePool::new((4 << 20) + 3 * 4096, false));
+    assert_eq!(odd % 4096, 0);
 }
 
 #[tokio::test]
@@ -1244,4 +1262,20 @@ async fn backend_errors_and_read_only_volumes() {
     dout(&t.tgt, &t.a, &caw(0, 1), &[0; 2 * BS]).await.check(wp.0, wp.1);
     let r = din(&t.tgt, &t.a, &[0x1a, 0, 0x3f, 0, 255, 0], 255).await;
     assert_eq!(r.data[2] & 0x80, 0x80, "WP in the mode parameter header");
+}
+
+#[tokio::test]
+async fn transfer_limit_is_the_same_in_bytes_at_4096_byte_blocks() {
+    let t = setup_with(vec![ram("big4k", 64 << 20, 4096)]);
+    let max = ScsiTarget::max_transfer_bytes(&pool()) / 4096;
+    let bl = din(&t.tgt, &t.a, &[0x12, 1, 0xb0, 0, 64, 0], 64).await;
+    bl.good();
+    assert_eq!(u32::from_be_bytes(bl.data[8..12].try_into().unwrap()), max, "MAXIMUM TRANSFER LENGTH in 4 KiB blocks");
+    // 257 blocks in one command (libiscsi's GetLBAStatus.UnmapSingle at 4 KiB)
+    let data = pattern(257 * 4096, 9);
+    dout(&t.tgt, &t.a, &cdb16(0x8a, 0, 0, 257), &data).await.good();
+    let r = din(&t.tgt, &t.a, &cdb16(0x88, 0, 0, 257), 257 * 4096).await;
+    assert_eq!(r.good().data, data);
+    let r = din(&t.tgt, &t.a, &cdb16(0x88, 0, 0, max + 1), 4096).await;
+    r.check(ILLEGAL, 0x2400);
 }

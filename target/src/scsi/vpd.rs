@@ -123,7 +123,7 @@ impl LogicalUnit {
 
     /// Largest transfer, in blocks.
     pub(crate) fn max_transfer_blocks(&self) -> u32 {
-        (u64::from(ScsiTarget::MAX_TRANSFER_BYTES) / self.block_size()).max(1) as u32
+        (u64::from(ScsiTarget::max_transfer_bytes(self.volume.pool())) / self.block_size()).max(1) as u32
     }
 
     /// COMPARE AND WRITE moves twice its block count.

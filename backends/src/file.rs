@@ -186,14 +186,44 @@ impl FileBackend {
         while off < end {
             let n = (end - off).min(1 << 20) as usize;
             let z = Sgl::zeroes(n);
-            write_all(&self.file, off, &z.io_slices(), false)?;
+            write_all(&self.file, off, &z.io_slices(), false).map_err(|e| self.fail(e, true))?;
             off += n as u64;
         }
         Ok(())
     }
+
+    /// Sorts an OS error ([`BackendError::from_io`]). A block device is first
+    /// asked whether it is still all there: a removed disk (or a detached or
+    /// shrunk loop device) does not answer ENODEV but keeps its fd working
+    /// with a capacity of 0, so reads end early, writes get ENOSPC and
+    /// in-flight I/O EIO; taken at their word those would read as zeroes,
+    /// "disk full" or a media error.
+    fn fail(&self, e: std::io::Error, write: bool) -> BackendError {
+        if self.info.kind == "block" {
+            let now = rustix::fs::seek(&*self.file, rustix::fs::SeekFrom::End(0));
+            match now {
+                Ok(now) if now >= self.info.size => {}
+                Ok(now) => {
+                    return BackendError::Gone(format!(
+                        "{} now has {now} bytes, the volume {} ({e})",
+                        self.info.describe, self.info.size
+                    ))
+                }
+                Err(s) => return BackendError::Gone(format!("{}: size unknown: {s} ({e})", self.info.describe)),
+            }
+        }
+        BackendError::from_io(e, write)
+    }
+
+    /// Past the end of a regular file (truncated under us) the volume reads
+    /// as zeroes, as a sparse file's holes do; a block device that ends
+    /// early has lost blocks, which must not read as zeroes.
+    fn eof_reads_zeroes(&self) -> bool {
+        self.info.kind != "block"
+    }
 }
 
-fn read_all(f: &File, mut offset: u64, mut bufs: &mut [IoSliceMut<'_>]) -> std::io::Result<()> {
+fn read_all(f: &File, mut offset: u64, mut bufs: &mut [IoSliceMut<'_>], eof_zeroes: bool) -> std::io::Result<()> {
     while !bufs.is_empty() {
         let n = match rustix::io::preadv(f, bufs, offset) {
             Ok(n) => n,
@@ -201,6 +231,9 @@ fn read_all(f: &File, mut offset: u64, mut bufs: &mut [IoSliceMut<'_>]) -> std::
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
+            if !eof_zeroes {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("end of device at byte {offset}")));
+            }
             // past the end of the file: the rest reads as zeroes
             for b in bufs.iter_mut() {
                 b.fill(0);
@@ -253,6 +286,10 @@ impl Backend for FileBackend {
         Some(&self.file)
     }
 
+    fn io_error(&self, e: std::io::Error, write: bool) -> BackendError {
+        self.fail(e, write)
+    }
+
     fn resident(&self, offset: u64, len: u64) -> Option<bool> {
         if self.in_memory {
             return Some(true);
@@ -266,9 +303,9 @@ impl Backend for FileBackend {
     fn read_direct(&self, offset: u64, sgl: &mut Sgl) -> Result<bool> {
         self.check_range(offset, sgl.len() as u64)?;
         let Some(d) = self.direct_fd(offset, sgl) else { return Ok(false) };
-        match read_all(d, offset, &mut sgl.io_slices_mut()) {
+        match read_all(d, offset, &mut sgl.io_slices_mut(), self.eof_reads_zeroes()) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-            r => r.map(|()| true).map_err(Into::into),
+            r => r.map(|()| true).map_err(|e| self.fail(e, false)),
         }
     }
 
@@ -279,13 +316,13 @@ impl Backend for FileBackend {
         match rustix::io::preadv2(&*self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
             Ok(n) => Ok(n == want),
             Err(Errno::AGAIN) | Err(Errno::OPNOTSUPP) | Err(Errno::INTR) => Ok(false),
-            Err(e) => Err(std::io::Error::from(e).into()),
+            Err(e) => Err(self.fail(e.into(), false)),
         }
     }
 
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.check_range(offset, sgl.len() as u64)?;
-        Ok(read_all(&self.file, offset, &mut sgl.io_slices_mut())?)
+        read_all(&self.file, offset, &mut sgl.io_slices_mut(), self.eof_reads_zeroes()).map_err(|e| self.fail(e, false))
     }
 
     fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()> {
@@ -304,19 +341,19 @@ impl Backend for FileBackend {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => {
                         METRICS.write_direct.add(sgl.len());
-                        return Ok(r?);
+                        return r.map_err(|e| self.fail(e, true));
                     }
                 }
             }
             crate::metrics::bump(&METRICS.fallback_unaligned);
         }
         METRICS.write_buffered.add(sgl.len());
-        Ok(write_all(&self.file, offset, &sgl.io_slices(), dsync)?)
+        write_all(&self.file, offset, &sgl.io_slices(), dsync).map_err(|e| self.fail(e, true))
     }
 
     fn flush(&self) -> Result<()> {
         if self.info.volatile_cache && !self.info.read_only {
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(|e| self.fail(e, true))?;
         }
         Ok(())
     }
@@ -331,14 +368,14 @@ impl Backend for FileBackend {
             match rustix::fs::fallocate(&*self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_punch.store(true, Relaxed),
-                Err(e) => return Err(std::io::Error::from(e).into()),
+                Err(e) => return Err(self.fail(e.into(), true)),
             }
         }
         if !self.no_zero_range.load(Relaxed) {
             match rustix::fs::fallocate(&*self.file, FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_zero_range.store(true, Relaxed),
-                Err(e) => return Err(std::io::Error::from(e).into()),
+                Err(e) => return Err(self.fail(e.into(), true)),
             }
         }
         self.zero_fill(offset, len)
@@ -357,7 +394,7 @@ impl Backend for FileBackend {
             // no data at or after offset: a hole up to the end
             Err(Errno::NXIO) => return Ok((false, max_len)),
             Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok((true, max_len)),
-            Err(e) => return Err(std::io::Error::from(e).into()),
+            Err(e) => return Err(self.fail(e.into(), false)),
         };
         if data > offset {
             return Ok((false, (data - offset).min(max_len)));
@@ -365,7 +402,7 @@ impl Backend for FileBackend {
         let hole = match seek(&self.file, SeekFrom::Hole(offset)) {
             Ok(h) => h,
             Err(Errno::NXIO) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok((true, max_len)),
-            Err(e) => return Err(std::io::Error::from(e).into()),
+            Err(e) => return Err(self.fail(e.into(), false)),
         };
         Ok((true, hole.saturating_sub(offset).clamp(1, max_len)))
     }

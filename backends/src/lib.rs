@@ -27,17 +27,62 @@ pub use sgl::{Direction, Segment, Sgl};
 pub use volume::{DataPolicy, ReadOpts, ReadPath, Volume};
 
 /// Errors of the storage layer; the target maps them to protocol status at
-/// the protocol boundary.
+/// the protocol boundary (NVMe status in `target/src/nvme/io.rs`, SCSI sense
+/// in `target/src/scsi/lu.rs`). What the OS reported is sorted here, once,
+/// by what it means for the host's data ([`BackendError::from_io`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The storage could not read or write these bytes: EIO, or the file
+    /// system found them corrupt (EUCLEAN, EBADMSG). Other ranges may be fine.
+    #[error("medium error: {0}")]
+    Medium(std::io::Error),
+    /// No space for the write: the file system under a sparse file volume is
+    /// full or a quota is spent (ENOSPC, EDQUOT). Writes that need no new
+    /// space (over blocks already written) still succeed.
+    #[error("out of space: {0}")]
+    NoSpace(std::io::Error),
+    /// The storage became read-only under a writable volume: EROFS (a file
+    /// system remounted read-only after errors), or EPERM from a write to a
+    /// block device that was set read-only. Reads still succeed.
+    #[error("storage became read-only: {0}")]
+    StorageReadOnly(std::io::Error),
+    /// The device behind the volume is gone: ENXIO / ENODEV, or a block
+    /// device now smaller than the volume (the kernel sets a removed disk's
+    /// capacity to 0, so it answers with end-of-file and ENOSPC, not ENODEV).
+    #[error("backing device gone: {0}")]
+    Gone(String),
+    /// Any other OS error: a fault of the target, not of the data.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("range {offset}+{len} outside the volume ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("volume is read-only")]
     ReadOnly,
     #[error("{0}")]
     Open(String),
+}
+
+impl BackendError {
+    /// Sorts an OS error by its errno. `write`: the operation changes data
+    /// (EPERM then means the device is read-only).
+    pub fn from_io(e: std::io::Error, write: bool) -> BackendError {
+        match e.raw_os_error() {
+            Some(libc::EIO | libc::EUCLEAN | libc::EBADMSG) => BackendError::Medium(e),
+            Some(libc::ENOSPC | libc::EDQUOT) => BackendError::NoSpace(e),
+            Some(libc::EROFS) => BackendError::StorageReadOnly(e),
+            Some(libc::EPERM) if write => BackendError::StorageReadOnly(e),
+            Some(libc::ENXIO | libc::ENODEV) => BackendError::Gone(e.to_string()),
+            _ => BackendError::Io(e),
+        }
+    }
+}
+
+/// `?` on an OS error sorts it as [`BackendError::from_io`] does for a read;
+/// backends that know more (a write, a block device) sort it themselves.
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> BackendError {
+        BackendError::from_io(e, false)
+    }
 }
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
@@ -112,6 +157,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok((true, max_len))
     }
 
+    /// Sorts an OS error from I/O on this backend's files (e.g. a splice
+    /// from [`Backend::splice_file`]); see [`BackendError::from_io`].
+    fn io_error(&self, e: std::io::Error, write: bool) -> BackendError {
+        BackendError::from_io(e, write)
+    }
+
     /// Checks that a byte range lies inside the volume.
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.info().size;
@@ -156,4 +207,28 @@ pub fn open(name: &str, spec: &VolumeSpec) -> Result<Arc<dyn Backend>> {
     tracing::info!(volume = name, kind = b.info().kind, size = b.info().size, block_size = b.info().block_size,
         path = %b.info().describe, "volume opened");
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+    use std::io::Error;
+
+    #[test]
+    fn os_errors_are_sorted_by_what_they_mean_for_the_data() {
+        let of = |errno: i32, write: bool| BackendError::from_io(Error::from_raw_os_error(errno), write);
+        assert!(matches!(of(libc::EIO, false), BackendError::Medium(_)));
+        assert!(matches!(of(libc::EBADMSG, false), BackendError::Medium(_)));
+        assert!(matches!(of(libc::EUCLEAN, true), BackendError::Medium(_)));
+        assert!(matches!(of(libc::ENOSPC, true), BackendError::NoSpace(_)));
+        assert!(matches!(of(libc::EDQUOT, true), BackendError::NoSpace(_)));
+        assert!(matches!(of(libc::EROFS, true), BackendError::StorageReadOnly(_)));
+        assert!(matches!(of(libc::EPERM, true), BackendError::StorageReadOnly(_)));
+        assert!(matches!(of(libc::EPERM, false), BackendError::Io(_)), "EPERM says read-only only for a write");
+        assert!(matches!(of(libc::ENXIO, false), BackendError::Gone(_)));
+        assert!(matches!(of(libc::ENODEV, true), BackendError::Gone(_)));
+        assert!(matches!(of(libc::ENOMEM, false), BackendError::Io(_)));
+        assert!(matches!(BackendError::from(Error::other("no errno")), BackendError::Io(_)));
+        assert!(matches!(BackendError::from(Error::from_raw_os_error(libc::ENOSPC)), BackendError::NoSpace(_)));
+    }
 }

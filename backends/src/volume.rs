@@ -208,7 +208,7 @@ impl Volume {
         let file = self.backend.splice_file().expect("checked by read_path").clone();
         let lock = self.read_lock(offset, len).await;
         let f = file.clone();
-        let pipe = self.run(move |_| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(Into::into)).await?;
+        let pipe = self.run(move |b| pipe.fill_from(&f, offset, len).map(|()| pipe).map_err(|e| b.io_error(e, false))).await?;
         Ok(Some(Sgl::page_cache(PageCacheRange { pipe, file, offset, len, filled: len, lock })))
     }
 

@@ -15,19 +15,36 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use zerocopy::FromBytes;
 
+/// The NVMe status for a backend failure (the SCSI sense for the same
+/// failures is `scsi::lu::backend_sense`). `write`: the command changes data
+/// (Write, Write Zeroes, Dataset Management, Flush).
+///
+/// * a media error: Unrecovered Read Error / Write Fault (media and data
+///   integrity errors), retryable: a flaky device may succeed next time;
+/// * out of space: Capacity Exceeded, DNR, as the kernel's nvmet answers a
+///   file namespace's ENOSPC; writes that need no new space still succeed;
+/// * storage turned read-only (EROFS): Namespace Is Write Protected, DNR, as
+///   for a volume configured read-only;
+/// * the device vanished: Namespace Not Ready with DNR. The namespace, not
+///   the path, lost its storage, so not a path error (SCT 3h) that would send
+///   a multipath host to another port of this same target and the same dead
+///   device; not a media error, which would report these blocks bad; and DNR
+///   because Pinion does not reopen the device: a retry cannot succeed until
+///   an operator replaces the volume.
+/// * anything else: Internal Error, retryable (nvmet also answers Internal).
 fn map_err(e: BackendError, write: bool) -> Status {
-    match e {
-        BackendError::OutOfRange { .. } => Status::LBA_RANGE.dnr(),
-        BackendError::ReadOnly => Status::NS_WRITE_PROTECTED.dnr(),
-        e => {
-            tracing::error!(error = %e, "backend I/O failed");
-            if write {
-                Status::WRITE_FAULT
-            } else {
-                Status::READ_ERROR
-            }
-        }
-    }
+    let status = match &e {
+        BackendError::OutOfRange { .. } => return Status::LBA_RANGE.dnr(),
+        BackendError::ReadOnly => return Status::NS_WRITE_PROTECTED.dnr(),
+        BackendError::Medium(_) if write => Status::WRITE_FAULT,
+        BackendError::Medium(_) => Status::READ_ERROR,
+        BackendError::NoSpace(_) => Status::CAP_EXCEEDED.dnr(),
+        BackendError::StorageReadOnly(_) => Status::NS_WRITE_PROTECTED.dnr(),
+        BackendError::Gone(_) => Status::NS_NOT_READY.dnr(),
+        BackendError::Io(_) | BackendError::Open(_) => Status::INTERNAL,
+    };
+    tracing::error!(error = %e, write, status = ?status, "backend I/O failed");
+    status
 }
 
 /// Byte offset and length of an LBA range, checked against the namespace.
@@ -171,4 +188,38 @@ pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
         ns.volume.flush().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Error;
+
+    fn os(errno: rustix::io::Errno, write: bool) -> BackendError {
+        BackendError::from_io(Error::from_raw_os_error(errno.raw_os_error()), write)
+    }
+
+    #[test]
+    fn backend_failures_get_the_status_the_spec_names() {
+        use rustix::io::Errno;
+        let cases = [
+            (os(Errno::IO, false), false, Status::READ_ERROR),
+            (os(Errno::IO, true), true, Status::WRITE_FAULT),
+            (os(Errno::NOSPC, true), true, Status::CAP_EXCEEDED.dnr()),
+            (os(Errno::DQUOT, true), true, Status::CAP_EXCEEDED.dnr()),
+            (os(Errno::ROFS, true), true, Status::NS_WRITE_PROTECTED.dnr()),
+            (os(Errno::PERM, true), true, Status::NS_WRITE_PROTECTED.dnr()),
+            (os(Errno::NXIO, false), false, Status::NS_NOT_READY.dnr()),
+            (os(Errno::NODEV, true), true, Status::NS_NOT_READY.dnr()),
+            (BackendError::Gone("loop0 now has 0 bytes".into()), false, Status::NS_NOT_READY.dnr()),
+            (os(Errno::NOMEM, false), false, Status::INTERNAL),
+            (os(Errno::PERM, false), false, Status::INTERNAL),
+            (BackendError::ReadOnly, true, Status::NS_WRITE_PROTECTED.dnr()),
+            (BackendError::OutOfRange { offset: 0, len: 1, size: 0 }, false, Status::LBA_RANGE.dnr()),
+        ];
+        for (e, write, want) in cases {
+            let what = e.to_string();
+            assert_eq!(map_err(e, write), want, "{what} (write: {write})");
+        }
+    }
 }

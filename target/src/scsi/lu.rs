@@ -110,21 +110,33 @@ impl Cmd<'_> {
     }
 }
 
-/// Maps a backend failure to sense data (SBC-3: read and write errors
-/// are MEDIUM ERROR; a read-only volume is DATA PROTECT).
+/// Maps a backend failure to sense data (the NVMe status for the same
+/// failures is `nvme::io::map_err`). `write`: the command changes data.
+///
+/// * a media error: MEDIUM ERROR, UNRECOVERED READ ERROR / WRITE ERROR;
+/// * out of space on a thin (sparse) volume: DATA PROTECT, SPACE ALLOCATION
+///   FAILED WRITE PROTECT, SBC-3's answer when a thin provisioned LU cannot
+///   allocate a write's blocks; writes that need no new space still succeed;
+/// * storage turned read-only, like a volume configured read-only: DATA
+///   PROTECT, WRITE PROTECTED;
+/// * the device vanished: NOT READY, LOGICAL UNIT COMMUNICATION FAILURE, as
+///   LIO answers when its backend fails: the LU cannot reach its storage
+///   (not MEDIUM ERROR, which would report these blocks bad, nor a not-ready
+///   cause a host waits out, like "becoming ready");
+/// * anything else: HARDWARE ERROR, INTERNAL TARGET FAILURE.
 pub(crate) fn backend_sense(e: BackendError, write: bool) -> Sense {
-    match e {
-        BackendError::OutOfRange { .. } => Sense::illegal(Asc::LBA_OUT_OF_RANGE),
-        BackendError::ReadOnly => Sense::new(SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
-        e => {
-            tracing::error!(error = %e, write, "backend I/O failed");
-            if write {
-                Sense::new(SenseKey::MEDIUM_ERROR, Asc::WRITE_ERROR)
-            } else {
-                Sense::new(SenseKey::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR)
-            }
-        }
-    }
+    let sense = match &e {
+        BackendError::OutOfRange { .. } => return Sense::illegal(Asc::LBA_OUT_OF_RANGE),
+        BackendError::ReadOnly => return Sense::new(SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
+        BackendError::Medium(_) if write => Sense::new(SenseKey::MEDIUM_ERROR, Asc::WRITE_ERROR),
+        BackendError::Medium(_) => Sense::new(SenseKey::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR),
+        BackendError::NoSpace(_) => Sense::new(SenseKey::DATA_PROTECT, Asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT),
+        BackendError::StorageReadOnly(_) => Sense::new(SenseKey::DATA_PROTECT, Asc::WRITE_PROTECTED),
+        BackendError::Gone(_) => Sense::new(SenseKey::NOT_READY, Asc::LOGICAL_UNIT_COMMUNICATION_FAILURE),
+        BackendError::Io(_) | BackendError::Open(_) => Sense::new(SenseKey::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+    };
+    tracing::error!(error = %e, write, sense = ?sense, "backend I/O failed");
+    sense
 }
 
 /// Copies small parameter data into pool pages as a Data-In source.

@@ -26,6 +26,7 @@ pub struct Asc(pub u16);
 impl Asc {
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x0000);
     pub const NOT_READY_INIT_REQUIRED: Asc = Asc(0x0402);
+    pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x0800);
     pub const WRITE_ERROR: Asc = Asc(0x0c00);
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e03);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x1100);
@@ -38,6 +39,7 @@ impl Asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x2600);
     pub const INVALID_RELEASE_OF_PR: Asc = Asc(0x2604);
     pub const WRITE_PROTECTED: Asc = Asc(0x2700);
+    pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: Asc = Asc(0x2707);
     pub const POWER_ON_RESET: Asc = Asc(0x2900);
     pub const POWER_ON_OCCURRED: Asc = Asc(0x2901);
     pub const BUS_DEVICE_RESET: Asc = Asc(0x2903);

@@ -1202,36 +1202,40 @@ async fn start_stop_unit() {
 
 // ---- backend failures ---------------------------------------------------------
 
-/// A volume whose storage fails every read and write (fault injection).
-struct Broken(BackendInfo);
+/// A volume whose storage fails every read and write with one errno (the
+/// mapping table; tests/tests/backend_faults.rs makes the real faults).
+struct Broken(BackendInfo, i32);
+
+impl Broken {
+    fn err(&self, write: bool) -> pinion_backends::Result<()> {
+        Err(pinion_backends::BackendError::from_io(std::io::Error::from_raw_os_error(self.1), write))
+    }
+}
 
 impl Backend for Broken {
     fn info(&self) -> &BackendInfo {
         &self.0
     }
     fn read(&self, _: u64, _: &mut Sgl) -> pinion_backends::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc_eio()).into())
+        self.err(false)
     }
     fn write(&self, _: u64, _: &Sgl, _: bool) -> pinion_backends::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc_eio()).into())
+        self.err(true)
     }
     fn flush(&self) -> pinion_backends::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc_eio()).into())
+        self.err(true)
     }
     fn write_zeroes(&self, _: u64, _: u64, _: bool) -> pinion_backends::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc_eio()).into())
+        self.err(true)
     }
     fn discard(&self, _: u64, _: u64) -> pinion_backends::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc_eio()).into())
+        self.err(true)
     }
 }
 
-fn libc_eio() -> i32 {
-    5
-}
+use rustix::io::Errno;
 
-#[tokio::test]
-async fn backend_errors_and_read_only_volumes() {
+fn broken(errno: i32) -> T {
     let info = BackendInfo {
         kind: "broken",
         size: 1 << 20,
@@ -1241,11 +1245,27 @@ async fn backend_errors_and_read_only_volumes() {
         volatile_cache: false,
         describe: "test".into(),
     };
-    let v = Arc::new(Volume::new("broken", Arc::new(Broken(info)), pool()));
-    let t = setup_with(vec![v]);
+    setup_with(vec![Arc::new(Volume::new("broken", Arc::new(Broken(info, errno)), pool()))])
+}
+
+#[tokio::test]
+async fn backend_errors_and_read_only_volumes() {
+    let t = broken(Errno::IO.raw_os_error());
     din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::MEDIUM_ERROR, 0x1100);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::MEDIUM_ERROR, 0x0c00);
     nodata(&t.tgt, &t.a, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await.check(SenseKeyV::MEDIUM_ERROR, 0x0c00);
+    // out of space, storage turned read-only, device gone, anything else
+    let t = broken(Errno::NOSPC.raw_os_error());
+    dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2707);
+    let t = broken(Errno::ROFS.raw_os_error());
+    dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2700);
+    let t = broken(Errno::PERM.raw_os_error());
+    dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2700);
+    let t = broken(Errno::NXIO.raw_os_error());
+    din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::NOT_READY, 0x0800);
+    dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::NOT_READY, 0x0800);
+    let t = broken(Errno::NOMEM.raw_os_error());
+    din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::HARDWARE_ERROR, 0x4400);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ro");

@@ -14,7 +14,10 @@
 #   * extra packages: libiscsi-bin (iscsi-inq, iscsi-ls, iscsi-test-cu,
 #     iscsi-perf for the iSCSI tests, the conformance run and the benchmark),
 #     sg3-utils (sg_inq, sg_sync in the iSCSI VM test), python3 (the
-#     conformance script's result parser), iperf3 and linux-perf
+#     conformance script's result parser and the ext4 shutdown ioctl of
+#     tests/tests/backend_faults.rs), e2fsprogs (mkfs.ext4 for the backend
+#     fault tests; their mount/losetup come with util-linux), iperf3 and
+#     linux-perf
 #     (deploy/bench/run.sh: the loopback limit and `perf record` of the
 #     target; CI never runs it).
 set -euo pipefail
@@ -23,7 +26,7 @@ GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 e2fsprogs iperf3 linux-perf"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

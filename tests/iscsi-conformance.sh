@@ -21,8 +21,9 @@
 #   TEST_FILTER (a -t expression instead of ALL, for debugging)
 #
 # Results go to $CONF_OUT: per Pinion run pinion-bsN.{log,counts,failed,
-# skipped,notes}, for tgtd tgtd.*, and pinion.counts / pinion.failed summed
-# over Pinion's runs (failed tests prefixed with their block size).
+# skipped,notes} and pinion-bsN-server.log, for tgtd tgtd.*; pinion.counts /
+# pinion.failed sum Pinion's runs (failed tests prefixed with their block
+# size), pinion.log / pinion-server.log hold their logs one after the other.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-}
@@ -178,6 +179,9 @@ for bs in $BLOCK_SIZES; do
   sed "s/^/bs$bs: /" "$OUT/pinion-bs$bs.failed" >>"$OUT/pinion.failed"
 done
 echo "$sp $sf $ss" >"$OUT/pinion.counts"
+# and the runs' logs one after the other under the names of one run
+for bs in $BLOCK_SIZES; do cat "$OUT/pinion-bs$bs.log"; done >"$OUT/pinion.log"
+for bs in $BLOCK_SIZES; do cat "$OUT/pinion-bs$bs-server.log"; done >"$OUT/pinion-server.log"
 
 # ---- tgtd ------------------------------------------------------------------
 if [[ ${SKIP_TGTD:-} != 1 ]]; then

@@ -6,4 +6,7 @@
 //! hosts in `tests/` drive targets through the same code.
 #![forbid(unsafe_code)]
 
+pub mod conn;
+pub mod iscsi;
+pub mod nvme_tcp;
 pub mod perf;

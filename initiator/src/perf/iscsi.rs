@@ -11,36 +11,27 @@
 //! NOP-In pings are answered, and the session logs out at the end.
 //!
 //! The PDU layouts, text encoding and CHAP come from Pinion's iSCSI core
-//! (`pinion_transport::iscsi`); the initiator's side of negotiation is here.
+//! (`pinion_transport::iscsi`); framing, decoding and login from the
+//! initiator's (`crate::iscsi`).
 
 use super::workload::{IoReq, Op};
-use super::{Completion, Engine, PerfError, Setup};
+use super::{recv_err, send_err, Completion, Engine, PerfError, Setup};
+use crate::conn::{self, Payload, RecvBuf, SendQueue, Step};
+use crate::iscsi::{self as core, frame_hdr, frame_tail, Decoder, Login, LoginError, LoginParams, Negotiated, OUR_MAX_RECV_DSL};
 use nvme_types::tcp::Digests;
 use pinion_transport::iscsi::pdu::{
-    self, cmd_flags, data_in_flags, login_flags, Bhs, DataIn, DataOut, LoginReq, LoginResp, LogoutReq, NopIn, NopOut, Opcode, ScsiCmd,
-    ScsiResp, BHS_LEN, DIGEST_LEN, F, IMMEDIATE, RESERVED_TAG,
+    self, cmd_flags, data_in_flags, Bhs, DataIn, DataOut, LogoutReq, NopIn, NopOut, Opcode, ScsiCmd, ScsiResp, DIGEST_LEN, F,
+    IMMEDIATE, RESERVED_TAG,
 };
-use pinion_transport::iscsi::{chap, text};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// What we accept per PDU (declared in login): large, so a 128 KiB read is
-/// one Data-In.
-const OUR_MAX_RECV_DSL: u32 = 256 * 1024;
-/// What we ask for as burst lengths (the target may lower them).
-const WANT_FIRST_BURST: u32 = 256 * 1024;
-const WANT_MAX_BURST: u32 = 1024 * 1024;
 const RX_BUF: usize = 2 * OUR_MAX_RECV_DSL as usize;
-const MAX_IOV: usize = 64;
-/// Login stages.
-const SECURITY: u8 = 0;
-const OPERATIONAL: u8 = 1;
-const FULL_FEATURE: u8 = 3;
 
 /// `iscsi://[USER[%SECRET]@]HOST[:PORT]/IQN/LUN`
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,161 +86,10 @@ fn proto(msg: impl Into<String>) -> PerfError {
     PerfError::Protocol(msg.into())
 }
 
-fn io_err(what: &str) -> impl FnOnce(io::Error) -> PerfError + '_ {
-    move |source| PerfError::Io { what: what.to_string(), source }
-}
-
-/// Session parameters after login.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Negotiated {
-    pub header_digest: bool,
-    pub data_digest: bool,
-    pub immediate_data: bool,
-    pub initial_r2t: bool,
-    pub first_burst: u32,
-    pub max_burst: u32,
-    /// The target's MaxRecvDataSegmentLength: the most data per PDU we send.
-    pub target_mrdsl: u32,
-}
-
-impl Default for Negotiated {
-    fn default() -> Self {
-        // RFC 7143 defaults, which hold for keys never negotiated
-        Negotiated {
-            header_digest: false,
-            data_digest: false,
-            immediate_data: true,
-            initial_r2t: true,
-            first_burst: 65536,
-            max_burst: 262144,
-            target_mrdsl: 8192,
-        }
-    }
-}
-
-/// The initiator's operational offer.
-fn operational_offer(d: Digests) -> Vec<(String, String)> {
-    let dg = |on: bool| if on { "CRC32C" } else { "None" }.to_string();
-    vec![
-        ("HeaderDigest".into(), dg(d.header)),
-        ("DataDigest".into(), dg(d.data)),
-        ("MaxRecvDataSegmentLength".into(), OUR_MAX_RECV_DSL.to_string()),
-        ("ImmediateData".into(), "Yes".into()),
-        ("InitialR2T".into(), "No".into()),
-        ("FirstBurstLength".into(), WANT_FIRST_BURST.to_string()),
-        ("MaxBurstLength".into(), WANT_MAX_BURST.to_string()),
-        ("MaxOutstandingR2T".into(), "1".into()),
-        ("MaxConnections".into(), "1".into()),
-        ("ErrorRecoveryLevel".into(), "0".into()),
-        ("DataPDUInOrder".into(), "Yes".into()),
-        ("DataSequenceInOrder".into(), "Yes".into()),
-        ("DefaultTime2Wait".into(), "0".into()),
-        ("DefaultTime2Retain".into(), "0".into()),
-    ]
-}
-
-/// Applies one key the target sent during operational negotiation. For
-/// keys we offered, its value is the outcome (the target applies the
-/// outcome function: AND for ImmediateData, OR for InitialR2T, minimum for
-/// the burst lengths). Returns the answer we owe when the target offered a
-/// key we did not.
-fn apply_key(n: &mut Negotiated, offered: &[(String, String)], k: &str, v: &str) -> Result<Option<(String, String)>, PerfError> {
-    let bad = || proto(format!("target answered {k}={v}"));
-    let ours = offered.iter().find(|(o, _)| o == k).map(|(_, ov)| ov.as_str());
-    let num = || text::parse_number(v).filter(|&x| (512..(1 << 24)).contains(&x)).map(|x| x as u32).ok_or_else(bad);
-    let boolv = || text::parse_bool(v).ok_or_else(bad);
-    match k {
-        "HeaderDigest" | "DataDigest" => {
-            let on = match v {
-                "CRC32C" => true,
-                "None" => false,
-                _ => return Err(bad()),
-            };
-            // we offer exactly one value, so an answer must repeat it
-            if ours.is_some_and(|o| o != v) {
-                return Err(proto(format!("target refused {k}={}: answered {v}", ours.unwrap_or_default())));
-            }
-            if k == "HeaderDigest" {
-                n.header_digest = on;
-            } else {
-                n.data_digest = on;
-            }
-        }
-        // declarative: the target's own receive limit, never answered
-        "MaxRecvDataSegmentLength" => {
-            n.target_mrdsl = num()?;
-            return Ok(None);
-        }
-        "ImmediateData" => n.immediate_data = boolv()?,
-        "InitialR2T" => n.initial_r2t = boolv()?,
-        "FirstBurstLength" => n.first_burst = num()?,
-        "MaxBurstLength" => n.max_burst = num()?,
-        // declarations that need no answer
-        "TargetAlias" | "TargetPortalGroupTag" | "TargetAddress" => return Ok(None),
-        "MaxOutstandingR2T"
-        | "MaxConnections"
-        | "ErrorRecoveryLevel"
-        | "DataPDUInOrder"
-        | "DataSequenceInOrder"
-        | "DefaultTime2Wait"
-        | "DefaultTime2Retain"
-        | "IFMarker"
-        | "OFMarker" => {}
-        _ if ours.is_none() => return Ok(Some((k.to_string(), "NotUnderstood".to_string()))),
-        _ => {}
-    }
-    // the target's own offer of a key we know: accept its value
-    Ok(if ours.is_none() { Some((k.to_string(), v.to_string())) } else { None })
-}
-
-/// Bytes following a BHS received from the target, checked before reading them.
-#[derive(Clone, Copy, Debug)]
-struct RxLayout {
-    op: Opcode,
-    /// AHS and header digest bytes after the BHS.
-    rest_hdr: usize,
-    ahs: usize,
-    data: usize,
-    pad: usize,
-    data_digest: bool,
-}
-
-fn rx_layout(b: &Bhs, hd: bool, dd: bool, max: u32) -> Result<RxLayout, PerfError> {
-    let op = b.opcode();
-    if !op.is_target() {
-        return Err(proto(format!("opcode {:#x} is not a target opcode", b.opcode)));
-    }
-    let data = b.data_len();
-    if data > max {
-        return Err(proto(format!("{op:?} with {data} bytes of data, above our MaxRecvDataSegmentLength {max}")));
-    }
-    let ahs = b.ahs_len();
-    Ok(RxLayout {
-        op,
-        rest_hdr: ahs + if hd { DIGEST_LEN } else { 0 },
-        ahs,
-        data: data as usize,
-        pad: pdu::pad_len(data as usize),
-        data_digest: dd && data > 0,
-    })
-}
-
-/// Frames a PDU header into `out`: BHS, header digest; returns nothing, the
-/// data (and its pad and digest) follow separately.
-fn frame_hdr(out: &mut Vec<u8>, bhs: &[u8], hd: bool) {
-    out.extend_from_slice(bhs);
-    if hd {
-        out.extend_from_slice(&crc32c::crc32c(bhs).to_le_bytes());
-    }
-}
-
-/// Padding and data digest after `data`.
-fn frame_tail(out: &mut Vec<u8>, data: &[u8], dd: bool) {
-    let pad = pdu::pad_len(data.len());
-    out.extend(std::iter::repeat_n(0u8, pad));
-    if dd && !data.is_empty() {
-        let c = crc32c::crc32c_append(crc32c::crc32c(data), &[0u8; 3][..pad]);
-        out.extend_from_slice(&c.to_le_bytes());
+fn core_err(e: core::Error) -> PerfError {
+    match e {
+        core::Error::Io(e) => recv_err(e),
+        e => proto(e.to_string()),
     }
 }
 
@@ -266,37 +106,17 @@ struct SyncSession {
 
 impl SyncSession {
     fn send(&mut self, bhs: &[u8], data: &[u8]) -> Result<(), PerfError> {
-        let mut b = Vec::with_capacity(BHS_LEN + 8 + data.len());
+        let mut b = Vec::with_capacity(bhs.len() + 8 + data.len());
         frame_hdr(&mut b, bhs, self.neg.header_digest);
         b.extend_from_slice(data);
         frame_tail(&mut b, data, self.neg.data_digest);
-        self.sock.write_all(&b).map_err(io_err("send to the target"))
+        self.sock.write_all(&b).map_err(send_err)
     }
 
     /// Reads one PDU: its BHS and data (digests checked).
     fn recv(&mut self) -> Result<(Bhs, Vec<u8>), PerfError> {
-        let mut h = [0u8; BHS_LEN];
-        self.sock.read_exact(&mut h).map_err(io_err("receive from the target"))?;
-        let bhs = Bhs::read_from_bytes(&h).map_err(|_| proto("short BHS"))?;
-        let l = rx_layout(&bhs, self.neg.header_digest, self.neg.data_digest, OUR_MAX_RECV_DSL.max(8192))?;
-        let mut rest = vec![0u8; l.rest_hdr];
-        self.sock.read_exact(&mut rest).map_err(io_err("receive from the target"))?;
-        if self.neg.header_digest {
-            let c = crc32c::crc32c_append(crc32c::crc32c(&h), &rest[..l.ahs]);
-            if c.to_le_bytes() != rest[l.ahs..l.ahs + 4] {
-                return Err(proto("header digest mismatch"));
-            }
-        }
-        let mut data = vec![0u8; l.data + l.pad + if l.data_digest { DIGEST_LEN } else { 0 }];
-        self.sock.read_exact(&mut data).map_err(io_err("receive from the target"))?;
-        if l.data_digest {
-            let c = crc32c::crc32c(&data[..l.data + l.pad]);
-            if c.to_le_bytes() != data[l.data + l.pad..] {
-                return Err(proto("data digest mismatch"));
-            }
-        }
-        data.truncate(l.data);
-        Ok((bhs, data))
+        let d = Decoder { header_digest: self.neg.header_digest, data_digest: self.neg.data_digest, max_data: OUR_MAX_RECV_DSL };
+        core::read_pdu(&mut self.sock, &d).map_err(core_err)
     }
 
     fn note_sns(&mut self, statsn: u32, exp: u32, max: u32, has_statsn: bool) {
@@ -310,143 +130,33 @@ impl SyncSession {
 
     /// Logs in: security stage (CHAP or None), then operational.
     fn login(sock: TcpStream, url: &IscsiUrl, opts: &IscsiOpts, isid: [u8; 6]) -> Result<SyncSession, PerfError> {
-        let mut s =
-            SyncSession { sock, neg: Negotiated::default(), cmdsn: 1, max_cmdsn: 1, exp_statsn: 0, lun: pdu::encode_lun(url.lun), itt: 0 };
-        let creds = match (&opts.chap_user, &opts.chap_secret) {
+        let chap = match (&opts.chap_user, &opts.chap_secret) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
             _ => return Err(PerfError::Usage("CHAP needs both a user and a secret".into())),
         };
-        let mut stage = SECURITY;
-        let mut tsih = 0u16;
-        let mut keys: Vec<(String, String)> = vec![
-            ("InitiatorName".into(), opts.initiator_name.clone()),
-            ("SessionType".into(), "Normal".into()),
-            ("TargetName".into(), url.iqn.clone()),
-            ("AuthMethod".into(), if creds.is_some() { "CHAP,None" } else { "None" }.into()),
-        ];
-        let offer = operational_offer(opts.digests);
-        let mut neg = Negotiated::default();
-        let mut offered_op = false;
-        let mut chap_state = 0; // 0 AuthMethod sent, 1 CHAP_A sent, 2 CHAP_R sent
-        let mut transit = creds.is_none();
-        // bounded: a login takes a handful of exchanges
-        for _ in 0..16 {
-            let nsg = if stage == SECURITY { OPERATIONAL } else { FULL_FEATURE };
-            let mut req = LoginReq {
-                opcode: Opcode::LOGIN_REQ.0 | IMMEDIATE,
-                flags: (stage << login_flags::CSG_SHIFT) | if transit { login_flags::TRANSIT | nsg } else { 0 },
-                version_max: 0,
-                version_min: 0,
-                isid,
-                tsih: tsih.into(),
-                itt: s.itt.into(),
-                cid: 0.into(),
-                cmdsn: s.cmdsn.into(),
-                exp_statsn: s.exp_statsn.into(),
-                ..Default::default()
-            };
-            let body = text::encode(&keys);
-            req.set_data_len(body.len() as u32);
-            s.send(req.as_bytes(), &body)?;
+        let mut s =
+            SyncSession { sock, neg: Negotiated::default(), cmdsn: 1, max_cmdsn: 1, exp_statsn: 0, lun: pdu::encode_lun(url.lun), itt: 0 };
+        let mut login = Login::new(LoginParams {
+            initiator_name: opts.initiator_name.clone(),
+            target_name: url.iqn.clone(),
+            isid,
+            chap,
+            digests: opts.digests,
+        });
+        let neg = loop {
+            s.sock.write_all(&login.request()).map_err(send_err)?;
             let (bhs, data) = s.recv()?;
-            if bhs.opcode() != Opcode::LOGIN_RESP {
-                return Err(proto(format!("expected a Login Response, got {:?}", bhs.opcode())));
+            match login.response(&bhs, &data) {
+                Ok(Some(neg)) => break neg,
+                Ok(None) => {}
+                Err(LoginError::Refused(class, detail)) => {
+                    return Err(PerfError::Command { what: "iSCSI Login", status: LoginError::Refused(class, detail).to_string() })
+                }
+                Err(LoginError::Protocol(m)) => return Err(proto(m)),
             }
-            let r = LoginResp::from_bhs(&bhs);
-            if r.status_class != 0 {
-                let why = match (r.status_class, r.status_detail) {
-                    (2, 1) => "authentication failed",
-                    (2, 2) => "authorization failed (initiator not allowed)",
-                    (2, 3) => "target not found",
-                    (2, _) => "initiator error",
-                    (1, _) => "target moved (redirect not supported)",
-                    (3, _) => "target error",
-                    _ => "unknown status",
-                };
-                return Err(PerfError::Command {
-                    what: "iSCSI Login",
-                    status: format!("{why} (class {:#x}, detail {:#x})", r.status_class, r.status_detail),
-                });
-            }
-            s.exp_statsn = r.statsn.get().wrapping_add(1);
-            s.max_cmdsn = r.max_cmdsn.get();
-            tsih = r.tsih.get();
-            let pairs = text::parse(&data).map_err(|e| proto(format!("login text: {e}")))?;
-            let csg = (r.flags >> login_flags::CSG_SHIFT) & login_flags::STAGE_MASK;
-            if csg != stage {
-                return Err(proto(format!("Login Response for stage {csg}, we are in stage {stage}")));
-            }
-            if r.flags & login_flags::CONTINUE != 0 {
-                // more text to come: ask for it with an empty request
-                return Err(proto("target split its login text (C bit); not supported"));
-            }
-            keys = Vec::new();
-            if stage == SECURITY {
-                let get = |k: &str| pairs.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
-                if let Some(m) = get("AuthMethod") {
-                    if m == "Reject" || m == "NotUnderstood" {
-                        return Err(proto(format!("target answered AuthMethod={m}")));
-                    }
-                    if m == "None" {
-                        transit = true;
-                    }
-                }
-                if let Some((user, secret)) = &creds {
-                    if get("AuthMethod") == Some("CHAP") && chap_state == 0 {
-                        keys.push(("CHAP_A".into(), chap::ALG_MD5.to_string()));
-                        chap_state = 1;
-                    } else if chap_state == 1 {
-                        if get("CHAP_A") != Some("5") {
-                            return Err(proto(format!("target chose CHAP_A={:?}; only MD5 (5) is supported", get("CHAP_A"))));
-                        }
-                        let id =
-                            get("CHAP_I").and_then(text::parse_number).filter(|&i| i <= 255).ok_or_else(|| proto("no valid CHAP_I"))?;
-                        let c = get("CHAP_C")
-                            .and_then(text::decode_binary)
-                            .filter(|c| !c.is_empty())
-                            .ok_or_else(|| proto("no valid CHAP_C"))?;
-                        let resp = chap::response(id as u8, secret.as_bytes(), &c);
-                        keys.push(("CHAP_N".into(), user.clone()));
-                        keys.push(("CHAP_R".into(), text::encode_hex(&resp)));
-                        chap_state = 2;
-                        transit = true;
-                    }
-                }
-                if r.flags & login_flags::TRANSIT != 0 {
-                    let nsg = r.flags & login_flags::STAGE_MASK;
-                    stage = nsg;
-                    if stage == FULL_FEATURE {
-                        break;
-                    }
-                    keys = offer.clone();
-                    offered_op = true;
-                    transit = true;
-                } else if keys.is_empty() && !transit {
-                    return Err(proto("security negotiation stalled"));
-                }
-            } else {
-                for (k, v) in &pairs {
-                    if let Some(a) = apply_key(&mut neg, &offer, k, v)? {
-                        keys.push(a);
-                    }
-                }
-                if r.flags & login_flags::TRANSIT != 0 && r.flags & login_flags::STAGE_MASK == FULL_FEATURE {
-                    stage = FULL_FEATURE;
-                    break;
-                }
-                if !offered_op {
-                    keys.extend(offer.iter().cloned());
-                    offered_op = true;
-                }
-            }
-        }
-        if stage != FULL_FEATURE {
-            return Err(proto("login did not reach full feature phase"));
-        }
-        if neg.first_burst > neg.max_burst {
-            return Err(proto(format!("FirstBurstLength {} above MaxBurstLength {}", neg.first_burst, neg.max_burst)));
-        }
+        };
+        (s.cmdsn, s.exp_statsn, s.max_cmdsn) = (login.cmdsn, login.exp_statsn, login.max_cmdsn);
         // digests start with the first full-feature PDU
         s.neg = neg;
         s.itt = s.itt.wrapping_add(1);
@@ -592,7 +302,7 @@ pub fn connect(url: &IscsiUrl, opts: &IscsiOpts) -> Result<(Setup, Vec<Box<dyn E
         cap = Some(c);
         let e = IscsiEngine::new(s, c.1, usize::from(opts.qd), opts.max_io)?;
         if engines.is_empty() {
-            params = e.describe();
+            params = e.neg.describe();
         }
         engines.push(Box::new(e));
     }
@@ -613,20 +323,6 @@ pub fn connect(url: &IscsiUrl, opts: &IscsiOpts) -> Result<(Setup, Vec<Box<dyn E
 
 // ---- the I/O engine ------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug)]
-enum Seg {
-    Tx { start: u32, end: u32 },
-    Data { start: u32, end: u32 },
-}
-
-impl Seg {
-    fn len(&self) -> usize {
-        match *self {
-            Seg::Tx { start, end } | Seg::Data { start, end } => (end - start) as usize,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct SlotState {
     busy: bool,
@@ -639,16 +335,14 @@ struct SlotState {
     nlb: u32,
 }
 
-/// A Data-In payload being received.
+/// A Data-In payload being received (into the data buffer, at the slot's
+/// offset).
 #[derive(Clone, Copy, Debug)]
 struct DataRx {
     slot: usize,
-    pos: usize,
-    remaining: usize,
+    payload: Payload,
     /// Padding and digest bytes that follow the payload.
     tail: usize,
-    crc: u32,
-    digest: bool,
     /// The S bit: status is in this PDU.
     status: Option<u8>,
 }
@@ -668,13 +362,8 @@ pub struct IscsiEngine {
     cmdsn: u32,
     max_cmdsn: u32,
     exp_statsn: u32,
-    tx: Vec<u8>,
-    segs: Vec<Seg>,
-    sent_segs: usize,
-    sent_off: usize,
-    rx: Vec<u8>,
-    rx_start: usize,
-    rx_end: usize,
+    sq: SendQueue,
+    rx: RecvBuf,
     data_rx: Option<DataRx>,
     closed: bool,
 }
@@ -700,58 +389,25 @@ impl IscsiEngine {
             cmdsn: s.cmdsn,
             max_cmdsn: s.max_cmdsn,
             exp_statsn: s.exp_statsn,
-            tx: Vec::with_capacity(64 * 1024),
-            segs: Vec::with_capacity(4 * depth + 16),
-            sent_segs: 0,
-            sent_off: 0,
-            rx: vec![0; RX_BUF],
-            rx_start: 0,
-            rx_end: 0,
+            sq: SendQueue::with_capacity(4 * depth + 16),
+            rx: RecvBuf::new(RX_BUF),
             data_rx: None,
             closed: false,
         })
     }
 
-    /// Blocking read of exactly `out.len()` bytes, buffered ones first.
-    fn read_exact_buffered(&mut self, out: &mut [u8]) -> io::Result<()> {
-        let n = out.len().min(self.rx_end - self.rx_start);
-        out[..n].copy_from_slice(&self.rx[self.rx_start..self.rx_start + n]);
-        self.rx_start += n;
-        self.sock.read_exact(&mut out[n..])
-    }
-
-    fn describe(&self) -> String {
-        let n = &self.neg;
-        format!(
-            "digests {}/{}, ImmediateData {}, InitialR2T {}, FirstBurst {}, MaxBurst {}, target MaxRecvDSL {}",
-            if n.header_digest { "CRC32C" } else { "None" },
-            if n.data_digest { "CRC32C" } else { "None" },
-            text::yes_no(n.immediate_data),
-            text::yes_no(n.initial_r2t),
-            n.first_burst,
-            n.max_burst,
-            n.target_mrdsl
-        )
-    }
-
-    fn push_tx(&mut self, from: usize) {
-        if self.tx.len() > from {
-            self.segs.push(Seg::Tx { start: from as u32, end: self.tx.len() as u32 });
-        }
+    /// Queues a PDU header.
+    fn push_header(&mut self, bhs: &[u8]) {
+        let hd = self.neg.header_digest;
+        self.sq.push_own(|tx| frame_hdr(tx, bhs, hd));
     }
 
     /// Queues `len` data bytes of `slot` from `start`, with pad and digest.
     fn push_data(&mut self, slot: usize, start: usize, len: usize) {
         let base = slot * self.slot_len + start;
-        self.segs.push(Seg::Data { start: base as u32, end: (base + len) as u32 });
-        let from = self.tx.len();
-        let pad = pdu::pad_len(len);
-        self.tx.extend(std::iter::repeat_n(0u8, pad));
-        if self.neg.data_digest {
-            let c = crc32c::crc32c_append(crc32c::crc32c(&self.data[base..base + len]), &[0u8; 3][..pad]);
-            self.tx.extend_from_slice(&c.to_le_bytes());
-        }
-        self.push_tx(from);
+        self.sq.push_data(base..base + len);
+        let (data, dd) = (&self.data[base..base + len], self.neg.data_digest);
+        self.sq.push_own(|tx| frame_tail(tx, data, dd));
     }
 
     /// Data-Out PDUs for `[off, off+len)` of `slot`, each within the target's
@@ -775,9 +431,7 @@ impl IscsiEngine {
                 ..Default::default()
             };
             d.set_data_len(n as u32);
-            let from = self.tx.len();
-            frame_hdr(&mut self.tx, d.as_bytes(), self.neg.header_digest);
-            self.push_tx(from);
+            self.push_header(d.as_bytes());
             self.push_data(slot, pos, n);
             datasn += 1;
             pos += n;
@@ -820,9 +474,7 @@ impl IscsiEngine {
             };
             c.set_data_len(imm as u32);
             self.cmdsn = self.cmdsn.wrapping_add(1);
-            let from = self.tx.len();
-            frame_hdr(&mut self.tx, c.as_bytes(), self.neg.header_digest);
-            self.push_tx(from);
+            self.push_header(c.as_bytes());
             if imm > 0 {
                 self.push_data(slot, 0, imm);
             }
@@ -867,60 +519,29 @@ impl IscsiEngine {
     fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
         loop {
             if let Some(d) = self.data_rx.as_mut() {
-                let n = d.remaining.min(self.rx_end - self.rx_start);
-                if n > 0 {
-                    let src = &self.rx[self.rx_start..self.rx_start + n];
-                    let base = d.slot * self.slot_len + d.pos;
-                    self.data[base..base + n].copy_from_slice(src);
-                    if d.digest {
-                        d.crc = crc32c::crc32c_append(d.crc, src);
-                    }
-                    d.pos += n;
-                    d.remaining -= n;
-                    self.rx_start += n;
-                }
-                if d.remaining > 0 || self.rx_end - self.rx_start < d.tail {
+                if !d.payload.feed(&mut self.rx, &mut self.data) || self.rx.len() < d.tail {
                     return Ok(());
                 }
                 let d = self.data_rx.take().expect("checked above");
-                let tail = &self.rx[self.rx_start..self.rx_start + d.tail];
-                self.rx_start += d.tail;
-                if d.digest {
+                let tail = &self.rx.bytes()[..d.tail];
+                if let Some(crc) = d.payload.crc() {
                     let pad = d.tail - DIGEST_LEN;
-                    let c = crc32c::crc32c_append(d.crc, &tail[..pad]);
+                    let c = crc32c::crc32c_append(crc, &tail[..pad]);
                     if c.to_le_bytes() != tail[pad..] {
                         return Err(proto(format!("data digest mismatch on Data-In of task {}", d.slot)));
                     }
                 }
+                self.rx.consume(d.tail);
                 if let Some(st) = d.status {
                     self.complete(d.slot, st, &[], done)?;
                 }
             }
-            let avail = self.rx_end - self.rx_start;
-            if avail < BHS_LEN {
-                return Ok(());
-            }
-            let at = self.rx_start;
-            let bhs = Bhs::read_from_bytes(&self.rx[at..at + BHS_LEN]).map_err(|_| proto("short BHS"))?;
-            let l = rx_layout(&bhs, self.neg.header_digest, self.neg.data_digest, OUR_MAX_RECV_DSL)?;
-            let head = BHS_LEN + l.rest_hdr;
-            let tail = l.pad + if l.data_digest { DIGEST_LEN } else { 0 };
-            let need = if l.op == Opcode::DATA_IN { head } else { head + l.data + tail };
-            if avail < need {
-                return Ok(());
-            }
-            if self.neg.header_digest {
-                let c = crc32c::crc32c(&self.rx[at..at + BHS_LEN + l.ahs]);
-                if c.to_le_bytes() != self.rx[at + BHS_LEN + l.ahs..at + head] {
-                    return Err(proto(format!("header digest mismatch on {:?}", l.op)));
-                }
-            }
-            if l.op != Opcode::DATA_IN && l.data_digest {
-                let d = &self.rx[at + head..at + head + l.data + l.pad];
-                if crc32c::crc32c(d).to_le_bytes() != self.rx[at + head + l.data + l.pad..at + need] {
-                    return Err(proto(format!("data digest mismatch on {:?}", l.op)));
-                }
-            }
+            let dec = Decoder { header_digest: self.neg.header_digest, data_digest: self.neg.data_digest, max_data: OUR_MAX_RECV_DSL };
+            // Data-In payloads may be received piecewise; every other PDU whole
+            let b = self.rx.bytes();
+            let step = if b.first().is_some_and(|&op| op & 0x3f == Opcode::DATA_IN.0) { dec.head(b) } else { dec.pdu(b) };
+            let Step::Ready((bhs, l)) = step.map_err(core_err)? else { return Ok(()) };
+            let (head, tail, need) = (l.head(), l.tail(), l.len());
             match l.op {
                 Opcode::DATA_IN => {
                     let di = DataIn::from_bhs(&bhs);
@@ -944,14 +565,11 @@ impl IscsiEngine {
                     self.note_sns(di.statsn.get(), di.exp_cmdsn.get(), di.max_cmdsn.get(), has_status);
                     self.slots[slot].done += l.data as u32;
                     self.slots[slot].next_datasn += 1;
-                    self.rx_start += head;
+                    self.rx.consume(head);
                     self.data_rx = Some(DataRx {
                         slot,
-                        pos: off,
-                        remaining: l.data,
+                        payload: Payload::new(slot * self.slot_len + off, l.data, l.data_digest),
                         tail,
-                        crc: 0,
-                        digest: l.data_digest,
                         status: has_status.then_some(di.status),
                     });
                     continue;
@@ -963,9 +581,9 @@ impl IscsiEngine {
                     if r.response != 0 {
                         return Err(proto(format!("target failure response {:#x} for task {slot}", r.response)));
                     }
-                    let d = &self.rx[at + head..at + head + l.data];
+                    let d = &self.rx.bytes()[head..head + l.data];
                     let sense = if d.len() > 2 { d[2..].to_vec() } else { Vec::new() };
-                    self.rx_start += need;
+                    self.rx.consume(need);
                     self.complete(slot, r.status, &sense, done)?;
                 }
                 Opcode::R2T => {
@@ -977,7 +595,7 @@ impl IscsiEngine {
                     if !s.write || len == 0 || off + len > s.len as usize || len > self.neg.max_burst as usize {
                         return Err(proto(format!("R2T for task {slot}: {len} bytes at {off} of a {}-byte write", s.len)));
                     }
-                    self.rx_start += need;
+                    self.rx.consume(need);
                     self.data_out(slot, r.ttt.get(), off, len);
                 }
                 Opcode::NOP_IN => {
@@ -986,20 +604,21 @@ impl IscsiEngine {
                     if n.ttt.get() != RESERVED_TAG {
                         let mut o = nop_reply(&n, self.cmdsn, self.exp_statsn);
                         o.set_data_len(l.data as u32);
-                        let from = self.tx.len();
-                        frame_hdr(&mut self.tx, o.as_bytes(), self.neg.header_digest);
                         // ping data is echoed back
-                        let ping = self.rx[at + head..at + head + l.data].to_vec();
-                        self.tx.extend_from_slice(&ping);
-                        frame_tail(&mut self.tx, &ping, self.neg.data_digest);
-                        self.push_tx(from);
+                        let ping = &self.rx.bytes()[head..head + l.data];
+                        let (hd, dd) = (self.neg.header_digest, self.neg.data_digest);
+                        self.sq.push_own(|tx| {
+                            frame_hdr(tx, o.as_bytes(), hd);
+                            tx.extend_from_slice(ping);
+                            frame_tail(tx, ping, dd);
+                        });
                     }
-                    self.rx_start += need;
+                    self.rx.consume(need);
                 }
                 Opcode::ASYNC => {
                     let a = pdu::AsyncMsg::from_bhs(&bhs);
                     self.note_sns(a.statsn.get(), a.exp_cmdsn.get(), a.max_cmdsn.get(), false);
-                    self.rx_start += need;
+                    self.rx.consume(need);
                     if a.event != 0 {
                         return Err(proto(format!("target sent asynchronous event {:#x} (logout/drop requested)", a.event)));
                     }
@@ -1045,89 +664,22 @@ impl Engine for IscsiEngine {
     }
 
     fn wants_write(&self) -> bool {
-        self.sent_segs < self.segs.len()
+        !self.sq.is_empty()
     }
 
     fn flush(&mut self) -> Result<(), PerfError> {
-        while self.sent_segs < self.segs.len() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, seg) in self.segs[self.sent_segs..].iter().take(MAX_IOV).enumerate() {
-                let skip = if i == 0 { self.sent_off } else { 0 };
-                iov[i] = IoSlice::new(match *seg {
-                    Seg::Tx { start, end } => &self.tx[start as usize + skip..end as usize],
-                    Seg::Data { start, end } => &self.data[start as usize + skip..end as usize],
-                });
-                n = i + 1;
-            }
-            let mut wrote = match (&self.sock).write_vectored(&iov[..n]) {
-                Ok(0) => return Err(proto("the target closed the connection")),
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(PerfError::Io { what: "send to the target".into(), source }),
-            };
-            while wrote > 0 {
-                let left = self.segs[self.sent_segs].len() - self.sent_off;
-                if wrote >= left {
-                    wrote -= left;
-                    self.sent_segs += 1;
-                    self.sent_off = 0;
-                } else {
-                    self.sent_off += wrote;
-                    wrote = 0;
-                }
-            }
-        }
-        self.segs.clear();
-        self.tx.clear();
-        self.sent_segs = 0;
-        self.sent_off = 0;
+        self.sq.flush(&mut &self.sock, &self.data).map_err(send_err)?;
         Ok(())
     }
 
     fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError> {
         let mut got_any = false;
         loop {
-            let direct = matches!(self.data_rx, Some(d) if self.rx_start == self.rx_end && d.remaining > 0);
-            let r = if let (true, Some(d)) = (direct, self.data_rx) {
-                let base = d.slot * self.slot_len + d.pos;
-                (&self.sock).read(&mut self.data[base..base + d.remaining])
-            } else {
-                if self.rx_start == self.rx_end {
-                    self.rx_start = 0;
-                    self.rx_end = 0;
-                } else if self.rx_end > RX_BUF / 2 {
-                    self.rx.copy_within(self.rx_start..self.rx_end, 0);
-                    self.rx_end -= self.rx_start;
-                    self.rx_start = 0;
-                }
-                (&self.sock).read(&mut self.rx[self.rx_end..])
-            };
-            let n = match r {
-                Ok(0) => return Err(proto("the target closed the connection")),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(PerfError::Io { what: "receive from the target".into(), source }),
-            };
+            let payload = self.data_rx.as_mut().map(|d| (&mut d.payload, &mut self.data[..]));
+            let Some(got) = conn::read_some(&mut &self.sock, &mut self.rx, payload).map_err(recv_err)? else { break };
             got_any = true;
-            let wanted;
-            if direct {
-                let d = self.data_rx.as_mut().expect("direct receive has a payload");
-                wanted = d.remaining;
-                let base = d.slot * self.slot_len + d.pos;
-                if d.digest {
-                    d.crc = crc32c::crc32c_append(d.crc, &self.data[base..base + n]);
-                }
-                d.pos += n;
-                d.remaining -= n;
-            } else {
-                wanted = RX_BUF - self.rx_end;
-                self.rx_end += n;
-            }
             self.parse(done)?;
-            if n < wanted {
+            if got.drained {
                 break;
             }
         }
@@ -1151,8 +703,7 @@ impl Engine for IscsiEngine {
             ..Default::default()
         };
         req.set_data_len(0);
-        let mut b = Vec::new();
-        frame_hdr(&mut b, req.as_bytes(), self.neg.header_digest);
+        let b = core::encode(req.as_bytes(), &[], self.neg.header_digest, false);
         // best effort, briefly: a target that does not answer is left to time out
         let _ = self.sock.set_nonblocking(false);
         let _ = self.sock.set_read_timeout(Some(Duration::from_secs(2)));
@@ -1161,19 +712,13 @@ impl Engine for IscsiEngine {
             return;
         }
         // the Logout Response, after anything still buffered (a NOP-In)
+        let dec = Decoder { header_digest: self.neg.header_digest, data_digest: self.neg.data_digest, max_data: OUR_MAX_RECV_DSL };
+        let mut r = self.rx.bytes().chain(&self.sock);
         for _ in 0..8 {
-            let mut h = [0u8; BHS_LEN];
-            if self.read_exact_buffered(&mut h).is_err() {
-                return;
-            }
-            let Ok(bhs) = Bhs::read_from_bytes(&h) else { return };
-            if bhs.opcode() == Opcode::LOGOUT_RESP {
-                return;
-            }
-            let Ok(l) = rx_layout(&bhs, self.neg.header_digest, self.neg.data_digest, OUR_MAX_RECV_DSL) else { return };
-            let mut skip = vec![0u8; l.rest_hdr + l.data + l.pad + if l.data_digest { DIGEST_LEN } else { 0 }];
-            if self.read_exact_buffered(&mut skip).is_err() {
-                return;
+            match core::read_pdu(&mut r, &dec) {
+                Ok((bhs, _)) if bhs.opcode() == Opcode::LOGOUT_RESP => return,
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     }
@@ -1195,73 +740,6 @@ mod tests {
         assert!(IscsiUrl::parse("h:3260/iqn.x/x").is_err());
         assert!(IscsiUrl::parse("h:3260//0").is_err());
         assert!(IscsiUrl::parse("h:3260/iqn.x/16384").is_err());
-    }
-
-    fn answer(n: &mut Negotiated, k: &str, v: &str) -> Result<Option<(String, String)>, PerfError> {
-        apply_key(n, &operational_offer(Digests { header: true, data: false }), k, v)
-    }
-
-    #[test]
-    fn negotiation_outcomes() {
-        let mut n = Negotiated::default();
-        // answers to our offers are the outcome
-        assert_eq!(answer(&mut n, "HeaderDigest", "CRC32C").unwrap(), None);
-        assert_eq!(answer(&mut n, "DataDigest", "None").unwrap(), None);
-        assert_eq!(answer(&mut n, "InitialR2T", "Yes").unwrap(), None);
-        assert_eq!(answer(&mut n, "ImmediateData", "No").unwrap(), None);
-        assert_eq!(answer(&mut n, "FirstBurstLength", "65536").unwrap(), None);
-        assert_eq!(answer(&mut n, "MaxBurstLength", "0x40000").unwrap(), None);
-        assert_eq!(answer(&mut n, "MaxRecvDataSegmentLength", "8192").unwrap(), None);
-        assert_eq!(
-            n,
-            Negotiated {
-                header_digest: true,
-                data_digest: false,
-                immediate_data: false,
-                initial_r2t: true,
-                first_burst: 65536,
-                max_burst: 262144,
-                target_mrdsl: 8192
-            }
-        );
-        // a refused digest fails the login instead of running without it
-        assert!(answer(&mut n, "HeaderDigest", "None").is_err());
-        // garbage values are protocol errors
-        assert!(answer(&mut n, "MaxBurstLength", "12").is_err());
-        assert!(answer(&mut n, "InitialR2T", "maybe").is_err());
-        assert!(answer(&mut n, "MaxRecvDataSegmentLength", "0x1000000").is_err());
-        // the target's own offers get an answer; declarations do not
-        assert_eq!(answer(&mut n, "TargetPortalGroupTag", "1").unwrap(), None);
-        assert_eq!(answer(&mut n, "X-com.example.Thing", "1").unwrap(), Some(("X-com.example.Thing".into(), "NotUnderstood".into())));
-        assert_eq!(answer(&mut n, "OFMarker", "No").unwrap(), Some(("OFMarker".into(), "No".into())));
-    }
-
-    #[test]
-    fn target_pdu_layouts() {
-        let mut b = Bhs::read_from_bytes(&[0u8; BHS_LEN]).unwrap();
-        b.opcode = Opcode::DATA_IN.0;
-        b.dsl = [0, 0x10, 0x01]; // 4097 bytes
-        b.total_ahs_len = 2;
-        let l = rx_layout(&b, true, true, 8192).unwrap();
-        assert_eq!((l.ahs, l.rest_hdr, l.data, l.pad, l.data_digest), (8, 12, 4097, 3, true));
-        assert!(rx_layout(&b, false, false, 4096).is_err(), "longer than our MaxRecvDataSegmentLength");
-        b.opcode = Opcode::SCSI_CMD.0;
-        assert!(rx_layout(&b, false, false, 8192).is_err(), "an initiator opcode from the target");
-        b.opcode = Opcode::NOP_IN.0;
-        b.dsl = [0; 3];
-        assert!(!rx_layout(&b, false, true, 8192).unwrap().data_digest, "no data, no data digest");
-    }
-
-    #[test]
-    fn data_digest_covers_padding() {
-        let mut out = Vec::new();
-        frame_tail(&mut out, b"abcde", true);
-        assert_eq!(out.len(), 3 + 4);
-        assert_eq!(&out[..3], &[0, 0, 0]);
-        assert_eq!(u32::from_le_bytes([out[3], out[4], out[5], out[6]]), crc32c::crc32c(b"abcde\0\0\0"));
-        let mut out = Vec::new();
-        frame_tail(&mut out, b"abcd", false);
-        assert!(out.is_empty());
     }
 
     #[test]

@@ -35,6 +35,22 @@ pub enum PerfError {
     Command { what: &'static str, status: String },
 }
 
+/// A failed receive: the target closing the connection is said so.
+pub(crate) fn recv_err(e: std::io::Error) -> PerfError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PerfError::Protocol("the target closed the connection".into()),
+        _ => PerfError::Io { what: "receive from the target".into(), source: e },
+    }
+}
+
+/// A failed send, likewise.
+pub(crate) fn send_err(e: std::io::Error) -> PerfError {
+    match e.kind() {
+        std::io::ErrorKind::WriteZero => PerfError::Protocol("the target closed the connection".into()),
+        _ => PerfError::Io { what: "send to the target".into(), source: e },
+    }
+}
+
 /// A finished I/O as an engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {

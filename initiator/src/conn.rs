@@ -83,13 +83,17 @@ impl RecvBuf {
         if n <= self.len() {
             return Ok(());
         }
-        if self.start + n > self.buf.len() {
+        if n > self.buf.len() {
+            // a fresh zeroed allocation (calloc) rather than resize's fill
+            let mut b = vec![0u8; n];
+            b[..self.len()].copy_from_slice(self.bytes());
+            self.buf = b;
+            self.end = self.len();
+            self.start = 0;
+        } else if self.start + n > self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if n > self.buf.len() {
-                self.buf.resize(n, 0);
-            }
         }
         let want = self.start + n;
         r.read_exact(&mut self.buf[self.end..want])?;

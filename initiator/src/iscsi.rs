@@ -7,9 +7,10 @@
 
 use crate::conn::{RecvBuf, Step};
 use nvme_types::tcp::Digests;
-use pinion_transport::iscsi::pdu::{self, login_flags, Bhs, LoginReq, LoginResp, Opcode, BHS_LEN, DIGEST_LEN, IMMEDIATE};
+use pinion_transport::iscsi::pdu::{self, login_flags, Bhs, DataOut, LoginReq, LoginResp, Opcode, BHS_LEN, DIGEST_LEN, F, IMMEDIATE};
 use pinion_transport::iscsi::{chap, text};
 use std::io::{self, Read};
+use std::ops::Range;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// A PDU from the target that the initiator cannot accept.
@@ -111,6 +112,30 @@ pub fn encode(bhs: &[u8], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
     v.extend_from_slice(data);
     frame_tail(&mut v, data, dd);
     v
+}
+
+/// The Data-Out PDUs for bytes `range` of task `itt` (answering R2T `ttt`,
+/// or unsolicited with the reserved tag), each carrying at most `max` bytes:
+/// headers with DataSN from 0 and F on the last, and the data each carries.
+pub fn data_outs(lun: [u8; 8], itt: u32, ttt: u32, exp_statsn: u32, range: Range<usize>, max: usize) -> impl Iterator<Item = (DataOut, Range<usize>)> {
+    let max = max.max(1);
+    let end = range.end;
+    (range.start..end).step_by(max).enumerate().map(move |(datasn, pos)| {
+        let n = max.min(end - pos);
+        let mut d = DataOut {
+            opcode: Opcode::DATA_OUT.0,
+            flags: if pos + n == end { F } else { 0 },
+            lun,
+            itt: itt.into(),
+            ttt: ttt.into(),
+            exp_statsn: exp_statsn.into(),
+            datasn: (datasn as u32).into(),
+            buffer_offset: (pos as u32).into(),
+            ..Default::default()
+        };
+        d.set_data_len(n as u32);
+        (d, pos..pos + n)
+    })
 }
 
 /// Decodes the PDUs a target sends, checking each BHS and the header
@@ -654,6 +679,19 @@ mod tests {
         let n = l.response(&b, &d).unwrap().unwrap();
         assert!(n.header_digest && !n.data_digest);
         assert_eq!((n.first_burst, n.max_burst), (65536, 65536));
+    }
+
+    #[test]
+    fn data_outs_split_at_the_limit() {
+        let v: Vec<_> = data_outs([0; 8], 5, 9, 1, 100..350, 100).collect();
+        assert_eq!(v.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), vec![100..200, 200..300, 300..350]);
+        assert_eq!(v.iter().map(|(d, _)| (d.datasn.get(), d.flags & F != 0, d.data_len())).collect::<Vec<_>>(), vec![
+            (0, false, 100),
+            (1, false, 100),
+            (2, true, 50)
+        ]);
+        assert_eq!((v[2].0.itt.get(), v[2].0.ttt.get(), v[2].0.buffer_offset.get()), (5, 9, 300));
+        assert_eq!(data_outs([0; 8], 5, 9, 1, 7..7, 100).count(), 0);
     }
 
     #[test]

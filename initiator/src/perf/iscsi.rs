@@ -20,7 +20,7 @@ use crate::conn::{self, Payload, RecvBuf, SendQueue, Step};
 use crate::iscsi::{self as core, frame_hdr, frame_tail, Decoder, Login, LoginError, LoginParams, Negotiated, OUR_MAX_RECV_DSL};
 use nvme_types::tcp::Digests;
 use pinion_transport::iscsi::pdu::{
-    self, cmd_flags, data_in_flags, Bhs, DataIn, DataOut, LogoutReq, NopIn, NopOut, Opcode, ScsiCmd, ScsiResp, DIGEST_LEN, F,
+    self, cmd_flags, data_in_flags, Bhs, DataIn, LogoutReq, NopIn, NopOut, Opcode, ScsiCmd, ScsiResp, DIGEST_LEN, F,
     IMMEDIATE, RESERVED_TAG,
 };
 use std::collections::VecDeque;
@@ -413,28 +413,10 @@ impl IscsiEngine {
     /// Data-Out PDUs for `[off, off+len)` of `slot`, each within the target's
     /// MaxRecvDataSegmentLength; F on the last.
     fn data_out(&mut self, slot: usize, ttt: u32, off: usize, len: usize) {
-        let max = self.neg.target_mrdsl as usize;
-        let mut pos = off;
-        let mut datasn = 0u32;
-        while pos < off + len {
-            let n = max.min(off + len - pos);
-            let last = pos + n == off + len;
-            let mut d = DataOut {
-                opcode: Opcode::DATA_OUT.0,
-                flags: if last { F } else { 0 },
-                lun: self.lun,
-                itt: (slot as u32).into(),
-                ttt: ttt.into(),
-                exp_statsn: self.exp_statsn.into(),
-                datasn: datasn.into(),
-                buffer_offset: (pos as u32).into(),
-                ..Default::default()
-            };
-            d.set_data_len(n as u32);
+        let outs = core::data_outs(self.lun, slot as u32, ttt, self.exp_statsn, off..off + len, self.neg.target_mrdsl as usize);
+        for (d, r) in outs {
             self.push_header(d.as_bytes());
-            self.push_data(slot, pos, n);
-            datasn += 1;
-            pos += n;
+            self.push_data(slot, r.start, r.len());
         }
     }
 

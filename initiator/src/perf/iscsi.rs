@@ -15,8 +15,8 @@
 //! initiator's (`crate::iscsi`).
 
 use super::workload::{IoReq, Op};
-use super::{recv_err, send_err, Completion, Engine, PerfError, Setup};
-use crate::conn::{self, Payload, RecvBuf, SendQueue, Step};
+use super::{recv_err, send_err, Completion, Engine, PerfError, Setup, Wire};
+use crate::conn::{Got, Payload, Step};
 use crate::iscsi::{self as core, frame_hdr, frame_tail, Decoder, Login, LoginError, LoginParams, Negotiated, OUR_MAX_RECV_DSL};
 use nvme_types::tcp::Digests;
 use pinion_transport::iscsi::pdu::{
@@ -26,7 +26,6 @@ use pinion_transport::iscsi::pdu::{
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 use zerocopy::IntoBytes;
 
@@ -348,13 +347,10 @@ struct DataRx {
 }
 
 pub struct IscsiEngine {
-    sock: TcpStream,
+    w: Wire,
     neg: Negotiated,
     lun: [u8; 8],
     block: u32,
-    depth: usize,
-    slot_len: usize,
-    data: Vec<u8>,
     slots: Vec<SlotState>,
     in_flight: usize,
     /// Commands submitted but held back by the CmdSN window.
@@ -362,35 +358,23 @@ pub struct IscsiEngine {
     cmdsn: u32,
     max_cmdsn: u32,
     exp_statsn: u32,
-    sq: SendQueue,
-    rx: RecvBuf,
     data_rx: Option<DataRx>,
     closed: bool,
 }
 
 impl IscsiEngine {
     fn new(s: SyncSession, block: u32, depth: usize, max_io: usize) -> Result<IscsiEngine, PerfError> {
-        let opt = |source| PerfError::Io { what: "socket options".into(), source };
-        s.sock.set_read_timeout(None).map_err(opt)?;
-        s.sock.set_write_timeout(None).map_err(opt)?;
-        s.sock.set_nonblocking(true).map_err(opt)?;
-        let slot_len = max_io.div_ceil(4096) * 4096;
         Ok(IscsiEngine {
-            sock: s.sock,
+            w: Wire::new(s.sock, depth, max_io, RX_BUF)?,
             neg: s.neg,
             lun: s.lun,
             block,
-            depth,
-            slot_len,
-            data: vec![0; slot_len * depth],
             slots: vec![SlotState::default(); depth],
             in_flight: 0,
             waiting: VecDeque::with_capacity(depth),
             cmdsn: s.cmdsn,
             max_cmdsn: s.max_cmdsn,
             exp_statsn: s.exp_statsn,
-            sq: SendQueue::with_capacity(4 * depth + 16),
-            rx: RecvBuf::new(RX_BUF),
             data_rx: None,
             closed: false,
         })
@@ -399,15 +383,15 @@ impl IscsiEngine {
     /// Queues a PDU header.
     fn push_header(&mut self, bhs: &[u8]) {
         let hd = self.neg.header_digest;
-        self.sq.push_own(|tx| frame_hdr(tx, bhs, hd));
+        self.w.sq.push_own(|tx| frame_hdr(tx, bhs, hd));
     }
 
     /// Queues `len` data bytes of `slot` from `start`, with pad and digest.
     fn push_data(&mut self, slot: usize, start: usize, len: usize) {
-        let base = slot * self.slot_len + start;
-        self.sq.push_data(base..base + len);
-        let (data, dd) = (&self.data[base..base + len], self.neg.data_digest);
-        self.sq.push_own(|tx| frame_tail(tx, data, dd));
+        let base = self.w.at(slot, start);
+        self.w.sq.push_data(base..base + len);
+        let (data, dd) = (&self.w.data[base..base + len], self.neg.data_digest);
+        self.w.sq.push_own(|tx| frame_tail(tx, data, dd));
     }
 
     /// Data-Out PDUs for `[off, off+len)` of `slot`, each within the target's
@@ -479,7 +463,7 @@ impl IscsiEngine {
 
     fn slot_of(&self, itt: u32) -> Result<usize, PerfError> {
         let i = itt as usize;
-        if i < self.depth && self.slots[i].busy {
+        if i < self.w.depth && self.slots[i].busy {
             Ok(i)
         } else {
             Err(proto(format!("PDU for task tag {itt:#x}, which is not outstanding")))
@@ -501,11 +485,11 @@ impl IscsiEngine {
     fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
         loop {
             if let Some(d) = self.data_rx.as_mut() {
-                if !d.payload.feed(&mut self.rx, &mut self.data) || self.rx.len() < d.tail {
+                if !d.payload.feed(&mut self.w.rx, &mut self.w.data) || self.w.rx.len() < d.tail {
                     return Ok(());
                 }
                 let d = self.data_rx.take().expect("checked above");
-                let tail = &self.rx.bytes()[..d.tail];
+                let tail = &self.w.rx.bytes()[..d.tail];
                 if let Some(crc) = d.payload.crc() {
                     let pad = d.tail - DIGEST_LEN;
                     let c = crc32c::crc32c_append(crc, &tail[..pad]);
@@ -513,14 +497,14 @@ impl IscsiEngine {
                         return Err(proto(format!("data digest mismatch on Data-In of task {}", d.slot)));
                     }
                 }
-                self.rx.consume(d.tail);
+                self.w.rx.consume(d.tail);
                 if let Some(st) = d.status {
                     self.complete(d.slot, st, &[], done)?;
                 }
             }
             let dec = Decoder { header_digest: self.neg.header_digest, data_digest: self.neg.data_digest, max_data: OUR_MAX_RECV_DSL };
             // Data-In payloads may be received piecewise; every other PDU whole
-            let b = self.rx.bytes();
+            let b = self.w.rx.bytes();
             let step = if b.first().is_some_and(|&op| op & 0x3f == Opcode::DATA_IN.0) { dec.head(b) } else { dec.pdu(b) };
             let Step::Ready((bhs, l)) = step.map_err(core_err)? else { return Ok(()) };
             let (head, tail, need) = (l.head(), l.tail(), l.len());
@@ -547,10 +531,10 @@ impl IscsiEngine {
                     self.note_sns(di.statsn.get(), di.exp_cmdsn.get(), di.max_cmdsn.get(), has_status);
                     self.slots[slot].done += l.data as u32;
                     self.slots[slot].next_datasn += 1;
-                    self.rx.consume(head);
+                    self.w.rx.consume(head);
                     self.data_rx = Some(DataRx {
                         slot,
-                        payload: Payload::new(slot * self.slot_len + off, l.data, l.data_digest),
+                        payload: Payload::new(self.w.at(slot, off), l.data, l.data_digest),
                         tail,
                         status: has_status.then_some(di.status),
                     });
@@ -563,9 +547,9 @@ impl IscsiEngine {
                     if r.response != 0 {
                         return Err(proto(format!("target failure response {:#x} for task {slot}", r.response)));
                     }
-                    let d = &self.rx.bytes()[head..head + l.data];
+                    let d = &self.w.rx.bytes()[head..head + l.data];
                     let sense = if d.len() > 2 { d[2..].to_vec() } else { Vec::new() };
-                    self.rx.consume(need);
+                    self.w.rx.consume(need);
                     self.complete(slot, r.status, &sense, done)?;
                 }
                 Opcode::R2T => {
@@ -577,7 +561,7 @@ impl IscsiEngine {
                     if !s.write || len == 0 || off + len > s.len as usize || len > self.neg.max_burst as usize {
                         return Err(proto(format!("R2T for task {slot}: {len} bytes at {off} of a {}-byte write", s.len)));
                     }
-                    self.rx.consume(need);
+                    self.w.rx.consume(need);
                     self.data_out(slot, r.ttt.get(), off, len);
                 }
                 Opcode::NOP_IN => {
@@ -587,20 +571,20 @@ impl IscsiEngine {
                         let mut o = nop_reply(&n, self.cmdsn, self.exp_statsn);
                         o.set_data_len(l.data as u32);
                         // ping data is echoed back
-                        let ping = &self.rx.bytes()[head..head + l.data];
+                        let ping = &self.w.rx.bytes()[head..head + l.data];
                         let (hd, dd) = (self.neg.header_digest, self.neg.data_digest);
-                        self.sq.push_own(|tx| {
+                        self.w.sq.push_own(|tx| {
                             frame_hdr(tx, o.as_bytes(), hd);
                             tx.extend_from_slice(ping);
                             frame_tail(tx, ping, dd);
                         });
                     }
-                    self.rx.consume(need);
+                    self.w.rx.consume(need);
                 }
                 Opcode::ASYNC => {
                     let a = pdu::AsyncMsg::from_bhs(&bhs);
                     self.note_sns(a.statsn.get(), a.exp_cmdsn.get(), a.max_cmdsn.get(), false);
-                    self.rx.consume(need);
+                    self.w.rx.consume(need);
                     if a.event != 0 {
                         return Err(proto(format!("target sent asynchronous event {:#x} (logout/drop requested)", a.event)));
                     }
@@ -616,24 +600,16 @@ impl IscsiEngine {
 }
 
 impl Engine for IscsiEngine {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    fn wire(&self) -> &Wire {
+        &self.w
     }
 
-    fn depth(&self) -> usize {
-        self.depth
+    fn wire_mut(&mut self) -> &mut Wire {
+        &mut self.w
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
-    }
-
-    fn buf(&self, slot: usize) -> &[u8] {
-        &self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
-    fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
-        &mut self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
     }
 
     fn submit(&mut self, slot: usize, io: &IoReq) -> Result<(), PerfError> {
@@ -645,29 +621,15 @@ impl Engine for IscsiEngine {
         Ok(())
     }
 
-    fn wants_write(&self) -> bool {
-        !self.sq.is_empty()
+    fn read_once(&mut self) -> Result<Option<Got>, PerfError> {
+        self.w.read(self.data_rx.as_mut().map(|d| &mut d.payload))
     }
 
-    fn flush(&mut self) -> Result<(), PerfError> {
-        self.sq.flush(&mut &self.sock, &self.data).map_err(send_err)?;
-        Ok(())
-    }
-
-    fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError> {
-        let mut got_any = false;
-        loop {
-            let payload = self.data_rx.as_mut().map(|d| (&mut d.payload, &mut self.data[..]));
-            let Some(got) = conn::read_some(&mut &self.sock, &mut self.rx, payload).map_err(recv_err)? else { break };
-            got_any = true;
-            self.parse(done)?;
-            if got.drained {
-                break;
-            }
-        }
+    fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
+        IscsiEngine::parse(self, done)?;
         // completions may have opened the CmdSN window
         self.emit();
-        Ok(got_any)
+        Ok(())
     }
 
     fn close(&mut self) {
@@ -675,11 +637,11 @@ impl Engine for IscsiEngine {
             return;
         }
         self.closed = true;
-        let _ = self.flush();
+        let _ = Engine::flush(self);
         let mut req = LogoutReq {
             opcode: Opcode::LOGOUT_REQ.0 | IMMEDIATE,
             flags: F, // reason 0: close the session
-            itt: (self.depth as u32).into(),
+            itt: (self.w.depth as u32).into(),
             cmdsn: self.cmdsn.into(),
             exp_statsn: self.exp_statsn.into(),
             ..Default::default()
@@ -687,15 +649,15 @@ impl Engine for IscsiEngine {
         req.set_data_len(0);
         let b = core::encode(req.as_bytes(), &[], self.neg.header_digest, false);
         // best effort, briefly: a target that does not answer is left to time out
-        let _ = self.sock.set_nonblocking(false);
-        let _ = self.sock.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = self.sock.set_write_timeout(Some(Duration::from_secs(2)));
-        if self.sock.write_all(&b).is_err() {
+        let _ = self.w.sock.set_nonblocking(false);
+        let _ = self.w.sock.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = self.w.sock.set_write_timeout(Some(Duration::from_secs(2)));
+        if self.w.sock.write_all(&b).is_err() {
             return;
         }
         // the Logout Response, after anything still buffered (a NOP-In)
         let dec = Decoder { header_digest: self.neg.header_digest, data_digest: self.neg.data_digest, max_data: OUR_MAX_RECV_DSL };
-        let mut r = self.rx.bytes().chain(&self.sock);
+        let mut r = self.w.rx.bytes().chain(&self.w.sock);
         for _ in 0..8 {
             match core::read_pdu(&mut r, &dec) {
                 Ok((bhs, _)) if bhs.opcode() == Opcode::LOGOUT_RESP => return,

@@ -11,8 +11,8 @@
 //! allocated per I/O.
 
 use super::workload::{IoReq, Op};
-use super::{recv_err, send_err, Completion, Engine, PerfError, Setup};
-use crate::conn::{self, Payload, RecvBuf, SendQueue, Step};
+use super::{recv_err, send_err, Completion, Engine, PerfError, Setup, Wire};
+use crate::conn::{Got, Payload, Step};
 use crate::nvme_tcp::{
     capsule_header, check_icresp, connect_cmd, data_tail, fabrics_sqe, frame, h2c_data_header, icreq, read_pdu, sgl, ConnectArgs,
     Decoder, CATTR_DISABLE_SQFLOW, CC_ENABLE, PSDT_SGL,
@@ -24,7 +24,6 @@ use nvme_types::tcp::{self, flags, Digests, Limits, Pdu, PduType, Role};
 use nvme_types::{Cqe, Sqe, Status};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -341,18 +340,13 @@ struct DataRx {
 }
 
 pub struct NvmeEngine {
-    sock: TcpStream,
+    w: Wire,
     link: Link,
     nsid: u32,
     lbads: u32,
     inline: usize,
-    depth: usize,
-    slot_len: usize,
-    data: Vec<u8>,
     slots: Vec<SlotState>,
     in_flight: usize,
-    sq: SendQueue,
-    rx: RecvBuf,
     data_rx: Option<DataRx>,
     /// Digest of a finished payload still to be read (4 bytes).
     digest_rx: Option<(usize, u32, bool)>,
@@ -360,26 +354,14 @@ pub struct NvmeEngine {
 
 impl NvmeEngine {
     fn new(q: SyncQueue, nsid: u32, lbads: u32, inline: usize, depth: usize, max_io: usize) -> Result<NvmeEngine, PerfError> {
-        let sock = q.sock;
-        let opt = |source| PerfError::Io { what: "socket options".into(), source };
-        sock.set_read_timeout(None).map_err(opt)?;
-        sock.set_write_timeout(None).map_err(opt)?;
-        sock.set_nonblocking(true).map_err(opt)?;
-        // page-aligned slot strides keep each buffer on its own pages
-        let slot_len = max_io.div_ceil(4096) * 4096;
         Ok(NvmeEngine {
-            sock,
+            w: Wire::new(q.sock, depth, max_io, RX_BUF)?,
             link: q.link,
             nsid,
             lbads,
             inline,
-            depth,
-            slot_len,
-            data: vec![0; slot_len * depth],
             slots: vec![SlotState::default(); depth],
             in_flight: 0,
-            sq: SendQueue::with_capacity(4 * depth + 16),
-            rx: RecvBuf::new(RX_BUF),
             data_rx: None,
             digest_rx: None,
         })
@@ -388,16 +370,16 @@ impl NvmeEngine {
     /// Queues a PDU header (framed for `data_len` bytes of data).
     fn push_header(&mut self, hdr: &mut [u8], data_len: usize) {
         let link = self.link;
-        self.sq.push_own(|tx| frame(tx, hdr, data_len, link.digests, link.cpda));
+        self.w.sq.push_own(|tx| frame(tx, hdr, data_len, link.digests, link.cpda));
     }
 
     /// Queues data bytes `[start, start+len)` of slot `slot` (and their
     /// digest) after a framed header.
     fn push_data(&mut self, slot: usize, start: usize, len: usize) {
-        let base = slot * self.slot_len + start;
-        self.sq.push_data(base..base + len);
-        let (data, digests) = (&self.data[base..base + len], self.link.digests);
-        self.sq.push_own(|tx| data_tail(tx, data, digests));
+        let base = self.w.at(slot, start);
+        self.w.sq.push_data(base..base + len);
+        let (data, digests) = (&self.w.data[base..base + len], self.link.digests);
+        self.w.sq.push_own(|tx| data_tail(tx, data, digests));
     }
 
     fn complete(&mut self, slot: usize, status: Status, done: &mut Vec<Completion>) -> Result<(), PerfError> {
@@ -444,7 +426,7 @@ impl NvmeEngine {
     fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
         loop {
             if let Some(d) = self.data_rx.as_mut() {
-                if !d.payload.feed(&mut self.rx, &mut self.data) {
+                if !d.payload.feed(&mut self.w.rx, &mut self.w.data) {
                     return Ok(());
                 }
                 let d = self.data_rx.take().expect("checked above");
@@ -454,12 +436,12 @@ impl NvmeEngine {
                 }
             }
             if let Some((slot, crc, success)) = self.digest_rx {
-                let b = self.rx.bytes();
+                let b = self.w.rx.bytes();
                 if b.len() < tcp::DIGEST_LEN {
                     return Ok(());
                 }
                 let got = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                self.rx.consume(tcp::DIGEST_LEN);
+                self.w.rx.consume(tcp::DIGEST_LEN);
                 self.digest_rx = None;
                 if got != crc {
                     return Err(proto(format!(
@@ -468,20 +450,20 @@ impl NvmeEngine {
                 }
                 self.data_done(slot, success, done)?;
             }
-            let dec = Decoder::host(self.link.digests, Limits { max_inline: 0, max_data: self.slot_len as u32 });
+            let dec = Decoder::host(self.link.digests, Limits { max_inline: 0, max_data: self.w.slot_len as u32 });
             let bad = |e: crate::nvme_tcp::Error| proto(e.to_string());
             // C2HData payloads may be received piecewise; every other PDU whole
-            let b = self.rx.bytes();
+            let b = self.w.rx.bytes();
             let step = if b.first() == Some(&PduType::C2H_DATA.0) { dec.head(b) } else { dec.pdu(b) };
             let Step::Ready(h) = step.map_err(bad)? else { return Ok(()) };
             let layout = h.layout;
             match h.pdu {
                 Pdu::CapsuleResp(r) => {
-                    self.rx.consume(layout.plen);
+                    self.w.rx.consume(layout.plen);
                     self.complete(usize::from(r.cqe.cid.get()), r.cqe.status(), done)?;
                 }
                 Pdu::R2t(r) => {
-                    self.rx.consume(layout.plen);
+                    self.w.rx.consume(layout.plen);
                     self.on_r2t(&r)?;
                 }
                 Pdu::C2HData(h2) => {
@@ -504,8 +486,8 @@ impl NvmeEngine {
                         return Err(proto(format!("C2HData for command {slot}: SUCCESS flag before the last byte")));
                     }
                     self.slots[slot].received += len as u32;
-                    self.rx.consume(h.data_start());
-                    let payload = Payload::new(slot * self.slot_len + off, len, layout.data_digest);
+                    self.w.rx.consume(h.data_start());
+                    let payload = Payload::new(self.w.at(slot, off), len, layout.data_digest);
                     self.data_rx = Some(DataRx { slot, payload, success });
                 }
                 Pdu::C2HTermReq(t) => {
@@ -526,29 +508,21 @@ impl NvmeEngine {
 }
 
 impl Engine for NvmeEngine {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    fn wire(&self) -> &Wire {
+        &self.w
     }
 
-    fn depth(&self) -> usize {
-        self.depth
+    fn wire_mut(&mut self) -> &mut Wire {
+        &mut self.w
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    fn buf(&self, slot: usize) -> &[u8] {
-        &self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
-    fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
-        &mut self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
     fn submit(&mut self, slot: usize, io: &IoReq) -> Result<(), PerfError> {
         let len = (io.nlb as usize) << self.lbads;
-        debug_assert!(!self.slots[slot].busy && len <= self.slot_len);
+        debug_assert!(!self.slots[slot].busy && len <= self.w.slot_len);
         let write = io.op == Op::Write;
         let opcode = if write { nvm::WRITE } else { nvm::READ };
         let in_capsule = write && len <= self.inline;
@@ -574,29 +548,12 @@ impl Engine for NvmeEngine {
         Ok(())
     }
 
-    fn wants_write(&self) -> bool {
-        !self.sq.is_empty()
+    fn read_once(&mut self) -> Result<Option<Got>, PerfError> {
+        self.w.read(self.data_rx.as_mut().map(|d| &mut d.payload))
     }
 
-    fn flush(&mut self) -> Result<(), PerfError> {
-        self.sq.flush(&mut &self.sock, &self.data).map_err(send_err)?;
-        Ok(())
-    }
-
-    fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError> {
-        let mut got_any = false;
-        loop {
-            let payload = self.data_rx.as_mut().map(|d| (&mut d.payload, &mut self.data[..]));
-            let Some(got) = conn::read_some(&mut &self.sock, &mut self.rx, payload).map_err(recv_err)? else {
-                return Ok(got_any);
-            };
-            got_any = true;
-            self.parse(done)?;
-            // a short read means the socket is drained: skip the EAGAIN read
-            if got.drained {
-                return Ok(true);
-            }
-        }
+    fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
+        NvmeEngine::parse(self, done)
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Error {
     DataDigest { expected: u32, got: u32 },
 }
 
+// Digests use the hardware-accelerated `crc32c` crate, as the transport
+// does; `nvme_types::tcp::crc32c` is its dependency-free bytewise twin.
+
 fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
@@ -66,7 +69,7 @@ pub fn frame(out: &mut Vec<u8>, hdr: &mut [u8], data_len: usize, digests: Digest
     hdr[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
     out.extend_from_slice(hdr);
     if digests.header {
-        out.extend_from_slice(&tcp::crc32c(hdr).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(hdr).to_le_bytes());
     }
     if data_len > 0 {
         out.resize(out.len() + (pdo - hlen - hd), 0);
@@ -77,7 +80,7 @@ pub fn frame(out: &mut Vec<u8>, hdr: &mut [u8], data_len: usize, digests: Digest
 /// What follows a PDU's data: its digest, if data digests are on.
 pub fn data_tail(out: &mut Vec<u8>, data: &[u8], digests: Digests) {
     if digests.data && !data.is_empty() {
-        out.extend_from_slice(&tcp::crc32c(data).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
     }
 }
 
@@ -280,7 +283,7 @@ impl Decoder {
         }
         let hdr = &b[..layout.hlen];
         if layout.header_digest {
-            let expected = tcp::crc32c(hdr);
+            let expected = crc32c::crc32c(hdr);
             let got = le32(&b[layout.hlen..]);
             if expected != got {
                 return Err(Error::HeaderDigest { expected, got });
@@ -302,7 +305,7 @@ impl Decoder {
             return Ok(Step::Need(l.plen));
         }
         if l.data_digest {
-            let expected = tcp::crc32c(h.data(b));
+            let expected = crc32c::crc32c(h.data(b));
             let got = le32(&b[h.data_start() + l.data_len..]);
             if expected != got {
                 return Err(Error::DataDigest { expected, got });
@@ -346,7 +349,7 @@ mod tests {
             let l = tcp::check_header(&ch, Role::Controller, true, digests, Limits { max_inline: 8192, max_data: 8192 }).unwrap();
             assert_eq!((l.data_len, l.data_digest, l.hlen + l.pad + if l.header_digest { 4 } else { 0 }), (4096, digests.data, pdo));
             if digests.header {
-                assert_eq!(tcp::crc32c(&out[..72]), le32(&out[72..]));
+                assert_eq!(crc32c::crc32c(&out[..72]), le32(&out[72..]));
             }
         }
     }

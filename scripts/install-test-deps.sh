@@ -15,18 +15,18 @@
 #     iscsi-perf for the iSCSI tests, the conformance run and the benchmark),
 #     sg3-utils (sg_inq, sg_sync in the iSCSI VM test), python3 (the
 #     conformance script's result parser and the ext4 shutdown ioctl of
-#     tests/tests/backend_faults.rs), e2fsprogs (mkfs.ext4 for the backend
-#     fault tests; their mount/losetup come with util-linux), iperf3 and
-#     linux-perf
+#     tests/tests/backend_faults.rs), iperf3 and linux-perf
 #     (deploy/bench/run.sh: the loopback limit and `perf record` of the
-#     target; CI never runs it).
+#     target; CI never runs it), e2fsprogs (mkfs.ext4 for the VM test of
+#     the read paths: O_DIRECT needs a real file system in the guest; and
+#     for the backend fault tests, whose mount/losetup come with util-linux).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 e2fsprogs iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf e2fsprogs"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -93,6 +93,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "per-I/O read paths on the guest's 6.1 kernel (VM)"
+  if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

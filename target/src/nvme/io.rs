@@ -195,25 +195,24 @@ mod tests {
     use super::*;
     use std::io::Error;
 
-    fn os(errno: rustix::io::Errno, write: bool) -> BackendError {
-        BackendError::from_io(Error::from_raw_os_error(errno.raw_os_error()), write)
+    fn os(errno: i32, write: bool) -> BackendError {
+        BackendError::from_io(Error::from_raw_os_error(errno), write)
     }
 
     #[test]
     fn backend_failures_get_the_status_the_spec_names() {
-        use rustix::io::Errno;
         let cases = [
-            (os(Errno::IO, false), false, Status::READ_ERROR),
-            (os(Errno::IO, true), true, Status::WRITE_FAULT),
-            (os(Errno::NOSPC, true), true, Status::CAP_EXCEEDED.dnr()),
-            (os(Errno::DQUOT, true), true, Status::CAP_EXCEEDED.dnr()),
-            (os(Errno::ROFS, true), true, Status::NS_WRITE_PROTECTED.dnr()),
-            (os(Errno::PERM, true), true, Status::NS_WRITE_PROTECTED.dnr()),
-            (os(Errno::NXIO, false), false, Status::NS_NOT_READY.dnr()),
-            (os(Errno::NODEV, true), true, Status::NS_NOT_READY.dnr()),
+            (os(libc::EIO, false), false, Status::READ_ERROR),
+            (os(libc::EIO, true), true, Status::WRITE_FAULT),
+            (os(libc::ENOSPC, true), true, Status::CAP_EXCEEDED.dnr()),
+            (os(libc::EDQUOT, true), true, Status::CAP_EXCEEDED.dnr()),
+            (os(libc::EROFS, true), true, Status::NS_WRITE_PROTECTED.dnr()),
+            (os(libc::EPERM, true), true, Status::NS_WRITE_PROTECTED.dnr()),
+            (os(libc::ENXIO, false), false, Status::NS_NOT_READY.dnr()),
+            (os(libc::ENODEV, true), true, Status::NS_NOT_READY.dnr()),
             (BackendError::Gone("loop0 now has 0 bytes".into()), false, Status::NS_NOT_READY.dnr()),
-            (os(Errno::NOMEM, false), false, Status::INTERNAL),
-            (os(Errno::PERM, false), false, Status::INTERNAL),
+            (os(libc::ENOMEM, false), false, Status::INTERNAL),
+            (os(libc::EPERM, false), false, Status::INTERNAL),
             (BackendError::ReadOnly, true, Status::NS_WRITE_PROTECTED.dnr()),
             (BackendError::OutOfRange { offset: 0, len: 1, size: 0 }, false, Status::LBA_RANGE.dnr()),
         ];

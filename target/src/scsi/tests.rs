@@ -1233,8 +1233,6 @@ impl Backend for Broken {
     }
 }
 
-use rustix::io::Errno;
-
 fn broken(errno: i32) -> T {
     let info = BackendInfo {
         kind: "broken",
@@ -1250,21 +1248,21 @@ fn broken(errno: i32) -> T {
 
 #[tokio::test]
 async fn backend_errors_and_read_only_volumes() {
-    let t = broken(Errno::IO.raw_os_error());
+    let t = broken(libc::EIO);
     din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::MEDIUM_ERROR, 0x1100);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::MEDIUM_ERROR, 0x0c00);
     nodata(&t.tgt, &t.a, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await.check(SenseKeyV::MEDIUM_ERROR, 0x0c00);
     // out of space, storage turned read-only, device gone, anything else
-    let t = broken(Errno::NOSPC.raw_os_error());
+    let t = broken(libc::ENOSPC);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2707);
-    let t = broken(Errno::ROFS.raw_os_error());
+    let t = broken(libc::EROFS);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2700);
-    let t = broken(Errno::PERM.raw_os_error());
+    let t = broken(libc::EPERM);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::DATA_PROTECT, 0x2700);
-    let t = broken(Errno::NXIO.raw_os_error());
+    let t = broken(libc::ENXIO);
     din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::NOT_READY, 0x0800);
     dout(&t.tgt, &t.a, &write10(0, 1), &[0; BS]).await.check(SenseKeyV::NOT_READY, 0x0800);
-    let t = broken(Errno::NOMEM.raw_os_error());
+    let t = broken(libc::ENOMEM);
     din(&t.tgt, &t.a, &read10(0, 1), 512).await.check(SenseKeyV::HARDWARE_ERROR, 0x4400);
 
     let dir = tempfile::tempdir().unwrap();

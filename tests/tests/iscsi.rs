@@ -470,7 +470,9 @@ fn lun_reset_stops_another_sessions_data_out() {
     late_data_gets_no_response(&mut w, &c, ttt, &pattern(2048, 7));
     a.clear_unit_attentions(1).unwrap();
     assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048], "the aborted write reached the medium");
-    // the reset told the other nexus, and its session goes on
+    // the reset told the other nexus, and the aborted write never ran (it
+    // would have taken the unit attention); its session goes on
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x29, 0x03)), "BUS DEVICE RESET still pending");
     w.clear_unit_attentions(1).unwrap();
     let data = pattern(1024, 9);
     assert_eq!(w.scsi_out(0, &rw16(0x8a, lba, 2), &data).unwrap().status, 0);

@@ -251,7 +251,7 @@ impl Server {
         }
         drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone() };
             accepts.spawn(crate::metrics::serve(l, src));
         }
         tokio::pin!(stop);

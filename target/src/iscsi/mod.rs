@@ -178,6 +178,11 @@ impl IscsiServer {
         self.sessions().values().filter(|s| s.target.as_ref().is_some_and(|t| t.name == target)).cloned().collect()
     }
 
+    /// Every live session, discovery sessions included.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
+    }
+
     fn alloc_tsih(&self) -> u16 {
         let sessions = self.sessions();
         let mut n = self.next_tsih.lock().unwrap_or_else(|e| e.into_inner());

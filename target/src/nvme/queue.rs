@@ -5,6 +5,8 @@
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
 use super::{admin, fabrics, io};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::Protocol;
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
@@ -217,10 +219,16 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
     }
     let ctx = ctx.clone();
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
     tasks.spawn(
         async move {
             let r = io::execute(&ctx, sqe, cmd.data).await;
+            let ok = r.is_ok();
             ctx.finish(&sqe, r).await;
+            if let Some(t) = timer {
+                let (op, bytes) = io::metric_op(&sqe);
+                t.done(op, if ok { bytes } else { 0 }, ok);
+            }
         }
         .instrument(span),
     );

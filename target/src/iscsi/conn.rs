@@ -245,6 +245,8 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         initiator: info.initiator_name.clone(),
         isid: info.isid,
         cid: info.cid,
+        peer,
+        local,
         target: target.clone(),
         kill,
         tasks: tasks.clone(),
@@ -406,7 +408,11 @@ async fn full_feature(
             }
             Kill::Alive
         }
-        _ = kill_rx.changed() => *kill_rx.borrow(),
+        _ = kill_rx.changed() => {
+            let k = *kill_rx.borrow();
+            graceful = k == Kill::Disconnected;
+            k
+        }
         _ = shutdown.changed() => {
             graceful = true;
             // ask the initiator to log out, give it a moment, then drop it

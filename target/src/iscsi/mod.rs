@@ -66,6 +66,8 @@ pub enum Kill {
     PingTimeout,
     /// A write's Data-Out did not arrive in time.
     DataTimeout,
+    /// An operator's `pinion ctl disconnect`: tasks in flight finish first.
+    Disconnected,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -75,6 +77,9 @@ pub struct SessionHandle {
     pub isid: [u8; 6],
     /// The CID of its (one) connection.
     pub cid: u16,
+    /// The initiator's address and ours, for `pinion ctl status`.
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,

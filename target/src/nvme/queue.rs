@@ -137,6 +137,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
     // The kill and shutdown waits live across iterations: re-arming them
     // for every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
@@ -172,6 +173,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
         tasks.abort_all();
     }
+    ctx.ctrl.lock().queue_peers.remove(&ctx.qid);
     if ctx.qid == 0 {
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);

@@ -520,7 +520,9 @@ mod tests {
             Request::Disconnect { host: Some("nqn.h".into()), tsih: None }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+        // a misspelt key is refused, not ignored
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"disconnect","hots":"nqn.h"}"#).is_err());
+        assert!(serde_json::from_str::<Request>("not json").is_err());
         assert_eq!(serde_json::to_string(&Request::Disconnect { host: None, tsih: Some(3) }).unwrap(), r#"{"cmd":"disconnect","tsih":3}"#);
     }
 

@@ -130,7 +130,8 @@ fn serve(cfg: Config) -> ExitCode {
         print!("{}", server.banner(&bound));
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let serving = format!("serving {} volumes on {} listeners", server.volumes.len(), bound.len());
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        let serving = format!("serving {} on {}", n(server.volumes.len(), "volume"), n(bound.len(), "listener"));
         notify::ready(&serving);
         tracing::info!(volumes = server.volumes.len(), listeners = bound.len(), "ready");
         let mut helpers = tokio::task::JoinSet::new();
@@ -145,7 +146,7 @@ fn serve(cfg: Config) -> ExitCode {
                     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                     let ctrls: usize = reg.subsystems.values().map(|s| s.controllers().len()).sum();
                     let sessions = iscsi.all_sessions().iter().filter(|s| s.target.is_some()).count();
-                    notify::status(&format!("{serving}; {ctrls} NVMe controllers, {sessions} iSCSI sessions"));
+                    notify::status(&format!("{serving}; {}, {}", n(ctrls, "NVMe controller"), n(sessions, "iSCSI session")));
                 }
             });
         }

@@ -325,7 +325,7 @@ fn systemd_notify_ready_watchdog_stopping() {
     TcpStream::connect_timeout(&s.addr, Duration::from_secs(1)).expect("NVMe/TCP port accepts at READY=1");
     TcpStream::connect_timeout(&s.iscsi_addr, Duration::from_secs(1)).expect("iSCSI port accepts at READY=1");
     let ready = got.last().unwrap();
-    assert!(ready.lines().any(|l| l == "STATUS=serving 1 volumes on 2 listeners"), "{ready:?}");
+    assert!(ready.lines().any(|l| l == "STATUS=serving 1 volume on 2 listeners"), "{ready:?}");
     assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
     s.wait_ready();
     // WATCHDOG_USEC=400000: a ping every 200 ms

@@ -48,6 +48,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
+    pub management: ManagementConfig,
 }
 
 /// `[nvme_tcp]`: listener addresses and the limits advertised to hosts.
@@ -314,6 +315,31 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Where `pinion ctl` finds a server that has no `[management] socket` in its configuration.
+pub const DEFAULT_CTL_SOCKET: &str = "/run/pinion/ctl.sock";
+
+/// `[management]`: the Unix socket `pinion ctl` talks to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Path of the control socket (created mode 0600, removed on exit). Absent: [`DEFAULT_CTL_SOCKET`],
+    /// and a server that cannot create it (not root, say) serves without one; `""` turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl ManagementConfig {
+    /// The socket to serve (`None`: off), and whether it was asked for explicitly (so failing to
+    /// create it is an error rather than a warning).
+    pub fn socket_path(&self) -> Option<(PathBuf, bool)> {
+        match &self.socket {
+            None => Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some((p.clone(), true)),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -368,6 +394,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 }

@@ -118,6 +118,7 @@ const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
 ];
+const MANAGEMENT: &[Field] = &[opt("socket", Kind::Str)];
 const DEBUG: &[Field] = &[
     opt("poison_released_pages", Kind::Bool),
     opt("early_release", Kind::Bool),
@@ -134,6 +135,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("metrics", Kind::Section(METRICS)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
+    opt("management", Kind::Section(MANAGEMENT)),
 ];
 
 /// Checks the merged tree against [`ROOT`]; returns every problem, in file-schema order.

@@ -102,6 +102,7 @@ fn example_file_parses_to_expected_values() {
             early_release: false,
             keep_zerocopy_when_copied: false,
         },
+        management: ManagementConfig { socket: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);
@@ -358,6 +359,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
+    full.management.socket = Some("/run/pinion/ctl.sock".into());
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     let t = &mut full.iscsi_target[0];
     t.alias = Some("a".into());
@@ -974,4 +976,19 @@ fn iscsi_chap_rules() {
             r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
         ],
     );
+}
+
+#[test]
+fn management_socket() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)));
+    let c = Config::from_toml_str("[management]\nsocket = \"/tmp/p.sock\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from("/tmp/p.sock"), true)));
+    let c = Config::from_toml_str("[management]\nsocket = \"\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), None);
+    let long = format!("[management]\nsocket = \"/{}\"\n", "x".repeat(120));
+    let e = Config::from_toml_str(&long).unwrap_err().to_string();
+    assert!(e.contains("management.socket") && e.contains("107 bytes"), "{e}");
+    let e = Config::from_toml_str("[management]\nsockt = \"/x\"\n").unwrap_err().to_string();
+    assert!(e.contains("did you mean \"socket\""), "{e}");
 }

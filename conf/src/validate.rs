@@ -32,6 +32,15 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
             format!("{} bytes is not a multiple of 4096", c.memory.pool),
         ));
     }
+    if let Some(p) = &c.management.socket {
+        // sockaddr_un's sun_path holds 108 bytes, the terminating NUL included
+        if p.as_os_str().len() > 107 {
+            out.push(Problem::at(
+                "management.socket",
+                format!("{} is longer than a Unix socket path may be (107 bytes)", p.display()),
+            ));
+        }
+    }
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
             "log.level",

@@ -25,6 +25,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("subsystem {0} names unknown volume {1}")]
     UnknownVolume(String, String),
+    #[error(transparent)]
+    Ctl(#[from] crate::mgmt::CtlError),
 }
 
 /// Which protocol a listener serves.
@@ -60,6 +62,8 @@ pub struct Server {
     cfg: Config,
     /// Bound by [`Server::bind`], served by [`Server::run`].
     metrics: std::sync::Mutex<Option<TcpListener>>,
+    /// The `pinion ctl` socket, bound by [`Server::bind`].
+    ctl: std::sync::Mutex<Option<crate::mgmt::CtlSocket>>,
 }
 
 fn io_mode(m: pinion_conf::IoMode) -> IoMode {
@@ -131,6 +135,7 @@ impl Server {
             transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10), send: send_config(cfg) },
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
+            ctl: std::sync::Mutex::new(None),
         })
     }
 
@@ -172,6 +177,9 @@ impl Server {
         if let Some(m) = self.metrics_addr() {
             s += &format!("Metrics (OpenMetrics): http://{m}/metrics\n");
         }
+        if let Some(c) = self.ctl_path() {
+            s += &format!("Control socket: {} (pinion ctl --socket {} status)\n", c.display(), c.display());
+        }
         if !iscsi.is_empty() {
             for t in &self.cfg.iscsi_target {
                 s += &format!("  iSCSI target {}\n", t.iqn);
@@ -207,6 +215,13 @@ impl Server {
         if let Some(a) = self.cfg.metrics.listen {
             *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(b(&a)?);
         }
+        if let Some((path, explicit)) = self.cfg.management.socket_path() {
+            match crate::mgmt::CtlSocket::bind(&path) {
+                Ok(c) => *self.ctl.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+                Err(e) if !explicit => tracing::warn!(error = %e, "no control socket: `pinion ctl` cannot reach this server (set [management] socket to a path this user may create)"),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
         let iscsi = if self.cfg.iscsi_target.is_empty() {
             Vec::new()
@@ -223,8 +238,15 @@ impl Server {
         self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the `pinion ctl` socket is, once bound.
+    pub fn ctl_path(&self) -> Option<std::path::PathBuf> {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.path().to_owned())
+    }
+
     /// Serves until `stop` resolves, then shuts down cleanly.
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
+        let bound = listeners.addrs();
+        let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let mut conns: JoinSet<()> = JoinSet::new();
         let mut accepts = JoinSet::new();
@@ -251,8 +273,21 @@ impl Server {
         }
         drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone() };
             accepts.spawn(crate::metrics::serve(l, src));
+        }
+        // the socket file goes when this does, at the end of the shutdown
+        let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = &mut ctl {
+            let state = crate::mgmt::State {
+                nvme: self.reg.clone(),
+                iscsi: self.iscsi.clone(),
+                volumes: self.volumes.clone(),
+                listeners: bound,
+                metrics: metrics_addr,
+                started: std::time::Instant::now(),
+            };
+            accepts.spawn(c.serve(state));
         }
         tokio::pin!(stop);
         loop {
@@ -292,6 +327,7 @@ impl Server {
                 Err(e) => tracing::error!(volume = %v.name, error = %e, "flush at shutdown failed"),
             }
         }
+        drop(ctl);
         tracing::info!("stopped");
     }
 }

@@ -10,6 +10,8 @@
 
 use super::task::{AbortTask, State, TaskTable};
 use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::{Op, Protocol};
 use pinion_backends::Sgl;
 use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
 use pinion_transport::iscsi::pdu::{
@@ -95,6 +97,16 @@ impl Sess {
             status = scsi::ScsiStatus::CHECK_CONDITION.0;
             sense = Some(fixed_sense(0x04, 0x44, 0x00)); // HARDWARE ERROR, INTERNAL TARGET FAILURE
         }
+        if let Some(t) = &c.timer {
+            let (op, write) = metric_op(&c.cdb);
+            let ok = status == scsi::ScsiStatus::GOOD.0;
+            let bytes = match (&data, write && ok) {
+                (Some(d), _) => d.len() as u64,
+                (None, true) => u64::from(c.edtl),
+                (None, false) => 0,
+            };
+            t.done(op, bytes, ok);
+        }
         let done = ScsiDone { itt: c.itt, lun: c.lun_raw, data, status, sense, residual, r2ts };
         if !self.tasks.complete(c.itt, move || permit.send(Tx::Scsi(Box::new(done)))) {
             tracing::debug!(itt = c.itt, "task was aborted; no response");
@@ -159,6 +171,18 @@ impl Drop for EndGuard {
         if self.armed {
             self.tasks.complete(self.itt, || {});
         }
+    }
+}
+
+/// A CDB's operation for the per-volume metrics, and whether it carries
+/// Data-Out to the volume.
+fn metric_op(cdb: &[u8]) -> (Op, bool) {
+    use scsi::cdb::Opcode as O;
+    match O(cdb.first().copied().unwrap_or(0)) {
+        O::READ_6 | O::READ_10 | O::READ_12 | O::READ_16 => (Op::Read, false),
+        O::WRITE_6 | O::WRITE_10 | O::WRITE_12 | O::WRITE_16 | O::WRITE_VERIFY_10 | O::WRITE_VERIFY_12 | O::WRITE_VERIFY_16 => (Op::Write, true),
+        O::SYNCHRONIZE_CACHE_10 | O::SYNCHRONIZE_CACHE_16 => (Op::Flush, false),
+        _ => (Op::Other, false),
     }
 }
 
@@ -228,6 +252,8 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         initiator: info.initiator_name.clone(),
         isid: info.isid,
         cid: info.cid,
+        peer,
+        local,
         target: target.clone(),
         kill,
         tasks: tasks.clone(),
@@ -389,7 +415,11 @@ async fn full_feature(
             }
             Kill::Alive
         }
-        _ = kill_rx.changed() => *kill_rx.borrow(),
+        _ = kill_rx.changed() => {
+            let k = *kill_rx.borrow();
+            graceful = k == Kill::Disconnected;
+            k
+        }
         _ = shutdown.changed() => {
             graceful = true;
             // ask the initiator to log out, give it a moment, then drop it
@@ -490,7 +520,7 @@ async fn watch_loop(s: Arc<Sess>, interval: Option<Duration>, timeout: Duration,
 }
 
 /// A SCSI command as the reader saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CmdInfo {
     itt: u32,
     lun_raw: [u8; 8],
@@ -501,6 +531,9 @@ struct CmdInfo {
     write: bool,
     attr: scsi::TaskAttr,
     final_: bool,
+    /// Counts the command in flight on its LUN's volume from its arrival;
+    /// `None` for a LUN that does not exist.
+    timer: Option<CmdTimer>,
 }
 
 /// A WRITE whose data is still arriving.
@@ -676,16 +709,19 @@ impl Reader {
             4 => scsi::TaskAttr::Aca,
             _ => scsi::TaskAttr::Simple,
         };
+        let lun = decode_lun(&c.lun);
+        let timer = self.sess.target.as_ref().and_then(|t| t.scsi.volume(lun)).map(|v| CmdTimer::start(v, Protocol::Iscsi));
         let cmd = CmdInfo {
             itt,
             lun_raw: c.lun,
-            lun: decode_lun(&c.lun),
+            lun,
             cdb,
             edtl: c.edtl.get(),
             read: c.flags & cmd_flags::READ != 0,
             write: c.flags & cmd_flags::WRITE != 0,
             attr,
             final_: c.flags & cmd_flags::F != 0,
+            timer,
         };
         self.sess.tasks.insert(itt, cmd.lun, bhs.immediate());
         let p = self.sess.params;

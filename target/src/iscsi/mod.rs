@@ -67,6 +67,8 @@ pub enum Kill {
     PingTimeout,
     /// A write's Data-Out did not arrive in time.
     DataTimeout,
+    /// An operator's `pinion ctl disconnect`: tasks in flight finish first.
+    Disconnected,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -76,6 +78,9 @@ pub struct SessionHandle {
     pub isid: [u8; 6],
     /// The CID of its (one) connection.
     pub cid: u16,
+    /// The initiator's address and ours, for `pinion ctl status`.
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
@@ -177,6 +182,11 @@ impl IscsiServer {
     /// Sessions of one target (for target-wide task management).
     pub fn sessions_of(&self, target: &str) -> Vec<Arc<SessionHandle>> {
         self.sessions().values().filter(|s| s.target.as_ref().is_some_and(|t| t.name == target)).cloned().collect()
+    }
+
+    /// Every live session, discovery sessions included.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
     }
 
     fn alloc_tsih(&self) -> u16 {

@@ -45,6 +45,8 @@ pub enum KillReason {
     KeepAliveTimeout,
     AdminQueueGone,
     ServerShutdown,
+    /// An operator's `pinion ctl disconnect`.
+    Disconnected,
 }
 
 pub struct CtrlState {
@@ -67,6 +69,8 @@ pub struct CtrlState {
     pub aers: Vec<u16>,
     /// Changed Namespace List log contents, until read.
     pub changed_ns: Vec<u32>,
+    /// The host's address of each connected queue (admin = 0), for `pinion ctl status`.
+    pub queue_peers: std::collections::BTreeMap<u16, std::net::SocketAddr>,
 }
 
 pub struct Controller {
@@ -98,6 +102,7 @@ impl Controller {
                 aborters: HashMap::new(),
                 aers: Vec::new(),
                 changed_ns: Vec::new(),
+                queue_peers: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),
             kill,

@@ -5,6 +5,8 @@
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
 use super::{admin, fabrics, io};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::Protocol;
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
@@ -135,6 +137,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
     // The kill and shutdown waits live across iterations: re-arming them
     // for every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
@@ -170,6 +173,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
         tasks.abort_all();
     }
+    ctx.ctrl.lock().queue_peers.remove(&ctx.qid);
     if ctx.qid == 0 {
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);
@@ -219,10 +223,16 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
     }
     let ctx = ctx.clone();
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
     tasks.spawn(
         async move {
             let r = io::execute(&ctx, sqe, cmd.data).await;
+            let ok = r.is_ok();
             ctx.finish(&sqe, r).await;
+            if let Some(t) = timer {
+                let (op, bytes) = io::metric_op(&sqe);
+                t.done(op, if ok { bytes } else { 0 }, ok);
+            }
         }
         .instrument(span),
     );

@@ -230,6 +230,11 @@ impl ScsiTarget {
         self.lus.len()
     }
 
+    /// The volume behind a LUN.
+    pub fn volume(&self, lun: u64) -> Option<&Arc<Volume>> {
+        self.lu(lun).map(|l| &l.volume)
+    }
+
     fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
         usize::try_from(lun).ok().and_then(|i| self.lus.get(i))
     }

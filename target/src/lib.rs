@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod iscsi;
+pub mod limits;
 pub mod metrics;
 pub mod nvme;
 pub mod perf;

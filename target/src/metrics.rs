@@ -67,6 +67,15 @@ pub fn render(src: &Sources) -> String {
     );
     counter(&mut out, "pinion_close_waits", "Connection closes that waited for the kernel to release pages.", &[("", m.close_waits.load(Relaxed))]);
     counter(&mut out, "pinion_close_resets", "Connection closes that reset the connection because pages stayed referenced.", &[("", m.close_resets.load(Relaxed))]);
+    let c = &crate::limits::CONN_STATS;
+    gauge(&mut out, "pinion_connections", "Open connections by protocol.", &[
+        ("{proto=\"nvme_tcp\"}", c.open_nvme_tcp.load(Relaxed)),
+        ("{proto=\"iscsi\"}", c.open_iscsi.load(Relaxed)),
+    ]);
+    counter(&mut out, "pinion_connections_refused", "Connections closed at accept because a [limits] cap was reached, by limit.", &[
+        ("{limit=\"max_connections\"}", c.refused_total.load(Relaxed)),
+        ("{limit=\"max_connections_per_host\"}", c.refused_per_host.load(Relaxed)),
+    ]);
     let p = src.pool.stats();
     gauge(&mut out, "pinion_pool_pages", "Page pool: budget, in use now, high-water mark.", &[
         ("{state=\"budget\"}", p.budget_pages as u64),

@@ -1,0 +1,452 @@
+//! `[limits]` against the real binary: connection caps per host and in
+//! total, handshake timeouts, a churn of logins / connects / garbage that
+//! must leave nothing behind, and a host that holds R2T transfers open
+//! without starving another.
+//!
+//! Build the server first: `cargo build -p pinion-target`.
+
+use nvme_types::command::io;
+use nvme_types::tcp::{self, Pdu, Role};
+use nvme_types::Status;
+use pinion_tests::host::{self, icreq_pdu, rw_sqe, Digests, Queue, Xfer, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
+use pinion_tests::iscsi_host::{rw16, LoginOpts, Session};
+use pinion_tests::server::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
+
+const NQN: &str = "nqn.2026-11.io.pinion:limits";
+const IQN: &str = "iqn.2026-11.io.pinion:limits";
+const NO_DIGESTS: Digests = Digests { header: false, data: false };
+
+/// One 64 MiB RAM volume as NVMe namespace 1 and iSCSI LUN 0; `{LIMITS}`
+/// and `{POOL}` are filled per test.
+const CONFIG: &str = r#"
+[nvme_tcp]
+listen = ["127.0.0.1:{PORT}"]
+
+[iscsi]
+listen = ["127.0.0.1:{ISCSI_PORT}"]
+
+[memory]
+pool = "{POOL}"
+
+[limits]
+{LIMITS}
+
+[metrics]
+listen = "127.0.0.1:{MPORT}"
+
+[[volume]]
+name = "ram0"
+backend = "ram"
+size = "64MiB"
+block_size = 4096
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:limits"
+namespaces = ["ram0"]
+
+[[iscsi_target]]
+iqn = "iqn.2026-11.io.pinion:limits"
+luns = ["ram0"]
+"#;
+
+fn start(pool: &str, limits: &str) -> Server {
+    Server::start(&CONFIG.replace("{POOL}", pool).replace("{LIMITS}", limits))
+}
+
+fn open_conns(s: &Server) -> u64 {
+    s.metric("pinion_connections{proto=\"nvme_tcp\"}") + s.metric("pinion_connections{proto=\"iscsi\"}")
+}
+
+/// Waits until the server counts `n` open connections.
+#[track_caller]
+fn wait_conns(s: &Server, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = open_conns(s);
+        if now == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server still counts {now} connections after {within:?}, expected {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// NVMe/TCP admin queue connected to the test subsystem, controller enabled.
+fn nvme_admin(addr: SocketAddr) -> (Queue, u16) {
+    let mut q = Queue::connect(addr, NO_DIGESTS).expect("ICReq/ICResp");
+    let c = q.fabrics_connect(0, 31, 30_000, CNTLID_DYNAMIC, NQN, HOSTNQN, HOSTID, 0).expect("admin Connect");
+    host::ok(&c).expect("admin Connect status");
+    q.enable_controller().expect("enable");
+    (q, c.result.get() as u16)
+}
+
+/// An I/O queue (qid 1, 128 entries) of controller `cntlid`.
+fn nvme_io(addr: SocketAddr, cntlid: u16) -> Queue {
+    let mut q = Queue::connect(addr, NO_DIGESTS).expect("I/O queue ICReq/ICResp");
+    let c = q.fabrics_connect(1, 127, 0, cntlid, NQN, HOSTNQN, HOSTID, 0).expect("I/O Connect");
+    host::ok(&c).expect("I/O Connect status");
+    q.set_block_size(1, 4096);
+    q
+}
+
+fn iscsi_login(addr: SocketAddr) -> Session {
+    iscsi_login_as(addr, "iqn.2026-11.io.pinion:test-initiator")
+}
+
+fn iscsi_login_as(addr: SocketAddr, initiator: &str) -> Session {
+    let o = LoginOpts { target: Some(IQN.into()), initiator: Some(initiator.into()), ..LoginOpts::default() };
+    let mut s = Session::login(addr, &o).expect("iSCSI login");
+    s.clear_unit_attentions(1).expect("clear unit attentions");
+    s
+}
+
+/// A TCP connection to `to` from the source address `from` (another "host"
+/// on loopback).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from((from, 0)).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// Whether the NVMe/TCP handshake succeeds on `s` (a refused connection is
+/// closed before any ICResp).
+fn icresp(mut s: TcpStream) -> bool {
+    if s.write_all(&icreq_pdu(NO_DIGESTS)).is_err() {
+        return false;
+    }
+    let mut r = [0u8; 128];
+    s.read_exact(&mut r).is_ok() && r[0] == tcp::PduType::IC_RESP.0
+}
+
+/// Reads until EOF (or error); returns how long that took, or `None` if
+/// the connection is still open after `limit`.
+fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn connection_caps_per_host_and_total() {
+    let s = start("64MiB", "max_connections = 5\nmax_connections_per_host = 3");
+    // the start-up probe connections go away first
+    wait_conns(&s, 0, Duration::from_secs(5));
+    // host A (127.0.0.1): both protocols count against its 3
+    let (mut admin, cntlid) = nvme_admin(s.addr);
+    let mut ioq = nvme_io(s.addr, cntlid);
+    let mut sess = iscsi_login(s.iscsi_addr);
+    wait_conns(&s, 3, Duration::from_secs(5));
+    // a 4th from A, of either protocol, is closed at once
+    let over = Queue::connect(s.addr, NO_DIGESTS);
+    assert!(over.is_err(), "a 4th NVMe/TCP connection from host A was served");
+    let over = Session::login(s.iscsi_addr, &LoginOpts { target: Some(IQN.into()), ..LoginOpts::default() });
+    assert!(over.is_err(), "a 4th (iSCSI) connection from host A was served");
+    assert_eq!(s.metric("pinion_connections_refused_total{limit=\"max_connections_per_host\"}"), 2);
+    // host A's connections are unaffected
+    let data = vec![0x5a; 8192];
+    host::ok(&ioq.write(1, 10, &data, false).unwrap()).unwrap();
+    assert_eq!(ioq.read(1, 10, 2, 4096).unwrap().1, data);
+    host::ok(&admin.keep_alive().unwrap()).unwrap();
+    assert_eq!(sess.scsi_in(0, &[0x12, 0, 0, 0, 96, 0], 96).unwrap().status, 0, "iSCSI INQUIRY on host A");
+    // host B (127.0.0.2) has its own per-host count, up to the total of 5
+    let b1 = connect_from([127, 0, 0, 2], s.addr).unwrap();
+    let b1c = b1.try_clone().unwrap();
+    assert!(icresp(b1), "host B's first connection refused");
+    let b2 = connect_from([127, 0, 0, 2], s.addr).unwrap();
+    assert!(icresp(b2.try_clone().unwrap()), "host B's second connection refused");
+    wait_conns(&s, 5, Duration::from_secs(5));
+    let b3 = connect_from([127, 0, 0, 2], s.addr).unwrap();
+    assert!(!icresp(b3), "a 6th connection (over max_connections) was served");
+    assert_eq!(s.metric("pinion_connections_refused_total{limit=\"max_connections\"}"), 1);
+    let log = s.log_text();
+    assert!(log.contains("connection refused: over the limit") && log.contains("limits.max_connections_per_host"), "no log line for a refusal");
+    // when a connection ends its slot frees: host B gets a new one
+    b1c.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(b1c);
+    wait_conns(&s, 4, Duration::from_secs(5));
+    let b4 = connect_from([127, 0, 0, 2], s.addr).unwrap();
+    assert!(icresp(b4.try_clone().unwrap()), "a connection after one freed was refused");
+    // and host A's, once one of its own ended
+    drop(ioq);
+    wait_conns(&s, 4, Duration::from_secs(5));
+    let mut ioq = nvme_io(s.addr, cntlid);
+    host::ok(&ioq.write(1, 12, &data, false).unwrap()).unwrap();
+    drop((b2, b4));
+}
+
+#[test]
+fn handshake_timeouts_close_silent_and_half_sent_peers() {
+    let s = start("64MiB", "handshake_timeout = 2");
+    let mut peers: Vec<(&str, TcpStream)> = Vec::new();
+    // NVMe/TCP: nothing, half an ICReq header, a whole ICReq but no Connect
+    peers.push(("NVMe/TCP silent", Queue::connect_raw(s.addr).unwrap()));
+    let mut half = Queue::connect_raw(s.addr).unwrap();
+    half.write_all(&icreq_pdu(NO_DIGESTS)[..5]).unwrap();
+    peers.push(("NVMe/TCP half ICReq header", half));
+    let mut no_connect = Queue::connect_raw(s.addr).unwrap();
+    no_connect.write_all(&icreq_pdu(NO_DIGESTS)).unwrap();
+    let mut r = [0u8; 128];
+    no_connect.read_exact(&mut r).unwrap();
+    peers.push(("NVMe/TCP ICReq without Connect", no_connect));
+    // iSCSI: nothing, half a BHS, a login request whose text never comes
+    peers.push(("iSCSI silent", Session::connect(s.iscsi_addr).unwrap()));
+    let mut half = Session::connect(s.iscsi_addr).unwrap();
+    half.write_all(&[0x43, 0x87, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    peers.push(("iSCSI half BHS", half));
+    let mut no_text = Session::connect(s.iscsi_addr).unwrap();
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x43;
+    bhs[1] = 0x87;
+    bhs[6] = 0x10; // 4 KiB of login text announced, none sent
+    no_text.write_all(&bhs).unwrap();
+    peers.push(("iSCSI login text never sent", no_text));
+    for (what, mut p) in peers {
+        let t = time_to_close(&mut p, Duration::from_secs(8)).unwrap_or_else(|| panic!("{what}: still open after 8 s (handshake_timeout = 2)"));
+        assert!(t < Duration::from_secs(6), "{what}: closed after {t:?}");
+    }
+    wait_conns(&s, 0, Duration::from_secs(5));
+    let log = s.log_text();
+    assert!(log.contains("login timed out"), "no log line for the iSCSI login timeout");
+    assert!(log.contains("timed out waiting for ICReq") && log.contains("no Connect in time"), "no log line for the NVMe/TCP timeouts");
+}
+
+// ---------------------------------------------------------------- churn
+
+/// (open fds, VmRSS in KiB, utime+stime in clock ticks) of a process.
+fn proc_usage(pid: u32) -> (usize, u64, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let cpu = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    (fds, rss, cpu)
+}
+
+fn clock_ticks() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100)
+}
+
+/// Runs `n` jobs on `threads` threads; `job(i)` for i in 0..n.
+fn parallel(n: usize, threads: usize, job: impl Fn(usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                job(i);
+            });
+        }
+    });
+}
+
+fn iscsi_inq(addr: SocketAddr) {
+    let out = Command::new("iscsi-inq").arg(format!("iscsi://{addr}/{IQN}/0")).output().expect("iscsi-inq (install libiscsi-bin)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("DIRECT_ACCESS"), "iscsi-inq failed: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+fn nvme_connect_disconnect(addr: SocketAddr) {
+    let (admin, cntlid) = nvme_admin(addr);
+    let ioq = nvme_io(addr, cntlid);
+    drop(ioq);
+    drop(admin);
+}
+
+/// Garbage, half headers and resets, then gone.
+fn hostile_peer(s: &Server, i: usize) {
+    let nvme = i % 2 == 0;
+    let addr = if nvme { s.addr } else { s.iscsi_addr };
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut junk = vec![0u8; 1 + (i * 37) % 300];
+    for b in junk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let bytes: Vec<u8> = match i % 6 {
+        // random bytes
+        0 | 1 => junk,
+        // half an ICReq / half a login BHS
+        2 => icreq_pdu(NO_DIGESTS)[..1 + i % 7].to_vec(),
+        3 => vec![0x43, 0x87, 0, 0, 0, 0, 0x20][..1 + i % 7].to_vec(),
+        // a port scanner's HTTP probe
+        4 => b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        // nothing at all
+        _ => Vec::new(),
+    };
+    let _ = c.write_all(&bytes);
+    if i % 4 == 1 {
+        // vanish with a reset instead of a FIN
+        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+    }
+    drop(c);
+}
+
+#[test]
+fn churn_leaves_no_fds_memory_or_busy_tasks() {
+    let s = start("64MiB", "");
+    let pid = s.pid();
+    let t0 = Instant::now();
+    // warm-up: every kind once or a few times, so lazily built state exists
+    parallel(16, 4, |_| iscsi_inq(s.iscsi_addr));
+    parallel(8, 4, |_| nvme_connect_disconnect(s.addr));
+    parallel(12, 4, |i| hostile_peer(&s, i));
+    wait_conns(&s, 0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds0, rss0, _) = proc_usage(pid);
+    let warm = t0.elapsed();
+    let t1 = Instant::now();
+    std::thread::scope(|sc| {
+        sc.spawn(|| parallel(600, 6, |_| iscsi_inq(s.iscsi_addr)));
+        sc.spawn(|| parallel(300, 2, |_| nvme_connect_disconnect(s.addr)));
+        sc.spawn(|| parallel(300, 2, |i| hostile_peer(&s, 1000 + i)));
+    });
+    let churn = t1.elapsed();
+    wait_conns(&s, 0, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let (fds1, rss1, cpu1) = proc_usage(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, _, cpu2) = proc_usage(pid);
+    let idle_cpu = Duration::from_secs_f64((cpu2 - cpu1) as f64 / clock_ticks() as f64);
+    eprintln!(
+        "churn: warm-up {warm:?}, 600 iscsi-inq + 300 NVMe connects + 300 hostile peers in {churn:?}; \
+         fds {fds0} -> {fds1}, VmRSS {rss0} KiB -> {rss1} KiB, CPU in 5 idle s: {idle_cpu:?}"
+    );
+    assert!(fds1.abs_diff(fds0) <= 8, "open fds went from {fds0} to {fds1}");
+    assert!(rss1 < rss0 + 16 * 1024, "VmRSS grew from {rss0} KiB to {rss1} KiB");
+    assert!(idle_cpu < Duration::from_millis(200), "the idle server used {idle_cpu:?} of CPU in 5 s");
+    // still serves both protocols
+    let (_admin, cntlid) = nvme_admin(s.addr);
+    let mut ioq = nvme_io(s.addr, cntlid);
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    host::ok(&ioq.write(1, 100, &data, false).unwrap()).unwrap();
+    assert_eq!(ioq.read(1, 100, 16, 4096).unwrap().1, data);
+    iscsi_inq(s.iscsi_addr);
+}
+
+// ---------------------------------------------------------------- starvation
+
+/// The cap under test; change to "1GiB" to see the server without it.
+const WRITE_CAP: &str = "max_write_data_in_flight = \"2MiB\"";
+const VICTIM_IOS: usize = 150;
+const XFER: usize = 128 * 1024;
+
+/// `VICTIM_IOS` NVMe/TCP writes of 128 KiB that need an R2T, 8 deep;
+/// returns I/Os per second.
+fn nvme_rate(q: &mut Queue, seed: u8) -> f64 {
+    let data = vec![seed; XFER];
+    let t = Instant::now();
+    let mut sent = 0;
+    let mut done = 0;
+    while done < VICTIM_IOS {
+        while sent < VICTIM_IOS && sent - done < 8 {
+            let lba = 2048 + (sent as u64 % 64) * 32;
+            q.submit_with(rw_sqe(io::WRITE, 1, lba, 32, false), Some(data.clone()), 0, Xfer::Transport).expect("submit write");
+            sent += 1;
+        }
+        let c = q.reap().unwrap_or_else(|e| panic!("victim NVMe write {done}: {e} (starved?)"));
+        assert!(c.status() == Status::SUCCESS, "victim NVMe write failed: {:?}", c.cqe);
+        done += 1;
+    }
+    VICTIM_IOS as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `VICTIM_IOS` iSCSI WRITE(16)s of 128 KiB (beyond FirstBurstLength, so
+/// R2T-solicited); returns I/Os per second.
+fn iscsi_rate(sess: &mut Session, seed: u8) -> f64 {
+    let data = vec![seed; XFER];
+    let t = Instant::now();
+    for i in 0..VICTIM_IOS {
+        let lba = 4096 + (i as u64 % 64) * 32;
+        let r = sess.scsi_out(0, &rw16(0x8a, lba, 32), &data).unwrap_or_else(|e| panic!("victim iSCSI write {i}: {e} (starved?)"));
+        assert_eq!(r.status, 0, "victim iSCSI write {i}: sense {:?}", r.sense);
+        assert!(r.r2ts > 0, "the victim's writes must need R2Ts");
+    }
+    VICTIM_IOS as f64 / t.elapsed().as_secs_f64()
+}
+
+fn best_of(n: usize, mut f: impl FnMut(u8) -> f64) -> f64 {
+    (0..n).map(|i| f(i as u8)).fold(0.0, f64::max)
+}
+
+#[test]
+fn a_host_holding_r2t_transfers_does_not_starve_another() {
+    // a pool small enough that the hog could take all of it: its writes
+    // below ask for 127 x 128 KiB (NVMe) + 120 x 512 KiB (iSCSI)
+    let s = start("32MiB", WRITE_CAP);
+    let (_vadmin, vcntlid) = nvme_admin(s.addr);
+    let mut vq = nvme_io(s.addr, vcntlid);
+    let mut vs = iscsi_login(s.iscsi_addr);
+    assert!(vs.first_burst < XFER as u32, "the victim's iSCSI writes must go beyond FirstBurstLength");
+    let solo_nvme = best_of(3, |i| nvme_rate(&mut vq, i));
+    let solo_iscsi = best_of(3, |i| iscsi_rate(&mut vs, i));
+
+    // the hog: NVMe/TCP writes that need an R2T, whose data never comes
+    let (_hadmin, hcntlid) = nvme_admin(s.addr);
+    let mut hq = nvme_io(s.addr, hcntlid);
+    for i in 0..127u64 {
+        hq.submit_with(rw_sqe(io::WRITE, 1, i * 32, 32, false), Some(vec![0xee; XFER]), 0, Xfer::Transport).expect("hog submit");
+    }
+    // and iSCSI writes beyond FirstBurstLength: immediate data, then nothing
+    let mut hs = iscsi_login_as(s.iscsi_addr, "iqn.2026-11.io.pinion:hog");
+    let hog_edtl = 512 * 1024;
+    let imm = hs.first_burst.min(hs.target_mrdsl) as usize;
+    let window = hs.max_cmdsn.wrapping_sub(hs.cmdsn).wrapping_add(1) as usize;
+    let mut hog_cmds = 0;
+    while hog_cmds < window.min(120) {
+        let c = hs.cmd_hdr(0, &rw16(0x8a, 8192 + hog_cmds as u64 * 128, 128), hog_edtl, false, true);
+        hs.send(c.as_bytes(), &vec![0xdd; imm]).expect("hog iSCSI send");
+        hog_cmds += 1;
+    }
+    // let the server take in everything the hog sent
+    std::thread::sleep(Duration::from_millis(500));
+    let held_pages = s.metric("pinion_pool_pages{state=\"in_use\"}");
+
+    let busy_nvme = best_of(3, |i| nvme_rate(&mut vq, 10 + i));
+    let busy_iscsi = best_of(3, |i| iscsi_rate(&mut vs, 10 + i));
+    eprintln!(
+        "starvation: hog holds {hog_cmds} iSCSI + 127 NVMe writes without data ({held_pages} pool pages in use); \
+         victim NVMe {solo_nvme:.0} -> {busy_nvme:.0} IOPS, iSCSI {solo_iscsi:.0} -> {busy_iscsi:.0} IOPS (128 KiB writes, {VICTIM_IOS} per round, best of 3)"
+    );
+    assert!(busy_nvme * 2.0 >= solo_nvme, "NVMe/TCP victim slowed from {solo_nvme:.0} to {busy_nvme:.0} IOPS");
+    assert!(busy_iscsi * 2.0 >= solo_iscsi, "iSCSI victim slowed from {solo_iscsi:.0} to {busy_iscsi:.0} IOPS");
+    // the hog got only what its cap allows solicited: its R2Ts cover at most 2 MiB per connection
+    let mut r2t_bytes = 0usize;
+    hq.stream().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while let Ok((Pdu::R2t(r), _)) = host::read_pdu(&mut &*hq.stream(), Role::Host, true, NO_DIGESTS) {
+        r2t_bytes += r.r2tl.get() as usize;
+    }
+    assert!(r2t_bytes <= 2 << 20, "the hog's NVMe queue was solicited for {r2t_bytes} bytes (cap 2 MiB)");
+    assert!(r2t_bytes > 0, "the hog's NVMe queue got no R2T at all");
+    drop(hq);
+}

@@ -358,7 +358,7 @@ fn churn_leaves_no_fds_memory_or_busy_tasks() {
 
 /// The cap under test; change to "1GiB" to see the server without it.
 const WRITE_CAP: &str = "max_write_data_in_flight = \"2MiB\"";
-const VICTIM_IOS: usize = 150;
+const VICTIM_IOS: usize = 300;
 const XFER: usize = 128 * 1024;
 
 /// `VICTIM_IOS` NVMe/TCP writes of 128 KiB that need an R2T, 8 deep;
@@ -395,58 +395,78 @@ fn iscsi_rate(sess: &mut Session, seed: u8) -> f64 {
     VICTIM_IOS as f64 / t.elapsed().as_secs_f64()
 }
 
-fn best_of(n: usize, mut f: impl FnMut(u8) -> f64) -> f64 {
-    (0..n).map(|i| f(i as u8)).fold(0.0, f64::max)
+/// A host that asks for as much write data as it may and never sends it.
+struct Hog {
+    _admin: Queue,
+    ioq: Queue,
+    _iscsi: Session,
+    iscsi_cmds: usize,
+}
+
+fn hog_on(s: &Server) -> Hog {
+    // NVMe/TCP writes that need an R2T, whose data never comes
+    let (admin, cntlid) = nvme_admin(s.addr);
+    let mut ioq = nvme_io(s.addr, cntlid);
+    for i in 0..127u64 {
+        ioq.submit_with(rw_sqe(io::WRITE, 1, i * 32, 32, false), Some(vec![0xee; XFER]), 0, Xfer::Transport).expect("hog submit");
+    }
+    // iSCSI writes beyond FirstBurstLength: immediate data, then nothing
+    let mut hs = iscsi_login_as(s.iscsi_addr, "iqn.2026-11.io.pinion:hog");
+    let imm = hs.first_burst.min(hs.target_mrdsl) as usize;
+    let window = hs.max_cmdsn.wrapping_sub(hs.cmdsn).wrapping_add(1) as usize;
+    let mut n = 0;
+    while n < window.min(120) {
+        let c = hs.cmd_hdr(0, &rw16(0x8a, 8192 + n as u64 * 32, 32), XFER as u32, false, true);
+        if let Err(e) = hs.send(c.as_bytes(), &vec![0xdd; imm]) {
+            // the server stopped reading this connection: it has no pages left
+            eprintln!("hog: iSCSI send of command {n} failed: {e}");
+            break;
+        }
+        n += 1;
+    }
+    // let the server take in everything the hog sent
+    std::thread::sleep(Duration::from_millis(300));
+    Hog { _admin: admin, ioq, _iscsi: hs, iscsi_cmds: n }
 }
 
 #[test]
 fn a_host_holding_r2t_transfers_does_not_starve_another() {
-    // a pool small enough that the hog could take all of it: its writes
-    // below ask for 127 x 128 KiB (NVMe) + 120 x 512 KiB (iSCSI)
+    // a pool small enough that the hog could take all of it: it asks for
+    // 127 + 120 writes of 128 KiB, more than the pool holds for such waits
     let s = start("32MiB", WRITE_CAP);
     let (_vadmin, vcntlid) = nvme_admin(s.addr);
     let mut vq = nvme_io(s.addr, vcntlid);
     let mut vs = iscsi_login(s.iscsi_addr);
     assert!(vs.first_burst < XFER as u32, "the victim's iSCSI writes must go beyond FirstBurstLength");
-    let solo_nvme = best_of(3, |i| nvme_rate(&mut vq, i));
-    let solo_iscsi = best_of(3, |i| iscsi_rate(&mut vs, i));
-
-    // the hog: NVMe/TCP writes that need an R2T, whose data never comes
-    let (_hadmin, hcntlid) = nvme_admin(s.addr);
-    let mut hq = nvme_io(s.addr, hcntlid);
-    for i in 0..127u64 {
-        hq.submit_with(rw_sqe(io::WRITE, 1, i * 32, 32, false), Some(vec![0xee; XFER]), 0, Xfer::Transport).expect("hog submit");
-    }
-    // and iSCSI writes beyond FirstBurstLength: immediate data, then nothing
-    let mut hs = iscsi_login_as(s.iscsi_addr, "iqn.2026-11.io.pinion:hog");
-    let hog_edtl = 512 * 1024;
-    let imm = hs.first_burst.min(hs.target_mrdsl) as usize;
-    let window = hs.max_cmdsn.wrapping_sub(hs.cmdsn).wrapping_add(1) as usize;
+    // Solo and contended rounds alternate, so that load from elsewhere on
+    // the machine weighs on both alike; the best round of each counts.
+    let (mut solo_nvme, mut solo_iscsi, mut busy_nvme, mut busy_iscsi) = (0f64, 0f64, 0f64, 0f64);
+    let mut held_pages = 0;
     let mut hog_cmds = 0;
-    while hog_cmds < window.min(120) {
-        let c = hs.cmd_hdr(0, &rw16(0x8a, 8192 + hog_cmds as u64 * 128, 128), hog_edtl, false, true);
-        hs.send(c.as_bytes(), &vec![0xdd; imm]).expect("hog iSCSI send");
-        hog_cmds += 1;
+    for round in 0..3u8 {
+        wait_conns(&s, 3, Duration::from_secs(10));
+        solo_nvme = solo_nvme.max(nvme_rate(&mut vq, round));
+        solo_iscsi = solo_iscsi.max(iscsi_rate(&mut vs, round));
+        let mut hog = hog_on(&s);
+        hog_cmds = hog.iscsi_cmds;
+        held_pages = held_pages.max(s.metric("pinion_pool_pages{state=\"in_use\"}"));
+        busy_nvme = busy_nvme.max(nvme_rate(&mut vq, 10 + round));
+        busy_iscsi = busy_iscsi.max(iscsi_rate(&mut vs, 10 + round));
+        // the hog was solicited only for what its cap allows: R2Ts for at most 2 MiB per connection
+        let mut r2t_bytes = 0usize;
+        hog.ioq.stream().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        while let Ok((Pdu::R2t(r), _)) = host::read_pdu(&mut &*hog.ioq.stream(), Role::Host, true, NO_DIGESTS) {
+            r2t_bytes += r.r2tl.get() as usize;
+        }
+        assert!(r2t_bytes <= 2 << 20, "the hog's NVMe queue was solicited for {r2t_bytes} bytes (cap 2 MiB)");
+        assert!(r2t_bytes > 0, "the hog's NVMe queue got no R2T at all");
+        drop(hog);
     }
-    // let the server take in everything the hog sent
-    std::thread::sleep(Duration::from_millis(500));
-    let held_pages = s.metric("pinion_pool_pages{state=\"in_use\"}");
-
-    let busy_nvme = best_of(3, |i| nvme_rate(&mut vq, 10 + i));
-    let busy_iscsi = best_of(3, |i| iscsi_rate(&mut vs, 10 + i));
     eprintln!(
-        "starvation: hog holds {hog_cmds} iSCSI + 127 NVMe writes without data ({held_pages} pool pages in use); \
-         victim NVMe {solo_nvme:.0} -> {busy_nvme:.0} IOPS, iSCSI {solo_iscsi:.0} -> {busy_iscsi:.0} IOPS (128 KiB writes, {VICTIM_IOS} per round, best of 3)"
+        "starvation: hog holds {hog_cmds} iSCSI + 127 NVMe writes without data (up to {held_pages} pool pages in use); \
+         victim NVMe {solo_nvme:.0} -> {busy_nvme:.0} IOPS, iSCSI {solo_iscsi:.0} -> {busy_iscsi:.0} IOPS \
+         (128 KiB writes, {VICTIM_IOS} per round, best of 3 alternating rounds)"
     );
     assert!(busy_nvme * 2.0 >= solo_nvme, "NVMe/TCP victim slowed from {solo_nvme:.0} to {busy_nvme:.0} IOPS");
     assert!(busy_iscsi * 2.0 >= solo_iscsi, "iSCSI victim slowed from {solo_iscsi:.0} to {busy_iscsi:.0} IOPS");
-    // the hog got only what its cap allows solicited: its R2Ts cover at most 2 MiB per connection
-    let mut r2t_bytes = 0usize;
-    hq.stream().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    while let Ok((Pdu::R2t(r), _)) = host::read_pdu(&mut &*hq.stream(), Role::Host, true, NO_DIGESTS) {
-        r2t_bytes += r.r2tl.get() as usize;
-    }
-    assert!(r2t_bytes <= 2 << 20, "the hog's NVMe queue was solicited for {r2t_bytes} bytes (cap 2 MiB)");
-    assert!(r2t_bytes > 0, "the hog's NVMe queue got no R2T at all");
-    drop(hq);
 }

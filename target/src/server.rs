@@ -262,6 +262,10 @@ impl Server {
             accepts.spawn(crate::metrics::serve(l, src));
         }
         let limiter = crate::limits::ConnLimiter::new(self.cfg.limits.max_connections, self.cfg.limits.max_connections_per_host);
+        // A flood of refused connections must not become a flood of log
+        // lines: one a second, with how many were not logged since.
+        let mut refusal_log: Option<std::time::Instant> = None;
+        let mut refusals_unlogged = 0u64;
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -277,7 +281,16 @@ impl Server {
                                     crate::limits::Refused::Total(m) => ("limits.max_connections", m),
                                     crate::limits::Refused::PerHost(m) => ("limits.max_connections_per_host", m),
                                 };
-                                tracing::warn!(%peer, ?proto, limit, max, open_total = total, open_from_host = host, "connection refused: over the limit");
+                                if refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                                    refusal_log = Some(std::time::Instant::now());
+                                    tracing::warn!(
+                                        %peer, ?proto, limit, max, open_total = total, open_from_host = host,
+                                        not_logged_before = refusals_unlogged, "connection refused: over the limit"
+                                    );
+                                    refusals_unlogged = 0;
+                                } else {
+                                    refusals_unlogged += 1;
+                                }
                                 // closed at once: the host sees the connection end before any PDU
                                 drop(stream);
                                 continue;
@@ -358,7 +371,6 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         send: send_config(cfg),
         login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
         write_budget: cfg.limits.max_write_data_in_flight as usize,
-        ..IscsiSettings::default()
     }
 }
 

@@ -282,7 +282,7 @@ fn nvme_connect_disconnect(addr: SocketAddr) {
 
 /// Garbage, half headers and resets, then gone.
 fn hostile_peer(s: &Server, i: usize) {
-    let nvme = i % 2 == 0;
+    let nvme = i.is_multiple_of(2);
     let addr = if nvme { s.addr } else { s.iscsi_addr };
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -358,41 +358,39 @@ fn churn_leaves_no_fds_memory_or_busy_tasks() {
 
 /// The cap under test; change to "1GiB" to see the server without it.
 const WRITE_CAP: &str = "max_write_data_in_flight = \"2MiB\"";
-const VICTIM_IOS: usize = 300;
 const XFER: usize = 128 * 1024;
+/// Victim writes per batch and batches per server.
+const BATCH: usize = 8;
+const BATCHES: usize = 40;
 
-/// `VICTIM_IOS` NVMe/TCP writes of 128 KiB that need an R2T, 8 deep;
-/// returns I/Os per second.
-fn nvme_rate(q: &mut Queue, seed: u8) -> f64 {
-    let data = vec![seed; XFER];
+/// A batch of NVMe/TCP writes of 128 KiB that need an R2T, all in flight
+/// at once; returns how long the batch took.
+fn nvme_batch(q: &mut Queue, seed: usize) -> Duration {
+    let data = vec![seed as u8; XFER];
     let t = Instant::now();
-    let mut sent = 0;
-    let mut done = 0;
-    while done < VICTIM_IOS {
-        while sent < VICTIM_IOS && sent - done < 8 {
-            let lba = 2048 + (sent as u64 % 64) * 32;
-            q.submit_with(rw_sqe(io::WRITE, 1, lba, 32, false), Some(data.clone()), 0, Xfer::Transport).expect("submit write");
-            sent += 1;
-        }
-        let c = q.reap().unwrap_or_else(|e| panic!("victim NVMe write {done}: {e} (starved?)"));
-        assert!(c.status() == Status::SUCCESS, "victim NVMe write failed: {:?}", c.cqe);
-        done += 1;
+    for i in 0..BATCH {
+        let lba = 2048 + ((seed * BATCH + i) as u64 % 64) * 32;
+        q.submit_with(rw_sqe(io::WRITE, 1, lba, 32, false), Some(data.clone()), 0, Xfer::Transport).expect("submit write");
     }
-    VICTIM_IOS as f64 / t.elapsed().as_secs_f64()
+    for _ in 0..BATCH {
+        let c = q.reap().unwrap_or_else(|e| panic!("victim NVMe write: {e} (starved?)"));
+        assert!(c.status() == Status::SUCCESS, "victim NVMe write failed: {:?}", c.cqe);
+    }
+    t.elapsed()
 }
 
-/// `VICTIM_IOS` iSCSI WRITE(16)s of 128 KiB (beyond FirstBurstLength, so
-/// R2T-solicited); returns I/Os per second.
-fn iscsi_rate(sess: &mut Session, seed: u8) -> f64 {
-    let data = vec![seed; XFER];
+/// A batch of iSCSI WRITE(16)s of 128 KiB, beyond FirstBurstLength, so
+/// each needs an R2T; returns how long the batch took.
+fn iscsi_batch(sess: &mut Session, seed: usize) -> Duration {
+    let data = vec![seed as u8; XFER];
     let t = Instant::now();
-    for i in 0..VICTIM_IOS {
-        let lba = 4096 + (i as u64 % 64) * 32;
-        let r = sess.scsi_out(0, &rw16(0x8a, lba, 32), &data).unwrap_or_else(|e| panic!("victim iSCSI write {i}: {e} (starved?)"));
-        assert_eq!(r.status, 0, "victim iSCSI write {i}: sense {:?}", r.sense);
+    for i in 0..BATCH {
+        let lba = 4096 + ((seed * BATCH + i) as u64 % 64) * 32;
+        let r = sess.scsi_out(0, &rw16(0x8a, lba, 32), &data).unwrap_or_else(|e| panic!("victim iSCSI write: {e} (starved?)"));
+        assert_eq!(r.status, 0, "victim iSCSI write: sense {:?}", r.sense);
         assert!(r.r2ts > 0, "the victim's writes must need R2Ts");
     }
-    VICTIM_IOS as f64 / t.elapsed().as_secs_f64()
+    t.elapsed()
 }
 
 /// A host that asks for as much write data as it may and never sends it.
@@ -425,48 +423,162 @@ fn hog_on(s: &Server) -> Hog {
         n += 1;
     }
     // let the server take in everything the hog sent
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(150));
     Hog { _admin: admin, ioq, _iscsi: hs, iscsi_cmds: n }
 }
 
 #[test]
 fn a_host_holding_r2t_transfers_does_not_starve_another() {
-    // a pool small enough that the hog could take all of it: it asks for
-    // 127 + 120 writes of 128 KiB, more than the pool holds for such waits
-    let s = start("32MiB", WRITE_CAP);
-    let (_vadmin, vcntlid) = nvme_admin(s.addr);
-    let mut vq = nvme_io(s.addr, vcntlid);
-    let mut vs = iscsi_login(s.iscsi_addr);
-    assert!(vs.first_burst < XFER as u32, "the victim's iSCSI writes must go beyond FirstBurstLength");
-    // Solo and contended rounds alternate, so that load from elsewhere on
-    // the machine weighs on both alike; the best round of each counts.
-    let (mut solo_nvme, mut solo_iscsi, mut busy_nvme, mut busy_iscsi) = (0f64, 0f64, 0f64, 0f64);
-    let mut held_pages = 0;
-    let mut hog_cmds = 0;
-    for round in 0..3u8 {
-        wait_conns(&s, 3, Duration::from_secs(10));
-        solo_nvme = solo_nvme.max(nvme_rate(&mut vq, round));
-        solo_iscsi = solo_iscsi.max(iscsi_rate(&mut vs, round));
-        let mut hog = hog_on(&s);
-        hog_cmds = hog.iscsi_cmds;
-        held_pages = held_pages.max(s.metric("pinion_pool_pages{state=\"in_use\"}"));
-        busy_nvme = busy_nvme.max(nvme_rate(&mut vq, 10 + round));
-        busy_iscsi = busy_iscsi.max(iscsi_rate(&mut vs, 10 + round));
-        // the hog was solicited only for what its cap allows: R2Ts for at most 2 MiB per connection
-        let mut r2t_bytes = 0usize;
-        hog.ioq.stream().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        while let Ok((Pdu::R2t(r), _)) = host::read_pdu(&mut &*hog.ioq.stream(), Role::Host, true, NO_DIGESTS) {
-            r2t_bytes += r.r2tl.get() as usize;
-        }
-        assert!(r2t_bytes <= 2 << 20, "the hog's NVMe queue was solicited for {r2t_bytes} bytes (cap 2 MiB)");
-        assert!(r2t_bytes > 0, "the hog's NVMe queue got no R2T at all");
-        drop(hog);
+    // Two identical servers with a pool small enough that the hog could
+    // take all of it (it asks for 127 + 120 writes of 128 KiB, more than
+    // the pool holds for such waits). The hog sits on `busy`; the victim
+    // alternates batches between `solo` and `busy`, so that load from
+    // elsewhere on the machine (a shared 2-core box) weighs on both rates
+    // alike.
+    let solo = start("32MiB", WRITE_CAP);
+    let busy = start("32MiB", WRITE_CAP);
+    let victim = |s: &Server| {
+        let (admin, cntlid) = nvme_admin(s.addr);
+        let q = nvme_io(s.addr, cntlid);
+        let sess = iscsi_login(s.iscsi_addr);
+        assert!(sess.first_burst < XFER as u32, "the victim's iSCSI writes must go beyond FirstBurstLength");
+        (admin, q, sess)
+    };
+    let (_sa, mut sq, mut ss) = victim(&solo);
+    let (_ba, mut bq, mut bs) = victim(&busy);
+    // warm both up alike
+    nvme_batch(&mut sq, 0);
+    nvme_batch(&mut bq, 0);
+    iscsi_batch(&mut ss, 0);
+    iscsi_batch(&mut bs, 0);
+    let hog = hog_on(&busy);
+    let held_pages = busy.metric("pinion_pool_pages{state=\"in_use\"}");
+    let (mut solo_nvme, mut busy_nvme, mut solo_iscsi, mut busy_iscsi) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for i in 1..=BATCHES {
+        solo_nvme += nvme_batch(&mut sq, i);
+        busy_nvme += nvme_batch(&mut bq, i);
+        solo_iscsi += iscsi_batch(&mut ss, i);
+        busy_iscsi += iscsi_batch(&mut bs, i);
     }
+    let rate = |d: Duration| (BATCH * BATCHES) as f64 / d.as_secs_f64();
+    let (solo_nvme, busy_nvme, solo_iscsi, busy_iscsi) = (rate(solo_nvme), rate(busy_nvme), rate(solo_iscsi), rate(busy_iscsi));
     eprintln!(
-        "starvation: hog holds {hog_cmds} iSCSI + 127 NVMe writes without data (up to {held_pages} pool pages in use); \
-         victim NVMe {solo_nvme:.0} -> {busy_nvme:.0} IOPS, iSCSI {solo_iscsi:.0} -> {busy_iscsi:.0} IOPS \
-         (128 KiB writes, {VICTIM_IOS} per round, best of 3 alternating rounds)"
+        "starvation: hog holds {} iSCSI + 127 NVMe/TCP writes without data ({held_pages} of 8192 pool pages in use); \
+         victim NVMe/TCP {solo_nvme:.0} IOPS solo, {busy_nvme:.0} beside the hog; iSCSI {solo_iscsi:.0} solo, {busy_iscsi:.0} beside the hog \
+         ({} writes of 128 KiB each, in alternating batches of {BATCH})",
+        hog.iscsi_cmds,
+        BATCH * BATCHES
     );
     assert!(busy_nvme * 2.0 >= solo_nvme, "NVMe/TCP victim slowed from {solo_nvme:.0} to {busy_nvme:.0} IOPS");
     assert!(busy_iscsi * 2.0 >= solo_iscsi, "iSCSI victim slowed from {solo_iscsi:.0} to {busy_iscsi:.0} IOPS");
+    // the hog was solicited only for what its cap allows: R2Ts for at most 2 MiB per connection
+    let mut r2t_bytes = 0usize;
+    hog.ioq.stream().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while let Ok((Pdu::R2t(r), _)) = host::read_pdu(&mut hog.ioq.stream(), Role::Host, true, NO_DIGESTS) {
+        r2t_bytes += r.r2tl.get() as usize;
+    }
+    assert!(r2t_bytes <= 2 << 20, "the hog's NVMe queue was solicited for {r2t_bytes} bytes (cap 2 MiB)");
+    assert!(r2t_bytes > 0, "the hog's NVMe queue got no R2T at all");
+}
+
+// ---------------------------------------------------------------- lengths before allocation
+
+/// A header announcing more data than allowed gets its protocol error at
+/// once, before any of that data is sent: the length is checked before
+/// anything is read into (or allocated for) it.
+#[test]
+fn announced_lengths_are_checked_before_anything_is_read() {
+    let s = start("64MiB", "");
+    let quick = Duration::from_secs(3);
+    let term_fes = |mut r: TcpStream, what: &str| -> u16 {
+        r.set_read_timeout(Some(quick)).unwrap();
+        match host::read_pdu(&mut r, Role::Host, true, NO_DIGESTS) {
+            Ok((Pdu::C2HTermReq(t), _)) => t.fes.get(),
+            other => panic!("{what}: expected a C2HTermReq at once, got {other:?}"),
+        }
+    };
+    // NVMe/TCP ICReq claiming 4 GiB
+    let mut raw = Queue::connect_raw(s.addr).unwrap();
+    let mut ic = icreq_pdu(NO_DIGESTS);
+    ic[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    raw.write_all(&ic).unwrap();
+    assert_eq!(term_fes(raw, "ICReq with PLEN 4 GiB"), tcp::Fes::INVALID_HEADER_FIELD.0);
+    // a command capsule, H2CData and H2CTermReq each claiming 2 GiB of data
+    let kinds: [(u8, u8, &str); 3] = [(0x04, 72, "CapsuleCmd"), (0x06, 24, "H2CData"), (0x02, 24, "H2CTermReq")];
+    for (ptype, hlen, what) in kinds {
+        let (q, _) = nvme_admin(s.addr);
+        let mut hdr = vec![0u8; usize::from(hlen)];
+        hdr[0] = ptype;
+        hdr[2] = hlen;
+        hdr[3] = hlen;
+        hdr[4..8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        let mut w = q.stream().try_clone().unwrap();
+        w.write_all(&hdr).unwrap();
+        let fes = term_fes(w, what);
+        assert!(fes == tcp::Fes::DATA_LIMIT_EXCEEDED.0, "{what} with PLEN 2 GiB: FES {fes:#x}");
+    }
+    // iSCSI login request claiming 16 MiB of text: Login Response, initiator error
+    let mut raw = Session::connect(s.iscsi_addr).unwrap();
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x43;
+    bhs[1] = 0x81; // T, CSG 0, NSG 1
+    bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    bhs[8] = 0x80;
+    raw.write_all(&bhs).unwrap();
+    raw.set_read_timeout(Some(quick)).unwrap();
+    let mut resp = [0u8; 48];
+    raw.read_exact(&mut resp).expect("login response at once");
+    assert_eq!((resp[0], resp[36]), (0x23, 2), "Login Response with status class 2 (initiator error)");
+    // login text accumulated over continued PDUs is capped (64 KiB)
+    let mut raw = Session::connect(s.iscsi_addr).unwrap();
+    raw.set_read_timeout(Some(quick)).unwrap();
+    let chunk = vec![b'a'; 8192];
+    let mut refused_at = None;
+    for i in 0..12u32 {
+        let mut bhs = [0u8; 48];
+        bhs[0] = 0x43;
+        bhs[1] = 0x40 | 0x04; // C, CSG 1 (operational), NSG 0
+        bhs[8] = 0x80;
+        bhs[16..20].copy_from_slice(&7u32.to_be_bytes());
+        bhs[24..28].copy_from_slice(&1u32.to_be_bytes());
+        bhs[5..8].copy_from_slice(&[0, 0x20, 0]);
+        raw.write_all(&bhs).unwrap();
+        raw.write_all(&chunk).unwrap();
+        let mut resp = [0u8; 48];
+        raw.read_exact(&mut resp).expect("login response");
+        let n = u32::from_be_bytes([0, resp[5], resp[6], resp[7]]) as usize;
+        let mut d = vec![0u8; n.div_ceil(4) * 4];
+        raw.read_exact(&mut d).unwrap();
+        if resp[36] != 0 {
+            assert_eq!(resp[36], 2, "initiator error");
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(refused_at, Some(8), "the 9th 8 KiB continued login PDU passes 64 KiB and must be refused");
+    // a Text Request continued past 64 KiB in the full feature phase: Reject, the session lives
+    let mut sess = iscsi_login(s.iscsi_addr);
+    let mut t = [0u8; 48];
+    t[0] = 0x04;
+    t[1] = 0x40; // C
+    t[16..20].copy_from_slice(&0x77u32.to_be_bytes());
+    t[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    t[24..28].copy_from_slice(&sess.cmdsn.to_be_bytes());
+    t[28..32].copy_from_slice(&sess.exp_statsn.to_be_bytes());
+    sess.cmdsn = sess.cmdsn.wrapping_add(1);
+    sess.send(&t, &vec![b'b'; 70_000]).unwrap();
+    let (bhs, _) = sess.recv().expect("an answer to the long Text Request");
+    assert_eq!(bhs.opcode, 0x3f, "Reject for a Text Request over 64 KiB");
+    assert_eq!(sess.scsi_in(0, &[0x12, 0, 0, 0, 96, 0], 96).unwrap().status, 0, "the session still works");
+    // a PDU beyond MaxRecvDataSegmentLength: Reject, then the connection closes
+    let mut n = [0u8; 48];
+    n[0] = 0x40; // immediate NOP-Out
+    n[1] = 0x80;
+    n[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    n[16..20].copy_from_slice(&0x78u32.to_be_bytes());
+    n[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    n[24..28].copy_from_slice(&sess.cmdsn.to_be_bytes());
+    sess.send_raw(&n).unwrap();
+    let got = sess.expect_closed(quick).expect("closed at once after a 16 MiB data segment was announced");
+    assert!(got.iter().any(|b| b.opcode == 0x3f), "a Reject before the close");
 }

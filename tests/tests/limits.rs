@@ -40,6 +40,9 @@ pool = "{POOL}"
 [metrics]
 listen = "127.0.0.1:{MPORT}"
 
+[log]
+level = "{LOG}"
+
 [[volume]]
 name = "ram0"
 backend = "ram"
@@ -56,7 +59,11 @@ luns = ["ram0"]
 "#;
 
 fn start(pool: &str, limits: &str) -> Server {
-    Server::start(&CONFIG.replace("{POOL}", pool).replace("{LIMITS}", limits))
+    start_logging(pool, limits, "info")
+}
+
+fn start_logging(pool: &str, limits: &str, log: &str) -> Server {
+    Server::start(&CONFIG.replace("{POOL}", pool).replace("{LIMITS}", limits).replace("{LOG}", log))
 }
 
 fn open_conns(s: &Server) -> u64 {
@@ -593,4 +600,129 @@ fn announced_lengths_are_checked_before_anything_is_read() {
     sess.send_raw(&n).unwrap();
     let got = sess.expect_closed(quick).expect("closed at once after a 16 MiB data segment was announced");
     assert!(got.iter().any(|b| b.opcode == 0x3f), "a Reject before the close");
+}
+
+// ---------------------------------------------------------------- writes that wait for the budget
+
+fn block_pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)).rotate_left(seed % 31) as u8).collect()
+}
+
+/// Sends `count` WRITE(16)s of `xfer` bytes back to back (immediate data,
+/// unsolicited Data-Out as negotiated), then answers R2Ts in whatever order
+/// they come until every command has its response.
+fn iscsi_pipelined_writes(s: &mut Session, lba0: u64, count: u32, xfer: usize) {
+    use pinion_transport::iscsi::pdu::{DataOut, Opcode, R2t, ScsiResp, F, RESERVED_TAG};
+    use zerocopy::FromBytes;
+    let blocks = (xfer / 4096) as u32;
+    let mut datas = std::collections::HashMap::new();
+    let imm = if s.immediate_data { s.first_burst.min(s.target_mrdsl) as usize } else { 0 }.min(xfer);
+    let unsol = if s.initial_r2t { imm } else { (s.first_burst as usize).min(xfer).max(imm) };
+    for i in 0..count {
+        let data = block_pattern(i + 1 + lba0 as u32, xfer);
+        let mut c = s.cmd_hdr(0, &rw16(0x8a, lba0 + u64::from(i * blocks), blocks), xfer as u32, false, true);
+        if unsol > imm {
+            c.flags &= !F;
+        }
+        s.send(c.as_bytes(), &data[..imm]).unwrap();
+        let (mut off, mut datasn) = (imm, 0u32);
+        while off < unsol {
+            let n = (unsol - off).min(s.target_mrdsl as usize);
+            let d = DataOut {
+                opcode: Opcode::DATA_OUT.0,
+                flags: if off + n == unsol { F } else { 0 },
+                lun: c.lun,
+                itt: c.itt,
+                ttt: RESERVED_TAG.into(),
+                datasn: datasn.into(),
+                buffer_offset: (off as u32).into(),
+                ..Default::default()
+            };
+            s.send(d.as_bytes(), &data[off..off + n]).unwrap();
+            off += n;
+            datasn += 1;
+        }
+        datas.insert(c.itt.get(), data);
+    }
+    let mut done = 0;
+    while done < count {
+        let (bhs, _) = s.recv().unwrap_or_else(|e| panic!("waiting for R2Ts / responses ({done} of {count} done): {e}"));
+        match bhs.opcode() {
+            Opcode::R2T => {
+                let r = R2t::read_from_bytes(bhs.as_bytes()).unwrap();
+                let data = &datas[&r.itt.get()];
+                let (start, len) = (r.buffer_offset.get() as usize, r.desired_len.get() as usize);
+                let (mut off, mut datasn) = (start, 0u32);
+                while off < start + len {
+                    let n = (start + len - off).min(s.target_mrdsl as usize);
+                    let d = DataOut {
+                        opcode: Opcode::DATA_OUT.0,
+                        flags: if off + n == start + len { F } else { 0 },
+                        itt: r.itt,
+                        ttt: r.ttt,
+                        datasn: datasn.into(),
+                        buffer_offset: (off as u32).into(),
+                        ..Default::default()
+                    };
+                    s.send(d.as_bytes(), &data[off..off + n]).unwrap();
+                    off += n;
+                    datasn += 1;
+                }
+            }
+            Opcode::SCSI_RESP => {
+                let r = ScsiResp::read_from_bytes(bhs.as_bytes()).unwrap();
+                assert_eq!((r.response, r.status), (0, 0), "write ITT {:#x} failed", r.itt.get());
+                done += 1;
+            }
+            op => panic!("unexpected {op:?}"),
+        }
+    }
+}
+
+#[test]
+fn writes_over_the_budget_wait_and_land_intact() {
+    // 256 KiB per connection: two 128 KiB writes solicited at a time
+    let s = start_logging("64MiB", "max_write_data_in_flight = \"256KiB\"", "info,pinion_target::iscsi::conn=debug,pinion_target::nvme::queue=debug");
+    const XFER: usize = 128 * 1024;
+    // NVMe/TCP: 32 writes in flight at once, each pulled by R2T
+    let (_admin, cntlid) = nvme_admin(s.addr);
+    let mut q = nvme_io(s.addr, cntlid);
+    for i in 0..32u32 {
+        q.submit_with(rw_sqe(io::WRITE, 1, u64::from(i) * 32, 32, false), Some(block_pattern(i + 1000, XFER)), 0, Xfer::Transport).unwrap();
+    }
+    for _ in 0..32 {
+        let c = q.reap().expect("NVMe write completion");
+        assert!(c.status() == Status::SUCCESS, "{:?}", c.cqe);
+    }
+    for i in 0..32u32 {
+        let (c, back) = q.read(1, u64::from(i) * 32, 32, 4096).unwrap();
+        host::ok(&c).unwrap();
+        assert!(back == block_pattern(i + 1000, XFER), "NVMe write {i} did not land intact");
+    }
+    // iSCSI, both ways a write's first burst can come: immediate data only
+    // (InitialR2T=Yes), and immediate data + unsolicited Data-Out
+    // (InitialR2T=No). Writes over the budget hold their unsolicited data
+    // until they are solicited.
+    for (k, initial_r2t) in [(0u64, "Yes"), (1, "No")] {
+        let o = LoginOpts {
+            target: Some(IQN.into()),
+            initiator: Some(format!("iqn.2026-11.io.pinion:budget-{k}")),
+            keys: vec![("InitialR2T".into(), initial_r2t.into()), ("FirstBurstLength".into(), "65536".into()), ("ImmediateData".into(), "Yes".into()), ("MaxRecvDataSegmentLength".into(), "16384".into())],
+            ..LoginOpts::default()
+        };
+        let mut sess = Session::login(s.iscsi_addr, &o).expect("login");
+        sess.clear_unit_attentions(1).unwrap();
+        assert_eq!(sess.initial_r2t, initial_r2t == "Yes");
+        let lba0 = 4096 + k * 2048;
+        iscsi_pipelined_writes(&mut sess, lba0, 24, XFER);
+        for i in 0..24u32 {
+            let r = sess.scsi_in(0, &rw16(0x88, lba0 + u64::from(i) * 32, 32), XFER as u32).unwrap();
+            assert_eq!(r.status, 0);
+            assert!(r.data == block_pattern(i + 1 + lba0 as u32, XFER), "iSCSI write {i} (InitialR2T={initial_r2t}) did not land intact");
+        }
+    }
+    let log = s.log_text();
+    assert!(log.contains("write waits for the queue's in-flight write budget"), "no NVMe/TCP write waited for the budget");
+    assert!(log.contains("write waits for the connection's write budget"), "no iSCSI write waited for the budget");
+    assert!(log.contains("write admitted to the connection's write budget"), "no waiting iSCSI write was admitted");
 }

@@ -45,6 +45,7 @@ pub struct Config {
     pub subsystem: Vec<SubsystemConfig>,
     pub iscsi_target: Vec<IscsiTargetConfig>,
     pub memory: MemoryConfig,
+    pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
@@ -306,6 +307,36 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[limits]`: what one host may take from the server, so that no host can starve the others.
+///
+/// Connections are counted across NVMe/TCP and iSCSI together: a connection costs a file
+/// descriptor, buffers and tasks whichever protocol it speaks, and an operator budgets those per
+/// machine. A host is a peer IP address. Note that every NVMe/TCP queue is a connection (a
+/// controller with 8 I/O queues is 9 connections).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections in total (1..=1048576); one more is closed at accept and logged.
+    pub max_connections: u32,
+    /// Open connections from one peer IP address (1..=max_connections).
+    pub max_connections_per_host: u32,
+    /// Pool bytes one connection's writes may hold while the host still owes their data
+    /// (NVMe/TCP R2T transfers, iSCSI solicited Data-Out). Further writes wait, unsolicited,
+    /// until the host delivers; a single larger write runs alone. At least 64 KiB; the pool's
+    /// own cap on such pages (7/8 of it, shared by all connections) still applies.
+    #[serde(with = "size::serde_size::u64_bytes")]
+    pub max_write_data_in_flight: u64,
+    /// Seconds a new connection may take to finish its handshake (NVMe/TCP ICReq and fabrics
+    /// Connect, iSCSI login) before it is closed (1..=300).
+    pub handshake_timeout: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 * MIB, handshake_timeout: 15 }
+    }
+}
+
 /// `[metrics]`: the OpenMetrics endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -391,6 +422,7 @@ impl Default for Config {
             subsystem: Vec::new(),
             iscsi_target: Vec::new(),
             memory: MemoryConfig::default(),
+            limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),

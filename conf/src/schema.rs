@@ -113,6 +113,12 @@ const MEMORY: &[Field] = &[
     opt("splice_min", Kind::Size(1 << 20)),
     opt("zerocopy_min", Kind::Size(U32)),
 ];
+const LIMITS: &[Field] = &[
+    opt("max_connections", Kind::Int(1 << 20)),
+    opt("max_connections_per_host", Kind::Int(1 << 20)),
+    opt("max_write_data_in_flight", Kind::Size(u64::MAX)),
+    opt("handshake_timeout", Kind::Int(U32)),
+];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
@@ -132,6 +138,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("subsystem", Kind::Tables(SUBSYSTEM)),
     opt("iscsi_target", Kind::Tables(ISCSI_TARGET)),
     opt("memory", Kind::Section(MEMORY)),
+    opt("limits", Kind::Section(LIMITS)),
     opt("metrics", Kind::Section(METRICS)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),

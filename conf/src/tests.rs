@@ -92,6 +92,7 @@ fn example_file_parses_to_expected_values() {
             initiator_chap: vec![],
         }],
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
+        limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
         log: LogConfig {
             level: "info".into(),
@@ -726,6 +727,29 @@ fn nvme_tcp_limit_rules() {
     )
     .unwrap();
     assert_eq!(c.nvme_tcp.max_h2c_data, 1 << 20);
+}
+
+#[test]
+fn limits_rules() {
+    for (toml, needle) in [
+        ("max_connections = 0", "limits.max_connections: 0 is out of range (1..=1048576)"),
+        ("max_connections_per_host = 0", "limits.max_connections_per_host: 0 is out of range"),
+        ("max_connections = 10\nmax_connections_per_host = 11", "limits.max_connections_per_host: 11 is larger than limits.max_connections (10)"),
+        ("max_connections = 2000000", "limits.max_connections: 2000000 is out of range (0..=1048576)"),
+        ("max_write_data_in_flight = \"4KiB\"", "limits.max_write_data_in_flight: 4 KiB is too small (at least 64 KiB)"),
+        ("max_write_data_in_flight = \"lots\"", "limits.max_write_data_in_flight:"),
+        ("handshake_timeout = 0", "limits.handshake_timeout: 0 is out of range (1..=300)"),
+        ("max_conections = 5", "unknown key \"max_conections\" in limits (did you mean \"max_connections\"?)"),
+    ] {
+        assert_err(&format!("[limits]\n{toml}\n"), &[needle]);
+    }
+    let c = Config::from_toml_str(
+        "[limits]\nmax_connections = 10\nmax_connections_per_host = 3\nmax_write_data_in_flight = \"1MiB\"\nhandshake_timeout = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits, LimitsConfig { max_connections: 10, max_connections_per_host: 3, max_write_data_in_flight: 1 << 20, handshake_timeout: 2 });
+    let c = load::load_str("", "env", env(&[("PINION_LIMITS__MAX_CONNECTIONS_PER_HOST", "7")])).unwrap();
+    assert_eq!(c.limits.max_connections_per_host, 7);
 }
 
 #[test]

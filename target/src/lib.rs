@@ -6,6 +6,7 @@
 
 pub mod ctl;
 pub mod iscsi;
+pub mod limits;
 pub mod metrics;
 pub mod mgmt;
 pub mod notify;

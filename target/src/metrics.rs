@@ -119,6 +119,22 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
         "Connection closes that reset the connection because pages stayed referenced.",
         one(m.close_resets.load(Relaxed)),
     )?;
+    let c = &crate::limits::CONN_STATS;
+    gauge(
+        enc,
+        "pinion_connections",
+        "Open connections by protocol.",
+        [(vec![("proto", "nvme_tcp")], c.open_nvme_tcp.load(Relaxed)), (vec![("proto", "iscsi")], c.open_iscsi.load(Relaxed))],
+    )?;
+    counter(
+        enc,
+        "pinion_connections_refused",
+        "Connections closed at accept because a [limits] cap was reached, by limit.",
+        [
+            (vec![("limit", "max_connections")], c.refused_total.load(Relaxed)),
+            (vec![("limit", "max_connections_per_host")], c.refused_per_host.load(Relaxed)),
+        ],
+    )?;
     let p = src.pool.stats();
     gauge(
         enc,
@@ -402,7 +418,7 @@ mod tests {
             subsystems: HashMap::from([(sub.nqn.clone(), sub)]),
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: Vec::new(),
-            limits: Limits { max_queue_size: 128, max_io_queues: 8, inline_data_size: 16384, mdts: 8 },
+            limits: Limits { max_queue_size: 128, max_io_queues: 8, inline_data_size: 16384, mdts: 8, write_budget: 8 << 20, connect_timeout: std::time::Duration::from_secs(15) },
             genctr: 1.into(),
         });
         let t = Arc::new(IscsiServer::target("iqn.t", vec![v.clone()], &["*".to_string()]));

@@ -124,7 +124,14 @@ impl Server {
             subsystems,
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: t.listen.clone(),
-            limits: Limits { max_queue_size: t.max_queue_size, max_io_queues: t.max_io_queues, inline_data_size: t.inline_data_size, mdts: 8 },
+            limits: Limits {
+                max_queue_size: t.max_queue_size,
+                max_io_queues: t.max_io_queues,
+                inline_data_size: t.inline_data_size,
+                mdts: 8,
+                write_budget: cfg.limits.max_write_data_in_flight as usize,
+                connect_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
+            },
             genctr: 1.into(),
         };
         Ok(Server {
@@ -132,7 +139,7 @@ impl Server {
             pool,
             volumes,
             iscsi,
-            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10), send: send_config(cfg) },
+            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()), send: send_config(cfg) },
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
             ctl: std::sync::Mutex::new(None),
@@ -289,25 +296,62 @@ impl Server {
             };
             accepts.spawn(c.serve(state));
         }
+        let limiter = crate::limits::ConnLimiter::new(self.cfg.limits.max_connections, self.cfg.limits.max_connections_per_host);
+        // A flood of refused connections must not become a flood of log
+        // lines: one a second, with how many were not logged since.
+        let mut refusal_log: Option<std::time::Instant> = None;
+        let mut refusals_unlogged = 0u64;
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 n = new_rx.recv() => match n {
-                    Some((Proto::Iscsi, stream, peer)) => {
-                        let srv = self.iscsi.clone();
+                    Some((proto, stream, peer)) => {
+                        let slot = match limiter.admit(peer.ip(), proto == Proto::NvmeTcp) {
+                            Ok(s) => s,
+                            Err(why) => {
+                                let (total, host) = limiter.open(peer.ip());
+                                let (limit, max) = match why {
+                                    crate::limits::Refused::Total(m) => ("limits.max_connections", m),
+                                    crate::limits::Refused::PerHost(m) => ("limits.max_connections_per_host", m),
+                                };
+                                if refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                                    refusal_log = Some(std::time::Instant::now());
+                                    tracing::warn!(
+                                        %peer, ?proto, limit, max, open_total = total, open_from_host = host,
+                                        not_logged_before = refusals_unlogged, "connection refused: over the limit"
+                                    );
+                                    refusals_unlogged = 0;
+                                } else {
+                                    refusals_unlogged += 1;
+                                }
+                                // closed at once: the host sees the connection end before any PDU
+                                drop(stream);
+                                continue;
+                            }
+                        };
                         let sd = shutdown.clone();
-                        let span = tracing::info_span!("iscsi_conn", %peer);
-                        conns.spawn(async move { crate::iscsi::connection(srv, stream, sd).await }.instrument(span));
-                    }
-                    Some((Proto::NvmeTcp, stream, peer)) => {
-                        let reg = self.reg.clone();
-                        let pool = self.pool.clone();
-                        let tcfg = self.transport.clone();
-                        let sd = shutdown.clone();
-                        let span = tracing::info_span!("conn", %peer);
-                        conns.spawn(async move { connection(stream, reg, pool, tcfg, sd).await }.instrument(span));
+                        match proto {
+                            Proto::Iscsi => {
+                                let srv = self.iscsi.clone();
+                                let span = tracing::info_span!("iscsi_conn", %peer);
+                                conns.spawn(async move {
+                                    crate::iscsi::connection(srv, stream, sd).await;
+                                    drop(slot);
+                                }.instrument(span));
+                            }
+                            Proto::NvmeTcp => {
+                                let reg = self.reg.clone();
+                                let pool = self.pool.clone();
+                                let tcfg = self.transport.clone();
+                                let span = tracing::info_span!("conn", %peer);
+                                conns.spawn(async move {
+                                    connection(stream, reg, pool, tcfg, sd).await;
+                                    drop(slot);
+                                }.instrument(span));
+                            }
+                        }
                     }
                     None => break,
                 },
@@ -361,7 +405,8 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         nop_timeout: Duration::from_secs(i.nop_timeout.into()),
         data_timeout: Duration::from_secs(i.data_out_timeout.into()),
         send: send_config(cfg),
-        ..IscsiSettings::default()
+        login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
+        write_budget: cfg.limits.max_write_data_in_flight as usize,
     }
 }
 

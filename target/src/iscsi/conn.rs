@@ -538,7 +538,14 @@ struct CmdInfo {
 
 /// A WRITE whose data is still arriving.
 struct Xfer {
+    /// When it started to wait for the initiator's data (admission, for a
+    /// write that waited for the connection's write budget).
     started: Instant,
+    /// Solicited: R2Ts may go out. A write over the connection's write
+    /// budget waits unsolicited, holding pages only for its unsolicited data.
+    admitted: bool,
+    /// Pages counted against the write budget while it is here.
+    owed_pages: usize,
     cmd: CmdInfo,
     state: WriteXfer,
     /// `None`: the data is discarded (the command already failed).
@@ -552,6 +559,11 @@ struct Reader {
     discovery: bool,
     st: RxState,
     xfers: HashMap<u32, Xfer>,
+    /// Writes waiting for the connection's write budget, in arrival order
+    /// (entries whose write has ended meanwhile are skipped).
+    deferred: VecDeque<u32>,
+    /// `limits.max_write_data_in_flight` in pages.
+    budget_pages: usize,
     /// Tasks that ended while the initiator may still send their data
     /// (aborted, or failed mid-transfer): their Data-Out is dropped quietly.
     stale: VecDeque<u32>,
@@ -564,11 +576,14 @@ struct Reader {
 async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: bool) -> Stop {
     let p = sess.params;
     let st = RxState { login: false, header_digest: p.header_digest, data_digest: p.data_digest, max_recv_dsl: p.target_max_recv_dsl };
+    let budget_pages = sess.srv.settings.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
     let mut r = Reader {
         sess,
         discovery,
         st,
         xfers: HashMap::new(),
+        deferred: VecDeque::new(),
+        budget_pages,
         stale: VecDeque::new(),
         next_ttt: 0x1000,
         text: text::Accumulator::default(),
@@ -601,9 +616,15 @@ impl Reader {
                     }
                 }
             }
-            // publish the oldest pending write for the watchdog
+            if !self.deferred.is_empty() {
+                if let Err(s) = self.admit_deferred().await {
+                    return s;
+                }
+            }
+            // publish the oldest pending write for the watchdog; writes not
+            // yet solicited wait for us, not for the initiator
             if had_xfers || !self.xfers.is_empty() {
-                let oldest = self.xfers.values().map(|x| x.started).min();
+                let oldest = self.xfers.values().filter(|x| x.admitted).map(|x| x.started).min();
                 *self.sess.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner()) = oldest;
                 had_xfers = oldest.is_some();
             }
@@ -743,13 +764,29 @@ impl Reader {
         let ttt_base = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(scsi::ScsiTarget::MAX_TRANSFER_BYTES / 512 + 1);
         let state = WriteXfer::new(cmd.edtl, imm, cmd.final_, p.initial_r2t, p.first_burst, p.max_burst, p.max_outstanding_r2t, ttt_base);
-        let mut x = Xfer { started: Instant::now(), cmd, state, sgl: None, failed: None };
+        let mut x = Xfer { started: Instant::now(), admitted: true, owed_pages: 0, cmd, state, sgl: None, failed: None };
         if too_big {
             tracing::info!(itt, edtl = x.cmd.edtl, "EDTL beyond the largest transfer");
             x.failed = Some(fixed_sense(0x05, 0x24, 0x00));
             discard(rd, layout.rest_of_pdu()).await?;
         } else {
-            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, x.cmd.edtl as usize).await;
+            let full = x.cmd.edtl as usize;
+            let unsolicited = (x.state.unsolicited_len() as usize).min(full);
+            let alloc = if unsolicited == full {
+                // all of it comes unasked: nothing to hold back
+                full
+            } else if self.deferred.is_empty() && self.may_admit(full) {
+                x.owed_pages = self.pages_owed(full);
+                full
+            } else {
+                // Over the budget: no R2T until the initiator has delivered
+                // what it owes; pages only for what it sends unasked.
+                tracing::debug!(itt, edtl = full, unsolicited, "write waits for the connection's write budget");
+                x.admitted = false;
+                self.deferred.push_back(itt);
+                unsolicited
+            };
+            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, alloc).await;
             if imm > 0 && !read_into_sgl(rd, &mut sgl, 0, layout).await? {
                 tracing::warn!(itt, "immediate data digest error");
                 self.sess.reject(RejectReason::DATA_DIGEST, bhs).await?;
@@ -759,6 +796,52 @@ impl Reader {
         }
         self.xfers.insert(itt, x);
         self.progress(itt).await
+    }
+
+    /// Pages a write of `len` bytes counts against the write budget (a
+    /// write larger than the budget takes all of it and runs alone).
+    fn pages_owed(&self, len: usize) -> usize {
+        len.div_ceil(pinion_backends::PAGE_SIZE).clamp(1, self.budget_pages)
+    }
+
+    /// Whether a write of `len` bytes may be solicited now.
+    fn may_admit(&self, len: usize) -> bool {
+        let held: usize = self.xfers.values().map(|x| x.owed_pages).sum();
+        held == 0 || held + self.pages_owed(len) <= self.budget_pages
+    }
+
+    /// Solicits the writes that waited for the budget, in arrival order,
+    /// as far as the budget now allows.
+    async fn admit_deferred(&mut self) -> Result<(), Stop> {
+        while let Some(&itt) = self.deferred.front() {
+            let Some(x) = self.xfers.get(&itt) else {
+                // ended meanwhile (aborted, or failed)
+                self.deferred.pop_front();
+                continue;
+            };
+            if x.failed.is_some() {
+                self.deferred.pop_front();
+                continue;
+            }
+            let len = x.cmd.edtl as usize;
+            if !self.may_admit(len) {
+                return Ok(());
+            }
+            self.deferred.pop_front();
+            let owed = self.pages_owed(len);
+            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, len).await;
+            let x = self.xfers.get_mut(&itt).expect("only the reader removes writes");
+            if let Some(unsolicited) = x.sgl.take() {
+                sgl.copy_in(0, &unsolicited.to_vec());
+            }
+            x.sgl = Some(sgl);
+            x.admitted = true;
+            x.owed_pages = owed;
+            x.started = Instant::now();
+            tracing::debug!(itt, edtl = len, "write admitted to the connection's write budget");
+            self.progress(itt).await?;
+        }
+        Ok(())
     }
 
     /// Moves a write on: R2Ts, execution once its data is whole, or the
@@ -780,6 +863,10 @@ impl Reader {
             let r2ts = x.state.r2t_count();
             let data = x.sgl;
             self.execute(x.cmd, data, r2ts);
+            return Ok(());
+        }
+        if !x.admitted {
+            // solicited once the write budget allows (admit_deferred)
             return Ok(());
         }
         let r2ts = x.state.next_r2ts();

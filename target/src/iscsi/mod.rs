@@ -103,6 +103,10 @@ pub struct IscsiSettings {
     /// A write waiting this long for its Data-Out drops the session.
     pub data_timeout: Duration,
     pub login_timeout: Duration,
+    /// Bytes of pool pages one connection's writes may hold while the
+    /// initiator still owes their solicited data; further writes are not
+    /// solicited (no R2T) until it delivers.
+    pub write_budget: usize,
     /// How Data-In payloads are sent (zero-copy threshold, test hooks).
     pub send: pinion_transport::send::SendConfig,
 }
@@ -117,6 +121,7 @@ impl Default for IscsiSettings {
             nop_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            write_budget: 8 << 20,
             send: Default::default(),
         }
     }

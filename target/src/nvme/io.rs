@@ -113,6 +113,8 @@ async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> 
             Ok(d)
         }
         (SglType::TRANSPORT_DATA_BLOCK, None) => {
+            // held until the host has sent the data (or the transfer failed)
+            let _owed = ctx.write_permit(len).await;
             let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
             ctx.responder.receive_data(sqe.cid(), sgl).await
         }

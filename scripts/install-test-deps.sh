@@ -19,14 +19,16 @@
 #     (deploy/bench/run.sh: the loopback limit and `perf record` of the
 #     target; CI never runs it), e2fsprogs (mkfs.ext4 for the VM test of
 #     the read paths: O_DIRECT needs a real file system in the guest; and
-#     for the backend fault tests, whose mount/losetup come with util-linux).
+#     for the backend fault tests, whose mount/losetup come with util-linux),
+#     python3-prometheus-client (its OpenMetrics parser reads /metrics in
+#     tests/tests/ops.rs).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf e2fsprogs"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 python3-prometheus-client iperf3 linux-perf e2fsprogs"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -7,10 +7,11 @@
 # Steps: install test dependencies; build (debug + release); clippy with
 # warnings denied; unit and integration tests (the integration tests start
 # the real `pinion` binary); libiscsi's iSCSI conformance suite against
-# Pinion (at 4096- and at 512-byte blocks) and tgtd side by side; a bounded
-# fuzz run of every fuzz target; the kernel-initiator VM tests: NVMe/TCP
-# first against the kernel's own nvmet (the reference) and then against
-# Pinion with the same script, and iSCSI
+# Pinion (at 4096- and at 512-byte blocks) and tgtd side by side, then
+# against Pinion alone three times while two CPU burners keep the cores busy;
+# a bounded fuzz run of every fuzz target; the kernel-initiator VM tests:
+# NVMe/TCP first against the kernel's own nvmet (the reference) and then
+# against Pinion with the same script, and iSCSI
 # (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
 # --verify` against the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
@@ -71,6 +72,15 @@ else
     tail -n 40 "$LOG/iscsi-conformance.out"; bad "iscsi conformance (pinion only)"
   fi
 fi
+
+step "iSCSI conformance under load: iscsi-test-cu on Pinion three times beside two CPU burners"
+t0=$SECONDS
+if tests/iscsi-conformance-loaded.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/iscsi-conformance-loaded.out" 2>&1; then
+  tail -n 5 "$LOG/iscsi-conformance-loaded.out"; ok "iscsi conformance under load"
+else
+  tail -n 40 "$LOG/iscsi-conformance-loaded.out"; bad "iscsi conformance under load"
+fi
+echo "(took $((SECONDS - t0)) s)"
 
 # every [[bin]] of fuzz/Cargo.toml is a fuzz target; each gets its own run
 fuzz_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^pinion-fuzz$')

@@ -45,9 +45,11 @@ pub struct Config {
     pub subsystem: Vec<SubsystemConfig>,
     pub iscsi_target: Vec<IscsiTargetConfig>,
     pub memory: MemoryConfig,
+    pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
+    pub management: ManagementConfig,
 }
 
 /// `[nvme_tcp]`: listener addresses and the limits advertised to hosts.
@@ -305,6 +307,36 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[limits]`: what one host may take from the server, so that no host can starve the others.
+///
+/// Connections are counted across NVMe/TCP and iSCSI together: a connection costs a file
+/// descriptor, buffers and tasks whichever protocol it speaks, and an operator budgets those per
+/// machine. A host is a peer IP address. Note that every NVMe/TCP queue is a connection (a
+/// controller with 8 I/O queues is 9 connections).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections in total (1..=1048576); one more is closed at accept and logged.
+    pub max_connections: u32,
+    /// Open connections from one peer IP address (1..=max_connections).
+    pub max_connections_per_host: u32,
+    /// Pool bytes one connection's writes may hold while the host still owes their data
+    /// (NVMe/TCP R2T transfers, iSCSI solicited Data-Out). Further writes wait, unsolicited,
+    /// until the host delivers; a single larger write runs alone. At least 64 KiB; the pool's
+    /// own cap on such pages (7/8 of it, shared by all connections) still applies.
+    #[serde(with = "size::serde_size::u64_bytes")]
+    pub max_write_data_in_flight: u64,
+    /// Seconds a new connection may take to finish its handshake (NVMe/TCP ICReq and fabrics
+    /// Connect, iSCSI login) before it is closed (1..=300).
+    pub handshake_timeout: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 * MIB, handshake_timeout: 15 }
+    }
+}
+
 /// `[metrics]`: the OpenMetrics endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -312,6 +344,31 @@ pub struct MetricsConfig {
     /// Address of the HTTP `/metrics` endpoint; absent = no endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Where `pinion ctl` finds a server that has no `[management] socket` in its configuration.
+pub const DEFAULT_CTL_SOCKET: &str = "/run/pinion/ctl.sock";
+
+/// `[management]`: the Unix socket `pinion ctl` talks to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Path of the control socket (created mode 0600, removed on exit). Absent: [`DEFAULT_CTL_SOCKET`],
+    /// and a server that cannot create it (not root, say) serves without one; `""` turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl ManagementConfig {
+    /// The socket to serve (`None`: off), and whether it was asked for explicitly (so failing to
+    /// create it is an error rather than a warning).
+    pub fn socket_path(&self) -> Option<(PathBuf, bool)> {
+        match &self.socket {
+            None => Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some((p.clone(), true)),
+        }
+    }
 }
 
 /// `[log]`.
@@ -365,9 +422,11 @@ impl Default for Config {
             subsystem: Vec::new(),
             iscsi_target: Vec::new(),
             memory: MemoryConfig::default(),
+            limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 }

@@ -113,11 +113,18 @@ const MEMORY: &[Field] = &[
     opt("splice_min", Kind::Size(1 << 20)),
     opt("zerocopy_min", Kind::Size(U32)),
 ];
+const LIMITS: &[Field] = &[
+    opt("max_connections", Kind::Int(1 << 20)),
+    opt("max_connections_per_host", Kind::Int(1 << 20)),
+    opt("max_write_data_in_flight", Kind::Size(u64::MAX)),
+    opt("handshake_timeout", Kind::Int(U32)),
+];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
 ];
+const MANAGEMENT: &[Field] = &[opt("socket", Kind::Str)];
 const DEBUG: &[Field] = &[
     opt("poison_released_pages", Kind::Bool),
     opt("early_release", Kind::Bool),
@@ -131,9 +138,11 @@ pub(crate) const ROOT: &[Field] = &[
     opt("subsystem", Kind::Tables(SUBSYSTEM)),
     opt("iscsi_target", Kind::Tables(ISCSI_TARGET)),
     opt("memory", Kind::Section(MEMORY)),
+    opt("limits", Kind::Section(LIMITS)),
     opt("metrics", Kind::Section(METRICS)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
+    opt("management", Kind::Section(MANAGEMENT)),
 ];
 
 /// Checks the merged tree against [`ROOT`]; returns every problem, in file-schema order.

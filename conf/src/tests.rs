@@ -92,6 +92,7 @@ fn example_file_parses_to_expected_values() {
             initiator_chap: vec![],
         }],
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
+        limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
         log: LogConfig {
             level: "info".into(),
@@ -102,6 +103,7 @@ fn example_file_parses_to_expected_values() {
             early_release: false,
             keep_zerocopy_when_copied: false,
         },
+        management: ManagementConfig { socket: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);
@@ -358,6 +360,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
+    full.management.socket = Some("/run/pinion/ctl.sock".into());
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     let t = &mut full.iscsi_target[0];
     t.alias = Some("a".into());
@@ -727,6 +730,29 @@ fn nvme_tcp_limit_rules() {
 }
 
 #[test]
+fn limits_rules() {
+    for (toml, needle) in [
+        ("max_connections = 0", "limits.max_connections: 0 is out of range (1..=1048576)"),
+        ("max_connections_per_host = 0", "limits.max_connections_per_host: 0 is out of range"),
+        ("max_connections = 10\nmax_connections_per_host = 11", "limits.max_connections_per_host: 11 is larger than limits.max_connections (10)"),
+        ("max_connections = 2000000", "limits.max_connections: 2000000 is out of range (0..=1048576)"),
+        ("max_write_data_in_flight = \"4KiB\"", "limits.max_write_data_in_flight: 4 KiB is too small (at least 64 KiB)"),
+        ("max_write_data_in_flight = \"lots\"", "limits.max_write_data_in_flight:"),
+        ("handshake_timeout = 0", "limits.handshake_timeout: 0 is out of range (1..=300)"),
+        ("max_conections = 5", "unknown key \"max_conections\" in limits (did you mean \"max_connections\"?)"),
+    ] {
+        assert_err(&format!("[limits]\n{toml}\n"), &[needle]);
+    }
+    let c = Config::from_toml_str(
+        "[limits]\nmax_connections = 10\nmax_connections_per_host = 3\nmax_write_data_in_flight = \"1MiB\"\nhandshake_timeout = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits, LimitsConfig { max_connections: 10, max_connections_per_host: 3, max_write_data_in_flight: 1 << 20, handshake_timeout: 2 });
+    let c = load::load_str("", "env", env(&[("PINION_LIMITS__MAX_CONNECTIONS_PER_HOST", "7")])).unwrap();
+    assert_eq!(c.limits.max_connections_per_host, 7);
+}
+
+#[test]
 fn memory_and_log_rules() {
     assert_err(
         "[memory]\npool = \"1MiB\"\n",
@@ -974,4 +1000,19 @@ fn iscsi_chap_rules() {
             r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
         ],
     );
+}
+
+#[test]
+fn management_socket() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)));
+    let c = Config::from_toml_str("[management]\nsocket = \"/tmp/p.sock\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from("/tmp/p.sock"), true)));
+    let c = Config::from_toml_str("[management]\nsocket = \"\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), None);
+    let long = format!("[management]\nsocket = \"/{}\"\n", "x".repeat(120));
+    let e = Config::from_toml_str(&long).unwrap_err().to_string();
+    assert!(e.contains("management.socket") && e.contains("107 bytes"), "{e}");
+    let e = Config::from_toml_str("[management]\nsockt = \"/x\"\n").unwrap_err().to_string();
+    assert!(e.contains("did you mean \"socket\""), "{e}");
 }

@@ -15,6 +15,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     listeners(c, &mut out);
     nvme_limits(c, &mut out);
     iscsi_limits(c, &mut out);
+    host_limits(c, &mut out);
     volumes(c, &mut out);
     subsystems(c, &mut out);
     iscsi_targets(c, &mut out);
@@ -31,6 +32,15 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
             "memory.pool",
             format!("{} bytes is not a multiple of 4096", c.memory.pool),
         ));
+    }
+    if let Some(p) = &c.management.socket {
+        // sockaddr_un's sun_path holds 108 bytes, the terminating NUL included
+        if p.as_os_str().len() > 107 {
+            out.push(Problem::at(
+                "management.socket",
+                format!("{} is longer than a Unix socket path may be (107 bytes)", p.display()),
+            ));
+        }
     }
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
@@ -168,6 +178,25 @@ fn iscsi_limits(c: &Config, out: &mut Vec<Problem>) {
         ));
     }
     range(out, "iscsi.max_outstanding_r2t", i.max_outstanding_r2t.into(), 1, Some(65535));
+}
+
+fn host_limits(c: &Config, out: &mut Vec<Problem>) {
+    let l = &c.limits;
+    range(out, "limits.max_connections", l.max_connections.into(), 1, Some(1 << 20));
+    range(out, "limits.max_connections_per_host", l.max_connections_per_host.into(), 1, Some(1 << 20));
+    if l.max_connections_per_host > l.max_connections {
+        out.push(Problem::at(
+            "limits.max_connections_per_host",
+            format!("{} is larger than limits.max_connections ({})", l.max_connections_per_host, l.max_connections),
+        ));
+    }
+    if l.max_write_data_in_flight < 64 * 1024 {
+        out.push(Problem::at(
+            "limits.max_write_data_in_flight",
+            format!("{} is too small (at least 64 KiB)", format_size(l.max_write_data_in_flight)),
+        ));
+    }
+    range(out, "limits.handshake_timeout", l.handshake_timeout.into(), 1, Some(300));
 }
 
 /// CHAP user names and secrets: printable, secrets 12..=255 bytes.

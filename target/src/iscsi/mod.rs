@@ -10,6 +10,7 @@
 //! to idle initiators, Data-Out that never comes).
 
 mod conn;
+mod task;
 
 use crate::scsi;
 
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub use conn::TaskTable;
+pub use task::TaskTable;
 
 /// One `[[iscsi_target]]`.
 pub struct Target {
@@ -66,6 +67,8 @@ pub enum Kill {
     PingTimeout,
     /// A write's Data-Out did not arrive in time.
     DataTimeout,
+    /// An operator's `pinion ctl disconnect`: tasks in flight finish first.
+    Disconnected,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -75,10 +78,13 @@ pub struct SessionHandle {
     pub isid: [u8; 6],
     /// The CID of its (one) connection.
     pub cid: u16,
+    /// The initiator's address and ours, for `pinion ctl status`.
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
-    pub tasks: Arc<conn::TaskTable>,
+    pub tasks: Arc<task::TaskTable>,
     /// Resolves when the session has ended.
     pub gone: watch::Receiver<bool>,
 }
@@ -97,6 +103,10 @@ pub struct IscsiSettings {
     /// A write waiting this long for its Data-Out drops the session.
     pub data_timeout: Duration,
     pub login_timeout: Duration,
+    /// Bytes of pool pages one connection's writes may hold while the
+    /// initiator still owes their solicited data; further writes are not
+    /// solicited (no R2T) until it delivers.
+    pub write_budget: usize,
     /// How Data-In payloads are sent (zero-copy threshold, test hooks).
     pub send: pinion_transport::send::SendConfig,
 }
@@ -111,6 +121,7 @@ impl Default for IscsiSettings {
             nop_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            write_budget: 8 << 20,
             send: Default::default(),
         }
     }
@@ -176,6 +187,11 @@ impl IscsiServer {
     /// Sessions of one target (for target-wide task management).
     pub fn sessions_of(&self, target: &str) -> Vec<Arc<SessionHandle>> {
         self.sessions().values().filter(|s| s.target.as_ref().is_some_and(|t| t.name == target)).cloned().collect()
+    }
+
+    /// Every live session, discovery sessions included.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
     }
 
     fn alloc_tsih(&self) -> u16 {

@@ -10,6 +10,7 @@ use super::queue::{transfer_len, QueueCtx, Reply};
 use super::subsys::{Namespace, Subsystem};
 use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
 use nvme_types::{Sqe, Status};
+use pinion_backends::metrics::Op;
 use pinion_backends::{BackendError, ReadOpts, Sgl};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> 
             Ok(d)
         }
         (SglType::TRANSPORT_DATA_BLOCK, None) => {
+            // held until the host has sent the data (or the transfer failed)
+            let _owed = ctx.write_permit(len).await;
             let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
             ctx.responder.receive_data(sqe.cid(), sgl).await
         }
@@ -179,6 +182,17 @@ async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) 
     }
     ns.volume.discard(ranges).await.map_err(|e| map_err(e, true))?;
     Reply::ok()
+}
+
+/// The command's operation and data length, for the per-volume metrics.
+pub fn metric_op(sqe: &Sqe) -> (Op, u64) {
+    let bytes = u64::from(sqe.dptr.length.get());
+    match sqe.opcode() {
+        io::READ => (Op::Read, bytes),
+        io::WRITE => (Op::Write, bytes),
+        io::FLUSH => (Op::Flush, 0),
+        _ => (Op::Other, 0),
+    }
 }
 
 /// Flushes every namespace of a subsystem (Flush to the broadcast NSID,

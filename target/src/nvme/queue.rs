@@ -5,6 +5,8 @@
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
 use super::{admin, fabrics, io};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::Protocol;
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
@@ -31,6 +33,10 @@ pub struct QueueCtx {
     /// so successful reads may end with a C2HData SUCCESS flag alone.
     pub sqflow_disabled: bool,
     pub local_addr: std::net::SocketAddr,
+    /// Pages this queue's R2T transfers may hold while their data is owed
+    /// by the host ([`QueueCtx::write_permit`]).
+    write_budget: Arc<tokio::sync::Semaphore>,
+    write_budget_pages: usize,
 }
 
 /// A command's outcome: DW0/DW1 of the completion, and data for the host.
@@ -49,6 +55,21 @@ impl Reply {
 }
 
 impl QueueCtx {
+    /// Waits until this queue may hold `len` more bytes of write data the
+    /// host still owes; until then the write is not solicited (no R2T), so
+    /// one host cannot pin the pool with transfers it never completes. A
+    /// write larger than the whole budget waits for all of it and runs alone.
+    pub async fn write_permit(&self, len: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let pages = len.div_ceil(pinion_backends::PAGE_SIZE).clamp(1, self.write_budget_pages);
+        match self.write_budget.clone().try_acquire_many_owned(pages as u32) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(len, "write waits for the queue's in-flight write budget");
+                self.write_budget.clone().acquire_many_owned(pages as u32).await.expect("never closed")
+            }
+        }
+    }
+
     pub fn cqe(&self, cid: u16, status: Status, result: u64) -> Cqe {
         let mut c = Cqe::new(cid, status, result);
         c.sqhd = self.sq_head.load(Ordering::Relaxed).into();
@@ -104,14 +125,14 @@ pub fn transfer_len(sqe: &Sqe, max: usize) -> Result<usize, Status> {
 pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
     // The host sends Connect right after ICResp; a silent peer is dropped.
     let first = tokio::select! {
-        c = tokio::time::timeout(Duration::from_secs(10), conn.commands.recv()) => c,
+        c = tokio::time::timeout(reg.limits.connect_timeout, conn.commands.recv()) => c,
         _ = shutdown.changed() => return,
     };
     let cmd = match first {
         Ok(Some(c)) => c,
         Ok(None) => return,
         Err(_) => {
-            tracing::info!("no Connect within 10 s; closing");
+            tracing::info!(timeout = ?reg.limits.connect_timeout, "no Connect in time; closing");
             return;
         }
     };
@@ -135,6 +156,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
     // The kill and shutdown waits live across iterations: re-arming them
     // for every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
@@ -170,12 +192,15 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
         tasks.abort_all();
     }
+    ctx.ctrl.lock().queue_peers.remove(&ctx.qid);
     if ctx.qid == 0 {
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);
         tracing::info!(reason = ?why, "controller released");
     } else {
-        ctx.ctrl.lock().connected_io.remove(&ctx.qid);
+        let mut s = ctx.ctrl.lock();
+        s.connected_io.remove(&ctx.qid);
+        s.aborters.remove(&ctx.qid);
     }
     tracing::info!(reason = ?why, "queue closed");
     drop(ctx);
@@ -217,10 +242,16 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
     }
     let ctx = ctx.clone();
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
     tasks.spawn(
         async move {
             let r = io::execute(&ctx, sqe, cmd.data).await;
+            let ok = r.is_ok();
             ctx.finish(&sqe, r).await;
+            if let Some(t) = timer {
+                let (op, bytes) = io::metric_op(&sqe);
+                t.done(op, if ok { bytes } else { 0 }, ok);
+            }
         }
         .instrument(span),
     );
@@ -242,5 +273,19 @@ pub fn new_ctx(
     local_addr: std::net::SocketAddr,
 ) -> QueueCtx {
     // the Connect command itself took the first entry
-    QueueCtx { reg, subsys, ctrl, qid, sq_entries, sq_head: AtomicU16::new(1 % sq_entries), responder, pool, sqflow_disabled, local_addr }
+    let write_budget_pages = reg.limits.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
+    QueueCtx {
+        reg,
+        subsys,
+        ctrl,
+        qid,
+        sq_entries,
+        sq_head: AtomicU16::new(1 % sq_entries),
+        responder,
+        pool,
+        sqflow_disabled,
+        local_addr,
+        write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
+        write_budget_pages,
+    }
 }

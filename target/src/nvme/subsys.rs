@@ -169,6 +169,11 @@ pub struct Limits {
     pub inline_data_size: u32,
     /// MDTS as a power of two of 4 KiB pages.
     pub mdts: u8,
+    /// Bytes of pool pages one queue's R2T transfers may hold while the
+    /// host still owes their data (`limits.max_write_data_in_flight`).
+    pub write_budget: usize,
+    /// How long a new queue may take to send its fabrics Connect.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Limits {

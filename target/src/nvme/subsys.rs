@@ -91,7 +91,7 @@ impl Subsystem {
             .collect();
         let serial = match serial {
             Some(s) => s.to_string(),
-            None => stable_id(&["serial", nqn])[..10].iter().map(|b| format!("{b:02x}")).collect(),
+            None => hex::encode(&stable_id(&["serial", nqn])[..10]),
         };
         Subsystem {
             nqn: nqn.to_string(),

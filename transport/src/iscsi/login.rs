@@ -69,16 +69,10 @@ pub trait Directory {
     fn session_cid(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> Option<u16>;
     fn portal_group_tag(&self) -> u16;
     fn prefs(&self) -> TargetPrefs;
-    /// Unpredictable bytes for CHAP challenges.
-    fn fill_random(&self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
-            // no OS RNG at all: fail closed with a challenge nobody can
-            // have precomputed for, rather than a constant
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = chap::md5(&[t.to_le_bytes().as_slice(), &[i as u8]].concat())[i % 16];
-            }
-        }
+    /// Unpredictable bytes for CHAP challenges. Without them the login
+    /// fails (a predictable challenge would let a recorded response replay).
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), chap::NoRandomness> {
+        chap::random(buf)
     }
 }
 
@@ -482,9 +476,10 @@ impl Login {
                     return fail(LoginStatus::AUTH_FAILURE, "CHAP_A offers no MD5 (5)");
                 }
                 let mut idb = [0u8; 1];
-                dir.fill_random(&mut idb);
                 let mut challenge = vec![0u8; chap::CHALLENGE_LEN];
-                dir.fill_random(&mut challenge);
+                if dir.fill_random(&mut idb).and_then(|()| dir.fill_random(&mut challenge)).is_err() {
+                    return fail(LoginStatus::TARGET_ERROR, "no randomness for a CHAP challenge");
+                }
                 resp.push(("CHAP_A".into(), chap::ALG_MD5.to_string()));
                 resp.push(("CHAP_I".into(), idb[0].to_string()));
                 resp.push(("CHAP_C".into(), text::encode_hex(&challenge)));
@@ -570,11 +565,12 @@ mod tests {
         fn prefs(&self) -> TargetPrefs {
             TargetPrefs::default()
         }
-        fn fill_random(&self, buf: &mut [u8]) {
+        fn fill_random(&self, buf: &mut [u8]) -> Result<(), chap::NoRandomness> {
             match self.fixed_challenge {
                 Some(x) => buf.fill(x),
-                None => getrandom::fill(buf).unwrap(),
+                None => chap::random(buf)?,
             }
+            Ok(())
         }
     }
 

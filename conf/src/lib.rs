@@ -113,6 +113,11 @@ pub struct IscsiConfig {
     pub initial_r2t: bool,
     /// R2Ts outstanding per command (1..=65535).
     pub max_outstanding_r2t: u32,
+    /// CHAP an initiator must pass to open a discovery session (SendTargets); `None`:
+    /// discovery is open (AuthMethod=None).
+    pub discovery_chap: Option<ChapConfig>,
+    /// What the target answers with when a discovery initiator asks for mutual CHAP.
+    pub discovery_mutual_chap: Option<ChapConfig>,
 }
 
 impl Default for IscsiConfig {
@@ -130,6 +135,8 @@ impl Default for IscsiConfig {
             immediate_data: true,
             initial_r2t: false,
             max_outstanding_r2t: 16,
+            discovery_chap: None,
+            discovery_mutual_chap: None,
         }
     }
 }

@@ -75,6 +75,8 @@ const ISCSI: &[Field] = &[
     opt("immediate_data", Kind::Bool),
     opt("initial_r2t", Kind::Bool),
     opt("max_outstanding_r2t", Kind::Int(U32)),
+    opt("discovery_chap", Kind::Section(CHAP)),
+    opt("discovery_mutual_chap", Kind::Section(CHAP)),
 ];
 const CHAP: &[Field] = &[req("user", Kind::Str), req("secret", Kind::Str)];
 const INITIATOR_CHAP: &[Field] = &[

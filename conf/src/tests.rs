@@ -359,6 +359,8 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
+    full.iscsi.discovery_chap = Some(creds("four"));
+    full.iscsi.discovery_mutual_chap = Some(creds("five"));
     let t = &mut full.iscsi_target[0];
     t.alias = Some("a".into());
     t.chap = Some(creds("one"));
@@ -973,5 +975,33 @@ fn iscsi_chap_rules() {
             r#"iscsi_target[0].initiator_chap[0].initiator: "bob" is not an iSCSI name"#,
             r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
         ],
+    );
+}
+
+#[test]
+fn iscsi_discovery_chap_rules() {
+    let c = Config::from_toml_str(&with_base(
+        "[iscsi]\ndiscovery_chap = { user = \"disc\", secret = \"discovery-secret-1\" }\ndiscovery_mutual_chap = { user = \"tgt\", secret = \"target-disc-secret\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(c.iscsi.discovery_chap.as_ref().unwrap().user, "disc");
+    assert_eq!(c.iscsi.discovery_mutual_chap.as_ref().unwrap().secret.0, "target-disc-secret");
+    assert!(!format!("{c:?}").contains("discovery-secret-1"));
+    assert!(Config::from_toml_str(BASE).unwrap().iscsi.discovery_chap.is_none());
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"disc\", secret = \"short\" }\n"),
+        &["iscsi.discovery_chap.secret: is 5 bytes (12..=255 bytes required)"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_mutual_chap = { user = \"t\", secret = \"target-disc-secret\" }\n"),
+        &["iscsi.discovery_mutual_chap: needs discovery_chap"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"d\", secret = \"same-secret-12\" }\ndiscovery_mutual_chap = { user = \"t\", secret = \"same-secret-12\" }\n"),
+        &["iscsi.discovery_mutual_chap.secret: must differ"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"disc\" }\n"),
+        &[r#"missing required key "secret" in iscsi.discovery_chap"#],
     );
 }

@@ -168,6 +168,23 @@ fn iscsi_limits(c: &Config, out: &mut Vec<Problem>) {
         ));
     }
     range(out, "iscsi.max_outstanding_r2t", i.max_outstanding_r2t.into(), 1, Some(65535));
+    if let Some(ch) = &i.discovery_chap {
+        chap_creds(out, "iscsi.discovery_chap", &ch.user, &ch.secret.0);
+    }
+    if let Some(m) = &i.discovery_mutual_chap {
+        chap_creds(out, "iscsi.discovery_mutual_chap", &m.user, &m.secret.0);
+        match &i.discovery_chap {
+            None => out.push(Problem::at(
+                "iscsi.discovery_mutual_chap",
+                "needs discovery_chap (the target authenticates itself only after the initiator has)",
+            )),
+            Some(c) if c.secret == m.secret => out.push(Problem::at(
+                "iscsi.discovery_mutual_chap.secret",
+                "must differ from discovery_chap's secret (a reflection attack would otherwise work)",
+            )),
+            Some(_) => {}
+        }
+    }
 }
 
 /// CHAP user names and secrets: printable, secrets 12..=255 bytes.

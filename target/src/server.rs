@@ -325,6 +325,7 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         nop_timeout: Duration::from_secs(i.nop_timeout.into()),
         data_timeout: Duration::from_secs(i.data_out_timeout.into()),
         send: send_config(cfg),
+        discovery_chap: crate::iscsi::discovery_chap_from_config(i),
         ..IscsiSettings::default()
     }
 }

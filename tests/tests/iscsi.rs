@@ -512,3 +512,47 @@ fn shutdown_asks_initiators_to_log_out() {
     let log = s.log_text();
     assert!(log.contains("flushed") && log.contains("stopped"), "{log}");
 }
+
+/// Discovery sessions with `[iscsi] discovery_chap` (and mutual): our
+/// initiator and libiscsi's `iscsi-ls` must authenticate before SendTargets,
+/// with the discovery credentials, not a target's.
+#[test]
+fn discovery_chap() {
+    let cfg = CONFIG.replace(
+        "nop_interval = 0\n",
+        "nop_interval = 0\ndiscovery_chap = { user = \"disco\", secret = \"disco-secret-123\" }\ndiscovery_mutual_chap = { user = \"portal\", secret = \"portal-secret-456\" }\n",
+    );
+    let s = Server::start(&cfg);
+    let disc = |chap: Option<(&str, &str)>, mutual: Option<(&str, &str)>| LoginOpts {
+        chap: chap.map(|(u, p)| (u.into(), p.into())),
+        mutual: mutual.map(|(u, p)| (u.into(), p.into())),
+        ..LoginOpts::default()
+    };
+    // no credentials, a target's credentials, a wrong secret: refused as an
+    // authentication failure
+    for o in [disc(None, None), disc(Some(("alice", "alice-secret-123")), None), disc(Some(("disco", "wrong-secret-12")), None)] {
+        match Session::login(s.iscsi_addr, &o) {
+            Err(Ok(f)) => assert_eq!(f, LoginFailed(2, 1), "{o:?}"),
+            Err(Err(e)) => panic!("{o:?}: {e}"),
+            Ok(_) => panic!("{o:?}: discovery login without the discovery secret succeeded"),
+        }
+    }
+    // one-way, then mutual: SendTargets works after either
+    for o in [disc(Some(("disco", "disco-secret-123")), None), disc(Some(("disco", "disco-secret-123")), Some(("portal", "portal-secret-456")))] {
+        let mut sess = Session::login(s.iscsi_addr, &o).unwrap_or_else(|e| panic!("{o:?}: {e:?}"));
+        let kv = sess.text(&[("SendTargets", "All")]).unwrap();
+        assert!(kv.iter().any(|(k, v)| k == "TargetName" && v == T1), "{kv:?}");
+        sess.logout().unwrap();
+    }
+    // mutual with the wrong expected target secret: our initiator notices
+    let o = disc(Some(("disco", "disco-secret-123")), Some(("portal", "not-the-secret")));
+    assert!(matches!(Session::login(s.iscsi_addr, &o), Err(Err(_))), "mutual CHAP must not verify with a wrong secret");
+    // libiscsi: discovery with the credentials in the URL, and without
+    let ls = tool(&["iscsi-ls", &format!("iscsi://disco%disco-secret-123@{}", s.iscsi_addr)]);
+    assert!(ls.contains(&format!("Target:{T1} Portal:{},1", s.iscsi_addr)), "{ls}");
+    for url in [format!("iscsi://{}", s.iscsi_addr), format!("iscsi://disco%wrong-secret-12@{}", s.iscsi_addr)] {
+        let out = Command::new("iscsi-ls").arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !text.contains(T1), "{url}: {text}");
+    }
+}

@@ -4,6 +4,7 @@
 //! shutdown).
 #![forbid(unsafe_code)]
 
+pub mod auth_throttle;
 pub mod iscsi;
 pub mod metrics;
 pub mod nvme;

@@ -11,6 +11,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Failed authentications, by protocol (iSCSI CHAP; NVMe DH-HMAC-CHAP).
+pub struct AuthFailures {
+    pub iscsi: std::sync::atomic::AtomicU64,
+    pub nvme: std::sync::atomic::AtomicU64,
+}
+
+pub static AUTH_FAILURES: AuthFailures = AuthFailures { iscsi: std::sync::atomic::AtomicU64::new(0), nvme: std::sync::atomic::AtomicU64::new(0) };
+
 /// Everything the endpoint reports on.
 #[derive(Clone)]
 pub struct Sources {
@@ -67,6 +75,12 @@ pub fn render(src: &Sources) -> String {
     );
     counter(&mut out, "pinion_close_waits", "Connection closes that waited for the kernel to release pages.", &[("", m.close_waits.load(Relaxed))]);
     counter(&mut out, "pinion_close_resets", "Connection closes that reset the connection because pages stayed referenced.", &[("", m.close_resets.load(Relaxed))]);
+    counter(
+        &mut out,
+        "pinion_auth_failures",
+        "Failed authentications (wrong or missing secret), by protocol.",
+        &[("{protocol=\"iscsi\"}", AUTH_FAILURES.iscsi.load(Relaxed)), ("{protocol=\"nvme\"}", AUTH_FAILURES.nvme.load(Relaxed))],
+    );
     let p = src.pool.stats();
     gauge(&mut out, "pinion_pool_pages", "Page pool: budget, in use now, high-water mark.", &[
         ("{state=\"budget\"}", p.budget_pages as u64),

@@ -556,3 +556,69 @@ fn discovery_chap() {
         assert!(!out.status.success() && !text.contains(T1), "{url}: {text}");
     }
 }
+
+/// One Login Request (CSG 0 → NSG 3, T) from a socket bound to `src`;
+/// returns the response's status class and detail and how long it took.
+fn raw_login(src: std::net::IpAddr, addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> ((u8, u8), Duration) {
+    use pinion_transport::iscsi::pdu::{login_flags, Bhs, LoginReq, LoginResp, Opcode, BHS_LEN};
+    use rustix::net::{AddressFamily, SocketType};
+    use std::io::{Read, Write};
+    use zerocopy::FromBytes;
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddr::new(src, 0)).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    let mut s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data = pinion_transport::iscsi::text::encode(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+    let mut r = LoginReq {
+        opcode: Opcode::LOGIN_REQ.0 | IMMEDIATE,
+        flags: login_flags::TRANSIT | 3,
+        isid: [0x80, 0, 0, 0, 0, 9],
+        itt: 1.into(),
+        ..Default::default()
+    };
+    r.set_data_len(data.len() as u32);
+    let t0 = std::time::Instant::now();
+    s.write_all(&encode(r.as_bytes(), &data, false, false)).unwrap();
+    let mut b = [0u8; BHS_LEN];
+    s.read_exact(&mut b).unwrap();
+    let elapsed = t0.elapsed();
+    let resp = LoginResp::from_bhs(&Bhs::read_from_bytes(&b[..]).unwrap());
+    ((resp.status_class, resp.status_detail), elapsed)
+}
+
+/// Authentication failures are counted, logged with the peer, and answered
+/// later each time from the same address; another address is not slowed.
+#[test]
+fn repeated_auth_failures_are_slowed_per_address() {
+    let s = Server::start(&format!("{CONFIG}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    let (one, two): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    // offering only None to a CHAP target is an authentication failure
+    let bad = [("InitiatorName", INITIATOR), ("TargetName", CHAP_T), ("AuthMethod", "None")];
+    let good = [("InitiatorName", INITIATOR), ("TargetName", T1), ("AuthMethod", "None")];
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let (st, t) = raw_login(one, s.iscsi_addr, &bad);
+        assert_eq!(st, (2, 1));
+        took.push(t);
+    }
+    // 250, 500, 1000 ms (the delays only have lower bounds)
+    assert!(took[0] >= Duration::from_millis(240) && took[2] >= Duration::from_millis(990), "{took:?}");
+    assert!(took[2] > took[0], "{took:?}");
+    // the fourth failure from .1 waits 2 s; meanwhile .2 is served at once
+    let addr = s.iscsi_addr;
+    let slow = std::thread::spawn(move || raw_login(one, addr, &bad));
+    std::thread::sleep(Duration::from_millis(100));
+    let (st, t_good) = raw_login(two, s.iscsi_addr, &good);
+    assert_eq!(st, (0, 0), "login from another address");
+    let (st, t_bad2) = raw_login(two, s.iscsi_addr, &bad);
+    assert_eq!(st, (2, 1));
+    assert!(!slow.is_finished(), "the slowed peer's answer must still be pending");
+    assert!(t_good < Duration::from_millis(1000) && t_bad2 < Duration::from_millis(1500), "other address slowed: {t_good:?} {t_bad2:?}");
+    let (st, t4) = slow.join().unwrap();
+    assert_eq!(st, (2, 1));
+    assert!(t4 >= Duration::from_millis(1990), "{t4:?}");
+    assert_eq!(s.metric("pinion_auth_failures_total{protocol=\"iscsi\"}"), 5);
+    let log = s.log_text();
+    assert!(log.contains("iSCSI authentication failed") && log.contains("127.0.0.2"), "{log}");
+}

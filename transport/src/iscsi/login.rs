@@ -206,6 +206,11 @@ impl Login {
         }
     }
 
+    /// The InitiatorName the initiator gave, once it has.
+    pub fn initiator(&self) -> Option<&str> {
+        self.initiator.as_deref()
+    }
+
     /// Handles one Login Request (header checked by `pdu::check`).
     pub fn handle(&mut self, req: &LoginReq, data: &[u8], dir: &dyn Directory) -> Reply {
         let mut out = Vec::new();

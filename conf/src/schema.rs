@@ -94,10 +94,16 @@ const VOLUME: &[Field] = &[
     opt("block_size", Kind::Size(U32)),
     opt("read_only", Kind::Bool),
 ];
+const SUBSYSTEM_HOST: &[Field] = &[
+    req("nqn", Kind::Str),
+    opt("dhchap_key", Kind::Str),
+    opt("dhchap_ctrl_key", Kind::Str),
+];
 const SUBSYSTEM: &[Field] = &[
     req("nqn", Kind::Str),
     req("namespaces", Kind::Strs),
     opt("hosts", Kind::Strs),
+    opt("host", Kind::Tables(SUBSYSTEM_HOST)),
     opt("serial", Kind::Str),
     opt("model", Kind::Str),
 ];

@@ -102,7 +102,7 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
+            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         let mut targets = Vec::new();

@@ -51,7 +51,7 @@ open_code! {
 
 impl HashId {
     /// Digest length in bytes, for the hashes DH-HMAC-CHAP defines.
-    pub fn len(self) -> Option<usize> {
+    pub fn digest_len(self) -> Option<usize> {
         match self {
             HashId::SHA256 => Some(32),
             HashId::SHA384 => Some(48),
@@ -519,9 +519,7 @@ mod tests {
 
     #[test]
     fn auth_command_fields() {
-        let mut s = Sqe::default();
-        s.cdw10 = (0xe9u32 << 24 | 1 << 16 | 1 << 8).into();
-        s.cdw11 = 72.into();
+        let mut s = Sqe { cdw10: (0xe9u32 << 24 | 1 << 16 | 1 << 8).into(), cdw11: 72.into(), ..Default::default() };
         let c = AuthCmd::from_sqe(&s);
         assert!(c.is_dhchap());
         assert_eq!(c.len, 72);

@@ -19,8 +19,16 @@
 //! `ffdhe/` that OpenSSL itself printed
 //! (`openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdheN`).
 
+use super::queue::{QueueCtx, Reply};
 use hmac::{Hmac, Mac};
-use nvme_types::auth::{self as wire, DhGroup, FailureReason, HashId, HostMsg};
+use nvme_types::auth::{self as wire, AuthCmd, DhGroup, FailureReason, HashId, HostMsg};
+use nvme_types::command::{Opcode, SglType};
+use nvme_types::fabrics::FabricsType;
+use nvme_types::{Sqe, Status};
+use pinion_backends::Sgl;
+use pinion_transport::nvme_tcp::Command;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
 use openssl::bn::BigNum;
 use openssl::derive::Deriver;
 use openssl::dh::Dh;
@@ -417,6 +425,150 @@ impl QueueAuth {
         self.step = Step::Reply { t_id, hash, c1, s1, exchange };
         Ok(m)
     }
+}
+
+/// AUTHREQ in DW0 of the Connect response: authentication required (ATR).
+pub const AUTHREQ_ATR: u64 = 1 << 17;
+
+/// The DH-HMAC-CHAP secrets of a subsystem's `[[subsystem.host]]` tables, by host NQN.
+pub fn host_keys_from_config(s: &pinion_conf::SubsystemConfig) -> Result<std::collections::HashMap<String, HostKeys>, String> {
+    let mut out = std::collections::HashMap::new();
+    for h in &s.host {
+        let Some(k) = &h.dhchap_key else { continue };
+        let host = DhchapSecret::parse(&k.0).map_err(|e| format!("host {} dhchap_key: {e}", h.nqn))?;
+        let ctrl = match &h.dhchap_ctrl_key {
+            Some(c) => Some(DhchapSecret::parse(&c.0).map_err(|e| format!("host {} dhchap_ctrl_key: {e}", h.nqn))?),
+            None => None,
+        };
+        out.insert(h.nqn.clone(), HostKeys { host, ctrl });
+    }
+    Ok(out)
+}
+
+/// A queue's authentication state, in its [`QueueCtx`].
+#[derive(Default)]
+pub struct AuthSlot {
+    state: Mutex<Option<QueueAuth>>,
+    peer: OnceLock<SocketAddr>,
+}
+
+impl AuthSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<QueueAuth>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host's address, for the failure log and the throttle.
+    pub fn set_peer(&self, peer: SocketAddr) {
+        let _ = self.peer.set(peer);
+    }
+
+    /// Whether the queue may run this command now: everything once it has
+    /// authenticated (or needs not), else only Authentication Send/Receive
+    /// and Disconnect.
+    pub fn allows(&self, sqe: &Sqe) -> bool {
+        match &*self.lock() {
+            None => true,
+            Some(q) if q.authenticated() => true,
+            Some(_) => {
+                sqe.opcode() == Opcode::FABRICS && matches!(sqe.fctype(), FabricsType::AUTH_SEND | FabricsType::AUTH_RECEIVE | FabricsType::DISCONNECT)
+            }
+        }
+    }
+}
+
+/// After a successful Connect: requires authentication of a host that has
+/// a secret; returns the AUTHREQ bits for the Connect response.
+pub fn on_connect(ctx: &QueueCtx) -> u64 {
+    match ctx.subsys.dhchap.get(&ctx.ctrl.hostnqn) {
+        Some(k) => {
+            *ctx.auth.lock() = Some(QueueAuth::new(k.clone(), &ctx.ctrl.hostnqn, &ctx.subsys.nqn));
+            AUTHREQ_ATR
+        }
+        None => 0,
+    }
+}
+
+/// Largest message we accept (a Reply with an ffdhe8192 value is 1168 bytes).
+const MAX_SEND_LEN: u32 = 4096;
+
+fn auth_fields(sqe: &Sqe) -> Result<AuthCmd, Status> {
+    let c = AuthCmd::from_sqe(sqe);
+    if !c.is_dhchap() {
+        tracing::info!(secp = c.secp, spsp0 = c.spsp0, spsp1 = c.spsp1, "authentication command for another protocol");
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    if c.len == 0 {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    Ok(c)
+}
+
+/// Authentication Send: a host message, in the capsule or fetched with R2T.
+pub async fn send(ctx: &QueueCtx, cmd: &Command) -> Result<Reply, Status> {
+    let sqe = &cmd.sqe;
+    let c = auth_fields(sqe)?;
+    if c.len > MAX_SEND_LEN || sqe.dptr.length.get() != c.len {
+        return Err(Status::INVALID_FIELD.dnr());
+    }
+    if ctx.auth.lock().is_none() {
+        tracing::info!("Authentication Send from a host without a configured secret");
+        return Err(Status::CMD_SEQ_ERROR.dnr());
+    }
+    let len = c.len as usize;
+    let msg = match (sqe.sgl_type(), &cmd.data) {
+        (SglType::DATA_BLOCK_OFFSET, Some(d)) if sqe.dptr.addr.get() == 0 && d.len() == len => d.to_vec(),
+        (SglType::TRANSPORT_DATA_BLOCK, None) => {
+            let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
+            ctx.responder.receive_data(sqe.cid(), sgl).await?.to_vec()
+        }
+        _ => return Err(Status::SGL_INVALID_DATA.dnr()),
+    };
+    let mut g = ctx.auth.lock();
+    let q = g.as_mut().expect("checked above; never removed");
+    if let Event::HostRefused(reason) = q.send(&msg) {
+        tracing::warn!(peer = ?ctx.auth.peer.get(), host = %ctx.ctrl.hostnqn, qid = ctx.qid, ?reason, "host refused the controller's DH-HMAC-CHAP response");
+    }
+    Reply::ok()
+}
+
+/// Authentication Receive: the controller's next message. A failure is
+/// counted, logged with the peer, and answered after the peer's delay.
+pub async fn receive(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+    auth_fields(sqe)?;
+    let (msg, event, why) = {
+        let mut g = ctx.auth.lock();
+        let Some(q) = g.as_mut() else {
+            tracing::info!("Authentication Receive from a host without a configured secret");
+            return Err(Status::CMD_SEQ_ERROR.dnr());
+        };
+        let (m, e) = q.receive();
+        (m, e, q.last_failure.clone())
+    };
+    match event {
+        Event::Failed(reason) => {
+            crate::metrics::AUTH_FAILURES.nvme.fetch_add(1, Ordering::Relaxed);
+            let peer = ctx.auth.peer.get().copied();
+            let (failures, delay) = match peer {
+                Some(p) => crate::auth_throttle::AUTH_THROTTLE.failed(p.ip()),
+                None => (0, std::time::Duration::ZERO),
+            };
+            tracing::warn!(
+                peer = ?peer,
+                host = %ctx.ctrl.hostnqn,
+                subsys = %ctx.subsys.nqn,
+                qid = ctx.qid,
+                ?reason,
+                why = why.as_deref().unwrap_or(""),
+                failures,
+                delay_ms = delay.as_millis() as u64,
+                "NVMe authentication failed"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        Event::Authenticated => tracing::info!(host = %ctx.ctrl.hostnqn, qid = ctx.qid, "queue authenticated (DH-HMAC-CHAP)"),
+        Event::Progress | Event::HostRefused(_) => {}
+    }
+    ctx.data_reply(sqe, &msg, 0).await
 }
 
 /// The host side, for tests and the fuzz target: answers a Challenge.

@@ -31,6 +31,8 @@ pub struct QueueCtx {
     /// so successful reads may end with a C2HData SUCCESS flag alone.
     pub sqflow_disabled: bool,
     pub local_addr: std::net::SocketAddr,
+    /// In-band authentication of this queue (DH-HMAC-CHAP), when required.
+    pub auth: super::auth::AuthSlot,
 }
 
 /// A command's outcome: DW0/DW1 of the completion, and data for the host.
@@ -116,7 +118,10 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
         }
     };
     let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
-        Ok(ctx) => Arc::new(ctx),
+        Ok(ctx) => {
+            ctx.auth.set_peer(conn.peer);
+            Arc::new(ctx)
+        }
         Err(status) => {
             let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
             c.sqid = 0.into();
@@ -197,6 +202,11 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
         ctx.finish(&sqe, Err(Status::INVALID_FIELD.dnr())).await;
         return Stop::Continue;
     }
+    if !ctx.auth.allows(&sqe) {
+        tracing::debug!(opcode = sqe.opcode, "command before the queue authenticated");
+        ctx.finish(&sqe, Err(Status::AUTH_REQUIRED.dnr())).await;
+        return Stop::Continue;
+    }
     if sqe.opcode() == Opcode::FABRICS {
         let (r, stop) = fabrics::execute(ctx, &cmd).await;
         ctx.finish(&sqe, r).await;
@@ -242,5 +252,17 @@ pub fn new_ctx(
     local_addr: std::net::SocketAddr,
 ) -> QueueCtx {
     // the Connect command itself took the first entry
-    QueueCtx { reg, subsys, ctrl, qid, sq_entries, sq_head: AtomicU16::new(1 % sq_entries), responder, pool, sqflow_disabled, local_addr }
+    QueueCtx {
+        reg,
+        subsys,
+        ctrl,
+        qid,
+        sq_entries,
+        sq_head: AtomicU16::new(1 % sq_entries),
+        responder,
+        pool,
+        sqflow_disabled,
+        local_addr,
+        auth: Default::default(),
+    }
 }

@@ -52,6 +52,8 @@ pub struct Subsystem {
     pub namespaces: Vec<Arc<Namespace>>,
     /// Allowed host NQNs; `*` admits any host.
     pub hosts: Vec<String>,
+    /// DH-HMAC-CHAP secrets by host NQN: these hosts must authenticate.
+    pub dhchap: HashMap<String, super::auth::HostKeys>,
     controllers: Mutex<Controllers>,
 }
 
@@ -100,6 +102,7 @@ impl Subsystem {
             model: model.unwrap_or("Pinion").to_string(),
             namespaces,
             hosts,
+            dhchap: HashMap::new(),
             controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1 }),
         }
     }

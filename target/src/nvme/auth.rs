@@ -33,7 +33,7 @@ use openssl::bn::BigNum;
 use openssl::derive::Deriver;
 use openssl::dh::Dh;
 use openssl::pkey::{PKey, Params, Private};
-use pinion_conf::DhchapSecret;
+pub use pinion_conf::DhchapSecret;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::sync::atomic::{AtomicU32, Ordering};
 use subtle::ConstantTimeEq;

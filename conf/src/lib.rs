@@ -320,7 +320,19 @@ pub struct SubsystemHostConfig {
     /// gets the controller's proof of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhchap_ctrl_key: Option<Secret>,
+    /// The hash to use ("sha256", "sha384", "sha512"); absent: the host's first choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_hash: Option<String>,
+    /// The DH group to use ("null", "ffdhe2048" .. "ffdhe8192"); absent: the smallest
+    /// FFDHE group the host offers, else null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_dhgroup: Option<String>,
 }
+
+/// Values of `dhchap_hash`.
+pub const DHCHAP_HASHES: &[&str] = &["sha256", "sha384", "sha512"];
+/// Values of `dhchap_dhgroup`.
+pub const DHCHAP_DHGROUPS: &[&str] = &["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"];
 
 /// A DH-HMAC-CHAP secret as the `DHHC-1` representation gives it (NVMe Base 2.0 §8.13.5.8).
 #[derive(Clone, PartialEq, Eq)]

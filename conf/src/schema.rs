@@ -98,6 +98,8 @@ const SUBSYSTEM_HOST: &[Field] = &[
     req("nqn", Kind::Str),
     opt("dhchap_key", Kind::Str),
     opt("dhchap_ctrl_key", Kind::Str),
+    opt("dhchap_hash", Kind::Enum(crate::DHCHAP_HASHES)),
+    opt("dhchap_dhgroup", Kind::Enum(crate::DHCHAP_DHGROUPS)),
 ];
 const SUBSYSTEM: &[Field] = &[
     req("nqn", Kind::Str),

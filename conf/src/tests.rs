@@ -364,6 +364,8 @@ fn schema_matches_serde_structs() {
         nqn: "nqn.h".into(),
         dhchap_key: Some(Secret("k".into())),
         dhchap_ctrl_key: Some(Secret("c".into())),
+        dhchap_hash: Some("sha384".into()),
+        dhchap_dhgroup: Some("ffdhe3072".into()),
     }];
     full.iscsi.discovery_chap = Some(creds("four"));
     full.iscsi.discovery_mutual_chap = Some(creds("five"));
@@ -1075,4 +1077,8 @@ fn subsystem_host_tables() {
         &[r#"subsystem[1].host[0].nqn: "h1" is not a host NQN"#, r#"subsystem[1].host[2].nqn: "nqn.x" is already listed as subsystem[1].host[1]"#],
     );
     assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\nkey = \"x\"\n"), &[r#"unknown key "key" in subsystem[1].host[0]"#]);
+    let c = Config::from_toml_str(&sub(&format!("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"{K1}\"\ndhchap_hash = \"sha512\"\ndhchap_dhgroup = \"ffdhe4096\"\n"))).unwrap();
+    assert_eq!((c.subsystem[1].host[0].dhchap_hash.as_deref(), c.subsystem[1].host[0].dhchap_dhgroup.as_deref()), (Some("sha512"), Some("ffdhe4096")));
+    assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_hash = \"md5\"\n"), &["subsystem[1].host[0].dhchap_hash"]);
+    assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_dhgroup = \"ffdhe1024\"\n"), &["subsystem[1].host[0].dhchap_dhgroup"]);
 }

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
 
     let key = DhchapSecret::parse("DHHC-1:01:WulleCBkG4oCs0iIC3Cit9gBDCLWiZ9PNXuhqytWkBIZkvGy:").unwrap();
     let ctrl = DhchapSecret::parse("DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:").unwrap();
-    let mut q = QueueAuth::new(HostKeys { host: key.clone(), ctrl: Some(ctrl.clone()) }, HOSTNQN, SUBNQN);
+    let mut q = QueueAuth::new(HostKeys { host: key.clone(), ctrl: Some(ctrl.clone()), hash: None, dhgroup: None }, HOSTNQN, SUBNQN);
     let mut last_challenge: Option<Vec<u8>> = None;
     let mut rest = data;
     let mut steps = 0;

@@ -6,10 +6,12 @@
 #   nvme-auth-e2e.sh nvmet                 # reference: kernel nvmet with host keys in configfs
 #   nvme-auth-e2e.sh pinion PINION_BINARY  # Pinion with [[subsystem.host]] keys
 #
-# Steps: a host with the right secret connects (unidirectional) and passes a
-# crc32c-verified fio run; the same with the controller secret too
-# (bidirectional); a wrong host secret, a missing one, and a wrong controller
-# secret are refused.  Ends with "NVME-AUTH-E2E(<target>): PASS".
+# Steps: with the target set to each hash (SHA-256/384/512, with ffdhe2048,
+# ffdhe3072 and the null group), a host with the right secret connects
+# (unidirectional) and passes a crc32c-verified fio run; the same with the
+# controller secret too (bidirectional); a wrong host secret, a missing one,
+# and a wrong controller secret are refused.  Ends with
+# "NVME-AUTH-E2E(<target>): PASS".
 #
 # environment: FIO_SIZE (default 16M), FIO_RUNTIME (default 60),
 #   PINION_READY_TIMEOUT (default 30)
@@ -90,6 +92,8 @@ namespaces = ["vol1"]
 nqn = "$HOSTNQN"
 dhchap_key = "$KEY"
 dhchap_ctrl_key = "$CKEY"
+dhchap_hash = "$HASH"
+dhchap_dhgroup = "$GROUP"
 EOF
   setsid "$PINION" serve --config "$CFG" >"$PLOG" 2>&1 </dev/null &
   pinion_pid=$!
@@ -114,6 +118,8 @@ start_nvmet() {
   mkdir "$NVMET/hosts/$HOSTNQN"
   echo -n "$KEY" >"$NVMET/hosts/$HOSTNQN/dhchap_key"
   echo -n "$CKEY" >"$NVMET/hosts/$HOSTNQN/dhchap_ctrl_key"
+  echo -n "hmac($HASH)" >"$NVMET/hosts/$HOSTNQN/dhchap_hash"
+  echo -n "$GROUP" >"$NVMET/hosts/$HOSTNQN/dhchap_dhgroup"
   mkdir "$NVMET/subsystems/$NQN"
   echo 0 >"$NVMET/subsystems/$NQN/attr_allow_any_host"
   ln -s "$NVMET/hosts/$HOSTNQN" "$NVMET/subsystems/$NQN/allowed_hosts/$HOSTNQN"
@@ -197,16 +203,20 @@ modprobe nvme-tcp
 [[ -e /sys/module/nvme_auth || -n $(modinfo -n nvme-auth 2>/dev/null) ]] ||
   { echo "this kernel has no NVMe authentication (nvme-auth); boot 6.12 (run-e2e.sh auth)"; exit 3; }
 
-step "start target: $TARGET"
-start_target
+for hg in sha256:ffdhe2048 sha384:ffdhe3072 sha512:null; do
+  HASH=${hg%:*} GROUP=${hg#*:}
+  step "target $TARGET with $HASH and $GROUP"
+  stop_target
+  start_target
 
-step "unidirectional: the host's secret"
-connect --dhchap-secret="$KEY"
-find_dev
-fio_verify
-disconnect
+  step "unidirectional, $HASH / $GROUP: the host's secret"
+  connect --dhchap-secret="$KEY"
+  find_dev
+  fio_verify
+  disconnect
+done
 
-step "bidirectional: the host's and the controller's secrets"
+step "bidirectional ($HASH / $GROUP): the host's and the controller's secrets"
 connect --dhchap-secret="$KEY" --dhchap-ctrl-secret="$CKEY"
 find_dev
 fio_verify

@@ -213,6 +213,9 @@ pub struct HostKeys {
     /// Set: the controller can prove itself when the host asks
     /// (bidirectional authentication).
     pub ctrl: Option<DhchapSecret>,
+    /// The hash and DH group this host must use (`None`: chosen from its offer).
+    pub hash: Option<HashId>,
+    pub dhgroup: Option<DhGroup>,
 }
 
 /// DH groups in the order we pick them from the host's offer: any DH
@@ -294,11 +297,19 @@ impl QueueAuth {
                 let Some(p) = protocols.iter().find(|p| p.authid == wire::AUTHID_DHCHAP) else {
                     return self.fail(t_id, FailureReason::INCORRECT_PAYLOAD, "no DH-HMAC-CHAP protocol descriptor");
                 };
-                let Some(&hash) = p.hashes.iter().find(|h| h.digest_len().is_some()) else {
-                    return self.fail(t_id, FailureReason::HASH_UNUSABLE, "no usable hash offered");
+                let hash = match self.keys.hash {
+                    Some(h) => p.hashes.contains(&h).then_some(h),
+                    None => p.hashes.iter().copied().find(|h| h.digest_len().is_some()),
                 };
-                let Some(dh) = GROUP_PREFERENCE.into_iter().find(|g| p.dh_groups.contains(g)) else {
-                    return self.fail(t_id, FailureReason::DHGROUP_UNUSABLE, "no usable DH group offered");
+                let Some(hash) = hash else {
+                    return self.fail(t_id, FailureReason::HASH_UNUSABLE, "no usable (or the configured) hash offered");
+                };
+                let dh = match self.keys.dhgroup {
+                    Some(g) => p.dh_groups.contains(&g).then_some(g),
+                    None => GROUP_PREFERENCE.into_iter().find(|g| p.dh_groups.contains(g)),
+                };
+                let Some(dh) = dh else {
+                    return self.fail(t_id, FailureReason::DHGROUP_UNUSABLE, "no usable (or the configured) DH group offered");
                 };
                 self.step = Step::Challenge { t_id, hash, dh };
                 Event::Progress
@@ -440,7 +451,19 @@ pub fn host_keys_from_config(s: &pinion_conf::SubsystemConfig) -> Result<std::co
             Some(c) => Some(DhchapSecret::parse(&c.0).map_err(|e| format!("host {} dhchap_ctrl_key: {e}", h.nqn))?),
             None => None,
         };
-        out.insert(h.nqn.clone(), HostKeys { host, ctrl });
+        let hash = h.dhchap_hash.as_deref().map(|n| match n {
+            "sha384" => HashId::SHA384,
+            "sha512" => HashId::SHA512,
+            _ => HashId::SHA256,
+        });
+        let dhgroup = match h.dhchap_dhgroup.as_deref() {
+            None => None,
+            Some(n) => Some(match pinion_conf::DHCHAP_DHGROUPS.iter().position(|g| *g == n) {
+                Some(i) => DhGroup(i as u8),
+                None => return Err(format!("host {} dhchap_dhgroup {n:?} is unknown", h.nqn)),
+            }),
+        };
+        out.insert(h.nqn.clone(), HostKeys { host, ctrl, hash, dhgroup });
     }
     Ok(out)
 }
@@ -711,6 +734,8 @@ mod tests {
         HostKeys {
             host: secret("DHHC-1:01:WulleCBkG4oCs0iIC3Cit9gBDCLWiZ9PNXuhqytWkBIZkvGy:"),
             ctrl: bidi.then(|| secret("DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:")),
+            hash: None,
+            dhgroup: None,
         }
     }
 
@@ -810,6 +835,29 @@ mod tests {
         // Receive with nothing to read
         let mut q = QueueAuth::new(k, HOSTNQN, SUBNQN);
         assert_eq!(q.receive().1, Event::Failed(FailureReason::INCORRECT_MESSAGE));
+    }
+
+    /// A configured hash / group is used when offered, and refused when not,
+    /// whatever else the host offers.
+    #[test]
+    fn configured_hash_and_group_win() {
+        let k = HostKeys { hash: Some(HashId::SHA512), dhgroup: Some(DhGroup::FFDHE3072), ..keys(false) };
+        let mut q = QueueAuth::new(k.clone(), HOSTNQN, SUBNQN);
+        let all_h = [HashId::SHA256, HashId::SHA384, HashId::SHA512];
+        let all_g = [DhGroup::NULL, DhGroup::FFDHE2048, DhGroup::FFDHE3072];
+        q.send(&wire::host::negotiate(1, &all_h, &all_g));
+        let (c, _) = q.receive();
+        assert!(matches!(wire::parse_ctrl(&c).unwrap(), CtrlMsg::Challenge { hash: HashId::SHA512, dh: DhGroup::FFDHE3072, .. }));
+        let mut q = QueueAuth::new(k.clone(), HOSTNQN, SUBNQN);
+        q.send(&wire::host::negotiate(1, &all_h[..2], &all_g));
+        assert!(matches!(wire::parse_ctrl(&q.receive().0).unwrap(), CtrlMsg::Failure1 { reason: FailureReason::HASH_UNUSABLE, .. }));
+        let mut q = QueueAuth::new(k, HOSTNQN, SUBNQN);
+        q.send(&wire::host::negotiate(1, &all_h, &all_g[..2]));
+        assert!(matches!(wire::parse_ctrl(&q.receive().0).unwrap(), CtrlMsg::Failure1 { reason: FailureReason::DHGROUP_UNUSABLE, .. }));
+        // without configuration: the host's first hash, the smallest FFDHE group
+        let mut q = QueueAuth::new(keys(false), HOSTNQN, SUBNQN);
+        q.send(&wire::host::negotiate(1, &[HashId::SHA384, HashId::SHA256], &all_g));
+        assert!(matches!(wire::parse_ctrl(&q.receive().0).unwrap(), CtrlMsg::Challenge { hash: HashId::SHA384, dh: DhGroup::FFDHE2048, .. }));
     }
 
     #[test]

@@ -23,7 +23,7 @@ GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf libssl-dev pkg-config openssl"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -252,17 +252,5 @@ pub fn new_ctx(
     local_addr: std::net::SocketAddr,
 ) -> QueueCtx {
     // the Connect command itself took the first entry
-    QueueCtx {
-        reg,
-        subsys,
-        ctrl,
-        qid,
-        sq_entries,
-        sq_head: AtomicU16::new(1 % sq_entries),
-        responder,
-        pool,
-        sqflow_disabled,
-        local_addr,
-        auth: Default::default(),
-    }
+    QueueCtx { reg, subsys, ctrl, qid, sq_entries, sq_head: AtomicU16::new(1 % sq_entries), responder, pool, sqflow_disabled, local_addr, auth: Default::default() }
 }

@@ -58,6 +58,8 @@ codes! {
     CONNECT_INVALID_PARAM = 0x182,
     CONNECT_RESTART_DISC = 0x183,
     CONNECT_INVALID_HOST = 0x184,
+    /// Fabrics: the queue must authenticate (DH-HMAC-CHAP) before this command.
+    AUTH_REQUIRED = 0x191,
     // media and data integrity errors (SCT 2)
     WRITE_FAULT = 0x280,
     READ_ERROR = 0x281,

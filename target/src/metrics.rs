@@ -26,6 +26,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// Failed authentications, by protocol (iSCSI CHAP; NVMe DH-HMAC-CHAP).
+pub struct AuthFailures {
+    pub iscsi: std::sync::atomic::AtomicU64,
+    pub nvme: std::sync::atomic::AtomicU64,
+}
+
+pub static AUTH_FAILURES: AuthFailures = AuthFailures { iscsi: std::sync::atomic::AtomicU64::new(0), nvme: std::sync::atomic::AtomicU64::new(0) };
+
 /// Everything the endpoint reports on.
 #[derive(Clone)]
 pub struct Sources {
@@ -134,6 +142,12 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
             (vec![("limit", "max_connections")], c.refused_total.load(Relaxed)),
             (vec![("limit", "max_connections_per_host")], c.refused_per_host.load(Relaxed)),
         ],
+    )?;
+    counter(
+        enc,
+        "pinion_auth_failures",
+        "Failed authentications (wrong or missing secret), by protocol.",
+        [(vec![("protocol", "iscsi")], AUTH_FAILURES.iscsi.load(Relaxed)), (vec![("protocol", "nvme")], AUTH_FAILURES.nvme.load(Relaxed))],
     )?;
     let p = src.pool.stats();
     gauge(

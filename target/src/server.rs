@@ -27,6 +27,8 @@ pub enum ServerError {
     UnknownVolume(String, String),
     #[error(transparent)]
     Ctl(#[from] crate::mgmt::CtlError),
+    #[error("subsystem {0}: {1}")]
+    DhchapSecret(String, String),
 }
 
 /// Which protocol a listener serves.
@@ -106,7 +108,8 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
+            let mut sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
+            sub.dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         let mut targets = Vec::new();
@@ -407,6 +410,8 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         send: send_config(cfg),
         login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
         write_budget: cfg.limits.max_write_data_in_flight as usize,
+        discovery_chap: crate::iscsi::discovery_chap_from_config(i),
+        ..IscsiSettings::default()
     }
 }
 

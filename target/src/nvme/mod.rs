@@ -7,6 +7,7 @@
 //! completes with.
 
 pub mod admin;
+pub mod auth;
 pub mod ctrl;
 pub mod discovery;
 pub mod fabrics;

@@ -37,6 +37,8 @@ pub struct QueueCtx {
     /// by the host ([`QueueCtx::write_permit`]).
     write_budget: Arc<tokio::sync::Semaphore>,
     write_budget_pages: usize,
+    /// In-band authentication of this queue (DH-HMAC-CHAP), when required.
+    pub auth: super::auth::AuthSlot,
 }
 
 /// A command's outcome: DW0/DW1 of the completion, and data for the host.
@@ -137,7 +139,10 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
         }
     };
     let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
-        Ok(ctx) => Arc::new(ctx),
+        Ok(ctx) => {
+            ctx.auth.set_peer(conn.peer);
+            Arc::new(ctx)
+        }
         Err(status) => {
             let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
             c.sqid = 0.into();
@@ -222,6 +227,11 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
         ctx.finish(&sqe, Err(Status::INVALID_FIELD.dnr())).await;
         return Stop::Continue;
     }
+    if !ctx.auth.allows(&sqe) {
+        tracing::debug!(opcode = sqe.opcode, "command before the queue authenticated");
+        ctx.finish(&sqe, Err(Status::AUTH_REQUIRED.dnr())).await;
+        return Stop::Continue;
+    }
     if sqe.opcode() == Opcode::FABRICS {
         let (r, stop) = fabrics::execute(ctx, &cmd).await;
         ctx.finish(&sqe, r).await;
@@ -287,5 +297,6 @@ pub fn new_ctx(
         local_addr,
         write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
         write_budget_pages,
+        auth: Default::default(),
     }
 }

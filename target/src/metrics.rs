@@ -50,6 +50,8 @@ pub fn render(src: &Sources) -> String {
     let w = [("{path=\"direct\"}", m.write_direct.get()), ("{path=\"buffered\"}", m.write_buffered.get())];
     counter(&mut out, "pinion_write", "WRITEs by path.", &w.map(|(l, v)| (l, v.0)));
     counter(&mut out, "pinion_write_bytes", "WRITE bytes by path.", &w.map(|(l, v)| (l, v.1)));
+    counter(&mut out, "pinion_write_durable", "WRITEs made durable before completing (FUA or write cache off): RWF_DSYNC.", &[("", m.write_durable.get().0)]);
+    counter(&mut out, "pinion_sync", "fdatasync calls on file and block volumes (FLUSH, SYNCHRONIZE CACHE, write cache turned off).", &[("", m.syncs.load(Relaxed))]);
     counter(&mut out, "pinion_zerocopy_completions", "Zero-copy send completions read from the error queue.", &[("", m.zerocopy_completions.load(Relaxed))]);
     counter(&mut out, "pinion_zerocopy_copied", "Zero-copy completions reporting that the kernel copied anyway.", &[("", m.zerocopy_copied.load(Relaxed))]);
     counter(&mut out, "pinion_zerocopy_disabled", "Connections that fell back to plain sends because the kernel copied.", &[("", m.zerocopy_disabled.load(Relaxed))]);

@@ -10,8 +10,10 @@
 # Pinion and tgtd side by side; a bounded fuzz run of every fuzz target; the
 # kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
 # (the reference) and then against Pinion with the same script, and iSCSI
-# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
-# --verify` against the kernel's nvmet. (Benchmarks are not tests:
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; durability
+# (Pinion killed with SIGKILL mid-write and restarted: every write the kernel
+# hosts saw acknowledged reads back intact); `pinion perf --verify` against
+# the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
 #
 # Environment: FUZZ_SECONDS (default 60 per target; 0 skips fuzzing), SKIP_VM=1 skips
@@ -92,6 +94,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "durability: Pinion SIGKILLed mid-write and restarted; kernel hosts (NVMe/TCP, iSCSI) in the VM check every acknowledged block"
+  if tests/vm/durability.sh "$CARGO_TARGET_DIR/release/pinion" "$CARGO_TARGET_DIR/debug/examples/durable_io" >"$LOG/vm-durability.out" 2>&1; then tail -n 10 "$LOG/vm-durability.out"; ok "vm durability"; else tail -n 80 "$LOG/vm-durability.out"; bad "vm durability"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

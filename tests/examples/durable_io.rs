@@ -2,14 +2,16 @@
 //! that logs a block only after its write was acknowledged, and a checker
 //! that reads every logged block back.
 //!
-//!   durable_io write DEV NONCE LOG SECONDS
+//!   durable_io write DEV NONCE LOG SECONDS [LABEL]
 //!   durable_io check DEV NONCE LOG
 //!
 //! `write` writes 4 KiB blocks 0, 1, 2, ... of DEV in order, one at a time,
 //! through a descriptor opened with `O_DIRECT | O_DSYNC` (so the kernel
 //! host sends each as a FUA write, or a write followed by a flush), and
 //! appends the block's number to LOG with one `write(2)` only after the
-//! block's `pwrite` returned. It stops after SECONDS, when the file
+//! block's `pwrite` returned; with LABEL, it then also prints `LABEL N` on
+//! stdout (so the log can leave a machine that loses power). It stops
+//! after SECONDS, when the file
 //! `LOG.stop` appears, or at the end of DEV; a failed write ends it with
 //! status 1 (an outage of the target must be ridden out by the host's
 //! reconnect, never turned into an error). Each block holds a magic, the
@@ -19,7 +21,8 @@
 //!
 //! `check` reads every block LOG names back with `O_DIRECT` and prints how
 //! many were acknowledged, checked and bad (the first bad ones with their
-//! reason); status 1 when any is bad or the log is empty or malformed.
+//! reason); status 1 when any is bad or the log is empty or malformed. A
+//! last line without its newline is ignored: a log cut off mid-line.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -102,7 +105,7 @@ fn blocks_of(f: &File) -> u64 {
     f.seek(SeekFrom::End(0)).unwrap_or_else(|e| die(&format!("size: {e}"))) / BS as u64
 }
 
-fn write(dev: &str, nonce: u64, log: &str, secs: u64) -> i32 {
+fn write(dev: &str, nonce: u64, log: &str, secs: u64, label: Option<&str>) -> i32 {
     let f = open_dev(dev, true);
     let end = blocks_of(&f);
     let mut logf = OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| die(&format!("{log}: {e}")));
@@ -129,6 +132,10 @@ fn write(dev: &str, nonce: u64, log: &str, secs: u64) -> i32 {
         if let Err(e) = logf.write_all(format!("{n}\n").as_bytes()) {
             die(&format!("{log}: {e}"));
         }
+        if let Some(l) = label {
+            // stdout is line-buffered: one write per line
+            println!("{l} {n}");
+        }
         n += 1;
     };
     println!(
@@ -143,7 +150,11 @@ fn check(dev: &str, nonce: u64, log: &str) -> i32 {
     let f = open_dev(dev, false);
     let text = std::fs::read_to_string(log).unwrap_or_else(|e| die(&format!("{log}: {e}")));
     let mut acked = Vec::new();
-    for (i, l) in text.lines().enumerate() {
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    for (i, l) in whole.lines().enumerate() {
         match l.parse::<u64>() {
             Ok(n) => acked.push(n),
             Err(_) => die(&format!("{log}:{}: not a block number: {l:?}", i + 1)),
@@ -192,13 +203,13 @@ fn parse_nonce(s: &str) -> u64 {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let rc = match (a.get(1).map(String::as_str), a.len()) {
-        (Some("write"), 6) => {
+        (Some("write"), 6 | 7) => {
             let secs = a[5].parse().unwrap_or_else(|_| die("SECONDS"));
-            write(&a[2], parse_nonce(&a[3]), &a[4], secs)
+            write(&a[2], parse_nonce(&a[3]), &a[4], secs, a.get(6).map(String::as_str))
         }
         (Some("check"), 5) => check(&a[2], parse_nonce(&a[3]), &a[4]),
         _ => {
-            eprintln!("usage: durable_io write DEV NONCE LOG SECONDS | durable_io check DEV NONCE LOG");
+            eprintln!("usage: durable_io write DEV NONCE LOG SECONDS [LABEL] | durable_io check DEV NONCE LOG");
             2
         }
     };

@@ -1,10 +1,11 @@
 #!/bin/bash
-# Durability: no write Pinion acknowledged is lost when Pinion is killed.
+# Durability: no write Pinion acknowledged is lost when Pinion is killed or
+# the machine loses power.
 #
 #   tests/vm/durability.sh [PINION_BIN [DURABLE_IO_BIN]]   # host: boots the guest, runs itself in it
 #
-# In the initiator VM (tests/vm/guest-run), Pinion serves three volumes over
-# NVMe/TCP and iSCSI at once:
+# Part 1, SIGKILL (one guest boot). In the initiator VM (tests/vm/guest-run),
+# Pinion serves three volumes over NVMe/TCP and iSCSI at once:
 #   buffered  a file volume, io_mode = "buffered"  (file on ext4)
 #   direct    a file volume, io_mode = "direct"    (file on ext4: O_DIRECT works there, not on tmpfs)
 #   block     a block volume: a loop device
@@ -23,15 +24,27 @@
 # read from the backing files/devices themselves; then two logged blocks of
 # each backing are damaged (one zeroed, one overwritten by another block) and
 # the checker must report exactly those two: the check can fail.
+# SIGKILL leaves the guest's page cache intact: part 1 catches writes
+# acknowledged before they reached the kernel, not missing fdatasyncs.
 #
-# Pinion runs in the guest next to the host, so SIGKILL leaves the guest's
-# page cache intact: this catches writes acknowledged before they reached the
-# kernel (lost with the process), not missing fdatasync calls; those are
-# covered by unit tests of backends/src/file.rs.
+# Part 2, power cut (two guest boots). The guest gets two virtio disks that
+# are files of this machine (QEMU cache=writeback: what the guest wrote to
+# them survives the guest, its page cache does not): ext4 on the first holds
+# the buffered and direct file volumes, the second is the block volume.
+# Pinion serves them over NVMe/TCP; the writers also print each acknowledged
+# block on stdout, which leaves the guest as it runs. After
+# DUR_POWERCUT_AFTER acknowledged blocks per volume the guest resets at once
+# (sysrq b: no sync, no unmount). A second boot mounts the disks (ext4
+# replays its journal) and every block whose acknowledgement reached this
+# machine must read back intact from the backing. This catches a FUA write or
+# FLUSH acknowledged before fdatasync / RWF_DSYNC made it durable (file
+# volumes; the block volume's writes reach QEMU directly, so for it this is
+# the same check as part 1).
 #
 # Knobs: DUR_MIN_BEFORE (200), DUR_MIN_AFTER (200), DUR_DOWN_SECONDS (2),
-# DUR_WAIT (120 s: bound on each wait for progress). A run takes ~2 min.
-# Transcript: build/vm-e2e/durability.log; last line "DURABILITY: PASS".
+# DUR_WAIT (120 s: bound on each wait for progress), DUR_POWERCUT_AFTER (300).
+# A run takes ~3-4 min (three boots). Transcript: build/vm-e2e/durability.log;
+# last line "DURABILITY: PASS ...".
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -46,22 +59,68 @@ if [[ -z ${GUEST_RUN:-} ]]; then
   bin=$(realpath -e -- "$bin") dio=$(realpath -e -- "$dio")
   OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
   mkdir -p "$OUT"
-  opts=(--timeout "${VM_E2E_TIMEOUT:-420}" --cwd "$REPO" --console "$OUT/durability.console.log")
-  [[ $REPO == /tmp/* || $bin == /tmp/* || $dio == /tmp/* ]] && opts+=(--host-tmp)
-  for v in DUR_MIN_BEFORE DUR_MIN_AFTER DUR_DOWN_SECONDS DUR_WAIT RUST_LOG; do
+  OUT=$(cd "$OUT" && pwd)
+  opts=(--timeout "${VM_E2E_TIMEOUT:-420}" --cwd "$REPO")
+  [[ $REPO == /tmp/* || $bin == /tmp/* || $dio == /tmp/* || $OUT == /tmp/* ]] && opts+=(--host-tmp)
+  for v in DUR_MIN_BEFORE DUR_MIN_AFTER DUR_DOWN_SECONDS DUR_WAIT DUR_POWERCUT_AFTER DUR_TRACE RUST_LOG; do
     [[ -n ${!v+x} ]] && opts+=(-e "$v")
   done
   start=$SECONDS
-  "$HERE/guest-run" "${opts[@]}" -- "$HERE/durability.sh" "$bin" "$dio" 2>&1 | tee "$OUT/durability.log"
+  log=$OUT/durability.log
+  : >"$log"
+  say() { echo "$*" | tee -a "$log"; }
+
+  # part 1: SIGKILL of Pinion, NVMe/TCP and iSCSI
+  "$HERE/guest-run" "${opts[@]}" --console "$OUT/durability.console.log" -- "$HERE/durability.sh" kill "$bin" "$dio" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
-  echo "durability: rc=$rc wall=$((SECONDS - start))s transcript=$OUT/durability.log"
+  say "durability: SIGKILL part rc=$rc ($((SECONDS - start))s)"
+
+  # part 2: power cut of the whole guest (page cache included), NVMe/TCP
+  pc=$OUT/powercut
+  rm -rf "$pc" && mkdir -p "$pc"
+  truncate -s 256M "$pc/fs.img"
+  truncate -s 64M "$pc/blk.img"
+  drives="-drive file=$pc/fs.img,if=virtio,format=raw,cache=writeback -drive file=$pc/blk.img,if=virtio,format=raw,cache=writeback"
+  pcopts=("${opts[@]}" --modules "nvme-tcp virtio_blk loop")
+  t=$SECONDS
+  GUEST_RUN_QEMU_ARGS="${GUEST_RUN_QEMU_ARGS:-} $drives" "$HERE/guest-run" "${pcopts[@]}" --console "$OUT/powercut-write.console.log" \
+    -- "$HERE/durability.sh" powercut-write "$bin" "$dio" >"$pc/write.out" 2>"$pc/write.err"
+  prc=$?
+  grep -v '^ack-' "$pc/write.out" | tee -a "$log"
+  tee -a "$log" <"$pc/write.err"
+  # the power may cut the stream mid-line: only whole lines count
+  if [[ -s $pc/write.out && $(tail -c 1 "$pc/write.out" | od -An -tx1 | tr -d ' ') != 0a ]]; then
+    sed -i '$d' "$pc/write.out"
+  fi
+  pc_ok=1
+  # the guest cannot report an exit status after its power cut: 125 is the good case
+  if ((prc != 125)) || ! grep -q '^POWERCUT: now' "$pc/write.out"; then
+    say "check: the guest lost power mid-write (guest-run rc 125 after 'POWERCUT: now'; got rc $prc): FAILED"; pc_ok=0
+  fi
+  for v in buffered direct block; do
+    # acknowledgements that made it out of the guest before it died
+    awk -v p="ack-$v" '$1 == p && $2 ~ /^[0-9]+$/ && NF == 2 { print $2 }' "$pc/write.out" >"$pc/$v.log"
+    awk -v v="$v" '$1 == "nonce" && $2 == v { print $3 }' "$pc/write.out" >"$pc/$v.nonce"
+    say "powercut $v: $(wc -l <"$pc/$v.log") acknowledgements reached the host before the power cut"
+  done
+  if ((pc_ok)); then
+    GUEST_RUN_QEMU_ARGS="${GUEST_RUN_QEMU_ARGS:-} $drives" "$HERE/guest-run" "${pcopts[@]}" --console "$OUT/powercut-check.console.log" \
+      -- "$HERE/durability.sh" powercut-check "$bin" "$dio" "$pc" 2>&1 | tee -a "$log"
+    ((PIPESTATUS[0] == 0)) || pc_ok=0
+  fi
+  say "durability: power-cut part $( ((pc_ok)) && echo ok || echo FAILED) ($((SECONDS - t))s)"
+  ((pc_ok)) && rm -f "$pc/fs.img" "$pc/blk.img"
+  ((rc == 0 && pc_ok)) && final=PASS || final=FAIL
+  ((rc == 0 && !pc_ok)) && rc=1
+  say "DURABILITY: $final (SIGKILL and power cut; wall $((SECONDS - start))s; transcript $log)"
   exit "$rc"
 fi
 
 # ---- in the guest -----------------------------------------------------------------
 set -e
 exec 2>&1
-PINION=$1 DIO=$2
+[[ -n ${DUR_TRACE:-} ]] && set -x
+MODE=$1 PINION=$2 DIO=$3
 MIN_BEFORE=${DUR_MIN_BEFORE:-200}
 MIN_AFTER=${DUR_MIN_AFTER:-200}
 DOWN=${DUR_DOWN_SECONDS:-2}
@@ -69,6 +128,7 @@ WAIT=${DUR_WAIT:-120}
 NQN=nqn.2026-11.io.pinion:durable
 IQN=iqn.2026-11.io.pinion:durable
 ADDR=127.0.0.1 NVME_PORT=4420 ISCSI_PORT=3260
+PORTS="$NVME_PORT $ISCSI_PORT"   # what start_pinion waits for
 PORTAL=$ADDR:$ISCSI_PORT
 W=/dev/shm/durability
 CFG=$W/pinion.toml PLOG=$W/pinion.log
@@ -78,24 +138,26 @@ mkdir -p "$W"
 cur_step=setup
 step() { cur_step=$*; printf '\n===== %s\n' "$*"; }
 fail() { echo "check: $*: FAILED"; exit 1; }
-wait_for() { # wait_for SECONDS CMD...: poll every 0.1 s
-  local n=$(($1 * 10)); shift
-  until "$@" >/dev/null 2>&1; do n=$((n - 1)); ((n > 0)) || return 1; sleep 0.1; done
+wait_for() { # wait_for SECONDS CMD...: poll every 0.1 s (a deadline: under TCG a poll can take a second)
+  local end=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do ((SECONDS < end)) || return 1; sleep 0.1; done
 }
 listening() { [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
 lines() { local n; n=$(wc -l 2>/dev/null <"$1") || n=0; echo "${n:-0}"; }
 
 pinion_pid= iscsid_pid= loop_blk= loop_fs= nonce=
-declare -A dev=() wpid=() nonce_of=() log_of=()
+declare -A dev=() wpid=() nonce_of=() log_of=() backing=()
 
 start_pinion() {
   : >>"$PLOG"
   echo "--- pinion start $(date +%T.%N)" >>"$PLOG"
   setsid "$PINION" serve --config "$CFG" >>"$PLOG" 2>&1 </dev/null &
   pinion_pid=$!
-  wait_for 30 sh -c "ss -ltnH 'sport = :$NVME_PORT' | grep -q . && ss -ltnH 'sport = :$ISCSI_PORT' | grep -q ." \
-    || { tail -n 30 "$PLOG"; fail "pinion listening on $NVME_PORT and $ISCSI_PORT"; }
-  echo "pinion pid $pinion_pid listening on $ADDR:$NVME_PORT (NVMe/TCP) and $PORTAL (iSCSI)"
+  local p
+  for p in $PORTS; do
+    wait_for 30 listening "$p" || { tail -n 30 "$PLOG"; fail "pinion listening on $p"; }
+  done
+  echo "pinion pid $pinion_pid listening on $ADDR, ports $PORTS"
 }
 kill_pinion() {
   kill -KILL "$pinion_pid"
@@ -127,7 +189,7 @@ cleanup() {
   umount "$W/mnt" 2>/dev/null
   [[ -n $loop_fs ]] && losetup -d "$loop_fs"
   [[ -n $loop_blk ]] && losetup -d "$loop_blk"
-  ((rc)) && echo "DURABILITY: FAIL (step '$cur_step', rc=$rc)"
+  ((rc)) && echo "DURABILITY($MODE): FAIL (step '$cur_step', rc=$rc)"
   exit "$rc"
 }
 dmesg_start=$(dmesg | wc -l)
@@ -181,6 +243,88 @@ kill_mid_run() {
   done
 }
 
+# the NVMe namespaces 1, 2, 3 of $NQN as dev[buffered], dev[direct], dev[block]
+find_ns() {
+  local s n
+  for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+    [[ $(cat "$s/subsysnqn" 2>/dev/null) == "$NQN" ]] || continue
+    for n in "$s"/nvme*n*; do
+      [[ ${n##*/} == *c*n* || ! -e $n/nsid ]] && continue
+      case $(cat "$n/nsid") in 1) dev[buffered]=/dev/${n##*/} ;; 2) dev[direct]=/dev/${n##*/} ;; 3) dev[block]=/dev/${n##*/} ;; esac
+    done
+  done
+  [[ -b ${dev[buffered]:-} && -b ${dev[direct]:-} && -b ${dev[block]:-} ]]
+}
+
+# ---- power cut (MODE powercut-write, then powercut-check in a new boot) --------
+# The guest's disks (/dev/vda: ext4 with the two file volumes; /dev/vdb: the
+# block volume) are files of the host behind QEMU (cache=writeback): what the
+# guest wrote to them survives the guest, its page cache does not.
+PC_AFTER=${DUR_POWERCUT_AFTER:-300}
+pc_mount() {
+  mkdir -p "$W/mnt"
+  mount /dev/vda "$W/mnt"
+  backing=([buffered]=$W/mnt/buffered.img [direct]=$W/mnt/direct.img [block]=/dev/vdb)
+}
+if [[ $MODE == powercut-write ]]; then
+  step "power cut: ext4 on /dev/vda (the two file volumes), /dev/vdb (the block volume)"
+  mkfs.ext4 -q -F /dev/vda
+  pc_mount
+  PORTS=$NVME_PORT
+  {
+    echo '[nvme_tcp]'; echo "listen = [\"$ADDR:$NVME_PORT\"]"
+    echo '[iscsi]'; echo 'listen = []'
+    for v in "${VOLS[@]}"; do
+      echo '[[volume]]'; echo "name = \"$v\""
+      if [[ $v == block ]]; then echo 'backend = "block"'; else echo 'backend = "file"'; echo 'size = "64MiB"'; fi
+      echo "path = \"${backing[$v]}\""
+      [[ $v == buffered ]] && echo 'io_mode = "buffered"' || echo 'io_mode = "direct"'
+    done
+    echo '[[subsystem]]'; echo "nqn = \"$NQN\""; echo 'namespaces = ["buffered", "direct", "block"]'; echo 'hosts = ["*"]'
+  } >"$CFG"
+  sed 's/^/  /' "$CFG"
+  start_pinion
+  if grep -q 'O_DIRECT not available' "$PLOG"; then fail "the direct volumes use O_DIRECT"; fi
+  nvme connect -t tcp -a "$ADDR" -s "$NVME_PORT" -n "$NQN" -i 2 --ctrl-loss-tmo=60
+  wait_for 20 find_ns || fail "three namespaces of $NQN"
+  step "power cut: writers (each acknowledged block is also printed: the log must leave the guest before the power does)"
+  for v in "${VOLS[@]}"; do
+    nonce_of[$v]=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+    log_of[$v]=$W/pc-$v.log
+    echo "nonce $v ${nonce_of[$v]}"
+    "$DIO" write "${dev[$v]}" "${nonce_of[$v]}" "${log_of[$v]}" $((WAIT * 3)) "ack-$v" &
+    wpid[$v]=$!
+  done
+  pc_have() { local v; for v in "${VOLS[@]}"; do (($(lines "${log_of[$v]}") >= PC_AFTER)) || return 1; kill -0 "${wpid[$v]}" || return 1; done; }
+  wait_for "$WAIT" pc_have || fail "$PC_AFTER writes acknowledged on each volume within ${WAIT}s"
+  for v in "${VOLS[@]}"; do echo "$v: $(lines "${log_of[$v]}") acknowledged"; done
+  grep -E '^(Dirty|Writeback):' /proc/meminfo
+  echo "POWERCUT: now"
+  # the stdout relay needs a moment to pass on what was printed (the
+  # writers go on meanwhile: the cut still comes mid-write)
+  sleep 1
+  # an immediate reset: no sync, no unmount; QEMU runs with -no-reboot, so it exits
+  echo b >/proc/sysrq-trigger
+  sleep 30
+  fail "the guest survived its power cut"
+fi
+if [[ $MODE == powercut-check ]]; then
+  LOGS=$4
+  step "power cut: in a new boot, every block acknowledged before the power cut reads back from the backing"
+  pc_mount
+  for v in "${VOLS[@]}"; do
+    rc=0
+    "$DIO" check "${backing[$v]}" "$(cat "$LOGS/$v.nonce")" "$LOGS/$v.log" >"$W/pc-$v.check" 2>&1 || rc=$?
+    echo "powercut $v: $(cat "$W/pc-$v.check")"
+    ((rc == 0)) || fail "powercut $v: acknowledged blocks intact"
+  done
+  umount "$W/mnt"
+  trap - EXIT
+  echo "DURABILITY(powercut): PASS"
+  exit 0
+fi
+[[ $MODE == kill ]] || fail "mode '$MODE' is one of kill, powercut-write, powercut-check"
+
 # ---- the test ----------------------------------------------------------------
 step "environment: kernel $(uname -r), $(nvme version), $(iscsiadm --version)"
 echo "pinion: $PINION"; echo "writer: $DIO"
@@ -194,7 +338,7 @@ loop_blk=$(losetup -f --show "$W/blk.img")
 mkfs.ext4 -q -F "$loop_fs"
 mkdir -p "$W/mnt"
 mount "$loop_fs" "$W/mnt"
-declare -A backing=([buffered]=$W/mnt/buffered.img [direct]=$W/mnt/direct.img [block]=$loop_blk)
+backing=([buffered]=$W/mnt/buffered.img [direct]=$W/mnt/direct.img [block]=$loop_blk)
 echo "file system: $loop_fs on $W/mnt ($(findmnt -no FSTYPE "$W/mnt")); block volume: $loop_blk"
 cat >"$CFG" <<EOF
 [nvme_tcp]
@@ -237,17 +381,6 @@ fi
 # ---- NVMe/TCP ----------------------------------------------------------------
 step "NVMe/TCP: connect (ctrl-loss-tmo $((WAIT * 2))s, reconnect-delay 1s)"
 nvme connect -t tcp -a "$ADDR" -s "$NVME_PORT" -n "$NQN" -i 2 --ctrl-loss-tmo=$((WAIT * 2)) --reconnect-delay=1
-find_ns() {
-  local s n
-  for s in /sys/class/nvme-subsystem/nvme-subsys*; do
-    [[ $(cat "$s/subsysnqn" 2>/dev/null) == "$NQN" ]] || continue
-    for n in "$s"/nvme*n*; do
-      [[ ${n##*/} == *c*n* || ! -e $n/nsid ]] && continue
-      case $(cat "$n/nsid") in 1) dev[buffered]=/dev/${n##*/} ;; 2) dev[direct]=/dev/${n##*/} ;; 3) dev[block]=/dev/${n##*/} ;; esac
-    done
-  done
-  [[ -b ${dev[buffered]:-} && -b ${dev[direct]:-} && -b ${dev[block]:-} ]]
-}
 wait_for 20 find_ns || { ls -l /sys/class/nvme-subsystem/*/ 2>&1; fail "three namespaces of $NQN"; }
 for v in "${VOLS[@]}"; do echo "$v: ${dev[$v]} ($(blockdev --getsize64 "${dev[$v]}") bytes, $(cat /sys/block/"${dev[$v]#/dev/}"/queue/write_cache))"; done
 
@@ -320,4 +453,4 @@ done
 trap - EXIT
 umount "$W/mnt"; losetup -d "$loop_fs"; losetup -d "$loop_blk"
 echo
-echo "DURABILITY: PASS"
+echo "DURABILITY(kill): PASS"

@@ -235,12 +235,14 @@ kill_mid_run() {
   done
 
   step "$proto: every acknowledged block reads back intact (through the host)"
+  local bad=()
   for v in "${VOLS[@]}"; do
     local rc=0
     "$DIO" check "${dev[$v]}" "${nonce_of[$v]}" "${log_of[$v]}" >"$W/$proto-$v.check" 2>&1 || rc=$?
     echo "$proto $v: $(cat "$W/$proto-$v.check")"
-    ((rc == 0)) || fail "$proto $v: acknowledged blocks intact"
+    ((rc == 0)) || bad+=("$v")
   done
+  ((${#bad[@]} == 0)) || fail "$proto: acknowledged blocks intact (lost on: ${bad[*]})"
 }
 
 # the NVMe namespaces 1, 2, 3 of $NQN as dev[buffered], dev[direct], dev[block]
@@ -312,12 +314,14 @@ if [[ $MODE == powercut-check ]]; then
   LOGS=$4
   step "power cut: in a new boot, every block acknowledged before the power cut reads back from the backing"
   pc_mount
+  bad=()
   for v in "${VOLS[@]}"; do
     rc=0
     "$DIO" check "${backing[$v]}" "$(cat "$LOGS/$v.nonce")" "$LOGS/$v.log" >"$W/pc-$v.check" 2>&1 || rc=$?
     echo "powercut $v: $(cat "$W/pc-$v.check")"
-    ((rc == 0)) || fail "powercut $v: acknowledged blocks intact"
+    ((rc == 0)) || bad+=("$v")
   done
+  ((${#bad[@]} == 0)) || fail "powercut: acknowledged blocks intact (lost on: ${bad[*]})"
   umount "$W/mnt"
   trap - EXIT
   echo "DURABILITY(powercut): PASS"
@@ -424,10 +428,12 @@ stop_pid "$iscsid_pid"; iscsid_pid=
 step "stop Pinion; the last run's blocks, read from the backing files and device"
 stop_pid "$pinion_pid"; pinion_pid=
 if grep -q panicked "$PLOG"; then fail "pinion did not panic"; fi
+bad=()
 for v in "${VOLS[@]}"; do
   echo "backing of $v (${backing[$v]}):"
-  "$DIO" check "${backing[$v]}" "${nonce_of[$v]}" "${log_of[$v]}" || fail "$v: acknowledged blocks intact in the backing"
+  "$DIO" check "${backing[$v]}" "${nonce_of[$v]}" "${log_of[$v]}" || bad+=("$v")
 done
+((${#bad[@]} == 0)) || fail "acknowledged blocks intact in the backing (lost on: ${bad[*]})"
 
 step "the check can fail: one logged block zeroed, another overwritten by block 1, per backing"
 for v in "${VOLS[@]}"; do

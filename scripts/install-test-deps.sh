@@ -16,14 +16,15 @@
 #     sg3-utils (sg_inq, sg_sync in the iSCSI VM test), python3 (the
 #     conformance script's result parser), iperf3 and linux-perf
 #     (deploy/bench/run.sh: the loopback limit and `perf record` of the
-#     target; CI never runs it).
+#     target; CI never runs it), e2fsprogs (mkfs.ext4 for the VM test of
+#     the read paths: O_DIRECT needs a real file system in the guest).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf e2fsprogs"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -7,7 +7,7 @@
 //! (a 1 GiB volume costs what was written) and so its pages can be spliced
 //! into a socket by the zero-copy path.
 
-use crate::{Backend, BackendError, BackendInfo, IoMode, Result, Sgl};
+use crate::{Backend, BackendError, BackendInfo, IoMode, Result, Sgl, WritePath};
 use rustix::fs::FallocateFlags;
 use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{File, OpenOptions};
@@ -28,6 +28,9 @@ pub struct FileBackend {
     mode: IoMode,
     /// A memfd: every page is resident by construction.
     in_memory: bool,
+    /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
+    /// that `mincore(2)` reads residency from.
+    residency: Option<crate::sys::ResidencyMap>,
     /// fallocate modes the file system refused once; not tried again.
     no_punch: std::sync::atomic::AtomicBool,
     no_zero_range: std::sync::atomic::AtomicBool,
@@ -135,7 +138,31 @@ impl FileBackend {
             volatile_cache: true,
             describe: path.display().to_string(),
         };
-        FileBackend::new(info, file, direct, mode)
+        let b = FileBackend::new(info, file, direct, mode);
+        if mode == IoMode::Auto && crate::sys::cachestat(&*b.file, 0, 1).is_none() {
+            return b.with_mincore();
+        }
+        b
+    }
+
+    /// Tells residency with `mincore(2)` over a mapping of the file instead
+    /// of `cachestat(2)`.
+    fn with_mincore(mut self) -> FileBackend {
+        self.residency = match crate::sys::ResidencyMap::new(&*self.file, self.info.size) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %self.info.describe, error = %e, "no cachestat(2) and the file cannot be mapped for mincore(2): residency is probed per read");
+                None
+            }
+        };
+        self
+    }
+
+    /// An `auto` file volume that tells residency the way kernels without
+    /// `cachestat(2)` make it, whatever this kernel has.
+    #[cfg(test)]
+    pub(crate) fn open_file_mincore(path: &Path, size: u64, block_size: u32) -> Result<FileBackend> {
+        Ok(FileBackend::open_file(path, Some(size), block_size, IoMode::Auto, false)?.with_mincore())
     }
 
     fn open_direct(path: &Path, io_mode: IoMode, read_only: bool) -> Option<File> {
@@ -158,6 +185,7 @@ impl FileBackend {
             direct,
             mode,
             in_memory: false,
+            residency: None,
             no_punch: false.into(),
             no_zero_range: false.into(),
         }
@@ -257,6 +285,9 @@ impl Backend for FileBackend {
         if self.in_memory {
             return Some(true);
         }
+        if let Some(m) = &self.residency {
+            return m.resident(offset, len).ok();
+        }
         match crate::sys::cachestat(&*self.file, offset, len)? {
             Ok(c) => Some(c.nr_cache >= len.div_ceil(crate::PAGE_SIZE as u64)),
             Err(_) => None,
@@ -289,6 +320,10 @@ impl Backend for FileBackend {
     }
 
     fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()> {
+        self.write_path(offset, sgl, fua).map(|_| ())
+    }
+
+    fn write_path(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<WritePath> {
         self.check_range(offset, sgl.len() as u64)?;
         if self.info.read_only {
             return Err(BackendError::ReadOnly);
@@ -305,20 +340,22 @@ impl Backend for FileBackend {
         }
         // `auto` writes through the page cache, so what was just written is
         // hot for the reads that often follow; only `direct` bypasses it.
+        let mut path = WritePath::Buffered;
         if self.mode == IoMode::Direct {
             if let Some(d) = self.direct_fd(offset, sgl) {
                 match write_all(d, offset, &sgl.io_slices(), dsync) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => {
                         METRICS.write_direct.add(sgl.len());
-                        return Ok(r?);
+                        return Ok(r.map(|()| WritePath::Direct)?);
                     }
                 }
             }
-            crate::metrics::bump(&METRICS.fallback_unaligned);
+            path = WritePath::BufferedUnaligned;
         }
         METRICS.write_buffered.add(sgl.len());
-        Ok(write_all(&self.file, offset, &sgl.io_slices(), dsync)?)
+        write_all(&self.file, offset, &sgl.io_slices(), dsync)?;
+        Ok(path)
     }
 
     fn flush(&self) -> Result<()> {

@@ -58,6 +58,44 @@ pub struct DataPathMetrics {
     pub close_resets: AtomicU64,
 }
 
+/// One volume's share of the counters above, so an operator sees which
+/// paths each volume's I/O takes (`/metrics` labels them with the volume).
+#[derive(Default)]
+pub struct VolumeMetrics {
+    pub read_splice: PathCounter,
+    pub read_direct: PathCounter,
+    pub read_copy: PathCounter,
+    pub write_direct: PathCounter,
+    pub write_buffered: PathCounter,
+    pub fallback_data_digest: AtomicU64,
+    pub fallback_no_pipe: AtomicU64,
+    pub fallback_unaligned: AtomicU64,
+    pub fallback_local_peer: AtomicU64,
+}
+
+/// Why a READ or WRITE did not take its volume's cheaper path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    DataDigest,
+    NoPipe,
+    Unaligned,
+    LocalPeer,
+}
+
+impl VolumeMetrics {
+    /// Counts a fallback here and in the process-wide totals.
+    pub fn fallback(&self, why: Fallback) {
+        let (mine, all) = match why {
+            Fallback::DataDigest => (&self.fallback_data_digest, &METRICS.fallback_data_digest),
+            Fallback::NoPipe => (&self.fallback_no_pipe, &METRICS.fallback_no_pipe),
+            Fallback::Unaligned => (&self.fallback_unaligned, &METRICS.fallback_unaligned),
+            Fallback::LocalPeer => (&self.fallback_local_peer, &METRICS.fallback_local_peer),
+        };
+        bump(mine);
+        bump(all);
+    }
+}
+
 pub static METRICS: std::sync::LazyLock<DataPathMetrics> = std::sync::LazyLock::new(DataPathMetrics::default);
 
 pub fn bump(c: &AtomicU64) {

@@ -7,7 +7,6 @@
 pub mod iscsi;
 pub mod metrics;
 pub mod nvme;
-pub mod perf;
 pub mod scsi;
 pub mod server;
 

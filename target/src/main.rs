@@ -29,7 +29,7 @@ enum Cmd {
         file: PathBuf,
     },
     /// Load-test an NVMe/TCP or iSCSI target (any target, not only Pinion).
-    Perf(Box<pinion_target::perf::PerfArgs>),
+    Perf(Box<pinion_initiator::perf::PerfArgs>),
 }
 
 fn init_logging(cfg: &pinion_conf::LogConfig) {
@@ -50,7 +50,7 @@ fn init_logging(cfg: &pinion_conf::LogConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Perf(args) => pinion_target::perf::main(*args),
+        Cmd::Perf(args) => pinion_initiator::perf::main(*args),
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 for w in cfg.warnings() {

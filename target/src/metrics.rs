@@ -80,7 +80,7 @@ pub fn render(src: &Sources) -> String {
     let mut waiting = Vec::new();
     let mut waits = Vec::new();
     let mut held = Vec::new();
-    let labels: Vec<String> = src.volumes.iter().map(|v| format!("{{volume=\"{}\"}}", v.name.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    let labels: Vec<String> = src.volumes.iter().map(|v| format!("{{volume=\"{}\"}}", escaped(&v.name))).collect();
     for (v, l) in src.volumes.iter().zip(&labels) {
         let r = v.range_locks();
         waiting.push((l.as_str(), r.waiting.load(Relaxed)));
@@ -90,8 +90,49 @@ pub fn render(src: &Sources) -> String {
     gauge(&mut out, "pinion_range_lock_waiting", "Commands waiting for a range lock now (a write behind an unsent page-cache payload).", &waiting);
     counter(&mut out, "pinion_range_lock_waits", "Range lock requests that had to wait.", &waits);
     gauge(&mut out, "pinion_range_locks_held", "Range locks held now.", &held);
+    per_volume(&mut out, src);
     out.push_str("# EOF\n");
     out
+}
+
+/// Each volume's data paths, so an operator sees which path each volume's
+/// I/O takes (the unlabelled families above are the process totals).
+fn per_volume(out: &mut String, src: &Sources) {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    let mut fallbacks = Vec::new();
+    for v in &src.volumes {
+        let name = escaped(&v.name);
+        let m = &v.metrics;
+        for (path, c) in [("splice", &m.read_splice), ("direct", &m.read_direct), ("copy", &m.read_copy)] {
+            reads.push((format!("{{volume=\"{name}\",path=\"{path}\"}}"), c.get()));
+        }
+        for (path, c) in [("direct", &m.write_direct), ("buffered", &m.write_buffered)] {
+            writes.push((format!("{{volume=\"{name}\",path=\"{path}\"}}"), c.get()));
+        }
+        for (reason, c) in [
+            ("data_digest", &m.fallback_data_digest),
+            ("no_pipe", &m.fallback_no_pipe),
+            ("unaligned", &m.fallback_unaligned),
+            ("local_peer", &m.fallback_local_peer),
+        ] {
+            fallbacks.push((format!("{{volume=\"{name}\",reason=\"{reason}\"}}"), c.load(Relaxed)));
+        }
+    }
+    fn pick(v: &[(String, (u64, u64))], bytes: bool) -> Vec<(&str, u64)> {
+        v.iter().map(|(l, c)| (l.as_str(), if bytes { c.1 } else { c.0 })).collect()
+    }
+    let fallbacks: Vec<_> = fallbacks.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    counter(out, "pinion_volume_read", "READs of each volume by data path: spliced, O_DIRECT, copied.", &pick(&reads, false));
+    counter(out, "pinion_volume_read_bytes", "READ bytes of each volume by data path.", &pick(&reads, true));
+    counter(out, "pinion_volume_write", "WRITEs of each volume by path.", &pick(&writes, false));
+    counter(out, "pinion_volume_write_bytes", "WRITE bytes of each volume by path.", &pick(&writes, true));
+    counter(out, "pinion_volume_path_fallback", "I/Os of each volume that could not take the cheaper path, by reason.", &fallbacks);
+}
+
+/// A volume's name as an OpenMetrics label value.
+fn escaped(name: &str) -> String {
+    name.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 async fn respond(mut s: TcpStream, src: &Sources) -> std::io::Result<()> {

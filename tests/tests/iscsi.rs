@@ -368,10 +368,16 @@ fn task_management() {
     assert_eq!(w.nop(b"x").unwrap(), b"x");
     // unknown task whose CmdSN is not behind: does not exist
     assert_eq!(sess.tmf(1, 0, 0xdead, sess.cmdsn).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST.0);
-    // a task already answered (RefCmdSN behind the TMF's CmdSN): complete
+    // a task already answered (its response came, RefCmdSN behind
+    // ExpCmdSN): it completed, so it does not exist (RFC 7143 §11.5.1 c);
+    // FUNCTION COMPLETE here would say it was aborted as well
     let before = sess.cmdsn;
+    let itt = sess.itt + 1;
     assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
-    assert_eq!(sess.tmf(1, 0, 0x101, before).unwrap(), TmfResponse::COMPLETE.0);
+    assert_eq!(sess.tmf(1, 0, itt, before).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST.0);
+    // CLEAR TASK SET is supported (REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS says so)
+    assert_eq!(sess.tmf(4, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "CLEAR TASK SET");
+    assert_eq!(sess.tmf(4, 9, 0, 0).unwrap(), TmfResponse::LUN_DOES_NOT_EXIST.0);
     assert_eq!(sess.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
     assert_eq!(sess.tmf(5, 9, 0, 0).unwrap(), TmfResponse::LUN_DOES_NOT_EXIST.0);
     assert_eq!(sess.tmf(2, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "ABORT TASK SET");
@@ -386,6 +392,135 @@ fn task_management() {
     assert_eq!(sess.tmf(7, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0);
     sess.expect_closed(Duration::from_secs(5)).unwrap();
     w.expect_closed(Duration::from_secs(5)).unwrap();
+}
+
+/// Logs in a session whose writes wait for R2T (no immediate or
+/// unsolicited data), so a write can be held before its data.
+fn login_r2t(s: &Server, isid_last: u8) -> Session {
+    login(
+        s,
+        &LoginOpts {
+            isid: Some([0x80, 0, 0, 0, 0, isid_last]),
+            keys: vec![("InitialR2T".into(), "Yes".into()), ("ImmediateData".into(), "No".into())],
+            ..normal(T1)
+        },
+    )
+}
+
+/// Sends a WRITE(16) on LUN 0 (512-byte blocks) and waits for its R2T;
+/// returns the command and the R2T's TTT.
+fn write_waiting_for_data(w: &mut Session, lba: u64, blocks: u32) -> (ScsiCmd, u32) {
+    let c = w.cmd_hdr(0, &rw16(0x8a, lba, blocks), blocks * 512, false, true);
+    w.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, _) = w.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::R2T, "the write waits for its data");
+    (c, pdu::R2t::from_bhs(&bhs).ttt.get())
+}
+
+/// Sends a held write's data in one Data-Out, then checks with a NOP that
+/// nothing came for the write: an aborted task gets no response.
+fn late_data_gets_no_response(w: &mut Session, c: &ScsiCmd, ttt: u32, data: &[u8]) {
+    let d = DataOut { opcode: Opcode::DATA_OUT.0, flags: F, lun: c.lun, itt: c.itt, ttt: ttt.into(), ..Default::default() };
+    w.send(d.as_bytes(), data).unwrap();
+    // the NOP-In must be the next PDU: a SCSI Response would come first
+    assert_eq!(w.nop(b"after").unwrap(), b"after", "an aborted write got a response");
+}
+
+/// TEST UNIT READY on LUN 0, checking that the next response is its own
+/// (a response of an aborted task would come in its place); returns the
+/// status and the sense key and ASC/ASCQ.
+fn tur_own_response(w: &mut Session) -> (u8, u8, (u8, u8)) {
+    let c = w.cmd_hdr(0, &[0; 6], 0, false, false);
+    w.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, data) = w.recv().unwrap();
+    assert_eq!((bhs.opcode(), bhs.itt.get()), (Opcode::SCSI_RESP, c.itt.get()), "a PDU for another task (an aborted one?)");
+    let status = pdu::ScsiResp::from_bhs(&bhs).status;
+    let sense = data.get(2..).unwrap_or_default();
+    (status, sense.get(2).map_or(0xff, |k| k & 0x0f), (sense.get(12).copied().unwrap_or(0xff), sense.get(13).copied().unwrap_or(0xff)))
+}
+
+fn read_lun0(sess: &mut Session, lba: u64, blocks: u32) -> Vec<u8> {
+    let r = sess.scsi_in(0, &rw16(0x88, lba, blocks), blocks * 512).unwrap();
+    assert_eq!(r.status, 0, "READ: sense {:02x?}", r.sense);
+    r.data
+}
+
+fn wait_for_log(s: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s.log_text().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "the server never logged {needle:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A LUN RESET from one session stops another session's write that waits
+/// for its Data-Out: the reset's FUNCTION COMPLETE comes, the write's
+/// buffers are released before any data arrives, the data that comes later
+/// is dropped, the write gets no response and never reaches the medium.
+#[test]
+fn lun_reset_stops_another_sessions_data_out() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 3);
+    let lba = 4096;
+    assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048]);
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 4);
+    assert_eq!(a.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
+    wait_for_log(&s, "write aborted while waiting for its data; buffers released");
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(2048, 7));
+    a.clear_unit_attentions(1).unwrap();
+    assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048], "the aborted write reached the medium");
+    // the reset told the other nexus, and the aborted write never ran (it
+    // would have taken the unit attention); its session goes on
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x29, 0x03)), "BUS DEVICE RESET still pending");
+    w.clear_unit_attentions(1).unwrap();
+    let data = pattern(1024, 9);
+    assert_eq!(w.scsi_out(0, &rw16(0x8a, lba, 2), &data).unwrap().status, 0);
+    assert_eq!(read_lun0(&mut a, lba, 2), data);
+}
+
+/// CLEAR TASK SET aborts every I_T nexus's tasks on the LU, answers
+/// FUNCTION COMPLETE, and tells the other nexus COMMANDS CLEARED BY ANOTHER
+/// INITIATOR (TAS = 0).
+#[test]
+fn clear_task_set_clears_other_sessions_tasks() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 4);
+    let lba = 8192;
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 2);
+    assert_eq!(a.tmf(4, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "CLEAR TASK SET");
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(1024, 3));
+    assert_eq!(read_lun0(&mut a, lba, 2), vec![0u8; 1024]);
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x2f, 0x00)), "COMMANDS CLEARED BY ANOTHER INITIATOR");
+    assert_eq!(w.nop(b"end").unwrap(), b"end");
+}
+
+/// PERSISTENT RESERVE OUT, PREEMPT AND ABORT: the preempted nexus's write
+/// (waiting for its data) is aborted: no response, nothing written.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_tasks() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 5);
+    let prout = |sess: &mut Session, sa: u8, rk: u64, sark: u64| {
+        let mut l = vec![0u8; 24];
+        l[0..8].copy_from_slice(&rk.to_be_bytes());
+        l[8..16].copy_from_slice(&sark.to_be_bytes());
+        let r = sess.scsi_out(0, &[0x5f, sa, 0x01, 0, 0, 0, 0, 0, 24, 0], &l).unwrap();
+        assert_eq!(r.status, 0, "PERSISTENT RESERVE OUT {sa}: sense {:02x?}", r.sense);
+    };
+    prout(&mut a, 0, 0, 0xa);
+    prout(&mut w, 0, 0, 0xb);
+    let lba = 12288;
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 2);
+    // PREEMPT AND ABORT of key 0xb (no reservation: registrations only)
+    prout(&mut a, 5, 0xa, 0xb);
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(1024, 5));
+    assert_eq!(read_lun0(&mut a, lba, 2), vec![0u8; 1024], "the preempted write reached the medium");
+    // the unit attention is still there: the aborted write never ran
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(w.nop(b"end").unwrap(), b"end");
 }
 
 #[test]

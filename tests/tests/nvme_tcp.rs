@@ -918,3 +918,45 @@ fn success_flag_when_sq_flow_control_is_disabled() {
     assert!(!done.via_success_flag);
     assert_status(&done.cqe, Status::LBA_RANGE, "read past the end");
 }
+
+/// An admin Abort (opcode 08h) for `cid` on submission queue `sqid`;
+/// returns the completion's DW0 (bit 0 set: not aborted).
+fn abort_cmd(admin: &mut Queue, sqid: u16, cid: u16) -> u32 {
+    let sqe = Sqe { opcode: Opcode::ABORT.0, cdw10: (u32::from(sqid) | u32::from(cid) << 16).into(), ..Sqe::default() };
+    let (c, _) = admin.admin(sqe, None, 0).expect("Abort");
+    assert_ok(&c, "Abort");
+    c.result.get() as u32
+}
+
+/// A write that waits for its data (after our R2T) is aborted for real: the
+/// write completes with Command Abort Requested, the Abort's DW0 bit 0 is 0,
+/// data the host still sends for it is dropped, nothing reaches the medium,
+/// and the queue goes on. A command that does not exist (or has completed)
+/// is not aborted: DW0 bit 0 is 1.
+#[test]
+fn abort_a_write_waiting_for_its_data() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let slba = 900;
+    let data = pattern(77, 8192);
+    let cid = ses.io.submit_with(rw_sqe(io::WRITE, 1, slba, 2, false), Some(data.clone()), 0, Xfer::Transport).unwrap();
+    let r2t = match ses.io.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => r,
+        (p, _) => panic!("expected R2T, got {p:?}"),
+    };
+    assert_eq!(r2t.cccid.get(), cid);
+    assert_eq!(abort_cmd(&mut ses.admin, 1, cid) & 1, 0, "the waiting write was aborted");
+    let c = ses.io.wait(cid).expect("the aborted write's completion");
+    assert_status(&c.cqe, Status::ABORT_REQ, "aborted write");
+    // the host's data, sent anyway, is dropped quietly
+    let pdu = h2c_data_pdu(cid, r2t.ttag.get(), 0, &data, true, NO_DIGESTS, ses.io.cpda());
+    ses.io.send_raw(&pdu).unwrap();
+    let (c, back) = ses.io.read(1, slba, 2, 4096).expect("read back");
+    assert_ok(&c, "read back");
+    assert_eq!(back, vec![0u8; 8192], "the aborted write reached the medium");
+    // nothing to abort: an unknown command, a completed one, a bad queue
+    assert_eq!(abort_cmd(&mut ses.admin, 1, 0x7777) & 1, 1);
+    assert_eq!(abort_cmd(&mut ses.admin, 1, cid) & 1, 1);
+    assert_eq!(abort_cmd(&mut ses.admin, 9, cid) & 1, 1);
+    assert_session_works(&mut ses, 5);
+}

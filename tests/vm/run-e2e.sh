@@ -3,12 +3,14 @@
 # (tests/vm/guest-run, QEMU/TCG) and runs tests/vm/nvme-e2e.sh (NVMe/TCP) or
 # tests/vm/iscsi-e2e.sh (iSCSI) in it.
 #
-#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi] [PINION_BIN]
+#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi|paths] [PINION_BIN]
 #
 #   nvmet    NVMe/TCP reference run against the kernel's nvmet-tcp target
 #   pinion   (default) NVMe/TCP run against Pinion; PINION_BIN defaults to
 #            build/cargo/release/pinion, else build/cargo/debug/pinion
 #   iscsi    iSCSI run against Pinion (open-iscsi, with and without CHAP)
+#   paths    the per-I/O read path (splice, direct, copy) of `auto` file
+#            volumes on the guest kernel, from Pinion's metrics (nvme-paths.sh)
 #
 # The transcript is streamed and kept in $VM_E2E_OUT/<target>.log (default
 # OUT build/vm-e2e under the repository root), the guest console in
@@ -29,8 +31,9 @@ args=() bin=
 script=nvme-e2e.sh
 case $target in
   nvmet) ;;
-  pinion|iscsi)
+  pinion|iscsi|paths)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
+    [[ $target == paths ]] && script=nvme-paths.sh
     bin=${2:-}
     if [[ -z $bin ]]; then
       for b in "$REPO/build/cargo/release/pinion" "$REPO/build/cargo/debug/pinion"; do
@@ -43,7 +46,7 @@ case $target in
     [[ $target == pinion ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}

@@ -10,6 +10,7 @@
 //! to idle initiators, Data-Out that never comes).
 
 mod conn;
+mod task;
 
 use crate::scsi;
 
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub use conn::TaskTable;
+pub use task::TaskTable;
 
 /// One `[[iscsi_target]]`.
 pub struct Target {
@@ -78,7 +79,7 @@ pub struct SessionHandle {
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
-    pub tasks: Arc<conn::TaskTable>,
+    pub tasks: Arc<task::TaskTable>,
     /// Resolves when the session has ended.
     pub gone: watch::Receiver<bool>,
 }

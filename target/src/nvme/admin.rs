@@ -32,14 +32,28 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
                 return None;
             }
         }
-        // Nothing is ever queued long enough to abort: "not aborted".
-        Opcode::ABORT if !discovery => Reply::result(1),
+        Opcode::ABORT if !discovery => Reply::result(abort(ctx, sqe)),
         op => {
             tracing::info!(opcode = ?op, "unsupported admin command");
             Err(Status::INVALID_OPCODE.dnr())
         }
     };
     Some(r)
+}
+
+/// Abort (NVMe base spec, Abort command): CDW10 bits 15:0 the submission
+/// queue, 31:16 the command. A write still waiting for its data (after our
+/// R2T) is aborted: it completes with Command Abort Requested and never
+/// reaches the medium. Anything else is not: it is already executing (the
+/// backend I/O is not cut) or unknown. Completion DW0 bit 0 is 0 when the
+/// command was aborted, 1 when it was not.
+fn abort(ctx: &QueueCtx, sqe: &Sqe) -> u64 {
+    let d10 = sqe.cdw10.get();
+    let (sqid, cid) = (d10 as u16, (d10 >> 16) as u16);
+    let aborter = if sqid == 0 { None } else { ctx.ctrl.lock().aborters.get(&sqid).cloned() };
+    let aborted = aborter.is_some_and(|a| a.abort(cid, Status::ABORT_REQ));
+    tracing::info!(sqid, cid, aborted, "Abort");
+    u64::from(!aborted)
 }
 
 async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {

@@ -105,6 +105,7 @@ pub async fn connect(
         if !s.connected_io.insert(c.qid) {
             return Err((Status::CMD_SEQ_ERROR.dnr(), 0));
         }
+        s.aborters.insert(c.qid, responder.aborter());
         drop(s);
         ctrl.clone()
     };

@@ -175,7 +175,9 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);
         tracing::info!(reason = ?why, "controller released");
     } else {
-        ctx.ctrl.lock().connected_io.remove(&ctx.qid);
+        let mut s = ctx.ctrl.lock();
+        s.connected_io.remove(&ctx.qid);
+        s.aborters.remove(&ctx.qid);
     }
     tracing::info!(reason = ?why, "queue closed");
     drop(ctx);

@@ -42,6 +42,8 @@ struct R {
     sense: Option<Vec<u8>>,
     data: Vec<u8>,
     residual: Residual,
+    /// I_T nexuses whose tasks the session layer must abort.
+    preempted: Vec<super::ItKey>,
 }
 
 impl R {
@@ -96,7 +98,7 @@ async fn exec(t: &ScsiTarget, n: &Nexus, lun: u64, cdb: &[u8], edtl: u32, read: 
         assert_eq!(d.direction(), Direction::Source);
         assert!(d.len() <= edtl as usize, "Data-In longer than the EDTL");
     }
-    R { status: r.status, sense: r.sense, data: r.data_in.map(|d| d.to_vec()).unwrap_or_default(), residual: r.residual }
+    R { status: r.status, sense: r.sense, data: r.data_in.map(|d| d.to_vec()).unwrap_or_default(), residual: r.residual, preempted: r.preempted }
 }
 
 async fn din(t: &ScsiTarget, n: &Nexus, cdb: &[u8], edtl: u32) -> R {
@@ -309,7 +311,10 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.a);
     nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.b, &tur()).await.good();
-    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 0, &t.a), TmfResult::NotSupported);
+    // the session layer aborts the task set; the LU answers for it
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 0, &t.a), TmfResult::Complete);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 9, &t.a), TmfResult::LunDoesNotExist);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearAca, 0, &t.a), TmfResult::NotSupported);
     t.tgt.capacity_changed(0);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2a09);
@@ -921,7 +926,7 @@ async fn report_supported_tmfs() {
     let t = setup();
     let r = din(&t.tgt, &t.a, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16).await;
     r.good();
-    assert_eq!(r.data, vec![0xc9, 0, 0, 0]);
+    assert_eq!(r.data, vec![0xd9, 0, 0, 0]);
     let r = din(&t.tgt, &t.a, &[0xa3, 0x0d, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16).await;
     assert_eq!((r.data.len(), r.data[3]), (16, 0x0c));
 }
@@ -956,7 +961,39 @@ const RESERVE: u8 = 1;
 const RELEASE: u8 = 2;
 const CLEAR: u8 = 3;
 const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
 const REGISTER_IGNORE: u8 = 6;
+
+/// PREEMPT AND ABORT names the preempted I_T nexuses so the session layer
+/// aborts their tasks before the command completes; PREEMPT does not.
+#[tokio::test]
+async fn preempt_and_abort_names_the_preempted_nexuses() {
+    let t = setup();
+    let c = nexus(3, "iqn.2026-01.test:c");
+    for n in [&t.a, &t.b, &c] {
+        t.tgt.nexus_added(n);
+        nodata(&t.tgt, n, &tur()).await;
+    }
+    pr(&t, &t.a, REGISTER, 0, 0, 1).await.good();
+    pr(&t, &t.b, REGISTER, 0, 0, 2).await.good();
+    pr(&t, &c, REGISTER, 0, 0, 3).await.good();
+    pr(&t, &t.b, RESERVE, 1, 2, 0).await.good();
+    // PREEMPT of c's registration: no task is aborted
+    let r = pr(&t, &t.a, PREEMPT, 1, 1, 3).await;
+    r.good();
+    assert!(r.preempted.is_empty());
+    nodata(&t.tgt, &c, &tur()).await.check(UA, 0x2a05);
+    pr(&t, &c, REGISTER, 0, 0, 3).await.good();
+    // PREEMPT AND ABORT of the holder b: b's tasks go
+    let r = pr(&t, &t.a, PREEMPT_AND_ABORT, 1, 1, 2).await;
+    r.good();
+    assert_eq!(r.preempted, vec![t.b.key()]);
+    assert_eq!(keys(&prin(&t, &t.a, 0).await), vec![1, 3]);
+    // a failed PREEMPT AND ABORT aborts nothing
+    let r = pr(&t, &t.a, PREEMPT_AND_ABORT, 1, 1, 0x77).await;
+    assert_eq!(r.status, ScsiStatus::RESERVATION_CONFLICT);
+    assert!(r.preempted.is_empty());
+}
 
 #[tokio::test]
 async fn persistent_reservation_register_reserve_release() {

@@ -13,7 +13,9 @@
 # (the reference) and then against Pinion with the same script, and iSCSI
 # (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; NVMe
 # DH-HMAC-CHAP with the kernel host on the 6.12 kernel, against nvmet and
-# Pinion with the same script; `pinion perf
+# Pinion with the same script; durability (Pinion killed with SIGKILL
+# mid-write and restarted, then the guest loses power mid-write: every write
+# the kernel hosts saw acknowledged reads back intact); `pinion perf
 # --verify` against the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
 #
@@ -112,6 +114,8 @@ else
   if tests/vm/run-e2e.sh auth-nvmet >"$LOG/vm-auth-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-auth-nvmet.out"; ok "vm e2e auth-nvmet"; else tail -n 60 "$LOG/vm-auth-nvmet.out"; bad "vm e2e auth-nvmet"; fi
   step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs Pinion"
   if tests/vm/run-e2e.sh auth "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-auth.out" 2>&1; then tail -n 2 "$LOG/vm-auth.out"; ok "vm e2e auth"; else tail -n 80 "$LOG/vm-auth.out"; bad "vm e2e auth"; fi
+  step "durability: Pinion SIGKILLed mid-write, then a power cut of the guest; kernel hosts (NVMe/TCP, iSCSI) check every acknowledged block (VM, ~4-5 min)"
+  if tests/vm/durability.sh "$CARGO_TARGET_DIR/release/pinion" "$CARGO_TARGET_DIR/debug/examples/durable_io" >"$LOG/vm-durability.out" 2>&1; then tail -n 10 "$LOG/vm-durability.out"; ok "vm durability"; else tail -n 80 "$LOG/vm-durability.out"; bad "vm durability"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

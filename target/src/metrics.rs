@@ -99,6 +99,8 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     counter(enc, "pinion_write", "WRITEs by path.", w.iter().map(|(p, v)| (vec![("path", *p)], v.0)))?;
     counter(enc, "pinion_write_bytes", "WRITE bytes by path.", w.iter().map(|(p, v)| (vec![("path", *p)], v.1)))?;
     let one = |v: u64| [(Labels::new(), v)];
+    counter(enc, "pinion_write_durable", "WRITEs made durable before completing (FUA or write cache off): RWF_DSYNC.", one(m.write_durable.get().0))?;
+    counter(enc, "pinion_sync", "fdatasync calls on file and block volumes (FLUSH, SYNCHRONIZE CACHE, write cache turned off).", one(m.syncs.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_completions", "Zero-copy send completions read from the error queue.", one(m.zerocopy_completions.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_copied", "Zero-copy completions reporting that the kernel copied anyway.", one(m.zerocopy_copied.load(Relaxed)))?;
     counter(

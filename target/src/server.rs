@@ -411,7 +411,6 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
         write_budget: cfg.limits.max_write_data_in_flight as usize,
         discovery_chap: crate::iscsi::discovery_chap_from_config(i),
-        ..IscsiSettings::default()
     }
 }
 

@@ -808,6 +808,42 @@ fn smart_log_counts_io() {
     assert!(hw1 >= hw0 + 2, "host_writes {hw0} -> {hw1} after 2 write commands");
 }
 
+/// The volatile write cache (Set Features 06h): advertised, because file
+/// volumes sit behind the page cache; while it is on, only FUA writes are
+/// written through (RWF_DSYNC); turning it off first makes every write
+/// acknowledged so far durable (an fdatasync), then writes every write
+/// through, as SCSI's WCE off does.
+#[test]
+fn volatile_write_cache_off_flushes_then_writes_through() {
+    use nvme_types::command::feature::VOLATILE_WC;
+    let s = Server::start(&CONFIG.replace("[log]", "[metrics]\nlisten = \"127.0.0.1:{MPORT}\"\n\n[log]"));
+    let mut ses = session(&s, NO_DIGESTS);
+    assert_eq!(ses.id.vwc & 1, 1, "a volatile write cache is advertised (ns 2 is a file)");
+    let syncs = || s.metric("pinion_sync_total");
+    let durable = || s.metric("pinion_write_durable_total");
+    let (s0, d0) = (syncs(), durable());
+    assert_eq!(ses.admin.get_features(VOLATILE_WC).unwrap().result.get() & 1, 1, "the cache is on");
+    assert_ok(&ses.io.write(2, 100, &pattern(1, 4096), false).unwrap(), "write, cache on");
+    assert_eq!((syncs(), durable()), (s0, d0), "cache on: a write without FUA is not written through");
+    assert_ok(&ses.io.write(2, 200, &pattern(2, 4096), true).unwrap(), "FUA write");
+    assert_eq!(durable(), d0 + 1, "a FUA write is written through");
+
+    assert_ok(&ses.admin.set_features(VOLATILE_WC, 0).unwrap(), "Set Features: write cache off");
+    assert_eq!(syncs(), s0 + 1, "turning the cache off made the acknowledged writes durable (one fdatasync of the file)");
+    assert_eq!(ses.admin.get_features(VOLATILE_WC).unwrap().result.get() & 1, 0, "the cache is off");
+    assert_ok(&ses.io.write(2, 300, &pattern(3, 4096), false).unwrap(), "write, cache off");
+    assert_eq!(durable(), d0 + 2, "cache off: every write is written through");
+    assert_ok(&ses.io.write(1, 300, &pattern(4, 4096), false).unwrap(), "write to the RAM namespace, cache off");
+    assert_eq!(durable(), d0 + 2, "RAM has no volatile cache to write through");
+
+    assert_ok(&ses.admin.set_features(VOLATILE_WC, 1).unwrap(), "Set Features: write cache on");
+    assert_ok(&ses.io.write(2, 400, &pattern(5, 4096), false).unwrap(), "write, cache on again");
+    assert_eq!((syncs(), durable()), (s0 + 1, d0 + 2), "cache on again: nothing written through");
+    assert_ok(&ses.io.flush(2).unwrap(), "Flush");
+    assert_eq!(syncs(), s0 + 2, "Flush is an fdatasync");
+    round_trip(&mut ses.io, 2, 500, &pattern(6, 4096));
+}
+
 #[test]
 fn features_number_of_queues() {
     use nvme_types::command::feature::NUM_QUEUES;

@@ -1118,7 +1118,9 @@ fn fused_compare_and_write_two_hosts_race_one_block() {
                 assert_ok(&q.write(1, RACE_LBA, &round_value(round, 0), false).unwrap(), "reset");
             }
             barrier.wait();
-            let (c, w) = fused_cw(q, 1, RACE_LBA, &round_value(round, 0), &round_value(round, who), Xfer::Auto);
+            // odd rounds fetch the pair's data with R2Ts
+            let xfer = if round % 2 == 0 { Xfer::Inline } else { Xfer::Transport };
+            let (c, w) = fused_cw(q, 1, RACE_LBA, &round_value(round, 0), &round_value(round, who), xfer);
             let won = c.status().is_success();
             if won {
                 assert_ok(&w, "the write of a fused pair whose compare matched");
@@ -1176,7 +1178,8 @@ fn fused_compare_and_write_races_iscsi_compare_and_write() {
             for round in 0..RACE_ROUNDS {
                 assert_ok(&nv.io.write(1, RACE_LBA, &round_value(round, 0), false).unwrap(), "reset");
                 barrier.wait();
-                let (c, w) = fused_cw(&mut nv.io, 1, RACE_LBA, &round_value(round, 0), &round_value(round, 1), Xfer::Auto);
+                let xfer = if round % 2 == 0 { Xfer::Inline } else { Xfer::Transport };
+                let (c, w) = fused_cw(&mut nv.io, 1, RACE_LBA, &round_value(round, 0), &round_value(round, 1), xfer);
                 let won = c.status().is_success();
                 if won {
                     assert_ok(&w, "NVMe write after a matching compare");

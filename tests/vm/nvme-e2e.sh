@@ -292,7 +292,7 @@ else
   cbs=$(blockdev --getss "$dev")
   run dd if=/dev/urandom of="$WORK/cmp.blk" bs="$cbs" count=1 status=none
   run dd if=/dev/urandom of="$WORK/cmp.bad" bs="$cbs" count=1 status=none
-  check "the two data files differ" ! cmp -s "$WORK/cmp.blk" "$WORK/cmp.bad"
+  if cmp -s "$WORK/cmp.blk" "$WORK/cmp.bad"; then check "the two data files differ" false; fi
   run dd if="$WORK/cmp.blk" of="$dev" bs="$cbs" seek=100 count=1 oflag=direct status=none
   run nvme compare "$dev" --start-block=100 --block-count=0 --data-size="$cbs" --data="$WORK/cmp.blk"
   crc=0

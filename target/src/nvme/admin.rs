@@ -145,7 +145,9 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.wctemp = 0x157.into();
     id.cctemp = 0x175.into();
     id.nn = (ctx.subsys.namespaces.len() as u32).into();
-    id.oncs = (identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    // Compare + Write runs atomically under the volume's range lock (io::fused)
+    id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
     // volatile write cache present (Flush to the broadcast NSID works too,
     // but the bits that say so are NVMe 1.4 and we report 1.3)
     id.vwc = 1;

@@ -46,6 +46,7 @@ pub struct Config {
     pub iscsi_target: Vec<IscsiTargetConfig>,
     pub memory: MemoryConfig,
     pub metrics: MetricsConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
 }
@@ -314,6 +315,20 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[runtime]`: how the server spreads connections over threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How many reactors (threads, each pinned to one CPU and running its own single-threaded
+    /// executor) serve connections; absent = one per CPU the process may run on (its affinity
+    /// mask). More reactors than CPUs share CPUs round-robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+}
+
+/// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).
+pub const MAX_CORES: u32 = 1024;
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -366,6 +381,7 @@ impl Default for Config {
             iscsi_target: Vec::new(),
             memory: MemoryConfig::default(),
             metrics: MetricsConfig::default(),
+            runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
         }

@@ -114,6 +114,7 @@ const MEMORY: &[Field] = &[
     opt("zerocopy_min", Kind::Size(U32)),
 ];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
+const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32))];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
@@ -132,6 +133,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("iscsi_target", Kind::Tables(ISCSI_TARGET)),
     opt("memory", Kind::Section(MEMORY)),
     opt("metrics", Kind::Section(METRICS)),
+    opt("runtime", Kind::Section(RUNTIME)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
 ];

@@ -93,6 +93,7 @@ fn example_file_parses_to_expected_values() {
         }],
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         metrics: MetricsConfig { listen: None },
+        runtime: RuntimeConfig { cores: None },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
@@ -358,6 +359,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
+    full.runtime.cores = Some(2);
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     let t = &mut full.iscsi_target[0];
     t.alias = Some("a".into());
@@ -974,4 +976,16 @@ fn iscsi_chap_rules() {
             r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
         ],
     );
+}
+
+#[test]
+fn runtime_cores() {
+    assert_eq!(Config::from_toml_str("").unwrap().runtime.cores, None);
+    assert_eq!(Config::from_toml_str("[runtime]\ncores = 2\n").unwrap().runtime.cores, Some(2));
+    assert_err("[runtime]\ncores = 0\n", &["runtime.cores: 0 is out of range (1..=1024)"]);
+    assert_err("[runtime]\ncores = 1025\n", &["runtime.cores: 1025 is out of range (1..=1024)"]);
+    let e = Config::from_toml_str("[runtime]\ncores = \"two\"\n").unwrap_err().to_string();
+    assert!(e.contains("runtime.cores"), "{e}");
+    let e = Config::from_toml_str("[runtime]\nthreads = 2\n").unwrap_err().to_string();
+    assert!(e.contains("\"threads\" in runtime"), "{e}");
 }

@@ -32,6 +32,9 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
             format!("{} bytes is not a multiple of 4096", c.memory.pool),
         ));
     }
+    if let Some(n) = c.runtime.cores {
+        range(&mut out, "runtime.cores", n.into(), 1, Some(crate::MAX_CORES.into()));
+    }
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
             "log.level",

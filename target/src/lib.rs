@@ -7,6 +7,7 @@
 pub mod iscsi;
 pub mod metrics;
 pub mod nvme;
+pub mod reactor;
 pub mod scsi;
 pub mod server;
 

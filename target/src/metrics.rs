@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Sources {
     pub pool: PagePool,
     pub volumes: Vec<Arc<Volume>>,
+    pub reactors: crate::reactor::Loads,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, samples: &[(&str, u64)]) {
@@ -88,6 +89,10 @@ pub fn render(src: &Sources) -> String {
     gauge(&mut out, "pinion_range_lock_waiting", "Commands waiting for a range lock now (a write behind an unsent page-cache payload).", &waiting);
     counter(&mut out, "pinion_range_lock_waits", "Range lock requests that had to wait.", &waits);
     gauge(&mut out, "pinion_range_locks_held", "Range locks held now.", &held);
+    let loads = src.reactors.get();
+    let labels: Vec<String> = (0..loads.len()).map(|i| format!("{{reactor=\"{i}\"}}")).collect();
+    let live: Vec<_> = labels.iter().zip(&loads).map(|(l, n)| (l.as_str(), *n as u64)).collect();
+    gauge(&mut out, "pinion_reactor_connections", "Live connections on each reactor (the thread that runs them).", &live);
     per_volume(&mut out, src);
     out.push_str("# EOF\n");
     out

@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -226,7 +225,14 @@ impl Server {
     /// Serves until `stop` resolves, then shuts down cleanly.
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let mut conns: JoinSet<()> = JoinSet::new();
+        // Each connection runs start to end on one reactor thread.
+        let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the reactors; serving nothing");
+                return;
+            }
+        };
         let mut accepts = JoinSet::new();
         let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
         let all = listeners.nvme_tcp.into_iter().map(|l| (Proto::NvmeTcp, l)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l)));
@@ -251,41 +257,36 @@ impl Server {
         }
         drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), reactors: reactors.loads() };
             accepts.spawn(crate::metrics::serve(l, src));
         }
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 n = new_rx.recv() => match n {
                     Some((Proto::Iscsi, stream, peer)) => {
                         let srv = self.iscsi.clone();
                         let sd = shutdown.clone();
-                        let span = tracing::info_span!("iscsi_conn", %peer);
-                        conns.spawn(async move { crate::iscsi::connection(srv, stream, sd).await }.instrument(span));
+                        let span = tracing::info_span!("iscsi_conn", %peer, reactor = tracing::field::Empty);
+                        reactors.spawn_connection(stream, span, move |stream| crate::iscsi::connection(srv, stream, sd));
                     }
                     Some((Proto::NvmeTcp, stream, peer)) => {
                         let reg = self.reg.clone();
                         let pool = self.pool.clone();
                         let tcfg = self.transport.clone();
                         let sd = shutdown.clone();
-                        let span = tracing::info_span!("conn", %peer);
-                        conns.spawn(async move { connection(stream, reg, pool, tcfg, sd).await }.instrument(span));
+                        let span = tracing::info_span!("conn", %peer, reactor = tracing::field::Empty);
+                        reactors.spawn_connection(stream, span, move |stream| connection(stream, reg, pool, tcfg, sd));
                     }
                     None => break,
                 },
             }
         }
-        tracing::info!(connections = conns.len(), "shutting down: no new connections; finishing in-flight commands");
+        tracing::info!(connections = reactors.live(), "shutting down: no new connections; finishing in-flight commands");
         let _ = shutdown_tx.send(true);
         accepts.abort_all();
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(40), drain).await.is_err() {
-            tracing::warn!("connections did not close in time; aborting them");
-            conns.abort_all();
-        }
+        reactors.shutdown(Duration::from_secs(40)).await;
         for v in &self.volumes {
             match v.flush().await {
                 Ok(()) => tracing::info!(volume = %v.name, "flushed"),

@@ -47,6 +47,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
     pub management: ManagementConfig,
@@ -471,6 +472,20 @@ impl ManagementConfig {
     }
 }
 
+/// `[runtime]`: how the server spreads connections over threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How many reactors (threads, each pinned to one CPU and running its own single-threaded
+    /// executor) serve connections; absent = one per CPU the process may run on (its affinity
+    /// mask). More reactors than CPUs share CPUs round-robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+}
+
+/// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).
+pub const MAX_CORES: u32 = 1024;
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -524,6 +539,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
             management: ManagementConfig::default(),

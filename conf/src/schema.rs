@@ -130,6 +130,7 @@ const LIMITS: &[Field] = &[
     opt("handshake_timeout", Kind::Int(U32)),
 ];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
+const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32))];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
@@ -150,6 +151,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("memory", Kind::Section(MEMORY)),
     opt("limits", Kind::Section(LIMITS)),
     opt("metrics", Kind::Section(METRICS)),
+    opt("runtime", Kind::Section(RUNTIME)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
     opt("management", Kind::Section(MANAGEMENT)),

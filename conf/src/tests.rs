@@ -95,6 +95,7 @@ fn example_file_parses_to_expected_values() {
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
+        runtime: RuntimeConfig { cores: None },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
@@ -362,6 +363,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
     full.management.socket = Some("/run/pinion/ctl.sock".into());
+    full.runtime.cores = Some(2);
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     full.subsystem[0].host = vec![SubsystemHostConfig {
         nqn: "nqn.h".into(),
@@ -1122,4 +1124,16 @@ fn subsystem_host_tables() {
     assert_eq!((c.subsystem[1].host[0].dhchap_hash.as_deref(), c.subsystem[1].host[0].dhchap_dhgroup.as_deref()), (Some("sha512"), Some("ffdhe4096")));
     assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_hash = \"md5\"\n"), &["subsystem[1].host[0].dhchap_hash"]);
     assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_dhgroup = \"ffdhe1024\"\n"), &["subsystem[1].host[0].dhchap_dhgroup"]);
+}
+
+#[test]
+fn runtime_cores() {
+    assert_eq!(Config::from_toml_str("").unwrap().runtime.cores, None);
+    assert_eq!(Config::from_toml_str("[runtime]\ncores = 2\n").unwrap().runtime.cores, Some(2));
+    assert_err("[runtime]\ncores = 0\n", &["runtime.cores: 0 is out of range (1..=1024)"]);
+    assert_err("[runtime]\ncores = 1025\n", &["runtime.cores: 1025 is out of range (1..=1024)"]);
+    let e = Config::from_toml_str("[runtime]\ncores = \"two\"\n").unwrap_err().to_string();
+    assert!(e.contains("runtime.cores"), "{e}");
+    let e = Config::from_toml_str("[runtime]\nthreads = 2\n").unwrap_err().to_string();
+    assert!(e.contains("\"threads\" in runtime"), "{e}");
 }

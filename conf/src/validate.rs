@@ -42,6 +42,9 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if let Some(n) = c.runtime.cores {
+        range(&mut out, "runtime.cores", n.into(), 1, Some(crate::MAX_CORES.into()));
+    }
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
             "log.level",

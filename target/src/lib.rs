@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod notify;
 pub mod nvme;
+pub mod reactor;
 pub mod scsi;
 pub mod server;
 

@@ -43,6 +43,7 @@ pub struct Sources {
     pub nvme: Arc<NvmeRegistry>,
     /// iSCSI targets and their sessions (connected hosts).
     pub iscsi: Arc<IscsiServer>,
+    pub reactors: crate::reactor::Loads,
 }
 
 /// A label set: `(name, value)` pairs in exposition order.
@@ -182,6 +183,14 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
         "pinion_range_locks_held",
         "Range locks held now.",
         vols.iter().map(|v| (vec![("volume", v.name.as_str())], v.range_locks().held() as u64)),
+    )?;
+    let loads = src.reactors.get();
+    let ids: Vec<String> = (0..loads.len()).map(|i| i.to_string()).collect();
+    gauge(
+        enc,
+        "pinion_reactor_connections",
+        "Live connections on each reactor (the thread that runs them).",
+        ids.iter().zip(&loads).map(|(i, n)| (vec![("reactor", i.as_str())], *n as u64)),
     )
 }
 
@@ -439,7 +448,7 @@ mod tests {
         });
         let t = Arc::new(IscsiServer::target("iqn.t", vec![v.clone()], &["*".to_string()]));
         let iscsi = Arc::new(IscsiServer::new(vec![t], IscsiSettings::default(), pool.clone()));
-        Sources { pool, volumes: vec![v], nvme, iscsi }
+        Sources { pool, volumes: vec![v], nvme, iscsi, reactors: Default::default() }
     }
 
     #[test]

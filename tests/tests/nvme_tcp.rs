@@ -1263,3 +1263,45 @@ fn fused_compare_and_write_races_iscsi_compare_and_write() {
     }
     eprintln!("{RACE_ROUNDS} rounds in {:?}: NVMe won {}, iSCSI won {}", t0.elapsed(), counts[0], counts[1]);
 }
+
+// ---------------------------------------------------------------------------
+// Reactors
+
+/// With `[runtime] cores = 2`, the admin and the I/O queue connection of a
+/// controller land on different reactors, their commands (RAM inline, file
+/// through the reactor's blocking pool) work across reactors, and the
+/// per-reactor gauge falls back to 0 when they close.
+#[test]
+fn connections_spread_over_two_reactors() {
+    let s = Server::start(&format!("{CONFIG}\n[runtime]\ncores = 2\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    let gauge = |r: u32| s.metric(&format!("pinion_reactor_connections{{reactor=\"{r}\"}}"));
+    let idle = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (gauge(0), gauge(1)) != (0, 0) {
+            assert!(Instant::now() < deadline, "closed connections still counted: {} {}", gauge(0), gauge(1));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The harness's probe connection (it waits for the port) ends first.
+    idle();
+    let mut ses = session(&s, NO_DIGESTS);
+    assert_eq!((gauge(0), gauge(1)), (1, 1), "admin and I/O queue on different reactors");
+    round_trip(&mut ses.io, 1, 3, &pattern(1, 16384));
+    round_trip(&mut ses.io, 2, 5, &pattern(2, 4096));
+    assert_ok(&ses.admin.keep_alive().expect("keep alive"), "keep alive");
+    let log = s.log_text();
+    for r in 0..2 {
+        assert!(log.lines().any(|l| l.contains("reactor started") && l.contains(&format!("reactor={r}")) && l.contains("cpu=")), "{log}");
+        assert!(log.contains(&format!("reactor={r}}}")), "no connection span on reactor {r}:\n{log}");
+    }
+    // Two reactor threads, and no multi-threaded runtime besides them.
+    let comms: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+        .expect("/proc task dir")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert_eq!(comms.iter().filter(|c| c.starts_with("pinion-reactor")).count(), 2, "{comms:?}");
+    assert!(!comms.iter().any(|c| c.starts_with("tokio-runtime")), "{comms:?}");
+    drop(ses);
+    idle();
+}

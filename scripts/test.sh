@@ -8,11 +8,15 @@
 # warnings denied; unit and integration tests (the integration tests start
 # the real `pinion` binary); libiscsi's iSCSI conformance suite against
 # Pinion (at 4096- and at 512-byte blocks) and tgtd side by side, then
-# against Pinion alone three times while two CPU burners keep the cores busy;
-# a bounded fuzz run of every fuzz target; the kernel-initiator VM tests:
-# NVMe/TCP first against the kernel's own nvmet (the reference) and then
-# against Pinion with the same script, and iSCSI
-# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
+# against Pinion alone three times while two CPU burners keep the cores
+# busy; a bounded fuzz run of every fuzz target; the
+# kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
+# (the reference) and then against Pinion with the same script, and iSCSI
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; NVMe
+# DH-HMAC-CHAP with the kernel host on the 6.12 kernel, against nvmet and
+# Pinion with the same script; durability (Pinion killed with SIGKILL
+# mid-write and restarted, then the guest loses power mid-write: every write
+# the kernel hosts saw acknowledged reads back intact); `pinion perf
 # --verify` against the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
 #
@@ -105,6 +109,14 @@ else
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
   step "per-I/O read paths on the guest's 6.1 kernel (VM)"
   if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
+  # NVMe DH-HMAC-CHAP needs the 6.12 kernel (6.1 has no NVMe authentication):
+  # run-e2e.sh boots it from its own cache, /tmp/guest-run-cache-6.12
+  step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs the kernel's nvmet (reference)"
+  if tests/vm/run-e2e.sh auth-nvmet >"$LOG/vm-auth-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-auth-nvmet.out"; ok "vm e2e auth-nvmet"; else tail -n 60 "$LOG/vm-auth-nvmet.out"; bad "vm e2e auth-nvmet"; fi
+  step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs Pinion"
+  if tests/vm/run-e2e.sh auth "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-auth.out" 2>&1; then tail -n 2 "$LOG/vm-auth.out"; ok "vm e2e auth"; else tail -n 80 "$LOG/vm-auth.out"; bad "vm e2e auth"; fi
+  step "durability: Pinion SIGKILLed mid-write, then a power cut of the guest; kernel hosts (NVMe/TCP, iSCSI) check every acknowledged block (VM, ~4-5 min)"
+  if tests/vm/durability.sh "$CARGO_TARGET_DIR/release/pinion" "$CARGO_TARGET_DIR/debug/examples/durable_io" >"$LOG/vm-durability.out" 2>&1; then tail -n 10 "$LOG/vm-durability.out"; ok "vm durability"; else tail -n 80 "$LOG/vm-durability.out"; bad "vm durability"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

@@ -35,6 +35,12 @@ pub struct DataPathMetrics {
     /// WRITEs with `O_DIRECT` from pool pages / through the page cache.
     pub write_direct: PathCounter,
     pub write_buffered: PathCounter,
+    /// WRITEs made durable before they completed (FUA, or the write cache
+    /// turned off): written with `RWF_DSYNC`.
+    pub write_durable: PathCounter,
+    /// `fdatasync` calls: FLUSH, SYNCHRONIZE CACHE, FUA on commands that
+    /// cannot carry `RWF_DSYNC`, a write cache turned off.
+    pub syncs: AtomicU64,
     /// Zero-copy send notifications received, and those saying the kernel
     /// copied anyway.
     pub zerocopy_completions: AtomicU64,

@@ -47,6 +47,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
     pub management: ManagementConfig,
@@ -115,6 +116,11 @@ pub struct IscsiConfig {
     pub initial_r2t: bool,
     /// R2Ts outstanding per command (1..=65535).
     pub max_outstanding_r2t: u32,
+    /// CHAP an initiator must pass to open a discovery session (SendTargets); `None`:
+    /// discovery is open (AuthMethod=None).
+    pub discovery_chap: Option<ChapConfig>,
+    /// What the target answers with when a discovery initiator asks for mutual CHAP.
+    pub discovery_mutual_chap: Option<ChapConfig>,
 }
 
 impl Default for IscsiConfig {
@@ -132,6 +138,8 @@ impl Default for IscsiConfig {
             immediate_data: true,
             initial_r2t: false,
             max_outstanding_r2t: 16,
+            discovery_chap: None,
+            discovery_mutual_chap: None,
         }
     }
 }
@@ -245,9 +253,14 @@ pub struct SubsystemConfig {
     pub nqn: String,
     /// Volume names; the position gives the NSID (first = 1).
     pub namespaces: Vec<String>,
-    /// Host NQNs allowed to connect; `"*"` allows any host.
-    #[serde(default = "any")]
-    pub hosts: Vec<String>,
+    /// Host NQNs allowed to connect; `"*"` allows any host. Absent: any host, unless
+    /// `[[subsystem.host]]` entries exist, which then are the only hosts allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// Hosts with their DH-HMAC-CHAP secrets (`[[subsystem.host]]`); each is allowed to
+    /// connect, and must authenticate when it has a `dhchap_key`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<SubsystemHostConfig>,
     /// Controller serial number (at most 20 printable ASCII bytes); the server picks one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
@@ -282,6 +295,94 @@ pub struct IscsiTargetConfig {
 
 fn any() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+impl SubsystemConfig {
+    /// The host NQNs (or `"*"`) that may connect: `hosts` and every `[[subsystem.host]]`.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        let mut v = match &self.hosts {
+            Some(h) => h.clone(),
+            None if self.host.is_empty() => any(),
+            None => Vec::new(),
+        };
+        v.extend(self.host.iter().map(|h| h.nqn.clone()));
+        v
+    }
+}
+
+/// One `[[subsystem.host]]`: a host NQN and its NVMe in-band authentication secrets, in the
+/// `DHHC-1:<hh>:<base64 key and CRC-32>:` form `nvme gen-dhchap-key` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemHostConfig {
+    pub nqn: String,
+    /// The host's secret: the host must prove it knows it (DH-HMAC-CHAP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<Secret>,
+    /// The controller's secret: when set, a host that asks for bidirectional authentication
+    /// gets the controller's proof of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_key: Option<Secret>,
+    /// The hash to use ("sha256", "sha384", "sha512"); absent: the host's first choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_hash: Option<String>,
+    /// The DH group to use ("null", "ffdhe2048" .. "ffdhe8192"); absent: the smallest
+    /// FFDHE group the host offers, else null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_dhgroup: Option<String>,
+}
+
+/// Values of `dhchap_hash`.
+pub const DHCHAP_HASHES: &[&str] = &["sha256", "sha384", "sha512"];
+/// Values of `dhchap_dhgroup`.
+pub const DHCHAP_DHGROUPS: &[&str] = &["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"];
+
+/// A DH-HMAC-CHAP secret as the `DHHC-1` representation gives it (NVMe Base 2.0 §8.13.5.8).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DhchapSecret {
+    /// The hash the key is transformed with before use: 0 none, 1 SHA-256, 2 SHA-384,
+    /// 3 SHA-512.
+    pub transform: u8,
+    /// The secret key: 32, 48 or 64 bytes.
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for DhchapSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DhchapSecret(hash {}, <{} bytes>)", self.transform, self.key.len())
+    }
+}
+
+impl DhchapSecret {
+    /// Parses `DHHC-1:<hh>:<base64 of key || CRC-32 (little-endian) of key>:`.
+    pub fn parse(s: &str) -> Result<DhchapSecret, String> {
+        use base64::Engine as _;
+        let rest = s.strip_prefix("DHHC-1:").ok_or("does not start with \"DHHC-1:\"")?;
+        let (hh, rest) = rest.split_once(':').ok_or("has no \":\" after the hash identifier")?;
+        let b64 = rest.strip_suffix(':').ok_or("does not end with \":\"")?;
+        let transform = match hh {
+            "00" => 0,
+            "01" => 1,
+            "02" => 2,
+            "03" => 3,
+            _ => return Err(format!("hash identifier {hh:?} is not 00, 01, 02 or 03")),
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("key is not base64: {e}"))?;
+        if !matches!(raw.len(), 36 | 52 | 68) {
+            return Err(format!(
+                "key is {} bytes with its CRC (32, 48 or 64 bytes and a 4-byte CRC-32 expected)",
+                raw.len()
+            ));
+        }
+        let (key, crc) = raw.split_at(raw.len() - 4);
+        let want = crc32fast::hash(key).to_le_bytes();
+        if crc != want {
+            return Err("CRC-32 does not match the key (mistyped or truncated secret?)".to_owned());
+        }
+        Ok(DhchapSecret { transform, key: key.to_vec() })
+    }
 }
 
 /// `[memory]`: the preallocated buffer pool all connections share.
@@ -371,6 +472,20 @@ impl ManagementConfig {
     }
 }
 
+/// `[runtime]`: how the server spreads connections over threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How many reactors (threads, each pinned to one CPU and running its own single-threaded
+    /// executor) serve connections; absent = one per CPU the process may run on (its affinity
+    /// mask). More reactors than CPUs share CPUs round-robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+}
+
+/// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).
+pub const MAX_CORES: u32 = 1024;
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -424,6 +539,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
             management: ManagementConfig::default(),
@@ -450,7 +566,8 @@ impl Config {
             subsystem: vec![SubsystemConfig {
                 nqn: "nqn.2026-11.io.pinion:default".to_owned(),
                 namespaces: vec!["ram0".to_owned()],
-                hosts: any(),
+                hosts: Some(any()),
+                host: Vec::new(),
                 serial: None,
                 model: None,
             }],

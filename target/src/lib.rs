@@ -4,6 +4,7 @@
 //! shutdown, systemd notification, the `pinion ctl` socket).
 #![forbid(unsafe_code)]
 
+pub mod auth_throttle;
 pub mod ctl;
 pub mod iscsi;
 pub mod limits;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod notify;
 pub mod nvme;
+pub mod reactor;
 pub mod scsi;
 pub mod server;
 

@@ -104,7 +104,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("pinion").build() {
+    // Connections run on the reactors (one thread per core, see
+    // `pinion_target::reactor`); this thread only accepts, serves
+    // `/metrics` and shuts down.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("pinion").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -26,6 +26,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// Failed authentications, by protocol (iSCSI CHAP; NVMe DH-HMAC-CHAP).
+pub struct AuthFailures {
+    pub iscsi: std::sync::atomic::AtomicU64,
+    pub nvme: std::sync::atomic::AtomicU64,
+}
+
+pub static AUTH_FAILURES: AuthFailures = AuthFailures { iscsi: std::sync::atomic::AtomicU64::new(0), nvme: std::sync::atomic::AtomicU64::new(0) };
+
 /// Everything the endpoint reports on.
 #[derive(Clone)]
 pub struct Sources {
@@ -35,6 +43,7 @@ pub struct Sources {
     pub nvme: Arc<NvmeRegistry>,
     /// iSCSI targets and their sessions (connected hosts).
     pub iscsi: Arc<IscsiServer>,
+    pub reactors: crate::reactor::Loads,
 }
 
 /// A label set: `(name, value)` pairs in exposition order.
@@ -91,6 +100,8 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     counter(enc, "pinion_write", "WRITEs by path.", w.iter().map(|(p, v)| (vec![("path", *p)], v.0)))?;
     counter(enc, "pinion_write_bytes", "WRITE bytes by path.", w.iter().map(|(p, v)| (vec![("path", *p)], v.1)))?;
     let one = |v: u64| [(Labels::new(), v)];
+    counter(enc, "pinion_write_durable", "WRITEs made durable before completing (FUA or write cache off): RWF_DSYNC.", one(m.write_durable.get().0))?;
+    counter(enc, "pinion_sync", "fdatasync calls on file and block volumes (FLUSH, SYNCHRONIZE CACHE, write cache turned off).", one(m.syncs.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_completions", "Zero-copy send completions read from the error queue.", one(m.zerocopy_completions.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_copied", "Zero-copy completions reporting that the kernel copied anyway.", one(m.zerocopy_copied.load(Relaxed)))?;
     counter(
@@ -135,6 +146,12 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
             (vec![("limit", "max_connections_per_host")], c.refused_per_host.load(Relaxed)),
         ],
     )?;
+    counter(
+        enc,
+        "pinion_auth_failures",
+        "Failed authentications (wrong or missing secret), by protocol.",
+        [(vec![("protocol", "iscsi")], AUTH_FAILURES.iscsi.load(Relaxed)), (vec![("protocol", "nvme")], AUTH_FAILURES.nvme.load(Relaxed))],
+    )?;
     let p = src.pool.stats();
     gauge(
         enc,
@@ -166,6 +183,14 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
         "pinion_range_locks_held",
         "Range locks held now.",
         vols.iter().map(|v| (vec![("volume", v.name.as_str())], v.range_locks().held() as u64)),
+    )?;
+    let loads = src.reactors.get();
+    let ids: Vec<String> = (0..loads.len()).map(|i| i.to_string()).collect();
+    gauge(
+        enc,
+        "pinion_reactor_connections",
+        "Live connections on each reactor (the thread that runs them).",
+        ids.iter().zip(&loads).map(|(i, n)| (vec![("reactor", i.as_str())], *n as u64)),
     )
 }
 
@@ -423,7 +448,7 @@ mod tests {
         });
         let t = Arc::new(IscsiServer::target("iqn.t", vec![v.clone()], &["*".to_string()]));
         let iscsi = Arc::new(IscsiServer::new(vec![t], IscsiSettings::default(), pool.clone()));
-        Sources { pool, volumes: vec![v], nvme, iscsi }
+        Sources { pool, volumes: vec![v], nvme, iscsi, reactors: Default::default() }
     }
 
     #[test]

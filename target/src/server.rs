@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,6 +26,8 @@ pub enum ServerError {
     UnknownVolume(String, String),
     #[error(transparent)]
     Ctl(#[from] crate::mgmt::CtlError),
+    #[error("subsystem {0}: {1}")]
+    DhchapSecret(String, String),
 }
 
 /// Which protocol a listener serves.
@@ -106,7 +107,8 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
+            let mut sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
+            sub.dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         let mut targets = Vec::new();
@@ -255,7 +257,14 @@ impl Server {
         let bound = listeners.addrs();
         let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let mut conns: JoinSet<()> = JoinSet::new();
+        // Each connection runs start to end on one reactor thread.
+        let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the reactors; serving nothing");
+                return;
+            }
+        };
         let mut accepts = JoinSet::new();
         let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
         let all = listeners.nvme_tcp.into_iter().map(|l| (Proto::NvmeTcp, l)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l)));
@@ -280,7 +289,7 @@ impl Server {
         }
         drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone(), reactors: reactors.loads() };
             accepts.spawn(crate::metrics::serve(l, src));
         }
         // the socket file goes when this does, at the end of the shutdown
@@ -305,7 +314,6 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 n = new_rx.recv() => match n {
                     Some((proto, stream, peer)) => {
                         let slot = match limiter.admit(peer.ip(), proto == Proto::NvmeTcp) {
@@ -332,24 +340,25 @@ impl Server {
                             }
                         };
                         let sd = shutdown.clone();
+                        // the limiter's slot is freed when the connection ends, on its reactor
                         match proto {
                             Proto::Iscsi => {
                                 let srv = self.iscsi.clone();
-                                let span = tracing::info_span!("iscsi_conn", %peer);
-                                conns.spawn(async move {
+                                let span = tracing::info_span!("iscsi_conn", %peer, reactor = tracing::field::Empty);
+                                reactors.spawn_connection(stream, span, move |stream| async move {
                                     crate::iscsi::connection(srv, stream, sd).await;
                                     drop(slot);
-                                }.instrument(span));
+                                });
                             }
                             Proto::NvmeTcp => {
                                 let reg = self.reg.clone();
                                 let pool = self.pool.clone();
                                 let tcfg = self.transport.clone();
-                                let span = tracing::info_span!("conn", %peer);
-                                conns.spawn(async move {
+                                let span = tracing::info_span!("conn", %peer, reactor = tracing::field::Empty);
+                                reactors.spawn_connection(stream, span, move |stream| async move {
                                     connection(stream, reg, pool, tcfg, sd).await;
                                     drop(slot);
-                                }.instrument(span));
+                                });
                             }
                         }
                     }
@@ -357,14 +366,10 @@ impl Server {
                 },
             }
         }
-        tracing::info!(connections = conns.len(), "shutting down: no new connections; finishing in-flight commands");
+        tracing::info!(connections = reactors.live(), "shutting down: no new connections; finishing in-flight commands");
         let _ = shutdown_tx.send(true);
         accepts.abort_all();
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(40), drain).await.is_err() {
-            tracing::warn!("connections did not close in time; aborting them");
-            conns.abort_all();
-        }
+        reactors.shutdown(Duration::from_secs(40)).await;
         for v in &self.volumes {
             match v.flush().await {
                 Ok(()) => tracing::info!(volume = %v.name, "flushed"),
@@ -407,6 +412,7 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         send: send_config(cfg),
         login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
         write_budget: cfg.limits.max_write_data_in_flight as usize,
+        discovery_chap: crate::iscsi::discovery_chap_from_config(i),
     }
 }
 

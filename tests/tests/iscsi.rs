@@ -647,3 +647,113 @@ fn shutdown_asks_initiators_to_log_out() {
     let log = s.log_text();
     assert!(log.contains("flushed") && log.contains("stopped"), "{log}");
 }
+
+/// Discovery sessions with `[iscsi] discovery_chap` (and mutual): our
+/// initiator and libiscsi's `iscsi-ls` must authenticate before SendTargets,
+/// with the discovery credentials, not a target's.
+#[test]
+fn discovery_chap() {
+    let cfg = CONFIG.replace(
+        "nop_interval = 0\n",
+        "nop_interval = 0\ndiscovery_chap = { user = \"disco\", secret = \"disco-secret-123\" }\ndiscovery_mutual_chap = { user = \"portal\", secret = \"portal-secret-456\" }\n",
+    );
+    let s = Server::start(&cfg);
+    let disc = |chap: Option<(&str, &str)>, mutual: Option<(&str, &str)>| LoginOpts {
+        chap: chap.map(|(u, p)| (u.into(), p.into())),
+        mutual: mutual.map(|(u, p)| (u.into(), p.into())),
+        ..LoginOpts::default()
+    };
+    // no credentials, a target's credentials, a wrong secret: refused as an
+    // authentication failure
+    for o in [disc(None, None), disc(Some(("alice", "alice-secret-123")), None), disc(Some(("disco", "wrong-secret-12")), None)] {
+        match Session::login(s.iscsi_addr, &o) {
+            Err(Ok(f)) => assert_eq!(f, LoginFailed(2, 1), "{o:?}"),
+            Err(Err(e)) => panic!("{o:?}: {e}"),
+            Ok(_) => panic!("{o:?}: discovery login without the discovery secret succeeded"),
+        }
+    }
+    // one-way, then mutual: SendTargets works after either
+    for o in [disc(Some(("disco", "disco-secret-123")), None), disc(Some(("disco", "disco-secret-123")), Some(("portal", "portal-secret-456")))] {
+        let mut sess = Session::login(s.iscsi_addr, &o).unwrap_or_else(|e| panic!("{o:?}: {e:?}"));
+        let kv = sess.text(&[("SendTargets", "All")]).unwrap();
+        assert!(kv.iter().any(|(k, v)| k == "TargetName" && v == T1), "{kv:?}");
+        sess.logout().unwrap();
+    }
+    // mutual with the wrong expected target secret: our initiator notices
+    let o = disc(Some(("disco", "disco-secret-123")), Some(("portal", "not-the-secret")));
+    assert!(matches!(Session::login(s.iscsi_addr, &o), Err(Err(_))), "mutual CHAP must not verify with a wrong secret");
+    // libiscsi: discovery with the credentials in the URL, and without
+    let ls = tool(&["iscsi-ls", &format!("iscsi://disco%disco-secret-123@{}", s.iscsi_addr)]);
+    assert!(ls.contains(&format!("Target:{T1} Portal:{},1", s.iscsi_addr)), "{ls}");
+    for url in [format!("iscsi://{}", s.iscsi_addr), format!("iscsi://disco%wrong-secret-12@{}", s.iscsi_addr)] {
+        let out = Command::new("iscsi-ls").arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !text.contains(T1), "{url}: {text}");
+    }
+}
+
+/// One Login Request (CSG 0 → NSG 3, T) from a socket bound to `src`;
+/// returns the response's status class and detail and how long it took.
+fn raw_login(src: std::net::IpAddr, addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> ((u8, u8), Duration) {
+    use pinion_transport::iscsi::pdu::{login_flags, Bhs, LoginReq, LoginResp, Opcode, BHS_LEN};
+    use rustix::net::{AddressFamily, SocketType};
+    use std::io::{Read, Write};
+    use zerocopy::FromBytes;
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddr::new(src, 0)).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    let mut s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data = pinion_transport::iscsi::text::encode(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+    let mut r = LoginReq {
+        opcode: Opcode::LOGIN_REQ.0 | IMMEDIATE,
+        flags: login_flags::TRANSIT | 3,
+        isid: [0x80, 0, 0, 0, 0, 9],
+        itt: 1.into(),
+        ..Default::default()
+    };
+    r.set_data_len(data.len() as u32);
+    let t0 = std::time::Instant::now();
+    s.write_all(&encode(r.as_bytes(), &data, false, false)).unwrap();
+    let mut b = [0u8; BHS_LEN];
+    s.read_exact(&mut b).unwrap();
+    let elapsed = t0.elapsed();
+    let resp = LoginResp::from_bhs(&Bhs::read_from_bytes(&b[..]).unwrap());
+    ((resp.status_class, resp.status_detail), elapsed)
+}
+
+/// Authentication failures are counted, logged with the peer, and answered
+/// later each time from the same address; another address is not slowed.
+#[test]
+fn repeated_auth_failures_are_slowed_per_address() {
+    let s = Server::start(&format!("{CONFIG}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    let (one, two): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    // offering only None to a CHAP target is an authentication failure
+    let bad = [("InitiatorName", INITIATOR), ("TargetName", CHAP_T), ("AuthMethod", "None")];
+    let good = [("InitiatorName", INITIATOR), ("TargetName", T1), ("AuthMethod", "None")];
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let (st, t) = raw_login(one, s.iscsi_addr, &bad);
+        assert_eq!(st, (2, 1));
+        took.push(t);
+    }
+    // 250, 500, 1000 ms (the delays only have lower bounds)
+    assert!(took[0] >= Duration::from_millis(240) && took[2] >= Duration::from_millis(990), "{took:?}");
+    assert!(took[2] > took[0], "{took:?}");
+    // the fourth failure from .1 waits 2 s; meanwhile .2 is served at once
+    let addr = s.iscsi_addr;
+    let slow = std::thread::spawn(move || raw_login(one, addr, &bad));
+    std::thread::sleep(Duration::from_millis(100));
+    let (st, t_good) = raw_login(two, s.iscsi_addr, &good);
+    assert_eq!(st, (0, 0), "login from another address");
+    let (st, t_bad2) = raw_login(two, s.iscsi_addr, &bad);
+    assert_eq!(st, (2, 1));
+    assert!(!slow.is_finished(), "the slowed peer's answer must still be pending");
+    assert!(t_good < Duration::from_millis(1000) && t_bad2 < Duration::from_millis(1500), "other address slowed: {t_good:?} {t_bad2:?}");
+    let (st, t4) = slow.join().unwrap();
+    assert_eq!(st, (2, 1));
+    assert!(t4 >= Duration::from_millis(1990), "{t4:?}");
+    assert_eq!(s.metric("pinion_auth_failures_total{protocol=\"iscsi\"}"), 5);
+    let log = s.log_text();
+    assert!(log.contains("iSCSI authentication failed") && log.contains("127.0.0.2"), "{log}");
+}

@@ -404,8 +404,20 @@ fn drop_page_cache(dir: &std::path::Path) {
 
 #[test]
 fn stress_mixed_io_no_corruption() {
+    stress("");
+}
+
+/// The same with two reactors: queues of one controller on different
+/// threads, sharing volumes, page pool and range locks.
+#[test]
+fn stress_mixed_io_no_corruption_two_reactors() {
+    stress("[runtime]\ncores = 2\n");
+}
+
+/// `extra`: TOML appended after `[debug]` (its keys, or further sections).
+fn stress(extra: &str) {
     let ro = ro_image();
-    let s = Server::start(&config("", ro.path()));
+    let s = Server::start(&config(extra, ro.path()));
     let (mut admin_q, cntlid) = admin(&s);
     let m = Model::new();
     let stop = AtomicBool::new(false);

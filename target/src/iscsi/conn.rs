@@ -13,7 +13,7 @@ use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
 use crate::metrics::CmdTimer;
 use pinion_backends::metrics::{Op, Protocol};
 use pinion_backends::Sgl;
-use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
+use pinion_transport::iscsi::login::{Login, LoginStatus, Outcome, SessionInfo, SessionType};
 use pinion_transport::iscsi::pdu::{
     self, cmd_flags, decode_lun, parse_ahs, Bhs, DataOut, Layout, LoginReq, LoginResp, LogoutReq, LogoutResponse, NopIn, NopOut,
     Opcode, RejectReason, RxState, ScsiCmd, TextReq, TextResp, TmfFunction, TmfReq, TmfResp, TmfResponse, BHS_LEN, DIGEST_LEN, F,
@@ -228,7 +228,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     let login = tokio::select! {
-        r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr)) => r,
+        r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr, peer)) => r,
         _ = shutdown.changed() => return,
     };
     let (info, mut final_resp) = match login {
@@ -282,7 +282,7 @@ type LoginResult = Result<(Box<SessionInfo>, (LoginResp, Vec<u8>)), String>;
 
 /// The login exchange, inline on the socket (no digests yet). Returns the
 /// settled session and the final response, which still needs its TSIH.
-async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> LoginResult {
+async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tokio::net::tcp::OwnedWriteHalf, peer: SocketAddr) -> LoginResult {
     let dir = Dir(srv);
     let mut l = Login::new(srv.settings.prefs, srv.settings.queue_depth);
     let mut buf = [0u8; BHS_LEN];
@@ -314,6 +314,14 @@ async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tok
         match reply.outcome {
             Outcome::Continue => write_login(wr, &reply.resp, &reply.data).await.map_err(|e| format!("write: {e}"))?,
             Outcome::Failed(s) => {
+                if s == LoginStatus::AUTH_FAILURE {
+                    // counted, logged with the peer, and answered only after
+                    // this address's delay (this task alone waits)
+                    crate::metrics::AUTH_FAILURES.iscsi.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (failures, delay) = crate::auth_throttle::AUTH_THROTTLE.failed(peer.ip());
+                    tracing::warn!(%peer, initiator = l.initiator().unwrap_or(""), failures, delay_ms = delay.as_millis() as u64, "iSCSI authentication failed");
+                    tokio::time::sleep(delay).await;
+                }
                 let _ = write_login(wr, &reply.resp, &reply.data).await;
                 return Err(format!("login rejected with status {:02x}{:02x}", s.0, s.1));
             }

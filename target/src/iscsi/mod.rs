@@ -16,7 +16,7 @@ use crate::scsi;
 
 use pinion_backends::{PagePool, Volume};
 use pinion_transport::iscsi::chap::Credentials;
-use pinion_transport::iscsi::login::{Directory, Lookup, TargetAuth};
+use pinion_transport::iscsi::login::{DiscoveryChap, Directory, Lookup, TargetAuth};
 use pinion_transport::iscsi::text::TargetPrefs;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -109,6 +109,8 @@ pub struct IscsiSettings {
     pub write_budget: usize,
     /// How Data-In payloads are sent (zero-copy threshold, test hooks).
     pub send: pinion_transport::send::SendConfig,
+    /// CHAP of discovery sessions (`[iscsi] discovery_chap`).
+    pub discovery_chap: DiscoveryChap,
 }
 
 impl Default for IscsiSettings {
@@ -123,6 +125,7 @@ impl Default for IscsiSettings {
             login_timeout: Duration::from_secs(15),
             write_budget: 8 << 20,
             send: Default::default(),
+            discovery_chap: DiscoveryChap::default(),
         }
     }
 }
@@ -294,6 +297,10 @@ impl Directory for Dir<'_> {
     fn prefs(&self) -> TargetPrefs {
         self.0.settings.prefs
     }
+
+    fn discovery_chap(&self) -> DiscoveryChap {
+        self.0.settings.discovery_chap.clone()
+    }
 }
 
 /// Serves one accepted iSCSI connection until it closes.
@@ -305,11 +312,22 @@ pub async fn connection(srv: Arc<IscsiServer>, stream: TcpStream, shutdown: watc
 
 /// A target as the configuration describes it.
 pub fn target_from_config(t: &pinion_conf::IscsiTargetConfig, volumes: Vec<Arc<Volume>>) -> Target {
-    let creds = |user: &str, secret: &pinion_conf::Secret| Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() };
     let mut target = IscsiServer::target(&t.iqn, volumes, &t.initiators);
     target.alias = t.alias.clone();
     target.chap = t.chap.as_ref().map(|c| creds(&c.user, &c.secret));
     target.mutual_chap = t.mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret));
     target.initiator_chap = t.initiator_chap.iter().map(|c| (c.initiator.to_ascii_lowercase(), creds(&c.user, &c.secret))).collect();
     target
+}
+
+fn creds(user: &str, secret: &pinion_conf::Secret) -> Credentials {
+    Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() }
+}
+
+/// Discovery-session CHAP as the configuration describes it.
+pub fn discovery_chap_from_config(i: &pinion_conf::IscsiConfig) -> DiscoveryChap {
+    DiscoveryChap {
+        chap: i.discovery_chap.as_ref().map(|c| creds(&c.user, &c.secret)),
+        mutual_chap: i.discovery_mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret)),
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
+use super::fused::{self, Alone, Next};
 use super::{admin, fabrics, io};
 use crate::metrics::CmdTimer;
 use pinion_backends::metrics::Protocol;
@@ -37,6 +38,8 @@ pub struct QueueCtx {
     /// by the host ([`QueueCtx::write_permit`]).
     write_budget: Arc<tokio::sync::Semaphore>,
     write_budget_pages: usize,
+    /// In-band authentication of this queue (DH-HMAC-CHAP), when required.
+    pub auth: super::auth::AuthSlot,
 }
 
 /// A command's outcome: DW0/DW1 of the completion, and data for the host.
@@ -137,7 +140,10 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
         }
     };
     let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
-        Ok(ctx) => Arc::new(ctx),
+        Ok(ctx) => {
+            ctx.auth.set_peer(conn.peer);
+            Arc::new(ctx)
+        }
         Err(status) => {
             let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
             c.sqid = 0.into();
@@ -155,6 +161,8 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
 async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // A fused first waiting for the next command of this queue.
+    let mut fused_first: Option<Command> = None;
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
     ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
     // The kill and shutdown waits live across iterations: re-arming them
@@ -177,7 +185,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
                 Some(cmd) => {
                     ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
                     ctx.ctrl.touch();
-                    if let Stop::Disconnect = dispatch(&ctx, cmd, &mut tasks).await {
+                    if let Stop::Disconnect = dispatch(&ctx, cmd, &mut tasks, &mut fused_first).await {
                         break KillReason::Alive;
                     }
                 }
@@ -185,7 +193,11 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         }
     };
     // Stop taking commands, let those in flight finish (bounded), then the
-    // writer flushes their completions and the socket closes.
+    // writer flushes their completions and the socket closes. A fused first
+    // still waiting never gets its second.
+    if let Some(first) = fused_first.take() {
+        ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await;
+    }
     conn.close();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
@@ -212,14 +224,44 @@ enum Stop {
     Disconnect,
 }
 
-async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) -> Stop {
+async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
     let sqe = cmd.sqe;
+    // A fused pair is two adjacent entries of one submission queue: the
+    // first waits here for the next command, and a matching second is taken
+    // with it into one task, so nothing of this queue runs between them and
+    // the pair executes under one range lock (io::fused).
+    if let Some(first) = fused_first.take() {
+        match fused::next(&first.sqe, &sqe) {
+            Next::Pair => {
+                spawn_fused(ctx, first, cmd, tasks);
+                return Stop::Continue;
+            }
+            Next::Mismatch(status) => {
+                ctx.finish(&first.sqe, Err(status)).await;
+                ctx.finish(&sqe, Err(status)).await;
+                return Stop::Continue;
+            }
+            // the next command is handled on its own below
+            Next::Missing => ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await,
+        }
+    }
+    if sqe.fuse() != 0 {
+        match fused::alone(&sqe, ctx.qid) {
+            Alone::HoldFirst if !ctx.ctrl.ready() => ctx.finish(&sqe, Err(Status::CMD_SEQ_ERROR.dnr())).await,
+            // a first whose data failed its digest is held too, so that its
+            // second is aborted as Failed Fused rather than run alone
+            Alone::HoldFirst => *fused_first = Some(cmd),
+            Alone::Reject(status) => ctx.finish(&sqe, Err(status)).await,
+        }
+        return Stop::Continue;
+    }
     if let Some(status) = cmd.data_error {
         ctx.finish(&sqe, Err(status)).await;
         return Stop::Continue;
     }
-    if sqe.fuse() != 0 {
-        ctx.finish(&sqe, Err(Status::INVALID_FIELD.dnr())).await;
+    if !ctx.auth.allows(&sqe) {
+        tracing::debug!(opcode = sqe.opcode, "command before the queue authenticated");
+        ctx.finish(&sqe, Err(Status::AUTH_REQUIRED.dnr())).await;
         return Stop::Continue;
     }
     if sqe.opcode() == Opcode::FABRICS {
@@ -258,6 +300,26 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
     Stop::Continue
 }
 
+/// Runs a fused Compare + Write as one task; each command gets its own
+/// completion (the first's before the second's).
+fn spawn_fused(ctx: &Arc<QueueCtx>, first: Command, second: Command, tasks: &mut JoinSet<()>) {
+    let ctx = ctx.clone();
+    let span = tracing::debug_span!("fused", cid = first.sqe.cid(), cid2 = second.sqe.cid());
+    let (a, b) = (first.sqe, second.sqe);
+    tasks.spawn(
+        async move {
+            let (ra, rb) = match (first.data_error, second.data_error) {
+                (Some(s), _) => (Err(s), Err(Status::ABORTED_FAILED_FUSED)),
+                (None, Some(s)) => (Err(Status::ABORTED_FAILED_FUSED), Err(s)),
+                (None, None) => io::fused(&ctx, a, first.data, b, second.data).await,
+            };
+            ctx.finish(&a, ra).await;
+            ctx.finish(&b, rb).await;
+        }
+        .instrument(span),
+    );
+}
+
 /// Builds a queue context (fabrics Connect does this once it has checked
 /// everything).
 #[allow(clippy::too_many_arguments)]
@@ -287,5 +349,6 @@ pub fn new_ctx(
         local_addr,
         write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
         write_budget_pages,
+        auth: Default::default(),
     }
 }

@@ -36,7 +36,7 @@ impl Ids {
         naa[3] = (((LOCAL_CID & 0x0f) as u8) << 4) | (id[0] & 0x0f);
         naa[4..16].copy_from_slice(&id[1..13]);
         let s = stable_id(&["scsi-serial", target, volume, &l]);
-        let serial = s[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let serial = hex::encode(&s[..8]);
         Ids { naa, serial }
     }
 }

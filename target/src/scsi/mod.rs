@@ -67,8 +67,7 @@ impl ItKey {
     /// The iSCSI initiator port TransportID name (SPC-4, iSCSI TransportID):
     /// `<name>,i,0x<ISID>`.
     pub(crate) fn port_name(&self) -> String {
-        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{},i,0x{isid}", self.initiator)
+        format!("{},i,0x{}", self.initiator, hex::encode(self.isid))
     }
 }
 

@@ -155,9 +155,7 @@ fn parse_transport_id(b: &[u8], tpgt: u16, at: usize) -> Result<ItKey, Sense> {
         return Err(bad());
     }
     let mut id = [0u8; 6];
-    for (i, d) in id.iter_mut().enumerate() {
-        *d = u8::from_str_radix(&isid[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(isid, &mut id).map_err(|_| bad())?;
     Ok(ItKey { initiator: initiator.to_ascii_lowercase(), isid: id, tpgt })
 }
 

@@ -1334,3 +1334,103 @@ async fn transfer_limit_is_the_same_in_bytes_at_4096_byte_blocks() {
     let r = din(&t.tgt, &t.a, &cdb16(0x88, 0, 0, max + 1), 4096).await;
     r.check(ILLEGAL, 0x2400);
 }
+
+// ---- FUA and SYNCHRONIZE CACHE reach the storage ---------------------------------
+
+/// A RAM volume that says it has a volatile cache and records what reaches
+/// it: each write with its FUA flag, each flush.
+struct Recorder {
+    info: BackendInfo,
+    ram: pinion_backends::file::FileBackend,
+    log: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Backend for Recorder {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+    fn read(&self, offset: u64, sgl: &mut Sgl) -> pinion_backends::Result<()> {
+        self.ram.read(offset, sgl)
+    }
+    fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push(if fua { "write+fua" } else { "write" });
+        self.ram.write(offset, sgl, fua)
+    }
+    fn flush(&self) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push("flush");
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push("zeroes");
+        self.ram.write_zeroes(offset, len, deallocate)
+    }
+    fn discard(&self, offset: u64, len: u64) -> pinion_backends::Result<()> {
+        self.ram.discard(offset, len)
+    }
+}
+
+/// With the write cache on, FUA (every write command that has the bit, and
+/// WRITE AND VERIFY) is written through and SYNCHRONIZE CACHE flushes; with
+/// WCE turned off, the cached writes are flushed first and every write is
+/// written through. A write acknowledged without either would be lost with
+/// the page cache.
+#[tokio::test]
+async fn fua_and_synchronize_cache_reach_the_storage() {
+    let size = BLOCKS * BS as u64;
+    let rec = Arc::new(Recorder {
+        info: BackendInfo {
+            kind: "recorder",
+            size,
+            block_size: BS as u32,
+            may_block: false,
+            read_only: false,
+            volatile_cache: true,
+            describe: "test".into(),
+        },
+        ram: pinion_backends::file::FileBackend::ram("rec", size, BS as u32).unwrap(),
+        log: Default::default(),
+    });
+    let t = setup_with(vec![Arc::new(Volume::new("rec", rec.clone(), pool()))]);
+    let d = pattern(BS, 3);
+    let r = din(&t.tgt, &t.a, &[0x1a, 0x08, 0x08, 0, 255, 0], 255).await;
+    assert_eq!(r.data[4 + 2] & 0x04, 0x04, "WCE: a volatile cache is reported");
+    assert_eq!(r.data[2] & 0x10, 0x10, "DPOFUA: FUA is honoured");
+
+    dout(&t.tgt, &t.a, &write10(1, 1), &d).await.good();
+    assert_eq!(rec.take(), ["write"], "WRITE(10), cache on, no FUA");
+    let mut w10 = write10(2, 1);
+    w10[1] = 0x08;
+    dout(&t.tgt, &t.a, &w10, &d).await.good();
+    dout(&t.tgt, &t.a, &[0xaa, 0x08, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0], &d).await.good();
+    dout(&t.tgt, &t.a, &cdb16(0x8a, 0x08, 4, 1), &d).await.good();
+    assert_eq!(rec.take(), ["write+fua"; 3], "WRITE(10), (12), (16) with FUA");
+    let mut wv = write10(5, 1);
+    wv[0] = 0x2e;
+    dout(&t.tgt, &t.a, &wv, &d).await.good();
+    assert_eq!(rec.take(), ["write+fua"], "WRITE AND VERIFY writes to the medium");
+    let mut c = caw(4, 1);
+    c[1] = 0x08;
+    dout(&t.tgt, &t.a, &c, &[d.clone(), pattern(BS, 4)].concat()).await.good();
+    assert_eq!(rec.take(), ["write+fua"], "COMPARE AND WRITE with FUA");
+    nodata(&t.tgt, &t.a, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    nodata(&t.tgt, &t.a, &cdb16(0x91, 0, 0, 0)).await.good();
+    assert_eq!(rec.take(), ["flush", "flush"], "SYNCHRONIZE CACHE (10) and (16)");
+
+    // WCE off: what was cached is flushed, then everything is written through
+    let mut l = din(&t.tgt, &t.a, &[0x1a, 0x08, 0x08, 0, 255, 0], 255).await.data;
+    l[0] = 0;
+    l[2] = 0;
+    l[4 + 2] &= !0x04;
+    dout(&t.tgt, &t.a, &[0x15, 0x10, 0, 0, l.len() as u8, 0], &l).await.good();
+    assert_eq!(rec.take(), ["flush"], "turning WCE off flushes");
+    dout(&t.tgt, &t.a, &write10(6, 1), &d).await.good();
+    dout(&t.tgt, &t.a, &ws10(0, 7, 2), &d).await.good();
+    dout(&t.tgt, &t.a, &ws10(0, 9, 2), &[0; BS]).await.good();
+    assert_eq!(rec.take(), ["write+fua", "write+fua", "zeroes", "flush"], "WCE off: WRITE, WRITE SAME written through");
+}

@@ -16,7 +16,9 @@
 # Installs cargo-fuzz from crates.io when missing. Uses the nightly toolchain
 # with AddressSanitizer when rustup has one, else the stable toolchain without
 # a sanitizer (Rust's own bounds and overflow checks still apply; the fuzz
-# build enables debug assertions); FUZZ_SANITIZER=none forces no sanitizer.
+# build enables debug assertions); FUZZ_SANITIZER=none forces no sanitizer
+# (about twice the executions per second; for safe Rust code AddressSanitizer
+# finds nothing the language's own checks do not).
 # Crashes land in fuzz/artifacts/TARGET/. The engine's output goes to
 # build/fuzz-logs/TARGET.log as well; the last line of each run is a summary:
 # executions, seconds, executions per second, working corpus size.
@@ -43,7 +45,8 @@ if [[ ${FUZZ_SANITIZER:-} != none ]] && rustup toolchain list 2>/dev/null | grep
 else
   san=(--sanitizer none)
 fi
-export CARGO_TARGET_DIR=$REPO/build/fuzz
+# each build kind in its own directory: switching never rebuilds the other
+export CARGO_TARGET_DIR=$REPO/build/fuzz${san:+-nosan}
 cd "$REPO/fuzz"
 if [[ $target == all ]]; then
   targets=$(cargo "${tc[@]}" fuzz list)

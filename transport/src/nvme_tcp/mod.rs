@@ -225,13 +225,16 @@ impl Loopback {
             return false;
         };
         let len = sgl.len();
-        let mut off = 0;
-        while off < len {
-            let chunk = if bytes.is_empty() { &[0u8][..] } else { bytes };
-            let n = chunk.len().min(len - off);
-            sgl.copy_in(off, &chunk[..n]);
-            off += n;
+        let mut fill = Vec::with_capacity(len);
+        while fill.len() < len {
+            let n = bytes.len().min(len - fill.len());
+            if n == 0 {
+                fill.resize(len, 0);
+            } else {
+                fill.extend_from_slice(&bytes[..n]);
+            }
         }
+        sgl.copy_in(0, &fill);
         let _ = done.send(Ok(sgl));
         true
     }

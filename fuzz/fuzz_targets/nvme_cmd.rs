@@ -13,7 +13,7 @@
 //!       bit 3: data digests negotiated (reads must hand over bytes)
 //!       bit 4: the automatic Connects disable SQ flow control
 //!       bit 5: no automatic admin Connect: the records must connect
-//!   record: flags (1 byte), SQE (64 bytes), data length (u16 LE), data
+//!   record (up to 16): flags (1 byte), SQE (64 bytes), data length (u16 LE), data
 //!     flags bit 0: for the I/O queue (when there is one), else the admin queue
 //!         bit 1: the data is in-capsule data; else it answers R2Ts
 //!         bit 2: the in-capsule data failed its digest
@@ -79,6 +79,10 @@ fn registry(w: &World) -> Arc<Registry> {
 }
 
 const LOCAL: &str = "127.0.0.1:4420";
+
+/// Records taken from one input: enough to reach any queue and controller
+/// state, few enough that an execution stays cheap.
+const MAX_RECORDS: usize = 16;
 
 /// One queue: its context, the host end of its responder, its I/O tasks.
 struct Queue {
@@ -255,7 +259,7 @@ async fn run(w: &World, sel: u8, mut data: &[u8]) {
         }
     }
     let mut steps = 0;
-    while data.len() >= 67 && steps < 64 {
+    while data.len() >= 67 && steps < MAX_RECORDS {
         steps += 1;
         let flags = data[0];
         let sqe = Sqe::read_from_bytes(&data[1..65]).unwrap();

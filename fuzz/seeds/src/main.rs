@@ -274,7 +274,13 @@ fn nvme_seeds(dir: &Path) {
     rec(&mut admin, 0, prop_set(prop::CC, 0, 66), &[]);
     rec(&mut admin, 0, prop_set(prop::CC, CC_EN, 67), &[]);
     rec(&mut admin, 0, fabrics(FabricsType::DISCONNECT, 68), &[]);
-    write(dir, "nvme_cmd", "admin", &admin);
+    // the target takes 16 records an input: admin commands carry no data,
+    // so every record is 67 bytes
+    for (i, chunk) in admin[1..].chunks(16 * 67).enumerate() {
+        let mut seed = vec![4u8];
+        seed.extend_from_slice(chunk);
+        write(dir, "nvme_cmd", &format!("admin-{i}"), &seed);
+    }
 
     let mut iov = vec![0u8];
     let inc = |n: u32| Some((SglType::DATA_BLOCK_OFFSET, n));

@@ -83,7 +83,7 @@ for t in $targets; do
     mkdir -p "$kept"
     cp -n "$corpus"/* "$kept"/ 2>/dev/null || true
     cargo "${tc[@]}" fuzz cmin "${san[@]}" "$t" "$kept" >>"$log" 2>&1
-    echo "=== fuzz $t: fuzz/corpus/$t now $(find "$kept" -type f | wc -l) files, $(du -sk "$kept" | cut -f1) KiB"
+    echo "=== fuzz $t: fuzz/corpus/$t now $(find "$kept" -type f | wc -l) files, $(($(du -sb "$kept" | cut -f1) / 1024)) KiB"
   fi
 done
 exit $rc

@@ -16,14 +16,17 @@
 #     sg3-utils (sg_inq, sg_sync in the iSCSI VM test), python3 (the
 #     conformance script's result parser), iperf3 and linux-perf
 #     (deploy/bench/run.sh: the loopback limit and `perf record` of the
-#     target; CI never runs it).
+#     target; CI never runs it), e2fsprogs (mkfs.ext4 for the VM test of
+#     the read paths: O_DIRECT needs a real file system in the guest),
+#     python3-prometheus-client (its OpenMetrics parser reads /metrics in
+#     tests/tests/ops.rs).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 iperf3 linux-perf"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 python3-prometheus-client iperf3 linux-perf e2fsprogs libssl-dev pkg-config openssl"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -7,14 +7,19 @@
 # Steps: install test dependencies; build (debug + release); clippy with
 # warnings denied; unit and integration tests (the integration tests start
 # the real `pinion` binary); libiscsi's iSCSI conformance suite against
-# Pinion and tgtd side by side; a bounded fuzz run of every fuzz target; the
+# Pinion and tgtd side by side, then against Pinion alone three times while
+# two CPU burners keep the cores busy; a bounded fuzz run of every fuzz target; the
 # kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
 # (the reference) and then against Pinion with the same script, and iSCSI
-# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; `pinion perf
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; NVMe
+# DH-HMAC-CHAP with the kernel host on the 6.12 kernel, against nvmet and
+# Pinion with the same script; durability (Pinion killed with SIGKILL
+# mid-write and restarted, then the guest loses power mid-write: every write
+# the kernel hosts saw acknowledged reads back intact); `pinion perf
 # --verify` against the kernel's nvmet. (Benchmarks are not tests:
 # deploy/bench/run.sh is never run here.)
 #
-# Environment: FUZZ_SECONDS (default 45 per target; 0 skips fuzzing), SKIP_VM=1 skips
+# Environment: FUZZ_SECONDS (default 40 per target; 0 skips fuzzing), SKIP_VM=1 skips
 # the VM tests (for a quick local run; CI never sets it).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,14 +76,23 @@ else
   fi
 fi
 
+step "iSCSI conformance under load: iscsi-test-cu on Pinion three times beside two CPU burners"
+t0=$SECONDS
+if tests/iscsi-conformance-loaded.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/iscsi-conformance-loaded.out" 2>&1; then
+  tail -n 5 "$LOG/iscsi-conformance-loaded.out"; ok "iscsi conformance under load"
+else
+  tail -n 40 "$LOG/iscsi-conformance-loaded.out"; bad "iscsi conformance under load"
+fi
+echo "(took $((SECONDS - t0)) s)"
+
 # every [[bin]] of fuzz/Cargo.toml is a fuzz target; each gets its own run,
-# starting from the corpus kept in fuzz/corpus/ (5 targets x 45 s: the same
-# ~4 minutes as 4 x 60 s before the command-layer target came)
+# starting from the corpus kept in fuzz/corpus/ (6 targets x 40 s: the same
+# 4 minutes as 4 x 60 s before the nvme_cmd and nvme_auth targets came)
 fuzz_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^pinion-fuzz$')
 for t in $fuzz_targets; do
-  step "fuzz: $t (${FUZZ_SECONDS:-45} s)"
-  [[ ${FUZZ_SECONDS:-45} == 0 ]] && continue
-  if ./scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-45}" >"$LOG/fuzz-$t.log" 2>&1; then
+  step "fuzz: $t (${FUZZ_SECONDS:-40} s)"
+  [[ ${FUZZ_SECONDS:-40} == 0 ]] && continue
+  if ./scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-40}" >"$LOG/fuzz-$t.log" 2>&1; then
     tail -n 3 "$LOG/fuzz-$t.log"; ok "fuzz $t"
   else
     tail -n 40 "$LOG/fuzz-$t.log"; bad "fuzz $t"
@@ -94,6 +108,16 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "per-I/O read paths on the guest's 6.1 kernel (VM)"
+  if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
+  # NVMe DH-HMAC-CHAP needs the 6.12 kernel (6.1 has no NVMe authentication):
+  # run-e2e.sh boots it from its own cache, /tmp/guest-run-cache-6.12
+  step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs the kernel's nvmet (reference)"
+  if tests/vm/run-e2e.sh auth-nvmet >"$LOG/vm-auth-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-auth-nvmet.out"; ok "vm e2e auth-nvmet"; else tail -n 60 "$LOG/vm-auth-nvmet.out"; bad "vm e2e auth-nvmet"; fi
+  step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs Pinion"
+  if tests/vm/run-e2e.sh auth "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-auth.out" 2>&1; then tail -n 2 "$LOG/vm-auth.out"; ok "vm e2e auth"; else tail -n 80 "$LOG/vm-auth.out"; bad "vm e2e auth"; fi
+  step "durability: Pinion SIGKILLed mid-write, then a power cut of the guest; kernel hosts (NVMe/TCP, iSCSI) check every acknowledged block (VM, ~4-5 min)"
+  if tests/vm/durability.sh "$CARGO_TARGET_DIR/release/pinion" "$CARGO_TARGET_DIR/debug/examples/durable_io" >"$LOG/vm-durability.out" 2>&1; then tail -n 10 "$LOG/vm-durability.out"; ok "vm durability"; else tail -n 80 "$LOG/vm-durability.out"; bad "vm durability"; fi
   step "pinion perf --verify vs the kernel's nvmet (VM)"
   if tests/vm/perf-nvmet.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-perf-nvmet.out" 2>&1; then tail -n 2 "$LOG/vm-perf-nvmet.out"; ok "vm perf nvmet"; else tail -n 60 "$LOG/vm-perf-nvmet.out"; bad "vm perf nvmet"; fi
 fi

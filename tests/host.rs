@@ -1,4 +1,6 @@
-//! A small, blocking NVMe/TCP host for tests.
+//! A small, blocking NVMe/TCP host for tests: a thin driver over the
+//! initiator's sans-IO core (`pinion_initiator::nvme_tcp`: framing, command
+//! builders, the validating decoder and its exact blocking reads).
 //!
 //! One [`Queue`] is one TCP connection (one NVMe queue pair). It speaks just
 //! enough of NVMe over Fabrics to drive a target: the ICReq/ICResp exchange,
@@ -14,28 +16,28 @@
 //! or stuck server makes a test fail instead of hang.
 
 use nvme_types::command::{io as nvm, DsmRange, Opcode, SglType};
-use nvme_types::fabrics::{prop, ConnectData, FabricsType};
+use nvme_types::fabrics::{prop, FabricsType};
 use nvme_types::identify::{IdentifyController, IdentifyNamespace};
-use nvme_types::tcp::{
-    self, flags, CommonHeader, DataHdr, IcReq, Layout, Limits, Pdu, PduType, Role, TermReq,
-};
-use nvme_types::{nul_field, Cqe, SglDescriptor, Sqe, Status};
+use nvme_types::tcp::{self, flags, Limits, Pdu, Role, TermReq};
+use nvme_types::{Cqe, Sqe, Status};
+use pinion_initiator::nvme_tcp::{self as core, check_icresp, connect_cmd, icreq, ConnectArgs, Decoder};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 pub use nvme_types::tcp::Digests;
+pub use pinion_initiator::nvme_tcp::{
+    capsule_pdu, encode_pdu, fabrics_sqe, get_log_page_sqe, h2c_data_pdu, rw_sqe, sgl, CC_ENABLE, PSDT_SGL,
+};
 
 /// Read/write timeout on every socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-capsule data limit used until the test sets the real one (the admin
 /// queue's fixed 8 KiB, as the Linux host assumes).
 pub const DEFAULT_INLINE: usize = 8192;
-/// SQE flags: PSDT = 01b (SGLs, metadata buffer), what fabrics hosts send.
-pub const PSDT_SGL: u8 = 0x40;
 /// The dynamic-controller cntlid used on an admin-queue Connect.
 pub const CNTLID_DYNAMIC: u16 = 0xffff;
 /// Default host NQN / host ID used by tests.
@@ -43,8 +45,6 @@ pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-bbbb-cccc-dd
 pub const HOSTID: [u8; 16] = [
     0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xcc, 0xcc, 0xdd, 0xdd, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee,
 ];
-/// CC value the Linux host writes: EN, IOSQES = 6 (64 B), IOCQES = 4 (16 B).
-pub const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
 
 /// What went wrong talking to the target.
 #[derive(Debug)]
@@ -87,6 +87,17 @@ impl std::error::Error for Error {}
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+impl From<core::Error> for Error {
+    fn from(e: core::Error) -> Self {
+        match e {
+            core::Error::Io(e) => Error::Io(e),
+            core::Error::Pdu(e) => Error::Pdu(e),
+            core::Error::HeaderDigest { expected, got } => Error::HeaderDigest { expected, got },
+            core::Error::DataDigest { expected, got } => Error::DataDigest { expected, got },
+        }
     }
 }
 
@@ -179,161 +190,16 @@ impl fmt::Debug for Queue {
     }
 }
 
-fn le32(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
 /// Reads one PDU (header checked for `role`, digests verified) from `r`.
 /// Returns the decoded header and its data.
 pub fn read_pdu(r: &mut impl Read, role: Role, connected: bool, digests: Digests) -> Result<(Pdu, Vec<u8>)> {
-    let mut chb = [0u8; 8];
-    r.read_exact(&mut chb)?;
-    let ch = CommonHeader::read_from_bytes(&chb).expect("8 bytes");
     let limits = Limits { max_inline: u32::MAX, max_data: u32::MAX };
-    let layout: Layout = tcp::check_header(&ch, role, connected, digests, limits).map_err(Error::Pdu)?;
-    let mut hdr = vec![0u8; 8 + layout.rest_of_header()];
-    hdr[..8].copy_from_slice(&chb);
-    r.read_exact(&mut hdr[8..])?;
-    if layout.header_digest {
-        let expected = tcp::crc32c(&hdr[..layout.hlen]);
-        let got = le32(&hdr[layout.hlen..]);
-        if expected != got {
-            return Err(Error::HeaderDigest { expected, got });
-        }
-    }
-    let pdu = Pdu::parse(&layout, &hdr[..layout.hlen]).map_err(Error::Pdu)?;
-    let mut pad = vec![0u8; layout.pad];
-    r.read_exact(&mut pad)?;
-    let mut data = vec![0u8; layout.data_len];
-    r.read_exact(&mut data)?;
-    if layout.data_digest {
-        let mut d = [0u8; 4];
-        r.read_exact(&mut d)?;
-        let expected = tcp::crc32c(&data);
-        let got = u32::from_le_bytes(d);
-        if expected != got {
-            return Err(Error::DataDigest { expected, got });
-        }
-    }
-    Ok((pdu, data))
-}
-
-/// Frames a PDU whose header is `hdr` (type byte set; flags other than the
-/// digest bits kept) with `data`: fills HLEN, PDO, PLEN and the digest flags,
-/// and appends the header digest, padding to `pda`, data and data digest.
-/// Pass `digests` as negotiated; IC and TermReq PDUs must pass none.
-pub fn encode_pdu(hdr: &[u8], data: &[u8], digests: Digests, pda: u8) -> Vec<u8> {
-    let hlen = hdr.len();
-    let hd = if digests.header { tcp::DIGEST_LEN } else { 0 };
-    let mut out = hdr.to_vec();
-    let (pdo, plen) = if data.is_empty() {
-        (0, hlen + hd)
-    } else {
-        let pdo = tcp::data_offset(hlen, digests.header, pda);
-        let dd = if digests.data { tcp::DIGEST_LEN } else { 0 };
-        (pdo, pdo + data.len() + dd)
-    };
-    let mut fl = out[1] & !(flags::HDGSTF | flags::DDGSTF);
-    if digests.header {
-        fl |= flags::HDGSTF;
-    }
-    if digests.data && !data.is_empty() {
-        fl |= flags::DDGSTF;
-    }
-    out[1] = fl;
-    out[2] = hlen as u8;
-    out[3] = pdo as u8;
-    out[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
-    if digests.header {
-        let c = tcp::crc32c(&out[..hlen]);
-        out.extend_from_slice(&c.to_le_bytes());
-    }
-    if !data.is_empty() {
-        out.resize(pdo, 0);
-        out.extend_from_slice(data);
-        if digests.data {
-            out.extend_from_slice(&tcp::crc32c(data).to_le_bytes());
-        }
-    }
-    debug_assert_eq!(out.len(), plen);
-    out
-}
-
-/// A CapsuleCmd PDU carrying `sqe` and (possibly empty) in-capsule data.
-pub fn capsule_pdu(sqe: &Sqe, data: &[u8], digests: Digests, cpda: u8) -> Vec<u8> {
-    let c = tcp::CapsuleCmd { ch: tcp::common_header(PduType::CAPSULE_CMD, 0, 72, 0, 0), sqe: *sqe };
-    encode_pdu(c.as_bytes(), data, digests, cpda)
-}
-
-/// An H2CData PDU.
-pub fn h2c_data_pdu(cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool, digests: Digests, cpda: u8) -> Vec<u8> {
-    let h = DataHdr {
-        ch: tcp::common_header(PduType::H2C_DATA, if last { flags::LAST_PDU } else { 0 }, 24, 0, 0),
-        cccid: cccid.into(),
-        ttag: ttag.into(),
-        datao: datao.into(),
-        datal: (data.len() as u32).into(),
-        rsvd: [0; 4],
-    };
-    encode_pdu(h.as_bytes(), data, digests, cpda)
+    Ok(core::read_pdu(r, &Decoder { role, connected, digests, limits })?)
 }
 
 /// An ICReq PDU (PFV 0, HPDA 0, MAXR2T 0).
 pub fn icreq_pdu(digests: Digests) -> Vec<u8> {
-    let mut d = 0;
-    if digests.header {
-        d |= tcp::digest::HDGST_ENABLE;
-    }
-    if digests.data {
-        d |= tcp::digest::DDGST_ENABLE;
-    }
-    let r = IcReq {
-        ch: tcp::common_header(PduType::IC_REQ, 0, 128, 0, 128),
-        pfv: 0.into(),
-        hpda: 0,
-        digest: d,
-        maxr2t: 0.into(),
-        rsvd: [0; 112],
-    };
-    r.as_bytes().to_vec()
-}
-
-/// An SGL descriptor.
-pub fn sgl(kind: SglType, length: u32) -> SglDescriptor {
-    SglDescriptor { addr: 0.into(), length: length.into(), rsvd: [0; 3], type_subtype: kind.0 }
-}
-
-/// A fabrics command SQE (opcode 0x7f, FCTYPE in byte 4).
-pub fn fabrics_sqe(fctype: FabricsType) -> Sqe {
-    Sqe { opcode: Opcode::FABRICS.0, nsid: u32::from(fctype.0).into(), ..Sqe::default() }
-}
-
-/// A Read / Write / Write Zeroes / Compare SQE. `nlb` is 1-based.
-pub fn rw_sqe(op: Opcode, nsid: u32, slba: u64, nlb: u32, fua: bool) -> Sqe {
-    assert!((1..=0x10000).contains(&nlb), "nlb {nlb} out of range");
-    Sqe {
-        opcode: op.0,
-        nsid: nsid.into(),
-        cdw10: (slba as u32).into(),
-        cdw11: ((slba >> 32) as u32).into(),
-        cdw12: ((nlb - 1) | if fua { 1 << 30 } else { 0 }).into(),
-        ..Sqe::default()
-    }
-}
-
-/// A Get Log Page SQE for `len` bytes (multiple of 4) at byte `offset`.
-pub fn get_log_page_sqe(lid: u8, nsid: u32, len: usize, offset: u64) -> Sqe {
-    assert!(len >= 4 && len & 3 == 0, "log page length {len} is not whole dwords");
-    let numd = (len / 4 - 1) as u32;
-    Sqe {
-        opcode: Opcode::GET_LOG_PAGE.0,
-        nsid: nsid.into(),
-        cdw10: (u32::from(lid) | ((numd & 0xffff) << 16)).into(),
-        cdw11: (numd >> 16).into(),
-        cdw12: (offset as u32).into(),
-        cdw13: ((offset >> 32) as u32).into(),
-        ..Sqe::default()
-    }
+    icreq(digests).as_bytes().to_vec()
 }
 
 impl Queue {
@@ -377,29 +243,13 @@ impl Queue {
             }
             p => return Err(Error::Protocol(format!("expected ICResp, got {p:?}"))),
         };
-        if r.pfv.get() != 0 {
-            return Err(Error::Protocol(format!("ICResp PFV {}", r.pfv.get())));
-        }
-        let got = Digests {
-            header: r.digest & tcp::digest::HDGST_ENABLE != 0,
-            data: r.digest & tcp::digest::DDGST_ENABLE != 0,
-        };
-        if got != digests {
-            return Err(Error::Protocol(format!("asked for digests {digests:?}, ICResp granted {got:?}")));
-        }
-        let maxdata = r.maxdata.get();
-        if maxdata < 4096 {
-            return Err(Error::Protocol(format!("ICResp MAXH2CDATA {maxdata} < 4096")));
-        }
-        if r.cpda > 31 {
-            return Err(Error::Protocol(format!("ICResp CPDA {} > 31", r.cpda)));
-        }
+        let ic = check_icresp(&r, digests).map_err(Error::Protocol)?;
         Ok(Queue {
             stream: s,
             peer,
             digests,
-            maxdata,
-            cpda: r.cpda,
+            maxdata: ic.maxdata,
+            cpda: ic.cpda,
             qid: 0,
             inline_limit: DEFAULT_INLINE,
             next_cid: 1,
@@ -668,15 +518,7 @@ impl Queue {
         hostid: [u8; 16],
         cattr: u8,
     ) -> Result<Cqe> {
-        let mut sqe = fabrics_sqe(FabricsType::CONNECT);
-        sqe.cdw10 = (u32::from(qid) << 16).into();
-        sqe.cdw11 = (u32::from(sqsize) | (u32::from(cattr) << 16)).into();
-        sqe.cdw12 = kato_ms.into();
-        let mut d = ConnectData::new_zeroed();
-        d.hostid = hostid;
-        d.cntlid = cntlid.into();
-        d.subsysnqn = nul_field(subnqn);
-        d.hostnqn = nul_field(hostnqn);
+        let (sqe, d) = connect_cmd(&ConnectArgs { qid, sqsize, cattr, kato_ms, cntlid, subnqn, hostnqn, hostid });
         let c = self.exec_with(sqe, Some(d.as_bytes().to_vec()), 0, Xfer::Inline)?;
         if c.status().is_success() {
             self.qid = qid;
@@ -867,6 +709,8 @@ pub fn expect_closed(s: &mut TcpStream, timeout: Duration) -> io::Result<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nvme_types::fabrics::ConnectData;
+    use nvme_types::tcp::{DataHdr, PduType};
     use std::net::TcpListener;
 
     fn parse_as_controller(bytes: &[u8], digests: Digests) -> (Pdu, Vec<u8>) {

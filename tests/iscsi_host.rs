@@ -6,17 +6,25 @@
 //! and R2T, and exposes the raw layer ([`Session::send_raw`],
 //! [`Session::recv`], [`Session::expect_closed`]) for hostile tests. Every
 //! socket operation has a timeout ([`IO_TIMEOUT`]).
+//!
+//! It is a thin blocking driver over the initiator's sans-IO core
+//! (`pinion_initiator::iscsi`: framing, the validating decoder and its exact
+//! blocking reads, Login Request and CHAP answers, Data-Out splitting); the
+//! login steps themselves stay scripted here, so tests can probe each one.
 
+use pinion_initiator::iscsi::{self as core, chap_answer, data_outs, login_req, Decoder, LoginIds};
 use pinion_transport::iscsi::chap;
 use pinion_transport::iscsi::pdu::{
-    self, cmd_flags, data_in_flags, login_flags, Bhs, DataIn, DataOut, LoginReq, LoginResp, LogoutReq, NopOut, Opcode, R2t,
-    ScsiCmd, ScsiResp, TextReq, TmfReq, BHS_LEN, F, IMMEDIATE, RESERVED_TAG,
+    self, cmd_flags, data_in_flags, login_flags, Bhs, DataIn, LoginResp, LogoutReq, NopOut, Opcode, R2t, ScsiCmd, ScsiResp, TextReq,
+    TmfReq, BHS_LEN, F, IMMEDIATE, RESERVED_TAG,
 };
 use pinion_transport::iscsi::text;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
+
+pub use pinion_initiator::iscsi::{encode, val};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const INITIATOR: &str = "iqn.2026-11.io.pinion:test-initiator";
@@ -92,28 +100,6 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// Encodes one PDU (header digest / data digest as given).
-pub fn encode(bhs: &[u8], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
-    let mut b = Bhs::read_from_bytes(&bhs[..BHS_LEN]).expect("48 bytes");
-    let n = data.len() as u32;
-    b.dsl = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-    let mut v = b.as_bytes().to_vec();
-    if hd {
-        let c = crc32c::crc32c(&v);
-        v.extend_from_slice(&c.to_le_bytes());
-    }
-    if !data.is_empty() {
-        let start = v.len();
-        v.extend_from_slice(data);
-        v.resize(v.len() + pdu::pad_len(data.len()), 0);
-        if dd {
-            let c = crc32c::crc32c(&v[start..]);
-            v.extend_from_slice(&c.to_le_bytes());
-        }
-    }
-    v
-}
-
 impl Session {
     pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
@@ -155,17 +141,8 @@ impl Session {
         transit: bool,
         pairs: &[(String, String)],
     ) -> std::result::Result<(LoginResp, Vec<(String, String)>), LoginError> {
-        let mut r = LoginReq {
-            opcode: Opcode::LOGIN_REQ.0 | IMMEDIATE,
-            flags: (csg << login_flags::CSG_SHIFT) | if transit { login_flags::TRANSIT | nsg } else { 0 },
-            isid,
-            tsih: self.tsih.into(),
-            itt: 1.into(),
-            cid: self.cid.into(),
-            cmdsn: self.cmdsn.into(),
-            exp_statsn: self.exp_statsn.into(),
-            ..Default::default()
-        };
+        let ids = LoginIds { isid, tsih: self.tsih, itt: 1, cid: self.cid };
+        let mut r = login_req(csg, nsg, transit, ids, self.cmdsn, self.exp_statsn);
         let data = text::encode(pairs);
         r.set_data_len(data.len() as u32);
         self.send_raw(&encode(r.as_bytes(), &data, false, false)).map_err(|e| Err(e.to_string()))?;
@@ -202,9 +179,7 @@ impl Session {
                 return Err(Err(format!("target chose {:?}", val(&r, "AuthMethod"))));
             }
             let (_, r) = self.login_pdu(isid, 0, 1, false, &kv(&[("CHAP_A", "5")]))?;
-            let id: u8 = val(&r, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| Err("no CHAP_I".to_string()))?;
-            let c = val(&r, "CHAP_C").and_then(text::decode_binary).ok_or_else(|| Err("no CHAP_C".to_string()))?;
-            let mut keys = kv(&[("CHAP_N", user), ("CHAP_R", &text::encode_hex(&chap::response(id, secret.as_bytes(), &c)))]);
+            let mut keys = chap_answer(&r, user, secret).map_err(Err)?.to_vec();
             let my_c = [0x5au8; 16];
             if o.mutual.is_some() {
                 keys.push(("CHAP_I".into(), "33".into()));
@@ -259,31 +234,7 @@ impl Session {
     }
 
     fn recv_with(&mut self, hd: bool, dd: bool) -> Result<(Bhs, Vec<u8>)> {
-        let mut h = [0u8; BHS_LEN];
-        self.stream.read_exact(&mut h).map_err(err)?;
-        let bhs = Bhs::read_from_bytes(&h[..]).expect("48");
-        let mut ahs = vec![0u8; bhs.ahs_len()];
-        self.stream.read_exact(&mut ahs).map_err(err)?;
-        if hd {
-            let mut d = [0u8; 4];
-            self.stream.read_exact(&mut d).map_err(err)?;
-            let c = crc32c::crc32c_append(crc32c::crc32c(&h), &ahs);
-            if c != u32::from_le_bytes(d) {
-                return Err("header digest mismatch from target".into());
-            }
-        }
-        let n = bhs.data_len() as usize;
-        let mut data = vec![0u8; n + pdu::pad_len(n)];
-        self.stream.read_exact(&mut data).map_err(err)?;
-        if dd && n > 0 {
-            let mut d = [0u8; 4];
-            self.stream.read_exact(&mut d).map_err(err)?;
-            if crc32c::crc32c(&data) != u32::from_le_bytes(d) {
-                return Err("data digest mismatch from target".into());
-            }
-        }
-        data.truncate(n);
-        Ok((bhs, data))
+        core::read_pdu(&mut self.stream, &Decoder { header_digest: hd, data_digest: dd, max_data: u32::MAX }).map_err(err)
     }
 
     /// Receives one PDU (with the session's digests), tracking StatSN and
@@ -379,25 +330,8 @@ impl Session {
         }
         self.send(c.as_bytes(), &data[..imm]).map_err(err)?;
         // unsolicited Data-Out up to FirstBurstLength
-        let mut off = imm;
-        let mut datasn = 0;
-        while off < unsol {
-            let n = (unsol - off).min(self.target_mrdsl as usize);
-            let last = off + n == unsol;
-            let d = DataOut {
-                opcode: Opcode::DATA_OUT.0,
-                flags: if last { F } else { 0 },
-                lun: c.lun,
-                itt: itt.into(),
-                ttt: RESERVED_TAG.into(),
-                exp_statsn: self.exp_statsn.into(),
-                datasn: datasn.into(),
-                buffer_offset: (off as u32).into(),
-                ..Default::default()
-            };
-            self.send(d.as_bytes(), &data[off..off + n]).map_err(err)?;
-            datasn += 1;
-            off += n;
+        for (d, r) in data_outs(c.lun, itt, RESERVED_TAG, self.exp_statsn, imm..unsol, self.target_mrdsl as usize) {
+            self.send(d.as_bytes(), &data[r]).map_err(err)?;
         }
         self.collect(itt, data)
     }
@@ -433,27 +367,13 @@ impl Session {
                 Opcode::R2T => {
                     let r = R2t::from_bhs(&bhs);
                     res.r2ts += 1;
-                    let (mut off, end) = (r.buffer_offset.get() as usize, (r.buffer_offset.get() + r.desired_len.get()) as usize);
+                    let (off, end) = (r.buffer_offset.get() as usize, (r.buffer_offset.get() + r.desired_len.get()) as usize);
                     if end > data_out.len() {
                         return Err(format!("R2T beyond the data: {off}..{end}"));
                     }
-                    let mut datasn = 0u32;
-                    while off < end {
-                        let n = (end - off).min(self.target_mrdsl as usize);
-                        let d = DataOut {
-                            opcode: Opcode::DATA_OUT.0,
-                            flags: if off + n == end { F } else { 0 },
-                            lun: r.lun,
-                            itt: r.itt,
-                            ttt: r.ttt,
-                            exp_statsn: self.exp_statsn.into(),
-                            datasn: datasn.into(),
-                            buffer_offset: (off as u32).into(),
-                            ..Default::default()
-                        };
-                        self.send(d.as_bytes(), &data_out[off..off + n]).map_err(err)?;
-                        datasn += 1;
-                        off += n;
+                    let max = self.target_mrdsl as usize;
+                    for (d, range) in data_outs(r.lun, r.itt.get(), r.ttt.get(), self.exp_statsn, off..end, max) {
+                        self.send(d.as_bytes(), &data_out[range]).map_err(err)?;
                     }
                 }
                 Opcode::SCSI_RESP => {
@@ -615,10 +535,6 @@ impl Session {
             return Err(format!("expected Logout Response, got {:?}", bhs.opcode()));
         }
     }
-}
-
-pub fn val<'a>(kv: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    kv.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
 }
 
 /// READ(16) / WRITE(16) CDBs.

@@ -52,6 +52,21 @@ pub struct Server {
     pub metrics: Option<SocketAddr>,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// The config as written (placeholders replaced), for failure messages.
+    config: String,
+    /// The config has an iSCSI listener.
+    iscsi: bool,
+}
+
+/// Extra ways to start the server ([`Server::start_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct StartOpts {
+    /// Arguments after `serve --config FILE`.
+    pub args: Vec<String>,
+    /// Environment variables to set.
+    pub env: Vec<(String, String)>,
+    /// Return without waiting for the listeners.
+    pub no_wait: bool,
 }
 
 impl Server {
@@ -61,6 +76,17 @@ impl Server {
     /// `[metrics] listen`) and `{DIR}` by the temporary directory (for
     /// backing files).
     pub fn start(config_toml: &str) -> Server {
+        Server::start_with(config_toml, &StartOpts::default())
+    }
+
+    /// [`Server::start`] with extra `serve` arguments and environment; with
+    /// `opts.no_wait` it returns as soon as the process is started (then
+    /// [`Server::wait_ready`] waits for the listeners).
+    ///
+    /// A config without a `[management]` section gets its control socket in
+    /// the temporary directory ([`Server::ctl_socket`]), so test servers
+    /// never touch the system default.
+    pub fn start_with(config_toml: &str, opts: &StartOpts) -> Server {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -72,6 +98,10 @@ impl Server {
         let iscsi_port = free_port();
         let mport = free_port();
         let metrics = config_toml.contains("{MPORT}").then(|| SocketAddr::from(([127, 0, 0, 1], mport)));
+        let mut config_toml = config_toml.to_string();
+        if !config_toml.contains("[management]") {
+            config_toml += "\n[management]\nsocket = \"{DIR}/ctl.sock\"\n";
+        }
         let config = config_toml
             .replace("{PORT}", &port.to_string())
             .replace("{ISCSI_PORT}", &iscsi_port.to_string())
@@ -83,7 +113,7 @@ impl Server {
         let out = fs::File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log fd");
         let mut cmd = Command::new(&bin);
-        cmd.arg("serve").arg("--config").arg(&conf_path).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.arg("serve").arg("--config").arg(&conf_path).args(&opts.args).stdin(Stdio::null()).stdout(out).stderr(err);
         // The server reads PINION_* variables as config overrides and rejects
         // unknown ones (PINION_BIN would be "unknown key"): do not pass any.
         for (k, _) in std::env::vars_os() {
@@ -91,15 +121,59 @@ impl Server {
                 cmd.env_remove(&k);
             }
         }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let iscsi_addr = SocketAddr::from(([127, 0, 0, 1], iscsi_port));
-        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log };
-        s.wait_listening(&config, addr);
-        if config_toml.contains("{ISCSI_PORT}") {
-            s.wait_listening(&config, iscsi_addr);
+        let iscsi = config_toml.contains("{ISCSI_PORT}");
+        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log, config, iscsi };
+        if !opts.no_wait {
+            s.wait_ready();
         }
         s
+    }
+
+    /// Waits until the NVMe/TCP port (and the iSCSI port, when configured)
+    /// accepts connections.
+    pub fn wait_ready(&mut self) {
+        let config = self.config.clone();
+        self.wait_listening(&config, self.addr);
+        if self.iscsi {
+            self.wait_listening(&config, self.iscsi_addr);
+        }
+    }
+
+    /// The control socket `pinion ctl` talks to (unless the config has its
+    /// own `[management]` section).
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    /// Runs `pinion ctl --socket <ctl_socket> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary()).arg("ctl").arg("--socket").arg(self.ctl_socket()).args(args).output().expect("run pinion ctl")
+    }
+
+    /// Sends SIGTERM (by PID, with kill(1)).
+    pub fn terminate(&self) {
+        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("run kill").success();
+        assert!(ok, "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The metrics endpoint's exposition (`GET /metrics`).

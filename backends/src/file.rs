@@ -7,7 +7,7 @@
 //! (a 1 GiB volume costs what was written) and so its pages can be spliced
 //! into a socket by the zero-copy path.
 
-use crate::{Backend, BackendError, BackendInfo, IoMode, Result, Sgl};
+use crate::{Backend, BackendError, BackendInfo, IoMode, Result, Sgl, WritePath};
 use rustix::fs::FallocateFlags;
 use rustix::io::{Errno, ReadWriteFlags};
 use std::fs::{File, OpenOptions};
@@ -28,6 +28,9 @@ pub struct FileBackend {
     mode: IoMode,
     /// A memfd: every page is resident by construction.
     in_memory: bool,
+    /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
+    /// that `mincore(2)` reads residency from.
+    residency: Option<crate::sys::ResidencyMap>,
     /// fallocate modes the file system refused once; not tried again.
     no_punch: std::sync::atomic::AtomicBool,
     no_zero_range: std::sync::atomic::AtomicBool,
@@ -135,7 +138,31 @@ impl FileBackend {
             volatile_cache: true,
             describe: path.display().to_string(),
         };
-        FileBackend::new(info, file, direct, mode)
+        let b = FileBackend::new(info, file, direct, mode);
+        if mode == IoMode::Auto && crate::sys::cachestat(&*b.file, 0, 1).is_none() {
+            return b.with_mincore();
+        }
+        b
+    }
+
+    /// Tells residency with `mincore(2)` over a mapping of the file instead
+    /// of `cachestat(2)`.
+    fn with_mincore(mut self) -> FileBackend {
+        self.residency = match crate::sys::ResidencyMap::new(&*self.file, self.info.size) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %self.info.describe, error = %e, "no cachestat(2) and the file cannot be mapped for mincore(2): residency is probed per read");
+                None
+            }
+        };
+        self
+    }
+
+    /// An `auto` file volume that tells residency the way kernels without
+    /// `cachestat(2)` make it, whatever this kernel has.
+    #[cfg(test)]
+    pub(crate) fn open_file_mincore(path: &Path, size: u64, block_size: u32) -> Result<FileBackend> {
+        Ok(FileBackend::open_file(path, Some(size), block_size, IoMode::Auto, false)?.with_mincore())
     }
 
     fn open_direct(path: &Path, io_mode: IoMode, read_only: bool) -> Option<File> {
@@ -158,6 +185,7 @@ impl FileBackend {
             direct,
             mode,
             in_memory: false,
+            residency: None,
             no_punch: false.into(),
             no_zero_range: false.into(),
         }
@@ -257,6 +285,9 @@ impl Backend for FileBackend {
         if self.in_memory {
             return Some(true);
         }
+        if let Some(m) = &self.residency {
+            return m.resident(offset, len).ok();
+        }
         match crate::sys::cachestat(&*self.file, offset, len)? {
             Ok(c) => Some(c.nr_cache >= len.div_ceil(crate::PAGE_SIZE as u64)),
             Err(_) => None,
@@ -289,33 +320,50 @@ impl Backend for FileBackend {
     }
 
     fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()> {
+        self.write_path(offset, sgl, fua).map(|_| ())
+    }
+
+    fn write_path(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<WritePath> {
         self.check_range(offset, sgl.len() as u64)?;
         if self.info.read_only {
             return Err(BackendError::ReadOnly);
         }
         // FUA on a volume with a volatile cache: the write is durable before
-        // we return (RWF_DSYNC covers the data and what is needed to read it).
+        // we return. RWF_DSYNC covers the data and what is needed to read it
+        // back, on both fds: through the page cache it writes the range back
+        // and flushes the device cache; with O_DIRECT the kernel sends the
+        // write with FUA (or a cache flush after it). O_DIRECT alone is not
+        // durable: the device may hold the data in its own volatile cache.
         let dsync = fua && self.info.volatile_cache;
+        if dsync {
+            METRICS.write_durable.add(sgl.len());
+        }
         // `auto` writes through the page cache, so what was just written is
         // hot for the reads that often follow; only `direct` bypasses it.
+        let mut path = WritePath::Buffered;
         if self.mode == IoMode::Direct {
             if let Some(d) = self.direct_fd(offset, sgl) {
                 match write_all(d, offset, &sgl.io_slices(), dsync) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => {
                         METRICS.write_direct.add(sgl.len());
-                        return Ok(r?);
+                        return Ok(r.map(|()| WritePath::Direct)?);
                     }
                 }
             }
-            crate::metrics::bump(&METRICS.fallback_unaligned);
+            path = WritePath::BufferedUnaligned;
         }
         METRICS.write_buffered.add(sgl.len());
-        Ok(write_all(&self.file, offset, &sgl.io_slices(), dsync)?)
+        write_all(&self.file, offset, &sgl.io_slices(), dsync)?;
+        Ok(path)
     }
 
     fn flush(&self) -> Result<()> {
         if self.info.volatile_cache && !self.info.read_only {
+            // fdatasync acts on the inode, not the fd: the buffered fd also
+            // makes what was written through the O_DIRECT fd durable (file
+            // system metadata of newly allocated blocks, the device cache)
+            crate::metrics::bump(&METRICS.syncs);
             self.file.sync_data()?;
         }
         Ok(())
@@ -463,6 +511,61 @@ mod tests {
         assert_eq!(b.allocation(65536, 8192).unwrap(), (false, 4096));
         assert_eq!(b.allocation(69632, 8192).unwrap(), (true, 4096));
         assert!(b.allocation(1 << 20, 1).is_err());
+    }
+
+    /// A directory on a file system with writeback (on tmpfs the page
+    /// cache is the storage: its pages stay dirty and fdatasync is a no-op).
+    fn writeback_dir() -> Option<tempfile::TempDir> {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build");
+        [std::env::temp_dir(), build].into_iter().find_map(|d| {
+            let t = tempfile::tempdir_in(d).ok()?;
+            let st = rustix::fs::statfs(t.path()).ok()?;
+            (st.f_type as i64 != TMPFS_MAGIC).then_some(t)
+        })
+    }
+
+    /// Pages of a range still to be written back (dirty or under writeback);
+    /// `None` without cachestat(2).
+    fn unwritten(b: &FileBackend, off: u64, len: u64) -> Option<u64> {
+        let c = crate::sys::cachestat(&*b.file, off, len)?.unwrap();
+        Some(c.nr_dirty + c.nr_writeback)
+    }
+
+    /// FUA and FLUSH leave nothing in the page cache that the disk does not
+    /// have (fdatasync / RWF_DSYNC), in buffered mode and for the buffered
+    /// fallback of direct mode, which shares the page cache.
+    #[tokio::test]
+    async fn fua_and_flush_write_the_page_cache_back() {
+        let Some(dir) = writeback_dir() else {
+            eprintln!("skipped: no directory on a file system with writeback");
+            return;
+        };
+        let pool = PagePool::new(1 << 22, false);
+        for mode in [IoMode::Buffered, IoMode::Auto] {
+            let b = FileBackend::open_file(&dir.path().join(format!("{mode:?}.img")), Some(1 << 22), 4096, mode, false).unwrap();
+            let len = 65536u64;
+            b.write(0, &filled(&pool, len as usize, 1).await, false).unwrap();
+            match unwritten(&b, 0, len) {
+                None => {
+                    eprintln!("skipped: no cachestat(2)");
+                    return;
+                }
+                // written back already (memory pressure): nothing to judge
+                Some(0) => continue,
+                Some(n) => eprintln!("{mode:?}: {n} pages dirty after a cached write"),
+            }
+            // the same range again, with FUA: durable when write returns
+            b.write(0, &filled(&pool, len as usize, 2).await, true).unwrap();
+            assert_eq!(unwritten(&b, 0, len), Some(0), "{mode:?}: a FUA write left dirty pages");
+            // a cached write, then FLUSH
+            b.write(len, &filled(&pool, len as usize, 3).await, false).unwrap();
+            if unwritten(&b, len, len) == Some(0) {
+                continue;
+            }
+            b.flush().unwrap();
+            assert_eq!(unwritten(&b, 0, 1 << 22), Some(0), "{mode:?}: FLUSH left dirty pages");
+        }
     }
 
     #[test]

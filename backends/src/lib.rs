@@ -67,6 +67,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Writes the bytes of `sgl` at `offset`; with `fua` they are durable
     /// before this returns.
     fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<()>;
+    /// [`Backend::write`], saying which path the bytes took (for the
+    /// volume's metrics). Backends with one path keep the default.
+    fn write_path(&self, offset: u64, sgl: &Sgl, fua: bool) -> Result<WritePath> {
+        self.write(offset, sgl, fua).map(|()| WritePath::Buffered)
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
     /// Zeroes a range; with `deallocate` the space may be released (it still
@@ -120,6 +125,18 @@ pub trait Backend: Send + Sync + 'static {
             _ => Err(BackendError::OutOfRange { offset, len, size }),
         }
     }
+}
+
+/// How one WRITE reached the backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePath {
+    /// `O_DIRECT` from the pool pages.
+    Direct,
+    /// Through the page cache (a copy), the volume's mode.
+    Buffered,
+    /// Through the page cache although the volume is `direct`: the I/O
+    /// could not be aligned for `O_DIRECT`.
+    BufferedUnaligned,
 }
 
 /// How a file or block volume is read and written.

@@ -35,6 +35,12 @@ pub struct DataPathMetrics {
     /// WRITEs with `O_DIRECT` from pool pages / through the page cache.
     pub write_direct: PathCounter,
     pub write_buffered: PathCounter,
+    /// WRITEs made durable before they completed (FUA, or the write cache
+    /// turned off): written with `RWF_DSYNC`.
+    pub write_durable: PathCounter,
+    /// `fdatasync` calls: FLUSH, SYNCHRONIZE CACHE, FUA on commands that
+    /// cannot carry `RWF_DSYNC`, a write cache turned off.
+    pub syncs: AtomicU64,
     /// Zero-copy send notifications received, and those saying the kernel
     /// copied anyway.
     pub zerocopy_completions: AtomicU64,
@@ -52,8 +58,211 @@ pub struct DataPathMetrics {
     pub close_resets: AtomicU64,
 }
 
+/// One volume's share of the counters above, so an operator sees which
+/// paths each volume's I/O takes (`/metrics` labels them with the volume).
+#[derive(Default)]
+pub struct VolumeMetrics {
+    pub read_splice: PathCounter,
+    pub read_direct: PathCounter,
+    pub read_copy: PathCounter,
+    pub write_direct: PathCounter,
+    pub write_buffered: PathCounter,
+    pub fallback_data_digest: AtomicU64,
+    pub fallback_no_pipe: AtomicU64,
+    pub fallback_unaligned: AtomicU64,
+    pub fallback_local_peer: AtomicU64,
+    /// Commands of each protocol on this volume, as the hosts see them
+    /// (counted where the command completes), indexed by [`Protocol`].
+    pub io: [ProtoIo; 2],
+}
+
+/// The protocol a command came in on (the `protocol` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Nvme = 0,
+    Iscsi = 1,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Nvme, Protocol::Iscsi];
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Nvme => "nvme",
+            Protocol::Iscsi => "iscsi",
+        }
+    }
+}
+
+/// What a command does (the `op` label): reads and writes of data, cache
+/// flushes, and everything else (write zeroes, deallocate, inquiries...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read = 0,
+    Write = 1,
+    Flush = 2,
+    Other = 3,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Read, Op::Write, Op::Flush, Op::Other];
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Other => "other",
+        }
+    }
+}
+
+/// Upper bounds of the latency buckets in nanoseconds, 10 µs to 10 s; a
+/// last, unbounded bucket follows.
+pub const LATENCY_BOUNDS_NS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A latency histogram that I/O paths update without a lock: one counter
+/// per bucket (not cumulative) and the sum. The count is the buckets'
+/// total, so a scrape never sees a count that disagrees with them.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS.partition_point(|b| *b < ns);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Per-bucket counts (upper bound in ns, `None` for the last) and the
+    /// sum in nanoseconds.
+    pub fn snapshot(&self) -> ([(Option<u64>, u64); LATENCY_BOUNDS_NS.len() + 1], u64) {
+        let mut out = [(None, 0); LATENCY_BOUNDS_NS.len() + 1];
+        for (i, b) in self.buckets.iter().enumerate() {
+            out[i] = (LATENCY_BOUNDS_NS.get(i).copied(), b.load(Relaxed));
+        }
+        (out, self.sum_ns.load(Relaxed))
+    }
+}
+
+/// One operation's commands on one volume over one protocol.
+#[derive(Default)]
+pub struct OpIo {
+    /// Commands completed (successfully or not).
+    pub cmds: AtomicU64,
+    /// Commands completed with an error status.
+    pub errors: AtomicU64,
+    /// Data bytes moved by successful commands.
+    pub bytes: AtomicU64,
+    /// Time from the command's arrival to its completion being queued.
+    pub latency: Latency,
+}
+
+/// One protocol's commands on one volume.
+#[derive(Default)]
+pub struct ProtoIo {
+    /// Indexed by [`Op`].
+    pub ops: [OpIo; 4],
+    /// Commands received and not yet completed.
+    pub in_flight: AtomicU64,
+}
+
+impl ProtoIo {
+    /// A command completed.
+    pub fn complete(&self, op: Op, bytes: u64, ok: bool, took: std::time::Duration) {
+        let o = &self.ops[op as usize];
+        o.cmds.fetch_add(1, Relaxed);
+        if ok {
+            o.bytes.fetch_add(bytes, Relaxed);
+        } else {
+            o.errors.fetch_add(1, Relaxed);
+        }
+        o.latency.observe(took);
+    }
+}
+
+/// Why a READ or WRITE did not take its volume's cheaper path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    DataDigest,
+    NoPipe,
+    Unaligned,
+    LocalPeer,
+}
+
+impl VolumeMetrics {
+    pub fn proto(&self, p: Protocol) -> &ProtoIo {
+        &self.io[p as usize]
+    }
+
+    /// Counts a fallback here and in the process-wide totals.
+    pub fn fallback(&self, why: Fallback) {
+        let (mine, all) = match why {
+            Fallback::DataDigest => (&self.fallback_data_digest, &METRICS.fallback_data_digest),
+            Fallback::NoPipe => (&self.fallback_no_pipe, &METRICS.fallback_no_pipe),
+            Fallback::Unaligned => (&self.fallback_unaligned, &METRICS.fallback_unaligned),
+            Fallback::LocalPeer => (&self.fallback_local_peer, &METRICS.fallback_local_peer),
+        };
+        bump(mine);
+        bump(all);
+    }
+}
+
 pub static METRICS: std::sync::LazyLock<DataPathMetrics> = std::sync::LazyLock::new(DataPathMetrics::default);
 
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latency_buckets() {
+        let l = Latency::default();
+        l.observe(Duration::from_micros(5)); // first bucket
+        l.observe(Duration::from_micros(10)); // on the bound: still the first (le)
+        l.observe(Duration::from_micros(11)); // second
+        l.observe(Duration::from_secs(60)); // beyond the last bound
+        let (b, sum) = l.snapshot();
+        assert_eq!(b[0], (Some(10_000), 2));
+        assert_eq!(b[1], (Some(25_000), 1));
+        assert_eq!(b[LATENCY_BOUNDS_NS.len()], (None, 1));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 4);
+        assert_eq!(sum, 5_000 + 10_000 + 11_000 + 60_000_000_000);
+    }
+
+    #[test]
+    fn completion_counts() {
+        let p = ProtoIo::default();
+        p.complete(Op::Read, 4096, true, Duration::from_micros(30));
+        p.complete(Op::Read, 4096, false, Duration::from_micros(30));
+        let r = &p.ops[Op::Read as usize];
+        assert_eq!((r.cmds.load(Relaxed), r.errors.load(Relaxed), r.bytes.load(Relaxed)), (2, 1, 4096));
+        assert_eq!(p.ops[Op::Write as usize].cmds.load(Relaxed), 0);
+    }
 }

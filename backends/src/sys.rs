@@ -1,10 +1,13 @@
-//! The backends' only `unsafe`: mapping the page pool's memory and the
-//! `cachestat(2)` system call, which no safe wrapper offers yet.
+//! The backends' only `unsafe`: mapping the page pool's memory, the
+//! `cachestat(2)` system call, which no safe wrapper offers yet, and a
+//! never-touched file mapping that `mincore(2)` inspects where the kernel
+//! has no `cachestat(2)`.
 #![allow(unsafe_code)]
 
 use crate::pool::PageBuf;
 use crate::PAGE_SIZE;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// Maps `n` pages of private anonymous memory for the pool and hands out
 /// the whole region as `'static`: it is never unmapped, so a page the kernel
@@ -48,10 +51,17 @@ pub(crate) struct Cachestat {
 /// The number is the same on every architecture (the unified syscall table).
 const SYS_CACHESTAT: libc::c_long = 451;
 
+/// Cleared the first time the kernel answers `ENOSYS`, so that kernels
+/// without the call (before 6.5, e.g. Debian 12's 6.1) pay for that once.
+static HAVE_CACHESTAT: AtomicBool = AtomicBool::new(true);
+
 /// Page-cache residency of a file range (Linux 6.5+); `None` when the
 /// kernel lacks the call.
 pub(crate) fn cachestat(fd: impl AsFd, off: u64, len: u64) -> Option<std::io::Result<Cachestat>> {
     use std::os::fd::AsRawFd;
+    if !HAVE_CACHESTAT.load(Relaxed) {
+        return None;
+    }
     let range = CachestatRange { off, len };
     let mut out = Cachestat::default();
     // SAFETY: `range` and `out` are live, correctly laid out (`repr(C)`
@@ -65,9 +75,75 @@ pub(crate) fn cachestat(fd: impl AsFd, off: u64, len: u64) -> Option<std::io::Re
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::ENOSYS) {
+        HAVE_CACHESTAT.store(false, Relaxed);
         return None;
     }
     Some(Err(e))
+}
+
+/// A read-only shared mapping of a whole file that nothing ever reads
+/// through: it exists only so that `mincore(2)` can report which of the
+/// file's pages are in the page cache. Mapping costs address space, not
+/// memory, and `mincore` neither faults pages in nor needs them mapped.
+/// (Since Linux 5.0 `mincore` reports page-cache pages of a file mapping
+/// only to a caller that owns the file or may write it, as root does;
+/// otherwise every range looks cold and reads go direct, which is safe.)
+pub(crate) struct ResidencyMap {
+    /// The mapping's address, kept as an integer: no reference into the
+    /// mapping is ever made, so the type is trivially `Send + Sync`.
+    addr: usize,
+    len: usize,
+}
+
+impl ResidencyMap {
+    pub(crate) fn new(fd: impl AsFd, len: u64) -> std::io::Result<ResidencyMap> {
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a new mapping at an address the kernel picks cannot
+        // overlap memory Rust owns; it is read-only and shared, so it never
+        // aliases anything writable of ours, and no reference into it is
+        // ever created (only its address is passed to mincore/munmap).
+        let ptr = unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED | MapFlags::NORESERVE, fd, 0) }?;
+        Ok(ResidencyMap { addr: ptr as usize, len })
+    }
+
+    /// Whether every page of `[off, off + len)` is in the page cache.
+    pub(crate) fn resident(&self, off: u64, len: u64) -> std::io::Result<bool> {
+        const CHUNK: usize = 256;
+        let page = PAGE_SIZE as u64;
+        let end = off.checked_add(len).filter(|&e| e <= self.len as u64).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ERANGE))?;
+        let mut first = off / page;
+        let last = end.div_ceil(page);
+        let mut vec = [0u8; CHUNK];
+        while first < last {
+            let n = ((last - first) as usize).min(CHUNK);
+            let start = self.addr + first as usize * PAGE_SIZE;
+            // SAFETY: `[start, start + n pages)` lies inside this mapping
+            // (`end <= self.len`, and the mapping's length is rounded up to
+            // whole pages by the kernel); `vec` has room for the `n` bytes,
+            // one per page, that mincore writes; nothing else is touched.
+            let r = unsafe { libc::mincore(start as *mut libc::c_void, n * PAGE_SIZE, vec.as_mut_ptr()) };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if vec[..n].iter().any(|&b| b & 1 == 0) {
+                return Ok(false);
+            }
+            first += n as u64;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for ResidencyMap {
+    fn drop(&mut self) {
+        // SAFETY: `addr`/`len` are exactly the mapping made in `new`, which
+        // is unmapped only here, once; no reference into it exists.
+        let _ = unsafe { rustix::mm::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +169,29 @@ mod tests {
             None => {} // old kernel: callers fall back
             Some(r) => assert_eq!(r.unwrap().nr_cache, 2),
         }
+    }
+
+    #[test]
+    fn mincore_tells_hot_from_cold_without_cachestat() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("m")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[1u8; 65536], 0).unwrap();
+        let m = ResidencyMap::new(&f, 1 << 20).unwrap();
+        assert!(m.resident(0, 65536).unwrap(), "just written: in the page cache");
+        assert!(m.resident(100, 4000).unwrap(), "unaligned ranges cover their pages");
+        assert!(!m.resident(0, 1 << 20).unwrap(), "the rest was never read");
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert!(!m.resident(0, 65536).unwrap(), "dropped from the cache");
+        let mut b = vec![0u8; 8192];
+        f.read_exact_at(&mut b, 8192).unwrap();
+        assert!(m.resident(8192, 8192).unwrap(), "read back in");
+        assert!(m.resident(0, (1 << 20) + 1).is_err(), "past the mapping");
+        // more pages than one mincore chunk
+        f.write_all_at(&vec![2u8; 2 << 20], 0).unwrap();
+        let m = ResidencyMap::new(&f, 2 << 20).unwrap();
+        assert!(m.resident(0, 2 << 20).unwrap());
     }
 }

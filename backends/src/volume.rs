@@ -9,9 +9,9 @@
 //! range to splice) is decided here per I/O, and the segments' owners decide
 //! their release.
 
-use crate::metrics::{bump, METRICS};
+use crate::metrics::{Fallback, VolumeMetrics, METRICS};
 use crate::splice::{PageCacheRange, PipeLease, PIPE_BYTES};
-use crate::{Backend, BackendError, BackendInfo, IoMode, PagePool, Result, Sgl};
+use crate::{Backend, BackendError, BackendInfo, IoMode, PagePool, Result, Sgl, WritePath};
 use crate::{Direction, LockMode, RangeGuard, RangeLocks};
 use std::sync::Arc;
 
@@ -61,6 +61,8 @@ pub struct Volume {
     pool: PagePool,
     locks: Arc<RangeLocks>,
     policy: DataPolicy,
+    /// This volume's paths (the process-wide totals are in [`METRICS`]).
+    pub metrics: VolumeMetrics,
 }
 
 impl std::fmt::Debug for Volume {
@@ -75,12 +77,17 @@ impl Volume {
     }
 
     pub fn with_policy(name: &str, backend: Arc<dyn Backend>, pool: PagePool, policy: DataPolicy) -> Volume {
-        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy }
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy, metrics: VolumeMetrics::default() }
     }
 
     /// The path a READ takes (see the module docs and DESIGN.md "Splice or
     /// direct I/O"). Every choice that is not the configured one's best is
     /// counted with its reason.
+    ///
+    /// Residency is decided before the local-peer rule: a cold range goes
+    /// `O_DIRECT` into pool pages, which is safe for any peer (they are
+    /// ours until the send completes); only a splice of page-cache pages
+    /// needs the peer to be remote or the volume read-only.
     pub fn read_path(&self, offset: u64, len: usize, opts: ReadOpts) -> ReadPath {
         let b = &self.backend;
         let mode = b.io_mode();
@@ -90,27 +97,27 @@ impl Volume {
         if b.splice_file().is_none() || len < self.policy.splice_min || len > PIPE_BYTES {
             return ReadPath::Copy;
         }
-        if opts.local_peer && !b.info().read_only {
-            bump(&METRICS.fallback_local_peer);
-            return ReadPath::Copy;
-        }
         let hot = match mode {
             IoMode::Buffered => true,
             _ => match b.resident(offset, len as u64) {
                 Some(h) => h,
-                // No cachestat(2): try a read that fails rather than wait
+                // Residency unknown: try a read that fails rather than wait
                 // for the device; what it cannot serve goes direct.
                 None => return ReadPath::Probe,
             },
         };
-        match (hot, opts.need_bytes) {
-            (true, false) => ReadPath::Splice,
-            (true, true) => {
-                bump(&METRICS.fallback_data_digest);
-                ReadPath::Copy
-            }
-            (false, _) => ReadPath::Direct,
+        if !hot {
+            return ReadPath::Direct;
         }
+        if opts.local_peer && !b.info().read_only {
+            self.metrics.fallback(Fallback::LocalPeer);
+            return ReadPath::Copy;
+        }
+        if opts.need_bytes {
+            self.metrics.fallback(Fallback::DataDigest);
+            return ReadPath::Copy;
+        }
+        ReadPath::Splice
     }
 
     pub fn info(&self) -> &BackendInfo {
@@ -158,9 +165,10 @@ impl Volume {
         if path == ReadPath::Splice {
             if let Some(s) = self.read_splice(offset, len).await? {
                 METRICS.splice.add(len);
+                self.metrics.read_splice.add(len);
                 return Ok(s);
             }
-            bump(&METRICS.fallback_no_pipe);
+            self.metrics.fallback(Fallback::NoPipe);
         }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
         // Held only while the bytes are copied: a write of the same blocks
@@ -180,13 +188,15 @@ impl Volume {
                 b.read_buffered(offset, &mut sgl).map(|()| (sgl, false))
             })
             .await?;
-        match (direct && !probe, was_direct) {
-            (_, true) => METRICS.direct.add(len),
-            (true, false) => {
-                bump(&METRICS.fallback_unaligned);
-                METRICS.copy.add(len)
+        if was_direct {
+            METRICS.direct.add(len);
+            self.metrics.read_direct.add(len);
+        } else {
+            if direct && !probe {
+                self.metrics.fallback(Fallback::Unaligned);
             }
-            (false, false) => METRICS.copy.add(len),
+            METRICS.copy.add(len);
+            self.metrics.read_copy.add(len);
         }
         Ok(sgl.into_source())
     }
@@ -222,7 +232,20 @@ impl Volume {
         // Waits while a page-cache payload of this range is still queued on
         // a socket: changing those pages now would change bytes on the wire.
         let _g = self.locks.lock(offset, sgl.len() as u64, LockMode::Exclusive).await;
-        self.run(move |b| b.write(offset, &sgl, fua)).await
+        self.write_counted(offset, sgl, fua).await
+    }
+
+    async fn write_counted(&self, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
+        let len = sgl.len();
+        match self.run(move |b| b.write_path(offset, &sgl, fua)).await? {
+            WritePath::Direct => self.metrics.write_direct.add(len),
+            WritePath::Buffered => self.metrics.write_buffered.add(len),
+            WritePath::BufferedUnaligned => {
+                self.metrics.fallback(Fallback::Unaligned);
+                self.metrics.write_buffered.add(len)
+            }
+        }
+        Ok(())
     }
 
     /// A read-modify-write under one exclusive lock (COMPARE AND WRITE,
@@ -233,6 +256,7 @@ impl Volume {
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
         let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
         METRICS.copy.add(len);
+        self.metrics.read_copy.add(len);
         Ok(sgl.into_source())
     }
 
@@ -243,7 +267,7 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
-        self.run(move |b| b.write(offset, &sgl, fua)).await
+        self.write_counted(offset, sgl, fua).await
     }
 
     fn check_locked(&self, guard: &RangeGuard, offset: u64, len: u64) -> Result<()> {
@@ -328,6 +352,7 @@ mod tests {
         assert_eq!(ram.read_path(0, big, ReadOpts { need_bytes: true, ..Default::default() }), ReadPath::Copy, "a digest needs the bytes");
         let local = ReadOpts { local_peer: true, ..Default::default() };
         assert_eq!(ram.read_path(0, big, local), ReadPath::Copy, "a local peer would see later writes");
+        assert_eq!(ram.metrics.fallback_local_peer.load(std::sync::atomic::Ordering::Relaxed), 1, "counted per volume");
 
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str, mode| {
@@ -351,6 +376,27 @@ mod tests {
             rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
             assert_eq!(auto.read_path(0, big, ReadOpts::default()), ReadPath::Direct, "cold ranges go direct");
         }
+        // kernels without cachestat(2) (Debian 12's 6.1) tell residency with
+        // mincore(2): hot ranges splice there too, cold ones go direct, for
+        // a local peer as well (pool pages are safe for any peer)
+        let p = dir.path().join("m");
+        let m = Volume::new("m", Arc::new(crate::file::FileBackend::open_file_mincore(&p, 1 << 22, 4096).unwrap()), pool.clone());
+        let mut s = Sgl::alloc(&pool, Direction::Dest, big).await;
+        assert!(s.copy_in(0, &vec![3u8; big]));
+        m.write(0, s, false).await.unwrap();
+        assert_eq!(m.read_path(0, big, ReadOpts::default()), ReadPath::Splice, "just written: hot");
+        assert_eq!(m.read_path(0, big, local), ReadPath::Copy, "hot, writable, local peer: a copy");
+        assert_eq!(m.read_path(big as u64, big, ReadOpts::default()), ReadPath::Direct, "never read: cold");
+        assert_eq!(m.read_path(big as u64, big, local), ReadPath::Direct, "cold: direct even for a local peer");
+        let f = std::fs::File::open(&p).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert_eq!(m.read_path(0, big, local), ReadPath::Direct, "dropped from the cache: cold");
+        let r = m.read(0, big, local).await.unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 3));
+        assert_eq!(m.metrics.read_direct.get(), (1, big as u64), "counted per volume");
+        assert_eq!(m.metrics.write_buffered.get(), (1, big as u64));
+
         // whatever the path, the bytes are right
         let r = auto.read(0, big, ReadOpts::default()).await.unwrap();
         assert!(r.to_vec().iter().all(|&x| x == 1));

@@ -45,9 +45,11 @@ pub struct Config {
     pub subsystem: Vec<SubsystemConfig>,
     pub iscsi_target: Vec<IscsiTargetConfig>,
     pub memory: MemoryConfig,
+    pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub debug: DebugConfig,
+    pub management: ManagementConfig,
 }
 
 /// `[nvme_tcp]`: listener addresses and the limits advertised to hosts.
@@ -113,6 +115,11 @@ pub struct IscsiConfig {
     pub initial_r2t: bool,
     /// R2Ts outstanding per command (1..=65535).
     pub max_outstanding_r2t: u32,
+    /// CHAP an initiator must pass to open a discovery session (SendTargets); `None`:
+    /// discovery is open (AuthMethod=None).
+    pub discovery_chap: Option<ChapConfig>,
+    /// What the target answers with when a discovery initiator asks for mutual CHAP.
+    pub discovery_mutual_chap: Option<ChapConfig>,
 }
 
 impl Default for IscsiConfig {
@@ -130,6 +137,8 @@ impl Default for IscsiConfig {
             immediate_data: true,
             initial_r2t: false,
             max_outstanding_r2t: 16,
+            discovery_chap: None,
+            discovery_mutual_chap: None,
         }
     }
 }
@@ -243,9 +252,14 @@ pub struct SubsystemConfig {
     pub nqn: String,
     /// Volume names; the position gives the NSID (first = 1).
     pub namespaces: Vec<String>,
-    /// Host NQNs allowed to connect; `"*"` allows any host.
-    #[serde(default = "any")]
-    pub hosts: Vec<String>,
+    /// Host NQNs allowed to connect; `"*"` allows any host. Absent: any host, unless
+    /// `[[subsystem.host]]` entries exist, which then are the only hosts allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// Hosts with their DH-HMAC-CHAP secrets (`[[subsystem.host]]`); each is allowed to
+    /// connect, and must authenticate when it has a `dhchap_key`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<SubsystemHostConfig>,
     /// Controller serial number (at most 20 printable ASCII bytes); the server picks one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
@@ -282,6 +296,94 @@ fn any() -> Vec<String> {
     vec!["*".to_owned()]
 }
 
+impl SubsystemConfig {
+    /// The host NQNs (or `"*"`) that may connect: `hosts` and every `[[subsystem.host]]`.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        let mut v = match &self.hosts {
+            Some(h) => h.clone(),
+            None if self.host.is_empty() => any(),
+            None => Vec::new(),
+        };
+        v.extend(self.host.iter().map(|h| h.nqn.clone()));
+        v
+    }
+}
+
+/// One `[[subsystem.host]]`: a host NQN and its NVMe in-band authentication secrets, in the
+/// `DHHC-1:<hh>:<base64 key and CRC-32>:` form `nvme gen-dhchap-key` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemHostConfig {
+    pub nqn: String,
+    /// The host's secret: the host must prove it knows it (DH-HMAC-CHAP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<Secret>,
+    /// The controller's secret: when set, a host that asks for bidirectional authentication
+    /// gets the controller's proof of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_key: Option<Secret>,
+    /// The hash to use ("sha256", "sha384", "sha512"); absent: the host's first choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_hash: Option<String>,
+    /// The DH group to use ("null", "ffdhe2048" .. "ffdhe8192"); absent: the smallest
+    /// FFDHE group the host offers, else null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_dhgroup: Option<String>,
+}
+
+/// Values of `dhchap_hash`.
+pub const DHCHAP_HASHES: &[&str] = &["sha256", "sha384", "sha512"];
+/// Values of `dhchap_dhgroup`.
+pub const DHCHAP_DHGROUPS: &[&str] = &["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"];
+
+/// A DH-HMAC-CHAP secret as the `DHHC-1` representation gives it (NVMe Base 2.0 §8.13.5.8).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DhchapSecret {
+    /// The hash the key is transformed with before use: 0 none, 1 SHA-256, 2 SHA-384,
+    /// 3 SHA-512.
+    pub transform: u8,
+    /// The secret key: 32, 48 or 64 bytes.
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for DhchapSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DhchapSecret(hash {}, <{} bytes>)", self.transform, self.key.len())
+    }
+}
+
+impl DhchapSecret {
+    /// Parses `DHHC-1:<hh>:<base64 of key || CRC-32 (little-endian) of key>:`.
+    pub fn parse(s: &str) -> Result<DhchapSecret, String> {
+        use base64::Engine as _;
+        let rest = s.strip_prefix("DHHC-1:").ok_or("does not start with \"DHHC-1:\"")?;
+        let (hh, rest) = rest.split_once(':').ok_or("has no \":\" after the hash identifier")?;
+        let b64 = rest.strip_suffix(':').ok_or("does not end with \":\"")?;
+        let transform = match hh {
+            "00" => 0,
+            "01" => 1,
+            "02" => 2,
+            "03" => 3,
+            _ => return Err(format!("hash identifier {hh:?} is not 00, 01, 02 or 03")),
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("key is not base64: {e}"))?;
+        if !matches!(raw.len(), 36 | 52 | 68) {
+            return Err(format!(
+                "key is {} bytes with its CRC (32, 48 or 64 bytes and a 4-byte CRC-32 expected)",
+                raw.len()
+            ));
+        }
+        let (key, crc) = raw.split_at(raw.len() - 4);
+        let want = crc32fast::hash(key).to_le_bytes();
+        if crc != want {
+            return Err("CRC-32 does not match the key (mistyped or truncated secret?)".to_owned());
+        }
+        Ok(DhchapSecret { transform, key: key.to_vec() })
+    }
+}
+
 /// `[memory]`: the preallocated buffer pool all connections share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -305,6 +407,36 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[limits]`: what one host may take from the server, so that no host can starve the others.
+///
+/// Connections are counted across NVMe/TCP and iSCSI together: a connection costs a file
+/// descriptor, buffers and tasks whichever protocol it speaks, and an operator budgets those per
+/// machine. A host is a peer IP address. Note that every NVMe/TCP queue is a connection (a
+/// controller with 8 I/O queues is 9 connections).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections in total (1..=1048576); one more is closed at accept and logged.
+    pub max_connections: u32,
+    /// Open connections from one peer IP address (1..=max_connections).
+    pub max_connections_per_host: u32,
+    /// Pool bytes one connection's writes may hold while the host still owes their data
+    /// (NVMe/TCP R2T transfers, iSCSI solicited Data-Out). Further writes wait, unsolicited,
+    /// until the host delivers; a single larger write runs alone. At least 64 KiB; the pool's
+    /// own cap on such pages (7/8 of it, shared by all connections) still applies.
+    #[serde(with = "size::serde_size::u64_bytes")]
+    pub max_write_data_in_flight: u64,
+    /// Seconds a new connection may take to finish its handshake (NVMe/TCP ICReq and fabrics
+    /// Connect, iSCSI login) before it is closed (1..=300).
+    pub handshake_timeout: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 * MIB, handshake_timeout: 15 }
+    }
+}
+
 /// `[metrics]`: the OpenMetrics endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -312,6 +444,31 @@ pub struct MetricsConfig {
     /// Address of the HTTP `/metrics` endpoint; absent = no endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Where `pinion ctl` finds a server that has no `[management] socket` in its configuration.
+pub const DEFAULT_CTL_SOCKET: &str = "/run/pinion/ctl.sock";
+
+/// `[management]`: the Unix socket `pinion ctl` talks to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Path of the control socket (created mode 0600, removed on exit). Absent: [`DEFAULT_CTL_SOCKET`],
+    /// and a server that cannot create it (not root, say) serves without one; `""` turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl ManagementConfig {
+    /// The socket to serve (`None`: off), and whether it was asked for explicitly (so failing to
+    /// create it is an error rather than a warning).
+    pub fn socket_path(&self) -> Option<(PathBuf, bool)> {
+        match &self.socket {
+            None => Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some((p.clone(), true)),
+        }
+    }
 }
 
 /// `[log]`.
@@ -365,9 +522,11 @@ impl Default for Config {
             subsystem: Vec::new(),
             iscsi_target: Vec::new(),
             memory: MemoryConfig::default(),
+            limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             debug: DebugConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 }
@@ -391,7 +550,8 @@ impl Config {
             subsystem: vec![SubsystemConfig {
                 nqn: "nqn.2026-11.io.pinion:default".to_owned(),
                 namespaces: vec!["ram0".to_owned()],
-                hosts: any(),
+                hosts: Some(any()),
+                host: Vec::new(),
                 serial: None,
                 model: None,
             }],

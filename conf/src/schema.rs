@@ -75,6 +75,8 @@ const ISCSI: &[Field] = &[
     opt("immediate_data", Kind::Bool),
     opt("initial_r2t", Kind::Bool),
     opt("max_outstanding_r2t", Kind::Int(U32)),
+    opt("discovery_chap", Kind::Section(CHAP)),
+    opt("discovery_mutual_chap", Kind::Section(CHAP)),
 ];
 const CHAP: &[Field] = &[req("user", Kind::Str), req("secret", Kind::Str)];
 const INITIATOR_CHAP: &[Field] = &[
@@ -92,10 +94,18 @@ const VOLUME: &[Field] = &[
     opt("block_size", Kind::Size(U32)),
     opt("read_only", Kind::Bool),
 ];
+const SUBSYSTEM_HOST: &[Field] = &[
+    req("nqn", Kind::Str),
+    opt("dhchap_key", Kind::Str),
+    opt("dhchap_ctrl_key", Kind::Str),
+    opt("dhchap_hash", Kind::Enum(crate::DHCHAP_HASHES)),
+    opt("dhchap_dhgroup", Kind::Enum(crate::DHCHAP_DHGROUPS)),
+];
 const SUBSYSTEM: &[Field] = &[
     req("nqn", Kind::Str),
     req("namespaces", Kind::Strs),
     opt("hosts", Kind::Strs),
+    opt("host", Kind::Tables(SUBSYSTEM_HOST)),
     opt("serial", Kind::Str),
     opt("model", Kind::Str),
 ];
@@ -113,11 +123,18 @@ const MEMORY: &[Field] = &[
     opt("splice_min", Kind::Size(1 << 20)),
     opt("zerocopy_min", Kind::Size(U32)),
 ];
+const LIMITS: &[Field] = &[
+    opt("max_connections", Kind::Int(1 << 20)),
+    opt("max_connections_per_host", Kind::Int(1 << 20)),
+    opt("max_write_data_in_flight", Kind::Size(u64::MAX)),
+    opt("handshake_timeout", Kind::Int(U32)),
+];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
 ];
+const MANAGEMENT: &[Field] = &[opt("socket", Kind::Str)];
 const DEBUG: &[Field] = &[
     opt("poison_released_pages", Kind::Bool),
     opt("early_release", Kind::Bool),
@@ -131,9 +148,11 @@ pub(crate) const ROOT: &[Field] = &[
     opt("subsystem", Kind::Tables(SUBSYSTEM)),
     opt("iscsi_target", Kind::Tables(ISCSI_TARGET)),
     opt("memory", Kind::Section(MEMORY)),
+    opt("limits", Kind::Section(LIMITS)),
     opt("metrics", Kind::Section(METRICS)),
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
+    opt("management", Kind::Section(MANAGEMENT)),
 ];
 
 /// Checks the merged tree against [`ROOT`]; returns every problem, in file-schema order.

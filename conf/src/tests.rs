@@ -78,7 +78,8 @@ fn example_file_parses_to_expected_values() {
         subsystem: vec![SubsystemConfig {
             nqn: "nqn.2026-11.io.pinion:vol1".into(),
             namespaces: vec!["vol1".into()],
-            hosts: vec!["*".into()],
+            hosts: Some(vec!["*".into()]),
+            host: vec![],
             serial: None,
             model: None,
         }],
@@ -92,6 +93,7 @@ fn example_file_parses_to_expected_values() {
             initiator_chap: vec![],
         }],
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
+        limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
         log: LogConfig {
             level: "info".into(),
@@ -102,6 +104,7 @@ fn example_file_parses_to_expected_values() {
             early_release: false,
             keep_zerocopy_when_copied: false,
         },
+        management: ManagementConfig { socket: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);
@@ -146,7 +149,7 @@ fn default_ram_validates() {
     );
     assert_eq!(c.subsystem[0].nqn, "nqn.2026-11.io.pinion:default");
     assert_eq!(c.subsystem[0].namespaces, ["ram0"]);
-    assert_eq!(c.subsystem[0].hosts, ["*"]);
+    assert_eq!(c.subsystem[0].allowed_hosts(), ["*"]);
     assert_eq!(c.iscsi_target[0].iqn, "iqn.2026-11.io.pinion:default");
     assert_eq!(c.iscsi_target[0].luns, ["ram0"]);
     assert_eq!(c.nvme_tcp.listen, [addr("127.0.0.1:4420")]);
@@ -240,8 +243,8 @@ fn unknown_keys_in_sections_are_named() {
         &[r#"unknown key "port" in nvme_tcp"#, "known keys: listen"],
     );
     assert_err(
-        &with_base("[[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = [\"v0\"]\nhost = [\"*\"]\n"),
-        &[r#"unknown key "host" in subsystem[1]"#],
+        &with_base("[[subsystem]]\nnqn = \"nqn.x\"\nnamespaces = [\"v0\"]\nhots = [\"*\"]\n"),
+        &[r#"unknown key "hots" in subsystem[1]"#],
     );
     assert_err(
         "[[iscsi_target]]\niqn = \"iqn.x\"\nluns = []\nlun = 1\n",
@@ -358,7 +361,17 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
+    full.management.socket = Some("/run/pinion/ctl.sock".into());
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
+    full.subsystem[0].host = vec![SubsystemHostConfig {
+        nqn: "nqn.h".into(),
+        dhchap_key: Some(Secret("k".into())),
+        dhchap_ctrl_key: Some(Secret("c".into())),
+        dhchap_hash: Some("sha384".into()),
+        dhchap_dhgroup: Some("ffdhe3072".into()),
+    }];
+    full.iscsi.discovery_chap = Some(creds("four"));
+    full.iscsi.discovery_mutual_chap = Some(creds("five"));
     let t = &mut full.iscsi_target[0];
     t.alias = Some("a".into());
     t.chap = Some(creds("one"));
@@ -616,7 +629,7 @@ fn subsystem_host_serial_model_rules() {
         "m".repeat(40)
     )))
     .unwrap();
-    assert_eq!(ok.subsystem[1].hosts, ["nqn.2014-08.org.nvmexpress:uuid:1"]);
+    assert_eq!(ok.subsystem[1].allowed_hosts(), ["nqn.2014-08.org.nvmexpress:uuid:1"]);
 }
 
 #[test]
@@ -724,6 +737,29 @@ fn nvme_tcp_limit_rules() {
     )
     .unwrap();
     assert_eq!(c.nvme_tcp.max_h2c_data, 1 << 20);
+}
+
+#[test]
+fn limits_rules() {
+    for (toml, needle) in [
+        ("max_connections = 0", "limits.max_connections: 0 is out of range (1..=1048576)"),
+        ("max_connections_per_host = 0", "limits.max_connections_per_host: 0 is out of range"),
+        ("max_connections = 10\nmax_connections_per_host = 11", "limits.max_connections_per_host: 11 is larger than limits.max_connections (10)"),
+        ("max_connections = 2000000", "limits.max_connections: 2000000 is out of range (0..=1048576)"),
+        ("max_write_data_in_flight = \"4KiB\"", "limits.max_write_data_in_flight: 4 KiB is too small (at least 64 KiB)"),
+        ("max_write_data_in_flight = \"lots\"", "limits.max_write_data_in_flight:"),
+        ("handshake_timeout = 0", "limits.handshake_timeout: 0 is out of range (1..=300)"),
+        ("max_conections = 5", "unknown key \"max_conections\" in limits (did you mean \"max_connections\"?)"),
+    ] {
+        assert_err(&format!("[limits]\n{toml}\n"), &[needle]);
+    }
+    let c = Config::from_toml_str(
+        "[limits]\nmax_connections = 10\nmax_connections_per_host = 3\nmax_write_data_in_flight = \"1MiB\"\nhandshake_timeout = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits, LimitsConfig { max_connections: 10, max_connections_per_host: 3, max_write_data_in_flight: 1 << 20, handshake_timeout: 2 });
+    let c = load::load_str("", "env", env(&[("PINION_LIMITS__MAX_CONNECTIONS_PER_HOST", "7")])).unwrap();
+    assert_eq!(c.limits.max_connections_per_host, 7);
 }
 
 #[test]
@@ -974,4 +1010,116 @@ fn iscsi_chap_rules() {
             r#"iscsi_target[0].initiator_chap[2].initiator: "IQN.A" already has credentials in initiator_chap[1]"#,
         ],
     );
+}
+
+#[test]
+fn management_socket() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from(DEFAULT_CTL_SOCKET), false)));
+    let c = Config::from_toml_str("[management]\nsocket = \"/tmp/p.sock\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), Some((PathBuf::from("/tmp/p.sock"), true)));
+    let c = Config::from_toml_str("[management]\nsocket = \"\"\n").unwrap();
+    assert_eq!(c.management.socket_path(), None);
+    let long = format!("[management]\nsocket = \"/{}\"\n", "x".repeat(120));
+    let e = Config::from_toml_str(&long).unwrap_err().to_string();
+    assert!(e.contains("management.socket") && e.contains("107 bytes"), "{e}");
+    let e = Config::from_toml_str("[management]\nsockt = \"/x\"\n").unwrap_err().to_string();
+    assert!(e.contains("did you mean \"socket\""), "{e}");
+}
+
+#[test]
+fn iscsi_discovery_chap_rules() {
+    let c = Config::from_toml_str(&with_base(
+        "[iscsi]\ndiscovery_chap = { user = \"disc\", secret = \"discovery-secret-1\" }\ndiscovery_mutual_chap = { user = \"tgt\", secret = \"target-disc-secret\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(c.iscsi.discovery_chap.as_ref().unwrap().user, "disc");
+    assert_eq!(c.iscsi.discovery_mutual_chap.as_ref().unwrap().secret.0, "target-disc-secret");
+    assert!(!format!("{c:?}").contains("discovery-secret-1"));
+    assert!(Config::from_toml_str(BASE).unwrap().iscsi.discovery_chap.is_none());
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"disc\", secret = \"short\" }\n"),
+        &["iscsi.discovery_chap.secret: is 5 bytes (12..=255 bytes required)"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_mutual_chap = { user = \"t\", secret = \"target-disc-secret\" }\n"),
+        &["iscsi.discovery_mutual_chap: needs discovery_chap"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"d\", secret = \"same-secret-12\" }\ndiscovery_mutual_chap = { user = \"t\", secret = \"same-secret-12\" }\n"),
+        &["iscsi.discovery_mutual_chap.secret: must differ"],
+    );
+    assert_err(
+        &with_base("[iscsi]\ndiscovery_chap = { user = \"disc\" }\n"),
+        &[r#"missing required key "secret" in iscsi.discovery_chap"#],
+    );
+}
+
+/// Secrets printed by nvme-cli 2.3 (`nvme gen-dhchap-key -s <hex> -l <len> -m <hh> -n <nqn>`),
+/// which also checks them (`nvme check-dhchap-key`).
+#[test]
+fn dhchap_secrets_from_nvme_cli() {
+    let s = DhchapSecret::parse("DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:").unwrap();
+    assert_eq!((s.transform, s.key.clone()), (0, (0u8..32).collect::<Vec<_>>()));
+    let s = DhchapSecret::parse("DHHC-1:02:OwgUt3VXOP/YxMovmF8xAc4TOGJIOleayMGOV9zDv0EtslaHTsUjMpddNCYWB5zxcycPSQ==:").unwrap();
+    assert_eq!((s.transform, s.key.len()), (2, 48));
+    let s = DhchapSecret::parse(
+        "DHHC-1:03:IhC351+kbNvAw0V3gkbdX4idQVpm1mWTJRrE1tI5pd2C1fBu5POytZwOGM1/fvmD68YMSDb6wsuyfXV0Y9fBf41Ec6I=:",
+    )
+    .unwrap();
+    assert_eq!((s.transform, s.key.len()), (3, 64));
+    assert!(!format!("{s:?}").contains("IhC3"));
+    // nvme check-dhchap-key: "CRC mismatch"
+    let e = DhchapSecret::parse("DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8AAAAA:").unwrap_err();
+    assert!(e.contains("CRC-32"), "{e}");
+    for (bad, why) in [
+        ("DHHC-2:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:", "DHHC-1"),
+        ("DHHC-1:04:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:", "hash identifier"),
+        ("DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR", "end with"),
+        ("DHHC-1:00:AAECAwQF:", "bytes with its CRC"),
+        ("DHHC-1:00:not base64!:", "base64"),
+        ("DHHC-1", "after the hash"),
+    ] {
+        let e = DhchapSecret::parse(bad).unwrap_err();
+        assert!(e.contains(why) || e.contains("DHHC-1"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn subsystem_host_tables() {
+    const K1: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const K2: &str = "DHHC-1:01:WulleCBkG4oCs0iIC3Cit9gBDCLWiZ9PNXuhqytWkBIZkvGy:";
+    let sub = |extra: &str| with_base(&format!("[[subsystem]]\nnqn = \"nqn.b\"\nnamespaces = [\"v0\"]\n{extra}"));
+    let c = Config::from_toml_str(&sub(&format!(
+        "[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"{K1}\"\ndhchap_ctrl_key = \"{K2}\"\n[[subsystem.host]]\nnqn = \"nqn.h2\"\n"
+    )))
+    .unwrap();
+    // host tables alone: only those hosts; no hosts at all: any host
+    assert_eq!(c.subsystem[1].allowed_hosts(), ["nqn.h1", "nqn.h2"]);
+    assert_eq!(c.subsystem[0].allowed_hosts(), ["*"]);
+    assert_eq!(c.subsystem[1].host[0].dhchap_key.as_ref().unwrap().0, K1);
+    assert!(!format!("{c:?}").contains("AAECAw"), "secrets stay out of Debug");
+    let c = Config::from_toml_str(&sub(&format!("hosts = [\"nqn.h3\"]\n[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"{K1}\"\n"))).unwrap();
+    assert_eq!(c.subsystem[1].allowed_hosts(), ["nqn.h3", "nqn.h1"]);
+    assert_err(
+        &sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8AAAAA:\"\n"),
+        &["subsystem[1].host[0].dhchap_key: CRC-32 does not match"],
+    );
+    assert_err(
+        &sub(&format!("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_ctrl_key = \"{K1}\"\n")),
+        &["subsystem[1].host[0].dhchap_ctrl_key: needs dhchap_key"],
+    );
+    assert_err(
+        &sub(&format!("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"{K1}\"\ndhchap_ctrl_key = \"{K1}\"\n")),
+        &["subsystem[1].host[0].dhchap_ctrl_key: must differ"],
+    );
+    assert_err(
+        &sub("[[subsystem.host]]\nnqn = \"h1\"\n[[subsystem.host]]\nnqn = \"nqn.x\"\n[[subsystem.host]]\nnqn = \"nqn.x\"\n"),
+        &[r#"subsystem[1].host[0].nqn: "h1" is not a host NQN"#, r#"subsystem[1].host[2].nqn: "nqn.x" is already listed as subsystem[1].host[1]"#],
+    );
+    assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\nkey = \"x\"\n"), &[r#"unknown key "key" in subsystem[1].host[0]"#]);
+    let c = Config::from_toml_str(&sub(&format!("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_key = \"{K1}\"\ndhchap_hash = \"sha512\"\ndhchap_dhgroup = \"ffdhe4096\"\n"))).unwrap();
+    assert_eq!((c.subsystem[1].host[0].dhchap_hash.as_deref(), c.subsystem[1].host[0].dhchap_dhgroup.as_deref()), (Some("sha512"), Some("ffdhe4096")));
+    assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_hash = \"md5\"\n"), &["subsystem[1].host[0].dhchap_hash"]);
+    assert_err(&sub("[[subsystem.host]]\nnqn = \"nqn.h1\"\ndhchap_dhgroup = \"ffdhe1024\"\n"), &["subsystem[1].host[0].dhchap_dhgroup"]);
 }

@@ -15,6 +15,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     listeners(c, &mut out);
     nvme_limits(c, &mut out);
     iscsi_limits(c, &mut out);
+    host_limits(c, &mut out);
     volumes(c, &mut out);
     subsystems(c, &mut out);
     iscsi_targets(c, &mut out);
@@ -31,6 +32,15 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
             "memory.pool",
             format!("{} bytes is not a multiple of 4096", c.memory.pool),
         ));
+    }
+    if let Some(p) = &c.management.socket {
+        // sockaddr_un's sun_path holds 108 bytes, the terminating NUL included
+        if p.as_os_str().len() > 107 {
+            out.push(Problem::at(
+                "management.socket",
+                format!("{} is longer than a Unix socket path may be (107 bytes)", p.display()),
+            ));
+        }
     }
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
@@ -168,6 +178,42 @@ fn iscsi_limits(c: &Config, out: &mut Vec<Problem>) {
         ));
     }
     range(out, "iscsi.max_outstanding_r2t", i.max_outstanding_r2t.into(), 1, Some(65535));
+    if let Some(ch) = &i.discovery_chap {
+        chap_creds(out, "iscsi.discovery_chap", &ch.user, &ch.secret.0);
+    }
+    if let Some(m) = &i.discovery_mutual_chap {
+        chap_creds(out, "iscsi.discovery_mutual_chap", &m.user, &m.secret.0);
+        match &i.discovery_chap {
+            None => out.push(Problem::at(
+                "iscsi.discovery_mutual_chap",
+                "needs discovery_chap (the target authenticates itself only after the initiator has)",
+            )),
+            Some(c) if c.secret == m.secret => out.push(Problem::at(
+                "iscsi.discovery_mutual_chap.secret",
+                "must differ from discovery_chap's secret (a reflection attack would otherwise work)",
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+fn host_limits(c: &Config, out: &mut Vec<Problem>) {
+    let l = &c.limits;
+    range(out, "limits.max_connections", l.max_connections.into(), 1, Some(1 << 20));
+    range(out, "limits.max_connections_per_host", l.max_connections_per_host.into(), 1, Some(1 << 20));
+    if l.max_connections_per_host > l.max_connections {
+        out.push(Problem::at(
+            "limits.max_connections_per_host",
+            format!("{} is larger than limits.max_connections ({})", l.max_connections_per_host, l.max_connections),
+        ));
+    }
+    if l.max_write_data_in_flight < 64 * 1024 {
+        out.push(Problem::at(
+            "limits.max_write_data_in_flight",
+            format!("{} is too small (at least 64 KiB)", format_size(l.max_write_data_in_flight)),
+        ));
+    }
+    range(out, "limits.handshake_timeout", l.handshake_timeout.into(), 1, Some(300));
 }
 
 /// CHAP user names and secrets: printable, secrets 12..=255 bytes.
@@ -389,13 +435,42 @@ fn subsystems(c: &Config, out: &mut Vec<Problem>) {
             ));
         }
         volume_refs(c, &at("namespaces"), &s.namespaces, out);
-        if s.hosts.is_empty() {
+        let hosts = s.hosts.as_deref().unwrap_or_default();
+        if s.hosts.is_some() && hosts.is_empty() && s.host.is_empty() {
             out.push(Problem::at(
                 at("hosts"),
                 "must not be empty (use [\"*\"] to allow any host)",
             ));
         }
-        for (k, h) in s.hosts.iter().enumerate() {
+        for (k, h) in s.host.iter().enumerate() {
+            let key = format!("{}[{k}]", at("host"));
+            if !(h.nqn.starts_with("nqn.") && h.nqn.len() <= MAX_NAME_LEN) {
+                out.push(Problem::at(
+                    format!("{key}.nqn"),
+                    format!("{:?} is not a host NQN (\"nqn.…\", at most {MAX_NAME_LEN} bytes)", h.nqn),
+                ));
+            } else if let Some(j) = s.host[..k].iter().position(|o| o.nqn == h.nqn) {
+                out.push(Problem::at(format!("{key}.nqn"), format!("{:?} is already listed as {}[{j}]", h.nqn, at("host"))));
+            }
+            for (name, secret) in [("dhchap_key", &h.dhchap_key), ("dhchap_ctrl_key", &h.dhchap_ctrl_key)] {
+                if let Some(Err(e)) = secret.as_ref().map(|x| crate::DhchapSecret::parse(&x.0)) {
+                    out.push(Problem::at(format!("{key}.{name}"), e));
+                }
+            }
+            if h.dhchap_ctrl_key.is_some() && h.dhchap_key.is_none() {
+                out.push(Problem::at(
+                    format!("{key}.dhchap_ctrl_key"),
+                    "needs dhchap_key (the controller authenticates itself only after the host has)",
+                ));
+            }
+            if h.dhchap_ctrl_key.is_some() && h.dhchap_ctrl_key == h.dhchap_key {
+                out.push(Problem::at(
+                    format!("{key}.dhchap_ctrl_key"),
+                    "must differ from dhchap_key (a reflection attack would otherwise work)",
+                ));
+            }
+        }
+        for (k, h) in hosts.iter().enumerate() {
             if h != "*" && !(h.starts_with("nqn.") && h.len() <= MAX_NAME_LEN) {
                 out.push(Problem::at(
                     format!("{}[{k}]", at("hosts")),

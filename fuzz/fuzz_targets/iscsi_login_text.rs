@@ -37,9 +37,10 @@ impl Directory for Dir {
     fn prefs(&self) -> TargetPrefs {
         TargetPrefs::default()
     }
-    fn fill_random(&self, buf: &mut [u8]) {
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), pinion_transport::iscsi::chap::NoRandomness> {
         // deterministic, so crashes reproduce
         buf.fill(0x42);
+        Ok(())
     }
 }
 

@@ -68,6 +68,7 @@ impl Sqe {
     pub fn psdt(&self) -> u8 {
         self.flags >> 6
     }
+    /// FUSE (CDW0 bits 9:8): see [`fuse`].
     pub fn fuse(&self) -> u8 {
         self.flags & 0x3
     }
@@ -228,4 +229,13 @@ mod tests {
         assert_eq!(&b[12..14], &[7, 0]);
         assert_eq!(u16::from_le_bytes([b[14], b[15]]), 0x0b << 1 | 0x8000);
     }
+}
+
+/// FUSE values of CDW0.
+pub mod fuse {
+    pub const NORMAL: u8 = 0;
+    /// First command of a fused operation (Compare of Compare + Write).
+    pub const FIRST: u8 = 1;
+    /// Second command of a fused operation (Write of Compare + Write).
+    pub const SECOND: u8 = 2;
 }

@@ -124,6 +124,12 @@ pub mod oncs {
     pub const WRITE_ZEROES: u16 = 1 << 3;
 }
 
+/// Fused Operation Support bits (FUSES).
+pub mod fuses {
+    /// Compare (first) + Write (second).
+    pub const COMPARE_AND_WRITE: u16 = 1 << 0;
+}
+
 /// Identify Namespace data structure (4 KiB).
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
 #[repr(C)]

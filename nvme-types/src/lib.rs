@@ -6,6 +6,7 @@
 //! `unsafe`: this crate parses bytes that come straight off the network.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod command;
 pub mod fabrics;
 pub mod identify;

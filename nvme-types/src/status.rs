@@ -30,6 +30,11 @@ codes! {
     INTERNAL = 0x006,
     ABORT_REQ = 0x007,
     ABORT_QUEUE = 0x008,
+    /// The other command of a fused pair failed, so this one was not run.
+    ABORTED_FAILED_FUSED = 0x009,
+    /// A fused command without its partner (a first not followed by its
+    /// second, or a second with no first before it).
+    ABORTED_MISSING_FUSED = 0x00a,
     INVALID_NS = 0x00b,
     CMD_SEQ_ERROR = 0x00c,
     SGL_INVALID_LAST = 0x00d,
@@ -58,9 +63,13 @@ codes! {
     CONNECT_INVALID_PARAM = 0x182,
     CONNECT_RESTART_DISC = 0x183,
     CONNECT_INVALID_HOST = 0x184,
+    /// Fabrics: the queue must authenticate (DH-HMAC-CHAP) before this command.
+    AUTH_REQUIRED = 0x191,
     // media and data integrity errors (SCT 2)
     WRITE_FAULT = 0x280,
     READ_ERROR = 0x281,
+    /// Compare: the medium differs from the host's data.
+    COMPARE_FAILURE = 0x285,
     ACCESS_DENIED = 0x286,
 }
 

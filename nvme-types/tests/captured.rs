@@ -24,6 +24,7 @@
 //! its header (and digest) or the first data bytes are kept. The host identity
 //! in the bytes is the capturing machine's /etc/nvme/hostnqn and hostid.
 
+use hex_literal::hex;
 use nvme_types::command::{io, Opcode, SglType};
 use nvme_types::fabrics::{self, ConnectCmd, ConnectData, FabricsType, PropertyCmd};
 use nvme_types::identify::cns;
@@ -42,35 +43,9 @@ const DIGESTS: Digests = Digests { header: true, data: true };
 const SUBNQN: &str = "nqn.2026-11.io.pinion:default";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:88c77704-e55d-4f87-a6eb-b7f4a50e38ba";
 /// ec811eb3-d2d1-4ff7-b5fa-548eb3f3d2b2, in the order the kernel sends it.
-const HOSTID: [u8; 16] = hex("ec811eb3 d2d14ff7 b5fa548e b3f3d2b2");
+const HOSTID: [u8; 16] = hex!("ec811eb3 d2d14ff7 b5fa548e b3f3d2b2");
 /// Logical block size of the captured namespace.
 const LBA: u32 = 4096;
-
-/// Hex with optional whitespace to bytes, at compile time.
-const fn hex<const N: usize>(s: &str) -> [u8; N] {
-    const fn nibble(c: u8) -> u8 {
-        match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => panic!("not a lowercase hex digit"),
-        }
-    }
-    let s = s.as_bytes();
-    let mut out = [0u8; N];
-    let (mut i, mut n) = (0, 0);
-    while i < s.len() {
-        if s[i].is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        assert!(n < N && i + 1 < s.len(), "more hex than the array holds");
-        out[n] = nibble(s[i]) << 4 | nibble(s[i + 1]);
-        n += 1;
-        i += 2;
-    }
-    assert!(n == N, "less hex than the array holds");
-    out
-}
 
 /// A captured PDU (or its first bytes) run through the receive path: the
 /// common header check for `role`, the header parse, the header digest when
@@ -507,7 +482,7 @@ fn digest_flags_must_match_negotiation() {
 // ---- the captured bytes ------------------------------------------------------
 
 /// ICReq opening the I/O queue connection of `nvme connect`.
-const ICREQ: [u8; 128] = hex("
+const ICREQ: [u8; 128] = hex!("
     00008000 80000000 00000000 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 00000000
@@ -519,7 +494,7 @@ const ICREQ: [u8; 128] = hex("
 ");
 
 /// Pinion's ICResp to it.
-const ICRESP: [u8; 128] = hex("
+const ICRESP: [u8; 128] = hex!("
     01008000 80000000 00000000 00000200
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 00000000
@@ -531,7 +506,7 @@ const ICRESP: [u8; 128] = hex("
 ");
 
 /// admin queue Connect (`nvme connect ... -n nqn.2026-11.io.pinion:default -i 1`), with its 1024-byte ConnectData in the capsule.
-const CONNECT_ADMIN: [u8; 1096] = hex("
+const CONNECT_ADMIN: [u8; 1096] = hex!("
     04004848 48040000 7f400000 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00040000 00000001
@@ -604,14 +579,14 @@ const CONNECT_ADMIN: [u8; 1096] = hex("
 ");
 
 /// Pinion's CapsuleResp to it.
-const CONNECT_ADMIN_RESP: [u8; 24] = hex("
+const CONNECT_ADMIN_RESP: [u8; 24] = hex!("
     05001800 18000000 01000000 00000000
     01000000 00000000
 ");
 
 /// I/O queue 1 Connect: the 72-byte header and the first 32 of its 1024 data bytes.
 /// (first 104 of the PDU's 1096 bytes)
-const CONNECT_IO_PREFIX: [u8; 104] = hex("
+const CONNECT_IO_PREFIX: [u8; 104] = hex!("
     04004848 48040000 7f400000 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00040000 00000001
@@ -622,13 +597,13 @@ const CONNECT_IO_PREFIX: [u8; 104] = hex("
 ");
 
 /// Pinion's CapsuleResp to it.
-const CONNECT_IO_RESP: [u8; 24] = hex("
+const CONNECT_IO_RESP: [u8; 24] = hex!("
     05001800 18000000 01000000 00000000
     01000100 00000000
 ");
 
 /// Property Get of CAP (8 bytes), the first command after Connect.
-const PROP_GET_CAP: [u8; 72] = hex("
+const PROP_GET_CAP: [u8; 72] = hex!("
     04004800 48000000 7f400100 04000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 0000005a
@@ -637,13 +612,13 @@ const PROP_GET_CAP: [u8; 72] = hex("
 ");
 
 /// Pinion's CapsuleResp: the CAP value.
-const PROP_GET_CAP_RESP: [u8; 24] = hex("
+const PROP_GET_CAP_RESP: [u8; 24] = hex!("
     05001800 18000000 7f00010f 20000000
     02000000 01000000
 ");
 
 /// Property Set of CC: IOSQES 6, IOCQES 4, EN 1.
-const PROP_SET_CC_EN: [u8; 72] = hex("
+const PROP_SET_CC_EN: [u8; 72] = hex!("
     04004800 48000000 7f400120 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 0000005a
@@ -652,13 +627,13 @@ const PROP_SET_CC_EN: [u8; 72] = hex("
 ");
 
 /// Pinion's CapsuleResp to it.
-const PROP_SET_CC_EN_RESP: [u8; 24] = hex("
+const PROP_SET_CC_EN_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     06000000 01200000
 ");
 
 /// Property Get of CSTS (4 bytes) after enabling.
-const PROP_GET_CSTS: [u8; 72] = hex("
+const PROP_GET_CSTS: [u8; 72] = hex!("
     04004800 48000000 7f400030 04000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 0000005a
@@ -667,13 +642,13 @@ const PROP_GET_CSTS: [u8; 72] = hex("
 ");
 
 /// Pinion's CapsuleResp: CSTS.RDY.
-const PROP_GET_CSTS_RESP: [u8; 24] = hex("
+const PROP_GET_CSTS_RESP: [u8; 24] = hex!("
     05001800 18000000 01000000 00000000
     07000000 00300000
 ");
 
 /// Identify Controller (CNS 1), transport SGL for 4096 bytes.
-const IDENTIFY_CTRL: [u8; 72] = hex("
+const IDENTIFY_CTRL: [u8; 72] = hex!("
     04004800 48000000 06401a00 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 0000005a
@@ -683,19 +658,19 @@ const IDENTIFY_CTRL: [u8; 72] = hex("
 
 /// header of Pinion's C2HData carrying the 4096 bytes.
 /// (first 24 of the PDU's 4120 bytes)
-const IDENTIFY_CTRL_C2H: [u8; 24] = hex("
+const IDENTIFY_CTRL_C2H: [u8; 24] = hex!("
     07041818 18100000 1a000000 00000000
     00100000 00000000
 ");
 
 /// Pinion's CapsuleResp after the data.
-const IDENTIFY_CTRL_RESP: [u8; 24] = hex("
+const IDENTIFY_CTRL_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     09000000 1a000000
 ");
 
 /// Identify CNS 6 (I/O command set specific controller, CSI 0) that the kernel sends to a 1.3 controller.
-const IDENTIFY_CNS6: [u8; 72] = hex("
+const IDENTIFY_CNS6: [u8; 72] = hex!("
     04004800 48000000 06400200 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 0000005a
@@ -704,13 +679,13 @@ const IDENTIFY_CNS6: [u8; 72] = hex("
 ");
 
 /// Pinion's CapsuleResp: Invalid Field in Command, DNR.
-const IDENTIFY_CNS6_RESP: [u8; 24] = hex("
+const IDENTIFY_CNS6_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     0f000000 02000480
 ");
 
 /// `nvme discover`: Get Log Page 0x70, first 1024 bytes, RAE.
-const DISC_LOG_HDR_CMD: [u8; 72] = hex("
+const DISC_LOG_HDR_CMD: [u8; 72] = hex!("
     04004800 48000000 02400800 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00040000 0000005a
@@ -720,13 +695,13 @@ const DISC_LOG_HDR_CMD: [u8; 72] = hex("
 
 /// header of Pinion's C2HData answering it.
 /// (first 24 of the PDU's 1048 bytes)
-const DISC_LOG_HDR_C2H: [u8; 24] = hex("
+const DISC_LOG_HDR_C2H: [u8; 24] = hex!("
     07041818 18040000 08000000 00000000
     00040000 00000000
 ");
 
 /// `nvme discover`: Get Log Page 0x70, header + 2 entries (3072 bytes).
-const DISC_LOG_CMD: [u8; 72] = hex("
+const DISC_LOG_CMD: [u8; 72] = hex!("
     04004800 48000000 02400900 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 000c0000 0000005a
@@ -736,14 +711,14 @@ const DISC_LOG_CMD: [u8; 72] = hex("
 
 /// header of Pinion's C2HData answering it.
 /// (first 24 of the PDU's 3096 bytes)
-const DISC_LOG_C2H: [u8; 24] = hex("
+const DISC_LOG_C2H: [u8; 24] = hex!("
     07041818 180c0000 09000000 00000000
     000c0000 00000000
 ");
 
 /// `dd bs=4k count=1 oflag=direct`: Write with 4096 bytes of in-capsule data (header + first 16 data bytes).
 /// (first 88 of the PDU's 4168 bytes)
-const WRITE_INLINE_PREFIX: [u8; 88] = hex("
+const WRITE_INLINE_PREFIX: [u8; 88] = hex!("
     04004848 48100000 01405400 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 00000001
@@ -753,13 +728,13 @@ const WRITE_INLINE_PREFIX: [u8; 88] = hex("
 ");
 
 /// Pinion's CapsuleResp to it.
-const WRITE_INLINE_RESP: [u8; 24] = hex("
+const WRITE_INLINE_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     05000100 54000000
 ");
 
 /// `dd bs=64k count=1 seek=1 oflag=direct`: Write without data (transport SGL, 65536 bytes).
-const WRITE_R2T: [u8; 72] = hex("
+const WRITE_R2T: [u8; 72] = hex!("
     04004800 48000000 01405500 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000100 0000005a
@@ -768,26 +743,26 @@ const WRITE_R2T: [u8; 72] = hex("
 ");
 
 /// Pinion's R2T for all 65536 bytes.
-const WRITE_R2T_R2T: [u8; 24] = hex("
+const WRITE_R2T_R2T: [u8; 24] = hex!("
     09001800 18000000 55000000 00000000
     00000100 00000000
 ");
 
 /// header of the H2CData answering the R2T.
 /// (first 24 of the PDU's 65560 bytes)
-const WRITE_R2T_H2C: [u8; 24] = hex("
+const WRITE_R2T_H2C: [u8; 24] = hex!("
     06041818 18000100 55000000 00000000
     00000100 00000000
 ");
 
 /// Pinion's CapsuleResp to the Write.
-const WRITE_R2T_RESP: [u8; 24] = hex("
+const WRITE_R2T_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     06000100 55000000
 ");
 
 /// `dd bs=4k count=1 iflag=direct`: Read of LBA 0.
-const READ_4K: [u8; 72] = hex("
+const READ_4K: [u8; 72] = hex!("
     04004800 48000000 02405600 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 0000005a
@@ -797,13 +772,13 @@ const READ_4K: [u8; 72] = hex("
 
 /// header of Pinion's C2HData.
 /// (first 24 of the PDU's 4120 bytes)
-const READ_4K_C2H: [u8; 24] = hex("
+const READ_4K_C2H: [u8; 24] = hex!("
     07041818 18100000 56000000 00000000
     00100000 00000000
 ");
 
 /// `dd bs=64k count=1 skip=1 iflag=direct`: Read of LBAs 16-31.
-const READ_64K: [u8; 72] = hex("
+const READ_64K: [u8; 72] = hex!("
     04004800 48000000 02405700 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000100 0000005a
@@ -813,19 +788,19 @@ const READ_64K: [u8; 72] = hex("
 
 /// header of Pinion's C2HData.
 /// (first 24 of the PDU's 65560 bytes)
-const READ_64K_C2H: [u8; 24] = hex("
+const READ_64K_C2H: [u8; 24] = hex!("
     07041818 18000100 57000000 00000000
     00000100 00000000
 ");
 
 /// Pinion's CapsuleResp after the data.
-const READ_64K_RESP: [u8; 24] = hex("
+const READ_64K_RESP: [u8; 24] = hex!("
     05001800 18000000 00000000 00000000
     08000100 57000000
 ");
 
 /// ICReq of the I/O queue connection of `nvme connect -g -G`.
-const DG_ICREQ: [u8; 128] = hex("
+const DG_ICREQ: [u8; 128] = hex!("
     00008000 80000000 00000003 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 00000000
@@ -837,7 +812,7 @@ const DG_ICREQ: [u8; 128] = hex("
 ");
 
 /// Pinion's ICResp to it.
-const DG_ICRESP: [u8; 128] = hex("
+const DG_ICRESP: [u8; 128] = hex!("
     01008000 80000000 00000003 00000200
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 00000000
@@ -849,7 +824,7 @@ const DG_ICRESP: [u8; 128] = hex("
 ");
 
 /// `nvme discover -g -G`: admin queue Connect to the discovery NQN, header digest, 1024 data bytes, data digest.
-const DG_CONNECT_DISC: [u8; 1104] = hex("
+const DG_CONNECT_DISC: [u8; 1104] = hex!("
     0403484c 50040000 7f400000 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00040000 00000001
@@ -922,13 +897,13 @@ const DG_CONNECT_DISC: [u8; 1104] = hex("
 ");
 
 /// Pinion's CapsuleResp with header digest.
-const DG_CONNECT_DISC_RESP: [u8; 28] = hex("
+const DG_CONNECT_DISC_RESP: [u8; 28] = hex!("
     05011800 1c000000 02000000 00000000
     01000000 00000000 b102cb21
 ");
 
 /// Property Get of CAP with header digest.
-const DG_PROP_GET_CAP: [u8; 76] = hex("
+const DG_PROP_GET_CAP: [u8; 76] = hex!("
     04014800 4c000000 7f400100 04000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000000 0000005a
@@ -937,13 +912,13 @@ const DG_PROP_GET_CAP: [u8; 76] = hex("
 ");
 
 /// Pinion's CapsuleResp with header digest.
-const DG_PROP_GET_CAP_RESP: [u8; 28] = hex("
+const DG_PROP_GET_CAP_RESP: [u8; 28] = hex!("
     05011800 1c000000 7f00010f 20000000
     02000000 01000000 ed83c28f
 ");
 
 /// Identify Controller with header digest.
-const DG_IDENTIFY_CTRL: [u8; 76] = hex("
+const DG_IDENTIFY_CTRL: [u8; 76] = hex!("
     04014800 4c000000 06400e00 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 0000005a
@@ -953,13 +928,13 @@ const DG_IDENTIFY_CTRL: [u8; 76] = hex("
 
 /// header + header digest of Pinion's C2HData (4096 data bytes and a data digest follow).
 /// (first 28 of the PDU's 4128 bytes)
-const DG_IDENTIFY_CTRL_C2H: [u8; 28] = hex("
+const DG_IDENTIFY_CTRL_C2H: [u8; 28] = hex!("
     0707181c 20100000 0e000000 00000000
     00100000 00000000 3fb3e421
 ");
 
 /// `nvme discover -g -G`: Get Log Page 0x70, 1024 bytes, RAE.
-const DG_DISC_LOG_HDR_CMD: [u8; 76] = hex("
+const DG_DISC_LOG_HDR_CMD: [u8; 76] = hex!("
     04014800 4c000000 02401c00 00000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00040000 0000005a
@@ -968,7 +943,7 @@ const DG_DISC_LOG_HDR_CMD: [u8; 76] = hex("
 ");
 
 /// Pinion's whole C2HData PDU: header, header digest, discovery log page header, data digest.
-const DG_DISC_LOG_HDR_C2H: [u8; 1056] = hex("
+const DG_DISC_LOG_HDR_C2H: [u8; 1056] = hex!("
     0707181c 20040000 1c000000 00000000
     00040000 00000000 6ff55bb2 01000000
     00000000 02000000 00000000 00000000
@@ -1039,7 +1014,7 @@ const DG_DISC_LOG_HDR_C2H: [u8; 1056] = hex("
 
 /// Write with 4096 bytes of in-capsule data: header, header digest, first 16 data bytes.
 /// (first 92 of the PDU's 4176 bytes)
-const DG_WRITE_INLINE_PREFIX: [u8; 92] = hex("
+const DG_WRITE_INLINE_PREFIX: [u8; 92] = hex!("
     0403484c 50100000 01405100 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00100000 00000001
@@ -1049,13 +1024,13 @@ const DG_WRITE_INLINE_PREFIX: [u8; 92] = hex("
 ");
 
 /// Pinion's CapsuleResp to it.
-const DG_WRITE_INLINE_RESP: [u8; 28] = hex("
+const DG_WRITE_INLINE_RESP: [u8; 28] = hex!("
     05011800 1c000000 00000000 00000000
     05000100 51000000 aac29591
 ");
 
 /// Write without data (65536 bytes) with header digest.
-const DG_WRITE_R2T: [u8; 76] = hex("
+const DG_WRITE_R2T: [u8; 76] = hex!("
     04014800 4c000000 01407400 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000100 0000005a
@@ -1064,20 +1039,20 @@ const DG_WRITE_R2T: [u8; 76] = hex("
 ");
 
 /// Pinion's R2T with header digest.
-const DG_WRITE_R2T_R2T: [u8; 28] = hex("
+const DG_WRITE_R2T_R2T: [u8; 28] = hex!("
     09011800 1c000000 74000000 00000000
     00000100 00000000 cb5001e0
 ");
 
 /// header + header digest of the H2CData (65536 data bytes and a data digest follow).
 /// (first 28 of the PDU's 65568 bytes)
-const DG_WRITE_R2T_H2C: [u8; 28] = hex("
+const DG_WRITE_R2T_H2C: [u8; 28] = hex!("
     0607181c 20000100 74000000 00000000
     00000100 00000000 d999a95f
 ");
 
 /// Read of LBAs 16-31 with header digest.
-const DG_READ_64K: [u8; 76] = hex("
+const DG_READ_64K: [u8; 76] = hex!("
     04014800 4c000000 02407600 01000000
     00000000 00000000 00000000 00000000
     00000000 00000000 00000100 0000005a
@@ -1087,7 +1062,7 @@ const DG_READ_64K: [u8; 76] = hex("
 
 /// header + header digest of Pinion's C2HData.
 /// (first 28 of the PDU's 65568 bytes)
-const DG_READ_64K_C2H: [u8; 28] = hex("
+const DG_READ_64K_C2H: [u8; 28] = hex!("
     0707181c 20000100 76000000 00000000
     00000100 00000000 5a361204
 ");

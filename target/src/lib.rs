@@ -1,13 +1,17 @@
 //! The Pinion server: the NVMe target over NVMe/TCP (`nvme`), the iSCSI
 //! target (`iscsi`) and SCSI logical-unit emulation (`scsi`) over the same
 //! volumes, metrics, and the process around them (listeners, signals,
-//! shutdown).
+//! shutdown, systemd notification, the `pinion ctl` socket).
 #![forbid(unsafe_code)]
 
+pub mod auth_throttle;
+pub mod ctl;
 pub mod iscsi;
+pub mod limits;
 pub mod metrics;
+pub mod mgmt;
+pub mod notify;
 pub mod nvme;
-pub mod perf;
 pub mod scsi;
 pub mod server;
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use pinion_conf::Config;
-use pinion_target::Server;
+use pinion_target::{notify, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +22,9 @@ enum Cmd {
         /// TOML configuration file (see deploy/examples/).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log line format [default: `[log] format` of the config, else text].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate a configuration file and exit (0 = valid).
     CheckConfig {
@@ -29,7 +32,17 @@ enum Cmd {
         file: PathBuf,
     },
     /// Load-test an NVMe/TCP or iSCSI target (any target, not only Pinion).
-    Perf(Box<pinion_target::perf::PerfArgs>),
+    Perf(Box<pinion_initiator::perf::PerfArgs>),
+    /// Talk to a running server over its control socket: status, disconnect.
+    Ctl(pinion_target::ctl::CtlArgs),
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the fields of the event and its spans.
+    Json,
 }
 
 fn init_logging(cfg: &pinion_conf::LogConfig) {
@@ -50,7 +63,8 @@ fn init_logging(cfg: &pinion_conf::LogConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Perf(args) => pinion_target::perf::main(*args),
+        Cmd::Perf(args) => pinion_initiator::perf::main(*args),
+        Cmd::Ctl(args) => pinion_target::ctl::main(args),
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 for w in cfg.warnings() {
@@ -64,8 +78,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Serve { config } => {
-            let cfg = match &config {
+        Cmd::Serve { config, log_format } => {
+            let mut cfg = match &config {
                 Some(f) => match Config::load(f) {
                     Ok(c) => c,
                     Err(e) => {
@@ -75,6 +89,11 @@ fn main() -> ExitCode {
                 },
                 None => Config::default_ram(),
             };
+            match log_format {
+                Some(LogFormatArg::Text) => cfg.log.format = pinion_conf::LogFormat::Text,
+                Some(LogFormatArg::Json) => cfg.log.format = pinion_conf::LogFormat::Json,
+                None => {}
+            }
             init_logging(&cfg.log);
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
@@ -111,7 +130,32 @@ fn serve(cfg: Config) -> ExitCode {
         print!("{}", server.banner(&bound));
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        server.run(listeners, stop_signal()).await;
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        let serving = format!("serving {} on {}", n(server.volumes.len(), "volume"), n(bound.len(), "listener"));
+        notify::ready(&serving);
+        tracing::info!(volumes = server.volumes.len(), listeners = bound.len(), "ready");
+        let mut helpers = tokio::task::JoinSet::new();
+        if let Some(w) = notify::watchdog() {
+            tracing::info!(interval = ?w, "systemd watchdog: pinging at half the interval");
+            helpers.spawn(notify::watchdog_pings(w));
+        }
+        if notify::enabled() {
+            let (reg, iscsi) = (server.reg.clone(), server.iscsi.clone());
+            helpers.spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    let ctrls: usize = reg.subsystems.values().map(|s| s.controllers().len()).sum();
+                    let sessions = iscsi.all_sessions().iter().filter(|s| s.target.is_some()).count();
+                    notify::status(&format!("{serving}; {}, {}", n(ctrls, "NVMe controller"), n(sessions, "iSCSI session")));
+                }
+            });
+        }
+        let stop = async {
+            stop_signal().await;
+            notify::stopping("stopping: finishing in-flight commands, flushing volumes");
+        };
+        server.run(listeners, stop).await;
+        helpers.abort_all();
         ExitCode::SUCCESS
     })
 }

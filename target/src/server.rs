@@ -25,6 +25,10 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("subsystem {0} names unknown volume {1}")]
     UnknownVolume(String, String),
+    #[error(transparent)]
+    Ctl(#[from] crate::mgmt::CtlError),
+    #[error("subsystem {0}: {1}")]
+    DhchapSecret(String, String),
 }
 
 /// Which protocol a listener serves.
@@ -60,6 +64,8 @@ pub struct Server {
     cfg: Config,
     /// Bound by [`Server::bind`], served by [`Server::run`].
     metrics: std::sync::Mutex<Option<TcpListener>>,
+    /// The `pinion ctl` socket, bound by [`Server::bind`].
+    ctl: std::sync::Mutex<Option<crate::mgmt::CtlSocket>>,
 }
 
 fn io_mode(m: pinion_conf::IoMode) -> IoMode {
@@ -102,7 +108,8 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.hosts.clone());
+            let mut sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
+            sub.dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         let mut targets = Vec::new();
@@ -120,7 +127,14 @@ impl Server {
             subsystems,
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: t.listen.clone(),
-            limits: Limits { max_queue_size: t.max_queue_size, max_io_queues: t.max_io_queues, inline_data_size: t.inline_data_size, mdts: 8 },
+            limits: Limits {
+                max_queue_size: t.max_queue_size,
+                max_io_queues: t.max_io_queues,
+                inline_data_size: t.inline_data_size,
+                mdts: 8,
+                write_budget: cfg.limits.max_write_data_in_flight as usize,
+                connect_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
+            },
             genctr: 1.into(),
         };
         Ok(Server {
@@ -128,9 +142,10 @@ impl Server {
             pool,
             volumes,
             iscsi,
-            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(10), send: send_config(cfg) },
+            transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()), send: send_config(cfg) },
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
+            ctl: std::sync::Mutex::new(None),
         })
     }
 
@@ -172,6 +187,9 @@ impl Server {
         if let Some(m) = self.metrics_addr() {
             s += &format!("Metrics (OpenMetrics): http://{m}/metrics\n");
         }
+        if let Some(c) = self.ctl_path() {
+            s += &format!("Control socket: {} (pinion ctl --socket {} status)\n", c.display(), c.display());
+        }
         if !iscsi.is_empty() {
             for t in &self.cfg.iscsi_target {
                 s += &format!("  iSCSI target {}\n", t.iqn);
@@ -207,6 +225,13 @@ impl Server {
         if let Some(a) = self.cfg.metrics.listen {
             *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(b(&a)?);
         }
+        if let Some((path, explicit)) = self.cfg.management.socket_path() {
+            match crate::mgmt::CtlSocket::bind(&path) {
+                Ok(c) => *self.ctl.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+                Err(e) if !explicit => tracing::warn!(error = %e, "no control socket: `pinion ctl` cannot reach this server (set [management] socket to a path this user may create)"),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
         let iscsi = if self.cfg.iscsi_target.is_empty() {
             Vec::new()
@@ -223,8 +248,15 @@ impl Server {
         self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the `pinion ctl` socket is, once bound.
+    pub fn ctl_path(&self) -> Option<std::path::PathBuf> {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.path().to_owned())
+    }
+
     /// Serves until `stop` resolves, then shuts down cleanly.
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
+        let bound = listeners.addrs();
+        let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let mut conns: JoinSet<()> = JoinSet::new();
         let mut accepts = JoinSet::new();
@@ -251,28 +283,78 @@ impl Server {
         }
         drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone() };
             accepts.spawn(crate::metrics::serve(l, src));
         }
+        // the socket file goes when this does, at the end of the shutdown
+        let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = &mut ctl {
+            let state = crate::mgmt::State {
+                nvme: self.reg.clone(),
+                iscsi: self.iscsi.clone(),
+                volumes: self.volumes.clone(),
+                listeners: bound,
+                metrics: metrics_addr,
+                started: std::time::Instant::now(),
+            };
+            accepts.spawn(c.serve(state));
+        }
+        let limiter = crate::limits::ConnLimiter::new(self.cfg.limits.max_connections, self.cfg.limits.max_connections_per_host);
+        // A flood of refused connections must not become a flood of log
+        // lines: one a second, with how many were not logged since.
+        let mut refusal_log: Option<std::time::Instant> = None;
+        let mut refusals_unlogged = 0u64;
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 n = new_rx.recv() => match n {
-                    Some((Proto::Iscsi, stream, peer)) => {
-                        let srv = self.iscsi.clone();
+                    Some((proto, stream, peer)) => {
+                        let slot = match limiter.admit(peer.ip(), proto == Proto::NvmeTcp) {
+                            Ok(s) => s,
+                            Err(why) => {
+                                let (total, host) = limiter.open(peer.ip());
+                                let (limit, max) = match why {
+                                    crate::limits::Refused::Total(m) => ("limits.max_connections", m),
+                                    crate::limits::Refused::PerHost(m) => ("limits.max_connections_per_host", m),
+                                };
+                                if refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                                    refusal_log = Some(std::time::Instant::now());
+                                    tracing::warn!(
+                                        %peer, ?proto, limit, max, open_total = total, open_from_host = host,
+                                        not_logged_before = refusals_unlogged, "connection refused: over the limit"
+                                    );
+                                    refusals_unlogged = 0;
+                                } else {
+                                    refusals_unlogged += 1;
+                                }
+                                // closed at once: the host sees the connection end before any PDU
+                                drop(stream);
+                                continue;
+                            }
+                        };
                         let sd = shutdown.clone();
-                        let span = tracing::info_span!("iscsi_conn", %peer);
-                        conns.spawn(async move { crate::iscsi::connection(srv, stream, sd).await }.instrument(span));
-                    }
-                    Some((Proto::NvmeTcp, stream, peer)) => {
-                        let reg = self.reg.clone();
-                        let pool = self.pool.clone();
-                        let tcfg = self.transport.clone();
-                        let sd = shutdown.clone();
-                        let span = tracing::info_span!("conn", %peer);
-                        conns.spawn(async move { connection(stream, reg, pool, tcfg, sd).await }.instrument(span));
+                        match proto {
+                            Proto::Iscsi => {
+                                let srv = self.iscsi.clone();
+                                let span = tracing::info_span!("iscsi_conn", %peer);
+                                conns.spawn(async move {
+                                    crate::iscsi::connection(srv, stream, sd).await;
+                                    drop(slot);
+                                }.instrument(span));
+                            }
+                            Proto::NvmeTcp => {
+                                let reg = self.reg.clone();
+                                let pool = self.pool.clone();
+                                let tcfg = self.transport.clone();
+                                let span = tracing::info_span!("conn", %peer);
+                                conns.spawn(async move {
+                                    connection(stream, reg, pool, tcfg, sd).await;
+                                    drop(slot);
+                                }.instrument(span));
+                            }
+                        }
                     }
                     None => break,
                 },
@@ -292,6 +374,7 @@ impl Server {
                 Err(e) => tracing::error!(volume = %v.name, error = %e, "flush at shutdown failed"),
             }
         }
+        drop(ctl);
         tracing::info!("stopped");
     }
 }
@@ -325,7 +408,9 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
         nop_timeout: Duration::from_secs(i.nop_timeout.into()),
         data_timeout: Duration::from_secs(i.data_out_timeout.into()),
         send: send_config(cfg),
-        ..IscsiSettings::default()
+        login_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
+        write_budget: cfg.limits.max_write_data_in_flight as usize,
+        discovery_chap: crate::iscsi::discovery_chap_from_config(i),
     }
 }
 

@@ -368,10 +368,16 @@ fn task_management() {
     assert_eq!(w.nop(b"x").unwrap(), b"x");
     // unknown task whose CmdSN is not behind: does not exist
     assert_eq!(sess.tmf(1, 0, 0xdead, sess.cmdsn).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST.0);
-    // a task already answered (RefCmdSN behind the TMF's CmdSN): complete
+    // a task already answered (its response came, RefCmdSN behind
+    // ExpCmdSN): it completed, so it does not exist (RFC 7143 §11.5.1 c);
+    // FUNCTION COMPLETE here would say it was aborted as well
     let before = sess.cmdsn;
+    let itt = sess.itt + 1;
     assert_eq!(sess.scsi_in(0, &[0, 0, 0, 0, 0, 0], 0).unwrap().status, 0);
-    assert_eq!(sess.tmf(1, 0, 0x101, before).unwrap(), TmfResponse::COMPLETE.0);
+    assert_eq!(sess.tmf(1, 0, itt, before).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST.0);
+    // CLEAR TASK SET is supported (REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS says so)
+    assert_eq!(sess.tmf(4, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "CLEAR TASK SET");
+    assert_eq!(sess.tmf(4, 9, 0, 0).unwrap(), TmfResponse::LUN_DOES_NOT_EXIST.0);
     assert_eq!(sess.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
     assert_eq!(sess.tmf(5, 9, 0, 0).unwrap(), TmfResponse::LUN_DOES_NOT_EXIST.0);
     assert_eq!(sess.tmf(2, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "ABORT TASK SET");
@@ -386,6 +392,135 @@ fn task_management() {
     assert_eq!(sess.tmf(7, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0);
     sess.expect_closed(Duration::from_secs(5)).unwrap();
     w.expect_closed(Duration::from_secs(5)).unwrap();
+}
+
+/// Logs in a session whose writes wait for R2T (no immediate or
+/// unsolicited data), so a write can be held before its data.
+fn login_r2t(s: &Server, isid_last: u8) -> Session {
+    login(
+        s,
+        &LoginOpts {
+            isid: Some([0x80, 0, 0, 0, 0, isid_last]),
+            keys: vec![("InitialR2T".into(), "Yes".into()), ("ImmediateData".into(), "No".into())],
+            ..normal(T1)
+        },
+    )
+}
+
+/// Sends a WRITE(16) on LUN 0 (512-byte blocks) and waits for its R2T;
+/// returns the command and the R2T's TTT.
+fn write_waiting_for_data(w: &mut Session, lba: u64, blocks: u32) -> (ScsiCmd, u32) {
+    let c = w.cmd_hdr(0, &rw16(0x8a, lba, blocks), blocks * 512, false, true);
+    w.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, _) = w.recv().unwrap();
+    assert_eq!(bhs.opcode(), Opcode::R2T, "the write waits for its data");
+    (c, pdu::R2t::from_bhs(&bhs).ttt.get())
+}
+
+/// Sends a held write's data in one Data-Out, then checks with a NOP that
+/// nothing came for the write: an aborted task gets no response.
+fn late_data_gets_no_response(w: &mut Session, c: &ScsiCmd, ttt: u32, data: &[u8]) {
+    let d = DataOut { opcode: Opcode::DATA_OUT.0, flags: F, lun: c.lun, itt: c.itt, ttt: ttt.into(), ..Default::default() };
+    w.send(d.as_bytes(), data).unwrap();
+    // the NOP-In must be the next PDU: a SCSI Response would come first
+    assert_eq!(w.nop(b"after").unwrap(), b"after", "an aborted write got a response");
+}
+
+/// TEST UNIT READY on LUN 0, checking that the next response is its own
+/// (a response of an aborted task would come in its place); returns the
+/// status and the sense key and ASC/ASCQ.
+fn tur_own_response(w: &mut Session) -> (u8, u8, (u8, u8)) {
+    let c = w.cmd_hdr(0, &[0; 6], 0, false, false);
+    w.send(c.as_bytes(), &[]).unwrap();
+    let (bhs, data) = w.recv().unwrap();
+    assert_eq!((bhs.opcode(), bhs.itt.get()), (Opcode::SCSI_RESP, c.itt.get()), "a PDU for another task (an aborted one?)");
+    let status = pdu::ScsiResp::from_bhs(&bhs).status;
+    let sense = data.get(2..).unwrap_or_default();
+    (status, sense.get(2).map_or(0xff, |k| k & 0x0f), (sense.get(12).copied().unwrap_or(0xff), sense.get(13).copied().unwrap_or(0xff)))
+}
+
+fn read_lun0(sess: &mut Session, lba: u64, blocks: u32) -> Vec<u8> {
+    let r = sess.scsi_in(0, &rw16(0x88, lba, blocks), blocks * 512).unwrap();
+    assert_eq!(r.status, 0, "READ: sense {:02x?}", r.sense);
+    r.data
+}
+
+fn wait_for_log(s: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s.log_text().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "the server never logged {needle:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A LUN RESET from one session stops another session's write that waits
+/// for its Data-Out: the reset's FUNCTION COMPLETE comes, the write's
+/// buffers are released before any data arrives, the data that comes later
+/// is dropped, the write gets no response and never reaches the medium.
+#[test]
+fn lun_reset_stops_another_sessions_data_out() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 3);
+    let lba = 4096;
+    assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048]);
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 4);
+    assert_eq!(a.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
+    wait_for_log(&s, "write aborted while waiting for its data; buffers released");
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(2048, 7));
+    a.clear_unit_attentions(1).unwrap();
+    assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048], "the aborted write reached the medium");
+    // the reset told the other nexus, and the aborted write never ran (it
+    // would have taken the unit attention); its session goes on
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x29, 0x03)), "BUS DEVICE RESET still pending");
+    w.clear_unit_attentions(1).unwrap();
+    let data = pattern(1024, 9);
+    assert_eq!(w.scsi_out(0, &rw16(0x8a, lba, 2), &data).unwrap().status, 0);
+    assert_eq!(read_lun0(&mut a, lba, 2), data);
+}
+
+/// CLEAR TASK SET aborts every I_T nexus's tasks on the LU, answers
+/// FUNCTION COMPLETE, and tells the other nexus COMMANDS CLEARED BY ANOTHER
+/// INITIATOR (TAS = 0).
+#[test]
+fn clear_task_set_clears_other_sessions_tasks() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 4);
+    let lba = 8192;
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 2);
+    assert_eq!(a.tmf(4, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "CLEAR TASK SET");
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(1024, 3));
+    assert_eq!(read_lun0(&mut a, lba, 2), vec![0u8; 1024]);
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x2f, 0x00)), "COMMANDS CLEARED BY ANOTHER INITIATOR");
+    assert_eq!(w.nop(b"end").unwrap(), b"end");
+}
+
+/// PERSISTENT RESERVE OUT, PREEMPT AND ABORT: the preempted nexus's write
+/// (waiting for its data) is aborted: no response, nothing written.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_tasks() {
+    let s = start();
+    let mut a = login(&s, &normal(T1));
+    let mut w = login_r2t(&s, 5);
+    let prout = |sess: &mut Session, sa: u8, rk: u64, sark: u64| {
+        let mut l = vec![0u8; 24];
+        l[0..8].copy_from_slice(&rk.to_be_bytes());
+        l[8..16].copy_from_slice(&sark.to_be_bytes());
+        let r = sess.scsi_out(0, &[0x5f, sa, 0x01, 0, 0, 0, 0, 0, 24, 0], &l).unwrap();
+        assert_eq!(r.status, 0, "PERSISTENT RESERVE OUT {sa}: sense {:02x?}", r.sense);
+    };
+    prout(&mut a, 0, 0, 0xa);
+    prout(&mut w, 0, 0, 0xb);
+    let lba = 12288;
+    let (c, ttt) = write_waiting_for_data(&mut w, lba, 2);
+    // PREEMPT AND ABORT of key 0xb (no reservation: registrations only)
+    prout(&mut a, 5, 0xa, 0xb);
+    late_data_gets_no_response(&mut w, &c, ttt, &pattern(1024, 5));
+    assert_eq!(read_lun0(&mut a, lba, 2), vec![0u8; 1024], "the preempted write reached the medium");
+    // the unit attention is still there: the aborted write never ran
+    assert_eq!(tur_own_response(&mut w), (2, 6, (0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(w.nop(b"end").unwrap(), b"end");
 }
 
 #[test]
@@ -511,4 +646,114 @@ fn shutdown_asks_initiators_to_log_out() {
     }
     let log = s.log_text();
     assert!(log.contains("flushed") && log.contains("stopped"), "{log}");
+}
+
+/// Discovery sessions with `[iscsi] discovery_chap` (and mutual): our
+/// initiator and libiscsi's `iscsi-ls` must authenticate before SendTargets,
+/// with the discovery credentials, not a target's.
+#[test]
+fn discovery_chap() {
+    let cfg = CONFIG.replace(
+        "nop_interval = 0\n",
+        "nop_interval = 0\ndiscovery_chap = { user = \"disco\", secret = \"disco-secret-123\" }\ndiscovery_mutual_chap = { user = \"portal\", secret = \"portal-secret-456\" }\n",
+    );
+    let s = Server::start(&cfg);
+    let disc = |chap: Option<(&str, &str)>, mutual: Option<(&str, &str)>| LoginOpts {
+        chap: chap.map(|(u, p)| (u.into(), p.into())),
+        mutual: mutual.map(|(u, p)| (u.into(), p.into())),
+        ..LoginOpts::default()
+    };
+    // no credentials, a target's credentials, a wrong secret: refused as an
+    // authentication failure
+    for o in [disc(None, None), disc(Some(("alice", "alice-secret-123")), None), disc(Some(("disco", "wrong-secret-12")), None)] {
+        match Session::login(s.iscsi_addr, &o) {
+            Err(Ok(f)) => assert_eq!(f, LoginFailed(2, 1), "{o:?}"),
+            Err(Err(e)) => panic!("{o:?}: {e}"),
+            Ok(_) => panic!("{o:?}: discovery login without the discovery secret succeeded"),
+        }
+    }
+    // one-way, then mutual: SendTargets works after either
+    for o in [disc(Some(("disco", "disco-secret-123")), None), disc(Some(("disco", "disco-secret-123")), Some(("portal", "portal-secret-456")))] {
+        let mut sess = Session::login(s.iscsi_addr, &o).unwrap_or_else(|e| panic!("{o:?}: {e:?}"));
+        let kv = sess.text(&[("SendTargets", "All")]).unwrap();
+        assert!(kv.iter().any(|(k, v)| k == "TargetName" && v == T1), "{kv:?}");
+        sess.logout().unwrap();
+    }
+    // mutual with the wrong expected target secret: our initiator notices
+    let o = disc(Some(("disco", "disco-secret-123")), Some(("portal", "not-the-secret")));
+    assert!(matches!(Session::login(s.iscsi_addr, &o), Err(Err(_))), "mutual CHAP must not verify with a wrong secret");
+    // libiscsi: discovery with the credentials in the URL, and without
+    let ls = tool(&["iscsi-ls", &format!("iscsi://disco%disco-secret-123@{}", s.iscsi_addr)]);
+    assert!(ls.contains(&format!("Target:{T1} Portal:{},1", s.iscsi_addr)), "{ls}");
+    for url in [format!("iscsi://{}", s.iscsi_addr), format!("iscsi://disco%wrong-secret-12@{}", s.iscsi_addr)] {
+        let out = Command::new("iscsi-ls").arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !text.contains(T1), "{url}: {text}");
+    }
+}
+
+/// One Login Request (CSG 0 → NSG 3, T) from a socket bound to `src`;
+/// returns the response's status class and detail and how long it took.
+fn raw_login(src: std::net::IpAddr, addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> ((u8, u8), Duration) {
+    use pinion_transport::iscsi::pdu::{login_flags, Bhs, LoginReq, LoginResp, Opcode, BHS_LEN};
+    use rustix::net::{AddressFamily, SocketType};
+    use std::io::{Read, Write};
+    use zerocopy::FromBytes;
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddr::new(src, 0)).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    let mut s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data = pinion_transport::iscsi::text::encode(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+    let mut r = LoginReq {
+        opcode: Opcode::LOGIN_REQ.0 | IMMEDIATE,
+        flags: login_flags::TRANSIT | 3,
+        isid: [0x80, 0, 0, 0, 0, 9],
+        itt: 1.into(),
+        ..Default::default()
+    };
+    r.set_data_len(data.len() as u32);
+    let t0 = std::time::Instant::now();
+    s.write_all(&encode(r.as_bytes(), &data, false, false)).unwrap();
+    let mut b = [0u8; BHS_LEN];
+    s.read_exact(&mut b).unwrap();
+    let elapsed = t0.elapsed();
+    let resp = LoginResp::from_bhs(&Bhs::read_from_bytes(&b[..]).unwrap());
+    ((resp.status_class, resp.status_detail), elapsed)
+}
+
+/// Authentication failures are counted, logged with the peer, and answered
+/// later each time from the same address; another address is not slowed.
+#[test]
+fn repeated_auth_failures_are_slowed_per_address() {
+    let s = Server::start(&format!("{CONFIG}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    let (one, two): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    // offering only None to a CHAP target is an authentication failure
+    let bad = [("InitiatorName", INITIATOR), ("TargetName", CHAP_T), ("AuthMethod", "None")];
+    let good = [("InitiatorName", INITIATOR), ("TargetName", T1), ("AuthMethod", "None")];
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let (st, t) = raw_login(one, s.iscsi_addr, &bad);
+        assert_eq!(st, (2, 1));
+        took.push(t);
+    }
+    // 250, 500, 1000 ms (the delays only have lower bounds)
+    assert!(took[0] >= Duration::from_millis(240) && took[2] >= Duration::from_millis(990), "{took:?}");
+    assert!(took[2] > took[0], "{took:?}");
+    // the fourth failure from .1 waits 2 s; meanwhile .2 is served at once
+    let addr = s.iscsi_addr;
+    let slow = std::thread::spawn(move || raw_login(one, addr, &bad));
+    std::thread::sleep(Duration::from_millis(100));
+    let (st, t_good) = raw_login(two, s.iscsi_addr, &good);
+    assert_eq!(st, (0, 0), "login from another address");
+    let (st, t_bad2) = raw_login(two, s.iscsi_addr, &bad);
+    assert_eq!(st, (2, 1));
+    assert!(!slow.is_finished(), "the slowed peer's answer must still be pending");
+    assert!(t_good < Duration::from_millis(1000) && t_bad2 < Duration::from_millis(1500), "other address slowed: {t_good:?} {t_bad2:?}");
+    let (st, t4) = slow.join().unwrap();
+    assert_eq!(st, (2, 1));
+    assert!(t4 >= Duration::from_millis(1990), "{t4:?}");
+    assert_eq!(s.metric("pinion_auth_failures_total{protocol=\"iscsi\"}"), 5);
+    let log = s.log_text();
+    assert!(log.contains("iSCSI authentication failed") && log.contains("127.0.0.2"), "{log}");
 }

@@ -8,7 +8,7 @@
 //! Build the server first: `cargo build -p pinion-target` (or point
 //! `PINION_BIN` at a binary).
 
-use nvme_types::command::{io, Opcode, SglType};
+use nvme_types::command::{fuse, io, Opcode, SglType};
 use nvme_types::fabrics::{prop, DISCOVERY_NQN};
 use nvme_types::identify::{cns, IdentifyController};
 use nvme_types::log::{disc, lid, DiscoveryLogEntry, DiscoveryLogHeader, SmartLog};
@@ -808,6 +808,42 @@ fn smart_log_counts_io() {
     assert!(hw1 >= hw0 + 2, "host_writes {hw0} -> {hw1} after 2 write commands");
 }
 
+/// The volatile write cache (Set Features 06h): advertised, because file
+/// volumes sit behind the page cache; while it is on, only FUA writes are
+/// written through (RWF_DSYNC); turning it off first makes every write
+/// acknowledged so far durable (an fdatasync), then writes every write
+/// through, as SCSI's WCE off does.
+#[test]
+fn volatile_write_cache_off_flushes_then_writes_through() {
+    use nvme_types::command::feature::VOLATILE_WC;
+    let s = Server::start(&CONFIG.replace("[log]", "[metrics]\nlisten = \"127.0.0.1:{MPORT}\"\n\n[log]"));
+    let mut ses = session(&s, NO_DIGESTS);
+    assert_eq!(ses.id.vwc & 1, 1, "a volatile write cache is advertised (ns 2 is a file)");
+    let syncs = || s.metric("pinion_sync_total");
+    let durable = || s.metric("pinion_write_durable_total");
+    let (s0, d0) = (syncs(), durable());
+    assert_eq!(ses.admin.get_features(VOLATILE_WC).unwrap().result.get() & 1, 1, "the cache is on");
+    assert_ok(&ses.io.write(2, 100, &pattern(1, 4096), false).unwrap(), "write, cache on");
+    assert_eq!((syncs(), durable()), (s0, d0), "cache on: a write without FUA is not written through");
+    assert_ok(&ses.io.write(2, 200, &pattern(2, 4096), true).unwrap(), "FUA write");
+    assert_eq!(durable(), d0 + 1, "a FUA write is written through");
+
+    assert_ok(&ses.admin.set_features(VOLATILE_WC, 0).unwrap(), "Set Features: write cache off");
+    assert_eq!(syncs(), s0 + 1, "turning the cache off made the acknowledged writes durable (one fdatasync of the file)");
+    assert_eq!(ses.admin.get_features(VOLATILE_WC).unwrap().result.get() & 1, 0, "the cache is off");
+    assert_ok(&ses.io.write(2, 300, &pattern(3, 4096), false).unwrap(), "write, cache off");
+    assert_eq!(durable(), d0 + 2, "cache off: every write is written through");
+    assert_ok(&ses.io.write(1, 300, &pattern(4, 4096), false).unwrap(), "write to the RAM namespace, cache off");
+    assert_eq!(durable(), d0 + 2, "RAM has no volatile cache to write through");
+
+    assert_ok(&ses.admin.set_features(VOLATILE_WC, 1).unwrap(), "Set Features: write cache on");
+    assert_ok(&ses.io.write(2, 400, &pattern(5, 4096), false).unwrap(), "write, cache on again");
+    assert_eq!((syncs(), durable()), (s0 + 1, d0 + 2), "cache on again: nothing written through");
+    assert_ok(&ses.io.flush(2).unwrap(), "Flush");
+    assert_eq!(syncs(), s0 + 2, "Flush is an fdatasync");
+    round_trip(&mut ses.io, 2, 500, &pattern(6, 4096));
+}
+
 #[test]
 fn features_number_of_queues() {
     use nvme_types::command::feature::NUM_QUEUES;
@@ -881,4 +917,349 @@ fn success_flag_when_sq_flow_control_is_disabled() {
     let done = io.wait(cid).unwrap();
     assert!(!done.via_success_flag);
     assert_status(&done.cqe, Status::LBA_RANGE, "read past the end");
+}
+
+/// An admin Abort (opcode 08h) for `cid` on submission queue `sqid`;
+/// returns the completion's DW0 (bit 0 set: not aborted).
+fn abort_cmd(admin: &mut Queue, sqid: u16, cid: u16) -> u32 {
+    let sqe = Sqe { opcode: Opcode::ABORT.0, cdw10: (u32::from(sqid) | u32::from(cid) << 16).into(), ..Sqe::default() };
+    let (c, _) = admin.admin(sqe, None, 0).expect("Abort");
+    assert_ok(&c, "Abort");
+    c.result.get() as u32
+}
+
+/// A write that waits for its data (after our R2T) is aborted for real: the
+/// write completes with Command Abort Requested, the Abort's DW0 bit 0 is 0,
+/// data the host still sends for it is dropped, nothing reaches the medium,
+/// and the queue goes on. A command that does not exist (or has completed)
+/// is not aborted: DW0 bit 0 is 1.
+#[test]
+fn abort_a_write_waiting_for_its_data() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    let slba = 900;
+    let data = pattern(77, 8192);
+    let cid = ses.io.submit_with(rw_sqe(io::WRITE, 1, slba, 2, false), Some(data.clone()), 0, Xfer::Transport).unwrap();
+    let r2t = match ses.io.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => r,
+        (p, _) => panic!("expected R2T, got {p:?}"),
+    };
+    assert_eq!(r2t.cccid.get(), cid);
+    assert_eq!(abort_cmd(&mut ses.admin, 1, cid) & 1, 0, "the waiting write was aborted");
+    let c = ses.io.wait(cid).expect("the aborted write's completion");
+    assert_status(&c.cqe, Status::ABORT_REQ, "aborted write");
+    // the host's data, sent anyway, is dropped quietly
+    let pdu = h2c_data_pdu(cid, r2t.ttag.get(), 0, &data, true, NO_DIGESTS, ses.io.cpda());
+    ses.io.send_raw(&pdu).unwrap();
+    let (c, back) = ses.io.read(1, slba, 2, 4096).expect("read back");
+    assert_ok(&c, "read back");
+    assert_eq!(back, vec![0u8; 8192], "the aborted write reached the medium");
+    // nothing to abort: an unknown command, a completed one, a bad queue
+    assert_eq!(abort_cmd(&mut ses.admin, 1, 0x7777) & 1, 1);
+    assert_eq!(abort_cmd(&mut ses.admin, 1, cid) & 1, 1);
+    assert_eq!(abort_cmd(&mut ses.admin, 9, cid) & 1, 1);
+    assert_session_works(&mut ses, 5);
+}
+
+// ---- Compare and fused Compare + Write -------------------------------------
+
+/// A session as another host: its own host NQN and host ID, so its own
+/// controller.
+fn session_as(s: &Server, hostnqn: &str, hostid: [u8; 16]) -> Session {
+    let mut admin = Queue::connect(s.addr, NO_DIGESTS).expect("TCP connect + ICReq/ICResp");
+    let c = admin.fabrics_connect(0, 31, KATO_MS, CNTLID_DYNAMIC, TEST_NQN, hostnqn, hostid, 0).expect("admin Connect");
+    assert_ok(&c, "admin Connect");
+    let cntlid = c.result.get() as u16;
+    admin.enable_controller().expect("enable controller");
+    let id = admin.identify_controller().expect("identify controller");
+    let mut io = Queue::connect(s.addr, NO_DIGESTS).expect("I/O queue TCP connect");
+    let c = io.fabrics_connect(1, 127, 0, cntlid, TEST_NQN, hostnqn, hostid, 0).expect("I/O Connect");
+    assert_ok(&c, "I/O queue Connect");
+    io.set_inline_limit((id.ioccsz.get() as usize * 16).saturating_sub(64).max(4096));
+    io.set_block_size(1, 4096);
+    io.set_block_size(2, 512);
+    Session { admin, io, cntlid, id }
+}
+
+const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-0000-0000-000000000002";
+const HOSTID_B: [u8; 16] = [0xbb; 16];
+
+fn compare(q: &mut Queue, nsid: u32, slba: u64, data: &[u8], xfer: Xfer) -> Cqe {
+    let nlb = (data.len() / q.block_size(nsid) as usize) as u32;
+    q.exec_with(rw_sqe(io::COMPARE, nsid, slba, nlb, false), Some(data.to_vec()), 0, xfer).expect("compare").cqe
+}
+
+/// Submits a fused Compare (`old`) + Write (`new`) as two adjacent capsules.
+fn submit_fused(q: &mut Queue, nsid: u32, slba: u64, old: &[u8], new: &[u8], xfer: Xfer) -> (u16, u16) {
+    let nlb = (old.len() / q.block_size(nsid) as usize) as u32;
+    let mut first = rw_sqe(io::COMPARE, nsid, slba, nlb, false);
+    first.flags |= fuse::FIRST;
+    let mut second = rw_sqe(io::WRITE, nsid, slba, nlb, false);
+    second.flags |= fuse::SECOND;
+    let a = q.submit_with(first, Some(old.to_vec()), 0, xfer).expect("submit fused first");
+    let b = q.submit_with(second, Some(new.to_vec()), 0, xfer).expect("submit fused second");
+    (a, b)
+}
+
+fn fused_cw(q: &mut Queue, nsid: u32, slba: u64, old: &[u8], new: &[u8], xfer: Xfer) -> (Cqe, Cqe) {
+    let (a, b) = submit_fused(q, nsid, slba, old, new, xfer);
+    (q.wait(a).expect("fused first").cqe, q.wait(b).expect("fused second").cqe)
+}
+
+#[track_caller]
+fn assert_block(q: &mut Queue, nsid: u32, slba: u64, want: &[u8], what: &str) {
+    let bs = q.block_size(nsid);
+    let (c, got) = q.read(nsid, slba, (want.len() / bs as usize) as u32, bs).expect("read back");
+    assert_ok(&c, what);
+    assert!(got == want, "{what}: the blocks hold other data");
+}
+
+#[test]
+fn compare_equal_and_different() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    assert_ne!(ses.id.oncs.get() & nvme_types::identify::oncs::COMPARE, 0, "ONCS Compare bit");
+    assert_ne!(ses.id.fuses.get() & nvme_types::identify::fuses::COMPARE_AND_WRITE, 0, "FUSES Compare and Write bit");
+    for (nsid, slba, len) in [(1u32, 100u64, 4096usize), (1, 200, 3 * 4096), (2, 77, 8 * 512)] {
+        let data = pattern(slba, len);
+        round_trip(&mut ses.io, nsid, slba, &data);
+        for xfer in [Xfer::Inline, Xfer::Transport] {
+            let what = format!("ns {nsid} lba {slba} len {len} {xfer:?}");
+            assert_ok(&compare(&mut ses.io, nsid, slba, &data, xfer), &format!("compare equal, {what}"));
+            let mut other = data.clone();
+            *other.last_mut().unwrap() ^= 1;
+            assert_status(&compare(&mut ses.io, nsid, slba, &other, xfer), Status::COMPARE_FAILURE, &format!("compare last byte different, {what}"));
+            assert_status(&compare(&mut ses.io, nsid, slba + 1, &data, xfer), Status::COMPARE_FAILURE, &format!("compare other blocks, {what}"));
+        }
+    }
+    // out of range, and a data length that is not the LBA count
+    assert_status(&compare(&mut ses.io, 1, NS1_BLOCKS, &[0; 4096], Xfer::Inline), Status::LBA_RANGE, "compare past the end");
+    let sqe = rw_sqe(io::COMPARE, 1, 0, 2, false);
+    let c = ses.io.exec_with(sqe, Some(vec![0; 4096]), 0, Xfer::Inline).unwrap().cqe;
+    assert_status(&c, Status::SGL_INVALID_DATA, "compare with half its data");
+    assert_session_works(&mut ses, 1);
+}
+
+#[test]
+fn fused_compare_and_write_success_failure_and_errors() {
+    let s = start();
+    let mut ses = session(&s, NO_DIGESTS);
+    for (xfer, slba) in [(Xfer::Inline, 300u64), (Xfer::Transport, 310)] {
+        let (old, new, other) = (pattern(slba, 8192), pattern(slba + 1, 8192), pattern(slba + 2, 8192));
+        round_trip(&mut ses.io, 1, slba, &old);
+        // compare matches: the write happens
+        let (a, b) = fused_cw(&mut ses.io, 1, slba, &old, &new, xfer);
+        assert_ok(&a, &format!("fused compare (equal), {xfer:?}"));
+        assert_ok(&b, &format!("fused write after an equal compare, {xfer:?}"));
+        assert_block(&mut ses.io, 1, slba, &new, "after a successful compare + write");
+        // compare differs: nothing is written
+        let (a, b) = fused_cw(&mut ses.io, 1, slba, &old, &other, xfer);
+        assert_status(&a, Status::COMPARE_FAILURE, &format!("fused compare (different), {xfer:?}"));
+        assert_status(&b, Status::ABORTED_FAILED_FUSED, &format!("fused write after a miscompare, {xfer:?}"));
+        assert_block(&mut ses.io, 1, slba, &new, "after a failed compare + write");
+    }
+    let slba = 320;
+    let (old, new) = (pattern(7, 4096), pattern(8, 4096));
+    round_trip(&mut ses.io, 1, slba, &old);
+    // a second with no first
+    let mut second = rw_sqe(io::WRITE, 1, slba, 1, false);
+    second.flags |= fuse::SECOND;
+    let c = ses.io.exec_with(second, Some(new.clone()), 0, Xfer::Inline).unwrap().cqe;
+    assert_status(&c, Status::ABORTED_MISSING_FUSED, "lone fused second");
+    // a first followed by a normal command: the first is missing its second,
+    // the normal command runs
+    let mut first = rw_sqe(io::COMPARE, 1, slba, 1, false);
+    first.flags |= fuse::FIRST;
+    let a = ses.io.submit_with(first, Some(old.clone()), 0, Xfer::Inline).unwrap();
+    let r = ses.io.submit_read(1, slba, 1, 4096).unwrap();
+    assert_status(&ses.io.wait(a).unwrap().cqe, Status::ABORTED_MISSING_FUSED, "fused first followed by a read");
+    let r = ses.io.wait(r).unwrap();
+    assert_ok(&r.cqe, "the read after a lone fused first");
+    assert_eq!(r.data, old);
+    // a second for another range: both fail, nothing written
+    let mut first = rw_sqe(io::COMPARE, 1, slba, 1, false);
+    first.flags |= fuse::FIRST;
+    let mut second = rw_sqe(io::WRITE, 1, slba + 1, 1, false);
+    second.flags |= fuse::SECOND;
+    let a = ses.io.submit_with(first, Some(old.clone()), 0, Xfer::Inline).unwrap();
+    let b = ses.io.submit_with(second, Some(new.clone()), 0, Xfer::Inline).unwrap();
+    assert_status(&ses.io.wait(a).unwrap().cqe, Status::INVALID_FIELD, "fused first with a mismatched second");
+    assert_status(&ses.io.wait(b).unwrap().cqe, Status::INVALID_FIELD, "fused second for another range");
+    assert_block(&mut ses.io, 1, slba, &old, "after a mismatched pair");
+    assert_block(&mut ses.io, 1, slba + 1, &vec![0; 4096], "the mismatched second's range");
+    // fused Write + Compare the wrong way round, and fused on the admin queue
+    let mut first = rw_sqe(io::WRITE, 1, slba, 1, false);
+    first.flags |= fuse::FIRST;
+    let c = ses.io.exec_with(first, Some(new.clone()), 0, Xfer::Inline).unwrap().cqe;
+    assert_status(&c, Status::INVALID_FIELD, "fused first that is a Write");
+    let mut ka = Sqe { opcode: Opcode::KEEP_ALIVE.0, ..Sqe::default() };
+    ka.flags |= fuse::FIRST;
+    let c = ses.admin.exec(ka, None, 0).unwrap().cqe;
+    assert_status(&c, Status::INVALID_FIELD, "fused command on the admin queue");
+    // a compare past the end: its write is aborted
+    let (a, b) = fused_cw(&mut ses.io, 1, NS1_BLOCKS, &old, &new, Xfer::Inline);
+    assert_status(&a, Status::LBA_RANGE, "fused compare past the end");
+    assert_status(&b, Status::ABORTED_FAILED_FUSED, "fused write after a compare past the end");
+    assert_block(&mut ses.io, 1, slba, &old, "at the end");
+    assert_session_works(&mut ses, 2);
+}
+
+/// A two-party barrier whose wait gives up (panics) after 30 s, so a racer
+/// that panicked does not leave the other waiting for ever.
+struct Rendezvous {
+    gen: std::sync::Mutex<(u64, u32)>,
+    cv: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    fn new() -> Rendezvous {
+        Rendezvous { gen: std::sync::Mutex::new((0, 0)), cv: std::sync::Condvar::new() }
+    }
+    fn wait(&self) {
+        let mut g = self.gen.lock().unwrap();
+        let my = g.0;
+        g.1 += 1;
+        if g.1 == 2 {
+            *g = (my + 1, 0);
+            self.cv.notify_all();
+            return;
+        }
+        let (g, t) = self.cv.wait_timeout_while(g, Duration::from_secs(30), |g| g.0 == my).unwrap();
+        drop(g);
+        assert!(!t.timed_out(), "the other racer did not arrive within 30 s");
+    }
+}
+
+/// One racer's rounds: each round, after the reset to `start_of(round)`,
+/// runs one fused compare (expecting that value) + write of its own value.
+const RACE_ROUNDS: u64 = 500;
+const RACE_LBA: u64 = 900;
+
+fn round_value(round: u64, who: u64) -> Vec<u8> {
+    pattern(round * 4 + who, 4096)
+}
+
+#[test]
+fn fused_compare_and_write_two_hosts_race_one_block() {
+    let s = start();
+    let mut a = session(&s, NO_DIGESTS);
+    let mut b = session_as(&s, HOST_B, HOSTID_B);
+    assert_ne!(a.cntlid, b.cntlid, "two hosts, two controllers");
+    let barrier = Rendezvous::new();
+    let t0 = Instant::now();
+    let run = |q: &mut Queue, who: u64, reset: bool| {
+        let mut wins = Vec::new();
+        for round in 0..RACE_ROUNDS {
+            if reset {
+                assert_ok(&q.write(1, RACE_LBA, &round_value(round, 0), false).unwrap(), "reset");
+            }
+            barrier.wait();
+            // odd rounds fetch the pair's data with R2Ts
+            let xfer = if round % 2 == 0 { Xfer::Inline } else { Xfer::Transport };
+            let (c, w) = fused_cw(q, 1, RACE_LBA, &round_value(round, 0), &round_value(round, who), xfer);
+            let won = c.status().is_success();
+            if won {
+                assert_ok(&w, "the write of a fused pair whose compare matched");
+            } else {
+                assert_status(&c, Status::COMPARE_FAILURE, "the losing compare");
+                assert_status(&w, Status::ABORTED_FAILED_FUSED, "the losing write");
+            }
+            wins.push(won);
+            barrier.wait();
+            if reset {
+                // the block holds exactly the winner's value
+                let bs = q.block_size(1);
+                let (c, got) = q.read(1, RACE_LBA, 1, bs).unwrap();
+                assert_ok(&c, "read after the round");
+                let holder = [1, 2].into_iter().find(|&w| got == round_value(round, w));
+                wins.push(holder == Some(who));
+            }
+        }
+        wins
+    };
+    let (wins_a, wins_b) = std::thread::scope(|sc| {
+        let run = &run;
+        let (qa, qb) = (&mut a.io, &mut b.io);
+        let ha = sc.spawn(move || run(qa, 1, true));
+        let hb = sc.spawn(move || run(qb, 2, false));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let mut counts = [0u32; 2];
+    for round in 0..RACE_ROUNDS as usize {
+        let (won_a, holds_a, won_b) = (wins_a[2 * round], wins_a[2 * round + 1], wins_b[round]);
+        assert!(!(won_a && won_b), "round {round}: both hosts' compare + write succeeded");
+        assert!(won_a || won_b, "round {round}: neither host's compare + write succeeded");
+        assert_eq!(holds_a, won_a, "round {round}: the block does not hold the winner's data");
+        counts[usize::from(won_b)] += 1;
+    }
+    eprintln!("{RACE_ROUNDS} rounds in {:?}: host A won {}, host B won {}", t0.elapsed(), counts[0], counts[1]);
+}
+
+const ISCSI_CONFIG_ADD: &str = "\n[[iscsi_target]]\niqn = \"iqn.2026-11.io.pinion:caw\"\nluns = [\"ram0\"]\n";
+
+#[test]
+fn fused_compare_and_write_races_iscsi_compare_and_write() {
+    use pinion_tests::iscsi_host::{LoginOpts, Session as IscsiSession};
+    let cfg = CONFIG.replace("[iscsi]\nlisten = []", "[iscsi]\nlisten = [\"127.0.0.1:{ISCSI_PORT}\"]") + ISCSI_CONFIG_ADD;
+    let s = Server::start(&cfg);
+    let mut nv = session(&s, NO_DIGESTS);
+    let mut sc = IscsiSession::login(s.iscsi_addr, &LoginOpts { target: Some("iqn.2026-11.io.pinion:caw".into()), ..LoginOpts::default() })
+        .unwrap_or_else(|e| panic!("iSCSI login: {e:?}"));
+    sc.clear_unit_attentions(1).unwrap();
+    let barrier = Rendezvous::new();
+    let t0 = Instant::now();
+    let (nvme_wins, iscsi_wins) = std::thread::scope(|scope| {
+        let hn = scope.spawn(|| {
+            let mut wins = Vec::new();
+            for round in 0..RACE_ROUNDS {
+                assert_ok(&nv.io.write(1, RACE_LBA, &round_value(round, 0), false).unwrap(), "reset");
+                barrier.wait();
+                let xfer = if round % 2 == 0 { Xfer::Inline } else { Xfer::Transport };
+                let (c, w) = fused_cw(&mut nv.io, 1, RACE_LBA, &round_value(round, 0), &round_value(round, 1), xfer);
+                let won = c.status().is_success();
+                if won {
+                    assert_ok(&w, "NVMe write after a matching compare");
+                } else {
+                    assert_status(&c, Status::COMPARE_FAILURE, "NVMe losing compare");
+                    assert_status(&w, Status::ABORTED_FAILED_FUSED, "NVMe losing write");
+                }
+                barrier.wait();
+                let (c, got) = nv.io.read(1, RACE_LBA, 1, 4096).unwrap();
+                assert_ok(&c, "read after the round");
+                let holder = [1, 2].into_iter().find(|&w| got == round_value(round, w));
+                wins.push((won, holder));
+            }
+            wins
+        });
+        let hi = scope.spawn(|| {
+            let mut wins = Vec::new();
+            for round in 0..RACE_ROUNDS {
+                let mut data = round_value(round, 0);
+                data.extend(round_value(round, 2));
+                let mut cdb = [0u8; 16];
+                cdb[0] = 0x89;
+                cdb[2..10].copy_from_slice(&RACE_LBA.to_be_bytes());
+                cdb[13] = 1;
+                barrier.wait();
+                let r = sc.scsi_out(0, &cdb, &data).unwrap();
+                let won = r.status == 0;
+                if !won {
+                    assert_eq!((r.status, r.sense_key()), (2, 0x0e), "iSCSI losing COMPARE AND WRITE: {r:?}");
+                }
+                wins.push(won);
+                barrier.wait();
+            }
+            wins
+        });
+        (hn.join().unwrap(), hi.join().unwrap())
+    });
+    let mut counts = [0u32; 2];
+    for round in 0..RACE_ROUNDS as usize {
+        let ((won_n, holder), won_i) = (nvme_wins[round], iscsi_wins[round]);
+        assert!(!(won_n && won_i), "round {round}: both the NVMe and the iSCSI compare + write succeeded");
+        assert!(won_n || won_i, "round {round}: neither compare + write succeeded");
+        assert_eq!(holder, Some(if won_n { 1 } else { 2 }), "round {round}: the block does not hold the winner's data");
+        counts[usize::from(won_i)] += 1;
+    }
+    eprintln!("{RACE_ROUNDS} rounds in {:?}: NVMe won {}, iSCSI won {}", t0.elapsed(), counts[0], counts[1]);
 }

@@ -271,16 +271,38 @@ fn expect_ok(c: &Cqe, what: &str) {
     assert!(c.status().is_success(), "{what}: {:?}", c.status());
 }
 
-/// One queue's load: QD commands in flight until the deadline or the
-/// operation budget is spent.
-fn worker(s: &Server, cntlid: u16, qid: u16, m: &Model, deadline: Instant, max_ops: u64) -> u64 {
+/// How long the load runs: at least `min_time` and `min_ops` per queue (a
+/// loaded machine gets the same amount of checking, only slower), never
+/// past `hard_stop`, never more than `max_ops`.
+#[derive(Clone, Copy)]
+struct Budget {
+    min_time: Instant,
+    hard_stop: Instant,
+    min_ops: u64,
+    max_ops: u64,
+}
+
+impl Budget {
+    fn new(min_time: Duration, min_ops: u64, max_ops: u64) -> Budget {
+        let now = Instant::now();
+        Budget { min_time: now + min_time, hard_stop: now + Duration::from_secs(90), min_ops, max_ops }
+    }
+
+    fn more(&self, ops: u64) -> bool {
+        let now = Instant::now();
+        ops < self.max_ops && now < self.hard_stop && (now < self.min_time || ops < self.min_ops)
+    }
+}
+
+/// One queue's load: QD commands in flight while the budget lasts.
+fn worker(s: &Server, cntlid: u16, qid: u16, m: &Model, budget: Budget) -> u64 {
     let mut q = io_queue(s, cntlid, qid);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(qid) << 17);
     let mut inflight: HashMap<u16, Op> = HashMap::new();
     let mut ops = 0u64;
     const QD: usize = 6;
     loop {
-        while inflight.len() < QD && Instant::now() < deadline && ops < max_ops {
+        while inflight.len() < QD && budget.more(ops) {
             let nsid = NSIDS[rng.below(4) as usize];
             let nlb = 1u64 << rng.below(9); // 4 KiB .. 1 MiB
             let slba = rng.below(WINDOW - nlb + 1);
@@ -387,19 +409,19 @@ fn stress_mixed_io_no_corruption() {
     let (mut admin_q, cntlid) = admin(&s);
     let m = Model::new();
     let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let budget = Budget::new(Duration::from_secs(8), 400, 40_000);
     let ops = std::thread::scope(|sc| {
         let workers: Vec<_> = (1..=3u16)
             .map(|qid| {
                 sc.spawn({
                     let (s, m) = (&s, &m);
-                    move || worker(s, cntlid, qid, m, deadline, 40_000)
+                    move || worker(s, cntlid, qid, m, budget)
                 })
             })
             .collect();
         sc.spawn(|| {
             let mut round = 0;
-            while !stop.load(SeqCst) && round < 100 {
+            while !stop.load(SeqCst) && round < 400 {
                 std::thread::sleep(Duration::from_millis(250));
                 drop_page_cache(s.dir());
                 if round % 3 == 1 {
@@ -463,6 +485,15 @@ fn stress_mixed_io_no_corruption() {
     }
     assert!(s.metric("pinion_zerocopy_completions_total") > 0);
     assert!(s.metric("pinion_path_fallback_total{reason=\"local_peer\"}") > 0, "writable volumes are not spliced to a local peer");
+    // Per volume: the client is local, so only the read-only volume
+    // splices; the `auto` file reads its cold ranges with O_DIRECT (safe
+    // for a local peer too) and copies hot ones.
+    let vol = |v: &str, p: &str| s.metric(&format!("pinion_volume_read_total{{volume=\"{v}\",path=\"{p}\"}}"));
+    assert!(vol("ro", "splice") > 0, "the read-only volume is spliced");
+    assert!(vol("auto", "direct") > 0, "cold ranges of the auto volume go direct, for a local peer too");
+    assert!(vol("auto", "copy") > 0, "hot ranges of a writable volume are copied for a local peer");
+    assert!(vol("direct", "direct") > 0 && vol("ram", "copy") > 0);
+    assert_eq!(vol("ram", "splice") + vol("auto", "splice") + vol("direct", "splice"), 0, "no writable volume is spliced to a local peer");
     assert!(
         s.metric("pinion_write_total{path=\"direct\"}") > 0
             && s.metric("pinion_write_total{path=\"buffered\"}") > 0

@@ -283,6 +283,24 @@ check "$dev advertises discard" [ "$(head -n 1 "$LAST")" -gt 0 ]
 run dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none
 run blkdiscard -o 0 -l 8M "$dev"
 
+step "compare (nvme-cli): equal data succeeds, different data is a miscompare"
+if [[ $TARGET == nvmet ]]; then
+  echo "note: nvmet implements no Compare command; step skipped for nvmet"
+else
+  run nvme id-ctrl "/dev/$ctrl"
+  check "FUSES says Compare and Write" grep -Eq '^fuses[[:space:]]*:[[:space:]]*0x1[[:space:]]*$' "$LAST"
+  cbs=$(blockdev --getss "$dev")
+  run dd if=/dev/urandom of="$WORK/cmp.blk" bs="$cbs" count=1 status=none
+  run dd if=/dev/urandom of="$WORK/cmp.bad" bs="$cbs" count=1 status=none
+  if cmp -s "$WORK/cmp.blk" "$WORK/cmp.bad"; then check "the two data files differ" false; fi
+  run dd if="$WORK/cmp.blk" of="$dev" bs="$cbs" seek=100 count=1 oflag=direct status=none
+  run nvme compare "$dev" --start-block=100 --block-count=0 --data-size="$cbs" --data="$WORK/cmp.blk"
+  crc=0
+  run nvme compare "$dev" --start-block=100 --block-count=0 --data-size="$cbs" --data="$WORK/cmp.bad" || crc=$?
+  check "compare with different data fails" [ "$crc" -ne 0 ]
+  check "nvme-cli reports the miscompare" grep -Eiq 'compare.?fail' "$LAST"
+fi
+
 step "disconnect"
 disconnect
 

@@ -3,12 +3,19 @@
 # (tests/vm/guest-run, QEMU/TCG) and runs tests/vm/nvme-e2e.sh (NVMe/TCP) or
 # tests/vm/iscsi-e2e.sh (iSCSI) in it.
 #
-#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi] [PINION_BIN]
+#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi|paths] [PINION_BIN]
 #
 #   nvmet    NVMe/TCP reference run against the kernel's nvmet-tcp target
 #   pinion   (default) NVMe/TCP run against Pinion; PINION_BIN defaults to
 #            build/cargo/release/pinion, else build/cargo/debug/pinion
 #   iscsi    iSCSI run against Pinion (open-iscsi, with and without CHAP)
+#   paths    the per-I/O read path (splice, direct, copy) of `auto` file
+#            volumes on the guest kernel, from Pinion's metrics (nvme-paths.sh)
+#   auth     NVMe DH-HMAC-CHAP run against Pinion (tests/vm/nvme-auth-e2e.sh)
+#   auth-nvmet  the same against the kernel's nvmet
+#            (auth targets boot Debian 12's 6.12 kernel, linux-image-6.12-amd64:
+#            6.1 has no NVMe authentication; its cache defaults to
+#            /tmp/guest-run-cache-6.12 so the 6.1 default cache stays as it is)
 #
 # The transcript is streamed and kept in $VM_E2E_OUT/<target>.log (default
 # OUT build/vm-e2e under the repository root), the guest console in
@@ -28,9 +35,16 @@ target=${1:-pinion}
 args=() bin=
 script=nvme-e2e.sh
 case $target in
+  auth|auth-nvmet)
+    export GUEST_RUN_KERNEL_PKG=${GUEST_RUN_KERNEL_PKG:-linux-image-6.12-amd64}
+    export GUEST_RUN_CACHE=${GUEST_RUN_CACHE:-/tmp/guest-run-cache-6.12}
+    ;;&
   nvmet) ;;
-  pinion|iscsi)
+  auth-nvmet) script=nvme-auth-e2e.sh ;;
+  pinion|iscsi|paths|auth)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
+    [[ $target == paths ]] && script=nvme-paths.sh
+    [[ $target == auth ]] && script=nvme-auth-e2e.sh
     bin=${2:-}
     if [[ -z $bin ]]; then
       for b in "$REPO/build/cargo/release/pinion" "$REPO/build/cargo/debug/pinion"; do
@@ -40,10 +54,10 @@ case $target in
     [[ -n $bin && -x $bin ]] || { echo "run-e2e: no Pinion binary (looked for build/cargo/{release,debug}/pinion; got '${bin}')" >&2; exit 2; }
     bin=$(realpath -e -- "$bin")
     args=("$bin")
-    [[ $target == pinion ]] && args=(pinion "$bin")
+    [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
@@ -63,7 +77,7 @@ opts+=(${GUEST_RUN_OPTS:-})
 
 echo "run-e2e: $target ($script${args[*]:+ ${args[*]}}); transcript $log"
 start=${EPOCHREALTIME/./}
-if [[ $target == nvmet ]]; then args=(nvmet); fi
+if [[ $target == nvmet || $target == auth-nvmet ]]; then args=(nvmet); fi
 "$HERE/guest-run" "${opts[@]}" -- "$HERE/$script" "${args[@]}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 us=$((${EPOCHREALTIME/./} - start))

@@ -8,9 +8,12 @@
 //! command once its data is complete. Tasks queue their results for the
 //! writer, which cuts Data-In from the volume's `Source` SGL.
 
+use super::task::{AbortTask, State, TaskTable};
 use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::{Op, Protocol};
 use pinion_backends::Sgl;
-use pinion_transport::iscsi::login::{Login, Outcome, SessionInfo, SessionType};
+use pinion_transport::iscsi::login::{Login, LoginStatus, Outcome, SessionInfo, SessionType};
 use pinion_transport::iscsi::pdu::{
     self, cmd_flags, decode_lun, parse_ahs, Bhs, DataOut, Layout, LoginReq, LoginResp, LogoutReq, LogoutResponse, NopIn, NopOut,
     Opcode, RejectReason, RxState, ScsiCmd, TextReq, TextResp, TmfFunction, TmfReq, TmfResp, TmfResponse, BHS_LEN, DIGEST_LEN, F,
@@ -24,69 +27,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
 use tracing::Instrument;
 use zerocopy::{FromBytes, IntoBytes};
-
-/// A SCSI task of a session, from acceptance to response.
-struct TaskEntry {
-    lun: u64,
-    immediate: bool,
-    /// Set once the task runs (`None` while its data is being received).
-    abort: Option<AbortHandle>,
-}
-
-/// A session's live tasks, shared by its reader, its tasks and task
-/// management from other sessions. Removing an entry is what decides who
-/// answers for a task: the task itself (its response) or an abort (none).
-pub struct TaskTable {
-    m: Mutex<HashMap<u32, TaskEntry>>,
-    window: Arc<Mutex<CmdWindow>>,
-}
-
-impl TaskTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, TaskEntry>> {
-        self.m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn window(&self) -> std::sync::MutexGuard<'_, CmdWindow> {
-        self.window.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a task out; true if it was there (the caller answers for it).
-    fn take(&self, itt: u32) -> Option<TaskEntry> {
-        let e = self.lock().remove(&itt)?;
-        if !e.immediate {
-            self.window().complete();
-        }
-        Some(e)
-    }
-
-    /// Aborts the tasks that match; returns their ITTs.
-    pub fn abort_where(&self, pred: impl Fn(u64) -> bool) -> Vec<u32> {
-        let victims: Vec<u32> = self.lock().iter().filter(|(_, e)| pred(e.lun)).map(|(k, _)| *k).collect();
-        for itt in &victims {
-            if let Some(e) = self.take(*itt) {
-                if let Some(a) = e.abort {
-                    a.abort();
-                }
-            }
-        }
-        victims
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// What a session's tasks and helpers share.
 struct Sess {
@@ -125,12 +71,18 @@ impl Sess {
         self.send(Tx::pdu(&r, data)).await
     }
 
-    /// Sends a task's outcome unless it was aborted meanwhile.
+    /// Sends a task's outcome unless an abort claimed it first (the rule in
+    /// `task.rs`): the response is queued under the task table's lock.
     async fn finish(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32) {
-        if self.tasks.take(c.itt).is_none() {
-            tracing::debug!(itt = c.itt, "task was aborted; no response");
-            return;
-        }
+        // a slot in the writer's queue first, so that queuing the response
+        // cannot wait while the table is locked
+        let permit = match self.tx.reserve().await {
+            Ok(p) => p,
+            Err(_) => {
+                self.tasks.complete(c.itt, || {});
+                return;
+            }
+        };
         let mut data = if c.read { resp.data_in } else { None };
         let mut status = resp.status.0;
         let mut sense = resp.sense;
@@ -145,13 +97,92 @@ impl Sess {
             status = scsi::ScsiStatus::CHECK_CONDITION.0;
             sense = Some(fixed_sense(0x04, 0x44, 0x00)); // HARDWARE ERROR, INTERNAL TARGET FAILURE
         }
+        if let Some(t) = &c.timer {
+            let (op, write) = metric_op(&c.cdb);
+            let ok = status == scsi::ScsiStatus::GOOD.0;
+            let bytes = match (&data, write && ok) {
+                (Some(d), _) => d.len() as u64,
+                (None, true) => u64::from(c.edtl),
+                (None, false) => 0,
+            };
+            t.done(op, bytes, ok);
+        }
         let done = ScsiDone { itt: c.itt, lun: c.lun_raw, data, status, sense, residual, r2ts };
-        let _ = self.tx.send(Tx::Scsi(Box::new(done))).await;
+        if !self.tasks.complete(c.itt, move || permit.send(Tx::Scsi(Box::new(done)))) {
+            tracing::debug!(itt = c.itt, "task was aborted; no response");
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT with PREEMPT AND ABORT: the preempted I_T
+    /// nexuses' tasks on this LU are aborted (no responses) and have ended
+    /// before the command itself completes (SPC-4).
+    async fn preempt_and_abort(&self, cmd: &CmdInfo, mut resp: scsi::ScsiResponse) -> scsi::ScsiResponse {
+        let victims = std::mem::take(&mut resp.preempted);
+        let Some(target) = &self.target else { return resp };
+        if victims.is_empty() {
+            return resp;
+        }
+        let tpgt = self.srv.settings.portal_group_tag;
+        let mut claimed = Vec::new();
+        for s in self.srv.sessions_of(&target.name) {
+            if Arc::ptr_eq(&s, &self.handle) || !victims.contains(&scsi::ItKey::of(&s.initiator, s.isid, tpgt)) {
+                continue;
+            }
+            let itts = s.tasks.abort_where(|l| l == cmd.lun);
+            if !itts.is_empty() {
+                tracing::info!(tsih = s.tsih, tasks = itts.len(), "PREEMPT AND ABORT: tasks of a preempted I_T nexus aborted");
+                claimed.push((s.tasks.clone(), itts));
+            }
+        }
+        for (t, itts) in &claimed {
+            t.wait_gone(itts).await;
+        }
+        resp
     }
 
     async fn fail_task(&self, c: &CmdInfo, sense: Vec<u8>, r2ts: u32) {
-        let resp = scsi::ScsiResponse { status: scsi::ScsiStatus::CHECK_CONDITION, sense: Some(sense), data_in: None, residual: scsi::Residual::None };
+        let resp = scsi::ScsiResponse {
+            status: scsi::ScsiStatus::CHECK_CONDITION,
+            sense: Some(sense),
+            data_in: None,
+            residual: scsi::Residual::None,
+            preempted: Vec::new(),
+        };
         self.finish(c, resp, r2ts).await
+    }
+}
+
+/// Ends a task's entry if its future ends without a response (a panic):
+/// an entry left behind would make a task management function wait forever.
+struct EndGuard {
+    tasks: Arc<TaskTable>,
+    itt: u32,
+    armed: bool,
+}
+
+impl EndGuard {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tasks.complete(self.itt, || {});
+        }
+    }
+}
+
+/// A CDB's operation for the per-volume metrics, and whether it carries
+/// Data-Out to the volume.
+fn metric_op(cdb: &[u8]) -> (Op, bool) {
+    use scsi::cdb::Opcode as O;
+    match O(cdb.first().copied().unwrap_or(0)) {
+        O::READ_6 | O::READ_10 | O::READ_12 | O::READ_16 => (Op::Read, false),
+        O::WRITE_6 | O::WRITE_10 | O::WRITE_12 | O::WRITE_16 | O::WRITE_VERIFY_10 | O::WRITE_VERIFY_12 | O::WRITE_VERIFY_16 => (Op::Write, true),
+        O::SYNCHRONIZE_CACHE_10 | O::SYNCHRONIZE_CACHE_16 => (Op::Flush, false),
+        _ => (Op::Other, false),
     }
 }
 
@@ -197,7 +228,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     let login = tokio::select! {
-        r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr)) => r,
+        r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr, peer)) => r,
         _ = shutdown.changed() => return,
     };
     let (info, mut final_resp) = match login {
@@ -213,7 +244,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
     };
     let target = info.target.as_ref().and_then(|t| srv.find_target(&t.name).cloned());
     let window = Arc::new(Mutex::new(CmdWindow::new(info.cmdsn, srv.settings.queue_depth)));
-    let tasks = Arc::new(TaskTable { m: Mutex::new(HashMap::new()), window: window.clone() });
+    let tasks = Arc::new(TaskTable::new(window.clone()));
     let (kill, mut kill_rx) = watch::channel(Kill::Alive);
     let (gone_tx, gone) = watch::channel(false);
     let handle = SessionHandle {
@@ -221,6 +252,8 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         initiator: info.initiator_name.clone(),
         isid: info.isid,
         cid: info.cid,
+        peer,
+        local,
         target: target.clone(),
         kill,
         tasks: tasks.clone(),
@@ -249,7 +282,7 @@ type LoginResult = Result<(Box<SessionInfo>, (LoginResp, Vec<u8>)), String>;
 
 /// The login exchange, inline on the socket (no digests yet). Returns the
 /// settled session and the final response, which still needs its TSIH.
-async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> LoginResult {
+async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tokio::net::tcp::OwnedWriteHalf, peer: SocketAddr) -> LoginResult {
     let dir = Dir(srv);
     let mut l = Login::new(srv.settings.prefs, srv.settings.queue_depth);
     let mut buf = [0u8; BHS_LEN];
@@ -281,6 +314,14 @@ async fn login<R: AsyncRead + Unpin>(srv: &IscsiServer, rd: &mut R, wr: &mut tok
         match reply.outcome {
             Outcome::Continue => write_login(wr, &reply.resp, &reply.data).await.map_err(|e| format!("write: {e}"))?,
             Outcome::Failed(s) => {
+                if s == LoginStatus::AUTH_FAILURE {
+                    // counted, logged with the peer, and answered only after
+                    // this address's delay (this task alone waits)
+                    crate::metrics::AUTH_FAILURES.iscsi.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (failures, delay) = crate::auth_throttle::AUTH_THROTTLE.failed(peer.ip());
+                    tracing::warn!(%peer, initiator = l.initiator().unwrap_or(""), failures, delay_ms = delay.as_millis() as u64, "iSCSI authentication failed");
+                    tokio::time::sleep(delay).await;
+                }
                 let _ = write_login(wr, &reply.resp, &reply.data).await;
                 return Err(format!("login rejected with status {:02x}{:02x}", s.0, s.1));
             }
@@ -382,7 +423,11 @@ async fn full_feature(
             }
             Kill::Alive
         }
-        _ = kill_rx.changed() => *kill_rx.borrow(),
+        _ = kill_rx.changed() => {
+            let k = *kill_rx.borrow();
+            graceful = k == Kill::Disconnected;
+            k
+        }
         _ = shutdown.changed() => {
             graceful = true;
             // ask the initiator to log out, give it a moment, then drop it
@@ -483,7 +528,7 @@ async fn watch_loop(s: Arc<Sess>, interval: Option<Duration>, timeout: Duration,
 }
 
 /// A SCSI command as the reader saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CmdInfo {
     itt: u32,
     lun_raw: [u8; 8],
@@ -494,11 +539,21 @@ struct CmdInfo {
     write: bool,
     attr: scsi::TaskAttr,
     final_: bool,
+    /// Counts the command in flight on its LUN's volume from its arrival;
+    /// `None` for a LUN that does not exist.
+    timer: Option<CmdTimer>,
 }
 
 /// A WRITE whose data is still arriving.
 struct Xfer {
+    /// When it started to wait for the initiator's data (admission, for a
+    /// write that waited for the connection's write budget).
     started: Instant,
+    /// Solicited: R2Ts may go out. A write over the connection's write
+    /// budget waits unsolicited, holding pages only for its unsolicited data.
+    admitted: bool,
+    /// Pages counted against the write budget while it is here.
+    owed_pages: usize,
     cmd: CmdInfo,
     state: WriteXfer,
     /// `None`: the data is discarded (the command already failed).
@@ -512,6 +567,11 @@ struct Reader {
     discovery: bool,
     st: RxState,
     xfers: HashMap<u32, Xfer>,
+    /// Writes waiting for the connection's write budget, in arrival order
+    /// (entries whose write has ended meanwhile are skipped).
+    deferred: VecDeque<u32>,
+    /// `limits.max_write_data_in_flight` in pages.
+    budget_pages: usize,
     /// Tasks that ended while the initiator may still send their data
     /// (aborted, or failed mid-transfer): their Data-Out is dropped quietly.
     stale: VecDeque<u32>,
@@ -524,11 +584,14 @@ struct Reader {
 async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: bool) -> Stop {
     let p = sess.params;
     let st = RxState { login: false, header_digest: p.header_digest, data_digest: p.data_digest, max_recv_dsl: p.target_max_recv_dsl };
+    let budget_pages = sess.srv.settings.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
     let mut r = Reader {
         sess,
         discovery,
         st,
         xfers: HashMap::new(),
+        deferred: VecDeque::new(),
+        budget_pages,
         stale: VecDeque::new(),
         next_ttt: 0x1000,
         text: text::Accumulator::default(),
@@ -546,15 +609,30 @@ async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: boo
 }
 
 impl Reader {
-    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Stop {
+    async fn run<R: AsyncBufRead + Unpin>(&mut self, rd: &mut R) -> Stop {
         let mut had_xfers = false;
         loop {
-            if let Err(s) = self.one(rd).await {
-                return s;
+            // Between PDUs: release the buffers of writes another session
+            // aborted (fill_buf is cancel-safe: nothing is consumed)
+            let tasks = self.sess.tasks.clone();
+            tokio::select! {
+                biased;
+                _ = tasks.reap().notified() => self.reap(),
+                _ = rd.fill_buf() => {
+                    if let Err(s) = self.one(rd).await {
+                        return s;
+                    }
+                }
             }
-            // publish the oldest pending write for the watchdog
+            if !self.deferred.is_empty() {
+                if let Err(s) = self.admit_deferred().await {
+                    return s;
+                }
+            }
+            // publish the oldest pending write for the watchdog; writes not
+            // yet solicited wait for us, not for the initiator
             if had_xfers || !self.xfers.is_empty() {
-                let oldest = self.xfers.values().map(|x| x.started).min();
+                let oldest = self.xfers.values().filter(|x| x.admitted).map(|x| x.started).min();
                 *self.sess.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner()) = oldest;
                 had_xfers = oldest.is_some();
             }
@@ -644,7 +722,7 @@ impl Reader {
         if !self.accept_cmdsn(bhs, c.cmdsn.get()) {
             return discard(rd, layout.rest_of_pdu()).await;
         }
-        if self.sess.tasks.lock().contains_key(&itt) {
+        if self.sess.tasks.contains(itt) {
             tracing::warn!(itt, "ITT of a task still in progress");
             discard(rd, layout.rest_of_pdu()).await?;
             self.done_cmdsn(bhs);
@@ -660,18 +738,21 @@ impl Reader {
             4 => scsi::TaskAttr::Aca,
             _ => scsi::TaskAttr::Simple,
         };
+        let lun = decode_lun(&c.lun);
+        let timer = self.sess.target.as_ref().and_then(|t| t.scsi.volume(lun)).map(|v| CmdTimer::start(v, Protocol::Iscsi));
         let cmd = CmdInfo {
             itt,
             lun_raw: c.lun,
-            lun: decode_lun(&c.lun),
+            lun,
             cdb,
             edtl: c.edtl.get(),
             read: c.flags & cmd_flags::READ != 0,
             write: c.flags & cmd_flags::WRITE != 0,
             attr,
             final_: c.flags & cmd_flags::F != 0,
+            timer,
         };
-        self.sess.tasks.lock().insert(itt, TaskEntry { lun: cmd.lun, immediate: bhs.immediate(), abort: None });
+        self.sess.tasks.insert(itt, cmd.lun, bhs.immediate());
         let p = self.sess.params;
         let imm = layout.data_len as u32;
         if imm > 0 && (!p.immediate_data || imm > p.first_burst) {
@@ -691,13 +772,29 @@ impl Reader {
         let ttt_base = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(scsi::ScsiTarget::MAX_TRANSFER_BYTES / 512 + 1);
         let state = WriteXfer::new(cmd.edtl, imm, cmd.final_, p.initial_r2t, p.first_burst, p.max_burst, p.max_outstanding_r2t, ttt_base);
-        let mut x = Xfer { started: Instant::now(), cmd, state, sgl: None, failed: None };
+        let mut x = Xfer { started: Instant::now(), admitted: true, owed_pages: 0, cmd, state, sgl: None, failed: None };
         if too_big {
             tracing::info!(itt, edtl = x.cmd.edtl, "EDTL beyond the largest transfer");
             x.failed = Some(fixed_sense(0x05, 0x24, 0x00));
             discard(rd, layout.rest_of_pdu()).await?;
         } else {
-            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, x.cmd.edtl as usize).await;
+            let full = x.cmd.edtl as usize;
+            let unsolicited = (x.state.unsolicited_len() as usize).min(full);
+            let alloc = if unsolicited == full {
+                // all of it comes unasked: nothing to hold back
+                full
+            } else if self.deferred.is_empty() && self.may_admit(full) {
+                x.owed_pages = self.pages_owed(full);
+                full
+            } else {
+                // Over the budget: no R2T until the initiator has delivered
+                // what it owes; pages only for what it sends unasked.
+                tracing::debug!(itt, edtl = full, unsolicited, "write waits for the connection's write budget");
+                x.admitted = false;
+                self.deferred.push_back(itt);
+                unsolicited
+            };
+            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, alloc).await;
             if imm > 0 && !read_into_sgl(rd, &mut sgl, 0, layout).await? {
                 tracing::warn!(itt, "immediate data digest error");
                 self.sess.reject(RejectReason::DATA_DIGEST, bhs).await?;
@@ -707,6 +804,52 @@ impl Reader {
         }
         self.xfers.insert(itt, x);
         self.progress(itt).await
+    }
+
+    /// Pages a write of `len` bytes counts against the write budget (a
+    /// write larger than the budget takes all of it and runs alone).
+    fn pages_owed(&self, len: usize) -> usize {
+        len.div_ceil(pinion_backends::PAGE_SIZE).clamp(1, self.budget_pages)
+    }
+
+    /// Whether a write of `len` bytes may be solicited now.
+    fn may_admit(&self, len: usize) -> bool {
+        let held: usize = self.xfers.values().map(|x| x.owed_pages).sum();
+        held == 0 || held + self.pages_owed(len) <= self.budget_pages
+    }
+
+    /// Solicits the writes that waited for the budget, in arrival order,
+    /// as far as the budget now allows.
+    async fn admit_deferred(&mut self) -> Result<(), Stop> {
+        while let Some(&itt) = self.deferred.front() {
+            let Some(x) = self.xfers.get(&itt) else {
+                // ended meanwhile (aborted, or failed)
+                self.deferred.pop_front();
+                continue;
+            };
+            if x.failed.is_some() {
+                self.deferred.pop_front();
+                continue;
+            }
+            let len = x.cmd.edtl as usize;
+            if !self.may_admit(len) {
+                return Ok(());
+            }
+            self.deferred.pop_front();
+            let owed = self.pages_owed(len);
+            let mut sgl = Sgl::alloc_waiting_on_peer(&self.sess.srv.pool, len).await;
+            let x = self.xfers.get_mut(&itt).expect("only the reader removes writes");
+            if let Some(unsolicited) = x.sgl.take() {
+                sgl.copy_in(0, &unsolicited.to_vec());
+            }
+            x.sgl = Some(sgl);
+            x.admitted = true;
+            x.owed_pages = owed;
+            x.started = Instant::now();
+            tracing::debug!(itt, edtl = len, "write admitted to the connection's write budget");
+            self.progress(itt).await?;
+        }
+        Ok(())
     }
 
     /// Moves a write on: R2Ts, execution once its data is whole, or the
@@ -730,6 +873,10 @@ impl Reader {
             self.execute(x.cmd, data, r2ts);
             return Ok(());
         }
+        if !x.admitted {
+            // solicited once the write budget allows (admit_deferred)
+            return Ok(());
+        }
         let r2ts = x.state.next_r2ts();
         let lun = x.cmd.lun_raw;
         for r in r2ts {
@@ -749,6 +896,18 @@ impl Reader {
         Ok(())
     }
 
+    /// Drops the transfers of writes that were aborted while they waited
+    /// for data (by a TMF of another session): their pages go back to the
+    /// pool now, and their Data-Out is discarded when it comes.
+    fn reap(&mut self) {
+        let gone: Vec<u32> = self.xfers.keys().copied().filter(|itt| self.sess.tasks.state(*itt) != Some(State::Receiving)).collect();
+        for itt in gone {
+            tracing::info!(itt, "write aborted while waiting for its data; buffers released");
+            self.xfers.remove(&itt);
+            self.mark_stale(itt);
+        }
+    }
+
     fn mark_stale(&mut self, itt: u32) {
         if self.stale.len() >= 256 {
             self.stale.pop_front();
@@ -759,6 +918,9 @@ impl Reader {
     async fn data_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
         let d = DataOut::from_bhs(bhs);
         let itt = d.itt.get();
+        if self.xfers.contains_key(&itt) && self.sess.tasks.state(itt) != Some(State::Receiving) {
+            self.reap();
+        }
         let Some(x) = self.xfers.get_mut(&itt) else {
             discard(rd, layout.rest_of_pdu()).await?;
             if self.stale.contains(&itt) {
@@ -806,14 +968,22 @@ impl Reader {
         self.progress(itt).await
     }
 
-    /// Starts a SCSI task.
-    fn execute(&self, cmd: CmdInfo, data: Option<Sgl>, r2ts: u32) {
+    /// Starts a SCSI task, unless it was aborted while it received data
+    /// (then its data is dropped here and it never runs).
+    fn execute(&mut self, cmd: CmdInfo, data: Option<Sgl>, r2ts: u32) {
         let s = self.sess.clone();
         let itt = cmd.itt;
         let Some(target) = s.target.clone() else { return };
+        if !s.tasks.start(itt) {
+            tracing::info!(itt, "task aborted before it started");
+            self.mark_stale(itt);
+            return;
+        }
         let span = tracing::debug_span!("task", itt, op = cmd.cdb.first().copied().unwrap_or(0), lun = cmd.lun);
-        let h = tokio::spawn(
+        tokio::spawn(
             async move {
+                // a task that ends any other way (a panic) still leaves the table
+                let guard = EndGuard { tasks: s.tasks.clone(), itt, armed: true };
                 let resp = target
                     .scsi
                     .execute(scsi::ScsiRequest {
@@ -832,13 +1002,12 @@ impl Reader {
                 if resp.status != scsi::ScsiStatus::GOOD {
                     tracing::debug!(status = resp.status.0, sense = ?resp.sense.as_deref().map(|s| &s[..s.len().min(18)]), "command failed");
                 }
+                let resp = s.preempt_and_abort(&cmd, resp).await;
                 s.finish(&cmd, resp, r2ts).await;
+                guard.disarm();
             }
             .instrument(span),
         );
-        if let Some(e) = self.sess.tasks.lock().get_mut(&itt) {
-            e.abort = Some(h.abort_handle());
-        }
     }
 
     async fn nop_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
@@ -965,6 +1134,12 @@ impl Reader {
         }
     }
 
+    /// Task management. The tasks a function affects are claimed at once,
+    /// under their tables' locks (see `task.rs`): a task that already won
+    /// completion is not affected, one claimed here never responds. The
+    /// response waits until every claimed task has ended, and the SCSI
+    /// layer's part (a reset's unit attentions, mode defaults) runs after
+    /// that, so nothing an aborted task does lands after it.
     async fn tmf(&mut self, bhs: &Bhs) -> Result<(), Stop> {
         let t = TmfReq::from_bhs(bhs);
         if !self.accept_cmdsn(bhs, t.cmdsn.get()) {
@@ -973,69 +1148,91 @@ impl Reader {
         let f = t.function();
         let lun = decode_lun(&t.lun);
         let target = self.sess.target.clone().expect("normal session");
-        let nexus = self.sess.nexus.clone();
         tracing::info!(function = ?f, lun, ref_task_tag = t.ref_task_tag.get(), "task management request");
-        let scsi_tmf = |k: scsi::TmfKind| match target.scsi.task_mgmt(k, lun, &nexus) {
-            scsi::TmfResult::Complete => TmfResponse::COMPLETE,
-            scsi::TmfResult::LunDoesNotExist => TmfResponse::LUN_DOES_NOT_EXIST,
-            scsi::TmfResult::NotSupported => TmfResponse::NOT_SUPPORTED,
-            scsi::TmfResult::Rejected => TmfResponse::REJECTED,
-        };
         let lun_exists = (lun as usize) < target.scsi.luns();
-        let mut cold = false;
+        let mut claimed: Vec<(Arc<TaskTable>, Vec<u32>)> = Vec::new();
+        let mut scsi_part = None;
         let resp = match f {
             TmfFunction::ABORT_TASK => {
                 let rtt = t.ref_task_tag.get();
-                if self.xfers.remove(&rtt).is_some() {
-                    self.mark_stale(rtt);
-                    self.sess.tasks.take(rtt);
-                    TmfResponse::COMPLETE
-                } else if let Some(e) = self.sess.tasks.take(rtt) {
-                    if let Some(a) = e.abort {
-                        a.abort();
+                match self.sess.tasks.abort_task(rtt, t.ref_cmdsn.get(), t.cmdsn.get()) {
+                    AbortTask::Claimed(how) => {
+                        if self.xfers.remove(&rtt).is_some() {
+                            self.mark_stale(rtt);
+                        }
+                        tracing::info!(itt = rtt, ?how, "task aborted");
+                        claimed.push((self.sess.tasks.clone(), vec![rtt]));
+                        TmfResponse::COMPLETE
                     }
-                    TmfResponse::COMPLETE
-                } else if pdu::sn_lt(t.ref_cmdsn.get(), t.cmdsn.get()) {
-                    // the task was received and has completed (§11.5.1)
-                    TmfResponse::COMPLETE
-                } else {
-                    TmfResponse::TASK_DOES_NOT_EXIST
+                    AbortTask::NotArrived => TmfResponse::COMPLETE,
+                    AbortTask::DoesNotExist => {
+                        tracing::info!(itt = rtt, "ABORT TASK: no such task (it completed, or never came)");
+                        TmfResponse::TASK_DOES_NOT_EXIST
+                    }
                 }
             }
-            TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET if !lun_exists => TmfResponse::LUN_DOES_NOT_EXIST,
+            TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET | TmfFunction::LOGICAL_UNIT_RESET if !lun_exists => {
+                TmfResponse::LUN_DOES_NOT_EXIST
+            }
             TmfFunction::ABORT_TASK_SET => {
-                self.abort_local(|l| l == lun);
-                scsi_tmf(scsi::TmfKind::AbortTaskSet)
+                // this I_T nexus's tasks only
+                claimed.push(self.abort_local(|l| l == lun));
+                scsi_part = Some(scsi::TmfKind::AbortTaskSet);
+                TmfResponse::COMPLETE
             }
             TmfFunction::CLEAR_TASK_SET => {
-                self.abort_local(|l| l == lun);
-                self.abort_other_sessions(&target, |l| l == lun);
-                scsi_tmf(scsi::TmfKind::ClearTaskSet)
+                // the whole task set: every I_T nexus's tasks on the LU
+                claimed.push(self.abort_local(|l| l == lun));
+                claimed.extend(self.abort_other_sessions(&target, |l| l == lun, Some(lun)));
+                scsi_part = Some(scsi::TmfKind::ClearTaskSet);
+                TmfResponse::COMPLETE
             }
-            TmfFunction::CLEAR_ACA => scsi_tmf(scsi::TmfKind::ClearAca),
-            TmfFunction::LOGICAL_UNIT_RESET if !lun_exists => TmfResponse::LUN_DOES_NOT_EXIST,
+            TmfFunction::CLEAR_ACA => {
+                scsi_part = Some(scsi::TmfKind::ClearAca);
+                TmfResponse::COMPLETE
+            }
             TmfFunction::LOGICAL_UNIT_RESET => {
-                self.abort_local(|l| l == lun);
-                self.abort_other_sessions(&target, |l| l == lun);
-                scsi_tmf(scsi::TmfKind::LunReset)
+                claimed.push(self.abort_local(|l| l == lun));
+                claimed.extend(self.abort_other_sessions(&target, |l| l == lun, None));
+                scsi_part = Some(scsi::TmfKind::LunReset);
+                TmfResponse::COMPLETE
             }
             TmfFunction::TARGET_WARM_RESET | TmfFunction::TARGET_COLD_RESET => {
-                self.abort_local(|_| true);
-                self.abort_other_sessions(&target, |_| true);
-                if f == TmfFunction::TARGET_COLD_RESET {
-                    cold = true;
-                    scsi_tmf(scsi::TmfKind::TargetColdReset)
-                } else {
-                    scsi_tmf(scsi::TmfKind::TargetWarmReset)
-                }
+                claimed.push(self.abort_local(|_| true));
+                claimed.extend(self.abort_other_sessions(&target, |_| true, None));
+                scsi_part = Some(if f == TmfFunction::TARGET_COLD_RESET { scsi::TmfKind::TargetColdReset } else { scsi::TmfKind::TargetWarmReset });
+                TmfResponse::COMPLETE
             }
             TmfFunction::TASK_REASSIGN => TmfResponse::REASSIGN_NOT_SUPPORTED,
             _ => TmfResponse::REJECTED,
         };
-        self.done_cmdsn(bhs);
-        let r = TmfResp { opcode: Opcode::TMF_RESP.0, flags: F, response: resp.0, itt: t.itt, ..Default::default() };
-        self.sess.send(Tx::pdu(&r, Vec::new())).await?;
-        if cold {
+        claimed.retain(|(_, itts)| !itts.is_empty());
+        let waits = !claimed.is_empty();
+        let sess = self.sess.clone();
+        let nexus = self.sess.nexus.clone();
+        let (itt, immediate) = (t.itt, bhs.immediate());
+        let answer = async move {
+            for (table, itts) in &claimed {
+                table.wait_gone(itts).await;
+            }
+            let resp = match scsi_part {
+                Some(k) => match target.scsi.task_mgmt(k, lun, &nexus) {
+                    scsi::TmfResult::Complete => TmfResponse::COMPLETE,
+                    scsi::TmfResult::LunDoesNotExist => TmfResponse::LUN_DOES_NOT_EXIST,
+                    scsi::TmfResult::NotSupported => TmfResponse::NOT_SUPPORTED,
+                    scsi::TmfResult::Rejected => TmfResponse::REJECTED,
+                },
+                None => resp,
+            };
+            if !immediate {
+                sess.tasks.window().complete();
+            }
+            let r = TmfResp { opcode: Opcode::TMF_RESP.0, flags: F, response: resp.0, itt, ..Default::default() };
+            sess.send(Tx::pdu(&r, Vec::new())).await?;
+            Ok::<_, Stop>(target)
+        };
+        if f == TmfFunction::TARGET_COLD_RESET {
+            let target = answer.await?;
             // SAM: a cold reset ends every I_T nexus of the target
             for s in self.sess.srv.sessions_of(&target.name) {
                 if !Arc::ptr_eq(&s, &self.sess.handle) {
@@ -1045,32 +1242,46 @@ impl Reader {
             let _ = self.sess.tx.send(Tx::Close).await;
             return Err(Stop::ColdReset);
         }
+        if waits {
+            // the reader goes on (a claimed task may wait for pool pages
+            // that writes still receiving data hold)
+            tokio::spawn(answer.instrument(tracing::Span::current()));
+        } else {
+            answer.await?;
+        }
         Ok(())
     }
 
-    /// Aborts this session's tasks on matching LUNs, including writes still
-    /// receiving data.
-    fn abort_local(&mut self, pred: impl Fn(u64) -> bool) {
-        let pending: Vec<u32> = self.xfers.iter().filter(|(_, x)| pred(x.cmd.lun)).map(|(k, _)| *k).collect();
-        for itt in pending {
-            self.xfers.remove(&itt);
-            self.mark_stale(itt);
+    /// Claims this session's tasks on matching LUNs, including writes still
+    /// receiving data (their buffers go at once).
+    fn abort_local(&mut self, pred: impl Fn(u64) -> bool) -> (Arc<TaskTable>, Vec<u32>) {
+        let itts = self.sess.tasks.abort_where(&pred);
+        self.reap();
+        if !itts.is_empty() {
+            tracing::info!(tasks = itts.len(), "tasks aborted");
         }
-        let n = self.sess.tasks.abort_where(&pred);
-        if !n.is_empty() {
-            tracing::info!(tasks = n.len(), "tasks aborted");
-        }
+        (self.sess.tasks.clone(), itts)
     }
 
-    fn abort_other_sessions(&self, target: &Arc<Target>, pred: impl Fn(u64) -> bool + Copy) {
+    /// Claims the tasks of the target's other sessions on matching LUNs;
+    /// their readers drop the buffers of writes still receiving data. With
+    /// `cleared_lun`, an I_T nexus that lost tasks is told COMMANDS CLEARED
+    /// BY ANOTHER INITIATOR (CLEAR TASK SET, TAS = 0).
+    fn abort_other_sessions(&self, target: &Arc<Target>, pred: impl Fn(u64) -> bool + Copy, cleared_lun: Option<u64>) -> Vec<(Arc<TaskTable>, Vec<u32>)> {
+        let mut out = Vec::new();
         for s in self.sess.srv.sessions_of(&target.name) {
             if !Arc::ptr_eq(&s, &self.sess.handle) {
-                let n = s.tasks.abort_where(pred);
-                if !n.is_empty() {
-                    tracing::info!(tsih = s.tsih, tasks = n.len(), "tasks of another session aborted");
+                let itts = s.tasks.abort_where(pred);
+                if !itts.is_empty() {
+                    tracing::info!(tsih = s.tsih, tasks = itts.len(), "tasks of another session aborted");
+                    if let Some(l) = cleared_lun {
+                        target.scsi.commands_cleared(l, &s.initiator, s.isid, self.sess.srv.settings.portal_group_tag);
+                    }
+                    out.push((s.tasks.clone(), itts));
                 }
             }
         }
+        out
     }
 
     async fn logout(&mut self, bhs: &Bhs) -> Result<(), Stop> {
@@ -1091,7 +1302,7 @@ impl Reader {
             // writes still waiting for data will not get it
             for itt in self.xfers.keys().copied().collect::<Vec<_>>() {
                 self.xfers.remove(&itt);
-                self.sess.tasks.take(itt);
+                self.sess.tasks.abort(itt);
             }
             let drain = async {
                 // tasks other than this request

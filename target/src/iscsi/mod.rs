@@ -10,12 +10,13 @@
 //! to idle initiators, Data-Out that never comes).
 
 mod conn;
+mod task;
 
 use crate::scsi;
 
 use pinion_backends::{PagePool, Volume};
 use pinion_transport::iscsi::chap::Credentials;
-use pinion_transport::iscsi::login::{Directory, Lookup, TargetAuth};
+use pinion_transport::iscsi::login::{DiscoveryChap, Directory, Lookup, TargetAuth};
 use pinion_transport::iscsi::text::TargetPrefs;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub use conn::TaskTable;
+pub use task::TaskTable;
 
 /// One `[[iscsi_target]]`.
 pub struct Target {
@@ -66,6 +67,8 @@ pub enum Kill {
     PingTimeout,
     /// A write's Data-Out did not arrive in time.
     DataTimeout,
+    /// An operator's `pinion ctl disconnect`: tasks in flight finish first.
+    Disconnected,
 }
 
 /// A live session, as other sessions and the registry see it.
@@ -75,10 +78,13 @@ pub struct SessionHandle {
     pub isid: [u8; 6],
     /// The CID of its (one) connection.
     pub cid: u16,
+    /// The initiator's address and ours, for `pinion ctl status`.
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
     /// `None` for discovery sessions.
     pub target: Option<Arc<Target>>,
     pub kill: watch::Sender<Kill>,
-    pub tasks: Arc<conn::TaskTable>,
+    pub tasks: Arc<task::TaskTable>,
     /// Resolves when the session has ended.
     pub gone: watch::Receiver<bool>,
 }
@@ -97,8 +103,14 @@ pub struct IscsiSettings {
     /// A write waiting this long for its Data-Out drops the session.
     pub data_timeout: Duration,
     pub login_timeout: Duration,
+    /// Bytes of pool pages one connection's writes may hold while the
+    /// initiator still owes their solicited data; further writes are not
+    /// solicited (no R2T) until it delivers.
+    pub write_budget: usize,
     /// How Data-In payloads are sent (zero-copy threshold, test hooks).
     pub send: pinion_transport::send::SendConfig,
+    /// CHAP of discovery sessions (`[iscsi] discovery_chap`).
+    pub discovery_chap: DiscoveryChap,
 }
 
 impl Default for IscsiSettings {
@@ -111,7 +123,9 @@ impl Default for IscsiSettings {
             nop_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            write_budget: 8 << 20,
             send: Default::default(),
+            discovery_chap: DiscoveryChap::default(),
         }
     }
 }
@@ -176,6 +190,11 @@ impl IscsiServer {
     /// Sessions of one target (for target-wide task management).
     pub fn sessions_of(&self, target: &str) -> Vec<Arc<SessionHandle>> {
         self.sessions().values().filter(|s| s.target.as_ref().is_some_and(|t| t.name == target)).cloned().collect()
+    }
+
+    /// Every live session, discovery sessions included.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
     }
 
     fn alloc_tsih(&self) -> u16 {
@@ -278,6 +297,10 @@ impl Directory for Dir<'_> {
     fn prefs(&self) -> TargetPrefs {
         self.0.settings.prefs
     }
+
+    fn discovery_chap(&self) -> DiscoveryChap {
+        self.0.settings.discovery_chap.clone()
+    }
 }
 
 /// Serves one accepted iSCSI connection until it closes.
@@ -289,11 +312,22 @@ pub async fn connection(srv: Arc<IscsiServer>, stream: TcpStream, shutdown: watc
 
 /// A target as the configuration describes it.
 pub fn target_from_config(t: &pinion_conf::IscsiTargetConfig, volumes: Vec<Arc<Volume>>) -> Target {
-    let creds = |user: &str, secret: &pinion_conf::Secret| Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() };
     let mut target = IscsiServer::target(&t.iqn, volumes, &t.initiators);
     target.alias = t.alias.clone();
     target.chap = t.chap.as_ref().map(|c| creds(&c.user, &c.secret));
     target.mutual_chap = t.mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret));
     target.initiator_chap = t.initiator_chap.iter().map(|c| (c.initiator.to_ascii_lowercase(), creds(&c.user, &c.secret))).collect();
     target
+}
+
+fn creds(user: &str, secret: &pinion_conf::Secret) -> Credentials {
+    Credentials { user: user.to_string(), secret: secret.0.as_bytes().to_vec() }
+}
+
+/// Discovery-session CHAP as the configuration describes it.
+pub fn discovery_chap_from_config(i: &pinion_conf::IscsiConfig) -> DiscoveryChap {
+    DiscoveryChap {
+        chap: i.discovery_chap.as_ref().map(|c| creds(&c.user, &c.secret)),
+        mutual_chap: i.discovery_mutual_chap.as_ref().map(|c| creds(&c.user, &c.secret)),
+    }
 }

@@ -20,7 +20,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
     let r = match sqe.opcode() {
         Opcode::IDENTIFY => identify(ctx, sqe).await,
         Opcode::GET_LOG_PAGE => get_log_page(ctx, sqe).await,
-        Opcode::SET_FEATURES => set_features(ctx, sqe),
+        Opcode::SET_FEATURES => set_features(ctx, sqe).await,
         Opcode::GET_FEATURES => get_features(ctx, sqe).await,
         Opcode::KEEP_ALIVE => Reply::ok(),
         Opcode::ASYNC_EVENT => {
@@ -32,14 +32,28 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
                 return None;
             }
         }
-        // Nothing is ever queued long enough to abort: "not aborted".
-        Opcode::ABORT if !discovery => Reply::result(1),
+        Opcode::ABORT if !discovery => Reply::result(abort(ctx, sqe)),
         op => {
             tracing::info!(opcode = ?op, "unsupported admin command");
             Err(Status::INVALID_OPCODE.dnr())
         }
     };
     Some(r)
+}
+
+/// Abort (NVMe base spec, Abort command): CDW10 bits 15:0 the submission
+/// queue, 31:16 the command. A write still waiting for its data (after our
+/// R2T) is aborted: it completes with Command Abort Requested and never
+/// reaches the medium. Anything else is not: it is already executing (the
+/// backend I/O is not cut) or unknown. Completion DW0 bit 0 is 0 when the
+/// command was aborted, 1 when it was not.
+fn abort(ctx: &QueueCtx, sqe: &Sqe) -> u64 {
+    let d10 = sqe.cdw10.get();
+    let (sqid, cid) = (d10 as u16, (d10 >> 16) as u16);
+    let aborter = if sqid == 0 { None } else { ctx.ctrl.lock().aborters.get(&sqid).cloned() };
+    let aborted = aborter.is_some_and(|a| a.abort(cid, Status::ABORT_REQ));
+    tracing::info!(sqid, cid, aborted, "Abort");
+    u64::from(!aborted)
 }
 
 async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
@@ -131,7 +145,9 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.wctemp = 0x157.into();
     id.cctemp = 0x175.into();
     id.nn = (ctx.subsys.namespaces.len() as u32).into();
-    id.oncs = (identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    // Compare + Write runs atomically under the volume's range lock (io::fused)
+    id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
     // volatile write cache present (Flush to the broadcast NSID works too,
     // but the bits that say so are NVMe 1.4 and we report 1.3)
     id.vwc = 1;
@@ -220,7 +236,7 @@ fn effects_log() -> EffectsLog {
     e
 }
 
-fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
+async fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
     let d10 = sqe.cdw10.get();
     let fid = d10 as u8;
     let v = sqe.cdw11.get();
@@ -228,6 +244,21 @@ fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
     }
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    if fid == feature::VOLATILE_WC && !discovery {
+        let on = v & 1 != 0;
+        let was = std::mem::replace(&mut ctx.ctrl.lock().vwc, on);
+        if was && !on {
+            tracing::info!("volatile write cache disabled by host: writes become write-through");
+            // writes acknowledged while the cache was on are made durable now,
+            // so "off" means every acknowledged write is durable (as SCSI WCE
+            // off does); writes from now on are written through already
+            super::io::flush_all(&ctx.subsys).await.map_err(|e| {
+                tracing::error!(error = %e, "flush when the write cache was turned off failed");
+                Status::INTERNAL
+            })?;
+        }
+        return Reply::ok();
+    }
     let mut s = ctx.ctrl.lock();
     match fid {
         feature::NUM_QUEUES if !discovery => {
@@ -242,14 +273,6 @@ fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             let n = nsq.min(ncq).min(max);
             s.io_queues = n as u16;
             Reply::result(u64::from((n - 1) | (n - 1) << 16))
-        }
-        feature::VOLATILE_WC if !discovery => {
-            let on = v & 1 != 0;
-            if s.vwc && !on {
-                tracing::info!("volatile write cache disabled by host: writes become write-through");
-            }
-            s.vwc = on;
-            Reply::ok()
         }
         feature::ASYNC_EVENT => {
             s.async_event_config = v;

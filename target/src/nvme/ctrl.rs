@@ -2,7 +2,8 @@
 //! queues (registers, features, keep-alive, asynchronous events).
 
 use super::subsys::SubsysKind;
-use std::collections::BTreeSet;
+use pinion_transport::nvme_tcp::XferAborter;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 // tokio's clock, so tests can run the keep-alive timer on paused time
@@ -44,6 +45,8 @@ pub enum KillReason {
     KeepAliveTimeout,
     AdminQueueGone,
     ServerShutdown,
+    /// An operator's `pinion ctl disconnect`.
+    Disconnected,
 }
 
 pub struct CtrlState {
@@ -57,12 +60,17 @@ pub struct CtrlState {
     pub io_queues: u16,
     pub async_event_config: u32,
     pub connected_io: BTreeSet<u16>,
+    /// Per connected I/O queue: aborts its commands still waiting for
+    /// write data (admin Abort).
+    pub aborters: HashMap<u16, XferAborter>,
     /// Outstanding Asynchronous Event Request command IDs. Held until the
     /// association ends: no event source exists yet (namespaces do not
     /// change while the server runs).
     pub aers: Vec<u16>,
     /// Changed Namespace List log contents, until read.
     pub changed_ns: Vec<u32>,
+    /// The host's address of each connected queue (admin = 0), for `pinion ctl status`.
+    pub queue_peers: std::collections::BTreeMap<u16, std::net::SocketAddr>,
 }
 
 pub struct Controller {
@@ -91,8 +99,10 @@ impl Controller {
                 io_queues,
                 async_event_config: 0,
                 connected_io: BTreeSet::new(),
+                aborters: HashMap::new(),
                 aers: Vec::new(),
                 changed_ns: Vec::new(),
+                queue_peers: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),
             kill,

@@ -105,12 +105,14 @@ pub async fn connect(
         if !s.connected_io.insert(c.qid) {
             return Err((Status::CMD_SEQ_ERROR.dnr(), 0));
         }
+        s.aborters.insert(c.qid, responder.aborter());
         drop(s);
         ctrl.clone()
     };
     let ctx = new_ctx(reg.clone(), subsys, ctrl, c.qid, sq_entries, responder.clone(), pool.clone(), sqflow_disabled, local_addr);
     let cntlid = ctx.ctrl.cntlid;
-    responder.complete(ctx.cqe(sqe.cid(), Status::SUCCESS, u64::from(cntlid))).await;
+    let authreq = super::auth::on_connect(&ctx);
+    responder.complete(ctx.cqe(sqe.cid(), Status::SUCCESS, u64::from(cntlid) | authreq)).await;
     Ok(ctx)
 }
 
@@ -133,6 +135,8 @@ pub async fn execute(ctx: &QueueCtx, cmd: &Command) -> (Result<Reply, Status>, b
             (Reply::ok(), true)
         }
         FabricsType::CONNECT => (Err(Status::CMD_SEQ_ERROR.dnr()), false),
+        FabricsType::AUTH_SEND => (super::auth::send(ctx, cmd).await, false),
+        FabricsType::AUTH_RECEIVE => (super::auth::receive(ctx, sqe).await, false),
         t => {
             tracing::info!(fctype = ?t, "unsupported fabrics command");
             (Err(Status::INVALID_OPCODE.dnr()), false)

@@ -1,4 +1,5 @@
-//! NVM I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management.
+//! NVM I/O commands: Read, Write, Flush, Write Zeroes, Dataset Management,
+//! Compare, and the fused Compare + Write.
 //!
 //! Every LBA range is checked against the namespace before the backend sees
 //! it. Data moves in pool-page SGLs: a READ's pages are filled by the
@@ -10,7 +11,8 @@ use super::queue::{transfer_len, QueueCtx, Reply};
 use super::subsys::{Namespace, Subsystem};
 use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
 use nvme_types::{Sqe, Status};
-use pinion_backends::{BackendError, ReadOpts, Sgl};
+use pinion_backends::metrics::Op;
+use pinion_backends::{BackendError, LockMode, RangeGuard, ReadOpts, Sgl};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use zerocopy::FromBytes;
@@ -48,10 +50,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
         flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
         return Reply::ok();
     }
-    let ns = ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
-        tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
-        Status::INVALID_NS.dnr()
-    })?;
+    let ns = namespace(ctx, &sqe)?;
     match op {
         io::READ => read(ctx, ns, &sqe).await,
         io::WRITE => write(ctx, ns, &sqe, data).await,
@@ -68,11 +67,19 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             Reply::ok()
         }
         io::DSM => dsm(ctx, ns, &sqe, data).await,
+        io::COMPARE => compare(ctx, ns, &sqe, data).await,
         _ => {
             tracing::info!(opcode = sqe.opcode, "unsupported I/O command");
             Err(Status::INVALID_OPCODE.dnr())
         }
     }
+}
+
+fn namespace<'a>(ctx: &'a QueueCtx, sqe: &Sqe) -> Result<&'a Arc<Namespace>, Status> {
+    ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
+        tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
+        Status::INVALID_NS.dnr()
+    })
 }
 
 /// The data length the command's LBA count implies must match its SGL.
@@ -112,6 +119,8 @@ async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> 
             Ok(d)
         }
         (SglType::TRANSPORT_DATA_BLOCK, None) => {
+            // held until the host has sent the data (or the transfer failed)
+            let _owed = ctx.write_permit(len).await;
             let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
             ctx.responder.receive_data(sqe.cid(), sgl).await
         }
@@ -135,6 +144,79 @@ async fn write(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>
     ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
     ns.stats.write_cmds.fetch_add(1, Relaxed);
     Reply::ok()
+}
+
+/// A Compare's range and the host's data, fetched before any lock is taken
+/// (an R2T waits on the host, and nobody should wait on it with the lock).
+async fn compare_data(ctx: &QueueCtx, ns: &Namespace, sqe: &Sqe, data: Option<Sgl>) -> Result<(u64, Vec<u8>), Status> {
+    let (off, len) = data_len(ctx, ns, sqe)?;
+    let sgl = host_data(ctx, sqe, data, len).await?;
+    Ok((off, sgl.to_vec()))
+}
+
+/// Compares the medium at `off` with `want`, under a lock covering it.
+async fn compare_locked(ns: &Namespace, g: &RangeGuard, off: u64, want: &[u8]) -> Result<(), Status> {
+    let cur = ns.volume.read_locked(g, off, want.len()).await.map_err(|e| map_err(e, false))?;
+    ns.stats.bytes_read.fetch_add(want.len() as u64, Relaxed);
+    if let Some(i) = cur.to_vec().iter().zip(want).position(|(a, b)| a != b) {
+        tracing::debug!(offset = off, first_difference = i, "compare failure");
+        return Err(Status::COMPARE_FAILURE.dnr());
+    }
+    Ok(())
+}
+
+/// Compare: the blocks must equal the host's data. The range is locked
+/// exclusively so the comparison sees one writer's data, never a mix.
+async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let (off, want) = compare_data(ctx, ns, sqe, data).await?;
+    let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
+    compare_locked(ns, &g, off, &want).await?;
+    Reply::ok()
+}
+
+/// A fused Compare (`first`) + Write (`second`), already checked to pair
+/// up (see `fused::pairing`): the write happens only if the compare
+/// matches, and nothing else writes the range in between, on either
+/// protocol, because both run under the volume's exclusive range lock (the
+/// one SCSI COMPARE AND WRITE and every write take). Each command gets its
+/// own status: when one fails, the other is aborted with Failed Fused.
+pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: Sqe, second_data: Option<Sgl>) -> (Result<Reply, Status>, Result<Reply, Status>) {
+    let failed = || Err(Status::ABORTED_FAILED_FUSED);
+    let ns = match namespace(ctx, &first) {
+        Ok(ns) => ns,
+        Err(s) => return (Err(s), failed()),
+    };
+    let (off, want) = match compare_data(ctx, ns, &first, first_data).await {
+        Ok(v) => v,
+        Err(s) => return (Err(s), failed()),
+    };
+    let wsgl = async {
+        let (woff, wlen) = data_len(ctx, ns, &second)?;
+        if woff != off || wlen != want.len() {
+            // the pairing check compares the fields; this is a second line
+            return Err(Status::INVALID_FIELD.dnr());
+        }
+        if ns.volume.info().read_only {
+            return Err(Status::NS_WRITE_PROTECTED.dnr());
+        }
+        host_data(ctx, &second, second_data, wlen).await
+    };
+    let wsgl = match wsgl.await {
+        Ok(s) => s,
+        Err(s) => return (failed(), Err(s)),
+    };
+    let fua = second.fua() || !ctx.ctrl.lock().vwc;
+    let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
+    if let Err(s) = compare_locked(ns, &g, off, &want).await {
+        return (Err(s), failed());
+    }
+    if let Err(e) = ns.volume.write_locked(&g, off, wsgl, fua).await {
+        return (Reply::ok(), Err(map_err(e, true)));
+    }
+    drop(g);
+    ns.stats.bytes_written.fetch_add(want.len() as u64, Relaxed);
+    ns.stats.write_cmds.fetch_add(1, Relaxed);
+    (Reply::ok(), Reply::ok())
 }
 
 async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
@@ -162,6 +244,17 @@ async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) 
     }
     ns.volume.discard(ranges).await.map_err(|e| map_err(e, true))?;
     Reply::ok()
+}
+
+/// The command's operation and data length, for the per-volume metrics.
+pub fn metric_op(sqe: &Sqe) -> (Op, u64) {
+    let bytes = u64::from(sqe.dptr.length.get());
+    match sqe.opcode() {
+        io::READ => (Op::Read, bytes),
+        io::WRITE => (Op::Write, bytes),
+        io::FLUSH => (Op::Flush, 0),
+        _ => (Op::Other, 0),
+    }
 }
 
 /// Flushes every namespace of a subsystem (Flush to the broadcast NSID,

@@ -4,7 +4,10 @@
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
+use super::fused::{self, Alone, Next};
 use super::{admin, fabrics, io};
+use crate::metrics::CmdTimer;
+use pinion_backends::metrics::Protocol;
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
@@ -31,6 +34,12 @@ pub struct QueueCtx {
     /// so successful reads may end with a C2HData SUCCESS flag alone.
     pub sqflow_disabled: bool,
     pub local_addr: std::net::SocketAddr,
+    /// Pages this queue's R2T transfers may hold while their data is owed
+    /// by the host ([`QueueCtx::write_permit`]).
+    write_budget: Arc<tokio::sync::Semaphore>,
+    write_budget_pages: usize,
+    /// In-band authentication of this queue (DH-HMAC-CHAP), when required.
+    pub auth: super::auth::AuthSlot,
 }
 
 /// A command's outcome: DW0/DW1 of the completion, and data for the host.
@@ -49,6 +58,21 @@ impl Reply {
 }
 
 impl QueueCtx {
+    /// Waits until this queue may hold `len` more bytes of write data the
+    /// host still owes; until then the write is not solicited (no R2T), so
+    /// one host cannot pin the pool with transfers it never completes. A
+    /// write larger than the whole budget waits for all of it and runs alone.
+    pub async fn write_permit(&self, len: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let pages = len.div_ceil(pinion_backends::PAGE_SIZE).clamp(1, self.write_budget_pages);
+        match self.write_budget.clone().try_acquire_many_owned(pages as u32) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(len, "write waits for the queue's in-flight write budget");
+                self.write_budget.clone().acquire_many_owned(pages as u32).await.expect("never closed")
+            }
+        }
+    }
+
     pub fn cqe(&self, cid: u16, status: Status, result: u64) -> Cqe {
         let mut c = Cqe::new(cid, status, result);
         c.sqhd = self.sq_head.load(Ordering::Relaxed).into();
@@ -104,19 +128,22 @@ pub fn transfer_len(sqe: &Sqe, max: usize) -> Result<usize, Status> {
 pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
     // The host sends Connect right after ICResp; a silent peer is dropped.
     let first = tokio::select! {
-        c = tokio::time::timeout(Duration::from_secs(10), conn.commands.recv()) => c,
+        c = tokio::time::timeout(reg.limits.connect_timeout, conn.commands.recv()) => c,
         _ = shutdown.changed() => return,
     };
     let cmd = match first {
         Ok(Some(c)) => c,
         Ok(None) => return,
         Err(_) => {
-            tracing::info!("no Connect within 10 s; closing");
+            tracing::info!(timeout = ?reg.limits.connect_timeout, "no Connect in time; closing");
             return;
         }
     };
     let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
-        Ok(ctx) => Arc::new(ctx),
+        Ok(ctx) => {
+            ctx.auth.set_peer(conn.peer);
+            Arc::new(ctx)
+        }
         Err(status) => {
             let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
             c.sqid = 0.into();
@@ -134,7 +161,10 @@ pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, loc
 async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut killed = ctx.ctrl.killed();
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // A fused first waiting for the next command of this queue.
+    let mut fused_first: Option<Command> = None;
     tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
+    ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
     // The kill and shutdown waits live across iterations: re-arming them
     // for every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
@@ -153,7 +183,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
             c = conn.commands.recv() => match c {
                 None => break KillReason::Alive,
                 Some(cmd) => {
-                    if let Stop::Disconnect = submit(&ctx, cmd, &mut tasks).await {
+                    if let Stop::Disconnect = submit(&ctx, cmd, &mut tasks, &mut fused_first).await {
                         break KillReason::Alive;
                     }
                 }
@@ -161,7 +191,9 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         }
     };
     // Stop taking commands, let those in flight finish (bounded), then the
-    // writer flushes their completions and the socket closes.
+    // writer flushes their completions and the socket closes. A fused first
+    // still waiting never gets its second.
+    abort_held_fused(&ctx, &mut fused_first).await;
     conn.close();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
@@ -178,12 +210,15 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
 /// takes its controller (and so every I/O queue of it) down, an I/O queue
 /// frees its queue ID.
 pub fn release(ctx: &QueueCtx, why: KillReason) {
+    ctx.ctrl.lock().queue_peers.remove(&ctx.qid);
     if ctx.qid == 0 {
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
         ctx.subsys.remove_controller(ctx.ctrl.cntlid);
         tracing::info!(reason = ?why, "controller released");
     } else {
-        ctx.ctrl.lock().connected_io.remove(&ctx.qid);
+        let mut s = ctx.ctrl.lock();
+        s.connected_io.remove(&ctx.qid);
+        s.aborters.remove(&ctx.qid);
     }
 }
 
@@ -198,22 +233,61 @@ pub enum Stop {
 /// Takes one command from the host on a connected queue: advances the SQ
 /// head, counts as a sign of life, and dispatches it. Admin and fabrics
 /// commands have run (and sent their completion) when this returns; an I/O
-/// command runs as a task in `tasks`. The connection reader's loop calls
-/// this for every capsule; the command-layer fuzz target calls it directly.
-pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) -> Stop {
+/// command runs as a task in `tasks`; a fused first waits in `fused_first`
+/// for the next command. The connection's loop calls this for every
+/// capsule; the command-layer fuzz target calls it directly.
+pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
     ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
     ctx.ctrl.touch();
-    dispatch(ctx, cmd, tasks).await
+    dispatch(ctx, cmd, tasks, fused_first).await
 }
 
-async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) -> Stop {
+/// A queue that ends with a fused first still waiting: it never gets its
+/// second.
+pub async fn abort_held_fused(ctx: &QueueCtx, fused_first: &mut Option<Command>) {
+    if let Some(first) = fused_first.take() {
+        ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await;
+    }
+}
+
+async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
     let sqe = cmd.sqe;
+    // A fused pair is two adjacent entries of one submission queue: the
+    // first waits here for the next command, and a matching second is taken
+    // with it into one task, so nothing of this queue runs between them and
+    // the pair executes under one range lock (io::fused).
+    if let Some(first) = fused_first.take() {
+        match fused::next(&first.sqe, &sqe) {
+            Next::Pair => {
+                spawn_fused(ctx, first, cmd, tasks);
+                return Stop::Continue;
+            }
+            Next::Mismatch(status) => {
+                ctx.finish(&first.sqe, Err(status)).await;
+                ctx.finish(&sqe, Err(status)).await;
+                return Stop::Continue;
+            }
+            // the next command is handled on its own below
+            Next::Missing => ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await,
+        }
+    }
+    if sqe.fuse() != 0 {
+        match fused::alone(&sqe, ctx.qid) {
+            Alone::HoldFirst if !ctx.ctrl.ready() => ctx.finish(&sqe, Err(Status::CMD_SEQ_ERROR.dnr())).await,
+            // a first whose data failed its digest is held too, so that its
+            // second is aborted as Failed Fused rather than run alone
+            Alone::HoldFirst => *fused_first = Some(cmd),
+            Alone::Reject(status) => ctx.finish(&sqe, Err(status)).await,
+        }
+        return Stop::Continue;
+    }
     if let Some(status) = cmd.data_error {
         ctx.finish(&sqe, Err(status)).await;
         return Stop::Continue;
     }
-    if sqe.fuse() != 0 {
-        ctx.finish(&sqe, Err(Status::INVALID_FIELD.dnr())).await;
+    if !ctx.auth.allows(&sqe) {
+        tracing::debug!(opcode = sqe.opcode, "command before the queue authenticated");
+        ctx.finish(&sqe, Err(Status::AUTH_REQUIRED.dnr())).await;
         return Stop::Continue;
     }
     if sqe.opcode() == Opcode::FABRICS {
@@ -236,14 +310,40 @@ async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>) ->
     }
     let ctx = ctx.clone();
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
     tasks.spawn(
         async move {
             let r = io::execute(&ctx, sqe, cmd.data).await;
+            let ok = r.is_ok();
             ctx.finish(&sqe, r).await;
+            if let Some(t) = timer {
+                let (op, bytes) = io::metric_op(&sqe);
+                t.done(op, if ok { bytes } else { 0 }, ok);
+            }
         }
         .instrument(span),
     );
     Stop::Continue
+}
+
+/// Runs a fused Compare + Write as one task; each command gets its own
+/// completion (the first's before the second's).
+fn spawn_fused(ctx: &Arc<QueueCtx>, first: Command, second: Command, tasks: &mut JoinSet<()>) {
+    let ctx = ctx.clone();
+    let span = tracing::debug_span!("fused", cid = first.sqe.cid(), cid2 = second.sqe.cid());
+    let (a, b) = (first.sqe, second.sqe);
+    tasks.spawn(
+        async move {
+            let (ra, rb) = match (first.data_error, second.data_error) {
+                (Some(s), _) => (Err(s), Err(Status::ABORTED_FAILED_FUSED)),
+                (None, Some(s)) => (Err(Status::ABORTED_FAILED_FUSED), Err(s)),
+                (None, None) => io::fused(&ctx, a, first.data, b, second.data).await,
+            };
+            ctx.finish(&a, ra).await;
+            ctx.finish(&b, rb).await;
+        }
+        .instrument(span),
+    );
 }
 
 /// Builds a queue context (fabrics Connect does this once it has checked
@@ -261,7 +361,22 @@ pub fn new_ctx(
     local_addr: std::net::SocketAddr,
 ) -> QueueCtx {
     // the Connect command itself took the first entry
-    QueueCtx { reg, subsys, ctrl, qid, sq_entries, sq_head: AtomicU16::new(1 % sq_entries), responder, pool, sqflow_disabled, local_addr }
+    let write_budget_pages = reg.limits.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
+    QueueCtx {
+        reg,
+        subsys,
+        ctrl,
+        qid,
+        sq_entries,
+        sq_head: AtomicU16::new(1 % sq_entries),
+        responder,
+        pool,
+        sqflow_disabled,
+        local_addr,
+        write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
+        write_budget_pages,
+        auth: Default::default(),
+    }
 }
 
 #[cfg(test)]
@@ -285,7 +400,7 @@ mod tests {
             subsystems: HashMap::from([(NQN.to_string(), s)]),
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: vec![],
-            limits: Limits { max_queue_size: 32, max_io_queues: 2, inline_data_size: 4096, mdts: 3 },
+            limits: Limits { max_queue_size: 32, max_io_queues: 2, inline_data_size: 4096, mdts: 3, write_budget: 1 << 20, connect_timeout: Duration::from_secs(10) },
             genctr: Default::default(),
         })
     }
@@ -318,7 +433,7 @@ mod tests {
     /// answering an R2T with `h2c`.
     async fn run(ctx: &Arc<QueueCtx>, host: &mut Loopback, s: Sqe, h2c: &[u8]) -> Vec<Sent> {
         let mut tasks = JoinSet::new();
-        assert_eq!(submit(ctx, Command { sqe: s, data: None, data_error: None }, &mut tasks).await, Stop::Continue);
+        assert_eq!(submit(ctx, Command { sqe: s, data: None, data_error: None }, &mut tasks, &mut None).await, Stop::Continue);
         let mut sent = Vec::new();
         loop {
             while let Some(x) = host.try_recv() {

@@ -52,6 +52,8 @@ pub struct Subsystem {
     pub namespaces: Vec<Arc<Namespace>>,
     /// Allowed host NQNs; `*` admits any host.
     pub hosts: Vec<String>,
+    /// DH-HMAC-CHAP secrets by host NQN: these hosts must authenticate.
+    pub dhchap: HashMap<String, super::auth::HostKeys>,
     controllers: Mutex<Controllers>,
 }
 
@@ -91,7 +93,7 @@ impl Subsystem {
             .collect();
         let serial = match serial {
             Some(s) => s.to_string(),
-            None => stable_id(&["serial", nqn])[..10].iter().map(|b| format!("{b:02x}")).collect(),
+            None => hex::encode(&stable_id(&["serial", nqn])[..10]),
         };
         Subsystem {
             nqn: nqn.to_string(),
@@ -100,6 +102,7 @@ impl Subsystem {
             model: model.unwrap_or("Pinion").to_string(),
             namespaces,
             hosts,
+            dhchap: HashMap::new(),
             controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1 }),
         }
     }
@@ -169,6 +172,11 @@ pub struct Limits {
     pub inline_data_size: u32,
     /// MDTS as a power of two of 4 KiB pages.
     pub mdts: u8,
+    /// Bytes of pool pages one queue's R2T transfers may hold while the
+    /// host still owes their data (`limits.max_write_data_in_flight`).
+    pub write_budget: usize,
+    /// How long a new queue may take to send its fabrics Connect.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Limits {

@@ -519,9 +519,12 @@ pub fn decode(cdb: &[u8]) -> Result<Cdb, Sense> {
         Opcode::WRITE_10 => Cdb::Write(rw10(Size::S10)),
         Opcode::WRITE_12 => Cdb::Write(rw12(Size::S12)),
         Opcode::WRITE_16 => Cdb::Write(rw16(Size::S16)),
-        Opcode::WRITE_VERIFY_10 => Cdb::WriteVerify { rw: rw10(Size::S10), bytchk: b1 & 0x02 != 0 },
-        Opcode::WRITE_VERIFY_12 => Cdb::WriteVerify { rw: rw12(Size::S12), bytchk: b1 & 0x02 != 0 },
-        Opcode::WRITE_VERIFY_16 => Cdb::WriteVerify { rw: rw16(Size::S16), bytchk: b1 & 0x02 != 0 },
+        // WRITE AND VERIFY writes to the medium and then verifies it, whatever
+        // BYTCHK says (0: medium verification, 1: compare): always FUA (its
+        // bit 3 is reserved, not a FUA bit)
+        Opcode::WRITE_VERIFY_10 => Cdb::WriteVerify { rw: Rw { fua: true, ..rw10(Size::S10) }, bytchk: b1 & 0x02 != 0 },
+        Opcode::WRITE_VERIFY_12 => Cdb::WriteVerify { rw: Rw { fua: true, ..rw12(Size::S12) }, bytchk: b1 & 0x02 != 0 },
+        Opcode::WRITE_VERIFY_16 => Cdb::WriteVerify { rw: Rw { fua: true, ..rw16(Size::S16) }, bytchk: b1 & 0x02 != 0 },
         Opcode::VERIFY_10 | Opcode::VERIFY_12 | Opcode::VERIFY_16 => {
             let bytchk = (b1 >> 1) & 3;
             if bytchk == 2 {

@@ -36,7 +36,7 @@ impl Ids {
         naa[3] = (((LOCAL_CID & 0x0f) as u8) << 4) | (id[0] & 0x0f);
         naa[4..16].copy_from_slice(&id[1..13]);
         let s = stable_id(&["scsi-serial", target, volume, &l]);
-        let serial = s[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let serial = hex::encode(&s[..8]);
         Ids { naa, serial }
     }
 }
@@ -88,6 +88,8 @@ pub(crate) struct Cmd<'a> {
     pub data_out: Option<Sgl>,
     pub need_bytes: bool,
     pub local_peer: bool,
+    /// Set by PREEMPT AND ABORT: whose tasks the session layer aborts.
+    pub preempted: Vec<ItKey>,
 }
 
 impl Cmd<'_> {
@@ -299,9 +301,10 @@ impl LogicalUnit {
         let (edtl_in, edtl_out) = (if req.read { edtl } else { 0 }, if req.write { edtl } else { 0 });
         // data the initiator sent for a command that takes none is dropped
         let data_out = if cdb.dir() == Dir::Out { req.data_out } else { None };
-        let mut cmd = Cmd { tgt, nexus: req.nexus, edtl_in, data_out, need_bytes: req.need_bytes, local_peer: req.local_peer };
+        let mut cmd =
+            Cmd { tgt, nexus: req.nexus, edtl_in, data_out, need_bytes: req.need_bytes, local_peer: req.local_peer, preempted: Vec::new() };
         match self.dispatch(&mut cmd, cdb).await {
-            Ok(done) => self.finish(done, edtl, edtl_in, edtl_out).await,
+            Ok(done) => ScsiResponse { preempted: std::mem::take(&mut cmd.preempted), ..self.finish(done, edtl, edtl_in, edtl_out).await },
             Err(e) => self.fail(e),
         }
     }
@@ -324,7 +327,7 @@ impl LogicalUnit {
             Done::InSgl { sgl, full } => (sgl, Residual::of(full, edtl_in)),
             Done::Out { full } => (None, Residual::of(full, edtl_out)),
         };
-        ScsiResponse { status: ScsiStatus::GOOD, sense: None, data_in, residual }
+        ScsiResponse { status: ScsiStatus::GOOD, sense: None, data_in, residual, preempted: Vec::new() }
     }
 
     /// Reservation checks (SPC-2 RESERVE and SPC-4 persistent

@@ -60,11 +60,14 @@ impl Nexus {
 }
 
 impl ItKey {
+    pub(crate) fn of(initiator: &str, isid: [u8; 6], tpgt: u16) -> ItKey {
+        ItKey { initiator: initiator.to_ascii_lowercase(), isid, tpgt }
+    }
+
     /// The iSCSI initiator port TransportID name (SPC-4, iSCSI TransportID):
     /// `<name>,i,0x<ISID>`.
     pub(crate) fn port_name(&self) -> String {
-        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{},i,0x{isid}", self.initiator)
+        format!("{},i,0x{}", self.initiator, hex::encode(self.isid))
     }
 }
 
@@ -145,11 +148,15 @@ pub struct ScsiResponse {
     pub data_in: Option<Sgl>,
     /// Computed from the CDB's length vs EDTL.
     pub residual: Residual,
+    /// PERSISTENT RESERVE OUT PREEMPT AND ABORT: the I_T nexuses whose
+    /// tasks on this LU the session layer must abort (it owns the tasks)
+    /// before it sends this response.
+    pub(crate) preempted: Vec<ItKey>,
 }
 
 impl ScsiResponse {
     fn status(status: ScsiStatus) -> ScsiResponse {
-        ScsiResponse { status, sense: None, data_in: None, residual: Residual::None }
+        ScsiResponse { status, sense: None, data_in: None, residual: Residual::None, preempted: Vec::new() }
     }
     fn check(sense: &Sense, descriptor: bool) -> ScsiResponse {
         ScsiResponse { sense: Some(sense.encode(descriptor)), ..ScsiResponse::status(ScsiStatus::CHECK_CONDITION) }
@@ -222,6 +229,11 @@ impl ScsiTarget {
         self.lus.len()
     }
 
+    /// The volume behind a LUN.
+    pub fn volume(&self, lun: u64) -> Option<&Arc<Volume>> {
+        self.lu(lun).map(|l| &l.volume)
+    }
+
     fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
         usize::try_from(lun).ok().and_then(|i| self.lus.get(i))
     }
@@ -255,7 +267,14 @@ impl ScsiTarget {
                 }
                 TmfResult::Complete
             }
-            TmfKind::ClearAca | TmfKind::ClearTaskSet => TmfResult::NotSupported,
+            // the session layer has aborted the task set's tasks (every
+            // I_T nexus's); nothing else is kept per task set
+            TmfKind::ClearTaskSet => match self.lu(lun) {
+                Some(_) => TmfResult::Complete,
+                None => TmfResult::LunDoesNotExist,
+            },
+            // NACA is not supported, so no ACA condition exists to clear
+            TmfKind::ClearAca => TmfResult::NotSupported,
             TmfKind::LunReset => match self.lu(lun) {
                 Some(lu) => {
                     lu.reset(Asc::BUS_DEVICE_RESET);
@@ -288,6 +307,14 @@ impl ScsiTarget {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         for lu in &self.lus {
             lu.nexus_gone(&key);
+        }
+    }
+
+    /// Another I_T nexus cleared this nexus's tasks on an LU (CLEAR TASK
+    /// SET with TAS = 0): it is told COMMANDS CLEARED BY ANOTHER INITIATOR.
+    pub fn commands_cleared(&self, lun: u64, initiator: &str, isid: [u8; 6], tpgt: u16) {
+        if let Some(lu) = self.lu(lun) {
+            LogicalUnit::ua_one(&mut lu.state(), &ItKey::of(initiator, isid, tpgt), Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
         }
     }
 

@@ -155,9 +155,7 @@ fn parse_transport_id(b: &[u8], tpgt: u16, at: usize) -> Result<ItKey, Sense> {
         return Err(bad());
     }
     let mut id = [0u8; 6];
-    for (i, d) in id.iter_mut().enumerate() {
-        *d = u8::from_str_radix(&isid[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(isid, &mut id).map_err(|_| bad())?;
     Ok(ItKey { initiator: initiator.to_ascii_lowercase(), isid: id, tpgt })
 }
 
@@ -239,21 +237,22 @@ impl LogicalUnit {
     }
 
     /// Removes the registrations holding `key` (but never the caller's);
-    /// returns how many went. They are told REGISTRATIONS PREEMPTED.
-    fn preempt_key(st: &mut LuState, key: u64, me: &ItKey) -> usize {
+    /// returns the I_T nexuses that lost theirs. They are told REGISTRATIONS
+    /// PREEMPTED.
+    fn preempt_key(st: &mut LuState, key: u64, me: &ItKey) -> Vec<ItKey> {
         let gone: Vec<ItKey> = st.pr.regs.iter().filter(|r| r.key == key && r.it != *me).map(|r| r.it.clone()).collect();
         st.pr.regs.retain(|r| !(r.key == key && r.it != *me));
         for k in &gone {
             Self::ua_one(st, k, Asc::REGISTRATIONS_PREEMPTED);
         }
-        gone.len()
+        gone
     }
 
-    pub(crate) fn pr_out(&self, cmd: &Cmd<'_>, sa: u8, scope: u8, ty: u8, len: u32) -> CmdResult {
+    pub(crate) fn pr_out(&self, cmd: &mut Cmd<'_>, sa: u8, scope: u8, ty: u8, len: u32) -> CmdResult {
         let done = Done::Out { full: u64::from(len) };
         let list = cmd.param_list(len);
         if sa == prout::REGISTER_AND_MOVE {
-            self.register_and_move(cmd, scope, ty, &list, len)?;
+            self.register_and_move(&*cmd, scope, ty, &list, len)?;
             return Ok(done);
         }
         if len != 24 || list.len() < 24 {
@@ -344,18 +343,23 @@ impl LogicalUnit {
             }
             prout::PREEMPT | prout::PREEMPT_AND_ABORT => {
                 registered_with(mine)?;
-                self.preempt(&mut st, &me, sark, ty, check_type)?;
+                let preempted = self.preempt(&mut st, &me, sark, ty, check_type)?;
                 st.pr.bump();
+                if sa == prout::PREEMPT_AND_ABORT {
+                    // their tasks on this LU are aborted by the session
+                    // layer before this command completes
+                    cmd.preempted = preempted;
+                }
             }
             _ => return Err(Sense::invalid_cdb(1, Some(4)).into()),
         }
         Ok(done)
     }
 
-    /// PREEMPT and PREEMPT AND ABORT (SPC-4). The tasks of the preempted
-    /// I_T nexuses are not aborted: the session layer owns tasks and this
-    /// contract has no way to ask it, so PREEMPT AND ABORT acts as PREEMPT.
-    fn preempt(&self, st: &mut LuState, me: &ItKey, sark: u64, ty: u8, check_type: impl Fn() -> Result<(), Sense>) -> Result<(), CmdError> {
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4): returns the I_T nexuses that
+    /// were preempted (for PREEMPT AND ABORT the session layer, which owns
+    /// the tasks, aborts theirs on this LU).
+    fn preempt(&self, st: &mut LuState, me: &ItKey, sark: u64, ty: u8, check_type: impl Fn() -> Result<(), Sense>) -> Result<Vec<ItKey>, CmdError> {
         let res = st.pr.res.clone();
         let holder_key = res.as_ref().filter(|r| !all_registrants(r.ty)).and_then(|r| st.pr.key_of(&r.holder));
         match res {
@@ -367,21 +371,24 @@ impl LogicalUnit {
                     Self::ua_one(st, k, Asc::REGISTRATIONS_PREEMPTED);
                 }
                 st.pr.res = Some(Reservation { holder: me.clone(), ty });
+                Ok(others)
             }
             Some(r) if holder_key == Some(sark) => {
                 check_type()?;
-                Self::preempt_key(st, sark, me);
+                let gone = Self::preempt_key(st, sark, me);
                 st.pr.res = Some(Reservation { holder: me.clone(), ty });
                 if r.ty != ty {
                     Self::ua_registrants(st, Some(me), Asc::RESERVATIONS_RELEASED);
                 }
+                Ok(gone)
             }
             _ => {
                 // only registrations go; the reservation (if any) stays
                 if sark == 0 {
                     return Err(Sense::invalid_param(8, None).into());
                 }
-                if Self::preempt_key(st, sark, me) == 0 {
+                let gone = Self::preempt_key(st, sark, me);
+                if gone.is_empty() {
                     return Err(CmdError::Conflict);
                 }
                 if let Some(r) = &st.pr.res {
@@ -389,9 +396,9 @@ impl LogicalUnit {
                         st.pr.res = None;
                     }
                 }
+                Ok(gone)
             }
         }
-        Ok(())
     }
 
     fn register_and_move(&self, cmd: &Cmd<'_>, scope: u8, ty: u8, list: &[u8], len: u32) -> Result<(), CmdError> {

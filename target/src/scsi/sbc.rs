@@ -155,8 +155,8 @@ impl LogicalUnit {
         };
         let n = data.len();
         let expect = verify.then(|| data.to_vec());
-        // WRITE AND VERIFY writes to the medium before it verifies
-        let fua = verify || self.write_through(rw.fua);
+        // (WRITE AND VERIFY comes with FUA set: it writes to the medium)
+        let fua = self.write_through(rw.fua);
         let g = self.volume.lock_range(off, n as u64, LockMode::Exclusive).await;
         self.volume.write_locked(&g, off, data, fua).await.map_err(|e| backend_sense(e, true))?;
         if let Some(expect) = expect {

@@ -91,8 +91,9 @@ pub(crate) fn report_opcodes(rctd: bool, options: u8, opcode: u8, sa: u16, alloc
 }
 
 pub(crate) fn report_tmfs(repd: bool, alloc: u32) -> Done {
-    // ABORT TASK, ABORT TASK SET, LOGICAL UNIT RESET, TARGET (warm) RESET
-    let mut v = vec![0x80 | 0x40 | 0x08 | 0x01, 0, 0, 0];
+    // ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET,
+    // TARGET (warm) RESET
+    let mut v = vec![0x80 | 0x40 | 0x10 | 0x08 | 0x01, 0, 0, 0];
     if repd {
         v.resize(16, 0);
         v[3] = 0x0c;

@@ -42,6 +42,8 @@ struct R {
     sense: Option<Vec<u8>>,
     data: Vec<u8>,
     residual: Residual,
+    /// I_T nexuses whose tasks the session layer must abort.
+    preempted: Vec<super::ItKey>,
 }
 
 impl R {
@@ -96,7 +98,7 @@ async fn exec(t: &ScsiTarget, n: &Nexus, lun: u64, cdb: &[u8], edtl: u32, read: 
         assert_eq!(d.direction(), Direction::Source);
         assert!(d.len() <= edtl as usize, "Data-In longer than the EDTL");
     }
-    R { status: r.status, sense: r.sense, data: r.data_in.map(|d| d.to_vec()).unwrap_or_default(), residual: r.residual }
+    R { status: r.status, sense: r.sense, data: r.data_in.map(|d| d.to_vec()).unwrap_or_default(), residual: r.residual, preempted: r.preempted }
 }
 
 async fn din(t: &ScsiTarget, n: &Nexus, cdb: &[u8], edtl: u32) -> R {
@@ -309,7 +311,10 @@ async fn resets_establish_unit_attentions_and_release_spc2() {
     t.tgt.task_mgmt(TmfKind::TargetWarmReset, 0, &t.a);
     nodata(&t.tgt, &t.b, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.b, &tur()).await.good();
-    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 0, &t.a), TmfResult::NotSupported);
+    // the session layer aborts the task set; the LU answers for it
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 0, &t.a), TmfResult::Complete);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearTaskSet, 9, &t.a), TmfResult::LunDoesNotExist);
+    assert_eq!(t.tgt.task_mgmt(TmfKind::ClearAca, 0, &t.a), TmfResult::NotSupported);
     t.tgt.capacity_changed(0);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2900);
     nodata(&t.tgt, &t.a, &tur()).await.check(UA, 0x2a09);
@@ -921,7 +926,7 @@ async fn report_supported_tmfs() {
     let t = setup();
     let r = din(&t.tgt, &t.a, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16).await;
     r.good();
-    assert_eq!(r.data, vec![0xc9, 0, 0, 0]);
+    assert_eq!(r.data, vec![0xd9, 0, 0, 0]);
     let r = din(&t.tgt, &t.a, &[0xa3, 0x0d, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16).await;
     assert_eq!((r.data.len(), r.data[3]), (16, 0x0c));
 }
@@ -956,7 +961,39 @@ const RESERVE: u8 = 1;
 const RELEASE: u8 = 2;
 const CLEAR: u8 = 3;
 const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
 const REGISTER_IGNORE: u8 = 6;
+
+/// PREEMPT AND ABORT names the preempted I_T nexuses so the session layer
+/// aborts their tasks before the command completes; PREEMPT does not.
+#[tokio::test]
+async fn preempt_and_abort_names_the_preempted_nexuses() {
+    let t = setup();
+    let c = nexus(3, "iqn.2026-01.test:c");
+    for n in [&t.a, &t.b, &c] {
+        t.tgt.nexus_added(n);
+        nodata(&t.tgt, n, &tur()).await;
+    }
+    pr(&t, &t.a, REGISTER, 0, 0, 1).await.good();
+    pr(&t, &t.b, REGISTER, 0, 0, 2).await.good();
+    pr(&t, &c, REGISTER, 0, 0, 3).await.good();
+    pr(&t, &t.b, RESERVE, 1, 2, 0).await.good();
+    // PREEMPT of c's registration: no task is aborted
+    let r = pr(&t, &t.a, PREEMPT, 1, 1, 3).await;
+    r.good();
+    assert!(r.preempted.is_empty());
+    nodata(&t.tgt, &c, &tur()).await.check(UA, 0x2a05);
+    pr(&t, &c, REGISTER, 0, 0, 3).await.good();
+    // PREEMPT AND ABORT of the holder b: b's tasks go
+    let r = pr(&t, &t.a, PREEMPT_AND_ABORT, 1, 1, 2).await;
+    r.good();
+    assert_eq!(r.preempted, vec![t.b.key()]);
+    assert_eq!(keys(&prin(&t, &t.a, 0).await), vec![1, 3]);
+    // a failed PREEMPT AND ABORT aborts nothing
+    let r = pr(&t, &t.a, PREEMPT_AND_ABORT, 1, 1, 0x77).await;
+    assert_eq!(r.status, ScsiStatus::RESERVATION_CONFLICT);
+    assert!(r.preempted.is_empty());
+}
 
 #[tokio::test]
 async fn persistent_reservation_register_reserve_release() {
@@ -1244,4 +1281,104 @@ async fn backend_errors_and_read_only_volumes() {
     dout(&t.tgt, &t.a, &caw(0, 1), &[0; 2 * BS]).await.check(wp.0, wp.1);
     let r = din(&t.tgt, &t.a, &[0x1a, 0, 0x3f, 0, 255, 0], 255).await;
     assert_eq!(r.data[2] & 0x80, 0x80, "WP in the mode parameter header");
+}
+
+// ---- FUA and SYNCHRONIZE CACHE reach the storage ---------------------------------
+
+/// A RAM volume that says it has a volatile cache and records what reaches
+/// it: each write with its FUA flag, each flush.
+struct Recorder {
+    info: BackendInfo,
+    ram: pinion_backends::file::FileBackend,
+    log: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Backend for Recorder {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+    fn read(&self, offset: u64, sgl: &mut Sgl) -> pinion_backends::Result<()> {
+        self.ram.read(offset, sgl)
+    }
+    fn write(&self, offset: u64, sgl: &Sgl, fua: bool) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push(if fua { "write+fua" } else { "write" });
+        self.ram.write(offset, sgl, fua)
+    }
+    fn flush(&self) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push("flush");
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> pinion_backends::Result<()> {
+        self.log.lock().unwrap().push("zeroes");
+        self.ram.write_zeroes(offset, len, deallocate)
+    }
+    fn discard(&self, offset: u64, len: u64) -> pinion_backends::Result<()> {
+        self.ram.discard(offset, len)
+    }
+}
+
+/// With the write cache on, FUA (every write command that has the bit, and
+/// WRITE AND VERIFY) is written through and SYNCHRONIZE CACHE flushes; with
+/// WCE turned off, the cached writes are flushed first and every write is
+/// written through. A write acknowledged without either would be lost with
+/// the page cache.
+#[tokio::test]
+async fn fua_and_synchronize_cache_reach_the_storage() {
+    let size = BLOCKS * BS as u64;
+    let rec = Arc::new(Recorder {
+        info: BackendInfo {
+            kind: "recorder",
+            size,
+            block_size: BS as u32,
+            may_block: false,
+            read_only: false,
+            volatile_cache: true,
+            describe: "test".into(),
+        },
+        ram: pinion_backends::file::FileBackend::ram("rec", size, BS as u32).unwrap(),
+        log: Default::default(),
+    });
+    let t = setup_with(vec![Arc::new(Volume::new("rec", rec.clone(), pool()))]);
+    let d = pattern(BS, 3);
+    let r = din(&t.tgt, &t.a, &[0x1a, 0x08, 0x08, 0, 255, 0], 255).await;
+    assert_eq!(r.data[4 + 2] & 0x04, 0x04, "WCE: a volatile cache is reported");
+    assert_eq!(r.data[2] & 0x10, 0x10, "DPOFUA: FUA is honoured");
+
+    dout(&t.tgt, &t.a, &write10(1, 1), &d).await.good();
+    assert_eq!(rec.take(), ["write"], "WRITE(10), cache on, no FUA");
+    let mut w10 = write10(2, 1);
+    w10[1] = 0x08;
+    dout(&t.tgt, &t.a, &w10, &d).await.good();
+    dout(&t.tgt, &t.a, &[0xaa, 0x08, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0], &d).await.good();
+    dout(&t.tgt, &t.a, &cdb16(0x8a, 0x08, 4, 1), &d).await.good();
+    assert_eq!(rec.take(), ["write+fua"; 3], "WRITE(10), (12), (16) with FUA");
+    let mut wv = write10(5, 1);
+    wv[0] = 0x2e;
+    dout(&t.tgt, &t.a, &wv, &d).await.good();
+    assert_eq!(rec.take(), ["write+fua"], "WRITE AND VERIFY writes to the medium");
+    let mut c = caw(4, 1);
+    c[1] = 0x08;
+    dout(&t.tgt, &t.a, &c, &[d.clone(), pattern(BS, 4)].concat()).await.good();
+    assert_eq!(rec.take(), ["write+fua"], "COMPARE AND WRITE with FUA");
+    nodata(&t.tgt, &t.a, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await.good();
+    nodata(&t.tgt, &t.a, &cdb16(0x91, 0, 0, 0)).await.good();
+    assert_eq!(rec.take(), ["flush", "flush"], "SYNCHRONIZE CACHE (10) and (16)");
+
+    // WCE off: what was cached is flushed, then everything is written through
+    let mut l = din(&t.tgt, &t.a, &[0x1a, 0x08, 0x08, 0, 255, 0], 255).await.data;
+    l[0] = 0;
+    l[2] = 0;
+    l[4 + 2] &= !0x04;
+    dout(&t.tgt, &t.a, &[0x15, 0x10, 0, 0, l.len() as u8, 0], &l).await.good();
+    assert_eq!(rec.take(), ["flush"], "turning WCE off flushes");
+    dout(&t.tgt, &t.a, &write10(6, 1), &d).await.good();
+    dout(&t.tgt, &t.a, &ws10(0, 7, 2), &d).await.good();
+    dout(&t.tgt, &t.a, &ws10(0, 9, 2), &[0; BS]).await.good();
+    assert_eq!(rec.take(), ["write+fua", "write+fua", "zeroes", "flush"], "WCE off: WRITE, WRITE SAME written through");
 }

@@ -69,17 +69,24 @@ pub trait Directory {
     fn session_cid(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> Option<u16>;
     fn portal_group_tag(&self) -> u16;
     fn prefs(&self) -> TargetPrefs;
-    /// Unpredictable bytes for CHAP challenges.
-    fn fill_random(&self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
-            // no OS RNG at all: fail closed with a challenge nobody can
-            // have precomputed for, rather than a constant
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = chap::md5(&[t.to_le_bytes().as_slice(), &[i as u8]].concat())[i % 16];
-            }
-        }
+    /// CHAP for discovery sessions: what the initiator must pass (`None`:
+    /// AuthMethod=None is accepted) and what the target answers mutual CHAP
+    /// with.
+    fn discovery_chap(&self) -> DiscoveryChap {
+        DiscoveryChap::default()
     }
+    /// Unpredictable bytes for CHAP challenges. Without them the login
+    /// fails (a predictable challenge would let a recorded response replay).
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), chap::NoRandomness> {
+        chap::random(buf)
+    }
+}
+
+/// CHAP settings of discovery sessions.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryChap {
+    pub chap: Option<Credentials>,
+    pub mutual_chap: Option<Credentials>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +159,10 @@ pub struct Login {
     alias: Option<String>,
     session_type: SessionType,
     target: Option<TargetAuth>,
+    /// The CHAP this login must pass and answer with: the target's for a
+    /// normal session, the discovery settings for a discovery session.
+    chap: Option<Credentials>,
+    mutual_chap: Option<Credentials>,
     acc: Accumulator,
     neg: Negotiation,
     auth: Auth,
@@ -184,6 +195,8 @@ impl Login {
             alias: None,
             session_type: SessionType::Normal,
             target: None,
+            chap: None,
+            mutual_chap: None,
             acc: Accumulator::default(),
             neg: Negotiation::new(prefs),
             auth: Auth::Start,
@@ -191,6 +204,11 @@ impl Login {
             max_text: 8192,
             done: false,
         }
+    }
+
+    /// The InitiatorName the initiator gave, once it has.
+    pub fn initiator(&self) -> Option<&str> {
+        self.initiator.as_deref()
     }
 
     /// Handles one Login Request (header checked by `pdu::check`).
@@ -401,7 +419,17 @@ impl Login {
                 }
             }
         }
-        let need_chap = self.target.as_ref().is_some_and(|t| t.chap.is_some());
+        if was_first {
+            (self.chap, self.mutual_chap) = match (self.session_type, &self.target) {
+                (SessionType::Normal, Some(t)) => (t.chap.clone(), t.mutual_chap.clone()),
+                (SessionType::Normal, None) => (None, None),
+                (SessionType::Discovery, _) => {
+                    let d = dir.discovery_chap();
+                    (d.chap, d.mutual_chap)
+                }
+            };
+        }
+        let need_chap = self.chap.is_some();
         if self.stage == OPERATIONAL && need_chap && self.auth != Auth::Done {
             return fail(LoginStatus::AUTH_FAILURE, "CHAP required but security negotiation was skipped");
         }
@@ -448,7 +476,7 @@ impl Login {
 
     fn security(&mut self, pairs: &[(String, String)], dir: &dyn Directory, resp: &mut Vec<(String, String)>) -> Result<(), (LoginStatus, String)> {
         let get = |k: &str| pairs.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
-        let creds = self.target.as_ref().and_then(|t| t.chap.clone());
+        let creds = self.chap.clone();
         if let Some(m) = get("AuthMethod") {
             if self.auth != Auth::Start {
                 return fail(LoginStatus::INITIATOR_ERROR, "AuthMethod renegotiated");
@@ -482,9 +510,10 @@ impl Login {
                     return fail(LoginStatus::AUTH_FAILURE, "CHAP_A offers no MD5 (5)");
                 }
                 let mut idb = [0u8; 1];
-                dir.fill_random(&mut idb);
                 let mut challenge = vec![0u8; chap::CHALLENGE_LEN];
-                dir.fill_random(&mut challenge);
+                if dir.fill_random(&mut idb).and_then(|()| dir.fill_random(&mut challenge)).is_err() {
+                    return fail(LoginStatus::TARGET_ERROR, "no randomness for a CHAP challenge");
+                }
                 resp.push(("CHAP_A".into(), chap::ALG_MD5.to_string()));
                 resp.push(("CHAP_I".into(), idb[0].to_string()));
                 resp.push(("CHAP_C".into(), text::encode_hex(&challenge)));
@@ -517,7 +546,7 @@ impl Login {
                         if c == challenge {
                             return fail(LoginStatus::AUTH_FAILURE, "initiator reflected the target's challenge");
                         }
-                        let Some(m) = self.target.as_ref().and_then(|t| t.mutual_chap.clone()) else {
+                        let Some(m) = self.mutual_chap.clone() else {
                             return fail(LoginStatus::AUTH_FAILURE, "mutual CHAP requested but not configured");
                         };
                         resp.push(("CHAP_N".into(), m.user.clone()));
@@ -549,6 +578,7 @@ mod tests {
         mutual: Option<Credentials>,
         sessions: Vec<u16>,
         fixed_challenge: Option<u8>,
+        discovery: DiscoveryChap,
     }
 
     impl Directory for Dir {
@@ -570,11 +600,15 @@ mod tests {
         fn prefs(&self) -> TargetPrefs {
             TargetPrefs::default()
         }
-        fn fill_random(&self, buf: &mut [u8]) {
+        fn discovery_chap(&self) -> DiscoveryChap {
+            self.discovery.clone()
+        }
+        fn fill_random(&self, buf: &mut [u8]) -> Result<(), chap::NoRandomness> {
             match self.fixed_challenge {
                 Some(x) => buf.fill(x),
-                None => getrandom::fill(buf).unwrap(),
+                None => chap::random(buf)?,
             }
+            Ok(())
         }
     }
 
@@ -834,6 +868,66 @@ mod tests {
         assert_eq!(rep.resp.flags & TRANSIT, 0);
         let (rep, _) = run(&mut l, &d, 0, 1, true, &[("CHAP_N", "alice")]);
         assert_eq!(failed(&rep), LoginStatus::AUTH_FAILURE);
+    }
+
+    fn discovery_chap_dir() -> Dir {
+        Dir {
+            discovery: DiscoveryChap {
+                chap: Some(Credentials { user: "disc".into(), secret: b"discovery-secret".to_vec() }),
+                mutual_chap: Some(Credentials { user: "tdisc".into(), secret: b"tgt-disc-secret".to_vec() }),
+            },
+            ..Dir::default()
+        }
+    }
+
+    /// A discovery login's security stage up to the challenge.
+    fn discovery_start(l: &mut Login, d: &Dir, offer: &str) -> Reply {
+        run(l, d, 0, 1, true, &[("InitiatorName", INI), ("SessionType", "Discovery"), ("AuthMethod", offer)]).0
+    }
+
+    #[test]
+    fn discovery_chap_required_when_configured() {
+        let d = discovery_chap_dir();
+        // one-way and mutual CHAP through to full feature
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        discovery_start(&mut l, &d, "CHAP,None");
+        let (_, kv) = run(&mut l, &d, 0, 1, false, &[("CHAP_A", "5")]);
+        let id: u8 = val(&kv, "CHAP_I").unwrap().parse().unwrap();
+        let c = text::decode_binary(val(&kv, "CHAP_C").unwrap()).unwrap();
+        let r = text::encode_hex(&chap::response(id, b"discovery-secret", &c));
+        let (rep, kv) =
+            run(&mut l, &d, 0, 1, true, &[("CHAP_N", "disc"), ("CHAP_R", &r), ("CHAP_I", "5"), ("CHAP_C", "0x0a0b0c0d0e0f1011")]);
+        assert!(matches!(rep.outcome, Outcome::Continue), "{:?}", rep.outcome);
+        assert_eq!(rep.resp.flags, TRANSIT | 1);
+        assert_eq!(val(&kv, "CHAP_N"), Some("tdisc"));
+        let tr = text::decode_binary(val(&kv, "CHAP_R").unwrap()).unwrap();
+        assert_eq!(tr, chap::response(5, b"tgt-disc-secret", &[10, 11, 12, 13, 14, 15, 16, 17]));
+        let (rep, _) = run(&mut l, &d, 1, 3, true, &[]);
+        let Outcome::FullFeature(info) = rep.outcome else { panic!("{:?}", rep.outcome) };
+        assert_eq!(info.session_type, SessionType::Discovery);
+        // the target's own secret is not the discovery secret
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        discovery_start(&mut l, &d, "CHAP");
+        let (_, kv) = run(&mut l, &d, 0, 1, false, &[("CHAP_A", "5")]);
+        let id: u8 = val(&kv, "CHAP_I").unwrap().parse().unwrap();
+        let c = text::decode_binary(val(&kv, "CHAP_C").unwrap()).unwrap();
+        let r = text::encode_hex(&chap::response(id, b"alice-secret-123", &c));
+        let (rep, _) = run(&mut l, &d, 0, 1, true, &[("CHAP_N", "disc"), ("CHAP_R", &r)]);
+        assert_eq!(failed(&rep), LoginStatus::AUTH_FAILURE);
+        // None is refused, and so is skipping the security stage
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        assert_eq!(failed(&discovery_start(&mut l, &d, "None")), LoginStatus::AUTH_FAILURE);
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        let (rep, _) = run(&mut l, &d, 1, 3, true, &[("InitiatorName", INI), ("SessionType", "Discovery")]);
+        assert_eq!(failed(&rep), LoginStatus::AUTH_FAILURE);
+        // without discovery CHAP configured, discovery stays open even when
+        // normal targets need CHAP
+        let d = chap_dir();
+        let mut l = Login::new(TargetPrefs::default(), 32);
+        let rep = discovery_start(&mut l, &d, "CHAP,None");
+        assert!(matches!(rep.outcome, Outcome::Continue));
+        assert_eq!(val(&parse(&rep.data).unwrap(), "AuthMethod"), Some("None"));
+        assert_eq!(rep.resp.flags, TRANSIT | 1);
     }
 
     #[test]

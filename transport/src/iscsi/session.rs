@@ -160,6 +160,12 @@ impl WriteXfer {
         self.next_r2tsn
     }
 
+    /// Bytes the initiator sends unasked (immediate data and unsolicited
+    /// Data-Out): offsets below this; the rest is solicited with R2Ts.
+    pub fn unsolicited_len(&self) -> u32 {
+        self.unsolicited_end
+    }
+
     /// Waiting for unsolicited Data-Out still.
     pub fn in_unsolicited(&self) -> bool {
         self.received < self.unsolicited_end

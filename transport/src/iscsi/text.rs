@@ -8,7 +8,7 @@
 //! min/max, boolean AND/OR, declarative) against the target's settings and
 //! produces the response pairs and the resulting [`OpParams`].
 
-use std::fmt::Write;
+use base64::Engine as _;
 
 /// Longest key name (§6.1).
 pub const MAX_KEY_LEN: usize = 63;
@@ -182,11 +182,13 @@ pub fn yes_no(b: bool) -> &'static str {
 /// base64 (§6.1). Plain decimal is not binary.
 pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if h.is_empty() {
             return None;
         }
-        let padded: String = if h.len() % 2 == 1 { format!("0{h}") } else { h.to_string() };
-        return (0..padded.len()).step_by(2).map(|i| u8::from_str_radix(&padded[i..i + 2], 16).ok()).collect();
+        if h.len() % 2 == 1 {
+            return hex::decode(format!("0{h}")).ok();
+        }
+        return hex::decode(h).ok();
     }
     if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
         return base64_decode(b);
@@ -195,50 +197,25 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
 }
 
 pub fn encode_hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + 2 * b.len());
-    s.push_str("0x");
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
+    format!("0x{}", hex::encode(b))
 }
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 pub fn encode_base64(b: &[u8]) -> String {
-    let mut s = String::from("0b");
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    format!("0b{}", BASE64.encode(b))
 }
 
-/// Standard base64 with `=` padding (padding optional at the very end).
+/// Standard alphabet; `=` padding accepted but optional (RFC 7143 §6.1 follows
+/// RFC 4648 with padding, and some initiators leave it off).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let t = s.trim_end_matches('=');
-    if s.len() - t.len() > 2 || t.is_empty() || t.len() % 4 == 1 {
+    if s.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(t.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in t.bytes() {
-        let v = B64.iter().position(|&x| x == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    BASE64.decode(s).ok().filter(|v| !v.is_empty())
 }
 
 /// Session-wide operational parameters (§13), as negotiated. Defaults are

@@ -12,7 +12,7 @@ mod writer;
 use nvme_types::tcp::{self, Digests, Fes, Limits};
 use nvme_types::{Cqe, Status};
 use pinion_backends::{PagePool, Sgl};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,9 +81,17 @@ struct PendingXfer {
 }
 
 /// Transfers waiting for H2CData, by transfer tag, and the next tag to try.
+///
+/// Whoever takes a transfer out of `pending` (under the lock) owns its
+/// end: the reader while it places a PDU's data (it puts the transfer back
+/// if more is to come), or an abort ([`XferAborter`]), which completes the
+/// command with the abort status; H2CData that still comes for an aborted
+/// transfer's tag is read and dropped.
 #[derive(Default)]
 struct Xfers {
     pending: HashMap<u16, PendingXfer>,
+    /// Tags of aborted transfers, newest last (bounded).
+    aborted: VecDeque<u16>,
     next_ttag: u16,
     /// The reader is gone: no transfer can complete any more.
     closed: bool,
@@ -153,6 +161,7 @@ impl Responder {
             }
             let t = x.next_ttag;
             x.next_ttag = t.wrapping_add(1);
+            x.aborted.retain(|a| *a != t);
             x.pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
             t
         };
@@ -161,6 +170,12 @@ impl Responder {
             return Err(Status::ABORT_QUEUE);
         }
         wait.await.unwrap_or(Err(Status::ABORT_QUEUE))
+    }
+
+    /// A handle that aborts this queue's transfers waiting for data, for
+    /// the admin queue's Abort command. It does not keep the connection open.
+    pub fn aborter(&self) -> XferAborter {
+        XferAborter { shared: Arc::downgrade(&self.shared) }
     }
 
     /// Ends the connection with a C2HTermReq (a fatal protocol error found
@@ -245,6 +260,33 @@ impl Loopback {
         let mut x = self.shared.xfers();
         x.closed = true;
         x.pending.clear();
+    }
+}
+
+/// Aborts commands of one queue whose write data is still awaited.
+#[derive(Clone)]
+pub struct XferAborter {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl XferAborter {
+    /// If command `cccid` still waits for its H2CData (no PDU of it is being
+    /// placed), ends its transfer: the command completes with `status`.
+    /// True if it was aborted; false if there was nothing to abort (never
+    /// came, already has its data, or finished).
+    pub fn abort(&self, cccid: u16, status: Status) -> bool {
+        let Some(shared) = self.shared.upgrade() else { return false };
+        let mut x = shared.xfers();
+        let Some(ttag) = x.pending.iter().find(|(_, p)| p.cccid == cccid).map(|(t, _)| *t) else { return false };
+        let p = x.pending.remove(&ttag).expect("found");
+        if x.aborted.len() >= 256 {
+            x.aborted.pop_front();
+        }
+        x.aborted.push_back(ttag);
+        drop(x);
+        // the command's task gets the status; the pool pages go with `p`
+        let _ = p.done.send(Err(status));
+        true
     }
 }
 

@@ -210,8 +210,27 @@ async fn h2c_data(
 ) -> Result<(), Stop> {
     let ttag = d.ttag.get();
     let (datao, datal) = (d.datao.get() as usize, d.datal.get() as usize);
-    let Some(mut x) = st.shared.xfers().pending.remove(&ttag) else {
-        return Err(fatal(Fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag", hdr));
+    let taken = {
+        let mut x = st.shared.xfers();
+        let p = x.pending.remove(&ttag);
+        let aborted = p.is_none() && x.aborted.contains(&ttag);
+        (p, aborted)
+    };
+    let mut x = match taken {
+        (Some(x), _) => x,
+        (None, true) => {
+            // the command was aborted (admin Abort) while the host sent this
+            tracing::debug!(ttag, "H2CData for an aborted transfer dropped");
+            let mut left = layout.data_len + if layout.data_digest { 4 } else { 0 };
+            let mut scratch = [0u8; 4096];
+            while left > 0 {
+                let n = left.min(scratch.len());
+                rd.read_exact(&mut scratch[..n]).await.map_err(Stop::from)?;
+                left -= n;
+            }
+            return Ok(());
+        }
+        (None, false) => return Err(fatal(Fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag", hdr)),
     };
     if x.cccid != d.cccid.get() {
         return Err(fatal(Fes::INVALID_HEADER_FIELD, 8, "H2CData command id does not match its R2T", hdr));

@@ -13,10 +13,12 @@ pub mod stats;
 pub mod verify;
 pub mod workload;
 
+use crate::conn::{self, Got, Payload, RecvBuf, SendQueue};
 use rustix::event::{PollFd, PollFlags};
 use stats::{CpuTimes, Latency, Stats};
 use std::io::{IsTerminal, Write};
-use std::os::fd::BorrowedFd;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use verify::{Mismatch, Verifier};
@@ -35,6 +37,22 @@ pub enum PerfError {
     Command { what: &'static str, status: String },
 }
 
+/// A failed receive: the target closing the connection is said so.
+pub(crate) fn recv_err(e: std::io::Error) -> PerfError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PerfError::Protocol("the target closed the connection".into()),
+        _ => PerfError::Io { what: "receive from the target".into(), source: e },
+    }
+}
+
+/// A failed send, likewise.
+pub(crate) fn send_err(e: std::io::Error) -> PerfError {
+    match e.kind() {
+        std::io::ErrorKind::WriteZero => PerfError::Protocol("the target closed the connection".into()),
+        _ => PerfError::Io { what: "send to the target".into(), source: e },
+    }
+}
+
 /// A finished I/O as an engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
@@ -43,26 +61,111 @@ pub struct Completion {
     pub error: Option<String>,
 }
 
+/// What every engine owns for its connection: the nonblocking socket, one
+/// data buffer per command slot (page-aligned strides keep each on its own
+/// pages), the send queue and the receive buffer.
+pub struct Wire {
+    pub sock: TcpStream,
+    /// The slot buffers, `slot_len` bytes apart.
+    pub data: Vec<u8>,
+    pub slot_len: usize,
+    pub depth: usize,
+    pub sq: SendQueue,
+    pub rx: RecvBuf,
+}
+
+impl Wire {
+    /// Takes over a connected socket (timeouts off, nonblocking) for
+    /// `depth` slots of up to `max_io` bytes.
+    pub fn new(sock: TcpStream, depth: usize, max_io: usize, rx_buf: usize) -> Result<Wire, PerfError> {
+        let opt = |source| PerfError::Io { what: "socket options".into(), source };
+        sock.set_read_timeout(None).map_err(opt)?;
+        sock.set_write_timeout(None).map_err(opt)?;
+        sock.set_nonblocking(true).map_err(opt)?;
+        let slot_len = max_io.div_ceil(4096) * 4096;
+        Ok(Wire {
+            sock,
+            data: vec![0; slot_len * depth],
+            slot_len,
+            depth,
+            sq: SendQueue::with_capacity(4 * depth + 16),
+            rx: RecvBuf::new(rx_buf),
+        })
+    }
+
+    /// Where byte `off` of slot `slot`'s buffer is in `data`.
+    pub fn at(&self, slot: usize, off: usize) -> usize {
+        slot * self.slot_len + off
+    }
+
+    /// One nonblocking read ([`conn::read_some`]); a pending payload lands
+    /// in `data`.
+    pub fn read(&mut self, payload: Option<&mut Payload>) -> Result<Option<Got>, PerfError> {
+        conn::read_some(&mut &self.sock, &mut self.rx, payload.map(|p| (p, &mut self.data[..]))).map_err(recv_err)
+    }
+}
+
 /// One connection's I/O engine (an NVMe I/O queue, an iSCSI session).
 /// Slots are command slots `0..depth()`, each with a data buffer as large
 /// as the largest I/O; the runner hands out free slots.
 pub trait Engine {
-    fn fd(&self) -> BorrowedFd<'_>;
-    fn depth(&self) -> usize;
+    fn wire(&self) -> &Wire;
+    fn wire_mut(&mut self) -> &mut Wire;
     fn in_flight(&self) -> usize;
-    fn buf(&self, slot: usize) -> &[u8];
-    fn buf_mut(&mut self, slot: usize) -> &mut [u8];
     /// Queues the command for `io` in `slot` (its buffer holds write data).
     /// Nothing is sent before [`Engine::flush`].
     fn submit(&mut self, slot: usize, io: &IoReq) -> Result<(), PerfError>;
-    fn wants_write(&self) -> bool;
-    /// Sends what is queued, until done or the socket is full.
-    fn flush(&mut self) -> Result<(), PerfError>;
-    /// Reads what has arrived without blocking; pushes completions. True if
-    /// anything was read.
-    fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError>;
+    /// One read from the socket ([`Wire::read`] with the pending payload).
+    fn read_once(&mut self) -> Result<Option<Got>, PerfError>;
+    /// Handles what the receive buffer holds; pushes completions.
+    fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError>;
     /// Ends the session politely (iSCSI Logout); best effort.
     fn close(&mut self) {}
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.wire().sock.as_fd()
+    }
+
+    fn depth(&self) -> usize {
+        self.wire().depth
+    }
+
+    fn buf(&self, slot: usize) -> &[u8] {
+        let w = self.wire();
+        &w.data[w.at(slot, 0)..w.at(slot + 1, 0)]
+    }
+
+    fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
+        let w = self.wire_mut();
+        let (a, b) = (w.at(slot, 0), w.at(slot + 1, 0));
+        &mut w.data[a..b]
+    }
+
+    fn wants_write(&self) -> bool {
+        !self.wire().sq.is_empty()
+    }
+
+    /// Sends what is queued, until done or the socket is full.
+    fn flush(&mut self) -> Result<(), PerfError> {
+        let w = self.wire_mut();
+        w.sq.flush(&mut &w.sock, &w.data).map_err(send_err)?;
+        Ok(())
+    }
+
+    /// Reads what has arrived without blocking; pushes completions. True if
+    /// anything was read.
+    fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError> {
+        let mut got_any = false;
+        while let Some(got) = self.read_once()? {
+            got_any = true;
+            self.parse(done)?;
+            // a short read means the socket is drained: skip the EAGAIN read
+            if got.drained {
+                break;
+            }
+        }
+        Ok(got_any)
+    }
 }
 
 /// What a protocol's setup learned about the target.

@@ -11,31 +11,26 @@
 //! allocated per I/O.
 
 use super::workload::{IoReq, Op};
-use super::{Completion, Engine, PerfError, Setup};
+use super::{recv_err, send_err, Completion, Engine, PerfError, Setup, Wire};
+use crate::conn::{Got, Payload, Step};
+use crate::nvme_tcp::{
+    capsule_header, check_icresp, connect_cmd, data_tail, fabrics_sqe, frame, h2c_data_header, icreq, read_pdu, sgl, ConnectArgs,
+    Decoder, CATTR_DISABLE_SQFLOW, CC_ENABLE, PSDT_SGL,
+};
 use nvme_types::command::{io as nvm, Opcode, SglType};
-use nvme_types::fabrics::{prop, ConnectData, FabricsType};
+use nvme_types::fabrics::{prop, FabricsType};
 use nvme_types::identify::{cns, IdentifyController, IdentifyNamespace};
-use nvme_types::tcp::{self, flags, CommonHeader, DataHdr, Digests, Layout, Limits, Pdu, PduType, Role};
-use nvme_types::{nul_field, Cqe, SglDescriptor, Sqe, Status};
-use std::io::{self, IoSlice, Read, Write};
+use nvme_types::tcp::{self, flags, Digests, Limits, Pdu, PduType, Role};
+use nvme_types::{Cqe, Sqe, Status};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Socket timeout during setup (a silent target fails the run, never hangs it).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// PSDT 01b: SGLs, as every fabrics host sends.
-const PSDT_SGL: u8 = 0x40;
-/// Connect CATTR bit 2: SQ flow control disabled (lets a target end a
-/// successful read with the C2HData SUCCESS flag instead of a response).
-const CATTR_DISABLE_SQFLOW: u8 = 1 << 2;
-/// CC: EN, IOSQES 6 (64 B), IOCQES 4 (16 B).
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
 /// Receive buffer per queue: room for many response PDUs per read.
 const RX_BUF: usize = 256 * 1024;
-/// Most iovecs handed to one writev (IOV_MAX is 1024; 64 covers a wakeup).
-const MAX_IOV: usize = 64;
 
 /// `nvme-tcp://HOST:PORT/NQN[/NSID]`
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,55 +69,12 @@ fn proto(msg: impl Into<String>) -> PerfError {
     PerfError::Protocol(msg.into())
 }
 
-fn le32(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
 /// What a queue learned from ICResp.
 #[derive(Clone, Copy, Debug)]
 struct Link {
     digests: Digests,
     cpda: u8,
     maxh2c: usize,
-}
-
-/// Frames a PDU into `out`: header `hdr` (type and non-digest flags set),
-/// header digest, padding to `cpda`, and the framing for `data_len` bytes of
-/// data that the caller sends separately (plus their digest, also separate).
-/// Returns the offset of the data within the PDU.
-fn frame(out: &mut Vec<u8>, hdr: &mut [u8], data_len: usize, link: &Link) -> usize {
-    let hlen = hdr.len();
-    let hd = if link.digests.header { tcp::DIGEST_LEN } else { 0 };
-    let (pdo, plen) = if data_len == 0 {
-        (0, hlen + hd)
-    } else {
-        let pdo = tcp::data_offset(hlen, link.digests.header, link.cpda);
-        let dd = if link.digests.data { tcp::DIGEST_LEN } else { 0 };
-        (pdo, pdo + data_len + dd)
-    };
-    let mut fl = hdr[1] & !(flags::HDGSTF | flags::DDGSTF);
-    if link.digests.header {
-        fl |= flags::HDGSTF;
-    }
-    if link.digests.data && data_len > 0 {
-        fl |= flags::DDGSTF;
-    }
-    hdr[1] = fl;
-    hdr[2] = hlen as u8;
-    hdr[3] = pdo as u8;
-    hdr[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
-    out.extend_from_slice(hdr);
-    if link.digests.header {
-        out.extend_from_slice(&crc32c::crc32c(hdr).to_le_bytes());
-    }
-    if data_len > 0 {
-        out.resize(out.len() + (pdo - hlen - hd), 0);
-    }
-    pdo
-}
-
-fn capsule_header(sqe: &Sqe) -> tcp::CapsuleCmd {
-    tcp::CapsuleCmd { ch: tcp::common_header(PduType::CAPSULE_CMD, 0, 72, 0, 0), sqe: *sqe }
 }
 
 // ---- blocking setup ---------------------------------------------------------
@@ -144,23 +96,7 @@ impl SyncQueue {
         sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(io_err("socket options of"))?;
         sock.set_write_timeout(Some(SETUP_TIMEOUT)).map_err(io_err("socket options of"))?;
         sock.set_nodelay(true).map_err(io_err("socket options of"))?;
-        let mut d = 0;
-        if digests.header {
-            d |= tcp::digest::HDGST_ENABLE;
-        }
-        if digests.data {
-            d |= tcp::digest::DDGST_ENABLE;
-        }
-        let req = tcp::IcReq {
-            ch: tcp::common_header(PduType::IC_REQ, 0, 128, 0, 128),
-            pfv: 0.into(),
-            hpda: 0,
-            digest: d,
-            // one R2T outstanding per command, as the Linux host asks
-            maxr2t: 0.into(),
-            rsvd: [0; 112],
-        };
-        sock.write_all(req.as_bytes()).map_err(io_err("ICReq to"))?;
+        sock.write_all(icreq(digests).as_bytes()).map_err(io_err("ICReq to"))?;
         let mut q = SyncQueue { sock, link: Link { digests: Digests::default(), cpda: 0, maxh2c: 0 }, next_cid: 0 };
         let (pdu, _) = q.read_pdu(false)?;
         let r = match pdu {
@@ -168,44 +104,19 @@ impl SyncQueue {
             Pdu::C2HTermReq(t) => return Err(proto(format!("target refused ICReq: FES {:?}", tcp::Fes(t.fes.get())))),
             p => return Err(proto(format!("expected ICResp, got {p:?}"))),
         };
-        let got = Digests { header: r.digest & tcp::digest::HDGST_ENABLE != 0, data: r.digest & tcp::digest::DDGST_ENABLE != 0 };
-        if got != digests {
-            return Err(proto(format!("asked for digests {digests:?}, the target granted {got:?}")));
-        }
-        if r.pfv.get() != 0 || r.cpda > 31 || r.maxdata.get() < 4096 {
-            return Err(proto(format!("bad ICResp: PFV {}, CPDA {}, MAXH2CDATA {}", r.pfv.get(), r.cpda, r.maxdata.get())));
-        }
-        q.link = Link { digests, cpda: r.cpda, maxh2c: r.maxdata.get() as usize };
+        let ic = check_icresp(&r, digests).map_err(proto)?;
+        q.link = Link { digests, cpda: ic.cpda, maxh2c: ic.maxdata as usize };
         Ok(q)
     }
 
     /// Reads one PDU (header checked, digests verified) with its data.
     fn read_pdu(&mut self, connected: bool) -> Result<(Pdu, Vec<u8>), PerfError> {
-        let io = |source| PerfError::Io { what: "receive from the target".into(), source };
-        let digests = if connected { self.link.digests } else { Digests::default() };
-        let mut chb = [0u8; 8];
-        self.sock.read_exact(&mut chb).map_err(io)?;
-        let ch = CommonHeader::read_from_bytes(&chb).map_err(|_| proto("short header"))?;
         let limits = Limits { max_inline: u32::MAX, max_data: 1 << 24 };
-        let layout = tcp::check_header(&ch, Role::Host, connected, digests, limits).map_err(|e| proto(e.to_string()))?;
-        let mut hdr = vec![0u8; 8 + layout.rest_of_header()];
-        hdr[..8].copy_from_slice(&chb);
-        self.sock.read_exact(&mut hdr[8..]).map_err(io)?;
-        if layout.header_digest && crc32c::crc32c(&hdr[..layout.hlen]) != le32(&hdr[layout.hlen..]) {
-            return Err(proto("header digest mismatch"));
-        }
-        let pdu = Pdu::parse(&layout, &hdr[..layout.hlen]).map_err(|e| proto(e.to_string()))?;
-        let mut data = vec![0u8; layout.pad + layout.data_len];
-        self.sock.read_exact(&mut data).map_err(io)?;
-        data.drain(..layout.pad);
-        if layout.data_digest {
-            let mut d = [0u8; 4];
-            self.sock.read_exact(&mut d).map_err(io)?;
-            if crc32c::crc32c(&data) != u32::from_le_bytes(d) {
-                return Err(proto("data digest mismatch"));
-            }
-        }
-        Ok((pdu, data))
+        let d = Decoder { role: Role::Host, connected, digests: self.link.digests, limits };
+        read_pdu(&mut self.sock, &d).map_err(|e| match e {
+            crate::nvme_tcp::Error::Io(e) => recv_err(e),
+            e => proto(e.to_string()),
+        })
     }
 
     /// Runs one command to completion: `out` goes in-capsule, `in_len`
@@ -222,12 +133,10 @@ impl SyncQueue {
         };
         let mut buf = Vec::new();
         let mut c = capsule_header(&sqe);
-        frame(&mut buf, c.as_mut_bytes(), out.len(), &self.link);
+        frame(&mut buf, c.as_mut_bytes(), out.len(), self.link.digests, self.link.cpda);
         buf.extend_from_slice(out);
-        if self.link.digests.data && !out.is_empty() {
-            buf.extend_from_slice(&crc32c::crc32c(out).to_le_bytes());
-        }
-        self.sock.write_all(&buf).map_err(|source| PerfError::Io { what: "send to the target".into(), source })?;
+        data_tail(&mut buf, out, self.link.digests);
+        self.sock.write_all(&buf).map_err(send_err)?;
         let mut data = vec![0u8; in_len];
         loop {
             let (pdu, d) = self.read_pdu(true)?;
@@ -258,16 +167,8 @@ impl SyncQueue {
         hostnqn: &str,
         hostid: [u8; 16],
     ) -> Result<u16, PerfError> {
-        let mut sqe = fabrics_sqe(FabricsType::CONNECT);
-        sqe.cdw10 = (u32::from(qid) << 16).into();
-        sqe.cdw11 = (u32::from(sqsize) | (u32::from(cattr) << 16)).into();
         // KATO 0: no keep-alive; the run keeps the admin queue idle
-        sqe.cdw12 = 0.into();
-        let mut d = ConnectData::new_zeroed();
-        d.hostid = hostid;
-        d.cntlid = cntlid.into();
-        d.subsysnqn = nul_field(nqn);
-        d.hostnqn = nul_field(hostnqn);
+        let (sqe, d) = connect_cmd(&ConnectArgs { qid, sqsize, cattr, kato_ms: 0, cntlid, subnqn: nqn, hostnqn, hostid });
         let (c, _) = self.exec(sqe, d.as_bytes(), 0)?;
         if !c.status().is_success() {
             return Err(status_err(if qid == 0 { "admin queue Connect" } else { "I/O queue Connect" }, &c));
@@ -305,14 +206,6 @@ impl SyncQueue {
         }
         Ok(d)
     }
-}
-
-fn sgl(kind: SglType, length: u32) -> SglDescriptor {
-    SglDescriptor { addr: 0.into(), length: length.into(), rsvd: [0; 3], type_subtype: kind.0 }
-}
-
-fn fabrics_sqe(t: FabricsType) -> Sqe {
-    Sqe { opcode: Opcode::FABRICS.0, nsid: u32::from(t.0).into(), ..Sqe::default() }
 }
 
 /// The host NQN: this machine's (/etc/nvme/hostnqn, as nvme-cli uses) or a
@@ -427,23 +320,6 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
 
 // ---- the I/O engine ------------------------------------------------------------
 
-/// One piece of the send queue.
-#[derive(Clone, Copy, Debug)]
-enum Seg {
-    /// Bytes of `tx` (headers, padding, digests).
-    Tx { start: u32, end: u32 },
-    /// Bytes of the data buffers.
-    Data { start: u32, end: u32 },
-}
-
-impl Seg {
-    fn len(&self) -> usize {
-        match *self {
-            Seg::Tx { start, end } | Seg::Data { start, end } => (end - start) as usize,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct SlotState {
     busy: bool,
@@ -454,37 +330,23 @@ struct SlotState {
     received: u32,
 }
 
-/// A C2HData payload being received.
+/// A C2HData payload being received (into the data buffer, at the slot's
+/// offset).
 #[derive(Clone, Copy, Debug)]
 struct DataRx {
     slot: usize,
-    /// Next byte of the slot's buffer to fill.
-    pos: usize,
-    remaining: usize,
-    crc: u32,
-    digest: bool,
+    payload: Payload,
     success: bool,
 }
 
 pub struct NvmeEngine {
-    sock: TcpStream,
+    w: Wire,
     link: Link,
     nsid: u32,
     lbads: u32,
     inline: usize,
-    depth: usize,
-    slot_len: usize,
-    data: Vec<u8>,
     slots: Vec<SlotState>,
     in_flight: usize,
-    tx: Vec<u8>,
-    segs: Vec<Seg>,
-    /// Sent so far: whole segments, and bytes of the next one.
-    sent_segs: usize,
-    sent_off: usize,
-    rx: Vec<u8>,
-    rx_start: usize,
-    rx_end: usize,
     data_rx: Option<DataRx>,
     /// Digest of a finished payload still to be read (4 bytes).
     digest_rx: Option<(usize, u32, bool)>,
@@ -492,53 +354,32 @@ pub struct NvmeEngine {
 
 impl NvmeEngine {
     fn new(q: SyncQueue, nsid: u32, lbads: u32, inline: usize, depth: usize, max_io: usize) -> Result<NvmeEngine, PerfError> {
-        let sock = q.sock;
-        let opt = |source| PerfError::Io { what: "socket options".into(), source };
-        sock.set_read_timeout(None).map_err(opt)?;
-        sock.set_write_timeout(None).map_err(opt)?;
-        sock.set_nonblocking(true).map_err(opt)?;
-        // page-aligned slot strides keep each buffer on its own pages
-        let slot_len = max_io.div_ceil(4096) * 4096;
         Ok(NvmeEngine {
-            sock,
+            w: Wire::new(q.sock, depth, max_io, RX_BUF)?,
             link: q.link,
             nsid,
             lbads,
             inline,
-            depth,
-            slot_len,
-            data: vec![0; slot_len * depth],
             slots: vec![SlotState::default(); depth],
             in_flight: 0,
-            tx: Vec::with_capacity(64 * 1024),
-            segs: Vec::with_capacity(4 * depth + 16),
-            sent_segs: 0,
-            sent_off: 0,
-            rx: vec![0; RX_BUF],
-            rx_start: 0,
-            rx_end: 0,
             data_rx: None,
             digest_rx: None,
         })
     }
 
-    fn push_tx(&mut self, from: usize) {
-        if self.tx.len() > from {
-            self.segs.push(Seg::Tx { start: from as u32, end: self.tx.len() as u32 });
-        }
+    /// Queues a PDU header (framed for `data_len` bytes of data).
+    fn push_header(&mut self, hdr: &mut [u8], data_len: usize) {
+        let link = self.link;
+        self.w.sq.push_own(|tx| frame(tx, hdr, data_len, link.digests, link.cpda));
     }
 
     /// Queues data bytes `[start, start+len)` of slot `slot` (and their
     /// digest) after a framed header.
     fn push_data(&mut self, slot: usize, start: usize, len: usize) {
-        let base = slot * self.slot_len + start;
-        self.segs.push(Seg::Data { start: base as u32, end: (base + len) as u32 });
-        if self.link.digests.data {
-            let d = crc32c::crc32c(&self.data[base..base + len]);
-            let from = self.tx.len();
-            self.tx.extend_from_slice(&d.to_le_bytes());
-            self.push_tx(from);
-        }
+        let base = self.w.at(slot, start);
+        self.w.sq.push_data(base..base + len);
+        let (data, digests) = (&self.w.data[base..base + len], self.link.digests);
+        self.w.sq.push_own(|tx| data_tail(tx, data, digests));
     }
 
     fn complete(&mut self, slot: usize, status: Status, done: &mut Vec<Completion>) -> Result<(), PerfError> {
@@ -573,17 +414,8 @@ impl NvmeEngine {
         while pos < off + len {
             let n = self.link.maxh2c.min(off + len - pos);
             let last = pos + n == off + len;
-            let mut h = DataHdr {
-                ch: tcp::common_header(PduType::H2C_DATA, if last { flags::LAST_PDU } else { 0 }, 24, 0, 0),
-                cccid: r.cccid,
-                ttag: r.ttag,
-                datao: (pos as u32).into(),
-                datal: (n as u32).into(),
-                rsvd: [0; 4],
-            };
-            let from = self.tx.len();
-            frame(&mut self.tx, h.as_mut_bytes(), n, &self.link);
-            self.push_tx(from);
+            let mut h = h2c_data_header(r.cccid.get(), r.ttag.get(), pos as u32, n as u32, last);
+            self.push_header(h.as_mut_bytes(), n);
             self.push_data(slot, pos, n);
             pos += n;
         }
@@ -594,34 +426,22 @@ impl NvmeEngine {
     fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
         loop {
             if let Some(d) = self.data_rx.as_mut() {
-                let n = d.remaining.min(self.rx_end - self.rx_start);
-                if n > 0 {
-                    let src = &self.rx[self.rx_start..self.rx_start + n];
-                    let base = d.slot * self.slot_len + d.pos;
-                    self.data[base..base + n].copy_from_slice(src);
-                    if d.digest {
-                        d.crc = crc32c::crc32c_append(d.crc, src);
-                    }
-                    d.pos += n;
-                    d.remaining -= n;
-                    self.rx_start += n;
-                }
-                if d.remaining > 0 {
+                if !d.payload.feed(&mut self.w.rx, &mut self.w.data) {
                     return Ok(());
                 }
                 let d = self.data_rx.take().expect("checked above");
-                self.digest_rx = Some((d.slot, d.crc, d.success));
-                if !d.digest {
-                    self.digest_rx = None;
-                    self.data_done(d.slot, d.success, done)?;
+                match d.payload.crc() {
+                    Some(crc) => self.digest_rx = Some((d.slot, crc, d.success)),
+                    None => self.data_done(d.slot, d.success, done)?,
                 }
             }
             if let Some((slot, crc, success)) = self.digest_rx {
-                if self.rx_end - self.rx_start < tcp::DIGEST_LEN {
+                let b = self.w.rx.bytes();
+                if b.len() < tcp::DIGEST_LEN {
                     return Ok(());
                 }
-                let got = le32(&self.rx[self.rx_start..]);
-                self.rx_start += tcp::DIGEST_LEN;
+                let got = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                self.w.rx.consume(tcp::DIGEST_LEN);
                 self.digest_rx = None;
                 if got != crc {
                     return Err(proto(format!(
@@ -630,61 +450,45 @@ impl NvmeEngine {
                 }
                 self.data_done(slot, success, done)?;
             }
-            let avail = self.rx_end - self.rx_start;
-            if avail < 8 {
-                return Ok(());
-            }
-            let at = self.rx_start;
-            let ch = CommonHeader::read_from_bytes(&self.rx[at..at + 8]).map_err(|_| proto("short header"))?;
-            let limits = Limits { max_inline: 0, max_data: self.slot_len as u32 };
-            let layout: Layout = tcp::check_header(&ch, Role::Host, true, self.link.digests, limits)
-                .map_err(|e| proto(format!("bad PDU from the target: {e}")))?;
-            let head = layout.hlen + if layout.header_digest { tcp::DIGEST_LEN } else { 0 };
+            let dec = Decoder::host(self.link.digests, Limits { max_inline: 0, max_data: self.w.slot_len as u32 });
+            let bad = |e: crate::nvme_tcp::Error| proto(e.to_string());
             // C2HData payloads may be received piecewise; every other PDU whole
-            let need = if layout.pdu_type == PduType::C2H_DATA { head + layout.pad } else { layout.plen };
-            if avail < need {
-                return Ok(());
-            }
-            let hdr = &self.rx[at..at + layout.hlen];
-            if layout.header_digest {
-                let c = crc32c::crc32c(hdr);
-                let got = le32(&self.rx[at + layout.hlen..]);
-                if c != got {
-                    return Err(proto(format!("header digest mismatch: computed {c:#010x}, PDU has {got:#010x}")));
-                }
-            }
-            let pdu = Pdu::parse(&layout, hdr).map_err(|e| proto(format!("bad PDU from the target: {e}")))?;
-            match pdu {
+            let b = self.w.rx.bytes();
+            let step = if b.first() == Some(&PduType::C2H_DATA.0) { dec.head(b) } else { dec.pdu(b) };
+            let Step::Ready(h) = step.map_err(bad)? else { return Ok(()) };
+            let layout = h.layout;
+            match h.pdu {
                 Pdu::CapsuleResp(r) => {
-                    self.rx_start += layout.plen;
+                    self.w.rx.consume(layout.plen);
                     self.complete(usize::from(r.cqe.cid.get()), r.cqe.status(), done)?;
                 }
                 Pdu::R2t(r) => {
-                    self.rx_start += layout.plen;
+                    self.w.rx.consume(layout.plen);
                     self.on_r2t(&r)?;
                 }
-                Pdu::C2HData(h) => {
-                    let slot = usize::from(h.cccid.get());
+                Pdu::C2HData(h2) => {
+                    let slot = usize::from(h2.cccid.get());
                     let s = self
                         .slots
                         .get(slot)
                         .copied()
                         .filter(|s| s.busy && !s.write)
                         .ok_or_else(|| proto(format!("C2HData for command {slot}, not an outstanding read")))?;
-                    let (off, len) = (h.datao.get() as usize, layout.data_len);
+                    let (off, len) = (h2.datao.get() as usize, layout.data_len);
                     if off != s.received as usize || off + len > s.len as usize {
                         return Err(proto(format!(
                             "C2HData for command {slot}: {len} bytes at offset {off}, expected offset {} of {} bytes",
                             s.received, s.len
                         )));
                     }
-                    let success = h.ch.flags & flags::SUCCESS != 0;
-                    if success && (h.ch.flags & flags::LAST_PDU == 0 || off + len != s.len as usize) {
+                    let success = h2.ch.flags & flags::SUCCESS != 0;
+                    if success && (h2.ch.flags & flags::LAST_PDU == 0 || off + len != s.len as usize) {
                         return Err(proto(format!("C2HData for command {slot}: SUCCESS flag before the last byte")));
                     }
                     self.slots[slot].received += len as u32;
-                    self.rx_start += need;
-                    self.data_rx = Some(DataRx { slot, pos: off, remaining: len, crc: 0, digest: layout.data_digest, success });
+                    self.w.rx.consume(h.data_start());
+                    let payload = Payload::new(self.w.at(slot, off), len, layout.data_digest);
+                    self.data_rx = Some(DataRx { slot, payload, success });
                 }
                 Pdu::C2HTermReq(t) => {
                     let fei = u32::from(t.feil.get()) | (u32::from(t.feiu.get()) << 16);
@@ -704,29 +508,21 @@ impl NvmeEngine {
 }
 
 impl Engine for NvmeEngine {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    fn wire(&self) -> &Wire {
+        &self.w
     }
 
-    fn depth(&self) -> usize {
-        self.depth
+    fn wire_mut(&mut self) -> &mut Wire {
+        &mut self.w
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    fn buf(&self, slot: usize) -> &[u8] {
-        &self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
-    fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
-        &mut self.data[slot * self.slot_len..(slot + 1) * self.slot_len]
-    }
-
     fn submit(&mut self, slot: usize, io: &IoReq) -> Result<(), PerfError> {
         let len = (io.nlb as usize) << self.lbads;
-        debug_assert!(!self.slots[slot].busy && len <= self.slot_len);
+        debug_assert!(!self.slots[slot].busy && len <= self.w.slot_len);
         let write = io.op == Op::Write;
         let opcode = if write { nvm::WRITE } else { nvm::READ };
         let in_capsule = write && len <= self.inline;
@@ -744,106 +540,20 @@ impl Engine for NvmeEngine {
         };
         self.slots[slot] = SlotState { busy: true, write, len: len as u32, received: 0 };
         self.in_flight += 1;
-        let from = self.tx.len();
         let mut c = capsule_header(&sqe);
-        frame(&mut self.tx, c.as_mut_bytes(), if in_capsule { len } else { 0 }, &self.link);
-        self.push_tx(from);
+        self.push_header(c.as_mut_bytes(), if in_capsule { len } else { 0 });
         if in_capsule {
             self.push_data(slot, 0, len);
         }
         Ok(())
     }
 
-    fn wants_write(&self) -> bool {
-        self.sent_segs < self.segs.len()
+    fn read_once(&mut self) -> Result<Option<Got>, PerfError> {
+        self.w.read(self.data_rx.as_mut().map(|d| &mut d.payload))
     }
 
-    fn flush(&mut self) -> Result<(), PerfError> {
-        while self.sent_segs < self.segs.len() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, seg) in self.segs[self.sent_segs..].iter().take(MAX_IOV).enumerate() {
-                let skip = if i == 0 { self.sent_off } else { 0 };
-                let b = match *seg {
-                    Seg::Tx { start, end } => &self.tx[start as usize + skip..end as usize],
-                    Seg::Data { start, end } => &self.data[start as usize + skip..end as usize],
-                };
-                iov[i] = IoSlice::new(b);
-                n = i + 1;
-            }
-            let mut wrote = match (&self.sock).write_vectored(&iov[..n]) {
-                Ok(0) => return Err(proto("the target closed the connection")),
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(PerfError::Io { what: "send to the target".into(), source }),
-            };
-            while wrote > 0 {
-                let left = self.segs[self.sent_segs].len() - self.sent_off;
-                if wrote >= left {
-                    wrote -= left;
-                    self.sent_segs += 1;
-                    self.sent_off = 0;
-                } else {
-                    self.sent_off += wrote;
-                    wrote = 0;
-                }
-            }
-        }
-        self.segs.clear();
-        self.tx.clear();
-        self.sent_segs = 0;
-        self.sent_off = 0;
-        Ok(())
-    }
-
-    fn receive(&mut self, done: &mut Vec<Completion>) -> Result<bool, PerfError> {
-        let mut got_any = false;
-        loop {
-            // a payload with nothing buffered goes straight into its slot
-            let direct = matches!(self.data_rx, Some(d) if self.rx_start == self.rx_end && d.remaining > 0);
-            let r = if let (true, Some(d)) = (direct, self.data_rx) {
-                let base = d.slot * self.slot_len + d.pos;
-                (&self.sock).read(&mut self.data[base..base + d.remaining])
-            } else {
-                if self.rx_start == self.rx_end {
-                    self.rx_start = 0;
-                    self.rx_end = 0;
-                } else if self.rx_end > RX_BUF / 2 {
-                    self.rx.copy_within(self.rx_start..self.rx_end, 0);
-                    self.rx_end -= self.rx_start;
-                    self.rx_start = 0;
-                }
-                (&self.sock).read(&mut self.rx[self.rx_end..])
-            };
-            let n = match r {
-                Ok(0) => return Err(proto("the target closed the connection")),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got_any),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(PerfError::Io { what: "receive from the target".into(), source }),
-            };
-            got_any = true;
-            let wanted;
-            if direct {
-                let d = self.data_rx.as_mut().expect("direct receive has a payload");
-                wanted = d.remaining;
-                let base = d.slot * self.slot_len + d.pos;
-                if d.digest {
-                    d.crc = crc32c::crc32c_append(d.crc, &self.data[base..base + n]);
-                }
-                d.pos += n;
-                d.remaining -= n;
-            } else {
-                wanted = RX_BUF - self.rx_end;
-                self.rx_end += n;
-            }
-            self.parse(done)?;
-            // a short read means the socket is drained: skip the EAGAIN read
-            if n < wanted {
-                return Ok(true);
-            }
-        }
+    fn parse(&mut self, done: &mut Vec<Completion>) -> Result<(), PerfError> {
+        NvmeEngine::parse(self, done)
     }
 }
 
@@ -863,24 +573,5 @@ mod tests {
         assert!(NvmeUrl::parse("host:4420/").is_err());
         assert!(NvmeUrl::parse("host:99999/nqn.a").is_err());
         assert!(NvmeUrl::parse("host:1/nqn.a/0").is_err());
-    }
-
-    #[test]
-    fn framing_matches_the_wire_checks() {
-        for (digests, cpda) in
-            [(Digests::default(), 0), (Digests { header: true, data: true }, 0), (Digests { header: true, data: false }, 3)]
-        {
-            let link = Link { digests, cpda, maxh2c: 8192 };
-            let mut out = Vec::new();
-            let mut c = capsule_header(&Sqe::default());
-            let pdo = frame(&mut out, c.as_mut_bytes(), 4096, &link);
-            assert_eq!(out.len(), pdo);
-            let ch = CommonHeader::read_from_bytes(&out[..8]).unwrap();
-            let l = tcp::check_header(&ch, Role::Controller, true, digests, Limits { max_inline: 8192, max_data: 8192 }).unwrap();
-            assert_eq!((l.data_len, l.data_digest, l.hlen + l.pad + if l.header_digest { 4 } else { 0 }), (4096, digests.data, pdo));
-            if digests.header {
-                assert_eq!(crc32c::crc32c(&out[..72]), le32(&out[72..]));
-            }
-        }
     }
 }

@@ -183,9 +183,7 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
             c = conn.commands.recv() => match c {
                 None => break KillReason::Alive,
                 Some(cmd) => {
-                    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
-                    ctx.ctrl.touch();
-                    if let Stop::Disconnect = dispatch(&ctx, cmd, &mut tasks, &mut fused_first).await {
+                    if let Stop::Disconnect = submit(&ctx, cmd, &mut tasks, &mut fused_first).await {
                         break KillReason::Alive;
                     }
                 }
@@ -195,15 +193,23 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
     // Stop taking commands, let those in flight finish (bounded), then the
     // writer flushes their completions and the socket closes. A fused first
     // still waiting never gets its second.
-    if let Some(first) = fused_first.take() {
-        ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await;
-    }
+    abort_held_fused(&ctx, &mut fused_first).await;
     conn.close();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
         tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
         tasks.abort_all();
     }
+    release(&ctx, why);
+    tracing::info!(reason = ?why, "queue closed");
+    drop(ctx);
+    conn.closed().await;
+}
+
+/// Undoes what Connect set up for a queue that has ended: an admin queue
+/// takes its controller (and so every I/O queue of it) down, an I/O queue
+/// frees its queue ID.
+pub fn release(ctx: &QueueCtx, why: KillReason) {
     ctx.ctrl.lock().queue_peers.remove(&ctx.qid);
     if ctx.qid == 0 {
         ctx.ctrl.kill(if why == KillReason::Alive { KillReason::AdminQueueGone } else { why });
@@ -214,14 +220,34 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
         s.connected_io.remove(&ctx.qid);
         s.aborters.remove(&ctx.qid);
     }
-    tracing::info!(reason = ?why, "queue closed");
-    drop(ctx);
-    conn.closed().await;
 }
 
-enum Stop {
+/// Whether the queue goes on after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
     Continue,
+    /// The host sent Disconnect: the queue ends.
     Disconnect,
+}
+
+/// Takes one command from the host on a connected queue: advances the SQ
+/// head, counts as a sign of life, and dispatches it. Admin and fabrics
+/// commands have run (and sent their completion) when this returns; an I/O
+/// command runs as a task in `tasks`; a fused first waits in `fused_first`
+/// for the next command. The connection's loop calls this for every
+/// capsule; the command-layer fuzz target calls it directly.
+pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
+    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
+    ctx.ctrl.touch();
+    dispatch(ctx, cmd, tasks, fused_first).await
+}
+
+/// A queue that ends with a fused first still waiting: it never gets its
+/// second.
+pub async fn abort_held_fused(ctx: &QueueCtx, fused_first: &mut Option<Command>) {
+    if let Some(first) = fused_first.take() {
+        ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await;
+    }
 }
 
 async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
@@ -350,5 +376,124 @@ pub fn new_ctx(
         write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
         write_budget_pages,
         auth: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::subsys::Limits;
+    use nvme_types::command::{io, SglType};
+    use nvme_types::fabrics::{prop, ConnectData, FabricsType};
+    use pinion_backends::{Volume, VolumeSpec};
+    use pinion_transport::nvme_tcp::{loopback, Loopback, Negotiated, Sent};
+    use std::collections::HashMap;
+    use zerocopy::{FromZeros, IntoBytes};
+
+    const NQN: &str = "nqn.2026-01.io.pinion:q";
+
+    fn registry(pool: &PagePool) -> Arc<Registry> {
+        let b = pinion_backends::open("q", &VolumeSpec::Ram { size: 1 << 20, block_size: 512 }).unwrap();
+        let v = Arc::new(Volume::new("q", b, pool.clone()));
+        let s = Arc::new(Subsystem::new_nvm(NQN, None, None, vec![v], vec!["*".into()]));
+        Arc::new(Registry {
+            subsystems: HashMap::from([(NQN.to_string(), s)]),
+            discovery: Arc::new(Subsystem::new_discovery()),
+            listeners: vec![],
+            limits: Limits { max_queue_size: 32, max_io_queues: 2, inline_data_size: 4096, mdts: 3, write_budget: 1 << 20, connect_timeout: Duration::from_secs(10) },
+            genctr: Default::default(),
+        })
+    }
+
+    fn sqe(op: u8, cid: u16, nsid: u32) -> Sqe {
+        Sqe { opcode: op, flags: 0x40, cid: cid.into(), nsid: nsid.into(), ..Default::default() }
+    }
+
+    async fn connect(reg: &Arc<Registry>, pool: &PagePool, qid: u16, cntlid: u16) -> (Arc<QueueCtx>, Loopback) {
+        let mut s = sqe(Opcode::FABRICS.0, 1, FabricsType::CONNECT.0.into());
+        s.dptr.type_subtype = SglType::DATA_BLOCK_OFFSET.0;
+        s.dptr.length = 1024.into();
+        s.cdw10 = (u32::from(qid) << 16).into();
+        s.cdw11 = 15.into();
+        let mut d = ConnectData::new_zeroed();
+        d.cntlid = cntlid.into();
+        d.subsysnqn = nvme_types::nul_field(NQN);
+        d.hostnqn = nvme_types::nul_field("nqn.h");
+        let mut data = Sgl::alloc(pool, Direction::Dest, 1024).await;
+        data.copy_in(0, d.as_bytes());
+        let cmd = Command { sqe: s, data: Some(data), data_error: None };
+        let neg = Negotiated { digests: Default::default(), hpda: 0, max_h2c_data: 65536, local_peer: false };
+        let (responder, mut host) = loopback(neg);
+        let ctx = fabrics::connect(&cmd, &responder, reg, pool, "127.0.0.1:4420".parse().unwrap()).await.ok().unwrap();
+        assert!(matches!(host.try_recv(), Some(Sent::Resp(c)) if c.status().is_success()));
+        (Arc::new(ctx), host)
+    }
+
+    /// Submits one command and returns what the queue sent for it,
+    /// answering an R2T with `h2c`.
+    async fn run(ctx: &Arc<QueueCtx>, host: &mut Loopback, s: Sqe, h2c: &[u8]) -> Vec<Sent> {
+        let mut tasks = JoinSet::new();
+        assert_eq!(submit(ctx, Command { sqe: s, data: None, data_error: None }, &mut tasks, &mut None).await, Stop::Continue);
+        let mut sent = Vec::new();
+        loop {
+            while let Some(x) = host.try_recv() {
+                if let Sent::R2t { ttag, .. } = x {
+                    assert!(host.supply(ttag, h2c));
+                }
+                sent.push(x);
+            }
+            if tasks.is_empty() {
+                return sent;
+            }
+            tokio::select! {
+                x = host.recv() => {
+                    let x = x.unwrap();
+                    if let Sent::R2t { ttag, .. } = x {
+                        assert!(host.supply(ttag, h2c));
+                    }
+                    sent.push(x);
+                }
+                r = tasks.join_next() => r.unwrap().unwrap(),
+            }
+        }
+    }
+
+    /// The socketless path the command-layer fuzz target drives: Connect,
+    /// enable, then a write through an R2T reads back, and releasing the
+    /// admin queue takes the controller away.
+    #[tokio::test]
+    async fn commands_run_without_a_socket() {
+        let pool = PagePool::new(8 << 20, false);
+        let reg = registry(&pool);
+        let (admin, mut ah) = connect(&reg, &pool, 0, 0xffff).await;
+        let mut cc = sqe(Opcode::FABRICS.0, 2, FabricsType::PROPERTY_SET.0.into());
+        cc.cdw11 = prop::CC.into();
+        cc.cdw12 = (1 | 6 << 16 | 4 << 20).into();
+        assert!(matches!(&run(&admin, &mut ah, cc, &[]).await[..], [Sent::Resp(c)] if c.status().is_success()));
+        assert!(admin.ctrl.ready());
+        let (ioq, mut ih) = connect(&reg, &pool, 1, admin.ctrl.cntlid).await;
+        let mut w = sqe(io::WRITE.0, 3, 1);
+        w.dptr.type_subtype = SglType::TRANSPORT_DATA_BLOCK.0;
+        w.dptr.length = 1024.into();
+        w.cdw10 = 4.into();
+        w.cdw12 = 1.into();
+        let sent = run(&ioq, &mut ih, w, &[1, 2, 3]).await;
+        assert!(matches!(&sent[..], [Sent::R2t { cccid: 3, len: 1024, .. }, Sent::Resp(c)] if c.status().is_success()));
+        let mut r = w;
+        r.opcode = io::READ.0;
+        r.cid = 4.into();
+        let sent = run(&ioq, &mut ih, r, &[]).await;
+        let [Sent::Data { cccid: 4, data, resp: Some(c) }] = &sent[..] else { panic!("read: {sent:?}") };
+        assert!(c.status().is_success());
+        let want: Vec<u8> = [1u8, 2, 3].iter().copied().cycle().take(1024).collect();
+        assert_eq!(data.to_vec(), want);
+        // an R2T whose connection reader is gone fails the command
+        ih.close();
+        let sent = run(&ioq, &mut ih, w, &[]).await;
+        assert!(matches!(&sent[..], [Sent::Resp(c)] if c.status() == Status::ABORT_QUEUE));
+        release(&ioq, KillReason::Alive);
+        release(&admin, KillReason::Alive);
+        assert!(admin.ctrl.is_killed());
+        assert!(reg.lookup(NQN).unwrap().controllers().is_empty());
     }
 }

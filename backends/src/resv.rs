@@ -258,7 +258,9 @@ impl ResvState {
         let was_holder = self.is_holder(who);
         self.regs.retain(|r| r.who != *who);
         self.bump();
-        let Some(res) = self.res.clone() else { return Vec::new() };
+        let Some(res) = self.res.clone() else {
+            return Vec::new();
+        };
         let release = if res.ty.all_registrants() { self.regs.is_empty() } else { was_holder };
         if !release {
             return Vec::new();
@@ -293,7 +295,9 @@ impl ResvState {
         if !self.is_registered(who) {
             return Err(Refused::Conflict);
         }
-        let Some(r) = self.res.clone() else { return Ok(Vec::new()) };
+        let Some(r) = self.res.clone() else {
+            return Ok(Vec::new());
+        };
         if !self.is_holder(who) {
             return Ok(Vec::new());
         }
@@ -486,6 +490,11 @@ impl Reservations {
             *self.lock() = s;
         }
         *self.persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(persist);
+    }
+
+    /// Whether APTPL/PTPL can be honoured (a state directory is configured).
+    pub fn can_persist(&self) -> bool {
+        self.persist.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     pub fn add_sink(&self, sink: Weak<dyn NoticeSink>) {

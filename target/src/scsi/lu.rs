@@ -4,7 +4,7 @@
 
 use super::cdb::{self, Cdb, Dir, Opcode};
 use super::mode::ModeParams;
-use super::pr::{self, PrState};
+use super::pr;
 use super::sense::{Asc, Sense, SenseKey};
 use super::{CmdError, ItKey, LiveNexuses, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus, ScsiTarget};
 use crate::nvme::subsys::stable_id;
@@ -45,7 +45,6 @@ pub(crate) struct LuState {
     /// Pending unit attentions per I_T nexus, oldest first.
     pub ua: HashMap<ItKey, VecDeque<Asc>>,
     pub mode: ModeParams,
-    pub pr: PrState,
     /// The SPC-2 RESERVE(6)/(10) holder.
     pub spc2: Option<ItKey>,
     /// STOP UNIT was received: media access is refused until START UNIT.
@@ -164,7 +163,7 @@ impl LogicalUnit {
             lun,
             volume,
             ids,
-            st: Mutex::new(LuState { ua: HashMap::new(), mode, pr: PrState::default(), spc2: None, stopped: false }),
+            st: Mutex::new(LuState { ua: HashMap::new(), mode, spc2: None, stopped: false }),
             live,
         }
     }
@@ -290,8 +289,9 @@ impl LogicalUnit {
             tracing::info!(cdb = ?&raw[..raw.len().min(16)], sense = ?s, "CDB rejected");
             ScsiResponse::check(&s, d_sense)
         })?;
-        if st.spc2.is_some() || st.pr.res.is_some() || !st.pr.regs.is_empty() {
-            if let Err(e) = Self::check_access(&st, &nexus.key(), &cdb) {
+        let resv = self.volume.resv.lock();
+        if st.spc2.is_some() || resv.res.is_some() || !resv.regs.is_empty() {
+            if let Err(e) = Self::check_access(&st, &resv, &nexus.key(), &cdb) {
                 return Err(match e {
                     CmdError::Check(s) => ScsiResponse::check(&s, d_sense),
                     CmdError::Conflict => ScsiResponse::status(ScsiStatus::RESERVATION_CONFLICT),
@@ -344,7 +344,7 @@ impl LogicalUnit {
 
     /// Reservation checks (SPC-2 RESERVE and SPC-4 persistent
     /// reservations), before anything runs.
-    fn check_access(st: &LuState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
+    fn check_access(st: &LuState, resv: &pinion_backends::resv::ResvState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
         if let Some(holder) = &st.spc2 {
             if holder != key
                 && !matches!(cdb, Cdb::Inquiry { .. } | Cdb::ReportLuns { .. } | Cdb::RequestSense { .. } | Cdb::Release { .. })
@@ -354,11 +354,11 @@ impl LogicalUnit {
             }
         }
         // SPC-3 5.6.3: with persistent registrations, RESERVE and RELEASE conflict
-        if matches!(cdb, Cdb::Reserve { .. } | Cdb::Release { .. }) && !st.pr.regs.is_empty() {
+        if matches!(cdb, Cdb::Reserve { .. } | Cdb::Release { .. }) && !resv.regs.is_empty() {
             return Err(CmdError::Conflict);
         }
-        if pr::conflicts(&st.pr, key, pr::access_class(cdb)) {
-            tracing::debug!(ty = ?st.pr.res.as_ref().map(|r| r.ty), "conflict with a persistent reservation");
+        if resv.conflicts(&pr::registrant(key), pr::access_class(cdb)) {
+            tracing::debug!(ty = ?resv.res.as_ref().map(|r| r.ty), "conflict with a persistent reservation");
             return Err(CmdError::Conflict);
         }
         Ok(())
@@ -414,7 +414,7 @@ impl LogicalUnit {
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
             Cdb::PrIn { sa, alloc } => Ok(self.pr_in(sa, alloc)),
-            Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len),
+            Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len).await,
             Cdb::Reserve { .. } => self.reserve(cmd),
             Cdb::Release { .. } => {
                 let mut st = self.state();

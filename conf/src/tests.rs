@@ -106,6 +106,7 @@ fn example_file_parses_to_expected_values() {
             keep_zerocopy_when_copied: false,
         },
         management: ManagementConfig { socket: None },
+        state: StateConfig { dir: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);

@@ -367,3 +367,65 @@ pub fn feature(ctx: &QueueCtx, fid: u8, nsid: u32, set: Option<u32>) -> Result<R
         (_, None) => Reply::result(u64::from(nss[0].volume.resv.lock().aptpl)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::subsys::SubsysKind;
+    use pinion_backends::resv::ResvState;
+
+    fn ctrl(id: u16, hostid: u8) -> Arc<Controller> {
+        Controller::new(id, SubsysKind::Nvm, "nqn.h".into(), [hostid; 16], 0, 1)
+    }
+
+    #[test]
+    fn notices_reach_their_host_unless_masked_and_the_log_reads_once() {
+        let c = ctrl(1, 5);
+        let sink = NsSink { ctrl: Arc::downgrade(&c), nsid: 3 };
+        let me = registrant(&c);
+        let other = Registrant::Nvme { hostid: [6; 16] };
+        sink.deliver(&[
+            Notice { to: other.clone(), kind: NoticeKind::ReservationReleased },
+            Notice { to: me.clone(), kind: NoticeKind::RegistrationPreempted },
+            Notice { to: me.clone(), kind: NoticeKind::ReservationReleased },
+        ]);
+        let log = notification_log(&c);
+        assert_eq!(u64::from_le_bytes(log[0..8].try_into().unwrap()), 2);
+        assert_eq!((log[8], log[9]), (1, 1), "registration preempted, one more waiting");
+        assert_eq!(u32::from_le_bytes(log[12..16].try_into().unwrap()), 3);
+        assert_eq!(notification_log(&c)[8], 2);
+        assert_eq!(notification_log(&c)[8], 0, "empty");
+        // masked: reservation released (bit 2)
+        c.lock().resv.mask.insert(3, 1 << 2);
+        sink.deliver(&[Notice { to: me.clone(), kind: NoticeKind::ReservationReleased }]);
+        assert_eq!(notification_log(&c)[8], 0);
+        sink.deliver(&[Notice { to: me, kind: NoticeKind::ReservationPreempted }]);
+        assert_eq!(notification_log(&c)[8], 3);
+    }
+
+    #[test]
+    fn report_lists_every_controller_of_a_registered_host_and_scsi_registrants() {
+        let (a1, a2, b) = (ctrl(1, 0xa), ctrl(2, 0xa), ctrl(3, 0xb));
+        let scsi = Registrant::Scsi { initiator: "iqn.x".into(), isid: [0x40, 0, 0, 0, 0, 1], tpgt: 1 };
+        let gone = Registrant::Nvme { hostid: [0xc; 16] };
+        let mut st = ResvState::default();
+        st.register(&registrant(&a1), 0x11);
+        st.register(&scsi, 0x22);
+        st.register(&gone, 0x33);
+        st.reserve(&scsi, ResvType::WriteExclusive).unwrap();
+        let v = report_data(&st, &[a2.clone(), b, a1.clone()]);
+        assert_eq!(u32::from_le_bytes(v[0..4].try_into().unwrap()), st.generation);
+        assert_eq!(v[4], 1);
+        assert_eq!(u16::from_le_bytes([v[5], v[6]]), 4);
+        assert_eq!(v.len(), 64 + 4 * 64);
+        let e = |i: usize| &v[64 + i * 64..128 + i * 64];
+        let id = |i: usize| u16::from_le_bytes([e(i)[0], e(i)[1]]);
+        let key = |i: usize| u64::from_le_bytes(e(i)[8..16].try_into().unwrap());
+        assert_eq!((id(0), id(1)), (1, 2), "both controllers of host a");
+        assert_eq!((key(0), key(1), e(0)[2]), (0x11, 0x11, 0));
+        assert_eq!(&e(0)[16..32], &[0xa; 16]);
+        assert_eq!((id(2), key(2), e(2)[2]), (0xffff, 0x22, 1), "the SCSI holder, no controller");
+        assert_eq!(&e(2)[16..32], &scsi_hostid(&scsi));
+        assert_eq!((id(3), key(3)), (0xffff, 0x33), "a registered host with no controller");
+    }
+}

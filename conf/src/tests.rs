@@ -364,6 +364,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
     full.management.socket = Some("/run/pinion/ctl.sock".into());
+    full.state.dir = Some("/var/lib/pinion".into());
     full.runtime.cores = Some(2);
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     full.subsystem[0].host = vec![SubsystemHostConfig {

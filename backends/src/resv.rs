@@ -527,6 +527,13 @@ impl Reservations {
         Ok(self.inflight.enter(who))
     }
 
+    /// [`Reservations::admit`] for a caller that holds the state lock and
+    /// has checked the conflict itself (SCSI checks it with its other
+    /// reservation rules under the same lock).
+    pub fn enter_locked(&self, _held: &ResvState, who: &Registrant) -> InflightToken {
+        self.inflight.enter(who)
+    }
+
     /// Waits until no command of `victims` admitted before now is still
     /// running (their new commands are refused already, as the preempt
     /// removed their registrations).

@@ -5,6 +5,7 @@
 use super::cdb::{self, Cdb, Dir, Opcode};
 use super::mode::ModeParams;
 use super::pr;
+use pinion_backends::resv::{Access, InflightToken};
 use super::sense::{Asc, Sense, SenseKey};
 use super::{CmdError, ItKey, LiveNexuses, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus, ScsiTarget};
 use crate::nvme::subsys::stable_id;
@@ -272,7 +273,10 @@ impl LogicalUnit {
     /// unit attention, the CDB, reservations, and whether the unit is
     /// started. The I_T nexus identity is only built when some state is
     /// keyed by it.
-    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<Cdb, ScsiResponse> {
+    /// While the volume has registrations, a media command is counted in
+    /// flight (the token), so an NVMe host's preempt-and-abort of this I_T
+    /// nexus completes only after it.
+    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<(Cdb, Option<InflightToken>), ScsiResponse> {
         let op = Opcode(raw.first().copied().unwrap_or(0xff));
         let decoded = cdb::decode(raw);
         let mut st = self.state();
@@ -290,6 +294,7 @@ impl LogicalUnit {
             ScsiResponse::check(&s, d_sense)
         })?;
         let resv = self.volume.resv.lock();
+        let mut token = None;
         if st.spc2.is_some() || resv.res.is_some() || !resv.regs.is_empty() {
             if let Err(e) = Self::check_access(&st, &resv, &nexus.key(), &cdb) {
                 return Err(match e {
@@ -297,15 +302,18 @@ impl LogicalUnit {
                     CmdError::Conflict => ScsiResponse::status(ScsiStatus::RESERVATION_CONFLICT),
                 });
             }
+            if !resv.regs.is_empty() && pr::access_class(&cdb) != Access::Always {
+                token = Some(self.volume.resv.enter_locked(&resv, &pr::registrant(&nexus.key())));
+            }
         }
         if st.stopped && Self::media_access(&cdb) {
             return Err(ScsiResponse::check(&Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED), d_sense));
         }
-        Ok(cdb)
+        Ok((cdb, token))
     }
 
     pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
-        let cdb = match self.admit(req.nexus, req.cdb) {
+        let (cdb, _in_flight) = match self.admit(req.nexus, req.cdb) {
             Ok(c) => c,
             Err(resp) => return resp,
         };

@@ -224,8 +224,12 @@ nvme_write
 
 step "the reverse: NVMe Exclusive Access bars the iSCSI host"
 run nvme resv-acquire "$dev" --crkey=0xb2 --rtype=2 --racqa=0
-fails run sg_dd if="$disk" of=/dev/null bs=4096 count=1 blk_sgs=1
+# READ(16) of LBA 8, one block, straight to the device (no page cache)
+fails run sg_raw -r 4096 "$disk" 88 00 00 00 00 00 00 00 00 08 00 00 00 01 00 00
+check "the iSCSI read failed with RESERVATION CONFLICT" grep -qi 'reservation conflict' "$LAST"
 run nvme resv-acquire "$dev" --crkey=0xb2 --prkey=0x5c --rtype=2 --racqa=2
+# the preempted nexus first hears the unit attention (REGISTRATIONS PREEMPTED)
+run sg_persist --in --read-keys "$disk" || true
 run sg_persist --in --read-keys "$disk"
 check "the iSCSI registration was preempted" sh -c "! grep -qi '0x5c' $LAST"
 run nvme resv-release "$dev" --crkey=0xb2 --rtype=2 --rrela=1

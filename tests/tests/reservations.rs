@@ -160,6 +160,9 @@ fn nvme_two_hosts_conflict_preempt_and_notification() {
     let dsm = Sqe { opcode: io::DSM.0, nsid: 1.into(), cdw11: 4.into(), ..Sqe::default() };
     let range = [0u32.to_le_bytes(), 1u32.to_le_bytes(), 1u64.to_le_bytes()[..4].try_into().unwrap(), [0; 4]].concat();
     assert_eq!(code(&b.io.exec(dsm, Some(range), 0).unwrap().cqe), Status::RESERVATION_CONFLICT);
+    // Compare is in the read group: it passes Write Exclusive
+    let cmp = pinion_tests::host::rw_sqe(io::COMPARE, 1, 1, 1, false);
+    assert_eq!(code(&b.io.exec(cmp, Some(vec![0xa1; 4096]), 0).unwrap().cqe), Status::SUCCESS);
     // a report without the extended structure cannot carry 128-bit host IDs
     let sqe = Sqe { opcode: io::RESV_REPORT.0, nsid: 1.into(), cdw10: 1023.into(), ..Sqe::default() };
     assert_eq!(code(&b.io.exec(sqe, None, 4096).unwrap().cqe), Status::HOST_ID_INCONSISTENT);

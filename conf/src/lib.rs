@@ -10,6 +10,7 @@
 //! All problems found in a stage are reported together, so a user fixes a file in one round.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 mod load;
 mod schema;
 pub mod size;
@@ -20,6 +21,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use diff::Diff;
 pub use size::{format_size, parse_size, SizeError};
 
 /// The well-known discovery subsystem NQN; the server serves it implicitly, so a configured

@@ -6,6 +6,8 @@ use pinion_target::{notify, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod sys;
+
 #[derive(Parser)]
 #[command(name = "pinion", version, about = "Pinion: an NVMe/TCP and iSCSI storage target")]
 struct Cli {
@@ -75,6 +77,8 @@ fn init_logging(cfg: &pinion_conf::LogConfig) {
 }
 
 fn main() -> ExitCode {
+    // before anything opens a file: descriptors 3.. may be passed-in sockets
+    let passed = sys::listen_fds();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Perf(args) => pinion_initiator::perf::main(*args),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
                 None => {}
             }
             init_logging(&cfg.log);
+            pinion_target::sockets::Inherited::set(passed);
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }

@@ -382,6 +382,7 @@ impl Live {
             let removed = diff.nvme_listen_removed.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_removed.iter().map(|a| (Proto::Iscsi, *a)));
             for (p, a) in removed {
                 tracing::info!(proto = ?p, addr = %a, "listener closed by reload");
+                crate::sockets::unstore(&crate::sockets::fd_name(p.name(), a));
                 if let Some(acc) = acc.as_mut() {
                     acc.close(p, a);
                 }
@@ -390,6 +391,7 @@ impl Live {
             for (p, a, l) in prep.listeners {
                 let local = l.local_addr().unwrap_or(a);
                 tracing::info!(proto = ?p, addr = %local, "listener added by reload");
+                crate::sockets::store(&crate::sockets::fd_name(p.name(), a), &l);
                 bound.push((p, a, local));
                 match acc.as_mut() {
                     Some(acc) => acc.add(p, a, l),

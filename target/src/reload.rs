@@ -166,6 +166,8 @@ struct Prepared {
     opened: HashMap<String, Arc<Volume>>,
     access: HashMap<String, Access>,
     listeners: Vec<(Proto, SocketAddr, TcpListener)>,
+    /// Volumes whose storage has grown, with their new size.
+    resized: Vec<(Arc<Volume>, u64)>,
 }
 
 impl Live {
@@ -265,13 +267,19 @@ impl Live {
             let policy = DataPolicy { splice_min: new.memory.splice_min as usize };
             opened.insert(v.name.clone(), Arc::new(Volume::with_policy(&v.name, b, self.pool.clone(), policy)));
         }
-        if let Some((name, _, _)) = diff.volumes_resized.first() {
-            return Err(ReloadError::Invalid(format!("volume {name}: a size change takes a restart (resizing a served volume is not supported yet)")));
-        }
         let mut access = HashMap::new();
         for s in &new.subsystem {
             let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ReloadError::Secret(s.nqn.clone(), e))?;
             access.insert(s.nqn.clone(), Access { hosts: s.allowed_hosts(), dhchap });
+        }
+        // last of what can fail: make room for volumes that grow (their
+        // size changes in the step)
+        let cur = self.volumes.get();
+        let mut resized = Vec::new();
+        for (name, _, new_size) in &diff.volumes_resized {
+            let Some(v) = cur.iter().find(|v| &v.name == name) else { continue };
+            v.backend().grow_storage(*new_size).map_err(|source| ReloadError::Volume { name: name.clone(), source })?;
+            resized.push((v.clone(), *new_size));
         }
         let mut listeners = Vec::new();
         let adds = diff.nvme_listen_added.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_added.iter().map(|a| (Proto::Iscsi, *a)));
@@ -279,7 +287,7 @@ impl Live {
             let l = crate::server::bind(a).map_err(|source| ReloadError::Bind { addr: a, source })?;
             listeners.push((p, a, l));
         }
-        Ok(Prepared { opened, access, listeners })
+        Ok(Prepared { opened, access, listeners, resized })
     }
 
     /// The one step: swaps in the new state and tells the hosts.
@@ -293,6 +301,12 @@ impl Live {
             .collect();
         let by_name: HashMap<&str, &Arc<Volume>> = vols.iter().map(|v| (v.name.as_str(), v)).collect();
         let pick = |names: &[String]| -> Vec<Arc<Volume>> { names.iter().filter_map(|n| by_name.get(n.as_str()).map(|v| (*v).clone())).collect() };
+
+        for (v, size) in &prep.resized {
+            tracing::info!(volume = %v.name, old = v.size(), new = size, "volume resized");
+            v.backend().set_size(*size);
+        }
+        let grown = |v: &Arc<Volume>| prep.resized.iter().any(|(r, _)| Arc::ptr_eq(r, v));
 
         // NVMe subsystems
         let mut discovery_changed = !diff.subsystems_added.is_empty() || !diff.subsystems_removed.is_empty() || !diff.nvme_listen_added.is_empty() || !diff.nvme_listen_removed.is_empty();
@@ -320,7 +334,12 @@ impl Live {
                         .into_iter()
                         .enumerate()
                         .map(|(i, v)| match old_ns.get(i) {
-                            Some(n) if Arc::ptr_eq(&n.volume, &v) => n.clone(),
+                            Some(n) if Arc::ptr_eq(&n.volume, &v) => {
+                                if grown(&v) {
+                                    changed.push(i as u32 + 1);
+                                }
+                                n.clone()
+                            }
                             _ => {
                                 changed.push(i as u32 + 1);
                                 Namespace::new(&s.nqn, i as u32 + 1, v)
@@ -355,8 +374,13 @@ impl Live {
             if let Some(o) = old_targets.iter().find(|o| o.name == t.iqn) {
                 // the SCSI side stays (unit attentions, reservations, nexuses)
                 nt.scsi = o.scsi.clone();
+                let grew: Vec<u64> = luns.iter().enumerate().filter(|(_, v)| grown(v)).map(|(i, _)| i as u64).collect();
                 if nt.scsi.set_luns(luns) {
                     tracing::info!(target = %t.iqn, luns = nt.scsi.luns(), "LUNs changed: REPORTED LUNS DATA HAS CHANGED");
+                }
+                for lun in grew {
+                    tracing::info!(target = %t.iqn, lun, "LUN grew: CAPACITY DATA HAS CHANGED");
+                    nt.scsi.capacity_changed(lun);
                 }
             } else {
                 nt.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, luns));

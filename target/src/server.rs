@@ -177,7 +177,7 @@ impl Server {
                     let i = ns.volume.info();
                     s += &format!(
                         "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
-                        ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                        ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(ns.volume.size()), i.block_size
                     );
                 }
             }

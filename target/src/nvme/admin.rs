@@ -81,7 +81,7 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.dlfeat = 0x1 | 1 << 3;
             // may be attached to several controllers
             id.nmic = 1;
-            id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
+            id.nvmcap = log::u128_le(u128::from(ns.volume.size()));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
             id.lbaf[0] = (u32::from(ns.lba_shift()) << 16).into();

@@ -92,7 +92,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     }
 }
 
-fn namespace<'a>(ctx: &'a QueueCtx, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
+fn namespace(ctx: &QueueCtx, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
     ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
         tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
         Status::INVALID_NS.dnr()

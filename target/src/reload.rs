@@ -85,24 +85,33 @@ pub trait ReloadHook: Send + Sync {
 pub(crate) struct Accepting {
     pub tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// By configured address: the accept task.
-    pub tasks: HashMap<(Proto, SocketAddr), tokio::task::AbortHandle>,
+    /// By configured address: the accept task, and the socket (to stop it
+    /// listening at once; the task lets go of its descriptor later).
+    pub tasks: HashMap<(Proto, SocketAddr), (tokio::task::AbortHandle, Option<socket2::Socket>)>,
 }
 
 impl Accepting {
     pub fn add(&mut self, proto: Proto, configured: SocketAddr, l: TcpListener) {
+        use std::os::fd::AsFd;
+        let sock = l.as_fd().try_clone_to_owned().ok().map(socket2::Socket::from);
         let h = tokio::spawn(accept_loop(proto, l, self.tx.clone(), self.shutdown.clone()));
-        self.tasks.insert((proto, configured), h.abort_handle());
+        self.tasks.insert((proto, configured), (h.abort_handle(), sock));
     }
 
+    /// Stops listening on the address before returning: a connection
+    /// attempt right after is refused, not queued for nobody.
     pub fn close(&mut self, proto: Proto, configured: SocketAddr) {
-        if let Some(h) = self.tasks.remove(&(proto, configured)) {
+        if let Some((h, sock)) = self.tasks.remove(&(proto, configured)) {
+            if let Some(s) = sock {
+                // on a listening socket: leaves the listening state now
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
             h.abort();
         }
     }
 
     pub fn close_all(&mut self) {
-        for (_, h) in self.tasks.drain() {
+        for (_, (h, _)) in self.tasks.drain() {
             h.abort();
         }
     }
@@ -312,7 +321,7 @@ impl Live {
         let mut discovery_changed = !diff.subsystems_added.is_empty() || !diff.subsystems_removed.is_empty() || !diff.nvme_listen_added.is_empty() || !diff.nvme_listen_removed.is_empty();
         for nqn in &diff.subsystems_removed {
             if let Some(s) = self.reg.subsystems.remove(nqn) {
-                for c in s.controllers() {
+                for c in s.close() {
                     tracing::info!(subsys = %nqn, cntlid = c.cntlid, host = %c.hostnqn, "subsystem removed by reload: tearing its controller down");
                     c.kill(KillReason::Disconnected);
                 }
@@ -323,7 +332,7 @@ impl Live {
             match self.reg.subsystems.get(&s.nqn) {
                 None => {
                     let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), pick(&s.namespaces), Vec::new());
-                    sub.set_access(access);
+                    let _ = sub.set_access(access);
                     self.reg.subsystems.insert(Arc::new(sub));
                 }
                 Some(sub) => {
@@ -347,15 +356,11 @@ impl Live {
                         })
                         .collect();
                     changed.extend((ns.len() + 1..=old_ns.len()).map(|n| n as u32));
-                    let host_change = sub.access().hosts != access.hosts;
+                    discovery_changed |= sub.access().hosts != access.hosts;
                     sub.set_namespaces(ns);
-                    sub.set_access(access);
-                    if host_change {
-                        discovery_changed = true;
-                        for c in sub.controllers().into_iter().filter(|c| !sub.host_allowed(&c.hostnqn)) {
-                            tracing::info!(subsys = %s.nqn, cntlid = c.cntlid, host = %c.hostnqn, "host no longer allowed: tearing its controller down");
-                            c.kill(KillReason::Disconnected);
-                        }
+                    for c in sub.set_access(access) {
+                        tracing::info!(subsys = %s.nqn, cntlid = c.cntlid, host = %c.hostnqn, "host no longer allowed: tearing its controller down");
+                        c.kill(KillReason::Disconnected);
                     }
                     if !changed.is_empty() {
                         tracing::info!(subsys = %s.nqn, nsids = ?changed, "namespaces changed: telling the connected controllers");

@@ -112,7 +112,7 @@ impl Server {
             }
             let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
             let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
-            sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
+            let _ = sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         let mut targets = Vec::new();

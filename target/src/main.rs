@@ -137,6 +137,10 @@ fn serve(cfg: Config, file: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async {
+        // watched from the start: a SIGHUP while starting must not kill
+        // the process (its default action); it reloads once serving
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup());
         let server = match Server::build(&cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -172,8 +176,7 @@ fn serve(cfg: Config, file: Option<PathBuf>) -> ExitCode {
             // SIGHUP (and the unit's ExecReload=) reloads the configuration
             let live = server.live.clone();
             helpers.spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut hup = match signal(SignalKind::hangup()) {
+                let mut hup = match hup {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot watch SIGHUP: reload only through `pinion reload`");

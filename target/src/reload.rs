@@ -436,3 +436,80 @@ impl Live {
         self.volumes.set(vols);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::ctrl::Controller;
+    use crate::nvme::subsys::SubsysKind;
+
+    fn config(a_hosts: &str, with_b: bool) -> Config {
+        let mut s = format!(
+            r#"
+            [nvme_tcp]
+            listen = ["127.0.0.1:4420"]
+            [management]
+            socket = ""
+            [[volume]]
+            name = "v"
+            backend = "ram"
+            size = "1MiB"
+            [[subsystem]]
+            nqn = "nqn.2026-11.io.pinion:a"
+            namespaces = ["v"]
+            hosts = [{a_hosts}]
+            "#
+        );
+        if with_b {
+            s += "[[subsystem]]\nnqn = \"nqn.2026-11.io.pinion:b\"\nnamespaces = [\"v\"]\n";
+        }
+        Config::from_toml_str(&s).unwrap()
+    }
+
+    const H1: &str = "nqn.2014-08.org.nvmexpress:h1";
+    const H2: &str = "nqn.2014-08.org.nvmexpress:h2";
+
+    fn connect(s: &Subsystem, host: &str) -> Option<Arc<Controller>> {
+        s.add_controller(|id| Controller::new(id, SubsysKind::Nvm, host.into(), [0; 16], 0, 1))
+    }
+
+    #[tokio::test]
+    async fn removed_hosts_and_subsystems_lose_their_controllers_and_take_no_new_ones() {
+        let srv = crate::Server::build(&config(r#""nqn.2014-08.org.nvmexpress:h1", "nqn.2014-08.org.nvmexpress:h2""#, true)).unwrap();
+        let a = srv.reg.subsystems.get("nqn.2026-11.io.pinion:a").unwrap();
+        let b = srv.reg.subsystems.get("nqn.2026-11.io.pinion:b").unwrap();
+        let (a1, a2, b1) = (connect(&a, H1).unwrap(), connect(&a, H2).unwrap(), connect(&b, H1).unwrap());
+        let gen = srv.reg.genctr();
+
+        let summary = srv.live.apply(config(r#""nqn.2014-08.org.nvmexpress:h1""#, false)).await.unwrap();
+        assert!(summary.contains("subsystems removed: nqn.2026-11.io.pinion:b"), "{summary}");
+        assert!(!a1.is_killed());
+        assert_eq!(a2.kill_reason(), KillReason::Disconnected, "h2 is no longer allowed");
+        assert_eq!(b1.kill_reason(), KillReason::Disconnected, "b is gone");
+        // a Connect that looked the subsystem or the host up before the reload
+        assert!(connect(&a, H2).is_none());
+        assert!(connect(&b, H1).is_none());
+        assert!(connect(&a, H1).is_some());
+        assert!(srv.reg.lookup("nqn.2026-11.io.pinion:b").is_none());
+        assert!(srv.reg.genctr() > gen, "the discovery log has a new generation");
+        // the running configuration is the new one: the same file again is no change
+        assert_eq!(srv.live.apply(config(r#""nqn.2014-08.org.nvmexpress:h1""#, false)).await.unwrap(), "no change");
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_rejects_the_reload_before_anything_changes() {
+        struct Veto;
+        impl ReloadHook for Veto {
+            fn check(&self, _: &Config, new: &Config) -> Result<(), String> {
+                if new.subsystem.len() > 1 { Err("no second subsystem".into()) } else { Ok(()) }
+            }
+            fn apply(&self, _: &Live, _: &Config, _: &Config, _: &Diff) {}
+        }
+        let srv = crate::Server::build(&config(r#""*""#, false)).unwrap();
+        srv.live.add_hook(Arc::new(Veto));
+        let e = srv.live.apply(config(r#""*""#, true)).await.unwrap_err();
+        assert!(e.to_string().contains("no second subsystem"), "{e}");
+        assert!(srv.reg.lookup("nqn.2026-11.io.pinion:b").is_none());
+        assert_eq!(srv.live.config().await, config(r#""*""#, false));
+    }
+}

@@ -220,6 +220,10 @@ wait_for 15 has_ns 1
 ctrl=$(nvme_ctrl); dev1=$(ns_dev 1)
 echo "controller /dev/$ctrl, namespace 1 $dev1"
 check "namespace 1 is 64 MiB" size_is "$dev1" $((64 << 20))
+run "$BIN" ctl --config "$CFG" status --json
+hostnqn=$(cat /etc/nvme/hostnqn 2>/dev/null || nvme show-hostnqn)
+check "pinion ctl status --json lists this controller with its host NQN and address" \
+  /usr/bin/python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); sys.exit(0 if any(c["host_nqn"]==sys.argv[2] and c["subsystem"]==sys.argv[3] and all(q["peer"].startswith("127.0.0.1:") for q in c["queues"]) and len(c["queues"])>1 for c in s["controllers"]) else 1)' "$LAST" "$hostnqn" "$NQN"
 fio_start nvme "$dev1"
 sleep 3
 nvme_dmesg_start=$(dmesg | wc -l)

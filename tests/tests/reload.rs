@@ -184,6 +184,7 @@ fn reload_adds_and_removes_a_namespace_and_a_lun_while_hosts_stay_connected() {
     assert_eq!(c.cqe.result.get() as u32, NS_CHANGED_DW0);
     assert_eq!(changed_ns(&mut n.admin), [2]);
     assert_eq!(n.io.read(2, 0, 1, 4096).unwrap().0.status().sc(), 0x0b, "Invalid Namespace after the removal");
+    assert_eq!(n.admin.identify_namespace(2).unwrap().nsze.get(), 0, "an inactive NSID identifies as zeroes");
     assert_eq!(n.io.read(1, 3, 1, 4096).unwrap().1, block);
     let r = i.scsi_in(0, &rw16(0x88, 5, 1), 4096).unwrap();
     assert_eq!((r.status, r.asc()), (2, (0x3f, 0x0e)));

@@ -69,7 +69,14 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             ctx.data_reply(sqe, id.as_bytes(), 0).await
         }
         cns::NAMESPACE if !discovery => {
-            let ns = ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+            let Some(ns) = ctx.subsys.namespace(nsid) else {
+                // an NSID up to NN that no namespace has (now) is inactive:
+                // a zero-filled structure, not an error (base spec, Identify)
+                if nsid != 0 && nsid <= MAX_NSID {
+                    return ctx.data_reply(sqe, IdentifyNamespace::new_zeroed().as_bytes(), 0).await;
+                }
+                return Err(Status::INVALID_NS.dnr());
+            };
             let mut id = IdentifyNamespace::new_zeroed();
             let nsze = ns.nsze();
             id.nsze = nsze.into();

@@ -10,6 +10,7 @@
 //! All problems found in a stage are reported together, so a user fixes a file in one round.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 mod load;
 mod schema;
 pub mod size;
@@ -20,6 +21,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use diff::Diff;
 pub use size::{format_size, parse_size, SizeError};
 
 /// The well-known discovery subsystem NQN; the server serves it implicitly, so a configured
@@ -462,6 +464,14 @@ pub struct ManagementConfig {
 }
 
 impl ManagementConfig {
+    /// `[management]` of a file that may not validate as a whole (`pinion
+    /// reload` must reach the server to have it reject the file): just that
+    /// key, from the file and `PINION_MANAGEMENT__SOCKET`; the default when
+    /// neither says.
+    pub fn of_file_leniently(path: &Path) -> ManagementConfig {
+        load::management_leniently(path)
+    }
+
     /// The socket to serve (`None`: off), and whether it was asked for explicitly (so failing to
     /// create it is an error rather than a warning).
     pub fn socket_path(&self) -> Option<(PathBuf, bool)> {

@@ -13,8 +13,10 @@ pub mod mgmt;
 pub mod notify;
 pub mod nvme;
 pub mod reactor;
+pub mod reload;
 pub mod resv_store;
 pub mod scsi;
 pub mod server;
+pub mod sockets;
 
 pub use server::{Server, ServerError};

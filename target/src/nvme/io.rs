@@ -64,13 +64,13 @@ fn lba_range(ns: &Namespace, slba: u64, nlb: u64) -> Result<(u64, u64), Status> 
 pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
     let op = sqe.opcode();
     if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
-        for ns in &ctx.subsys.namespaces {
+        for ns in ctx.subsys.namespaces().iter() {
             super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
         }
         flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
         return Reply::ok();
     }
-    let ns = namespace(ctx, &sqe)?;
+    let ns = &namespace(ctx, &sqe)?;
     // the reservation check, before any data moves; commands check again
     // (and count themselves in flight) right before the medium
     let access = super::resv::access(op);
@@ -102,7 +102,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     }
 }
 
-fn namespace<'a>(ctx: &'a QueueCtx, sqe: &Sqe) -> Result<&'a Arc<Namespace>, Status> {
+fn namespace(ctx: &QueueCtx, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
     ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
         tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
         Status::INVALID_NS.dnr()
@@ -212,7 +212,7 @@ async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sg
 /// own status: when one fails, the other is aborted with Failed Fused.
 pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: Sqe, second_data: Option<Sgl>) -> (Result<Reply, Status>, Result<Reply, Status>) {
     let failed = || Err(Status::ABORTED_FAILED_FUSED);
-    let ns = match namespace(ctx, &first) {
+    let ns = &match namespace(ctx, &first) {
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
@@ -300,7 +300,7 @@ pub fn metric_op(sqe: &Sqe) -> (Op, u64) {
 /// Flushes every namespace of a subsystem (Flush to the broadcast NSID,
 /// shutdown notification).
 pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
-    for ns in &subsys.namespaces {
+    for ns in subsys.namespaces().iter() {
         ns.volume.flush().await?;
     }
     Ok(())

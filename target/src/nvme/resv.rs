@@ -87,7 +87,7 @@ impl NoticeSink for NsSink {
 /// changes on every namespace of its subsystem.
 pub fn attach(ctrl: &Arc<Controller>, subsys: &super::subsys::Subsystem) {
     let mut sinks: Vec<Arc<dyn NoticeSink>> = Vec::new();
-    for ns in &subsys.namespaces {
+    for ns in subsys.namespaces().iter() {
         let s: Arc<dyn NoticeSink> = Arc::new(NsSink { ctrl: Arc::downgrade(ctrl), nsid: ns.nsid });
         ns.volume.resv.add_sink(Arc::downgrade(&s));
         sinks.push(s);
@@ -337,8 +337,8 @@ fn report_data(st: &pinion_backends::resv::ResvState, ctrls: &[Arc<Controller>])
 /// `set`: the new value (CDW11), or None for Get Features.
 pub fn feature(ctx: &QueueCtx, fid: u8, nsid: u32, set: Option<u32>) -> Result<Reply, Status> {
     use nvme_types::command::{feature, BROADCAST_NSID};
-    let nss: Vec<&Arc<Namespace>> = if nsid == BROADCAST_NSID && set.is_some() {
-        ctx.subsys.namespaces.iter().collect()
+    let nss: Vec<Arc<Namespace>> = if nsid == BROADCAST_NSID && set.is_some() {
+        ctx.subsys.namespaces().iter().cloned().collect()
     } else {
         vec![ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?]
     };

@@ -205,8 +205,19 @@ pub(crate) type LiveNexuses = Arc<Mutex<HashSet<ItKey>>>;
 
 pub struct ScsiTarget {
     name: String,
-    lus: Vec<Arc<LogicalUnit>>,
+    /// LUN n at index n; replaced whole by a reload (commands in flight
+    /// keep the logical unit they found).
+    lus: std::sync::RwLock<Arc<Vec<Arc<LogicalUnit>>>>,
     live: LiveNexuses,
+}
+
+/// A logical unit whose reservation notices for I_T nexuses become its unit
+/// attentions.
+fn new_lu(target_name: &str, lun: u64, v: Arc<Volume>, live: &LiveNexuses) -> Arc<LogicalUnit> {
+    let lu = Arc::new(LogicalUnit::new(target_name, lun, v, live.clone()));
+    let sink: std::sync::Weak<dyn pinion_backends::resv::NoticeSink> = Arc::downgrade(&lu) as _;
+    lu.volume.resv.add_sink(sink);
+    lu
 }
 
 impl ScsiTarget {
@@ -235,18 +246,39 @@ impl ScsiTarget {
     pub fn new(target_name: &str, volumes: Vec<Arc<Volume>>) -> ScsiTarget {
         let live = LiveNexuses::default();
         let lus =
-            volumes
+            volumes.into_iter().enumerate().map(|(i, v)| new_lu(target_name, i as u64, v, &live)).collect();
+        ScsiTarget { name: target_name.to_string(), lus: std::sync::RwLock::new(Arc::new(lus)), live }
+    }
+
+    fn lus(&self) -> Arc<Vec<Arc<LogicalUnit>>> {
+        self.lus.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new LUN list (LUN n = `volumes[n]`). A LUN whose volume
+    /// stays keeps its logical unit (unit attentions, mode pages,
+    /// reservations); the others get new ones. When the list changed,
+    /// every I_T nexus is told REPORTED LUNS DATA HAS CHANGED on every LUN.
+    /// Returns whether it changed.
+    pub fn set_luns(&self, volumes: Vec<Arc<Volume>>) -> bool {
+        let mut w = self.lus.write().unwrap_or_else(|e| e.into_inner());
+        let old = w.clone();
+        let new: Vec<Arc<LogicalUnit>> = volumes
             .into_iter()
             .enumerate()
-            .map(|(i, v)| {
-                let lu = Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()));
-                // reservation notices for I_T nexuses become this LU's unit attentions
-                let sink: std::sync::Weak<dyn pinion_backends::resv::NoticeSink> = Arc::downgrade(&lu) as _;
-                lu.volume.resv.add_sink(sink);
-                lu
+            .map(|(i, v)| match old.get(i) {
+                Some(lu) if Arc::ptr_eq(&lu.volume, &v) => lu.clone(),
+                _ => new_lu(&self.name, i as u64, v, &self.live),
             })
             .collect();
-        ScsiTarget { name: target_name.to_string(), lus, live }
+        let changed = new.len() != old.len() || new.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        *w = Arc::new(new);
+        drop(w);
+        if changed {
+            for lu in self.lus().iter() {
+                lu.ua_all(None, Asc::REPORTED_LUNS_DATA_CHANGED);
+            }
+        }
+        changed
     }
 
     pub fn name(&self) -> &str {
@@ -254,16 +286,16 @@ impl ScsiTarget {
     }
 
     pub fn luns(&self) -> usize {
-        self.lus.len()
+        self.lus.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The volume behind a LUN.
-    pub fn volume(&self, lun: u64) -> Option<&Arc<Volume>> {
-        self.lu(lun).map(|l| &l.volume)
+    pub fn volume(&self, lun: u64) -> Option<Arc<Volume>> {
+        self.lu(lun).map(|l| l.volume.clone())
     }
 
-    fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
-        usize::try_from(lun).ok().and_then(|i| self.lus.get(i))
+    fn lu(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        usize::try_from(lun).ok().and_then(|i| self.lus.read().unwrap_or_else(|e| e.into_inner()).get(i).cloned())
     }
 
     /// Runs one SCSI command. Never panics on peer data; every failure is a
@@ -312,7 +344,7 @@ impl ScsiTarget {
             },
             TmfKind::TargetWarmReset | TmfKind::TargetColdReset => {
                 let asc = if f == TmfKind::TargetColdReset { Asc::POWER_ON_OCCURRED } else { Asc::POWER_ON_RESET };
-                for lu in &self.lus {
+                for lu in self.lus().iter() {
                     lu.reset(asc);
                 }
                 TmfResult::Complete
@@ -333,7 +365,7 @@ impl ScsiTarget {
     pub fn nexus_gone(&self, n: &Nexus) {
         let key = n.key();
         self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        for lu in &self.lus {
+        for lu in self.lus().iter() {
             lu.nexus_gone(&key);
         }
     }
@@ -346,8 +378,7 @@ impl ScsiTarget {
         }
     }
 
-    /// The capacity of a volume changed: every I_T nexus is told (there is
-    /// no runtime resize yet; this is the mechanism it will use).
+    /// The capacity of a volume changed: every I_T nexus is told.
     pub fn capacity_changed(&self, lun: u64) {
         if let Some(lu) = self.lu(lun) {
             lu.ua_all(None, Asc::CAPACITY_DATA_CHANGED);

@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 use crate::metrics::METRICS;
 
+mod ring;
+
 pub struct FileBackend {
     info: BackendInfo,
     /// The fd used for buffered I/O and splice (and everything when not
@@ -24,7 +26,7 @@ pub struct FileBackend {
     file: Arc<File>,
     /// An `O_DIRECT` fd when the volume is `direct` or `auto`; I/O it
     /// cannot align falls back to `file`.
-    direct: Option<File>,
+    direct: Option<Arc<File>>,
     mode: IoMode,
     /// A memfd: every page is resident by construction.
     in_memory: bool,
@@ -182,7 +184,7 @@ impl FileBackend {
         FileBackend {
             info,
             file: Arc::new(file),
-            direct,
+            direct: direct.map(Arc::new),
             mode,
             in_memory: false,
             residency: None,
@@ -198,7 +200,7 @@ impl FileBackend {
 
     /// Direct I/O needs page-aligned memory (pool pages are) and lengths
     /// and offsets aligned to the logical block size.
-    fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&File> {
+    fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&Arc<File>> {
         let d = self.direct.as_ref()?;
         let bs = u64::from(self.info.block_size);
         let aligned = offset.is_multiple_of(bs)
@@ -312,6 +314,10 @@ impl Backend for FileBackend {
 
     fn splice_file(&self) -> Option<&Arc<File>> {
         Some(&self.file)
+    }
+
+    fn as_file(&self) -> Option<&FileBackend> {
+        Some(self)
     }
 
     fn io_error(&self, e: std::io::Error, write: bool) -> BackendError {

@@ -14,6 +14,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// The most iovecs one READV/WRITEV takes (`UIO_MAXIOV`; more is EINVAL):
+/// a larger SGL (over 4 MiB of pages) goes in several operations.
+const IOV_MAX: usize = 1024;
+
 /// The memory of an SGL to read into: its pool pages.
 fn dest_iov(sgl: &mut Sgl) -> Vec<IoVec> {
     sgl.io_slices_mut().iter().map(|s| IoVec::of(s)).collect()
@@ -43,7 +47,7 @@ fn advance(iov: &mut Vec<IoVec>, mut n: usize) {
 async fn readv_all(ring: &Arc<Ring>, file: &Arc<File>, mut offset: u64, sgl: Sgl, mut iov: Vec<IoVec>, eof_zeroes: bool) -> (std::io::Result<()>, Sgl) {
     let mut v = Vectored { iov: Vec::new(), buf: sgl, file: file.clone() };
     while !iov.is_empty() {
-        let e = entry::readv(file.as_raw_fd(), &iov, offset);
+        let e = entry::readv(file.as_raw_fd(), &iov[..iov.len().min(IOV_MAX)], offset);
         v.iov = iov;
         bump(&METRICS.uring_ops);
         let (r, back) = ring.submit(e, v).await;
@@ -90,7 +94,7 @@ async fn writev_all(ring: &Arc<Ring>, file: &Arc<File>, mut offset: u64, sgl: Sg
     let mut iov = source_iov(&sgl);
     let mut v = Vectored { iov: Vec::new(), buf: sgl, file: file.clone() };
     while !iov.is_empty() {
-        let e = entry::writev(file.as_raw_fd(), &iov, offset, rw_flags);
+        let e = entry::writev(file.as_raw_fd(), &iov[..iov.len().min(IOV_MAX)], offset, rw_flags);
         v.iov = iov;
         bump(&METRICS.uring_ops);
         let (r, back) = ring.submit(e, v).await;
@@ -318,6 +322,23 @@ mod tests {
         // a read that spans many pages, not all of them at once
         let v = read(&over(&f, "file", 1 << 20), &ring, &pool, 0, 64 << 10).await.unwrap();
         assert!(v[..6000].iter().all(|&x| x == 7) && v[6000..].iter().all(|&x| x == 0));
+    }
+
+    /// More pages than one READV/WRITEV may carry.
+    #[tokio::test]
+    async fn transfers_of_more_than_iov_max_pages() {
+        let ring = ring();
+        let pool = PagePool::new(16 << 20, false);
+        let dir = tempfile::tempdir().unwrap();
+        let len = (IOV_MAX + 300) * 4096;
+        for mode in [IoMode::Buffered, IoMode::Direct] {
+            let b = FileBackend::open_file(&dir.path().join(format!("{mode:?}.img")), Some(8 << 20), 4096, mode, false).unwrap();
+            let mut w = Sgl::alloc(&pool, Direction::Dest, len).await;
+            let data: Vec<u8> = (0..len).map(|i| (i / 4096 + i % 7) as u8).collect();
+            assert!(w.copy_in(0, &data));
+            b.ring_write(&ring, 4096, w, false).await.unwrap();
+            assert!(read(&b, &ring, &pool, 4096, len).await.unwrap() == data, "{mode:?}");
+        }
     }
 
     #[test]

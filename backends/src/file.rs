@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use crate::metrics::METRICS;
 
+mod ram;
 mod ring;
 
 pub struct FileBackend {
@@ -30,6 +31,8 @@ pub struct FileBackend {
     mode: IoMode,
     /// A memfd: every page is resident by construction.
     in_memory: bool,
+    /// A RAM volume's memfd, mapped: its I/O is a memcpy ([`ram`]).
+    ram: Option<crate::sys::RamMap>,
     /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
     /// that `mincore(2)` reads residency from.
     residency: Option<crate::sys::ResidencyMap>,
@@ -68,7 +71,8 @@ impl FileBackend {
             None,
             IoMode::Auto,
         )
-        .in_memory())
+        .in_memory()
+        .with_ram_map())
     }
 
     /// A regular file, created with `size` when missing; an existing file
@@ -187,6 +191,7 @@ impl FileBackend {
             direct: direct.map(Arc::new),
             mode,
             in_memory: false,
+            ram: None,
             residency: None,
             no_punch: false.into(),
             no_zero_range: false.into(),
@@ -348,6 +353,9 @@ impl Backend for FileBackend {
 
     fn read_cached(&self, offset: u64, sgl: &mut Sgl) -> Result<bool> {
         self.check_range(offset, sgl.len() as u64)?;
+        if self.ram_read(offset, sgl).map_err(|e| self.fail(e, false))? {
+            return Ok(true);
+        }
         let want = sgl.len();
         let mut bufs = sgl.io_slices_mut();
         match rustix::io::preadv2(&*self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
@@ -359,6 +367,9 @@ impl Backend for FileBackend {
 
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.check_range(offset, sgl.len() as u64)?;
+        if self.ram_read(offset, sgl).map_err(|e| self.fail(e, false))? {
+            return Ok(());
+        }
         read_all(&self.file, offset, &mut sgl.io_slices_mut(), self.eof_reads_zeroes()).map_err(|e| self.fail(e, false))
     }
 
@@ -380,6 +391,10 @@ impl Backend for FileBackend {
         let dsync = fua && self.info.volatile_cache;
         if dsync {
             METRICS.write_durable.add(sgl.len());
+        }
+        if self.ram_write(offset, sgl).map_err(|e| self.fail(e, true))? {
+            METRICS.write_buffered.add(sgl.len());
+            return Ok(WritePath::Buffered);
         }
         // `auto` writes through the page cache, so what was just written is
         // hot for the reads that often follow; only `direct` bypasses it.

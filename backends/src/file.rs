@@ -32,7 +32,7 @@ pub struct FileBackend {
     /// A memfd: every page is resident by construction.
     in_memory: bool,
     /// A RAM volume's memfd, mapped: its I/O is a memcpy ([`ram`]).
-    ram: Option<crate::sys::RamMap>,
+    ram: Option<ram::Ram>,
     /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
     /// that `mincore(2)` reads residency from.
     residency: Option<crate::sys::ResidencyMap>,
@@ -435,7 +435,10 @@ impl Backend for FileBackend {
         use std::sync::atomic::Ordering::Relaxed;
         if deallocate && !self.no_punch.load(Relaxed) {
             match rustix::fs::fallocate(&*self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.ram_punched(offset, len);
+                    return Ok(());
+                }
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_punch.store(true, Relaxed),
                 Err(e) => return Err(self.fail(e.into(), true)),
             }

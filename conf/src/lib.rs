@@ -503,6 +503,19 @@ pub struct RuntimeConfig {
     /// mask). More reactors than CPUs share CPUs round-robin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
+    /// How file and block volumes do their I/O: `auto` (io_uring, one ring per reactor, where the
+    /// kernel allows it; else the blocking thread pool) or `threads` (always the thread pool).
+    /// `PINION_RUNTIME__IO_ENGINE=threads` forces the fallback from the environment.
+    pub io_engine: IoEngine,
+}
+
+/// `[runtime] io_engine`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    #[default]
+    Auto,
+    Threads,
 }
 
 /// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).

@@ -130,7 +130,7 @@ const LIMITS: &[Field] = &[
     opt("handshake_timeout", Kind::Int(U32)),
 ];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
-const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32))];
+const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32)), opt("io_engine", Kind::Enum(&["auto", "threads"]))];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),

@@ -95,7 +95,7 @@ fn example_file_parses_to_expected_values() {
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
-        runtime: RuntimeConfig { cores: None },
+        runtime: RuntimeConfig { cores: None, io_engine: Default::default() },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,

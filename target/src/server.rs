@@ -276,6 +276,7 @@ impl Server {
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
         let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
+        pinion_backends::uring::select(self.cfg.runtime.io_engine == pinion_conf::IoEngine::Threads);
         // Each connection runs start to end on one reactor thread.
         let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores) {
             Ok(r) => r,

@@ -38,6 +38,13 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// An empty vector with the allocation of `v`, for slices of another
+/// lifetime (the collect reuses the allocation: same size and alignment).
+fn reuse<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
+}
+
 /// Items per batch: one wakeup, one encode, (usually) one `sendmsg`.
 const MAX_BATCH: usize = 64;
 /// `writev` accepts at most IOV_MAX slices.
@@ -151,6 +158,8 @@ struct InFlight<T> {
 
 struct Engine {
     wr: OwnedWriteHalf,
+    /// The allocation of the I/O vector, kept between batches.
+    iov: Vec<IoSlice<'static>>,
     cfg: SendConfig,
     zerocopy: bool,
     /// The kernel's counter of zero-copy send calls on this socket.
@@ -264,7 +273,7 @@ impl Engine {
         items: &[T],
     ) -> std::io::Result<Sent> {
         let mut sent = Sent::default();
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.pieces.len() * 2);
+        let mut iov = reuse(std::mem::take(&mut self.iov));
         let mut pool_bytes = 0usize;
         for p in &frames.pieces {
             match p {
@@ -297,6 +306,7 @@ impl Engine {
             }
         }
         self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+        self.iov = reuse(iov);
         Ok(sent)
     }
 
@@ -393,6 +403,7 @@ impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
         Sender {
             eng: Engine {
                 wr,
+                iov: Vec::new(),
                 cfg,
                 zerocopy,
                 next_zc_id: 0,

@@ -171,43 +171,75 @@ impl Done {
     }
 }
 
-/// A command that did not complete while it was routed.
+/// A command that did not complete while it was routed (admin, fabrics,
+/// fused pairs: the cold paths).
 type Job = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// Where a routed command went.
+/// Where a routed command went. `first` is an outcome to send before the
+/// command's own (the abort of a fused first left without its second).
 enum Route {
     /// Completed (or held, as a fused first) while it was routed.
     Now(Done),
     /// Runs as `job`; a `serial` one (admin, fabrics) runs alone: the
     /// commands after it wait until it is done, as they always have.
-    Job { job: Job, serial: bool },
+    Job { first: Option<Outcome>, job: Job, serial: bool },
+    /// An I/O command: runs as an [`io_job`] in a slot of the slab.
+    Io { first: Option<Outcome>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer> },
 }
 
-/// Commands in flight on one connection, polled by its driver. Slots are
-/// reused, so the slab stops growing at the queue depth.
-struct Slab {
-    slots: Vec<Option<Job>>,
+/// An I/O command from start to completion. Its future has one concrete
+/// type, so the driver keeps it in a slot allocated once, not in a box per
+/// command.
+fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
+    let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    async move {
+        let r = io::execute(&c, sqe, data).await;
+        if let Some(t) = timer {
+            let ok = r.is_ok();
+            let (op, bytes) = io::metric_op(&sqe);
+            t.done(op, if ok { bytes } else { 0 }, ok);
+        }
+        Done::one(c.outcome(&sqe, r))
+    }
+    .instrument(span)
+}
+
+/// Commands in flight on one connection, polled by its driver: I/O
+/// commands in slots allocated once (the slab stops growing at the queue
+/// depth, so the steady state allocates nothing here), the rest boxed.
+struct Slab<F> {
+    io: Vec<Pin<Box<Option<F>>>>,
+    other: Vec<Option<Job>>,
     live: usize,
 }
 
-impl Slab {
-    fn new(depth: usize) -> Slab {
-        let mut slots = Vec::with_capacity(depth);
-        slots.resize_with(depth, || None);
-        Slab { slots, live: 0 }
+impl<F: Future<Output = Done>> Slab<F> {
+    /// `_job` only names the I/O future's type.
+    fn new(depth: usize, _job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F) -> Slab<F> {
+        let mut io = Vec::with_capacity(depth);
+        io.resize_with(depth, || Box::pin(None));
+        Slab { io, other: Vec::new(), live: 0 }
+    }
+
+    fn insert_io(&mut self, job: F) {
+        self.live += 1;
+        match self.io.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => slot.set(Some(job)),
+            // a host that overruns its submission queue
+            None => self.io.push(Box::pin(Some(job))),
+        }
     }
 
     fn insert(&mut self, job: Job) -> usize {
         self.live += 1;
-        match self.slots.iter().position(Option::is_none) {
+        match self.other.iter().position(Option::is_none) {
             Some(i) => {
-                self.slots[i] = Some(job);
+                self.other[i] = Some(job);
                 i
             }
             None => {
-                // a host that overruns its submission queue
-                self.slots.push(Some(job));
-                self.slots.len() - 1
+                self.other.push(Some(job));
+                self.other.len() - 1
             }
         }
     }
@@ -220,7 +252,17 @@ impl Slab {
         if self.live == 0 {
             return false;
         }
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        for slot in self.io.iter_mut() {
+            let Some(job) = slot.as_mut().as_pin_mut() else { continue };
+            if let Poll::Ready(done) = job.poll(cx) {
+                slot.set(None);
+                self.live -= 1;
+                for o in done.out.into_iter().flatten() {
+                    emit(link, o);
+                }
+            }
+        }
+        for (i, slot) in self.other.iter_mut().enumerate() {
             let Some(job) = slot else { continue };
             if let Poll::Ready(done) = job.as_mut().poll(cx) {
                 *slot = None;
@@ -311,7 +353,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let read = reader.next();
     let tick = tokio::time::sleep(HOUSEKEEPING);
     tokio::pin!(killed_fut, shutdown_fut, read, tick);
-    let mut slab = Slab::new(ctx.sq_entries.into());
+    let mut slab = Slab::new(ctx.sq_entries.into(), io_job);
     // Commands that came while a serial (admin, fabrics) command ran.
     let mut held: VecDeque<Command> = VecDeque::new();
     let mut serial: Option<usize> = None;
@@ -366,7 +408,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                     held.push_back(cmd);
                     continue;
                 }
-                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial) {
+                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial, io_job) {
                     break KillReason::Alive;
                 }
             }
@@ -374,7 +416,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 let mut stop = Stop::Continue;
                 while serial.is_none() && stop == Stop::Continue {
                     let Some(cmd) = held.pop_front() else { break };
-                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial);
+                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial, io_job);
                 }
                 if stop == Stop::Disconnect {
                     break KillReason::Alive;
@@ -419,7 +461,15 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
 
 /// Takes one command from the host in the driver: advances the SQ head,
 /// counts as a sign of life, routes it, and starts what has to run.
-fn take(ctx: &Arc<QueueCtx>, cmd: Command, fused_first: &mut Option<Command>, slab: &mut Slab, link: &mut Link, serial: &mut Option<usize>) -> Stop {
+fn take<F: Future<Output = Done>>(
+    ctx: &Arc<QueueCtx>,
+    cmd: Command,
+    fused_first: &mut Option<Command>,
+    slab: &mut Slab<F>,
+    link: &mut Link,
+    serial: &mut Option<usize>,
+    job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F,
+) -> Stop {
     advance(ctx);
     match route(ctx, cmd, fused_first) {
         Route::Now(done) => {
@@ -430,11 +480,20 @@ fn take(ctx: &Arc<QueueCtx>, cmd: Command, fused_first: &mut Option<Command>, sl
                 return Stop::Disconnect;
             }
         }
-        Route::Job { job, serial: s } => {
+        Route::Job { first, job, serial: s } => {
+            if let Some(o) = first {
+                emit(link, o);
+            }
             let i = slab.insert(job);
             if s {
                 *serial = Some(i);
             }
+        }
+        Route::Io { first, sqe, data, timer } => {
+            if let Some(o) = first {
+                emit(link, o);
+            }
+            slab.insert_io(job(ctx.clone(), sqe, data, timer));
         }
     }
     Stop::Continue
@@ -475,21 +534,31 @@ pub enum Stop {
 /// as a task in `tasks`, and everything is sent through the responder.
 pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
     advance(ctx);
-    let (done, stop) = match route(ctx, cmd, fused_first) {
-        Route::Now(done) => (Some(done), None),
-        Route::Job { job, serial: true } => {
-            let done = job.await;
-            (Some(done), None)
+    let (job, serial) = match route(ctx, cmd, fused_first) {
+        Route::Now(done) => (Box::pin(async { done }) as Job, true),
+        Route::Job { first, job, serial } => {
+            if let Some(o) = first {
+                ctx.send(o).await;
+            }
+            (job, serial)
         }
-        Route::Job { job, serial: false } => {
-            let c = ctx.clone();
-            tasks.spawn(async move {
-                for o in job.await.out.into_iter().flatten() {
-                    c.send(o).await;
-                }
-            });
-            (None, Some(Stop::Continue))
+        Route::Io { first, sqe, data, timer } => {
+            if let Some(o) = first {
+                ctx.send(o).await;
+            }
+            (Box::pin(io_job(ctx.clone(), sqe, data, timer)) as Job, false)
         }
+    };
+    let (done, stop) = if serial {
+        (Some(job.await), None)
+    } else {
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            for o in job.await.out.into_iter().flatten() {
+                c.send(o).await;
+            }
+        });
+        (None, Some(Stop::Continue))
     };
     if let Some(done) = done {
         for o in done.out.into_iter().flatten() {
@@ -581,47 +650,10 @@ fn route(ctx: &Arc<QueueCtx>, cmd: Command, fused_first: &mut Option<Command>) -
             .instrument(span),
         );
     } else {
-        let c = ctx.clone();
-        let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
         let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
-        let job = Box::pin(
-            async move {
-                let r = io::execute(&c, sqe, cmd.data).await;
-                if let Some(t) = timer {
-                    let ok = r.is_ok();
-                    let (op, bytes) = io::metric_op(&sqe);
-                    t.done(op, if ok { bytes } else { 0 }, ok);
-                }
-                Done::one(c.outcome(&sqe, r))
-            }
-            .instrument(span),
-        );
-        return match missing {
-            // the held first's abort goes out before this command's end
-            Some(m) => {
-                let c = ctx.clone();
-                Route::Job {
-                    job: Box::pin(async move {
-                        c.send(m).await;
-                        job.await
-                    }),
-                    serial: false,
-                }
-            }
-            None => Route::Job { job, serial: false },
-        };
+        return Route::Io { first: missing, sqe, data: cmd.data, timer };
     }
-    if let Some(m) = missing {
-        let c = ctx.clone();
-        return Route::Job {
-            job: Box::pin(async move {
-                c.send(m).await;
-                job.await
-            }),
-            serial: true,
-        };
-    }
-    Route::Job { job, serial: true }
+    Route::Job { first: missing, job, serial: true }
 }
 
 /// A fused Compare + Write as one job; each command gets its own
@@ -638,7 +670,7 @@ fn fused_job(ctx: &Arc<QueueCtx>, first: Command, second: Command) -> Route {
         };
         Done { out: [Some(c.outcome(&a, ra)), Some(c.outcome(&b, rb))], disconnect: false }
     };
-    Route::Job { job: Box::pin(job.instrument(span)), serial: false }
+    Route::Job { first: None, job: Box::pin(job.instrument(span)), serial: false }
 }
 
 /// Builds a queue context (fabrics Connect does this once it has checked

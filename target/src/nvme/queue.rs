@@ -352,7 +352,9 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let shutdown_fut = shutdown.changed();
     let read = reader.next();
     let tick = tokio::time::sleep(HOUSEKEEPING);
-    tokio::pin!(killed_fut, shutdown_fut, read, tick);
+    let ctrl = ctx.ctrl.clone();
+    let aen = ctrl.aen_wake.notified();
+    tokio::pin!(killed_fut, shutdown_fut, read, tick, aen);
     let mut slab = Slab::new(ctx.sq_entries.into(), io_job);
     // Commands that came while a serial (admin, fabrics) command ran.
     let mut held: VecDeque<Command> = VecDeque::new();
@@ -374,6 +376,14 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 return Poll::Ready(Ev::Stop(KillReason::Alive));
             }
             link.poll_collect(cx);
+            // event completions ride the admin queue (aen.rs)
+            while ctx.qid == 0 && aen.as_mut().poll(cx).is_ready() {
+                aen.set(ctrl.aen_wake.notified());
+                let ready = ctrl.lock().aen.take_ready();
+                for (cid, dw0) in ready {
+                    link.respond(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0)));
+                }
+            }
             if link.holds_pages() && tick.as_mut().poll(cx).is_ready() {
                 link.housekeeping();
                 tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
@@ -822,5 +832,34 @@ mod tests {
         release(&admin, KillReason::Alive);
         assert!(admin.ctrl.is_killed());
         assert!(reg.lookup(NQN).unwrap().controllers().is_empty());
+    }
+
+    /// An Asynchronous Event Request waits, an event posted from elsewhere
+    /// wakes the admin queue's driver with its completion, and the event
+    /// is not reported again until its log page is read.
+    #[tokio::test]
+    async fn an_event_completes_a_parked_request() {
+        use super::super::aen::AsyncEvent;
+        let pool = PagePool::new(8 << 20, false);
+        let reg = registry(&pool);
+        let (admin, mut ah) = connect(&reg, &pool, 0, 0xffff).await;
+        let mut cc = sqe(Opcode::FABRICS.0, 1, FabricsType::PROPERTY_SET.0.into());
+        cc.cdw11 = prop::CC.into();
+        cc.cdw12 = (1 | 6 << 16 | 4 << 20).into();
+        assert!(matches!(&run(&admin, &mut ah, cc, &[]).await[..], [Sent::Resp(c)] if c.status().is_success()));
+        let mut aec = sqe(Opcode::SET_FEATURES.0, 2, 0);
+        aec.cdw10 = u32::from(nvme_types::command::feature::ASYNC_EVENT).into();
+        aec.cdw11 = (1u32 << 8).into();
+        assert!(matches!(&run(&admin, &mut ah, aec, &[]).await[..], [Sent::Resp(c)] if c.status().is_success()));
+        assert!(run(&admin, &mut ah, sqe(Opcode::ASYNC_EVENT.0, 9, 0), &[]).await.is_empty(), "parked");
+        let woken = admin.ctrl.aen_wake.notified();
+        reg.lookup(NQN).unwrap().post_event(AsyncEvent::NS_ATTR_CHANGED);
+        tokio::time::timeout(Duration::from_secs(5), woken).await.expect("the admin driver is woken");
+        assert_eq!(admin.ctrl.lock().aen.take_ready(), vec![(9, 0x0004_0002)]);
+        // folded until the Changed Namespace List is read
+        assert!(run(&admin, &mut ah, sqe(Opcode::ASYNC_EVENT.0, 10, 0), &[]).await.is_empty());
+        admin.ctrl.post_event(AsyncEvent::NS_ATTR_CHANGED);
+        assert!(admin.ctrl.lock().aen.take_ready().is_empty());
+        release(&admin, KillReason::Alive);
     }
 }

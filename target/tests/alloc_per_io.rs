@@ -11,14 +11,9 @@
 //! path shows up.
 
 use clap::Parser;
-use pinion_backends::{PagePool, Volume, VolumeSpec};
-use pinion_target::nvme::subsys::{Limits, Registry, Subsystem};
-use pinion_transport::nvme_tcp::{self, TransportConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Counting;
@@ -67,44 +62,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const NQN: &str = "nqn.2026-11.io.pinion:alloc";
+mod common;
+use common::NQN;
 
-/// Starts a target (one RAM namespace) on a thread of its own whose
-/// allocations are counted; returns its address.
-fn start_target() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let pool = PagePool::new(64 << 20, false);
-            let b = pinion_backends::open("alloc", &VolumeSpec::Ram { size: 64 << 20, block_size: 4096 }).unwrap();
-            let v = Arc::new(Volume::new("alloc", b, pool.clone()));
-            let s = Arc::new(Subsystem::new_nvm(NQN, None, None, vec![v], vec!["*".into()]));
-            let reg = Arc::new(Registry {
-                subsystems: HashMap::from([(NQN.to_string(), s)]),
-                discovery: Arc::new(Subsystem::new_discovery()),
-                listeners: vec![addr],
-                limits: Limits { max_queue_size: 128, max_io_queues: 2, inline_data_size: 8192, mdts: 5, write_budget: 8 << 20, connect_timeout: Duration::from_secs(10) },
-                genctr: Default::default(),
-            });
-            let tcfg = TransportConfig { max_inline: 8192, max_h2c_data: 128 << 10, icreq_timeout: Duration::from_secs(10), send: Default::default() };
-            let (_stop, shutdown) = tokio::sync::watch::channel(false);
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            COUNTED.with(|c| c.set(true));
-            loop {
-                let (s, _) = l.accept().await.unwrap();
-                let (reg, pool, tcfg, shutdown) = (reg.clone(), pool.clone(), tcfg.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    if let Ok(conn) = nvme_tcp::accept(s, &tcfg, pool.clone()).await {
-                        pinion_target::nvme::queue::serve(conn, reg, pool, addr, shutdown).await;
-                    }
-                });
-            }
-        });
-    });
-    addr
+fn count_this_thread() {
+    COUNTED.with(|c| c.set(true));
 }
 
 #[derive(Parser)]
@@ -142,7 +104,7 @@ fn per_io(addr: std::net::SocketAddr, rw: &str, bs: &str) -> f64 {
 
 #[test]
 fn steady_state_allocations_per_io() {
-    let addr = start_target();
+    let (addr, _reg) = common::start_target(count_this_thread);
     let read = per_io(addr, "randread", "4k");
     let write = per_io(addr, "randwrite", "4k");
     // A 4 KiB READ: the pool's page vector and the SGL's segment vector

@@ -329,7 +329,9 @@ pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_a
     run(reader, link, peer, ctx, shutdown).instrument(span).await
 }
 
-/// What woke the driver.
+/// What woke the driver. (Large, but it lives on the stack for one turn:
+/// boxing the reader would allocate per command.)
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Command(Reader, Option<Command>),
     /// A command held while a serial one ran may go now.

@@ -2,7 +2,6 @@
 //! header, digest, lengths, transfer tags) before anything acts on it.
 
 use super::{Command, PendingXfer, Shared, TransportError, Tx};
-use std::future::Future;
 use crate::digest::crc32c;
 use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HLEN};
 use nvme_types::Status;
@@ -42,18 +41,16 @@ impl Reader {
     /// C2HTermReq is queued to be sent); transfers still waiting for data
     /// then fail. The reader moves in and out, so the future is `'static`
     /// and the driver keeps it across its turns.
-    pub fn next(mut self) -> impl Future<Output = (Reader, Option<Command>)> + Send {
-        async move {
-            let r = read_loop(&mut self.rd, &self.st).await;
-            let c = match r {
-                Ok(c) => Some(c),
-                Err(stop) => {
-                    end(&self.st, stop);
-                    None
-                }
-            };
-            (self, c)
-        }
+    pub async fn next(mut self) -> (Reader, Option<Command>) {
+        let r = read_loop(&mut self.rd, &self.st).await;
+        let c = match r {
+            Ok(c) => Some(c),
+            Err(stop) => {
+                end(&self.st, stop);
+                None
+            }
+        };
+        (self, c)
     }
 }
 

@@ -244,10 +244,10 @@ impl<F: Future<Output = Done>> Slab<F> {
         }
     }
 
-    /// Polls every command in flight; the finished ones' outcomes go to the
-    /// link. Returns whether one of them was a Disconnect, and clears
+    /// Polls every command in flight; the finished ones' outcomes go to
+    /// `out`. Returns whether one of them was a Disconnect, and clears
     /// `serial` when its job finished.
-    fn poll(&mut self, cx: &mut Context<'_>, link: &mut Link, serial: &mut Option<usize>) -> bool {
+    fn poll(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outcome>, serial: &mut Option<usize>) -> bool {
         let mut disconnect = false;
         if self.live == 0 {
             return false;
@@ -257,9 +257,7 @@ impl<F: Future<Output = Done>> Slab<F> {
             if let Poll::Ready(done) = job.poll(cx) {
                 slot.set(None);
                 self.live -= 1;
-                for o in done.out.into_iter().flatten() {
-                    emit(link, o);
-                }
+                out.extend(done.out.into_iter().flatten());
             }
         }
         for (i, slot) in self.other.iter_mut().enumerate() {
@@ -271,12 +269,17 @@ impl<F: Future<Output = Done>> Slab<F> {
                     *serial = None;
                 }
                 disconnect |= done.disconnect;
-                for o in done.out.into_iter().flatten() {
-                    emit(link, o);
-                }
+                out.extend(done.out.into_iter().flatten());
             }
         }
         disconnect
+    }
+}
+
+/// Moves a turn's outcomes to the link's next send.
+fn emit_all(link: &mut Link, out: &mut Vec<Outcome>) {
+    for o in out.drain(..) {
+        emit(link, o);
     }
 }
 
@@ -362,6 +365,8 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let mut held: VecDeque<Command> = VecDeque::new();
     let mut serial: Option<usize> = None;
     let hold_max = usize::from(ctx.sq_entries);
+    // Outcomes of this turn, for the next send (the vector is kept).
+    let mut out: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
     let why = loop {
         // a kill before we subscribed is not seen by `changed()`
         if ctx.ctrl.is_killed() {
@@ -374,7 +379,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
             if shutdown_fut.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ev::Stop(KillReason::ServerShutdown));
             }
-            if slab.poll(cx, &mut link, &mut serial) {
+            if slab.poll(cx, &mut out, &mut serial) {
                 return Poll::Ready(Ev::Stop(KillReason::Alive));
             }
             link.poll_collect(cx);
@@ -383,7 +388,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 aen.set(ctrl.aen_wake.notified());
                 let ready = ctrl.lock().aen.take_ready();
                 for (cid, dw0) in ready {
-                    link.respond(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0)));
+                    out.push(Outcome::Resp(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0))));
                 }
             }
             if link.holds_pages() && tick.as_mut().poll(cx).is_ready() {
@@ -394,12 +399,12 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
             if serial.is_none() && !held.is_empty() {
                 return Poll::Ready(Ev::Held);
             }
-            if link.queued() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
+            if link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
                 if let Poll::Ready((r, c)) = read.as_mut().poll(cx) {
                     return Poll::Ready(Ev::Command(r, c));
                 }
             }
-            if link.queued() > 0 {
+            if link.queued() + out.len() > 0 {
                 return Poll::Ready(Ev::Flush);
             }
             Poll::Pending
@@ -408,9 +413,47 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
         match ev {
             Ev::Stop(why) => break why,
             Ev::Flush => {
-                link.flush().await;
+                emit_all(&mut link, &mut out);
+                // While the socket is full the turn goes on: commands are
+                // read and run, their outcomes wait in `out` for the next
+                // send (so a large read is copied while the last is sent).
+                let mut stop: Option<KillReason> = None;
+                {
+                    let flush = link.flush();
+                    tokio::pin!(flush);
+                    std::future::poll_fn(|cx| {
+                        if flush.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(());
+                        }
+                        while stop.is_none() && serial.is_none() && held.is_empty() && out.len() < MAX_BATCH {
+                            if killed_fut.as_mut().poll(cx).is_ready() {
+                                stop = Some(ctx.ctrl.kill_reason());
+                            } else if shutdown_fut.as_mut().poll(cx).is_ready() {
+                                stop = Some(KillReason::ServerShutdown);
+                            } else if slab.poll(cx, &mut out, &mut serial) {
+                                stop = Some(KillReason::Alive);
+                            } else {
+                                match read.as_mut().poll(cx) {
+                                    Poll::Ready((r, Some(cmd))) => {
+                                        read.set(r.next());
+                                        if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
+                                            stop = Some(KillReason::Alive);
+                                        }
+                                    }
+                                    Poll::Ready((_, None)) => stop = Some(KillReason::Alive),
+                                    Poll::Pending => break,
+                                }
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                }
                 if link.is_done() {
                     break KillReason::Alive;
+                }
+                if let Some(why) = stop {
+                    break why;
                 }
             }
             Ev::Command(_, None) => break KillReason::Alive,
@@ -420,7 +463,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                     held.push_back(cmd);
                     continue;
                 }
-                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial, io_job) {
+                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) {
                     break KillReason::Alive;
                 }
             }
@@ -428,7 +471,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 let mut stop = Stop::Continue;
                 while serial.is_none() && stop == Stop::Continue {
                     let Some(cmd) = held.pop_front() else { break };
-                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut link, &mut serial, io_job);
+                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job);
                 }
                 if stop == Stop::Disconnect {
                     break KillReason::Alive;
@@ -446,15 +489,16 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let drain = async {
         loop {
             let more = std::future::poll_fn(|cx| {
-                slab.poll(cx, &mut link, &mut serial);
+                slab.poll(cx, &mut out, &mut serial);
                 link.poll_collect(cx);
-                if link.queued() > 0 || slab.live == 0 {
+                if link.queued() + out.len() > 0 || slab.live == 0 {
                     Poll::Ready(slab.live > 0)
                 } else {
                     Poll::Pending
                 }
             })
             .await;
+            emit_all(&mut link, &mut out);
             link.flush().await;
             if !more {
                 break;
@@ -478,33 +522,27 @@ fn take<F: Future<Output = Done>>(
     cmd: Command,
     fused_first: &mut Option<Command>,
     slab: &mut Slab<F>,
-    link: &mut Link,
+    out: &mut Vec<Outcome>,
     serial: &mut Option<usize>,
     job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F,
 ) -> Stop {
     advance(ctx);
     match route(ctx, cmd, fused_first) {
         Route::Now(done) => {
-            for o in done.out.into_iter().flatten() {
-                emit(link, o);
-            }
+            out.extend(done.out.into_iter().flatten());
             if done.disconnect {
                 return Stop::Disconnect;
             }
         }
         Route::Job { first, job, serial: s } => {
-            if let Some(o) = first {
-                emit(link, o);
-            }
+            out.extend(first);
             let i = slab.insert(job);
             if s {
                 *serial = Some(i);
             }
         }
         Route::Io { first, sqe, data, timer } => {
-            if let Some(o) = first {
-                emit(link, o);
-            }
+            out.extend(first);
             slab.insert_io(job(ctx.clone(), sqe, data, timer));
         }
     }

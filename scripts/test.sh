@@ -117,6 +117,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "reservations across NVMe/TCP and iSCSI: nvme-cli resv-*, sg_persist, a second NVMe host (VM, ~30 s)"
+  if tests/vm/run-e2e.sh resv "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-resv.out" 2>&1; then tail -n 2 "$LOG/vm-resv.out"; ok "vm e2e resv"; else tail -n 80 "$LOG/vm-resv.out"; bad "vm e2e resv"; fi
   step "per-I/O read paths on the guest's 6.1 kernel (VM)"
   if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
   # NVMe DH-HMAC-CHAP needs the 6.12 kernel (6.1 has no NVMe authentication):

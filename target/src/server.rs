@@ -28,6 +28,8 @@ pub enum ServerError {
     Ctl(#[from] crate::mgmt::CtlError),
     #[error("subsystem {0}: {1}")]
     DhchapSecret(String, String),
+    #[error(transparent)]
+    State(#[from] crate::resv_store::StoreError),
 }
 
 /// Which protocol a listener serves.
@@ -98,6 +100,9 @@ impl Server {
             let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
             let policy = DataPolicy { splice_min: cfg.memory.splice_min as usize };
             volumes.push(Arc::new(Volume::with_policy(&v.name, b, pool.clone(), policy)));
+        }
+        if let Some(dir) = &cfg.state.dir {
+            crate::resv_store::attach(dir, &volumes)?;
         }
         let by_name: HashMap<_, _> = volumes.iter().map(|v| (v.name.clone(), v.clone())).collect();
         let mut subsystems = HashMap::new();

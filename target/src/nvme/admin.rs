@@ -20,7 +20,7 @@ const MAX_AERS: usize = 4;
 pub enum Admin {
     Identify { cns: u8, nsid: u32 },
     GetLogPage(GetLogPage),
-    SetFeatures { fid: u8, value: u32 },
+    SetFeatures { fid: u8, value: u32, nsid: u32 },
     GetFeatures { fid: u8, sel: u32 },
     KeepAlive,
     AsyncEvent,
@@ -58,7 +58,7 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
             }
             match g.lid {
                 lid::DISCOVERY if discovery => {}
-                lid::ERROR | lid::FW_SLOT | lid::CHANGED_NS | lid::CMD_EFFECTS if !discovery => {}
+                lid::ERROR | lid::FW_SLOT | lid::CHANGED_NS | lid::CMD_EFFECTS | lid::RESV_NOTIFY if !discovery => {}
                 lid::SMART if !discovery => {
                     let nsid = sqe.nsid();
                     if nsid != 0 && nsid != BROADCAST_NSID {
@@ -81,6 +81,8 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
             match fid {
                 feature::VOLATILE_WC if !discovery => {}
                 feature::NUM_QUEUES if !discovery => {}
+                // reservation features; the Host Identifier is refused when run
+                feature::RESV_MASK | feature::RESV_PERSIST | feature::HOST_ID if !discovery => {}
                 feature::ASYNC_EVENT | feature::KATO => {}
                 // accepted and ignored: they describe PCIe interrupts and power
                 feature::ARBITRATION | feature::POWER_MGMT | feature::IRQ_COALESCE | feature::TEMP_THRESH if !discovery => {}
@@ -89,7 +91,7 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
                     return Err(Status::INVALID_FIELD.dnr());
                 }
             }
-            Ok(Admin::SetFeatures { fid, value })
+            Ok(Admin::SetFeatures { fid, value, nsid: sqe.nsid() })
         }
         Opcode::GET_FEATURES => {
             let d10 = sqe.cdw10.get();
@@ -100,6 +102,9 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
                     return Err(Status::INVALID_FIELD.dnr());
                 }
                 super::queue::transfer_len(sqe, max_transfer)?;
+                return Ok(Admin::GetFeatures { fid, sel });
+            }
+            if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery && sel <= 2 {
                 return Ok(Admin::GetFeatures { fid, sel });
             }
             if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
@@ -135,7 +140,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
     let r = match cmd {
         Admin::Identify { cns, nsid } => identify(ctx, sqe, cns, nsid).await,
         Admin::GetLogPage(g) => get_log_page(ctx, sqe, g).await,
-        Admin::SetFeatures { fid, value } => set_features(ctx, fid, value).await,
+        Admin::SetFeatures { fid, value, nsid } => set_features(ctx, fid, value, nsid).await,
         Admin::GetFeatures { fid, sel } => get_features(ctx, sqe, fid, sel).await,
         Admin::KeepAlive => Reply::ok(),
         Admin::AsyncEvent => {
@@ -184,6 +189,12 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe, c: u8, nsid: u32) -> Result<Reply, 
             id.dlfeat = 0x1 | 1 << 3;
             // may be attached to several controllers
             id.nmic = 1;
+            // reservations: every type, Ignore Existing Key, and PTPL
+            // when the server has somewhere to persist to
+            id.rescap = identify::rescap::ALL_TYPES | identify::rescap::IEKEY;
+            if ns.volume.resv.can_persist() {
+                id.rescap |= identify::rescap::PTPL;
+            }
             id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
@@ -253,7 +264,7 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.wctemp = 0x157.into();
     id.cctemp = 0x175.into();
     id.nn = (ctx.subsys.namespaces.len() as u32).into();
-    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES | identify::oncs::RESERVATIONS).into();
     // Compare + Write runs atomically under the volume's range lock (io::fused)
     id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
     // volatile write cache present (Flush to the broadcast NSID works too,
@@ -291,6 +302,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe, g: GetLogPage) -> Result<Reply,
             v
         }
         lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
+        lid::RESV_NOTIFY if !discovery => super::resv::notification_log(&ctx.ctrl),
         l => {
             tracing::debug!(lid = l, "unsupported log page");
             return Err(Status::INVALID_LOG_PAGE.dnr());
@@ -333,14 +345,24 @@ fn effects_log() -> EffectsLog {
     use nvme_types::command::io;
     e.iocs[io::FLUSH.0 as usize] = effects::CSUPP.into();
     e.iocs[io::READ.0 as usize] = effects::CSUPP.into();
+    for op in [io::COMPARE, io::RESV_REGISTER, io::RESV_REPORT, io::RESV_ACQUIRE, io::RESV_RELEASE] {
+        e.iocs[op.0 as usize] = effects::CSUPP.into();
+    }
     for op in [io::WRITE, io::WRITE_ZEROES, io::DSM] {
         e.iocs[op.0 as usize] = (effects::CSUPP | effects::LBCC).into();
     }
     e
 }
 
-async fn set_features(ctx: &QueueCtx, fid: u8, v: u32) -> Result<Reply, Status> {
+async fn set_features(ctx: &QueueCtx, fid: u8, v: u32, nsid: u32) -> Result<Reply, Status> {
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery {
+        return super::resv::feature(ctx, fid, nsid, Some(v));
+    }
+    if fid == feature::HOST_ID && !discovery {
+        // on fabrics the Host Identifier is the one of the Connect command
+        return Err(Status::CMD_SEQ_ERROR.dnr());
+    }
     if fid == feature::VOLATILE_WC && !discovery {
         let on = v & 1 != 0;
         let was = std::mem::replace(&mut ctx.ctrl.lock().vwc, on);
@@ -432,6 +454,9 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe, fid: u8, sel: u32) -> Result<Re
         let hostid = ctx.ctrl.hostid;
         return ctx.data_reply(sqe, &hostid, 0).await;
     }
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery && sel <= 2 {
+        return super::resv::feature(ctx, fid, sqe.nsid(), None);
+    }
     if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
         return Err(Status::INVALID_FIELD.dnr());
     }
@@ -512,8 +537,10 @@ mod tests {
         let d = Subsystem::new_discovery();
         let p = |s: &Subsystem, sqe| parse(s, MAX, &sqe);
         let set = |fid: u8, v: u32| admin(Opcode::SET_FEATURES, 0, fid.into(), v, 0);
-        assert_eq!(p(&s, set(feature::NUM_QUEUES, 0x0003_0003)), Ok(Admin::SetFeatures { fid: feature::NUM_QUEUES, value: 0x0003_0003 }));
-        assert_eq!(p(&s, set(feature::VOLATILE_WC, 0)), Ok(Admin::SetFeatures { fid: feature::VOLATILE_WC, value: 0 }));
+        assert_eq!(p(&s, set(feature::NUM_QUEUES, 0x0003_0003)), Ok(Admin::SetFeatures { fid: feature::NUM_QUEUES, value: 0x0003_0003, nsid: 0 }));
+        assert_eq!(p(&s, set(feature::VOLATILE_WC, 0)), Ok(Admin::SetFeatures { fid: feature::VOLATILE_WC, value: 0, nsid: 0 }));
+        assert!(p(&s, set(feature::RESV_PERSIST, 1)).is_ok());
+        assert_eq!(p(&d, set(feature::RESV_MASK, 0)), Err(Status::INVALID_FIELD.dnr()));
         // nothing is saveable; unknown features are refused
         assert_eq!(p(&s, admin(Opcode::SET_FEATURES, 0, u32::from(feature::KATO) | 1 << 31, 0, 0)), Err(Status::FEATURE_NOT_SAVEABLE.dnr()));
         assert_eq!(p(&s, set(0x7e, 0)), Err(Status::INVALID_FIELD.dnr()));

@@ -69,6 +69,8 @@ pub struct CtrlState {
     pub changed_ns: Vec<u32>,
     /// The host's address of each connected queue (admin = 0), for `pinion ctl status`.
     pub queue_peers: std::collections::BTreeMap<u16, std::net::SocketAddr>,
+    /// Reservation notification log, its mask, the notice sinks.
+    pub resv: super::resv::CtrlResv,
 }
 
 pub struct Controller {
@@ -103,6 +105,7 @@ impl Controller {
                 aen: Default::default(),
                 changed_ns: Vec::new(),
                 queue_peers: Default::default(),
+                resv: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),
             kill,

@@ -183,6 +183,19 @@ fn data_from(sqe: &Sqe, capsule: Option<usize>, len: usize) -> Result<HostData, 
 
 /// Parses, fetches the host's data, and runs an I/O command.
 pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let op = sqe.opcode();
+    // the reservation check, before any data moves; commands check again
+    // (and count themselves in flight) right before the medium
+    if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+        for ns in &ctx.subsys.namespaces {
+            super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
+        }
+    } else if let Some(ns) = ctx.subsys.namespace(sqe.nsid()) {
+        super::resv::check(ctx, ns, super::resv::access(op))?;
+        if matches!(op, io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE) {
+            return super::resv::execute(ctx, ns, &sqe, data).await;
+        }
+    }
     let vwc = ctx.ctrl.lock().vwc;
     let plan = parse(&ctx.subsys, ctx.reg.limits.max_transfer(), vwc, &sqe, data.as_ref().map(Sgl::len))?;
     let data = match plan.host_data() {
@@ -190,6 +203,13 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
         None => None,
     };
     run(ctx, &plan, data).await
+}
+
+/// The host's data for a write-type command (reservation commands): in the
+/// capsule, or fetched with an R2T.
+pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+    let from = data_from(sqe, data.as_ref().map(Sgl::len), len)?;
+    fetch(ctx, sqe, from, data, len).await
 }
 
 /// The host's data for a parsed command: the capsule's, or fetched with an
@@ -211,6 +231,8 @@ pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, capsule: Option<Sg
 /// Runs a parsed plan with the host's data (fetched when the plan needs
 /// it).
 pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply, Status> {
+    use pinion_backends::resv::Access;
+    use super::resv::admit;
     let ns = |nsid: u32| ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr());
     let need = |d: Option<Sgl>| d.ok_or(Status::SGL_INVALID_DATA.dnr());
     match *plan {
@@ -218,6 +240,7 @@ pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply
             let ns = ns(nsid)?;
             let n = ctx.responder.negotiated();
             let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
+            let _in = admit(ctx, ns, Access::Read)?;
             let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
             ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
             ns.stats.read_cmds.fetch_add(1, Relaxed);
@@ -225,7 +248,9 @@ pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply
         }
         Plan::Write { nsid, off, len, fua, .. } => {
             let ns = ns(nsid)?;
-            ns.volume.write(off, need(data)?, fua).await.map_err(|e| map_err(e, true))?;
+            let data = need(data)?;
+            let _in = admit(ctx, ns, Access::Write)?;
+            ns.volume.write(off, data, fua).await.map_err(|e| map_err(e, true))?;
             ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
             ns.stats.write_cmds.fetch_add(1, Relaxed);
             Reply::ok()
@@ -235,11 +260,15 @@ pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply
             Reply::ok()
         }
         Plan::Flush { nsid: Some(nsid) } => {
-            ns(nsid)?.volume.flush().await.map_err(|e| map_err(e, true))?;
+            let ns = ns(nsid)?;
+            let _in = admit(ctx, ns, super::resv::access(io::FLUSH))?;
+            ns.volume.flush().await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
         Plan::WriteZeroes { nsid, off, len, deallocate, fua } => {
-            ns(nsid)?.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
+            let ns = ns(nsid)?;
+            let _in = admit(ctx, ns, super::resv::access(io::WRITE_ZEROES))?;
+            ns.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
         Plan::Dsm { nsid, ranges, deallocate, .. } => {
@@ -249,6 +278,7 @@ pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply
                 return Reply::ok();
             }
             let ns = ns(nsid)?;
+            let _in = admit(ctx, ns, Access::Write)?;
             let bytes = data.to_vec();
             let mut rs = Vec::with_capacity(ranges);
             for r in bytes[..ranges * core::mem::size_of::<DsmRange>()].chunks_exact(16) {
@@ -265,6 +295,7 @@ pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply
         Plan::Compare { nsid, off, .. } => {
             let ns = ns(nsid)?;
             let want = need(data)?.to_vec();
+            let _in = admit(ctx, ns, Access::Read)?;
             let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
             compare_locked(ns, &g, off, &want).await?;
             Reply::ok()
@@ -322,6 +353,11 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
+    // the pair writes: both parts need write access (the compare alone
+    // would need read access only)
+    if let Err(s) = super::resv::check(ctx, ns, pinion_backends::resv::Access::Write) {
+        return (Err(s), failed());
+    }
     let (off, want) = match compare_data(ctx, ns, &first, first_data).await {
         Ok(v) => v,
         Err(s) => return (Err(s), failed()),
@@ -343,6 +379,10 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Err(s) => return (failed(), Err(s)),
     };
     let fua = second.fua() || !ctx.ctrl.lock().vwc;
+    let _in = match super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write) {
+        Ok(t) => t,
+        Err(s) => return (Err(s), failed()),
+    };
     let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
     if let Err(s) = compare_locked(ns, &g, off, &want).await {
         return (Err(s), failed());

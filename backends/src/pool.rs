@@ -100,6 +100,23 @@ impl PagePool {
 
     /// Takes `n` pages, waiting while the budget is spent.
     pub async fn alloc(&self, n: usize) -> Vec<Page> {
+        self.reserve(n).await;
+        self.take(n, false)
+    }
+
+    /// Takes `n` pages (waiting as [`PagePool::alloc`] does) and hands each
+    /// to `f`, with no vector in between: an SGL is built straight from them.
+    pub(crate) async fn alloc_each(&self, n: usize, peer: bool, f: impl FnMut(Page)) {
+        if peer {
+            let p = self.inner.peer_permits.acquire_many(n as u32).await.expect("pool semaphore is never closed");
+            p.forget();
+        }
+        self.reserve(n).await;
+        self.take_each(n, peer, f)
+    }
+
+    /// Takes `n` permits of the budget, waiting while it is spent.
+    async fn reserve(&self, n: usize) {
         assert!(n <= self.inner.budget, "request of {n} pages exceeds the pool budget");
         let permit = match self.inner.permits.try_acquire_many(n as u32) {
             Ok(p) => p,
@@ -113,7 +130,6 @@ impl PagePool {
         };
         // Each Page gives its permit back on drop.
         permit.forget();
-        self.take(n, false)
     }
 
     /// Takes `n` pages for a transfer whose completion depends on the peer
@@ -140,14 +156,19 @@ impl PagePool {
     /// Called with `n` permits taken, so `n` pages are free.
     fn take(&self, n: usize, peer: bool) -> Vec<Page> {
         let mut out = Vec::with_capacity(n);
+        self.take_each(n, peer, |p| out.push(p));
+        out
+    }
+
+    /// [`PagePool::take`], each page to `f`.
+    fn take_each(&self, n: usize, peer: bool, f: impl FnMut(Page)) {
         {
             let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
             let at = free.len().checked_sub(n).expect("a permit for every free page");
-            out.extend(free.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner.clone(), peer }));
+            free.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner.clone(), peer }).for_each(f);
         }
         let now = self.inner.in_use.fetch_add(n, Ordering::Relaxed) + n;
         self.inner.high_water.fetch_max(now, Ordering::Relaxed);
-        out
     }
 
     pub fn stats(&self) -> PoolStats {

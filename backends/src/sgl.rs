@@ -83,15 +83,28 @@ impl Sgl {
     /// An SGL of `len` bytes over freshly taken pool pages (waits for pages
     /// when the pool is spent).
     pub async fn alloc(pool: &PagePool, dir: Direction, len: usize) -> Sgl {
-        let pages = pool.alloc(len.div_ceil(PAGE_SIZE)).await;
-        Sgl::from_pages(dir, pages, len)
+        Sgl::alloc_from(pool, dir, len, false).await
     }
 
     /// Like [`Sgl::alloc`], for data that the peer has yet to send (see
     /// [`PagePool::alloc_waiting_on_peer`]).
     pub async fn alloc_waiting_on_peer(pool: &PagePool, len: usize) -> Sgl {
-        let pages = pool.alloc_waiting_on_peer(len.div_ceil(PAGE_SIZE)).await;
-        Sgl::from_pages(Direction::Dest, pages, len)
+        Sgl::alloc_from(pool, Direction::Dest, len, true).await
+    }
+
+    /// One allocation (the segment vector) per SGL: pages go from the pool
+    /// straight into it.
+    async fn alloc_from(pool: &PagePool, dir: Direction, len: usize, peer: bool) -> Sgl {
+        let n = len.div_ceil(PAGE_SIZE);
+        let mut segs = Vec::with_capacity(n);
+        let mut left = len;
+        pool.alloc_each(n, peer, |page| {
+            let l = left.min(PAGE_SIZE);
+            left -= l;
+            segs.push(Segment::Pool { page, len: l });
+        })
+        .await;
+        Sgl { dir, segs, len }
     }
 
     pub fn from_pages(dir: Direction, pages: Vec<Page>, len: usize) -> Sgl {

@@ -38,6 +38,13 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// An empty vector with the allocation of `v`, for slices of another
+/// lifetime (the collect reuses the allocation: same size and alignment).
+fn reuse<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
+}
+
 /// Items per batch: one wakeup, one encode, (usually) one `sendmsg`.
 const MAX_BATCH: usize = 64;
 /// `writev` accepts at most IOV_MAX slices.
@@ -149,8 +156,10 @@ struct InFlight<T> {
     drain_to: Option<u64>,
 }
 
-struct Engine<'a> {
-    stream: &'a TcpStream,
+struct Engine {
+    wr: OwnedWriteHalf,
+    /// The allocation of the I/O vector, kept between batches.
+    iov: Vec<IoSlice<'static>>,
     cfg: SendConfig,
     zerocopy: bool,
     /// The kernel's counter of zero-copy send calls on this socket.
@@ -165,7 +174,11 @@ struct Sent {
     drain_to: Option<u64>,
 }
 
-impl Engine<'_> {
+impl Engine {
+    fn stream(&self) -> &TcpStream {
+        self.wr.as_ref()
+    }
+
     /// Sends the memory slices gathered so far; `pool_bytes` of them are
     /// pool-page payload.
     async fn send_iov(
@@ -179,8 +192,8 @@ impl Engine<'_> {
         while !s.is_empty() {
             let n = s.len().min(IOV_MAX);
             let flags = if zc { libc::MSG_ZEROCOPY } else { 0 };
-            let r = self.stream.try_io(Interest::WRITABLE, || {
-                socket2::SockRef::from(self.stream).send_vectored_with_flags(&s[..n], flags)
+            let r = self.stream().try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(self.stream()).send_vectored_with_flags(&s[..n], flags)
             });
             match r {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -193,7 +206,7 @@ impl Engine<'_> {
                     IoSlice::advance_slices(&mut s, w);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.stream.writable().await?
+                    self.stream().writable().await?
                 }
                 // Out of option memory for notifications: the rest of this
                 // batch is copied.
@@ -223,11 +236,11 @@ impl Engine<'_> {
         use rustix::pipe::SpliceFlags;
         let mut left = len;
         while left > 0 {
-            let res = self.stream.try_io(Interest::WRITABLE, || {
+            let res = self.stream().try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(
                     r.pipe.read_end(),
                     None,
-                    self.stream,
+                    self.stream(),
                     None,
                     left,
                     SpliceFlags::MOVE | SpliceFlags::NONBLOCK | SpliceFlags::MORE,
@@ -245,7 +258,7 @@ impl Engine<'_> {
                     self.pos += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.stream.writable().await?
+                    self.stream().writable().await?
                 }
                 Err(e) => return Err(e),
             }
@@ -260,7 +273,7 @@ impl Engine<'_> {
         items: &[T],
     ) -> std::io::Result<Sent> {
         let mut sent = Sent::default();
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.pieces.len() * 2);
+        let mut iov = reuse(std::mem::take(&mut self.iov));
         let mut pool_bytes = 0usize;
         for p in &frames.pieces {
             match p {
@@ -293,6 +306,7 @@ impl Engine<'_> {
             }
         }
         self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+        self.iov = reuse(iov);
         Ok(sent)
     }
 
@@ -302,11 +316,11 @@ impl Engine<'_> {
         // Clear the error readiness first, then drain the queue directly: a
         // completion that arrives after the clear raises readiness again, so
         // none is left unread while the engine sleeps.
-        let _ = self.stream.try_io(Interest::ERROR, || {
+        let _ = self.stream().try_io(Interest::ERROR, || {
             Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
         });
         loop {
-            match sys::recv_errqueue(self.stream) {
+            match sys::recv_errqueue(self.stream()) {
                 Ok(Some(done)) => {
                     bump(&METRICS.zerocopy_completions);
                     let covers =
@@ -344,13 +358,13 @@ impl Engine<'_> {
         while let Some(f) = inflight.front() {
             let done = f.zc_ids.is_empty()
                 && f.drain_to.is_none_or(|d| {
-                    let a = *acked.get_or_insert_with(|| match sys::outq(self.stream) {
+                    let a = *acked.get_or_insert_with(|| match sys::outq(self.stream()) {
                         Ok(q) => self.pos.saturating_sub(q as u64),
                         Err(_) => 0,
                     });
                     a >= d
                 });
-            let stream = self.stream;
+            let stream = self.stream();
             let gone = check_closed && !done && *closed.get_or_insert_with(|| sys::tcp_closed(stream));
             if !done && !gone {
                 break;
@@ -365,82 +379,108 @@ impl Engine<'_> {
     }
 }
 
-/// Runs a connection's send side until the channel closes, the encoder
-/// asks to close, or the socket fails; then waits for outstanding pages
-/// and closes the socket.
-pub async fn run<T: Outgoing, E: Encode<T>>(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<T>,
-    mut enc: E,
-    cfg: SendConfig,
-) {
-    let stream: &TcpStream = wr.as_ref();
-    let zerocopy = cfg.zerocopy_min > 0 && sys::enable_zerocopy(stream).is_ok();
-    let mut eng = Engine {
-        stream,
-        cfg,
-        zerocopy,
-        next_zc_id: 0,
-        pos: 0,
-    };
-    let mut inflight: VecDeque<InFlight<T>> = VecDeque::new();
-    let mut spare: Vec<Frames> = Vec::new();
-    let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
-    let mut failed = false;
-    loop {
-        eng.retire(&mut inflight, &mut spare, false);
-        let want_zc = inflight.iter().any(|f| !f.zc_ids.is_empty());
-        let want_drain = inflight
-            .front()
-            .is_some_and(|f| f.zc_ids.is_empty() && f.drain_to.is_some());
-        let first = tokio::select! {
-            biased;
-            r = stream.ready(Interest::ERROR), if want_zc => {
-                if r.is_err() || eng.reap_completions(&mut inflight).is_err() {
-                    failed = true;
-                    break;
-                }
-                continue;
-            }
-            t = rx.recv() => match t {
-                Some(t) => t,
-                None => break,
+/// A connection's send side, driven by its owner's task: items are
+/// [`Sender::push`]ed, every [`Sender::flush`] encodes what is queued and
+/// sends it (usually with one `sendmsg`), and the lifetime tracker keeps
+/// each item until the kernel is done with its pages. A connection driver
+/// owns one and calls it inline; [`run`] wraps one around a channel for
+/// protocols whose items come from other tasks.
+pub struct Sender<T: Outgoing, E: Encode<T>> {
+    eng: Engine,
+    enc: E,
+    inflight: VecDeque<InFlight<T>>,
+    spare: Vec<Frames>,
+    batch: Vec<T>,
+    /// The socket failed: nothing more is sent.
+    failed: bool,
+    /// The encoder asked to close (a fatal error PDU went out).
+    closed: bool,
+}
+
+impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
+    pub fn new(wr: OwnedWriteHalf, enc: E, cfg: SendConfig) -> Self {
+        let zerocopy = cfg.zerocopy_min > 0 && sys::enable_zerocopy(wr.as_ref()).is_ok();
+        Sender {
+            eng: Engine {
+                wr,
+                iov: Vec::new(),
+                cfg,
+                zerocopy,
+                next_zc_id: 0,
+                pos: 0,
             },
-            _ = tokio::time::sleep(DRAIN_POLL), if want_drain => {
-                eng.retire(&mut inflight, &mut spare, true);
-                continue;
-            }
-        };
-        batch.push(first);
-        // Let the commands that are ready to run finish first: their
-        // completions join this batch, one sendmsg instead of several.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(t) => batch.push(t),
-                Err(_) => break,
-            }
+            enc,
+            inflight: VecDeque::new(),
+            spare: Vec::new(),
+            batch: Vec::with_capacity(MAX_BATCH),
+            failed: false,
+            closed: false,
         }
-        let mut frames = spare.pop().unwrap_or_default();
-        let mut close = false;
-        for (i, item) in batch.iter().enumerate() {
-            if enc.encode(i, item, &mut frames) == Flow::Close {
-                close = true;
+    }
+
+    /// Queues an item for the next [`Sender::flush`]. After the socket
+    /// failed or the encoder closed the connection, items are dropped.
+    pub fn push(&mut self, t: T) {
+        if !self.failed && !self.closed {
+            self.batch.push(t);
+        }
+    }
+
+    /// Items queued and not yet sent.
+    pub fn queued(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether nothing more can be sent (the socket failed, or an item
+    /// asked to close the connection).
+    pub fn is_done(&self) -> bool {
+        self.failed || self.closed
+    }
+
+    /// Whether sent items still wait for the kernel (zero-copy completions
+    /// or page-cache payloads not yet acknowledged): the owner calls
+    /// [`Sender::housekeeping`] now and then (every millisecond) until not.
+    pub fn holds_pages(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Reads zero-copy completions and releases what the kernel is done
+    /// with; never waits.
+    pub fn housekeeping(&mut self) {
+        if self.inflight.iter().any(|f| !f.zc_ids.is_empty()) && self.eng.reap_completions(&mut self.inflight).is_err() {
+            self.failed = true;
+        }
+        self.eng.retire(&mut self.inflight, &mut self.spare, true);
+    }
+
+    /// Encodes and sends everything queued. Waits while the socket is full.
+    pub async fn flush(&mut self) {
+        self.eng.retire(&mut self.inflight, &mut self.spare, false);
+        if self.batch.is_empty() || self.failed || self.closed {
+            self.batch.clear();
+            return;
+        }
+        let mut frames = self.spare.pop().unwrap_or_default();
+        let mut n = self.batch.len();
+        for (i, item) in self.batch.iter().enumerate() {
+            if self.enc.encode(i, item, &mut frames) == Flow::Close {
+                self.closed = true;
+                n = i + 1;
                 break;
             }
         }
-        match eng.transmit(&frames, &batch).await {
+        self.batch.truncate(n);
+        match self.eng.transmit(&frames, &self.batch).await {
             Ok(sent) => {
-                let items: Vec<T> = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-                if cfg.early_release {
+                if self.eng.cfg.early_release {
                     // The hook frees the payload pages only; the header arena
                     // is tracked as usual, so what breaks is the data.
-                    drop(items);
+                    self.batch.clear();
                     if sent.zc_ids.is_empty() {
                         frames.clear();
-                        spare.push(frames);
+                        self.spare.push(frames);
                     } else {
-                        inflight.push_back(InFlight {
+                        self.inflight.push_back(InFlight {
                             items: Vec::new(),
                             frames: Some(frames),
                             zc_ids: sent.zc_ids,
@@ -449,12 +489,13 @@ pub async fn run<T: Outgoing, E: Encode<T>>(
                     }
                 } else if sent.zc_ids.is_empty() && sent.drain_to.is_none() {
                     // The kernel copied everything during the call.
-                    drop(items);
+                    self.batch.clear();
                     frames.clear();
-                    spare.push(frames);
+                    self.spare.push(frames);
                 } else {
+                    let items = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
                     let frames = (!sent.zc_ids.is_empty()).then_some(frames);
-                    inflight.push_back(InFlight {
+                    self.inflight.push_back(InFlight {
                         items,
                         frames,
                         zc_ids: sent.zc_ids,
@@ -465,34 +506,96 @@ pub async fn run<T: Outgoing, E: Encode<T>>(
             Err(e) => {
                 tracing::info!(error = %e, "send failed");
                 // Whatever part of the batch reached the socket may still be
-                // referenced: keep it with the rest until the close below.
-                let items: Vec<T> = std::mem::take(&mut batch);
-                inflight.push_back(InFlight {
+                // referenced: keep it with the rest until the close.
+                let items = std::mem::take(&mut self.batch);
+                self.inflight.push_back(InFlight {
                     items,
                     frames: Some(frames),
                     zc_ids: Vec::new(),
                     drain_to: Some(u64::MAX),
                 });
-                failed = true;
-                break;
+                self.failed = true;
             }
         }
-        if close {
+    }
+
+    /// Waits (bounded) for the kernel to let go of every page, then shuts
+    /// the socket down (or resets it when pages are still referenced).
+    pub async fn close(mut self) {
+        self.batch.clear();
+        let failed = self.failed;
+        close(&mut self.eng, &mut self.inflight, &mut self.spare, failed).await;
+        if !failed && self.inflight.is_empty() {
+            let _ = self.eng.wr.shutdown().await;
+        }
+    }
+
+    /// Waits for the next housekeeping moment: zero-copy completions on
+    /// the error queue, or the drain poll for page-cache payloads. Never
+    /// returns when nothing is outstanding. Cancel-safe.
+    async fn wait_housekeeping(&self) {
+        let want_zc = self.inflight.iter().any(|f| !f.zc_ids.is_empty());
+        let want_drain = self
+            .inflight
+            .front()
+            .is_some_and(|f| f.zc_ids.is_empty() && f.drain_to.is_some());
+        tokio::select! {
+            biased;
+            _ = self.eng.stream().ready(Interest::ERROR), if want_zc => {}
+            _ = tokio::time::sleep(DRAIN_POLL), if want_drain => {}
+            _ = std::future::pending::<()>(), if !want_zc && !want_drain => {}
+        }
+    }
+}
+
+/// Runs a connection's send side until the channel closes, the encoder
+/// asks to close, or the socket fails; then waits for outstanding pages
+/// and closes the socket.
+pub async fn run<T: Outgoing, E: Encode<T>>(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<T>,
+    enc: E,
+    cfg: SendConfig,
+) {
+    let mut tx = Sender::new(wr, enc, cfg);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = tx.wait_housekeeping() => {
+                tx.housekeeping();
+                if tx.is_done() {
+                    break;
+                }
+                continue;
+            }
+            t = rx.recv() => match t {
+                Some(t) => t,
+                None => break,
+            },
+        };
+        tx.push(first);
+        // Let the commands that are ready to run finish first: their
+        // completions join this batch, one sendmsg instead of several.
+        tokio::task::yield_now().await;
+        while tx.queued() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(t) => tx.push(t),
+                Err(_) => break,
+            }
+        }
+        tx.flush().await;
+        if tx.is_done() {
             break;
         }
     }
     rx.close();
-    drop(batch);
-    close(&mut eng, &mut inflight, &mut spare, failed).await;
-    if !failed && inflight.is_empty() {
-        let _ = wr.shutdown().await;
-    }
+    tx.close().await;
 }
 
 /// Waits (bounded) until the kernel holds none of the connection's pages;
 /// otherwise resets the connection so none of them is ever sent.
 async fn close<T>(
-    eng: &mut Engine<'_>,
+    eng: &mut Engine,
     inflight: &mut VecDeque<InFlight<T>>,
     spare: &mut Vec<Frames>,
     failed: bool,
@@ -524,7 +627,7 @@ async fn close<T>(
         // flush it. The reset happens when the connection's last handle
         // closes, which its owner does as soon as this returns; the peer
         // has not read for `close_timeout`, so nothing moves before then.)
-        let _ = socket2::SockRef::from(eng.stream).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(eng.stream()).set_linger(Some(Duration::ZERO));
         tracing::warn!(
             batches = inflight.len(),
             "closing with sends outstanding: connection reset"

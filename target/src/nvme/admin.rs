@@ -4,7 +4,7 @@
 use super::aen::Park;
 use super::ctrl::CtrlState;
 use super::queue::{QueueCtx, Reply};
-use super::subsys::SubsysKind;
+use super::subsys::{SubsysKind, Subsystem};
 use nvme_types::command::{feature, Opcode, BROADCAST_NSID};
 use nvme_types::identify::{self, cns, IdentifyController, IdentifyNamespace};
 use nvme_types::log::{self, effects, lid, EffectsLog, FwSlotLog, GetLogPage, SmartLog};
@@ -18,16 +18,135 @@ pub const MAX_NSID: u32 = 1024;
 pub const FIRMWARE_REV: &str = env!("CARGO_PKG_VERSION");
 const MAX_AERS: usize = 4;
 
+/// An admin command, checked: what it asks for, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    Identify { cns: u8, nsid: u32 },
+    GetLogPage(GetLogPage),
+    SetFeatures { fid: u8, value: u32, nsid: u32 },
+    GetFeatures { fid: u8, sel: u32 },
+    KeepAlive,
+    AsyncEvent,
+    Abort { sqid: u16, cid: u16 },
+}
+
+/// Checks an admin command against the subsystem (opcode, CNS, log page,
+/// feature, lengths, namespace) before it runs: what needs no controller
+/// state is decided here, without a socket.
+pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin, Status> {
+    let discovery = subsys.kind == SubsysKind::Discovery;
+    match sqe.opcode() {
+        Opcode::IDENTIFY => {
+            let (c, nsid) = (sqe.cdw10.get() as u8, sqe.nsid());
+            match c {
+                cns::CONTROLLER => {}
+                cns::ACTIVE_NS_LIST if !discovery => {}
+                cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
+                    subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+                }
+                _ => {
+                    tracing::debug!(cns = c, "unsupported identify CNS");
+                    return Err(Status::INVALID_FIELD.dnr());
+                }
+            }
+            // the data length the host's SGL asks for
+            super::queue::transfer_len(sqe, max_transfer)?;
+            Ok(Admin::Identify { cns: c, nsid })
+        }
+        Opcode::GET_LOG_PAGE => {
+            let g = GetLogPage::from_sqe(sqe);
+            let want = super::queue::transfer_len(sqe, max_transfer)?;
+            if g.len as usize != want || !g.offset.is_multiple_of(4) {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            match g.lid {
+                lid::DISCOVERY if discovery => {}
+                lid::ERROR | lid::FW_SLOT | lid::CHANGED_NS | lid::CMD_EFFECTS | lid::RESV_NOTIFY if !discovery => {}
+                lid::SMART if !discovery => {
+                    let nsid = sqe.nsid();
+                    if nsid != 0 && nsid != BROADCAST_NSID {
+                        subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+                    }
+                }
+                l => {
+                    tracing::debug!(lid = l, "unsupported log page");
+                    return Err(Status::INVALID_LOG_PAGE.dnr());
+                }
+            }
+            Ok(Admin::GetLogPage(g))
+        }
+        Opcode::SET_FEATURES => {
+            let d10 = sqe.cdw10.get();
+            let (fid, value) = (d10 as u8, sqe.cdw11.get());
+            if d10 & (1 << 31) != 0 {
+                return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
+            }
+            match fid {
+                feature::VOLATILE_WC if !discovery => {}
+                feature::NUM_QUEUES if !discovery => {}
+                // reservation features; the Host Identifier is refused when run
+                feature::RESV_MASK | feature::RESV_PERSIST | feature::HOST_ID if !discovery => {}
+                feature::ASYNC_EVENT | feature::KATO => {}
+                // accepted and ignored: they describe PCIe interrupts and power
+                feature::ARBITRATION | feature::POWER_MGMT | feature::IRQ_COALESCE | feature::TEMP_THRESH if !discovery => {}
+                f => {
+                    tracing::debug!(fid = f, "unsupported Set Features");
+                    return Err(Status::INVALID_FIELD.dnr());
+                }
+            }
+            Ok(Admin::SetFeatures { fid, value, nsid: sqe.nsid() })
+        }
+        Opcode::GET_FEATURES => {
+            let d10 = sqe.cdw10.get();
+            let (fid, sel) = (d10 as u8, (d10 >> 8) & 0x7);
+            if fid == feature::HOST_ID && !discovery {
+                // 128-bit host identifier only (EXHID)
+                if sqe.cdw11.get() & 1 == 0 {
+                    return Err(Status::INVALID_FIELD.dnr());
+                }
+                super::queue::transfer_len(sqe, max_transfer)?;
+                return Ok(Admin::GetFeatures { fid, sel });
+            }
+            if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery && sel <= 2 {
+                return Ok(Admin::GetFeatures { fid, sel });
+            }
+            if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            if !has_value(fid) {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            if sel > 3 {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            Ok(Admin::GetFeatures { fid, sel })
+        }
+        Opcode::KEEP_ALIVE => Ok(Admin::KeepAlive),
+        Opcode::ASYNC_EVENT => Ok(Admin::AsyncEvent),
+        Opcode::ABORT if !discovery => {
+            let d10 = sqe.cdw10.get();
+            Ok(Admin::Abort { sqid: d10 as u16, cid: (d10 >> 16) as u16 })
+        }
+        op => {
+            tracing::info!(opcode = ?op, "unsupported admin command");
+            Err(Status::INVALID_OPCODE.dnr())
+        }
+    }
+}
+
 /// `None`: the command completes later (an AER).
 pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {
-    let discovery = ctx.subsys.kind == SubsysKind::Discovery;
-    let r = match sqe.opcode() {
-        Opcode::IDENTIFY => identify(ctx, sqe).await,
-        Opcode::GET_LOG_PAGE => get_log_page(ctx, sqe).await,
-        Opcode::SET_FEATURES => set_features(ctx, sqe).await,
-        Opcode::GET_FEATURES => get_features(ctx, sqe).await,
-        Opcode::KEEP_ALIVE => Reply::ok(),
-        Opcode::ASYNC_EVENT => {
+    let cmd = match parse(&ctx.subsys, ctx.reg.limits.max_transfer(), sqe) {
+        Ok(c) => c,
+        Err(s) => return Some(Err(s)),
+    };
+    let r = match cmd {
+        Admin::Identify { cns, nsid } => identify(ctx, sqe, cns, nsid).await,
+        Admin::GetLogPage(g) => get_log_page(ctx, sqe, g).await,
+        Admin::SetFeatures { fid, value, nsid } => set_features(ctx, fid, value, nsid).await,
+        Admin::GetFeatures { fid, sel } => get_features(ctx, sqe, fid, sel).await,
+        Admin::KeepAlive => Reply::ok(),
+        Admin::AsyncEvent => {
             let park = ctx.ctrl.lock().aen.park(sqe.cid(), MAX_AERS);
             match park {
                 Park::Complete(dw0) => Reply::result(u64::from(dw0)),
@@ -35,11 +154,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
                 Park::Limit => Err(Status::ASYNC_LIMIT.dnr()),
             }
         }
-        Opcode::ABORT if !discovery => Reply::result(abort(ctx, sqe)),
-        op => {
-            tracing::info!(opcode = ?op, "unsupported admin command");
-            Err(Status::INVALID_OPCODE.dnr())
-        }
+        Admin::Abort { sqid, cid } => Reply::result(abort(ctx, sqid, cid)),
     };
     Some(r)
 }
@@ -50,18 +165,14 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
 /// reaches the medium. Anything else is not: it is already executing (the
 /// backend I/O is not cut) or unknown. Completion DW0 bit 0 is 0 when the
 /// command was aborted, 1 when it was not.
-fn abort(ctx: &QueueCtx, sqe: &Sqe) -> u64 {
-    let d10 = sqe.cdw10.get();
-    let (sqid, cid) = (d10 as u16, (d10 >> 16) as u16);
+fn abort(ctx: &QueueCtx, sqid: u16, cid: u16) -> u64 {
     let aborter = if sqid == 0 { None } else { ctx.ctrl.lock().aborters.get(&sqid).cloned() };
     let aborted = aborter.is_some_and(|a| a.abort(cid, Status::ABORT_REQ));
     tracing::info!(sqid, cid, aborted, "Abort");
     u64::from(!aborted)
 }
 
-async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
-    let c = sqe.cdw10.get() as u8;
-    let nsid = sqe.nsid();
+async fn identify(ctx: &QueueCtx, sqe: &Sqe, c: u8, nsid: u32) -> Result<Reply, Status> {
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
     match c {
         cns::CONTROLLER => {
@@ -174,13 +285,7 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id
 }
 
-async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
-    let g = GetLogPage::from_sqe(sqe);
-    let max = ctx.reg.limits.max_transfer();
-    let want = super::queue::transfer_len(sqe, max)?;
-    if g.len as usize != want || !g.offset.is_multiple_of(4) {
-        return Err(Status::INVALID_FIELD.dnr());
-    }
+async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe, g: GetLogPage) -> Result<Reply, Status> {
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
     let page: Vec<u8> = match g.lid {
         lid::DISCOVERY if discovery => super::discovery::log_page(ctx),
@@ -261,16 +366,10 @@ fn effects_log() -> EffectsLog {
     e
 }
 
-async fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
-    let d10 = sqe.cdw10.get();
-    let fid = d10 as u8;
-    let v = sqe.cdw11.get();
-    if d10 & (1 << 31) != 0 {
-        return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
-    }
+async fn set_features(ctx: &QueueCtx, fid: u8, v: u32, nsid: u32) -> Result<Reply, Status> {
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
     if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery {
-        return super::resv::feature(ctx, fid, sqe.nsid(), Some(v));
+        return super::resv::feature(ctx, fid, nsid, Some(v));
     }
     if fid == feature::HOST_ID && !discovery {
         // on fabrics the Host Identifier is the one of the Connect command
@@ -323,6 +422,24 @@ async fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
     }
 }
 
+/// The features Get Features reports (those [`feature_value`] knows).
+fn has_value(fid: u8) -> bool {
+    matches!(
+        fid,
+        feature::NUM_QUEUES
+            | feature::VOLATILE_WC
+            | feature::ASYNC_EVENT
+            | feature::KATO
+            | feature::ARBITRATION
+            | feature::POWER_MGMT
+            | feature::ERR_RECOVERY
+            | feature::IRQ_COALESCE
+            | feature::IRQ_CONFIG
+            | feature::WRITE_ATOMIC
+            | feature::TEMP_THRESH
+    )
+}
+
 fn feature_value(s: &CtrlState, fid: u8) -> Option<u64> {
     Some(match fid {
         feature::NUM_QUEUES => {
@@ -339,10 +456,7 @@ fn feature_value(s: &CtrlState, fid: u8) -> Option<u64> {
     })
 }
 
-async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
-    let d10 = sqe.cdw10.get();
-    let fid = d10 as u8;
-    let sel = (d10 >> 8) & 0x7;
+async fn get_features(ctx: &QueueCtx, sqe: &Sqe, fid: u8, sel: u32) -> Result<Reply, Status> {
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
     if fid == feature::HOST_ID && !discovery {
         // 128-bit host identifier only (EXHID)
@@ -364,5 +478,99 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         // supported capabilities: changeable, not saveable, not per namespace
         3 => Reply::result(1 << 2),
         _ => Err(Status::INVALID_FIELD.dnr()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_types::command::{SglDescriptor, SglType};
+    use pinion_backends::{PagePool, Volume, VolumeSpec};
+    use std::sync::Arc;
+
+    const MAX: usize = 128 << 10;
+
+    fn nvm() -> Subsystem {
+        let pool = PagePool::new(1 << 20, false);
+        let b = pinion_backends::open("a", &VolumeSpec::Ram { size: 1 << 20, block_size: 4096 }).unwrap();
+        Subsystem::new_nvm("nqn.2026-11.io.pinion:admin-parse", None, None, vec![Arc::new(Volume::new("a", b, pool))], vec!["*".into()])
+    }
+
+    /// An admin command with `len` bytes of data for the host.
+    fn admin(op: Opcode, nsid: u32, cdw10: u32, cdw11: u32, len: u32) -> Sqe {
+        Sqe {
+            opcode: op.0,
+            flags: 0x40,
+            nsid: nsid.into(),
+            cdw10: cdw10.into(),
+            cdw11: cdw11.into(),
+            dptr: SglDescriptor { addr: 0.into(), length: len.into(), rsvd: [0; 3], type_subtype: SglType::TRANSPORT_DATA_BLOCK.0 },
+            ..Sqe::default()
+        }
+    }
+
+    #[test]
+    fn identify_and_log_pages_are_checked_before_they_run() {
+        let s = nvm();
+        let d = Subsystem::new_discovery();
+        let p = |s: &Subsystem, sqe| parse(s, MAX, &sqe);
+        let id = |c: u8, nsid| admin(Opcode::IDENTIFY, nsid, c.into(), 0, 4096);
+        assert_eq!(p(&s, id(cns::CONTROLLER, 0)), Ok(Admin::Identify { cns: cns::CONTROLLER, nsid: 0 }));
+        assert_eq!(p(&s, id(cns::NAMESPACE, 1)), Ok(Admin::Identify { cns: cns::NAMESPACE, nsid: 1 }));
+        assert_eq!(p(&s, id(cns::NAMESPACE, 2)), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(&s, id(cns::NS_DESC_LIST, 0)), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(&s, id(0x10, 0)), Err(Status::INVALID_FIELD.dnr()));
+        // a discovery controller has no namespaces to identify
+        assert_eq!(p(&d, id(cns::CONTROLLER, 0)), Ok(Admin::Identify { cns: cns::CONTROLLER, nsid: 0 }));
+        assert_eq!(p(&d, id(cns::ACTIVE_NS_LIST, 0)), Err(Status::INVALID_FIELD.dnr()));
+        // data beyond MDTS
+        assert_eq!(p(&s, admin(Opcode::IDENTIFY, 0, cns::CONTROLLER.into(), 0, 1 << 20)), Err(Status::INVALID_FIELD.dnr()));
+        // Get Log Page: NUMD must match the SGL, offsets are dword aligned
+        let log = |l: u8, nsid, len: u32, off: u32| {
+            let mut sqe = admin(Opcode::GET_LOG_PAGE, nsid, u32::from(l) | (len / 4 - 1) << 16, 0, len);
+            sqe.cdw12 = off.into();
+            sqe
+        };
+        assert!(matches!(p(&s, log(lid::SMART, BROADCAST_NSID, 512, 0)), Ok(Admin::GetLogPage(g)) if g.lid == lid::SMART && g.len == 512));
+        assert!(matches!(p(&s, log(lid::CHANGED_NS, 0, 4096, 8)), Ok(Admin::GetLogPage(g)) if g.offset == 8));
+        assert_eq!(p(&s, log(lid::SMART, 7, 512, 0)), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(&s, log(lid::ERROR, 0, 64, 2)), Err(Status::INVALID_FIELD.dnr()));
+        let mut short = log(lid::ERROR, 0, 64, 0);
+        short.dptr.length = 32.into();
+        assert_eq!(p(&s, short), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(p(&s, log(lid::DISCOVERY, 0, 1024, 0)), Err(Status::INVALID_LOG_PAGE.dnr()));
+        assert_eq!(p(&d, log(lid::SMART, 0, 512, 0)), Err(Status::INVALID_LOG_PAGE.dnr()));
+        assert!(p(&d, log(lid::DISCOVERY, 0, 1024, 0)).is_ok());
+    }
+
+    #[test]
+    fn features_abort_and_unknown_commands() {
+        let s = nvm();
+        let d = Subsystem::new_discovery();
+        let p = |s: &Subsystem, sqe| parse(s, MAX, &sqe);
+        let set = |fid: u8, v: u32| admin(Opcode::SET_FEATURES, 0, fid.into(), v, 0);
+        assert_eq!(p(&s, set(feature::NUM_QUEUES, 0x0003_0003)), Ok(Admin::SetFeatures { fid: feature::NUM_QUEUES, value: 0x0003_0003, nsid: 0 }));
+        assert_eq!(p(&s, set(feature::VOLATILE_WC, 0)), Ok(Admin::SetFeatures { fid: feature::VOLATILE_WC, value: 0, nsid: 0 }));
+        assert!(p(&s, set(feature::RESV_PERSIST, 1)).is_ok());
+        assert_eq!(p(&d, set(feature::RESV_MASK, 0)), Err(Status::INVALID_FIELD.dnr()));
+        // nothing is saveable; unknown features are refused
+        assert_eq!(p(&s, admin(Opcode::SET_FEATURES, 0, u32::from(feature::KATO) | 1 << 31, 0, 0)), Err(Status::FEATURE_NOT_SAVEABLE.dnr()));
+        assert_eq!(p(&s, set(0x7e, 0)), Err(Status::INVALID_FIELD.dnr()));
+        // a discovery controller: keep alive and events only
+        assert_eq!(p(&d, set(feature::VOLATILE_WC, 1)), Err(Status::INVALID_FIELD.dnr()));
+        assert!(p(&d, set(feature::KATO, 5000)).is_ok());
+        let get = |fid: u8, sel: u32, cdw11| admin(Opcode::GET_FEATURES, 0, u32::from(fid) | sel << 8, cdw11, 16);
+        assert_eq!(p(&s, get(feature::KATO, 3, 0)), Ok(Admin::GetFeatures { fid: feature::KATO, sel: 3 }));
+        assert_eq!(p(&s, get(feature::KATO, 4, 0)), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(p(&s, get(0x7e, 0, 0)), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(p(&d, get(feature::NUM_QUEUES, 0, 0)), Err(Status::INVALID_FIELD.dnr()));
+        // Host Identifier: the 128-bit one only
+        assert_eq!(p(&s, get(feature::HOST_ID, 0, 1)), Ok(Admin::GetFeatures { fid: feature::HOST_ID, sel: 0 }));
+        assert_eq!(p(&s, get(feature::HOST_ID, 0, 0)), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(p(&s, admin(Opcode::ABORT, 0, 3 | 17 << 16, 0, 0)), Ok(Admin::Abort { sqid: 3, cid: 17 }));
+        assert_eq!(p(&d, admin(Opcode::ABORT, 0, 3 | 17 << 16, 0, 0)), Err(Status::INVALID_OPCODE.dnr()));
+        assert_eq!(p(&s, admin(Opcode::KEEP_ALIVE, 0, 0, 0, 0)), Ok(Admin::KeepAlive));
+        assert_eq!(p(&s, admin(Opcode::ASYNC_EVENT, 0, 0, 0, 0)), Ok(Admin::AsyncEvent));
+        assert_eq!(p(&s, admin(Opcode(0x80), 0, 0, 0, 0)), Err(Status::INVALID_OPCODE.dnr()));
     }
 }

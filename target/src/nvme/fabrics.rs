@@ -125,43 +125,80 @@ pub fn cap(max_queue_size: u16) -> u64 {
 
 pub const VERSION_1_3: u32 = 0x0001_0300;
 
-/// Executes a fabrics command on a connected queue; `true` ends the queue.
-pub async fn execute(ctx: &QueueCtx, cmd: &Command) -> (Result<Reply, Status>, bool) {
-    let sqe = &cmd.sqe;
+/// A fabrics command on a connected queue, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fabrics {
+    /// A property of the register file: CAP (8 bytes), VS, CC or CSTS.
+    PropertyGet { offset: u32 },
+    /// CC, the only writable property.
+    PropertySet { value: u32 },
+    Disconnect,
+    AuthSend,
+    AuthReceive,
+}
+
+/// Checks a fabrics command on a connected queue (`qid` 0: the admin
+/// queue, the only one with properties) before it runs.
+pub fn parse(sqe: &nvme_types::Sqe, qid: u16) -> Result<Fabrics, Status> {
     match sqe.fctype() {
-        FabricsType::PROPERTY_GET if ctx.qid == 0 => (property_get(ctx, PropertyCmd::from_sqe(sqe)), false),
-        FabricsType::PROPERTY_SET if ctx.qid == 0 => (property_set(ctx, PropertyCmd::from_sqe(sqe)).await, false),
-        FabricsType::DISCONNECT => {
-            tracing::info!("host disconnected the queue");
-            (Reply::ok(), true)
+        FabricsType::PROPERTY_GET if qid == 0 => {
+            let p = PropertyCmd::from_sqe(sqe);
+            match (p.size8, p.offset) {
+                (true, prop::CAP) | (false, prop::VS | prop::CC | prop::CSTS) => Ok(Fabrics::PropertyGet { offset: p.offset }),
+                _ => Err(Status::INVALID_FIELD.dnr()),
+            }
         }
-        FabricsType::CONNECT => (Err(Status::CMD_SEQ_ERROR.dnr()), false),
-        FabricsType::AUTH_SEND => (super::auth::send(ctx, cmd).await, false),
-        FabricsType::AUTH_RECEIVE => (super::auth::receive(ctx, sqe).await, false),
+        FabricsType::PROPERTY_SET if qid == 0 => {
+            let p = PropertyCmd::from_sqe(sqe);
+            if p.size8 || p.offset != prop::CC {
+                return Err(Status::INVALID_FIELD.dnr());
+            }
+            Ok(Fabrics::PropertySet { value: p.value as u32 })
+        }
+        FabricsType::DISCONNECT => Ok(Fabrics::Disconnect),
+        FabricsType::CONNECT => Err(Status::CMD_SEQ_ERROR.dnr()),
+        FabricsType::AUTH_SEND => Ok(Fabrics::AuthSend),
+        FabricsType::AUTH_RECEIVE => Ok(Fabrics::AuthReceive),
         t => {
             tracing::info!(fctype = ?t, "unsupported fabrics command");
-            (Err(Status::INVALID_OPCODE.dnr()), false)
+            Err(Status::INVALID_OPCODE.dnr())
         }
     }
 }
 
-fn property_get(ctx: &QueueCtx, p: PropertyCmd) -> Result<Reply, Status> {
+/// Executes a fabrics command on a connected queue; `true` ends the queue.
+pub async fn execute(ctx: &QueueCtx, cmd: &Command) -> (Result<Reply, Status>, bool) {
+    let sqe = &cmd.sqe;
+    let f = match parse(sqe, ctx.qid) {
+        Ok(f) => f,
+        Err(s) => return (Err(s), false),
+    };
+    match f {
+        Fabrics::PropertyGet { offset } => (property_get(ctx, offset), false),
+        Fabrics::PropertySet { value } => (property_set(ctx, value).await, false),
+        Fabrics::Disconnect => {
+            tracing::info!("host disconnected the queue");
+            (Reply::ok(), true)
+        }
+        Fabrics::AuthSend => (super::auth::send(ctx, cmd).await, false),
+        Fabrics::AuthReceive => (super::auth::receive(ctx, sqe).await, false),
+    }
+}
+
+fn property_get(ctx: &QueueCtx, offset: u32) -> Result<Reply, Status> {
     let s = ctx.ctrl.lock();
-    let v = match (p.size8, p.offset) {
-        (true, prop::CAP) => cap(ctx.reg.limits.max_queue_size),
-        (false, prop::VS) => u64::from(VERSION_1_3),
-        (false, prop::CC) => u64::from(s.cc),
-        (false, prop::CSTS) => u64::from(s.csts),
+    let v = match offset {
+        prop::CAP => cap(ctx.reg.limits.max_queue_size),
+        prop::VS => u64::from(VERSION_1_3),
+        prop::CC => u64::from(s.cc),
+        prop::CSTS => u64::from(s.csts),
         _ => return Err(Status::INVALID_FIELD.dnr()),
     };
     Reply::result(v)
 }
 
-async fn property_set(ctx: &QueueCtx, p: PropertyCmd) -> Result<Reply, Status> {
-    if p.size8 || p.offset != prop::CC {
-        return Err(Status::INVALID_FIELD.dnr());
-    }
-    if ctx.ctrl.set_cc(p.value as u32) {
+async fn property_set(ctx: &QueueCtx, value: u32) -> Result<Reply, Status> {
+    if ctx.ctrl.set_cc(value) {
         // Shutdown notification: make every acknowledged write durable
         // before reporting the shutdown complete.
         tracing::info!("shutdown requested by host; flushing namespaces");
@@ -171,4 +208,45 @@ async fn property_set(ctx: &QueueCtx, p: PropertyCmd) -> Result<Reply, Status> {
         ctx.ctrl.shutdown_complete();
     }
     Reply::ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_types::Sqe;
+
+    fn fabrics(t: FabricsType, size8: bool, offset: u32, value: u64) -> Sqe {
+        Sqe {
+            opcode: Opcode::FABRICS.0,
+            nsid: u32::from(t.0).into(),
+            cdw10: u32::from(size8).into(),
+            cdw11: offset.into(),
+            cdw12: (value as u32).into(),
+            cdw13: ((value >> 32) as u32).into(),
+            ..Sqe::default()
+        }
+    }
+
+    #[test]
+    fn fabrics_commands_are_checked_before_they_run() {
+        let get = |size8, off, qid| parse(&fabrics(FabricsType::PROPERTY_GET, size8, off, 0), qid);
+        assert_eq!(get(true, prop::CAP, 0), Ok(Fabrics::PropertyGet { offset: prop::CAP }));
+        assert_eq!(get(false, prop::CSTS, 0), Ok(Fabrics::PropertyGet { offset: prop::CSTS }));
+        // CAP is 8 bytes, the others 4; no other property exists
+        assert_eq!(get(false, prop::CAP, 0), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(get(true, prop::CC, 0), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(get(false, 0x20, 0), Err(Status::INVALID_FIELD.dnr()));
+        // properties live on the admin queue only
+        assert_eq!(get(false, prop::CC, 1), Err(Status::INVALID_OPCODE.dnr()));
+        let set = |size8, off, v, qid| parse(&fabrics(FabricsType::PROPERTY_SET, size8, off, v), qid);
+        assert_eq!(set(false, prop::CC, 0x460001, 0), Ok(Fabrics::PropertySet { value: 0x460001 }));
+        assert_eq!(set(false, prop::CSTS, 1, 0), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(set(true, prop::CC, 1, 0), Err(Status::INVALID_FIELD.dnr()));
+        assert_eq!(set(false, prop::CC, 1, 2), Err(Status::INVALID_OPCODE.dnr()));
+        // a second Connect on a connected queue is out of sequence
+        assert_eq!(parse(&fabrics(FabricsType::CONNECT, false, 0, 0), 1), Err(Status::CMD_SEQ_ERROR.dnr()));
+        assert_eq!(parse(&fabrics(FabricsType::DISCONNECT, false, 0, 0), 3), Ok(Fabrics::Disconnect));
+        assert_eq!(parse(&fabrics(FabricsType::AUTH_SEND, false, 0, 0), 0), Ok(Fabrics::AuthSend));
+        assert_eq!(parse(&fabrics(FabricsType(0x7), false, 0, 0), 0), Err(Status::INVALID_OPCODE.dnr()));
+    }
 }

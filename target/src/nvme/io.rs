@@ -10,6 +10,8 @@
 use super::queue::{transfer_len, QueueCtx, Reply};
 use super::subsys::{Namespace, Subsystem};
 use nvme_types::command::{io, DsmRange, SglType, BROADCAST_NSID};
+#[cfg(test)]
+use nvme_types::command::Opcode;
 use nvme_types::{Sqe, Status};
 use pinion_backends::metrics::Op;
 use pinion_backends::{BackendError, LockMode, RangeGuard, ReadOpts, Sgl};
@@ -61,40 +63,97 @@ fn lba_range(ns: &Namespace, slba: u64, nlb: u64) -> Result<(u64, u64), Status> 
     }
 }
 
-pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+/// Where a command's data comes from, decided when it is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostData {
+    /// The command moves no data to the target.
+    None,
+    /// In the capsule: already received, `len` bytes (checked).
+    Capsule,
+    /// Still at the host: fetched with an R2T.
+    Transfer,
+}
+
+/// An I/O command checked against its namespace: what it does, on which
+/// bytes, and where the host's data (if any) comes from. Every check that
+/// needs no data is made before a plan exists, so a command that fails
+/// them never solicits data, takes a lock or reaches the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Read `len` bytes at byte `off`; the data goes to the host.
+    Read { nsid: u32, off: u64, len: usize },
+    /// Write the host's `len` bytes at byte `off`.
+    Write { nsid: u32, off: u64, len: usize, fua: bool, from: HostData },
+    /// Flush one namespace, or every one (`nsid` None: the broadcast NSID).
+    Flush { nsid: Option<u32> },
+    WriteZeroes { nsid: u32, off: u64, len: u64, deallocate: bool, fua: bool },
+    /// Dataset Management: `ranges` range entries in `len` bytes of data.
+    Dsm { nsid: u32, ranges: usize, len: usize, deallocate: bool, from: HostData },
+    /// Compare the medium at `off` with the host's `len` bytes.
+    Compare { nsid: u32, off: u64, len: usize, from: HostData },
+}
+
+impl Plan {
+    /// The host's data the plan needs before it runs: its length and where
+    /// it comes from.
+    pub fn host_data(&self) -> Option<(usize, HostData)> {
+        match *self {
+            Plan::Write { len, from, .. } | Plan::Dsm { len, from, .. } | Plan::Compare { len, from, .. } => Some((len, from)),
+            _ => None,
+        }
+    }
+}
+
+/// Checks an I/O command against the subsystem (namespace, opcode, LBA
+/// range, data length and descriptor, write protection) and returns its
+/// plan, or the status it completes with. `capsule` is the in-capsule data
+/// length, if the capsule carried data; `vwc`: the volatile write cache is
+/// on (off, every write is written through).
+pub fn parse(subsys: &Subsystem, max_transfer: usize, vwc: bool, sqe: &Sqe, capsule: Option<usize>) -> Result<Plan, Status> {
     let op = sqe.opcode();
     if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
-        for ns in ctx.subsys.namespaces().iter() {
-            super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
-        }
-        flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
-        return Reply::ok();
+        return Ok(Plan::Flush { nsid: None });
     }
-    let ns = &namespace(ctx, &sqe)?;
-    // the reservation check, before any data moves; commands check again
-    // (and count themselves in flight) right before the medium
-    let access = super::resv::access(op);
-    super::resv::check(ctx, ns, access)?;
+    let ns = &namespace(subsys, sqe)?;
+    let nsid = sqe.nsid();
+    let fua = sqe.fua() || !vwc;
     match op {
-        io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE => super::resv::execute(ctx, ns, &sqe, data).await,
-        io::READ => read(ctx, ns, &sqe).await,
-        io::WRITE => write(ctx, ns, &sqe, data).await,
-        io::FLUSH => {
-            let _in = super::resv::admit(ctx, ns, access)?;
-            ns.volume.flush().await.map_err(|e| map_err(e, true))?;
-            Reply::ok()
+        io::READ => {
+            let (off, len) = data_len(max_transfer, ns, sqe)?;
+            if sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
+                return Err(Status::SGL_INVALID_TYPE.dnr());
+            }
+            Ok(Plan::Read { nsid, off, len })
         }
+        io::WRITE => {
+            let (off, len) = data_len(max_transfer, ns, sqe)?;
+            if ns.volume.info().read_only {
+                return Err(Status::NS_WRITE_PROTECTED.dnr());
+            }
+            let from = data_from(sqe, capsule, len)?;
+            Ok(Plan::Write { nsid, off, len, fua, from })
+        }
+        io::FLUSH => Ok(Plan::Flush { nsid: Some(nsid) }),
         io::WRITE_ZEROES => {
-            let d12 = sqe.cdw12.get();
             let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
-            let deallocate = d12 & (1 << 25) != 0;
-            let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
-            let _in = super::resv::admit(ctx, ns, access)?;
-            ns.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
-            Reply::ok()
+            let deallocate = sqe.cdw12.get() & (1 << 25) != 0;
+            Ok(Plan::WriteZeroes { nsid, off, len, deallocate, fua })
         }
-        io::DSM => dsm(ctx, ns, &sqe, data).await,
-        io::COMPARE => compare(ctx, ns, &sqe, data).await,
+        io::DSM => {
+            let ranges = (sqe.cdw10.get() & 0xff) as usize + 1;
+            let deallocate = sqe.cdw11.get() & (1 << 2) != 0;
+            let sgl_len = transfer_len(sqe, max_transfer)?;
+            if sgl_len < ranges * core::mem::size_of::<DsmRange>() {
+                return Err(Status::SGL_INVALID_DATA.dnr());
+            }
+            let from = data_from(sqe, capsule, sgl_len)?;
+            Ok(Plan::Dsm { nsid, ranges, len: sgl_len, deallocate, from })
+        }
+        io::COMPARE => {
+            let (off, len) = data_len(max_transfer, ns, sqe)?;
+            let from = data_from(sqe, capsule, len)?;
+            Ok(Plan::Compare { nsid, off, len, from })
+        }
         _ => {
             tracing::info!(opcode = sqe.opcode, "unsupported I/O command");
             Err(Status::INVALID_OPCODE.dnr())
@@ -102,56 +161,18 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     }
 }
 
-fn namespace(ctx: &QueueCtx, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
-    ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
-        tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
-        Status::INVALID_NS.dnr()
-    })
-}
-
-/// The data length the command's LBA count implies must match its SGL.
-fn data_len(ctx: &QueueCtx, ns: &Namespace, sqe: &Sqe) -> Result<(u64, usize), Status> {
-    let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
-    let sgl_len = transfer_len(sqe, ctx.reg.limits.max_transfer())?;
-    if sgl_len as u64 != len {
-        tracing::debug!(sgl_len, len, "SGL length does not match the LBA count");
-        return Err(Status::SGL_INVALID_DATA.dnr());
-    }
-    Ok((off, len as usize))
-}
-
-async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, Status> {
-    let (off, len) = data_len(ctx, ns, sqe)?;
-    if sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
-        return Err(Status::SGL_INVALID_TYPE.dnr());
-    }
-    let n = ctx.responder.negotiated();
-    let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
-    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Read)?;
-    let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
-    ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
-    ns.stats.read_cmds.fetch_add(1, Relaxed);
-    Ok(Reply { result: 0, data: Some(sgl) })
-}
-
-/// The host's data for a write-type command: in the capsule, or fetched
-/// with an R2T.
-pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
-    match (sqe.sgl_type(), data) {
-        (SglType::DATA_BLOCK_OFFSET, Some(d)) => {
-            // in-capsule: offset 0 (ICDOFF 0) and exactly the data we got
-            if sqe.dptr.addr.get() != 0 || d.len() != len {
-                tracing::debug!(capsule = d.len(), len, "in-capsule data does not match the command");
+/// Where the host's `len` bytes for a write-type command come from: in the
+/// capsule (at offset 0, ICDOFF 0, and exactly that long) or by R2T.
+fn data_from(sqe: &Sqe, capsule: Option<usize>, len: usize) -> Result<HostData, Status> {
+    match (sqe.sgl_type(), capsule) {
+        (SglType::DATA_BLOCK_OFFSET, Some(n)) => {
+            if sqe.dptr.addr.get() != 0 || n != len {
+                tracing::debug!(capsule = n, len, "in-capsule data does not match the command");
                 return Err(Status::SGL_INVALID_DATA.dnr());
             }
-            Ok(d)
+            Ok(HostData::Capsule)
         }
-        (SglType::TRANSPORT_DATA_BLOCK, None) => {
-            // held until the host has sent the data (or the transfer failed)
-            let _owed = ctx.write_permit(len).await;
-            let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
-            ctx.responder.receive_data(sqe.cid(), sgl).await
-        }
+        (SglType::TRANSPORT_DATA_BLOCK, None) => Ok(HostData::Transfer),
         (SglType::DATA_BLOCK_OFFSET, None) | (SglType::TRANSPORT_DATA_BLOCK, Some(_)) => Err(Status::SGL_INVALID_DATA.dnr()),
         (t, _) => {
             tracing::debug!(sgl_type = ?t, "unsupported SGL descriptor type");
@@ -160,26 +181,152 @@ pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len:
     }
 }
 
-async fn write(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
-    let (off, len) = data_len(ctx, ns, sqe)?;
-    if ns.volume.info().read_only {
-        return Err(Status::NS_WRITE_PROTECTED.dnr());
+/// Parses, fetches the host's data, and runs an I/O command.
+pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+    let op = sqe.opcode();
+    // the reservation check, before any data moves; commands check again
+    // (and count themselves in flight) right before the medium
+    if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+        for ns in ctx.subsys.namespaces().iter() {
+            super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
+        }
+    } else if let Some(ns) = &ctx.subsys.namespace(sqe.nsid()) {
+        super::resv::check(ctx, ns, super::resv::access(op))?;
+        if matches!(op, io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE) {
+            return super::resv::execute(ctx, ns, &sqe, data).await;
+        }
     }
-    let sgl = host_data(ctx, sqe, data, len).await?;
-    // With the volatile write cache turned off, every write is written through.
-    let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
-    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write)?;
-    ns.volume.write(off, sgl, fua).await.map_err(|e| map_err(e, true))?;
-    ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
-    ns.stats.write_cmds.fetch_add(1, Relaxed);
-    Reply::ok()
+    let vwc = ctx.ctrl.lock().vwc;
+    let plan = parse(&ctx.subsys, ctx.reg.limits.max_transfer(), vwc, &sqe, data.as_ref().map(Sgl::len))?;
+    let data = match plan.host_data() {
+        Some((len, from)) => Some(fetch(ctx, &sqe, from, data, len).await?),
+        None => None,
+    };
+    run(ctx, &plan, data).await
+}
+
+/// The host's data for a write-type command (reservation commands): in the
+/// capsule, or fetched with an R2T.
+pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+    let from = data_from(sqe, data.as_ref().map(Sgl::len), len)?;
+    fetch(ctx, sqe, from, data, len).await
+}
+
+/// The host's data for a parsed command: the capsule's, or fetched with an
+/// R2T (which waits for the queue's write budget first).
+pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, capsule: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+    match (from, capsule) {
+        (HostData::Capsule, Some(d)) => Ok(d),
+        (HostData::Transfer, None) => {
+            // held until the host has sent the data (or the transfer failed)
+            let _owed = ctx.write_permit(len).await;
+            let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
+            ctx.responder.receive_data(sqe.cid(), sgl).await
+        }
+        // parse decided from the same capsule
+        _ => Err(Status::SGL_INVALID_DATA.dnr()),
+    }
+}
+
+/// Runs a parsed plan with the host's data (fetched when the plan needs
+/// it).
+pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply, Status> {
+    use pinion_backends::resv::Access;
+    use super::resv::admit;
+    let ns = |nsid: u32| ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr());
+    let need = |d: Option<Sgl>| d.ok_or(Status::SGL_INVALID_DATA.dnr());
+    match *plan {
+        Plan::Read { nsid, off, len } => {
+            let ns = &ns(nsid)?;
+            let n = ctx.responder.negotiated();
+            let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
+            let _in = admit(ctx, ns, Access::Read)?;
+            let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
+            ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
+            ns.stats.read_cmds.fetch_add(1, Relaxed);
+            Ok(Reply { result: 0, data: Some(sgl) })
+        }
+        Plan::Write { nsid, off, len, fua, .. } => {
+            let ns = &ns(nsid)?;
+            let data = need(data)?;
+            let _in = admit(ctx, ns, Access::Write)?;
+            ns.volume.write(off, data, fua).await.map_err(|e| map_err(e, true))?;
+            ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
+            ns.stats.write_cmds.fetch_add(1, Relaxed);
+            Reply::ok()
+        }
+        Plan::Flush { nsid: None } => {
+            flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        Plan::Flush { nsid: Some(nsid) } => {
+            let ns = &ns(nsid)?;
+            let _in = admit(ctx, ns, super::resv::access(io::FLUSH))?;
+            ns.volume.flush().await.map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        Plan::WriteZeroes { nsid, off, len, deallocate, fua } => {
+            let ns = &ns(nsid)?;
+            let _in = admit(ctx, ns, super::resv::access(io::WRITE_ZEROES))?;
+            ns.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        Plan::Dsm { nsid, ranges, deallocate, .. } => {
+            let data = need(data)?;
+            if !deallocate {
+                // only hints (access frequency etc.): nothing to do
+                return Reply::ok();
+            }
+            let ns = &ns(nsid)?;
+            let _in = admit(ctx, ns, Access::Write)?;
+            let bytes = data.to_vec();
+            let mut rs = Vec::with_capacity(ranges);
+            for r in bytes[..ranges * core::mem::size_of::<DsmRange>()].chunks_exact(16) {
+                let r = DsmRange::read_from_bytes(r).expect("16 bytes");
+                // DSM lengths are 1-based; a zero-length range is a no-op
+                if r.nlb.get() == 0 {
+                    continue;
+                }
+                rs.push(lba_range(ns, r.slba.get(), u64::from(r.nlb.get()))?);
+            }
+            ns.volume.discard(rs).await.map_err(|e| map_err(e, true))?;
+            Reply::ok()
+        }
+        Plan::Compare { nsid, off, .. } => {
+            let ns = &ns(nsid)?;
+            let want = need(data)?.to_vec();
+            let _in = admit(ctx, ns, Access::Read)?;
+            let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
+            compare_locked(ns, &g, off, &want).await?;
+            Reply::ok()
+        }
+    }
+}
+
+fn namespace(subsys: &Subsystem, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
+    subsys.namespace(sqe.nsid()).ok_or_else(|| {
+        tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
+        Status::INVALID_NS.dnr()
+    })
+}
+
+/// The data length the command's LBA count implies must match its SGL.
+fn data_len(max_transfer: usize, ns: &Namespace, sqe: &Sqe) -> Result<(u64, usize), Status> {
+    let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
+    let sgl_len = transfer_len(sqe, max_transfer)?;
+    if sgl_len as u64 != len {
+        tracing::debug!(sgl_len, len, "SGL length does not match the LBA count");
+        return Err(Status::SGL_INVALID_DATA.dnr());
+    }
+    Ok((off, len as usize))
 }
 
 /// A Compare's range and the host's data, fetched before any lock is taken
 /// (an R2T waits on the host, and nobody should wait on it with the lock).
 async fn compare_data(ctx: &QueueCtx, ns: &Namespace, sqe: &Sqe, data: Option<Sgl>) -> Result<(u64, Vec<u8>), Status> {
-    let (off, len) = data_len(ctx, ns, sqe)?;
-    let sgl = host_data(ctx, sqe, data, len).await?;
+    let (off, len) = data_len(ctx.reg.limits.max_transfer(), ns, sqe)?;
+    let from = data_from(sqe, data.as_ref().map(Sgl::len), len)?;
+    let sgl = fetch(ctx, sqe, from, data, len).await?;
     Ok((off, sgl.to_vec()))
 }
 
@@ -194,16 +341,6 @@ async fn compare_locked(ns: &Namespace, g: &RangeGuard, off: u64, want: &[u8]) -
     Ok(())
 }
 
-/// Compare: the blocks must equal the host's data. The range is locked
-/// exclusively so the comparison sees one writer's data, never a mix.
-async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
-    let (off, want) = compare_data(ctx, ns, sqe, data).await?;
-    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Read)?;
-    let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
-    compare_locked(ns, &g, off, &want).await?;
-    Reply::ok()
-}
-
 /// A fused Compare (`first`) + Write (`second`), already checked to pair
 /// up (see `fused::pairing`): the write happens only if the compare
 /// matches, and nothing else writes the range in between, on either
@@ -212,7 +349,7 @@ async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sg
 /// own status: when one fails, the other is aborted with Failed Fused.
 pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: Sqe, second_data: Option<Sgl>) -> (Result<Reply, Status>, Result<Reply, Status>) {
     let failed = || Err(Status::ABORTED_FAILED_FUSED);
-    let ns = &match namespace(ctx, &first) {
+    let ns = &match namespace(&ctx.subsys, &first) {
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
@@ -226,7 +363,7 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Err(s) => return (Err(s), failed()),
     };
     let wsgl = async {
-        let (woff, wlen) = data_len(ctx, ns, &second)?;
+        let (woff, wlen) = data_len(ctx.reg.limits.max_transfer(), ns, &second)?;
         if woff != off || wlen != want.len() {
             // the pairing check compares the fields; this is a second line
             return Err(Status::INVALID_FIELD.dnr());
@@ -234,7 +371,8 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         if ns.volume.info().read_only {
             return Err(Status::NS_WRITE_PROTECTED.dnr());
         }
-        host_data(ctx, &second, second_data, wlen).await
+        let from = data_from(&second, second_data.as_ref().map(Sgl::len), wlen)?;
+        fetch(ctx, &second, from, second_data, wlen).await
     };
     let wsgl = match wsgl.await {
         Ok(s) => s,
@@ -256,34 +394,6 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
     ns.stats.bytes_written.fetch_add(want.len() as u64, Relaxed);
     ns.stats.write_cmds.fetch_add(1, Relaxed);
     (Reply::ok(), Reply::ok())
-}
-
-async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
-    let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
-    let deallocate = sqe.cdw11.get() & (1 << 2) != 0;
-    let len = nr * core::mem::size_of::<DsmRange>();
-    let sgl_len = transfer_len(sqe, ctx.reg.limits.max_transfer())?;
-    if sgl_len < len {
-        return Err(Status::SGL_INVALID_DATA.dnr());
-    }
-    let sgl = host_data(ctx, sqe, data, sgl_len).await?;
-    if !deallocate {
-        // only hints (access frequency etc.): nothing to do
-        return Reply::ok();
-    }
-    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write)?;
-    let bytes = sgl.to_vec();
-    let mut ranges = Vec::with_capacity(nr);
-    for r in bytes[..len].chunks_exact(16) {
-        let r = DsmRange::read_from_bytes(r).expect("16 bytes");
-        // DSM lengths are 1-based; a zero-length range is a no-op
-        if r.nlb.get() == 0 {
-            continue;
-        }
-        ranges.push(lba_range(ns, r.slba.get(), u64::from(r.nlb.get()))?);
-    }
-    ns.volume.discard(ranges).await.map_err(|e| map_err(e, true))?;
-    Reply::ok()
 }
 
 /// The command's operation and data length, for the per-volume metrics.
@@ -309,7 +419,111 @@ pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nvme_types::command::SglDescriptor;
+    use pinion_backends::{PagePool, Volume, VolumeSpec};
     use std::io::Error;
+
+    const MAX: usize = 128 << 10;
+
+    /// ns 1: 1 MiB RAM with 4 KiB blocks (256 LBAs); ns 2: a read-only file
+    /// of 64 KiB with 512-byte blocks.
+    fn subsystem(dir: &std::path::Path) -> Subsystem {
+        let pool = PagePool::new(1 << 20, false);
+        let ram = pinion_backends::open("r", &VolumeSpec::Ram { size: 1 << 20, block_size: 4096 }).unwrap();
+        let path = dir.join("ro.img");
+        std::fs::write(&path, vec![0u8; 64 << 10]).unwrap();
+        let spec = VolumeSpec::File { path, size: None, block_size: 512, io_mode: pinion_backends::IoMode::Buffered, read_only: true };
+        let ro = pinion_backends::open("ro", &spec).unwrap();
+        let vols = vec![Arc::new(Volume::new("r", ram, pool.clone())), Arc::new(Volume::new("ro", ro, pool))];
+        Subsystem::new_nvm("nqn.2026-11.io.pinion:io-parse", None, None, vols, vec!["*".into()])
+    }
+
+    /// A command moving `nlb` (1-based) blocks at `slba`, with a transport
+    /// SGL of `sgl_len` bytes (an in-capsule one with `capsule`).
+    fn cmd(op: Opcode, nsid: u32, slba: u64, nlb: u32, sgl_len: u32, capsule: bool) -> Sqe {
+        let t = if capsule { SglType::DATA_BLOCK_OFFSET } else { SglType::TRANSPORT_DATA_BLOCK };
+        Sqe {
+            opcode: op.0,
+            flags: 0x40,
+            nsid: nsid.into(),
+            cdw10: (slba as u32).into(),
+            cdw11: ((slba >> 32) as u32).into(),
+            cdw12: (nlb - 1).into(),
+            dptr: SglDescriptor { addr: 0.into(), length: sgl_len.into(), rsvd: [0; 3], type_subtype: t.0 },
+            ..Sqe::default()
+        }
+    }
+
+    #[test]
+    fn reads_and_writes_are_checked_against_the_namespace_before_any_data_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = subsystem(dir.path());
+        let p = |sqe: Sqe, capsule: Option<usize>| parse(&s, MAX, true, &sqe, capsule);
+        // a read: the range in bytes, no data from the host
+        assert_eq!(p(cmd(io::READ, 1, 3, 2, 8192, false), None), Ok(Plan::Read { nsid: 1, off: 3 * 4096, len: 8192 }));
+        assert_eq!(Plan::Read { nsid: 1, off: 0, len: 1 }.host_data(), None);
+        // its last block is the namespace's last
+        assert!(p(cmd(io::READ, 1, 255, 1, 4096, false), None).is_ok());
+        assert_eq!(p(cmd(io::READ, 1, 255, 2, 8192, false), None), Err(Status::LBA_RANGE.dnr()));
+        assert_eq!(p(cmd(io::READ, 1, u64::MAX, 1, 4096, false), None), Err(Status::LBA_RANGE.dnr()));
+        // the SGL must carry exactly the blocks' bytes, no more than MDTS
+        assert_eq!(p(cmd(io::READ, 1, 0, 2, 4096, false), None), Err(Status::SGL_INVALID_DATA.dnr()));
+        assert_eq!(p(cmd(io::READ, 1, 0, 64, 64 * 4096, false), None), Err(Status::INVALID_FIELD.dnr()));
+        // read data goes out by C2HData: an in-capsule descriptor is wrong
+        assert_eq!(p(cmd(io::READ, 1, 0, 1, 4096, true), None), Err(Status::SGL_INVALID_TYPE.dnr()));
+        // no such namespace, no such opcode
+        assert_eq!(p(cmd(io::READ, 3, 0, 1, 4096, false), None), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(cmd(io::READ, 0, 0, 1, 4096, false), None), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(cmd(Opcode(0x7e), 1, 0, 1, 4096, false), None), Err(Status::INVALID_OPCODE.dnr()));
+        // writes: by R2T, or in the capsule with exactly the data
+        let w = p(cmd(io::WRITE, 1, 8, 1, 4096, false), None).unwrap();
+        assert_eq!(w, Plan::Write { nsid: 1, off: 8 * 4096, len: 4096, fua: false, from: HostData::Transfer });
+        assert_eq!(w.host_data(), Some((4096, HostData::Transfer)));
+        assert_eq!(
+            p(cmd(io::WRITE, 1, 8, 1, 4096, true), Some(4096)),
+            Ok(Plan::Write { nsid: 1, off: 8 * 4096, len: 4096, fua: false, from: HostData::Capsule })
+        );
+        assert_eq!(p(cmd(io::WRITE, 1, 8, 1, 4096, true), Some(512)), Err(Status::SGL_INVALID_DATA.dnr()));
+        assert_eq!(p(cmd(io::WRITE, 1, 8, 1, 4096, true), None), Err(Status::SGL_INVALID_DATA.dnr()));
+        assert_eq!(p(cmd(io::WRITE, 1, 8, 1, 4096, false), Some(4096)), Err(Status::SGL_INVALID_DATA.dnr()));
+        // FUA from the command, or from a write cache that is off
+        let mut fua = cmd(io::WRITE, 1, 0, 1, 4096, false);
+        fua.cdw12 = (fua.cdw12.get() | 1 << 30).into();
+        assert!(matches!(p(fua, None), Ok(Plan::Write { fua: true, .. })));
+        assert!(matches!(parse(&s, MAX, false, &cmd(io::WRITE, 1, 0, 1, 4096, false), None), Ok(Plan::Write { fua: true, .. })));
+        // a read-only namespace: writes are refused before their data is asked for
+        assert_eq!(p(cmd(io::WRITE, 2, 0, 8, 4096, false), None), Err(Status::NS_WRITE_PROTECTED.dnr()));
+        assert_eq!(p(cmd(io::READ, 2, 120, 8, 4096, false), None), Ok(Plan::Read { nsid: 2, off: 120 * 512, len: 4096 }));
+        // ...but the range is checked first
+        assert_eq!(p(cmd(io::WRITE, 2, 128, 1, 512, false), None), Err(Status::LBA_RANGE.dnr()));
+    }
+
+    #[test]
+    fn flush_zeroes_dsm_and_compare_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = subsystem(dir.path());
+        let p = |sqe: Sqe, capsule: Option<usize>| parse(&s, MAX, true, &sqe, capsule);
+        let flush = |nsid: u32| Sqe { opcode: io::FLUSH.0, nsid: nsid.into(), ..Sqe::default() };
+        assert_eq!(p(flush(1), None), Ok(Plan::Flush { nsid: Some(1) }));
+        assert_eq!(p(flush(BROADCAST_NSID), None), Ok(Plan::Flush { nsid: None }));
+        assert_eq!(p(flush(9), None), Err(Status::INVALID_NS.dnr()));
+        let mut wz = cmd(io::WRITE_ZEROES, 1, 10, 6, 0, false);
+        wz.cdw12 = (wz.cdw12.get() | 1 << 25).into();
+        assert_eq!(p(wz, None), Ok(Plan::WriteZeroes { nsid: 1, off: 10 * 4096, len: 6 * 4096, deallocate: true, fua: false }));
+        assert_eq!(p(cmd(io::WRITE_ZEROES, 1, 250, 7, 0, false), None), Err(Status::LBA_RANGE.dnr()));
+        // DSM: NR ranges of 16 bytes must fit the data
+        let mut dsm = Sqe { opcode: io::DSM.0, flags: 0x40, nsid: 1.into(), cdw10: 1.into(), cdw11: (1 << 2).into(), ..Sqe::default() };
+        dsm.dptr = SglDescriptor { addr: 0.into(), length: 32.into(), rsvd: [0; 3], type_subtype: SglType::DATA_BLOCK_OFFSET.0 };
+        assert_eq!(p(dsm, Some(32)), Ok(Plan::Dsm { nsid: 1, ranges: 2, len: 32, deallocate: true, from: HostData::Capsule }));
+        dsm.dptr.length = 16.into();
+        assert_eq!(p(dsm, Some(16)), Err(Status::SGL_INVALID_DATA.dnr()));
+        // Compare takes the host's data like a write, also on a read-only namespace
+        assert_eq!(
+            p(cmd(io::COMPARE, 2, 0, 1, 512, true), Some(512)),
+            Ok(Plan::Compare { nsid: 2, off: 0, len: 512, from: HostData::Capsule })
+        );
+        assert_eq!(p(cmd(io::COMPARE, 1, 0, 1, 512, false), None), Err(Status::SGL_INVALID_DATA.dnr()));
+    }
 
     fn os(errno: i32, write: bool) -> BackendError {
         BackendError::from_io(Error::from_raw_os_error(errno), write)

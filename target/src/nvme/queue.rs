@@ -1,6 +1,14 @@
 //! One NVMe queue over one TCP connection: the first command must be a
 //! fabrics Connect; after it, commands are dispatched to the fabrics, admin
 //! or I/O handlers. I/O commands run concurrently, up to the queue depth.
+//!
+//! One driver per connection (the shape of the kernel nvmet's `io_work`
+//! and quinn's connection driver): a single task reads what the socket
+//! holds, routes each command, runs it inline as a future it polls itself
+//! (a command on RAM or null storage completes in its first poll; one that
+//! waits, for a file's I/O or an R2T's data, stays in the driver's slab),
+//! and sends every completion ready in a turn with one vectored send. No
+//! task per command and no channel between reading, running and sending.
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
@@ -12,8 +20,13 @@ use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
 use pinion_transport::nvme_tcp::{Command, Connection, Responder};
+use pinion_transport::nvme_tcp::{Link, Reader};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -80,18 +93,31 @@ impl QueueCtx {
         c
     }
 
-    /// Sends a command's completion (and its data first, if any).
+    /// Sends a command's completion (and its data first, if any) through
+    /// the responder, for commands that finish outside the driver's turn.
     pub async fn finish(&self, sqe: &Sqe, r: Result<Reply, Status>) {
+        self.send(self.outcome(sqe, r)).await
+    }
+
+    async fn send(&self, o: Outcome) {
+        match o {
+            Outcome::Resp(c) => self.responder.complete(c).await,
+            Outcome::Data { cccid, data, resp } => self.responder.send_data(cccid, data, resp).await,
+        }
+    }
+
+    /// What a command's result sends: its data (if any) and completion.
+    pub fn outcome(&self, sqe: &Sqe, r: Result<Reply, Status>) -> Outcome {
         let cid = sqe.cid();
         match r {
             Ok(Reply { result, data: Some(data) }) if !data.is_empty() => {
                 let resp = if self.sqflow_disabled && result == 0 { None } else { Some(self.cqe(cid, Status::SUCCESS, result)) };
-                self.responder.send_data(cid, data, resp).await;
+                Outcome::Data { cccid: cid, data, resp }
             }
-            Ok(Reply { result, .. }) => self.responder.complete(self.cqe(cid, Status::SUCCESS, result)).await,
+            Ok(Reply { result, .. }) => Outcome::Resp(self.cqe(cid, Status::SUCCESS, result)),
             Err(status) => {
                 tracing::debug!(cid, opcode = sqe.opcode, status = ?status, "command failed");
-                self.responder.complete(self.cqe(cid, status, 0)).await
+                Outcome::Resp(self.cqe(cid, status, 0))
             }
         }
     }
@@ -124,93 +150,408 @@ pub fn transfer_len(sqe: &Sqe, max: usize) -> Result<usize, Status> {
     Ok(len)
 }
 
+/// What a finished command sends.
+pub enum Outcome {
+    Resp(Cqe),
+    Data { cccid: u16, data: Sgl, resp: Option<Cqe> },
+}
+
+/// A command's end as the driver sees it: up to two outcomes (a fused
+/// pair), or none (it sent through the responder), and whether the host
+/// asked to disconnect.
+#[derive(Default)]
+pub struct Done {
+    out: [Option<Outcome>; 2],
+    disconnect: bool,
+}
+
+impl Done {
+    fn one(o: Outcome) -> Done {
+        Done { out: [Some(o), None], disconnect: false }
+    }
+}
+
+/// A command that did not complete while it was routed (admin, fabrics,
+/// fused pairs: the cold paths).
+type Job = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// Where a routed command went. `first` is an outcome to send before the
+/// command's own (the abort of a fused first left without its second).
+enum Route {
+    /// Completed (or held, as a fused first) while it was routed.
+    Now(Done),
+    /// Runs as `job`; a `serial` one (admin, fabrics) runs alone: the
+    /// commands after it wait until it is done, as they always have.
+    Job { first: Option<Outcome>, job: Job, serial: bool },
+    /// An I/O command: runs as an [`io_job`] in a slot of the slab.
+    Io { first: Option<Outcome>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer> },
+}
+
+/// An I/O command from start to completion. Its future has one concrete
+/// type, so the driver keeps it in a slot allocated once, not in a box per
+/// command.
+fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
+    let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
+    async move {
+        let r = io::execute(&c, sqe, data).await;
+        if let Some(t) = timer {
+            let ok = r.is_ok();
+            let (op, bytes) = io::metric_op(&sqe);
+            t.done(op, if ok { bytes } else { 0 }, ok);
+        }
+        Done::one(c.outcome(&sqe, r))
+    }
+    .instrument(span)
+}
+
+/// Commands in flight on one connection, polled by its driver: I/O
+/// commands in slots allocated once (the slab stops growing at the queue
+/// depth, so the steady state allocates nothing here), the rest boxed.
+struct Slab<F> {
+    io: Vec<Pin<Box<Option<F>>>>,
+    other: Vec<Option<Job>>,
+    live: usize,
+}
+
+impl<F: Future<Output = Done>> Slab<F> {
+    /// `_job` only names the I/O future's type.
+    fn new(depth: usize, _job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F) -> Slab<F> {
+        let mut io = Vec::with_capacity(depth);
+        io.resize_with(depth, || Box::pin(None));
+        Slab { io, other: Vec::new(), live: 0 }
+    }
+
+    fn insert_io(&mut self, job: F) {
+        self.live += 1;
+        match self.io.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => slot.set(Some(job)),
+            // a host that overruns its submission queue
+            None => self.io.push(Box::pin(Some(job))),
+        }
+    }
+
+    fn insert(&mut self, job: Job) -> usize {
+        self.live += 1;
+        match self.other.iter().position(Option::is_none) {
+            Some(i) => {
+                self.other[i] = Some(job);
+                i
+            }
+            None => {
+                self.other.push(Some(job));
+                self.other.len() - 1
+            }
+        }
+    }
+
+    /// Polls every command in flight; the finished ones' outcomes go to
+    /// `out`. Returns whether one of them was a Disconnect, and clears
+    /// `serial` when its job finished.
+    fn poll(&mut self, cx: &mut Context<'_>, out: &mut Vec<Outcome>, serial: &mut Option<usize>) -> bool {
+        let mut disconnect = false;
+        if self.live == 0 {
+            return false;
+        }
+        for slot in self.io.iter_mut() {
+            let Some(job) = slot.as_mut().as_pin_mut() else { continue };
+            if let Poll::Ready(done) = job.poll(cx) {
+                slot.set(None);
+                self.live -= 1;
+                out.extend(done.out.into_iter().flatten());
+            }
+        }
+        for (i, slot) in self.other.iter_mut().enumerate() {
+            let Some(job) = slot else { continue };
+            if let Poll::Ready(done) = job.as_mut().poll(cx) {
+                *slot = None;
+                self.live -= 1;
+                if *serial == Some(i) {
+                    *serial = None;
+                }
+                disconnect |= done.disconnect;
+                out.extend(done.out.into_iter().flatten());
+            }
+        }
+        disconnect
+    }
+}
+
+/// Moves a turn's outcomes to the link's next send.
+fn emit_all(link: &mut Link, out: &mut Vec<Outcome>) {
+    for o in out.drain(..) {
+        emit(link, o);
+    }
+}
+
+fn emit(link: &mut Link, o: Outcome) {
+    match o {
+        Outcome::Resp(c) => link.respond(c),
+        Outcome::Data { cccid, data, resp } => link.send_data(cccid, data, resp),
+    }
+}
+
+/// Items a turn gathers before it sends them.
+const MAX_BATCH: usize = 64;
+/// How often sent payloads the kernel may still reference are looked at.
+const HOUSEKEEPING: Duration = Duration::from_millis(1);
+
 /// Serves one accepted NVMe/TCP connection until it closes.
-pub async fn serve(mut conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let Connection { reader, link, responder, peer } = conn;
     // The host sends Connect right after ICResp; a silent peer is dropped.
     let first = tokio::select! {
-        c = tokio::time::timeout(reg.limits.connect_timeout, conn.commands.recv()) => c,
-        _ = shutdown.changed() => return,
+        c = tokio::time::timeout(reg.limits.connect_timeout, reader.next()) => c,
+        _ = shutdown.changed() => return link.close().await,
     };
-    let cmd = match first {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
+    let (reader, cmd) = match first {
+        Ok((r, Some(c))) => (r, c),
+        Ok((_, None)) => return link.close().await,
         Err(_) => {
             tracing::info!(timeout = ?reg.limits.connect_timeout, "no Connect in time; closing");
-            return;
+            return link.close().await;
         }
     };
-    let ctx = match fabrics::connect(&cmd, &conn.responder, &reg, &pool, local_addr).await {
+    let ctx = match fabrics::connect(&cmd, &responder, &reg, &pool, local_addr).await {
         Ok(ctx) => {
-            ctx.auth.set_peer(conn.peer);
+            ctx.auth.set_peer(peer);
             Arc::new(ctx)
         }
         Err(status) => {
             let mut c = Cqe::new(cmd.sqe.cid(), status.0, status.1);
             c.sqid = 0.into();
-            conn.responder.complete(c).await;
-            conn.closed().await;
+            responder.complete(c).await;
+            drop(reader);
+            link.close().await;
             return;
         }
     };
+    drop(responder);
     // Its in-capsule Connect data is a pool page: not kept for the queue's life.
     drop(cmd);
     let span = tracing::info_span!("queue", cntlid = ctx.ctrl.cntlid, qid = ctx.qid);
-    run(conn, ctx, shutdown).instrument(span).await
+    run(reader, link, peer, ctx, shutdown).instrument(span).await
 }
 
-async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
+/// What woke the driver. (Large, but it lives on the stack for one turn:
+/// boxing the reader would allocate per command.)
+#[allow(clippy::large_enum_variant)]
+enum Ev {
+    Command(Reader, Option<Command>),
+    /// A command held while a serial one ran may go now.
+    Held,
+    Flush,
+    Stop(KillReason),
+}
+
+/// The connection's driver: reads, runs and sends in one task until the
+/// queue ends.
+async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut killed = ctx.ctrl.killed();
-    let mut tasks: JoinSet<()> = JoinSet::new();
     // A fused first waiting for the next command of this queue.
     let mut fused_first: Option<Command> = None;
-    tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, peer = %conn.peer, sq_entries = ctx.sq_entries, "queue connected");
-    ctx.ctrl.lock().queue_peers.insert(ctx.qid, conn.peer);
-    // The kill and shutdown waits live across iterations: re-arming them
-    // for every command costs more than the command's own bookkeeping.
+    tracing::info!(subsys = %ctx.subsys.nqn, host = %ctx.ctrl.hostnqn, %peer, sq_entries = ctx.sq_entries, "queue connected");
+    ctx.ctrl.lock().queue_peers.insert(ctx.qid, peer);
+    // The kill and shutdown waits live across turns: re-arming them for
+    // every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
     let shutdown_fut = shutdown.changed();
-    tokio::pin!(killed_fut, shutdown_fut);
+    let read = reader.next();
+    let tick = tokio::time::sleep(HOUSEKEEPING);
+    let ctrl = ctx.ctrl.clone();
+    let aen = ctrl.aen_wake.notified();
+    tokio::pin!(killed_fut, shutdown_fut, read, tick, aen);
+    let mut slab = Slab::new(ctx.sq_entries.into(), io_job);
+    // Commands that came while a serial (admin, fabrics) command ran.
+    let mut held: VecDeque<Command> = VecDeque::new();
+    let mut serial: Option<usize> = None;
+    let hold_max = usize::from(ctx.sq_entries);
+    // Outcomes of this turn, for the next send (the vector is kept).
+    let mut out: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
     let why = loop {
         // a kill before we subscribed is not seen by `changed()`
         if ctx.ctrl.is_killed() {
             break ctx.ctrl.kill_reason();
         }
-        tokio::select! {
-            biased;
-            _ = &mut killed_fut => break ctx.ctrl.kill_reason(),
-            _ = &mut shutdown_fut => break KillReason::ServerShutdown,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        let ev = std::future::poll_fn(|cx| {
+            if killed_fut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ev::Stop(ctx.ctrl.kill_reason()));
+            }
+            if shutdown_fut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ev::Stop(KillReason::ServerShutdown));
+            }
+            if slab.poll(cx, &mut out, &mut serial) {
+                return Poll::Ready(Ev::Stop(KillReason::Alive));
+            }
+            link.poll_collect(cx);
             // event completions ride the admin queue (aen.rs)
-            _ = ctx.ctrl.aen_wake.notified(), if ctx.qid == 0 => {
-                let ready = ctx.ctrl.lock().aen.take_ready();
+            while ctx.qid == 0 && aen.as_mut().poll(cx).is_ready() {
+                aen.set(ctrl.aen_wake.notified());
+                let ready = ctrl.lock().aen.take_ready();
                 for (cid, dw0) in ready {
-                    ctx.responder.complete(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0))).await;
+                    out.push(Outcome::Resp(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0))));
                 }
             }
-            c = conn.commands.recv() => match c {
-                None => break KillReason::Alive,
-                Some(cmd) => {
-                    if let Stop::Disconnect = submit(&ctx, cmd, &mut tasks, &mut fused_first).await {
-                        break KillReason::Alive;
-                    }
+            if link.holds_pages() && tick.as_mut().poll(cx).is_ready() {
+                link.housekeeping();
+                tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
+                let _ = tick.as_mut().poll(cx);
+            }
+            if serial.is_none() && !held.is_empty() {
+                return Poll::Ready(Ev::Held);
+            }
+            if link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
+                if let Poll::Ready((r, c)) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Ev::Command(r, c));
                 }
-            },
+            }
+            if link.queued() + out.len() > 0 {
+                return Poll::Ready(Ev::Flush);
+            }
+            Poll::Pending
+        })
+        .await;
+        match ev {
+            Ev::Stop(why) => break why,
+            Ev::Flush => {
+                emit_all(&mut link, &mut out);
+                // While the socket is full the turn goes on: commands are
+                // read and run, their outcomes wait in `out` for the next
+                // send (so a large read is copied while the last is sent).
+                let mut stop: Option<KillReason> = None;
+                {
+                    let flush = link.flush();
+                    tokio::pin!(flush);
+                    std::future::poll_fn(|cx| {
+                        if flush.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(());
+                        }
+                        while stop.is_none() && serial.is_none() && held.is_empty() && out.len() < MAX_BATCH {
+                            if killed_fut.as_mut().poll(cx).is_ready() {
+                                stop = Some(ctx.ctrl.kill_reason());
+                            } else if shutdown_fut.as_mut().poll(cx).is_ready() {
+                                stop = Some(KillReason::ServerShutdown);
+                            } else if slab.poll(cx, &mut out, &mut serial) {
+                                stop = Some(KillReason::Alive);
+                            } else {
+                                match read.as_mut().poll(cx) {
+                                    Poll::Ready((r, Some(cmd))) => {
+                                        read.set(r.next());
+                                        if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
+                                            stop = Some(KillReason::Alive);
+                                        }
+                                    }
+                                    Poll::Ready((_, None)) => stop = Some(KillReason::Alive),
+                                    Poll::Pending => break,
+                                }
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                }
+                if link.is_done() {
+                    break KillReason::Alive;
+                }
+                if let Some(why) = stop {
+                    break why;
+                }
+            }
+            Ev::Command(_, None) => break KillReason::Alive,
+            Ev::Command(r, Some(cmd)) => {
+                read.set(r.next());
+                if serial.is_some() {
+                    held.push_back(cmd);
+                    continue;
+                }
+                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) {
+                    break KillReason::Alive;
+                }
+            }
+            Ev::Held => {
+                let mut stop = Stop::Continue;
+                while serial.is_none() && stop == Stop::Continue {
+                    let Some(cmd) = held.pop_front() else { break };
+                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job);
+                }
+                if stop == Stop::Disconnect {
+                    break KillReason::Alive;
+                }
+            }
         }
     };
-    // Stop taking commands, let those in flight finish (bounded), then the
-    // writer flushes their completions and the socket closes. A fused first
-    // still waiting never gets its second.
+    // Stop taking commands, let those in flight finish (bounded) and send
+    // their completions, then the socket closes. A fused first still
+    // waiting never gets its second; commands held behind a serial one
+    // never run.
     abort_held_fused(&ctx, &mut fused_first).await;
-    conn.close();
-    let drain = async { while tasks.join_next().await.is_some() {} };
+    drop(held);
+    link.stop_transfers();
+    let drain = async {
+        loop {
+            let more = std::future::poll_fn(|cx| {
+                slab.poll(cx, &mut out, &mut serial);
+                link.poll_collect(cx);
+                if link.queued() + out.len() > 0 || slab.live == 0 {
+                    Poll::Ready(slab.live > 0)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            emit_all(&mut link, &mut out);
+            link.flush().await;
+            if !more {
+                break;
+            }
+        }
+    };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
-        tracing::warn!("in-flight commands did not finish within 30 s; aborting them");
-        tasks.abort_all();
+        tracing::warn!(commands = slab.live, "in-flight commands did not finish within 30 s; aborting them");
     }
+    drop(slab);
     release(&ctx, why);
     tracing::info!(reason = ?why, "queue closed");
     drop(ctx);
-    conn.closed().await;
+    link.close().await;
+}
+
+/// Takes one command from the host in the driver: advances the SQ head,
+/// counts as a sign of life, routes it, and starts what has to run.
+fn take<F: Future<Output = Done>>(
+    ctx: &Arc<QueueCtx>,
+    cmd: Command,
+    fused_first: &mut Option<Command>,
+    slab: &mut Slab<F>,
+    out: &mut Vec<Outcome>,
+    serial: &mut Option<usize>,
+    job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F,
+) -> Stop {
+    advance(ctx);
+    match route(ctx, cmd, fused_first) {
+        Route::Now(done) => {
+            out.extend(done.out.into_iter().flatten());
+            if done.disconnect {
+                return Stop::Disconnect;
+            }
+        }
+        Route::Job { first, job, serial: s } => {
+            out.extend(first);
+            let i = slab.insert(job);
+            if s {
+                *serial = Some(i);
+            }
+        }
+        Route::Io { first, sqe, data, timer } => {
+            out.extend(first);
+            slab.insert_io(job(ctx.clone(), sqe, data, timer));
+        }
+    }
+    Stop::Continue
+}
+
+fn advance(ctx: &QueueCtx) {
+    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
+    ctx.ctrl.touch();
 }
 
 /// Undoes what Connect set up for a queue that has ended: an admin queue
@@ -237,16 +578,47 @@ pub enum Stop {
     Disconnect,
 }
 
-/// Takes one command from the host on a connected queue: advances the SQ
-/// head, counts as a sign of life, and dispatches it. Admin and fabrics
-/// commands have run (and sent their completion) when this returns; an I/O
-/// command runs as a task in `tasks`; a fused first waits in `fused_first`
-/// for the next command. The connection's loop calls this for every
-/// capsule; the command-layer fuzz target calls it directly.
+/// Takes one command outside a connection driver (the command-layer fuzz
+/// target, tests): as the driver does, but admin and fabrics commands have
+/// run (and sent their completion) when this returns, an I/O command runs
+/// as a task in `tasks`, and everything is sent through the responder.
 pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
-    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
-    ctx.ctrl.touch();
-    dispatch(ctx, cmd, tasks, fused_first).await
+    advance(ctx);
+    let (job, serial) = match route(ctx, cmd, fused_first) {
+        Route::Now(done) => (Box::pin(async { done }) as Job, true),
+        Route::Job { first, job, serial } => {
+            if let Some(o) = first {
+                ctx.send(o).await;
+            }
+            (job, serial)
+        }
+        Route::Io { first, sqe, data, timer } => {
+            if let Some(o) = first {
+                ctx.send(o).await;
+            }
+            (Box::pin(io_job(ctx.clone(), sqe, data, timer)) as Job, false)
+        }
+    };
+    let (done, stop) = if serial {
+        (Some(job.await), None)
+    } else {
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            for o in job.await.out.into_iter().flatten() {
+                c.send(o).await;
+            }
+        });
+        (None, Some(Stop::Continue))
+    };
+    if let Some(done) = done {
+        for o in done.out.into_iter().flatten() {
+            ctx.send(o).await;
+        }
+        if done.disconnect {
+            return Stop::Disconnect;
+        }
+    }
+    stop.unwrap_or(Stop::Continue)
 }
 
 /// A queue that ends with a fused first still waiting: it never gets its
@@ -257,100 +629,98 @@ pub async fn abort_held_fused(ctx: &QueueCtx, fused_first: &mut Option<Command>)
     }
 }
 
-async fn dispatch(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, fused_first: &mut Option<Command>) -> Stop {
+fn now(missing: Option<Outcome>, o: Option<Outcome>) -> Route {
+    Route::Now(Done { out: [missing, o], disconnect: false })
+}
+
+fn fail(ctx: &QueueCtx, sqe: &Sqe, status: Status) -> Outcome {
+    ctx.outcome(sqe, Err(status))
+}
+
+/// Decides what a command needs: the checks every command passes (fused
+/// pairing, data digest, authentication, controller state) complete it
+/// here; what is left runs as a job.
+fn route(ctx: &Arc<QueueCtx>, cmd: Command, fused_first: &mut Option<Command>) -> Route {
     let sqe = cmd.sqe;
     // A fused pair is two adjacent entries of one submission queue: the
     // first waits here for the next command, and a matching second is taken
-    // with it into one task, so nothing of this queue runs between them and
+    // with it into one job, so nothing of this queue runs between them and
     // the pair executes under one range lock (io::fused).
+    let mut missing = None;
     if let Some(first) = fused_first.take() {
         match fused::next(&first.sqe, &sqe) {
-            Next::Pair => {
-                spawn_fused(ctx, first, cmd, tasks);
-                return Stop::Continue;
-            }
+            Next::Pair => return fused_job(ctx, first, cmd),
             Next::Mismatch(status) => {
-                ctx.finish(&first.sqe, Err(status)).await;
-                ctx.finish(&sqe, Err(status)).await;
-                return Stop::Continue;
+                return Route::Now(Done { out: [Some(fail(ctx, &first.sqe, status)), Some(fail(ctx, &sqe, status))], disconnect: false });
             }
             // the next command is handled on its own below
-            Next::Missing => ctx.finish(&first.sqe, Err(Status::ABORTED_MISSING_FUSED)).await,
+            Next::Missing => missing = Some(fail(ctx, &first.sqe, Status::ABORTED_MISSING_FUSED)),
         }
     }
     if sqe.fuse() != 0 {
-        match fused::alone(&sqe, ctx.qid) {
-            Alone::HoldFirst if !ctx.ctrl.ready() => ctx.finish(&sqe, Err(Status::CMD_SEQ_ERROR.dnr())).await,
+        return match fused::alone(&sqe, ctx.qid) {
+            Alone::HoldFirst if !ctx.ctrl.ready() => now(missing, Some(fail(ctx, &sqe, Status::CMD_SEQ_ERROR.dnr()))),
             // a first whose data failed its digest is held too, so that its
             // second is aborted as Failed Fused rather than run alone
-            Alone::HoldFirst => *fused_first = Some(cmd),
-            Alone::Reject(status) => ctx.finish(&sqe, Err(status)).await,
-        }
-        return Stop::Continue;
+            Alone::HoldFirst => {
+                *fused_first = Some(cmd);
+                now(missing, None)
+            }
+            Alone::Reject(status) => now(missing, Some(fail(ctx, &sqe, status))),
+        };
     }
     if let Some(status) = cmd.data_error {
-        ctx.finish(&sqe, Err(status)).await;
-        return Stop::Continue;
+        return now(missing, Some(fail(ctx, &sqe, status)));
     }
     if !ctx.auth.allows(&sqe) {
         tracing::debug!(opcode = sqe.opcode, "command before the queue authenticated");
-        ctx.finish(&sqe, Err(Status::AUTH_REQUIRED.dnr())).await;
-        return Stop::Continue;
+        return now(missing, Some(fail(ctx, &sqe, Status::AUTH_REQUIRED.dnr())));
     }
+    let job: Job;
     if sqe.opcode() == Opcode::FABRICS {
-        let (r, stop) = fabrics::execute(ctx, &cmd).await;
-        ctx.finish(&sqe, r).await;
-        return if stop { Stop::Disconnect } else { Stop::Continue };
-    }
-    if !ctx.ctrl.ready() {
+        let c = ctx.clone();
+        job = Box::pin(async move {
+            let (r, stop) = fabrics::execute(&c, &cmd).await;
+            Done { out: [Some(c.outcome(&sqe, r)), None], disconnect: stop }
+        });
+    } else if !ctx.ctrl.ready() {
         tracing::debug!(opcode = sqe.opcode, "command before the controller is enabled");
-        ctx.finish(&sqe, Err(Status::CMD_SEQ_ERROR.dnr())).await;
-        return Stop::Continue;
-    }
-    if ctx.qid == 0 {
+        return now(missing, Some(fail(ctx, &sqe, Status::CMD_SEQ_ERROR.dnr())));
+    } else if ctx.qid == 0 {
         // Admin commands are few and cheap; AER completes later, if ever.
+        let c = ctx.clone();
         let span = tracing::debug_span!("admin", cid = sqe.cid(), opcode = ?sqe.opcode());
-        if let Some(r) = admin::execute(ctx, &sqe).instrument(span).await {
-            ctx.finish(&sqe, r).await;
-        }
-        return Stop::Continue;
-    }
-    let ctx = ctx.clone();
-    let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
-    let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
-    tasks.spawn(
-        async move {
-            let r = io::execute(&ctx, sqe, cmd.data).await;
-            let ok = r.is_ok();
-            ctx.finish(&sqe, r).await;
-            if let Some(t) = timer {
-                let (op, bytes) = io::metric_op(&sqe);
-                t.done(op, if ok { bytes } else { 0 }, ok);
+        job = Box::pin(
+            async move {
+                match admin::execute(&c, &sqe).await {
+                    Some(r) => Done::one(c.outcome(&sqe, r)),
+                    None => Done::default(),
+                }
             }
-        }
-        .instrument(span),
-    );
-    Stop::Continue
+            .instrument(span),
+        );
+    } else {
+        let timer = ctx.subsys.namespace(sqe.nsid()).map(|ns| CmdTimer::start(&ns.volume, Protocol::Nvme));
+        return Route::Io { first: missing, sqe, data: cmd.data, timer };
+    }
+    Route::Job { first: missing, job, serial: true }
 }
 
-/// Runs a fused Compare + Write as one task; each command gets its own
+/// A fused Compare + Write as one job; each command gets its own
 /// completion (the first's before the second's).
-fn spawn_fused(ctx: &Arc<QueueCtx>, first: Command, second: Command, tasks: &mut JoinSet<()>) {
-    let ctx = ctx.clone();
+fn fused_job(ctx: &Arc<QueueCtx>, first: Command, second: Command) -> Route {
+    let c = ctx.clone();
     let span = tracing::debug_span!("fused", cid = first.sqe.cid(), cid2 = second.sqe.cid());
     let (a, b) = (first.sqe, second.sqe);
-    tasks.spawn(
-        async move {
-            let (ra, rb) = match (first.data_error, second.data_error) {
-                (Some(s), _) => (Err(s), Err(Status::ABORTED_FAILED_FUSED)),
-                (None, Some(s)) => (Err(Status::ABORTED_FAILED_FUSED), Err(s)),
-                (None, None) => io::fused(&ctx, a, first.data, b, second.data).await,
-            };
-            ctx.finish(&a, ra).await;
-            ctx.finish(&b, rb).await;
-        }
-        .instrument(span),
-    );
+    let job = async move {
+        let (ra, rb) = match (first.data_error, second.data_error) {
+            (Some(s), _) => (Err(s), Err(Status::ABORTED_FAILED_FUSED)),
+            (None, Some(s)) => (Err(Status::ABORTED_FAILED_FUSED), Err(s)),
+            (None, None) => io::fused(&c, a, first.data, b, second.data).await,
+        };
+        Done { out: [Some(c.outcome(&a, ra)), Some(c.outcome(&b, rb))], disconnect: false }
+    };
+    Route::Job { first: None, job: Box::pin(job.instrument(span)), serial: false }
 }
 
 /// Builds a queue context (fabrics Connect does this once it has checked

@@ -1,13 +1,18 @@
 //! NVMe/TCP queue connections (one TCP connection = one NVMe queue).
 //!
-//! [`accept`] performs the ICReq/ICResp exchange and then runs two tasks:
-//! the reader, which turns PDUs into [`Command`]s (and routes H2CData to the
-//! command that asked for it with an R2T), and the writer, which sends what
-//! the [`Responder`] queues. The NVMe layer above sees only commands in and
-//! completions and data out.
+//! [`accept`] performs the ICReq/ICResp exchange and hands back the two
+//! sides of the queue for its connection driver (one task per connection,
+//! `target::nvme::queue`): the [`Reader`], which turns PDUs into
+//! [`Command`]s (and places H2CData for the command that asked for it with
+//! an R2T), and the [`Link`], which sends completions and data, gathered
+//! over a turn of the driver, with one vectored send. Commands that finish
+//! later (or on another thread: AERs, Abort) send through a [`Responder`],
+//! whose items the driver moves to the link every turn.
 
 mod reader;
 mod writer;
+
+pub use reader::Reader;
 
 use nvme_types::tcp::{self, Digests, Fes, Limits};
 use nvme_types::{Cqe, Status};
@@ -17,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use std::task::{Context, Poll};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Transport-level settings for a listener.
@@ -122,7 +127,10 @@ enum Tx {
 /// the connection closes once every clone and the [`Connection`] are gone.
 #[derive(Clone)]
 pub struct Responder {
-    tx: mpsc::Sender<Tx>,
+    // Unbounded: what is queued is bounded by the queue depth (each command
+    // sends at most an R2T, data and a completion), and the driver that
+    // drains it must never wait on a command that waits on it.
+    tx: mpsc::UnboundedSender<Tx>,
     shared: Arc<Shared>,
     negotiated: Negotiated,
 }
@@ -134,14 +142,14 @@ impl Responder {
 
     /// Sends a response capsule.
     pub async fn complete(&self, cqe: Cqe) {
-        let _ = self.tx.send(Tx::Resp(cqe)).await;
+        let _ = self.tx.send(Tx::Resp(cqe));
     }
 
     /// Sends read data, then `resp`; with `resp == None` the data PDU carries
     /// the SUCCESS flag instead (only when the host disabled SQ flow
     /// control, because no CQE will report SQHD).
     pub async fn send_data(&self, cccid: u16, data: Sgl, resp: Option<Cqe>) {
-        let _ = self.tx.send(Tx::Data { cccid, data, resp }).await;
+        let _ = self.tx.send(Tx::Data { cccid, data, resp });
     }
 
     /// Asks the host for `sgl.len()` bytes of a write with an R2T and waits
@@ -165,7 +173,7 @@ impl Responder {
             x.pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
             t
         };
-        if self.tx.send(Tx::R2t { cccid, ttag, offset: 0, len }).await.is_err() {
+        if self.tx.send(Tx::R2t { cccid, ttag, offset: 0, len }).is_err() {
             self.shared.xfers().pending.remove(&ttag);
             return Err(Status::ABORT_QUEUE);
         }
@@ -181,7 +189,7 @@ impl Responder {
     /// Ends the connection with a C2HTermReq (a fatal protocol error found
     /// above the framing layer).
     pub async fn terminate(&self, fes: Fes, fei: u32) {
-        let _ = self.tx.send(Tx::Term { fes, fei, hdr: Vec::new() }).await;
+        let _ = self.tx.send(Tx::Term { fes, fei, hdr: Vec::new() });
     }
 }
 
@@ -208,7 +216,7 @@ impl From<Tx> for Sent {
 
 /// The host end of a [`loopback`] responder.
 pub struct Loopback {
-    rx: mpsc::Receiver<Tx>,
+    rx: mpsc::UnboundedReceiver<Tx>,
     shared: Arc<Shared>,
 }
 
@@ -217,7 +225,7 @@ pub struct Loopback {
 /// sends comes out of the [`Loopback`], which also plays the host's part in
 /// R2T transfers.
 pub fn loopback(negotiated: Negotiated) -> (Responder, Loopback) {
-    let (tx, rx) = mpsc::channel(512);
+    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
     (Responder { tx, shared: shared.clone(), negotiated }, Loopback { rx, shared })
 }
@@ -290,43 +298,94 @@ impl XferAborter {
     }
 }
 
-/// One accepted queue connection.
+/// One accepted queue connection: its two sides, for one driver.
 pub struct Connection {
-    /// Commands in arrival order; `None` once the connection is gone.
-    pub commands: mpsc::Receiver<Command>,
+    pub reader: Reader,
+    pub link: Link,
     pub responder: Responder,
     pub peer: std::net::SocketAddr,
-    reader: JoinHandle<()>,
-    writer: Option<JoinHandle<()>>,
 }
 
-impl Connection {
-    /// Stops reading; queued sends still go out, then the socket closes
-    /// once the last [`Responder`] is dropped.
-    pub fn close(&self) {
-        self.reader.abort();
-        // The aborted reader will never complete these: fail them now so
-        // their commands can finish instead of waiting forever, and refuse
-        // the ones commands still in flight would start.
-        let mut x = self.responder.shared.xfers();
+/// The send side of a queue connection, owned by its driver.
+pub struct Link {
+    out: mpsc::UnboundedReceiver<Tx>,
+    sender: crate::send::Sender<Tx, writer::Encoder>,
+    shared: Arc<Shared>,
+}
+
+impl Link {
+    /// Moves what commands sent through the [`Responder`] since the last
+    /// turn into this turn's batch; registers for a wake-up when more comes.
+    pub fn poll_collect(&mut self, cx: &mut Context<'_>) {
+        while let Poll::Ready(Some(t)) = self.out.poll_recv(cx) {
+            self.sender.push(t);
+        }
+    }
+
+    /// A response capsule, sent with the turn's batch.
+    pub fn respond(&mut self, cqe: Cqe) {
+        self.sender.push(Tx::Resp(cqe));
+    }
+
+    /// Read data and then `resp` (or the SUCCESS flag when `resp` is
+    /// `None`, see [`Responder::send_data`]), sent with the turn's batch.
+    pub fn send_data(&mut self, cccid: u16, data: Sgl, resp: Option<Cqe>) {
+        self.sender.push(Tx::Data { cccid, data, resp });
+    }
+
+    /// Items waiting for [`Link::flush`].
+    pub fn queued(&self) -> usize {
+        self.sender.queued()
+    }
+
+    /// Sends the turn's batch (usually one `sendmsg`).
+    pub async fn flush(&mut self) {
+        self.sender.flush().await
+    }
+
+    /// Nothing more can be sent: the socket failed or a C2HTermReq went out.
+    pub fn is_done(&self) -> bool {
+        self.sender.is_done()
+    }
+
+    /// Whether sent payloads still wait for the kernel; then
+    /// [`Link::housekeeping`] should run every millisecond or so.
+    pub fn holds_pages(&self) -> bool {
+        self.sender.holds_pages()
+    }
+
+    /// Releases payloads the kernel is done with. Never waits.
+    pub fn housekeeping(&mut self) {
+        self.sender.housekeeping()
+    }
+
+    /// The receive side is gone: transfers waiting for data fail now, and
+    /// new ones are refused.
+    pub fn stop_transfers(&self) {
+        let mut x = self.shared.xfers();
         x.closed = true;
         x.pending.clear();
     }
 
-    /// Waits until the writer has flushed and closed the socket.
-    pub async fn closed(mut self) {
-        self.close();
-        let writer = self.writer.take();
-        drop(self);
-        if let Some(w) = writer {
-            let _ = w.await;
+    /// Sends what is still queued (including what responders queued), waits
+    /// (bounded) for the kernel to release every page, and closes the socket.
+    pub async fn close(mut self) {
+        self.stop_transfers();
+        self.out.close();
+        while let Ok(t) = self.out.try_recv() {
+            self.sender.push(t);
         }
+        self.sender.flush().await;
+        self.sender.close().await;
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.reader.abort();
+impl Connection {
+    /// Closes a connection that never got a driver: what was queued is
+    /// sent, then the socket closes.
+    pub async fn closed(self) {
+        drop(self.reader);
+        self.link.close().await;
     }
 }
 
@@ -385,19 +444,11 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
     tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
 
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(512);
-    let (cmd_tx, commands) = mpsc::channel(256);
+    let (tx, out) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
-    let span = tracing::Span::current();
-    let writer = tokio::spawn(tracing::Instrument::instrument(
-        crate::send::run(wr, rx, writer::Encoder { neg: negotiated }, cfg.send),
-        span.clone(),
-    ));
-    let reader = tokio::spawn(tracing::Instrument::instrument(
-        reader::run(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), cmd_tx, tx: tx.clone() }),
-        span,
-    ));
-    Ok(Connection { commands, responder: Responder { tx, shared, negotiated }, peer, reader, writer: Some(writer) })
+    let sender = crate::send::Sender::new(wr, writer::Encoder { neg: negotiated }, cfg.send);
+    let reader = Reader::new(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), tx: tx.clone() });
+    Ok(Connection { reader, link: Link { out, sender, shared: shared.clone() }, responder: Responder { tx, shared, negotiated }, peer })
 }
 
 /// A C2HTermReq written directly (before the writer task exists).

@@ -18,8 +18,40 @@ pub(super) struct State {
     pub limits: Limits,
     pub pool: PagePool,
     pub shared: Arc<Shared>,
-    pub cmd_tx: mpsc::Sender<Command>,
-    pub tx: mpsc::Sender<Tx>,
+    pub tx: mpsc::UnboundedSender<Tx>,
+}
+
+/// The receive side of a queue, run inside the connection's driver:
+/// [`Reader::next`] reads PDUs until the next command capsule, placing
+/// H2CData of R2T transfers on the way.
+pub struct Reader {
+    rd: BufReader<OwnedReadHalf>,
+    st: State,
+}
+
+impl Reader {
+    pub(super) fn new(rd: OwnedReadHalf, st: State) -> Reader {
+        // Headers are small and frequent: buffer them. Payloads are read
+        // straight into their pages.
+        Reader { rd: BufReader::with_capacity(16 * 1024, rd), st }
+    }
+
+    /// The next command from the host. `None`: the receive side has ended
+    /// (the host closed, the socket failed, or a fatal PDU error, whose
+    /// C2HTermReq is queued to be sent); transfers still waiting for data
+    /// then fail. The reader moves in and out, so the future is `'static`
+    /// and the driver keeps it across its turns.
+    pub async fn next(mut self) -> (Reader, Option<Command>) {
+        let r = read_loop(&mut self.rd, &self.st).await;
+        let c = match r {
+            Ok(c) => Some(c),
+            Err(stop) => {
+                end(&self.st, stop);
+                None
+            }
+        };
+        (self, c)
+    }
 }
 
 enum Stop {
@@ -45,11 +77,8 @@ fn fatal(fes: Fes, fei: u32, reason: &'static str, hdr: &[u8]) -> Stop {
     Stop::Fatal(PduError { fes, fei, reason }, hdr.to_vec())
 }
 
-pub(super) async fn run(rd: OwnedReadHalf, st: State) {
-    // Headers are small and frequent: buffer them. Large data reads bypass
-    // the buffer when it is empty.
-    let mut rd = BufReader::with_capacity(16 * 1024, rd);
-    match read_loop(&mut rd, &st).await {
+fn end(st: &State, stop: Stop) {
+    match stop {
         Stop::Done => tracing::debug!("queue connection closed by host"),
         Stop::Io(e) => tracing::info!(error = %e, "queue connection lost"),
         Stop::HostTerm(fes, fei) => {
@@ -57,15 +86,13 @@ pub(super) async fn run(rd: OwnedReadHalf, st: State) {
         }
         Stop::Fatal(e, hdr) => {
             tracing::warn!(fes = ?e.fes, fei = e.fei, reason = e.reason, "fatal PDU error; sending C2HTermReq");
-            let _ = st.tx.send(Tx::Term { fes: e.fes, fei: e.fei, hdr }).await;
+            let _ = st.tx.send(Tx::Term { fes: e.fes, fei: e.fei, hdr });
         }
     }
     // Transfers still waiting for data will never get it.
-    {
-        let mut x = st.shared.xfers();
-        x.closed = true;
-        x.pending.clear();
-    }
+    let mut x = st.shared.xfers();
+    x.closed = true;
+    x.pending.clear();
 }
 
 async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
@@ -133,40 +160,41 @@ async fn read_into(rd: &mut BufReader<OwnedReadHalf>, sgl: &mut Sgl, offset: usi
     Ok(crc)
 }
 
-async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Stop {
+/// Reads PDUs until a command capsule (which it returns) or the end.
+async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Result<Command, Stop> {
     let digests = st.negotiated.digests;
     let mut hdr = [0u8; MAX_HLEN + DIGEST_LEN];
     loop {
         if let Err(e) = rd.read_exact(&mut hdr[..8]).await {
-            return e.into();
+            return Err(e.into());
         }
         let ch = tcp::CommonHeader::read_from_bytes(&hdr[..8]).expect("8 bytes");
         let layout = match tcp::check_header(&ch, Role::Controller, true, digests, st.limits) {
             Ok(l) => l,
-            Err(e) => return Stop::Fatal(e, hdr[..8].to_vec()),
+            Err(e) => return Err(Stop::Fatal(e, hdr[..8].to_vec())),
         };
         let hlen = layout.hlen;
         if let Err(e) = rd.read_exact(&mut hdr[8..8 + layout.rest_of_header()]).await {
-            return e.into();
+            return Err(e.into());
         }
         if layout.header_digest {
             let want = u32::from_le_bytes(hdr[hlen..hlen + 4].try_into().expect("4 bytes"));
             if crc32c(&hdr[..hlen]) != want {
-                return fatal(Fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch", &hdr[..hlen]);
+                return Err(fatal(Fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch", &hdr[..hlen]));
             }
         }
         let pdu = match Pdu::parse(&layout, &hdr[..hlen]) {
             Ok(p) => p,
-            Err(e) => return Stop::Fatal(e, hdr[..hlen].to_vec()),
+            Err(e) => return Err(Stop::Fatal(e, hdr[..hlen].to_vec())),
         };
         if layout.pad > 0 {
             let mut pad = [0u8; 256];
             if let Err(e) = rd.read_exact(&mut pad[..layout.pad]).await {
-                return e.into();
+                return Err(e.into());
             }
         }
         let r = match pdu {
-            Pdu::CapsuleCmd(c) => capsule(rd, st, &layout, c.sqe).await,
+            Pdu::CapsuleCmd(c) => return capsule(rd, st, &layout, c.sqe).await,
             Pdu::H2CData(d) => h2c_data(rd, st, &layout, &d, &hdr[..hlen]).await,
             Pdu::H2CTermReq(t) => {
                 let mut data = vec![0u8; layout.data_len];
@@ -177,13 +205,11 @@ async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Stop {
             // check_header admits nothing else on a connected controller queue
             _ => Err(fatal(Fes::INVALID_HEADER_FIELD, 0, "unexpected PDU", &hdr[..hlen])),
         };
-        if let Err(stop) = r {
-            return stop;
-        }
+        r?;
     }
 }
 
-async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<(), Stop> {
+async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::Layout, sqe: nvme_types::Sqe) -> Result<Command, Stop> {
     let mut data = None;
     let mut data_error = None;
     if layout.data_len > 0 {
@@ -198,7 +224,7 @@ async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::La
         }
         data = Some(sgl);
     }
-    st.cmd_tx.send(Command { sqe, data, data_error }).await.map_err(|_| Stop::Done)
+    Ok(Command { sqe, data, data_error })
 }
 
 async fn h2c_data(

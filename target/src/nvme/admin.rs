@@ -41,7 +41,13 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
             match c {
                 cns::CONTROLLER => {}
                 cns::ACTIVE_NS_LIST if !discovery => {}
-                cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
+                // an inactive NSID up to NN identifies as zeroes (see identify)
+                cns::NAMESPACE if !discovery => {
+                    if subsys.namespace(nsid).is_none() && !(1..=MAX_NSID).contains(&nsid) {
+                        return Err(Status::INVALID_NS.dnr());
+                    }
+                }
+                cns::NS_DESC_LIST if !discovery => {
                     subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
                 }
                 _ => {
@@ -517,7 +523,9 @@ mod tests {
         let id = |c: u8, nsid| admin(Opcode::IDENTIFY, nsid, c.into(), 0, 4096);
         assert_eq!(p(&s, id(cns::CONTROLLER, 0)), Ok(Admin::Identify { cns: cns::CONTROLLER, nsid: 0 }));
         assert_eq!(p(&s, id(cns::NAMESPACE, 1)), Ok(Admin::Identify { cns: cns::NAMESPACE, nsid: 1 }));
-        assert_eq!(p(&s, id(cns::NAMESPACE, 2)), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(&s, id(cns::NAMESPACE, 2)), Ok(Admin::Identify { cns: cns::NAMESPACE, nsid: 2 }), "inactive: zeroes");
+        assert_eq!(p(&s, id(cns::NAMESPACE, 0)), Err(Status::INVALID_NS.dnr()));
+        assert_eq!(p(&s, id(cns::NAMESPACE, MAX_NSID + 1)), Err(Status::INVALID_NS.dnr()));
         assert_eq!(p(&s, id(cns::NS_DESC_LIST, 0)), Err(Status::INVALID_NS.dnr()));
         assert_eq!(p(&s, id(0x10, 0)), Err(Status::INVALID_FIELD.dnr()));
         // a discovery controller has no namespaces to identify

@@ -28,6 +28,8 @@ pub enum ServerError {
     Ctl(#[from] crate::mgmt::CtlError),
     #[error("subsystem {0}: {1}")]
     DhchapSecret(String, String),
+    #[error("nvme_tcp TLS: {0}")]
+    Tls(String),
 }
 
 /// Which protocol a listener serves.
@@ -65,6 +67,8 @@ pub struct Server {
     metrics: std::sync::Mutex<Option<TcpListener>>,
     /// The `pinion ctl` socket, bound by [`Server::bind`].
     ctl: std::sync::Mutex<Option<crate::mgmt::CtlSocket>>,
+    /// Each NVMe/TCP listener's TLS side, in `listen` order (`None`: plain).
+    tls: Vec<Option<pinion_transport::tls::ServerTls>>,
 }
 
 fn io_mode(m: pinion_conf::IoMode) -> IoMode {
@@ -122,10 +126,12 @@ impl Server {
         }
         let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
+        let tls = crate::nvme::tls::listeners(cfg).map_err(ServerError::Tls)?;
         let reg = Registry {
             subsystems,
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: t.listen.clone(),
+            listener_tls: t.listen.iter().map(|a| crate::nvme::tls::mode(t.tls_for(*a))).collect(),
             limits: Limits {
                 max_queue_size: t.max_queue_size,
                 max_io_queues: t.max_io_queues,
@@ -145,6 +151,7 @@ impl Server {
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
             ctl: std::sync::Mutex::new(None),
+            tls,
         })
     }
 
@@ -266,16 +273,18 @@ impl Server {
             }
         };
         let mut accepts = JoinSet::new();
-        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
-        let all = listeners.nvme_tcp.into_iter().map(|l| (Proto::NvmeTcp, l)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l)));
-        for (proto, l) in all {
+        type TlsSide = Option<pinion_transport::tls::ServerTls>;
+        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr, TlsSide)>(64);
+        let nvme = listeners.nvme_tcp.into_iter().zip(self.tls.iter().cloned().chain(std::iter::repeat(None)));
+        let all = nvme.map(|(l, t)| (Proto::NvmeTcp, l, t)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l, None)));
+        for (proto, l, tls) in all {
             let tx = new_tx.clone();
             let mut sd = shutdown.clone();
             accepts.spawn(async move {
                 loop {
                     tokio::select! {
                         r = l.accept() => match r {
-                            Ok((s, peer)) => { if tx.send((proto, s, peer)).await.is_err() { break } }
+                            Ok((s, peer)) => { if tx.send((proto, s, peer, tls.clone())).await.is_err() { break } }
                             Err(e) => {
                                 // e.g. out of file descriptors: keep serving the rest
                                 tracing::warn!(error = %e, "accept failed");
@@ -315,7 +324,7 @@ impl Server {
             tokio::select! {
                 _ = &mut stop => break,
                 n = new_rx.recv() => match n {
-                    Some((proto, stream, peer)) => {
+                    Some((proto, stream, peer, tls)) => {
                         let slot = match limiter.admit(peer.ip(), proto == Proto::NvmeTcp) {
                             Ok(s) => s,
                             Err(why) => {
@@ -356,7 +365,7 @@ impl Server {
                                 let tcfg = self.transport.clone();
                                 let span = tracing::info_span!("conn", %peer, reactor = tracing::field::Empty);
                                 reactors.spawn_connection(stream, span, move |stream| async move {
-                                    connection(stream, reg, pool, tcfg, sd).await;
+                                    connection(stream, peer, tls, reg, pool, tcfg, sd).await;
                                     drop(slot);
                                 });
                             }
@@ -429,7 +438,15 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg: TransportConfig, shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<pinion_transport::tls::ServerTls>,
+    reg: Arc<Registry>,
+    pool: PagePool,
+    tcfg: TransportConfig,
+    shutdown: watch::Receiver<bool>,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -438,7 +455,10 @@ async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg:
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(&stream);
     let _ = sock.set_keepalive(true);
-    match nvme_tcp::accept(stream, &tcfg, pool.clone()).await {
+    drop(sock);
+    // TLS first (when the listener has it): the driver below sees plain TCP
+    let Some(sec) = crate::nvme::tls::secure(stream, tls.as_ref(), peer, tcfg.icreq_timeout).await else { return };
+    match nvme_tcp::accept_from(sec.stream, peer, &tcfg, pool.clone()).await {
         Ok(conn) => crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await,
         Err(e) => tracing::info!(error = %e, "connection setup failed"),
     }

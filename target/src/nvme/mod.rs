@@ -16,3 +16,4 @@ pub mod fused;
 pub mod io;
 pub mod queue;
 pub mod subsys;
+pub mod tls;

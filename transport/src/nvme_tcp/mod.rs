@@ -332,8 +332,14 @@ impl Drop for Connection {
 
 /// Runs the ICReq/ICResp exchange on a new socket and starts the queue's
 /// reader and writer tasks.
-pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
+pub async fn accept(stream: TcpStream, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
     let peer = stream.peer_addr()?;
+    accept_from(stream, peer, cfg, pool).await
+}
+
+/// [`accept`] for a socket whose far end is not the host itself (the TLS
+/// relay's loopback connection): `peer` is the host's address.
+pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
     let mut buf = [0u8; 128];
     let limits = Limits { max_inline: cfg.max_inline, max_data: cfg.max_h2c_data };
     let read = async {

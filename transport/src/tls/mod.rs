@@ -25,7 +25,7 @@
 pub mod psk;
 mod sys;
 
-use openssl::ssl::{ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslStream, SslVersion};
+use openssl::ssl::{ClientHelloResponse, ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslStream, SslVersion};
 use psk::{hkdf_expand, hkdf_label, Derivation, PskHash, PskTable, TlsPsk};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -91,7 +91,7 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct ServerTls {
     ctx: SslContext,
-    lookup: Arc<dyn Fn(&[u8]) -> Option<TlsPsk> + Send + Sync>,
+    table: Arc<PskTable>,
     pub mode: TlsMode,
 }
 
@@ -136,26 +136,44 @@ fn context(server: bool) -> Result<SslContext, TlsError> {
     });
     if server {
         sys::set_server_psk(&mut b);
+        // Offer only the cipher suite of the host's PSK: OpenSSL picks the suite
+        // before it looks at the PSK, and drops a PSK whose hash differs.
+        b.set_client_hello_callback(|ssl, _alert| {
+            let table = match ssl.ex_data(sys::slot_index()) {
+                Some(sys::PskSlot::Server { table, .. }) => table.clone(),
+                _ => return Ok(ClientHelloResponse::SUCCESS),
+            };
+            let ids = sys::client_hello_ext(ssl, PRE_SHARED_KEY_EXT).map(psk::offered_identities).unwrap_or_default();
+            if let Some(p) = ids.iter().find_map(|id| table.get(id)) {
+                ssl.set_ciphersuites(p.hash.cipher_suite())?;
+            }
+            Ok(ClientHelloResponse::SUCCESS)
+        });
     } else {
         sys::set_client_psk(&mut b);
     }
     Ok(b.build())
 }
 
+/// TLS extension `pre_shared_key` (RFC 8446 §4.2.11).
+const PRE_SHARED_KEY_EXT: u32 = 41;
+
+/// The PSK for an identity a host offered; misses are logged.
+fn lookup(table: &PskTable, id: &[u8]) -> Option<TlsPsk> {
+    let found = table.get(id).cloned();
+    if found.is_none() {
+        let why = match psk::Identity::parse(id) {
+            Ok(_) => "no key configured for this host and subsystem".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(identity = %String::from_utf8_lossy(&id[..id.len().min(512)]), reason = %why, "TLS PSK identity refused");
+    }
+    found
+}
+
 impl ServerTls {
     pub fn new(mode: TlsMode, table: Arc<PskTable>) -> Result<ServerTls, TlsError> {
-        let lookup: Arc<dyn Fn(&[u8]) -> Option<TlsPsk> + Send + Sync> = Arc::new(move |id: &[u8]| {
-            let found = table.get(id).cloned();
-            if found.is_none() {
-                let why = match psk::Identity::parse(id) {
-                    Ok(_) => "no key configured for this host and subsystem".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::warn!(identity = %String::from_utf8_lossy(&id[..id.len().min(512)]), reason = %why, "TLS PSK identity refused");
-            }
-            found
-        });
-        Ok(ServerTls { ctx: context(true)?, lookup, mode })
+        Ok(ServerTls { ctx: context(true)?, table, mode })
     }
 }
 
@@ -212,7 +230,7 @@ pub async fn accept(stream: TcpStream, tls: &ServerTls, timeout: Duration) -> Re
         };
     }
     let mut ssl = Ssl::new(&tls.ctx)?;
-    ssl.set_ex_data(sys::slot_index(), sys::PskSlot::Server { lookup: tls.lookup.clone(), chosen: Mutex::new(None) });
+    ssl.set_ex_data(sys::slot_index(), sys::PskSlot::Server { table: tls.table.clone(), chosen: Mutex::new(None) });
     ssl.set_ex_data(secrets_index(), Mutex::new(Secrets::default()));
     let mut s = SslStream::new(ssl, Io(Arc::new(stream)))?;
     let hs = async {
@@ -238,6 +256,7 @@ pub async fn accept(stream: TcpStream, tls: &ServerTls, timeout: Duration) -> Re
 pub async fn connect(stream: TcpStream, psk: TlsPsk, timeout: Duration) -> Result<Secured, TlsError> {
     let ctx = context(false)?;
     let mut ssl = Ssl::new(&ctx)?;
+    ssl.set_ciphersuites(psk.hash.cipher_suite())?;
     ssl.set_ex_data(sys::slot_index(), sys::PskSlot::Client(psk.clone()));
     ssl.set_ex_data(secrets_index(), Mutex::new(Secrets::default()));
     let mut s = SslStream::new(ssl, Io(Arc::new(stream)))?;
@@ -377,5 +396,67 @@ async fn pump(mut s: SslStream<Io>, mut local: TcpStream) -> Result<(), TlsError
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psk::ConfiguredPsk;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, c)
+    }
+
+    fn table(hash: PskHash, d: Derivation) -> (Arc<PskTable>, TlsPsk) {
+        let key = ConfiguredPsk { transform: Some(hash), key: (0..hash.len() as u8).collect() };
+        let mut t = PskTable::default();
+        t.insert(&key, "nqn.h", "nqn.s", d).unwrap();
+        (Arc::new(t), psk::derive(&key, "nqn.h", "nqn.s", 1, d).unwrap())
+    }
+
+    async fn exchange(hash: PskHash, client_psk: Option<TlsPsk>) -> Result<(Secured, Secured), TlsError> {
+        let (t, psk) = table(hash, Derivation::Spec);
+        let srv = ServerTls::new(TlsMode::Required, t).unwrap();
+        let (s, c) = pair().await;
+        let to = Duration::from_secs(5);
+        let (a, b) = tokio::join!(accept(s, &srv, to), connect(c, client_psk.unwrap_or(psk), to));
+        let a = match a? {
+            Accepted::Tls(a) => a,
+            Accepted::Plain(_) => panic!("plain"),
+        };
+        Ok((a, b?))
+    }
+
+    #[tokio::test]
+    async fn handshake_and_data_both_hashes() {
+        for hash in [PskHash::Sha256, PskHash::Sha384] {
+            let (mut a, mut b) = exchange(hash, None).await.unwrap();
+            assert_eq!(a.hash, hash);
+            assert!(a.identity.starts_with("NVMe1R0"));
+            b.stream.write_all(b"ping from host").await.unwrap();
+            let mut buf = [0u8; 14];
+            tokio::io::AsyncReadExt::read_exact(&mut a.stream, &mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping from host");
+            a.stream.write_all(&[7u8; 100_000]).await.unwrap();
+            let mut big = vec![0u8; 100_000];
+            tokio::io::AsyncReadExt::read_exact(&mut b.stream, &mut big).await.unwrap();
+            assert!(big.iter().all(|x| *x == 7));
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused() {
+        let (_, mut psk) = table(PskHash::Sha256, Derivation::Spec);
+        psk.key[0] ^= 1;
+        assert!(exchange(PskHash::Sha256, Some(psk)).await.is_err());
+        // the libnvme-compat key under the same identity is another key
+        let (_, compat) = table(PskHash::Sha256, Derivation::Compat);
+        assert!(exchange(PskHash::Sha256, Some(compat)).await.is_err());
+        let (_, mut unknown) = table(PskHash::Sha256, Derivation::Spec);
+        unknown.identity = "NVMe0R01 nqn.other nqn.s".into();
+        assert!(exchange(PskHash::Sha256, Some(unknown)).await.is_err());
     }
 }

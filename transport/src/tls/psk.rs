@@ -311,6 +311,25 @@ impl Identity {
     }
 }
 
+/// The identities of a ClientHello's `pre_shared_key` extension body
+/// (RFC 8446 §4.2.11: `identities<7..2^16-1>` of `identity<1..2^16-1>` and a
+/// 4-byte age, then the binders); malformed input gives what parsed before it.
+pub fn offered_identities(ext: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let Some(total) = ext.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else { return out };
+    let Some(mut list) = ext.get(2..2 + total) else { return out };
+    while list.len() >= 2 {
+        let n = u16::from_be_bytes([list[0], list[1]]) as usize;
+        let Some(id) = list.get(2..2 + n) else { break };
+        if list.len() < 2 + n + 4 {
+            break;
+        }
+        out.push(id);
+        list = &list[2 + n + 4..];
+    }
+    out
+}
+
 /// A TLS PSK ready for the handshake.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsPsk {
@@ -486,6 +505,16 @@ mod tests {
     const TLS_SPEC_V0: &str = "fd793f9d133b3cf9fa8dc4f28b9b0758fe7dc658b8704e8028553f97e851ea21";
     const TLS_COMPAT_V0: &str = "ad93ba6eda5adbfcd8bd3f8e58858537858fe71a4e3bf85d2386f5103212818f";
     const DIGEST_SPEC: &str = "UYOIS+RSY50/M3cb0CWvol8Jh4TGE09qZ65Rh1JhJR8=";
+
+    #[test]
+    fn offered_identities_parse() {
+        // two identities ("ab", "c"), each with a 4-byte age, then binders
+        let ext = [0, 15, 0, 2, b'a', b'b', 0, 0, 0, 1, 0, 1, b'c', 0, 0, 0, 0, 0, 33];
+        assert_eq!(offered_identities(&ext), vec![&b"ab"[..], &b"c"[..]]);
+        assert!(offered_identities(&ext[..5]).is_empty());
+        assert_eq!(offered_identities(&[0, 20, 0, 2, b'a', b'b', 0, 0, 0, 1]), vec![] as Vec<&[u8]>);
+        assert!(offered_identities(&[]).is_empty());
+    }
 
     #[test]
     fn table_finds_both_versions() {

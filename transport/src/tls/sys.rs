@@ -26,7 +26,7 @@ extern "C" {
 /// What the PSK callbacks find in the `Ssl`'s ex-data.
 pub(super) enum PskSlot {
     /// Server: looks an identity up; records the PSK it chose.
-    Server { lookup: std::sync::Arc<dyn Fn(&[u8]) -> Option<TlsPsk> + Send + Sync>, chosen: std::sync::Mutex<Option<TlsPsk>> },
+    Server { table: std::sync::Arc<super::psk::PskTable>, chosen: std::sync::Mutex<Option<TlsPsk>> },
     /// Client: the one PSK it offers.
     Client(TlsPsk),
 }
@@ -76,8 +76,8 @@ unsafe extern "C" fn find_session(ssl: *mut SSL, identity: *const c_uchar, len: 
     let (sslref, identity) = unsafe { (SslRef::from_ptr(ssl), std::slice::from_raw_parts(identity, len)) };
     // SAFETY: see above; written exactly once on every path.
     unsafe { *sess = std::ptr::null_mut() };
-    let Some(PskSlot::Server { lookup, chosen }) = sslref.ex_data(slot_index()) else { return 0 };
-    let Some(psk) = lookup(identity) else {
+    let Some(PskSlot::Server { table, chosen }) = sslref.ex_data(slot_index()) else { return 0 };
+    let Some(psk) = super::lookup(table, identity) else {
         // 1 with no session: unknown identity; the handshake fails for want of a key
         return 1;
     };
@@ -109,6 +109,20 @@ unsafe extern "C" fn use_session(ssl: *mut SSL, _md: *const openssl_sys::EVP_MD,
         *sess = s;
     }
     1
+}
+
+/// The body of a ClientHello extension, while the ClientHello callback runs.
+pub(super) fn client_hello_ext(ssl: &SslRef, ty: u32) -> Option<&[u8]> {
+    let mut p: *const c_uchar = std::ptr::null();
+    let mut len: usize = 0;
+    // SAFETY: `ssl` is live and inside its ClientHello callback (the only caller); OpenSSL
+    // points `p` into the ClientHello it holds, valid while `ssl` is borrowed.
+    let r = unsafe { openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), ty, &mut p, &mut len) };
+    if r != 1 || p.is_null() {
+        return None;
+    }
+    // SAFETY: as above: `len` bytes at `p`.
+    Some(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 /// Installs the server's external-PSK lookup on a context.

@@ -458,8 +458,18 @@ async fn connection(
     drop(sock);
     // TLS first (when the listener has it): the driver below sees plain TCP
     let Some(sec) = crate::nvme::tls::secure(stream, tls.as_ref(), peer, tcfg.icreq_timeout).await else { return };
+    let mut tcfg = tcfg;
+    if sec.handoff.is_some() {
+        // kTLS TX takes no MSG_ZEROCOPY (EOPNOTSUPP), and the relay's socket is loopback
+        tcfg.send.zerocopy_min = 0;
+    }
     match nvme_tcp::accept_from(sec.stream, peer, &tcfg, pool.clone()).await {
-        Ok(conn) => crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await,
+        Ok(mut conn) => {
+            if let Some(id) = sec.identity {
+                conn.set_tls_identity(id);
+            }
+            crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await
+        }
         Err(e) => tracing::info!(error = %e, "connection setup failed"),
     }
 }

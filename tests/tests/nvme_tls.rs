@@ -6,7 +6,7 @@
 //! command-line HKDF (`openssl kdf`) from info bytes spelled out below, not
 //! with Pinion's code.
 
-use pinion_tests::host::{icreq_pdu, Digests, Queue};
+use pinion_tests::host::{capsule_pdu, icreq_pdu, sgl, Digests, Queue, PSDT_SGL};
 use pinion_tests::server::Server;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -167,7 +167,12 @@ tls_key_compat = true
 
 /// Runs a TLS client, writes an ICReq to its stdin once it runs, and returns
 /// what it printed (stdout) when an ICResp appeared in it or after 10 s.
-fn exchange(mut cmd: Command) -> (bool, Vec<u8>, String) {
+fn exchange(cmd: Command) -> (bool, Vec<u8>, String) {
+    exchange_with(cmd, &icreq_pdu(NO), &ICRESP_HEAD)
+}
+
+/// [`exchange`] with other bytes in and another pattern to wait for.
+fn exchange_with(mut cmd: Command, input: &[u8], want: &[u8]) -> (bool, Vec<u8>, String) {
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn TLS client");
     let out = Arc::new(Mutex::new(Vec::new()));
     let mut so = child.stdout.take().unwrap();
@@ -189,15 +194,15 @@ fn exchange(mut cmd: Command) -> (bool, Vec<u8>, String) {
     });
     // the handshake happens on connect; the ICReq is sent once it is done
     let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(&icreq_pdu(NO));
+    let _ = stdin.write_all(input);
     let _ = stdin.flush();
     let t0 = Instant::now();
     let found = loop {
-        if out.lock().unwrap().windows(8).any(|w| w == ICRESP_HEAD) {
+        if out.lock().unwrap().windows(want.len()).any(|w| w == want) {
             break true;
         }
         if t0.elapsed() > Duration::from_secs(10) || child.try_wait().ok().flatten().is_some() {
-            break out.lock().unwrap().windows(8).any(|w| w == ICRESP_HEAD);
+            break out.lock().unwrap().windows(want.len()).any(|w| w == want);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -334,4 +339,37 @@ fn perf_tls_runs_verified_io() {
     // the key of another host: the handshake fails, so does the run
     let o = run(HOST384, KEY256, &[]);
     assert!(!o.status.success(), "perf with a wrong key succeeded");
+}
+
+/// The TLS PSK is one host's key for one subsystem: a fabrics Connect on that
+/// session that names another host is refused (the same Connect with the
+/// identity's own host NQN succeeds).
+#[test]
+fn connect_must_name_the_tls_identity() {
+    use pinion_initiator::nvme_tcp::{connect_cmd, ConnectArgs};
+    use zerocopy::IntoBytes;
+    let s = Server::start(&config("required"));
+    let (id, psk) = tls_psk(&key_bytes(32), HOST, 0, false);
+    let connect = |hostnqn: &str| {
+        let (mut sqe, d) = connect_cmd(&ConnectArgs { qid: 0, sqsize: 31, cattr: 0, kato_ms: 0, cntlid: 0xffff, subnqn: SUBNQN, hostnqn, hostid: [7; 16] });
+        sqe.flags = (sqe.flags & 0x3f) | PSDT_SGL;
+        sqe.dptr = sgl(nvme_types::command::SglType::DATA_BLOCK_OFFSET, 1024);
+        let mut input = icreq_pdu(NO);
+        input.extend_from_slice(&capsule_pdu(&sqe, d.as_bytes(), NO, 0));
+        input
+    };
+    // CapsuleResp: type 0x05, HLEN 24, PLEN 24; then the CQE
+    let resp_head = [0x05, 0x00, 0x18, 0x00, 0x18, 0x00, 0x00, 0x00];
+    let status_of = |out: &[u8]| {
+        let at = out.windows(8).position(|w| w == resp_head).expect("a CapsuleResp");
+        let cqe = &out[at + 8..at + 24];
+        u16::from_le_bytes([cqe[14], cqe[15]]) >> 1
+    };
+    let (ok, out, err) = exchange_with(s_client(s.port, &id, &psk, &[]), &connect(HOST), &resp_head);
+    assert!(ok, "no Connect response: {err}\n{}", s.log_text());
+    assert_eq!(status_of(&out), 0, "Connect with the identity's host failed");
+    let (ok, out, err) = exchange_with(s_client(s.port, &id, &psk, &[]), &connect(HOST384), &resp_head);
+    assert!(ok, "no Connect response: {err}\n{}", s.log_text());
+    assert_ne!(status_of(&out), 0, "Connect as another host than the TLS identity succeeded");
+    assert!(s.log_text().contains("other than the TLS PSK identity"));
 }

@@ -23,15 +23,27 @@ pub fn mode(m: ConfMode) -> TlsMode {
 /// Every `[[subsystem.host]] tls_key`, as TLS PSKs by identity.
 pub fn psk_table(cfg: &Config) -> Result<PskTable, String> {
     let mut t = PskTable::default();
+    let mut discovery_hosts: Vec<String> = Vec::new();
     for s in &cfg.subsystem {
         for h in &s.host {
             let Some(k) = &h.tls_key else { continue };
             let key = ConfiguredPsk::parse(&k.0).map_err(|e| format!("subsystem {} host {} tls_key: {e}", s.nqn, h.nqn))?;
             let d = if h.tls_key_compat { Derivation::Compat } else { Derivation::Spec };
             t.insert(&key, &h.nqn, &s.nqn, d).map_err(|e| format!("subsystem {} host {} tls_key: {e}", s.nqn, h.nqn))?;
+            // the host's discovery connections use the discovery NQN in their identity;
+            // with one key per host in several subsystems, the first one serves discovery
+            if !discovery_hosts.contains(&h.nqn) {
+                discovery_hosts.push(h.nqn.clone());
+                t.insert(&key, &h.nqn, nvme_types::fabrics::DISCOVERY_NQN, d).map_err(|e| format!("host {} tls_key: {e}", h.nqn))?;
+            }
         }
     }
     Ok(t)
+}
+
+/// Whether a Connect's NQNs are those of the TLS PSK identity.
+pub fn identity_matches(identity: &str, hostnqn: &str, subnqn: &str) -> bool {
+    pinion_transport::tls::psk::Identity::parse(identity.as_bytes()).is_ok_and(|i| i.hostnqn == hostnqn && i.subnqn == subnqn)
 }
 
 /// The TLS side of each NVMe/TCP listener, in `listen` order (`None`: off).
@@ -100,5 +112,18 @@ pub async fn secure(stream: TcpStream, tls: Option<&ServerTls>, peer: SocketAddr
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connect_must_match_the_identity() {
+        let id = "NVMe0R01 nqn.h nqn.s";
+        assert!(super::identity_matches(id, "nqn.h", "nqn.s"));
+        assert!(!super::identity_matches(id, "nqn.other", "nqn.s"));
+        assert!(!super::identity_matches(id, "nqn.h", "nqn.other"));
+        assert!(super::identity_matches("NVMe1R02 nqn.h nqn.s ZGln", "nqn.h", "nqn.s"));
+        assert!(!super::identity_matches("garbage", "nqn.h", "nqn.s"));
     }
 }

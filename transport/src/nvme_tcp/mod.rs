@@ -125,11 +125,18 @@ pub struct Responder {
     tx: mpsc::Sender<Tx>,
     shared: Arc<Shared>,
     negotiated: Negotiated,
+    /// The TLS PSK identity the host used, when the connection is TLS.
+    tls_identity: Option<Arc<str>>,
 }
 
 impl Responder {
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// The TLS PSK identity of the connection (`None`: plain TCP).
+    pub fn tls_identity(&self) -> Option<&str> {
+        self.tls_identity.as_deref()
     }
 
     /// Sends a response capsule.
@@ -219,7 +226,7 @@ pub struct Loopback {
 pub fn loopback(negotiated: Negotiated) -> (Responder, Loopback) {
     let (tx, rx) = mpsc::channel(512);
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
-    (Responder { tx, shared: shared.clone(), negotiated }, Loopback { rx, shared })
+    (Responder { tx, shared: shared.clone(), negotiated, tls_identity: None }, Loopback { rx, shared })
 }
 
 impl Loopback {
@@ -301,6 +308,12 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Records the TLS PSK identity the host authenticated with, for the
+    /// fabrics Connect to check its host and subsystem NQNs against.
+    pub fn set_tls_identity(&mut self, identity: String) {
+        self.responder.tls_identity = Some(identity.into());
+    }
+
     /// Stops reading; queued sends still go out, then the socket closes
     /// once the last [`Responder`] is dropped.
     pub fn close(&self) {
@@ -386,7 +399,11 @@ pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg:
         rsvd: [0; 112],
     };
     stream.write_all(resp.as_bytes()).await?;
-    let local_peer = stream.local_addr().is_ok_and(|l| crate::is_local_peer(l, peer));
+    // the socket's own far end decides (a TLS relay is local even when the host is not)
+    let local_peer = match (stream.local_addr(), stream.peer_addr()) {
+        (Ok(l), Ok(p)) => crate::is_local_peer(l, p),
+        _ => false,
+    };
     let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data, local_peer };
     tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
 
@@ -403,7 +420,7 @@ pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg:
         reader::run(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), cmd_tx, tx: tx.clone() }),
         span,
     ));
-    Ok(Connection { commands, responder: Responder { tx, shared, negotiated }, peer, reader, writer: Some(writer) })
+    Ok(Connection { commands, responder: Responder { tx, shared, negotiated, tls_identity: None }, peer, reader, writer: Some(writer) })
 }
 
 /// A C2HTermReq written directly (before the writer task exists).

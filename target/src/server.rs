@@ -453,9 +453,7 @@ async fn connection(
     };
     // Latency matters more than packet count: completions go out at once.
     let _ = stream.set_nodelay(true);
-    let sock = socket2::SockRef::from(&stream);
-    let _ = sock.set_keepalive(true);
-    drop(sock);
+    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
     // TLS first (when the listener has it): the driver below sees plain TCP
     let Some(sec) = crate::nvme::tls::secure(stream, tls.as_ref(), peer, tcfg.icreq_timeout).await else { return };
     let mut tcfg = tcfg;

@@ -296,7 +296,7 @@ fn wrong_key_unknown_identity_and_plain_are_refused_when_required() {
 #[test]
 fn optional_takes_tls_and_plain_and_off_takes_plain_only() {
     let s = Server::start(&config("optional"));
-    let mut q = Queue::connect(s.addr, NO).expect("plain connection on an optional listener");
+    let q = Queue::connect(s.addr, NO).expect("plain connection on an optional listener");
     q.shutdown().unwrap();
     let (id, psk) = tls_psk(&key_bytes(32), HOST, 0, false);
     let (ok, _, err) = exchange(s_client(s.port, &id, &psk, &[]));

@@ -411,7 +411,7 @@ mod tests {
     }
 
     fn table(hash: PskHash, d: Derivation) -> (Arc<PskTable>, TlsPsk) {
-        let key = ConfiguredPsk { transform: Some(hash), key: (0..hash.len() as u8).collect() };
+        let key = ConfiguredPsk { transform: Some(hash), key: (0..hash.key_len() as u8).collect() };
         let mut t = PskTable::default();
         t.insert(&key, "nqn.h", "nqn.s", d).unwrap();
         (Arc::new(t), psk::derive(&key, "nqn.h", "nqn.s", 1, d).unwrap())

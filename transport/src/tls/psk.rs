@@ -65,7 +65,7 @@ impl PskHash {
             PskHash::Sha384 => 2,
         }
     }
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         match self {
             PskHash::Sha256 => 32,
             PskHash::Sha384 => 48,
@@ -143,7 +143,7 @@ impl ConfiguredPsk {
         let klen = raw.len().saturating_sub(4);
         let ok = match transform {
             None => klen == 32 || klen == 48,
-            Some(h) => klen == h.len(),
+            Some(h) => klen == h.key_len(),
         };
         if raw.len() < 4 || !ok {
             let hash = transform.map_or("untransformed", |h| h.name());
@@ -186,7 +186,7 @@ pub fn hkdf(h: PskHash, ikm: &[u8], info: &[u8], len: usize) -> Result<Vec<u8>, 
         let mut ctx = PkeyCtx::new_id(Id::HKDF)?;
         ctx.derive_init()?;
         ctx.set_hkdf_md(h.md())?;
-        ctx.set_hkdf_salt(&vec![0u8; h.len()])?;
+        ctx.set_hkdf_salt(&vec![0u8; h.key_len()])?;
         ctx.set_hkdf_key(ikm)?;
         ctx.add_hkdf_info(info)?;
         let mut out = vec![0u8; len];

@@ -310,7 +310,15 @@ async fn hand_off(s: SslStream<Io>, server: bool, psk: TlsPsk) -> Result<Secured
                 let stream = into_inner(s);
                 return Ok(Secured { stream, handoff: Handoff::Ktls, identity: psk.identity, hash });
             }
-            Err(e) => tracing::warn!(error = %e, "no kernel TLS (TCP_ULP \"tls\"): relaying in userspace, every byte copied (load the tls module for kTLS)"),
+            Err(e) => {
+                // once per process at warning level: every TLS connection would repeat it
+                static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "no kernel TLS (TCP_ULP \"tls\"): relaying in userspace, every byte copied (load the tls module for kTLS)");
+                } else {
+                    tracing::debug!(error = %e, "no kernel TLS: relaying in userspace");
+                }
+            }
         }
     }
     let stream = relay(s).await?;

@@ -124,6 +124,12 @@ out=$( (icreq; sleep 3) | timeout 10 openssl s_client -connect "127.0.0.1:$TLS_P
   -psk_identity "$ID" -psk "$PSK" 2>/dev/null | head -c 8 | xxd -p || true)
 echo "first 8 bytes back: $out"
 check "ICResp over kTLS" test "$out" = 0100800080000000
+# without -quiet, s_client ends with a close_notify alert when its stdin ends:
+# kTLS hands the alert to Pinion's reader as a control record
+(icreq; sleep 2) | timeout 10 openssl s_client -connect "127.0.0.1:$TLS_PORT" -tls1_3 \
+  -psk_identity "$ID" -psk "$PSK" >/dev/null 2>&1 || true
+sleep 1
+check "close_notify seen through kTLS" grep -q "TLS control record from the host.*close_notify" "$PLOG"
 check "the session used kTLS" test "$(metric 'pinion_nvme_tls_sessions_total{handoff="ktls"}')" -ge 1
 check "no relay" test "$(metric 'pinion_nvme_tls_sessions_total{handoff="relay"}')" -eq 0
 

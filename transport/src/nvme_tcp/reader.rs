@@ -51,7 +51,11 @@ pub(super) async fn run(rd: OwnedReadHalf, st: State) {
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     match read_loop(&mut rd, &st).await {
         Stop::Done => tracing::debug!("queue connection closed by host"),
-        Stop::Io(e) => tracing::info!(error = %e, "queue connection lost"),
+        Stop::Io(e) => match (e.raw_os_error() == Some(libc::EIO)).then(|| crate::tls::control_record(rd.get_ref().as_ref())).flatten() {
+            // kTLS: the host sent an alert (close_notify) or a handshake message
+            Some(record) => tracing::info!(%record, "TLS control record from the host; connection closed"),
+            None => tracing::info!(error = %e, "queue connection lost"),
+        },
         Stop::HostTerm(fes, fei) => {
             tracing::warn!(fes = ?fes, fei, error = %TransportError::HostTerminated(fes), "host sent H2CTermReq")
         }

@@ -208,6 +208,39 @@ async fn wait_for(s: &SslStream<Io>, e: openssl::ssl::Error) -> Result<(), TlsEr
     }
 }
 
+/// What a non-data record kTLS held back was, for the log line of the
+/// connection's end (a plain read returned `EIO`). `None`: not a kTLS control
+/// record (the error was something else).
+pub fn control_record(sock: &TcpStream) -> Option<String> {
+    sys::ktls_control_record(sock).map(|(ty, body)| describe_record(ty, &body))
+}
+
+/// Names a TLS record: alerts with their level and description (RFC 8446 §6).
+pub fn describe_record(ty: u8, body: &[u8]) -> String {
+    match (ty, body) {
+        (21, [level, desc, ..]) => {
+            let name = match desc {
+                0 => "close_notify",
+                10 => "unexpected_message",
+                20 => "bad_record_mac",
+                40 => "handshake_failure",
+                50 => "decode_error",
+                51 => "decrypt_error",
+                80 => "internal_error",
+                90 => "user_canceled",
+                _ => "other",
+            };
+            format!("alert {name} ({desc}), level {level}")
+        }
+        (22, [msg, ..]) => match msg {
+            4 => "handshake: NewSessionTicket".into(),
+            24 => "handshake: KeyUpdate (not supported: keys are not updated under kTLS)".into(),
+            m => format!("handshake message {m}"),
+        },
+        (t, _) => format!("record type {t}"),
+    }
+}
+
 /// TLS record content type of a handshake (the first byte a TLS client sends);
 /// a plain NVMe/TCP host starts with an ICReq (PDU type 0).
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -453,6 +486,14 @@ mod tests {
             tokio::io::AsyncReadExt::read_exact(&mut b.stream, &mut big).await.unwrap();
             assert!(big.iter().all(|x| *x == 7));
         }
+    }
+
+    #[test]
+    fn control_records_are_named() {
+        assert_eq!(describe_record(21, &[1, 0]), "alert close_notify (0), level 1");
+        assert!(describe_record(22, &[24, 0, 0, 1, 0]).contains("KeyUpdate"));
+        assert!(describe_record(22, &[4]).contains("NewSessionTicket"));
+        assert_eq!(describe_record(21, &[]), "record type 21");
     }
 
     #[tokio::test]

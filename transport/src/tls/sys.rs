@@ -212,6 +212,44 @@ pub(super) fn set_keys(fd: impl AsFd, tx: bool, hash: PskHash, k: &DirKeys) -> s
     }
 }
 
+/// `TLS_GET_RECORD_TYPE`, the control message kTLS attaches to a record that
+/// is not application data.
+const TLS_GET_RECORD_TYPE: c_int = 2;
+
+/// Reads the record kTLS holds back when a plain read failed with `EIO`:
+/// its content type and (up to 64 bytes of) its body. `None` if there is none.
+pub(super) fn ktls_control_record(fd: impl AsFd) -> Option<(u8, Vec<u8>)> {
+    let mut body = [0u8; 64];
+    // room for one cmsghdr with a byte of data, aligned
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: body.as_mut_ptr().cast(), iov_len: body.len() };
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: `msg` points to `iov` (into `body`) and `cbuf`, all live and sized as said.
+    let n = unsafe { libc::recvmsg(fd.as_fd().as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is a valid cmsghdr inside `cbuf` (checked non-null above).
+        let h = unsafe { &*c };
+        if h.cmsg_level == SOL_TLS && h.cmsg_type == TLS_GET_RECORD_TYPE {
+            // SAFETY: this cmsg carries one byte of data.
+            let ty = unsafe { *libc::CMSG_DATA(c) };
+            return Some((ty, body[..n as usize].to_vec()));
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,6 +14,7 @@ pub mod locks;
 pub mod metrics;
 pub mod null;
 pub mod pool;
+pub mod resv;
 pub mod sgl;
 pub mod splice;
 mod sys;

@@ -63,6 +63,9 @@ pub struct Volume {
     policy: DataPolicy,
     /// This volume's paths (the process-wide totals are in [`METRICS`]).
     pub metrics: VolumeMetrics,
+    /// The one reservation state of this volume, whichever protocol
+    /// serves it (see [`crate::resv`]).
+    pub resv: crate::resv::Reservations,
 }
 
 impl std::fmt::Debug for Volume {
@@ -77,7 +80,7 @@ impl Volume {
     }
 
     pub fn with_policy(name: &str, backend: Arc<dyn Backend>, pool: PagePool, policy: DataPolicy) -> Volume {
-        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy, metrics: VolumeMetrics::default() }
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy, metrics: VolumeMetrics::default(), resv: Default::default() }
     }
 
     /// The path a READ takes (see the module docs and DESIGN.md "Splice or

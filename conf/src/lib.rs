@@ -51,6 +51,7 @@ pub struct Config {
     pub log: LogConfig,
     pub debug: DebugConfig,
     pub management: ManagementConfig,
+    pub state: StateConfig,
 }
 
 /// `[nvme_tcp]`: listener addresses and the limits advertised to hosts.
@@ -514,6 +515,17 @@ impl ManagementConfig {
     }
 }
 
+/// `[state]`: where the server keeps what must survive a restart (reservations with APTPL /
+/// PTPL set, one file per volume, written atomically).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory (created if missing). Absent: nothing persists, and hosts are told so
+    /// (SCSI PTPL_C 0, NVMe RESCAP without PTPL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
 /// `[runtime]`: how the server spreads connections over threads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -585,6 +597,7 @@ impl Default for Config {
             log: LogConfig::default(),
             debug: DebugConfig::default(),
             management: ManagementConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }

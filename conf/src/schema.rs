@@ -142,6 +142,7 @@ const LOG: &[Field] = &[
     opt("format", Kind::Enum(&["text", "json"])),
 ];
 const MANAGEMENT: &[Field] = &[opt("socket", Kind::Str)];
+const STATE: &[Field] = &[opt("dir", Kind::Str)];
 const DEBUG: &[Field] = &[
     opt("poison_released_pages", Kind::Bool),
     opt("early_release", Kind::Bool),
@@ -161,6 +162,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
     opt("management", Kind::Section(MANAGEMENT)),
+    opt("state", Kind::Section(STATE)),
 ];
 
 /// Checks the merged tree against [`ROOT`]; returns every problem, in file-schema order.

@@ -106,6 +106,7 @@ fn example_file_parses_to_expected_values() {
             keep_zerocopy_when_copied: false,
         },
         management: ManagementConfig { socket: None },
+        state: StateConfig { dir: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);
@@ -363,6 +364,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
     full.management.socket = Some("/run/pinion/ctl.sock".into());
+    full.state.dir = Some("/var/lib/pinion".into());
     full.runtime.cores = Some(2);
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     full.subsystem[0].host = vec![SubsystemHostConfig {

@@ -12,6 +12,8 @@ pub mod lid {
     pub const CHANGED_NS: u8 = 0x04;
     pub const CMD_EFFECTS: u8 = 0x05;
     pub const DISCOVERY: u8 = 0x70;
+    /// Reservation Notification.
+    pub const RESV_NOTIFY: u8 = 0x80;
 }
 
 /// Get Log Page fields (CDW10-13).

@@ -13,6 +13,7 @@ pub mod mgmt;
 pub mod notify;
 pub mod nvme;
 pub mod reactor;
+pub mod resv_store;
 pub mod scsi;
 pub mod server;
 

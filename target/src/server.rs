@@ -30,6 +30,8 @@ pub enum ServerError {
     DhchapSecret(String, String),
     #[error("nvme_tcp TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    State(#[from] crate::resv_store::StoreError),
 }
 
 /// Which protocol a listener serves.
@@ -102,6 +104,9 @@ impl Server {
             let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
             let policy = DataPolicy { splice_min: cfg.memory.splice_min as usize };
             volumes.push(Arc::new(Volume::with_policy(&v.name, b, pool.clone(), policy)));
+        }
+        if let Some(dir) = &cfg.state.dir {
+            crate::resv_store::attach(dir, &volumes)?;
         }
         let by_name: HashMap<_, _> = volumes.iter().map(|v| (v.name.clone(), v.clone())).collect();
         let mut subsystems = HashMap::new();

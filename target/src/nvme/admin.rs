@@ -1,6 +1,7 @@
 //! Admin commands: Identify, Get Log Page, Set/Get Features, Asynchronous
 //! Event Request, Keep Alive, Abort.
 
+use super::aen::Park;
 use super::ctrl::CtrlState;
 use super::queue::{QueueCtx, Reply};
 use super::subsys::SubsysKind;
@@ -24,12 +25,11 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
         Opcode::GET_FEATURES => get_features(ctx, sqe).await,
         Opcode::KEEP_ALIVE => Reply::ok(),
         Opcode::ASYNC_EVENT => {
-            let mut s = ctx.ctrl.lock();
-            if s.aers.len() >= MAX_AERS {
-                Err(Status::ASYNC_LIMIT.dnr())
-            } else {
-                s.aers.push(sqe.cid());
-                return None;
+            let park = ctx.ctrl.lock().aen.park(sqe.cid(), MAX_AERS);
+            match park {
+                Park::Complete(dw0) => Reply::result(u64::from(dw0)),
+                Park::Parked => return None,
+                Park::Limit => Err(Status::ASYNC_LIMIT.dnr()),
             }
         }
         Opcode::ABORT if !discovery => Reply::result(abort(ctx, sqe)),
@@ -78,6 +78,12 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.dlfeat = 0x1 | 1 << 3;
             // may be attached to several controllers
             id.nmic = 1;
+            // reservations: every type, Ignore Existing Key, and PTPL
+            // when the server has somewhere to persist to
+            id.rescap = identify::rescap::ALL_TYPES | identify::rescap::IEKEY;
+            if ns.volume.resv.can_persist() {
+                id.rescap |= identify::rescap::PTPL;
+            }
             id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
@@ -129,6 +135,8 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.aerl = (MAX_AERS - 1) as u8;
     if discovery {
         id.cntrltype = identify::cntrltype::DISCOVERY;
+        // discovery log change notices
+        id.oaes = (1 << 31).into();
         return id;
     }
     id.cntrltype = identify::cntrltype::IO;
@@ -145,7 +153,7 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.wctemp = 0x157.into();
     id.cctemp = 0x175.into();
     id.nn = (ctx.subsys.namespaces.len() as u32).into();
-    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES | identify::oncs::RESERVATIONS).into();
     // Compare + Write runs atomically under the volume's range lock (io::fused)
     id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
     // volatile write cache present (Flush to the broadcast NSID works too,
@@ -189,11 +197,13 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             v
         }
         lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
+        lid::RESV_NOTIFY if !discovery => super::resv::notification_log(&ctx.ctrl),
         l => {
             tracing::debug!(lid = l, "unsupported log page");
             return Err(Status::INVALID_LOG_PAGE.dnr());
         }
     };
+    ctx.ctrl.lock().aen.log_read(g.lid, g.rae);
     let off = g.offset as usize;
     if off > page.len() {
         return Err(Status::INVALID_FIELD.dnr());
@@ -230,6 +240,9 @@ fn effects_log() -> EffectsLog {
     use nvme_types::command::io;
     e.iocs[io::FLUSH.0 as usize] = effects::CSUPP.into();
     e.iocs[io::READ.0 as usize] = effects::CSUPP.into();
+    for op in [io::COMPARE, io::RESV_REGISTER, io::RESV_REPORT, io::RESV_ACQUIRE, io::RESV_RELEASE] {
+        e.iocs[op.0 as usize] = effects::CSUPP.into();
+    }
     for op in [io::WRITE, io::WRITE_ZEROES, io::DSM] {
         e.iocs[op.0 as usize] = (effects::CSUPP | effects::LBCC).into();
     }
@@ -244,6 +257,13 @@ async fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
     }
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery {
+        return super::resv::feature(ctx, fid, sqe.nsid(), Some(v));
+    }
+    if fid == feature::HOST_ID && !discovery {
+        // on fabrics the Host Identifier is the one of the Connect command
+        return Err(Status::CMD_SEQ_ERROR.dnr());
+    }
     if fid == feature::VOLATILE_WC && !discovery {
         let on = v & 1 != 0;
         let was = std::mem::replace(&mut ctx.ctrl.lock().vwc, on);
@@ -319,6 +339,9 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         }
         let hostid = ctx.ctrl.hostid;
         return ctx.data_reply(sqe, &hostid, 0).await;
+    }
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery && sel <= 2 {
+        return super::resv::feature(ctx, fid, sqe.nsid(), None);
     }
     if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
         return Err(Status::INVALID_FIELD.dnr());

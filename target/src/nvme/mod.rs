@@ -8,6 +8,7 @@
 //! completes with.
 
 pub mod admin;
+pub mod aen;
 pub mod auth;
 pub mod ctrl;
 pub mod discovery;
@@ -15,5 +16,6 @@ pub mod fabrics;
 pub mod fused;
 pub mod io;
 pub mod queue;
+pub mod resv;
 pub mod subsys;
 pub mod tls;

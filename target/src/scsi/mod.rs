@@ -235,7 +235,17 @@ impl ScsiTarget {
     pub fn new(target_name: &str, volumes: Vec<Arc<Volume>>) -> ScsiTarget {
         let live = LiveNexuses::default();
         let lus =
-            volumes.into_iter().enumerate().map(|(i, v)| Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()))).collect();
+            volumes
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let lu = Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()));
+                // reservation notices for I_T nexuses become this LU's unit attentions
+                let sink: std::sync::Weak<dyn pinion_backends::resv::NoticeSink> = Arc::downgrade(&lu) as _;
+                lu.volume.resv.add_sink(sink);
+                lu
+            })
+            .collect();
         ScsiTarget { name: target_name.to_string(), lus, live }
     }
 

@@ -28,7 +28,7 @@ GR_PROG=install-test-deps
 # shellcheck source=../tests/vm/lib/common.sh
 . "$REPO/tests/vm/lib/common.sh"
 
-EXTRA_PKGS="libiscsi-bin sg3-utils python3 python3-prometheus-client iperf3 linux-perf e2fsprogs libssl-dev pkg-config openssl"
+EXTRA_PKGS="libiscsi-bin sg3-utils python3 python3-prometheus-client iperf3 linux-perf e2fsprogs libssl-dev pkg-config openssl gnutls-bin"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -124,6 +124,8 @@ else
   if tests/vm/run-e2e.sh reload "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-reload.out" 2>&1; then tail -n 2 "$LOG/vm-reload.out"; ok "vm e2e reload"; else tail -n 80 "$LOG/vm-reload.out"; bad "vm e2e reload"; fi
   step "per-I/O read paths on the guest's 6.1 kernel (VM)"
   if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
+  step "NVMe/TCP TLS 1.3 with kTLS: s_client and pinion perf --tls vs Pinion (VM, ~1 min)"
+  if BENCH_TIME=2 tests/vm/run-e2e.sh tls "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-tls.out" 2>&1; then tail -n 4 "$LOG/vm-tls.out"; ok "vm tls"; else tail -n 60 "$LOG/vm-tls.out"; bad "vm tls"; fi
   # NVMe DH-HMAC-CHAP needs the 6.12 kernel (6.1 has no NVMe authentication):
   # run-e2e.sh boots it from its own cache, /tmp/guest-run-cache-6.12
   step "NVMe DH-HMAC-CHAP, kernel host (6.12) vs the kernel's nvmet (reference)"

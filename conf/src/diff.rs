@@ -104,6 +104,21 @@ impl Diff {
         restart("[management]", old.management != new.management);
         // volumes already serving keep the store they were started with
         restart("[state]", old.state != new.state);
+        // TLS listeners take their PSKs when they start: while TLS is on,
+        // a listener or key a reload brought would be served without TLS
+        // or with stale keys, so they change only at a restart
+        let tls_on = |c: &Config| c.nvme_tcp.tls != crate::TlsMode::Off || c.nvme_tcp.listener_tls.iter().any(|l| l.tls != crate::TlsMode::Off);
+        let tls_keys = |c: &Config| -> Vec<(String, String, Option<String>, bool)> {
+            c.subsystem
+                .iter()
+                .flat_map(|s| s.host.iter().map(move |h| (s.nqn.clone(), h.nqn.clone(), h.tls_key.as_ref().map(|k| k.0.clone()), h.tls_key_compat)))
+                .filter(|k| k.2.is_some())
+                .collect()
+        };
+        if tls_on(old) || tls_on(new) {
+            restart("[nvme_tcp] listen (NVMe/TCP TLS is on)", old.nvme_tcp.listen != new.nvme_tcp.listen);
+            restart("[[subsystem.host]] tls_key (NVMe/TCP TLS is on)", tls_keys(old) != tls_keys(new));
+        }
         d
     }
 
@@ -206,5 +221,19 @@ mod tests {
         assert_eq!(d.volumes_resized, vec![("a".to_string(), 1 << 20, 4 << 20)]);
         assert_eq!(d.volumes_replaced, vec!["b"]);
         assert_eq!(d.restart_only, vec!["[memory]"]);
+    }
+
+    #[test]
+    fn with_tls_on_listeners_and_keys_wait_for_a_restart() {
+        const KEY: &str = "NVMeTLSkey-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+        let tls = format!("{BASE}\n[[subsystem.host]]\nnqn = \"nqn.h\"\ntls_key = \"{KEY}\"\n").replace("[nvme_tcp]", "[nvme_tcp]\ntls = \"optional\"");
+        let moved = tls.replace("127.0.0.1:4420", "127.0.0.1:4421");
+        let d = Diff::between(&cfg(&tls), &cfg(&moved));
+        assert_eq!(d.restart_only, vec!["[nvme_tcp] listen (NVMe/TCP TLS is on)"]);
+        let rekeyed = tls.replace(KEY, "NVMeTLSkey-1:01:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA:");
+        assert_eq!(Diff::between(&cfg(&tls), &cfg(&rekeyed)).restart_only, vec!["[[subsystem.host]] tls_key (NVMe/TCP TLS is on)"]);
+        // without TLS, listeners move on a reload
+        let plain = BASE.replace("127.0.0.1:4420", "127.0.0.1:4421");
+        assert!(Diff::between(&cfg(BASE), &cfg(&plain)).restart_only.is_empty());
     }
 }

@@ -72,6 +72,38 @@ pub struct NvmeTcpConfig {
     /// MAXH2CDATA in bytes (>= 4096); accepts size strings.
     #[serde(with = "size::serde_size::u32_bytes")]
     pub max_h2c_data: u32,
+    /// TLS 1.3 with pre-shared keys on every listener: "off", "optional" (TLS or plain,
+    /// as the host starts) or "required". Keys are per host (`[[subsystem.host]] tls_key`).
+    pub tls: TlsMode,
+    /// Listeners whose TLS mode differs from `tls`: `[[nvme_tcp.listener_tls]]` with
+    /// `addr` (one of `listen`) and `tls`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listener_tls: Vec<ListenerTls>,
+}
+
+/// Values of `[nvme_tcp] tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+/// One `[[nvme_tcp.listener_tls]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub addr: SocketAddr,
+    pub tls: TlsMode,
+}
+
+impl NvmeTcpConfig {
+    /// The TLS mode of a listener.
+    pub fn tls_for(&self, addr: SocketAddr) -> TlsMode {
+        self.listener_tls.iter().rev().find(|l| l.addr == addr).map_or(self.tls, |l| l.tls)
+    }
 }
 
 impl Default for NvmeTcpConfig {
@@ -85,6 +117,8 @@ impl Default for NvmeTcpConfig {
             max_queue_size: 128,
             max_io_queues: 8,
             max_h2c_data: 131072,
+            tls: TlsMode::Off,
+            listener_tls: Vec::new(),
         }
     }
 }
@@ -333,6 +367,14 @@ pub struct SubsystemHostConfig {
     /// FFDHE group the host offers, else null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhchap_dhgroup: Option<String>,
+    /// The host's configured TLS PSK in the `NVMeTLSkey-1:<hh>:<base64 key and CRC-32>:`
+    /// form `nvme gen-tls-key` prints; the host may use it on TLS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<Secret>,
+    /// Derive the TLS PSK as libnvme did before its fix (Debian 12's libnvme 1.3; later
+    /// versions with `--compat`): for hosts whose keyring was filled that way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_key_compat: bool,
 }
 
 /// Values of `dhchap_hash`.

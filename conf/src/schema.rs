@@ -61,7 +61,11 @@ const NVME_TCP: &[Field] = &[
     opt("max_queue_size", Kind::Int(U16)),
     opt("max_io_queues", Kind::Int(U16)),
     opt("max_h2c_data", Kind::Size(U32)),
+    opt("tls", Kind::Enum(TLS_MODES)),
+    opt("listener_tls", Kind::Tables(LISTENER_TLS)),
 ];
+const TLS_MODES: &[&str] = &["off", "optional", "required"];
+const LISTENER_TLS: &[Field] = &[req("addr", Kind::Addr), req("tls", Kind::Enum(TLS_MODES))];
 const ISCSI: &[Field] = &[
     opt("listen", Kind::Addrs),
     opt("portal_group", Kind::Int(U16)),
@@ -100,6 +104,8 @@ const SUBSYSTEM_HOST: &[Field] = &[
     opt("dhchap_ctrl_key", Kind::Str),
     opt("dhchap_hash", Kind::Enum(crate::DHCHAP_HASHES)),
     opt("dhchap_dhgroup", Kind::Enum(crate::DHCHAP_DHGROUPS)),
+    opt("tls_key", Kind::Str),
+    opt("tls_key_compat", Kind::Bool),
 ];
 const SUBSYSTEM: &[Field] = &[
     req("nqn", Kind::Str),

@@ -373,7 +373,11 @@ fn schema_matches_serde_structs() {
         dhchap_ctrl_key: Some(Secret("c".into())),
         dhchap_hash: Some("sha384".into()),
         dhchap_dhgroup: Some("ffdhe3072".into()),
+        tls_key: Some(Secret("t".into())),
+        tls_key_compat: true,
     }];
+    full.nvme_tcp.tls = TlsMode::Optional;
+    full.nvme_tcp.listener_tls = vec![ListenerTls { addr: full.nvme_tcp.listen[0], tls: TlsMode::Required }];
     full.iscsi.discovery_chap = Some(creds("four"));
     full.iscsi.discovery_mutual_chap = Some(creds("five"));
     let t = &mut full.iscsi_target[0];
@@ -1138,4 +1142,21 @@ fn runtime_cores() {
     assert!(e.contains("runtime.cores"), "{e}");
     let e = Config::from_toml_str("[runtime]\nthreads = 2\n").unwrap_err().to_string();
     assert!(e.contains("\"threads\" in runtime"), "{e}");
+}
+
+#[test]
+fn listener_tls_modes() {
+    let c = Config::from_toml_str(
+        "[nvme_tcp]\nlisten = [\"127.0.0.1:4420\", \"127.0.0.1:4421\"]\ntls = \"optional\"\n\
+         [[nvme_tcp.listener_tls]]\naddr = \"127.0.0.1:4421\"\ntls = \"required\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.nvme_tcp.tls_for(addr("127.0.0.1:4420")), TlsMode::Optional);
+    assert_eq!(c.nvme_tcp.tls_for(addr("127.0.0.1:4421")), TlsMode::Required);
+    let bad = Config::from_toml_str(
+        "[nvme_tcp]\nlisten = [\"127.0.0.1:4420\"]\n[[nvme_tcp.listener_tls]]\naddr = \"127.0.0.1:4499\"\ntls = \"required\"\n",
+    );
+    let err = bad.and_then(|c| c.validate().map(|_| c)).unwrap_err().to_string();
+    assert!(err.contains("listener_tls[0].addr"), "{err}");
+    assert!(Config::from_toml_str("[nvme_tcp]\ntls = \"sometimes\"\n").is_err());
 }

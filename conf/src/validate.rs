@@ -13,6 +13,11 @@ const MIB: u64 = 1 << 20;
 pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     listeners(c, &mut out);
+    for (i, l) in c.nvme_tcp.listener_tls.iter().enumerate() {
+        if !c.nvme_tcp.listen.contains(&l.addr) {
+            out.push(Problem::at(format!("nvme_tcp.listener_tls[{i}].addr"), format!("{} is not one of nvme_tcp.listen", l.addr)));
+        }
+    }
     nvme_limits(c, &mut out);
     iscsi_limits(c, &mut out);
     host_limits(c, &mut out);

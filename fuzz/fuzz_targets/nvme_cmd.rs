@@ -80,6 +80,7 @@ fn registry(w: &World) -> Arc<Registry> {
         subsystems: HashMap::from([(NQN.to_string(), s)]),
         discovery: Arc::new(Subsystem::new_discovery()),
         listeners: vec!["127.0.0.1:4420".parse().unwrap(), "0.0.0.0:4421".parse().unwrap()],
+        listener_tls: vec![],
         limits: LIMITS,
         genctr: AtomicU64::new(3),
     })

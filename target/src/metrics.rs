@@ -173,6 +173,19 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
         "Failed authentications (wrong or missing secret), by protocol.",
         [(vec![("protocol", "iscsi")], AUTH_FAILURES.iscsi.load(Relaxed)), (vec![("protocol", "nvme")], AUTH_FAILURES.nvme.load(Relaxed))],
     )?;
+    let t = &crate::nvme::tls::STATS;
+    counter(
+        enc,
+        "pinion_nvme_tls_sessions",
+        "NVMe/TCP TLS 1.3 sessions established, by how records are handled: ktls (the kernel; splice and zero-copy kept) or relay (userspace copy, no kTLS in this kernel).",
+        [(vec![("handoff", "ktls")], t.ktls.load(Relaxed)), (vec![("handoff", "relay")], t.relay.load(Relaxed))],
+    )?;
+    counter(
+        enc,
+        "pinion_nvme_tls_refused",
+        "NVMe/TCP connections refused at the TLS step: failed handshakes (unknown identity, wrong key, timeout) and plain connections to listeners that require TLS.",
+        [(vec![("reason", "handshake")], t.failed.load(Relaxed)), (vec![("reason", "plain")], t.plain_refused.load(Relaxed))],
+    )?;
     let p = src.pool.stats();
     gauge(
         enc,
@@ -466,6 +479,7 @@ mod tests {
             subsystems: HashMap::from([(sub.nqn.clone(), sub)]).into(),
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: Vec::new().into(),
+            listener_tls: Default::default(),
             limits: Limits { max_queue_size: 128, max_io_queues: 8, inline_data_size: 16384, mdts: 8, write_budget: 8 << 20, connect_timeout: std::time::Duration::from_secs(15) },
             genctr: 1.into(),
         });

@@ -82,8 +82,12 @@ pub trait ReloadHook: Send + Sync {
 }
 
 /// Listeners a reload may add or close, with the accept loop that serves them.
+/// An accepted connection on its way to a reactor: its protocol, socket,
+/// peer and (NVMe/TCP listeners with TLS on) the listener's TLS side.
+pub(crate) type Accepted = (Proto, TcpStream, SocketAddr, Option<pinion_transport::tls::ServerTls>);
+
 pub(crate) struct Accepting {
-    pub tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>,
+    pub tx: tokio::sync::mpsc::Sender<Accepted>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// By configured address: the accept task, and the socket (to stop it
     /// listening at once; the task lets go of its descriptor later).
@@ -91,10 +95,10 @@ pub(crate) struct Accepting {
 }
 
 impl Accepting {
-    pub fn add(&mut self, proto: Proto, configured: SocketAddr, l: TcpListener) {
+    pub fn add(&mut self, proto: Proto, configured: SocketAddr, l: TcpListener, tls: Option<pinion_transport::tls::ServerTls>) {
         use std::os::fd::AsFd;
         let sock = l.as_fd().try_clone_to_owned().ok().map(socket2::Socket::from);
-        let h = tokio::spawn(accept_loop(proto, l, self.tx.clone(), self.shutdown.clone()));
+        let h = tokio::spawn(accept_loop(proto, l, tls, self.tx.clone(), self.shutdown.clone()));
         self.tasks.insert((proto, configured), (h.abort_handle(), sock));
     }
 
@@ -118,11 +122,17 @@ impl Accepting {
 }
 
 /// Hands accepted connections to the server loop until shutdown.
-pub(crate) async fn accept_loop(proto: Proto, l: TcpListener, tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>, mut sd: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn accept_loop(
+    proto: Proto,
+    l: TcpListener,
+    tls: Option<pinion_transport::tls::ServerTls>,
+    tx: tokio::sync::mpsc::Sender<Accepted>,
+    mut sd: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = l.accept() => match r {
-                Ok((s, peer)) => { if tx.send((proto, s, peer)).await.is_err() { break } }
+                Ok((s, peer)) => { if tx.send((proto, s, peer, tls.clone())).await.is_err() { break } }
                 Err(e) => {
                     // e.g. out of file descriptors: keep serving the rest
                     tracing::warn!(error = %e, "accept failed");
@@ -431,11 +441,14 @@ impl Live {
                 crate::sockets::store(&crate::sockets::fd_name(p.name(), a), &l);
                 bound.push((p, a, local));
                 match acc.as_mut() {
-                    Some(acc) => acc.add(p, a, l),
+                    // plain: while TLS is on, listeners change only at a restart (conf::diff)
+                    Some(acc) => acc.add(p, a, l, None),
                     None => tracing::warn!(addr = %a, "not serving yet: the new listener waits for the server loop"),
                 }
             }
             *self.reg.listeners.write().unwrap_or_else(|e| e.into_inner()) = new.nvme_tcp.listen.clone();
+            let t = &new.nvme_tcp;
+            *self.reg.listener_tls.write().unwrap_or_else(|e| e.into_inner()) = t.listen.iter().map(|a| crate::nvme::tls::mode(t.tls_for(*a))).collect();
             self.iscsi.set_portals(bound.iter().filter(|(p, _, _)| *p == Proto::Iscsi).map(|(_, _, a)| *a).collect());
         }
         if discovery_changed {

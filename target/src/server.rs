@@ -28,6 +28,8 @@ pub enum ServerError {
     Ctl(#[from] crate::mgmt::CtlError),
     #[error("subsystem {0}: {1}")]
     DhchapSecret(String, String),
+    #[error("nvme_tcp TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     State(#[from] crate::resv_store::StoreError),
 }
@@ -70,6 +72,8 @@ pub struct Server {
     metrics: std::sync::Mutex<Option<TcpListener>>,
     /// The `pinion ctl` socket, bound by [`Server::bind`].
     ctl: std::sync::Mutex<Option<crate::mgmt::CtlSocket>>,
+    /// Each NVMe/TCP listener's TLS side, in `listen` order (`None`: plain).
+    tls: Vec<Option<pinion_transport::tls::ServerTls>>,
 }
 
 fn io_mode(m: pinion_conf::IoMode) -> IoMode {
@@ -131,10 +135,12 @@ impl Server {
         }
         let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
+        let tls = crate::nvme::tls::listeners(cfg).map_err(ServerError::Tls)?;
         let reg = Registry {
             subsystems: subsystems.into(),
             discovery: Arc::new(Subsystem::new_discovery()),
             listeners: t.listen.clone().into(),
+            listener_tls: t.listen.iter().map(|a| crate::nvme::tls::mode(t.tls_for(*a))).collect::<Vec<_>>().into(),
             limits: Limits {
                 max_queue_size: t.max_queue_size,
                 max_io_queues: t.max_io_queues,
@@ -157,6 +163,7 @@ impl Server {
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
             ctl: std::sync::Mutex::new(None),
+            tls,
         })
     }
 
@@ -286,17 +293,18 @@ impl Server {
             }
         };
         let mut accepts = JoinSet::new();
-        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
+        let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<crate::reload::Accepted>(64);
         {
             // the accept loops live with the reloadable state: a reload adds and closes listeners
             let mut acc = crate::reload::Accepting { tx: new_tx, shutdown: shutdown.clone(), tasks: Default::default() };
-            let nvme = self.reg.listeners().into_iter().zip(listeners.nvme_tcp).map(|(a, l)| (Proto::NvmeTcp, a, l));
+            let tls = self.tls.iter().cloned().chain(std::iter::repeat(None));
+            let nvme = self.reg.listeners().into_iter().zip(listeners.nvme_tcp).zip(tls).map(|((a, l), t)| (Proto::NvmeTcp, a, l, t));
             let iscsi = if self.cfg.iscsi_target.is_empty() { Vec::new() } else { self.cfg.iscsi.listen.clone() };
-            let iscsi = iscsi.into_iter().zip(listeners.iscsi).map(|(a, l)| (Proto::Iscsi, a, l));
+            let iscsi = iscsi.into_iter().zip(listeners.iscsi).map(|(a, l)| (Proto::Iscsi, a, l, None));
             let mut b = Vec::new();
-            for (proto, configured, l) in nvme.chain(iscsi) {
+            for (proto, configured, l, tls) in nvme.chain(iscsi) {
                 b.push((proto, configured, l.local_addr().unwrap_or(configured)));
-                acc.add(proto, configured, l);
+                acc.add(proto, configured, l, tls);
             }
             *self.live.bound.lock().unwrap_or_else(|e| e.into_inner()) = b;
             *self.live.accepting.lock().unwrap_or_else(|e| e.into_inner()) = Some(acc);
@@ -328,7 +336,7 @@ impl Server {
             tokio::select! {
                 _ = &mut stop => break,
                 n = new_rx.recv() => match n {
-                    Some((proto, stream, peer)) => {
+                    Some((proto, stream, peer, tls)) => {
                         let slot = match limiter.admit(peer.ip(), proto == Proto::NvmeTcp) {
                             Ok(s) => s,
                             Err(why) => {
@@ -369,7 +377,7 @@ impl Server {
                                 let tcfg = self.transport.clone();
                                 let span = tracing::info_span!("conn", %peer, reactor = tracing::field::Empty);
                                 reactors.spawn_connection(stream, span, move |stream| async move {
-                                    connection(stream, reg, pool, tcfg, sd).await;
+                                    connection(stream, peer, tls, reg, pool, tcfg, sd).await;
                                     drop(slot);
                                 });
                             }
@@ -448,17 +456,36 @@ impl Proto {
     }
 }
 
-async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg: TransportConfig, shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<pinion_transport::tls::ServerTls>,
+    reg: Arc<Registry>,
+    pool: PagePool,
+    tcfg: TransportConfig,
+    shutdown: watch::Receiver<bool>,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
     // Latency matters more than packet count: completions go out at once.
     let _ = stream.set_nodelay(true);
-    let sock = socket2::SockRef::from(&stream);
-    let _ = sock.set_keepalive(true);
-    match nvme_tcp::accept(stream, &tcfg, pool.clone()).await {
-        Ok(conn) => crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await,
+    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+    // TLS first (when the listener has it): the driver below sees plain TCP
+    let Some(sec) = crate::nvme::tls::secure(stream, tls.as_ref(), peer, tcfg.icreq_timeout).await else { return };
+    let mut tcfg = tcfg;
+    if sec.handoff.is_some() {
+        // kTLS TX takes no MSG_ZEROCOPY (EOPNOTSUPP), and the relay's socket is loopback
+        tcfg.send.zerocopy_min = 0;
+    }
+    match nvme_tcp::accept_from(sec.stream, peer, &tcfg, pool.clone()).await {
+        Ok(mut conn) => {
+            if let Some(id) = sec.identity {
+                conn.set_tls_identity(id);
+            }
+            crate::nvme::queue::serve(conn, reg, pool, local, shutdown).await
+        }
         Err(e) => tracing::info!(error = %e, "connection setup failed"),
     }
 }

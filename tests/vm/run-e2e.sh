@@ -17,6 +17,8 @@
 #   auth     NVMe DH-HMAC-CHAP run against Pinion (tests/vm/nvme-auth-e2e.sh)
 #   reload   live reconfiguration and restarts with both kernel hosts
 #            (tests/vm/reload-e2e.sh)
+#   tls      NVMe/TCP TLS 1.3 with kTLS against Pinion (tests/vm/nvme-tls-e2e.sh:
+#            s_client and `pinion perf --tls` as hosts, the guest kernel's tls module)
 #   auth-nvmet  the same against the kernel's nvmet
 #            (auth targets boot Debian 12's 6.12 kernel, linux-image-6.12-amd64:
 #            6.1 has no NVMe authentication; its cache defaults to
@@ -46,12 +48,13 @@ case $target in
     ;;&
   nvmet) ;;
   auth-nvmet) script=nvme-auth-e2e.sh ;;
-  pinion|iscsi|paths|auth|resv|reload)
+  pinion|iscsi|paths|auth|resv|reload|tls)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
     [[ $target == resv ]] && script=resv-e2e.sh
     [[ $target == reload ]] && script=reload-e2e.sh
     [[ $target == paths ]] && script=nvme-paths.sh
     [[ $target == auth ]] && script=nvme-auth-e2e.sh
+    [[ $target == tls ]] && script=nvme-tls-e2e.sh
     bin=${2:-}
     if [[ -z $bin ]]; then
       for b in "$REPO/build/cargo/release/pinion" "$REPO/build/cargo/debug/pinion"; do
@@ -64,7 +67,7 @@ case $target in
     [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet|resv|reload] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet|resv|reload|tls] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
@@ -76,7 +79,7 @@ opts=(--timeout "${VM_E2E_TIMEOUT:-600}" --cwd "$REPO" --console "$OUT/$target.c
 # the guest's /tmp is an empty tmpfs: show the host's /tmp (copy-on-write)
 # when the repository or the binary lives there
 [[ $REPO == /tmp/* || ${bin:-} == /tmp/* ]] && opts+=(--host-tmp)
-for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE; do
+for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE BENCH_TIME; do
   [[ -n ${!v+x} ]] && opts+=(-e "$v")
 done
 # shellcheck disable=SC2206

@@ -18,6 +18,7 @@ pub mod iscsi;
 pub mod nvme_tcp;
 pub mod send;
 mod sys;
+pub mod tls;
 
 /// Whether a peer is on this host (loopback, or our own address): local TCP
 /// delivery keeps our pages in the receiver's socket queue after the send

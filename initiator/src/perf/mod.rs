@@ -264,6 +264,18 @@ pub struct PerfArgs {
     /// iSCSI: initiator name.
     #[arg(long, default_value = "iqn.2026-11.io.pinion:perf")]
     pub initiator_name: String,
+    /// NVMe: TLS 1.3 with a pre-shared key (TP 8011) on every queue; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls: bool,
+    /// NVMe: the configured PSK, as `nvme gen-tls-key` prints it (NVMeTLSkey-1:..).
+    #[arg(long)]
+    pub tls_key: Option<String>,
+    /// NVMe: derive the TLS PSK as libnvme did before its fix (`--compat`).
+    #[arg(long)]
+    pub tls_compat: bool,
+    /// NVMe: host NQN (default: /etc/nvme/hostnqn, else one derived from "pinion-perf").
+    #[arg(long)]
+    pub hostnqn: Option<String>,
 }
 
 /// Splits `host:port`, `[v6]:port`, or a bare host.
@@ -444,7 +456,14 @@ pub fn run(args: &PerfArgs) -> Result<Report, PerfError> {
     let max_io = args.bs.max as usize;
     let (setup, mut engines, protocol) = match &target {
         Target::Nvme(u) => {
-            let o = nvme::NvmeOpts { digests, queues: args.queues, qd: args.qd, sqflow: args.sqflow, max_io };
+            let tls = match (&args.tls, &args.tls_key) {
+                (true, Some(k)) => Some(nvme::TlsOpts {
+                    key: pinion_transport::tls::psk::ConfiguredPsk::parse(k).map_err(|e| PerfError::Usage(format!("--tls-key: {e}")))?,
+                    compat: args.tls_compat,
+                }),
+                _ => None,
+            };
+            let o = nvme::NvmeOpts { digests, queues: args.queues, qd: args.qd, sqflow: args.sqflow, max_io, tls, hostnqn: args.hostnqn.clone() };
             let (s, e) = nvme::connect(u, &o)?;
             (s, e, "nvme-tcp")
         }

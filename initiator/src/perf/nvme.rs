@@ -87,12 +87,15 @@ struct SyncQueue {
 }
 
 impl SyncQueue {
-    fn connect(addr: SocketAddr, digests: Digests) -> Result<SyncQueue, PerfError> {
+    fn connect(addr: SocketAddr, digests: Digests, tls: Option<&pinion_transport::tls::psk::TlsPsk>) -> Result<SyncQueue, PerfError> {
         let io_err = |what: &str| {
             let what = format!("{what} {addr}");
             move |source| PerfError::Io { what, source }
         };
         let mut sock = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT).map_err(io_err("connect to"))?;
+        if let Some(psk) = tls {
+            sock = tls_connect(sock, psk.clone())?.0;
+        }
         sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(io_err("socket options of"))?;
         sock.set_write_timeout(Some(SETUP_TIMEOUT)).map_err(io_err("socket options of"))?;
         sock.set_nodelay(true).map_err(io_err("socket options of"))?;
@@ -233,6 +236,59 @@ pub struct NvmeOpts {
     pub sqflow: bool,
     /// Largest I/O in bytes (sizes the per-slot buffers).
     pub max_io: usize,
+    /// TLS 1.3 with a PSK on every queue.
+    pub tls: Option<TlsOpts>,
+    /// Host NQN instead of the default.
+    pub hostnqn: Option<String>,
+}
+
+/// `--tls`: the configured PSK and which derivation the target expects.
+#[derive(Clone, Debug)]
+pub struct TlsOpts {
+    pub key: pinion_transport::tls::psk::ConfiguredPsk,
+    pub compat: bool,
+}
+
+/// The runtime behind the TLS handshakes (and the userspace relay when the
+/// kernel has no TLS): one thread, alive for the whole run.
+fn tls_runtime() -> Result<&'static tokio::runtime::Runtime, PerfError> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("perf-tls")
+        .enable_all()
+        .build()
+        .map_err(|source| PerfError::Io { what: "start the TLS runtime".into(), source })?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// The TLS handshake on a connected socket; the socket that comes back is
+/// plain TCP to the caller (kTLS, or the relay's loopback connection).
+fn tls_connect(sock: TcpStream, psk: pinion_transport::tls::psk::TlsPsk) -> Result<(TcpStream, &'static str), PerfError> {
+    let rt = tls_runtime()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| PerfError::Io { what, source }
+    };
+    sock.set_nodelay(true).map_err(io("socket options"))?;
+    sock.set_nonblocking(true).map_err(io("socket options"))?;
+    let secured = rt
+        .block_on(async move {
+            let t = tokio::net::TcpStream::from_std(sock)?;
+            pinion_transport::tls::connect(t, psk, SETUP_TIMEOUT).await.map_err(std::io::Error::other)
+        })
+        .map_err(io("TLS handshake with the target"))?;
+    let how = match secured.handoff {
+        pinion_transport::tls::Handoff::Ktls => "kTLS",
+        pinion_transport::tls::Handoff::Relay => "TLS relay",
+    };
+    let _g = rt.enter();
+    let std = secured.stream.into_std().map_err(io("socket hand-off"))?;
+    std.set_nonblocking(false).map_err(io("socket options"))?;
+    Ok((std, how))
 }
 
 /// Connects the admin queue and `opts.queues` I/O queues.
@@ -242,8 +298,19 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
         .map_err(|source| PerfError::Io { what: format!("resolve {}", url.host), source })?
         .next()
         .ok_or_else(|| PerfError::Usage(format!("{} has no address", url.host)))?;
-    let (hostnqn, hostid) = host_identity();
-    let mut admin = SyncQueue::connect(addr, opts.digests)?;
+    let (mut hostnqn, mut hostid) = host_identity();
+    if let Some(n) = &opts.hostnqn {
+        hostnqn = n.clone();
+        hostid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, n.as_bytes()).as_bytes();
+    }
+    let psk = match &opts.tls {
+        Some(t) => {
+            let d = if t.compat { pinion_transport::tls::psk::Derivation::Compat } else { pinion_transport::tls::psk::Derivation::Spec };
+            Some(pinion_transport::tls::psk::derive(&t.key, &hostnqn, &url.nqn, 0, d).map_err(|e| PerfError::Usage(format!("--tls-key: {e}")))?)
+        }
+        None => None,
+    };
+    let mut admin = SyncQueue::connect(addr, opts.digests, psk.as_ref())?;
     let cntlid = admin.fabrics_connect(0, 31, 0, 0xffff, &url.nqn, &hostnqn, hostid)?;
     let cap = admin.property_get(prop::CAP, true)?;
     let mqes = (cap & 0xffff) as u16;
@@ -304,7 +371,7 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
     let cattr = if opts.sqflow { 0 } else { CATTR_DISABLE_SQFLOW };
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     for qid in 1..=opts.queues {
-        let mut q = SyncQueue::connect(addr, opts.digests)?;
+        let mut q = SyncQueue::connect(addr, opts.digests, psk.as_ref())?;
         q.fabrics_connect(qid, opts.qd, cattr, cntlid, &url.nqn, &hostnqn, hostid)?;
         engines.push(Box::new(NvmeEngine::new(q, url.nsid, lbads, inline, usize::from(opts.qd), opts.max_io)?));
     }
@@ -312,7 +379,12 @@ pub fn connect(url: &NvmeUrl, opts: &NvmeOpts) -> Result<(Setup, Vec<Box<dyn Eng
     let setup = Setup {
         lba_size,
         blocks,
-        describe: format!("NVMe/TCP {addr} {} nsid {} (cntlid {cntlid}, \"{model}\"), in-capsule {inline} B", url.nqn, url.nsid),
+        describe: format!(
+            "NVMe/TCP{} {addr} {} nsid {} (cntlid {cntlid}, \"{model}\"), in-capsule {inline} B",
+            if psk.is_some() { " over TLS 1.3" } else { "" },
+            url.nqn,
+            url.nsid
+        ),
         keep: Box::new(admin.sock),
     };
     Ok((setup, engines))

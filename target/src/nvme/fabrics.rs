@@ -58,6 +58,13 @@ pub async fn connect(
     let invalid = |attr: u64| (Status::CONNECT_INVALID_PARAM.dnr(), attr);
     let subnqn = read_nul_field(&d.subsysnqn).ok_or(invalid(iattr_data(IATTR_SUBNQN)))?.to_string();
     let hostnqn = read_nul_field(&d.hostnqn).ok_or(invalid(iattr_data(IATTR_HOSTNQN)))?.to_string();
+    if let Some(id) = responder.tls_identity() {
+        // the TLS PSK was this host's key for this subsystem: Connect may not claim another
+        if !super::tls::identity_matches(id, &hostnqn, &subnqn) {
+            tracing::warn!(subnqn, hostnqn, identity = id, "Connect names a host or subsystem other than the TLS PSK identity");
+            return Err((Status::CONNECT_INVALID_HOST.dnr(), iattr_data(IATTR_HOSTNQN)));
+        }
+    }
     let Some(subsys) = reg.lookup(&subnqn) else {
         tracing::warn!(subnqn, hostnqn, "Connect to an unknown subsystem");
         return Err(invalid(iattr_data(IATTR_SUBNQN)));

@@ -18,3 +18,4 @@ pub mod io;
 pub mod queue;
 pub mod resv;
 pub mod subsys;
+pub mod tls;

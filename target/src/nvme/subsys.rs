@@ -242,6 +242,8 @@ pub struct Registry {
     pub discovery: Arc<Subsystem>,
     /// NVMe/TCP listeners, in config order (discovery port IDs are 1-based).
     pub listeners: RwLock<Vec<std::net::SocketAddr>>,
+    /// Each listener's TLS mode (discovery's TREQ/TSAS), as `listeners`.
+    pub listener_tls: RwLock<Vec<pinion_transport::tls::TlsMode>>,
     pub limits: Limits,
     /// Discovery log generation counter.
     pub genctr: AtomicU64,

@@ -133,11 +133,18 @@ pub struct Responder {
     tx: mpsc::UnboundedSender<Tx>,
     shared: Arc<Shared>,
     negotiated: Negotiated,
+    /// The TLS PSK identity the host used, when the connection is TLS.
+    tls_identity: Option<Arc<str>>,
 }
 
 impl Responder {
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// The TLS PSK identity of the connection (`None`: plain TCP).
+    pub fn tls_identity(&self) -> Option<&str> {
+        self.tls_identity.as_deref()
     }
 
     /// Sends a response capsule.
@@ -227,7 +234,7 @@ pub struct Loopback {
 pub fn loopback(negotiated: Negotiated) -> (Responder, Loopback) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
-    (Responder { tx, shared: shared.clone(), negotiated }, Loopback { rx, shared })
+    (Responder { tx, shared: shared.clone(), negotiated, tls_identity: None }, Loopback { rx, shared })
 }
 
 impl Loopback {
@@ -304,6 +311,14 @@ pub struct Connection {
     pub link: Link,
     pub responder: Responder,
     pub peer: std::net::SocketAddr,
+}
+
+impl Connection {
+    /// Records the TLS PSK identity the host authenticated with, for the
+    /// fabrics Connect to check its host and subsystem NQNs against.
+    pub fn set_tls_identity(&mut self, identity: String) {
+        self.responder.tls_identity = Some(identity.into());
+    }
 }
 
 /// The send side of a queue connection, owned by its driver.
@@ -391,8 +406,14 @@ impl Connection {
 
 /// Runs the ICReq/ICResp exchange on a new socket and starts the queue's
 /// reader and writer tasks.
-pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
+pub async fn accept(stream: TcpStream, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
     let peer = stream.peer_addr()?;
+    accept_from(stream, peer, cfg, pool).await
+}
+
+/// [`accept`] for a socket whose far end is not the host itself (the TLS
+/// relay's loopback connection): `peer` is the host's address.
+pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg: &TransportConfig, pool: PagePool) -> Result<Connection, TransportError> {
     let mut buf = [0u8; 128];
     let limits = Limits { max_inline: cfg.max_inline, max_data: cfg.max_h2c_data };
     let read = async {
@@ -439,7 +460,11 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
         rsvd: [0; 112],
     };
     stream.write_all(resp.as_bytes()).await?;
-    let local_peer = stream.local_addr().is_ok_and(|l| crate::is_local_peer(l, peer));
+    // the socket's own far end decides (a TLS relay is local even when the host is not)
+    let local_peer = match (stream.local_addr(), stream.peer_addr()) {
+        (Ok(l), Ok(p)) => crate::is_local_peer(l, p),
+        _ => false,
+    };
     let negotiated = Negotiated { digests, hpda: icreq.hpda, max_h2c_data: cfg.max_h2c_data, local_peer };
     tracing::debug!(%peer, ?digests, hpda = icreq.hpda, "ICReq accepted");
 
@@ -448,7 +473,7 @@ pub async fn accept(mut stream: TcpStream, cfg: &TransportConfig, pool: PagePool
     let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
     let sender = crate::send::Sender::new(wr, writer::Encoder { neg: negotiated }, cfg.send);
     let reader = Reader::new(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), tx: tx.clone() });
-    Ok(Connection { reader, link: Link { out, sender, shared: shared.clone() }, responder: Responder { tx, shared, negotiated }, peer })
+    Ok(Connection { reader, link: Link { out, sender, shared: shared.clone() }, responder: Responder { tx, shared, negotiated, tls_identity: None }, peer })
 }
 
 /// A C2HTermReq written directly (before the writer task exists).

@@ -46,7 +46,7 @@ impl Reader {
         let c = match r {
             Ok(c) => Some(c),
             Err(stop) => {
-                end(&self.st, stop);
+                end(&self.rd, &self.st, stop);
                 None
             }
         };
@@ -77,10 +77,14 @@ fn fatal(fes: Fes, fei: u32, reason: &'static str, hdr: &[u8]) -> Stop {
     Stop::Fatal(PduError { fes, fei, reason }, hdr.to_vec())
 }
 
-fn end(st: &State, stop: Stop) {
+fn end(rd: &BufReader<OwnedReadHalf>, st: &State, stop: Stop) {
     match stop {
         Stop::Done => tracing::debug!("queue connection closed by host"),
-        Stop::Io(e) => tracing::info!(error = %e, "queue connection lost"),
+        Stop::Io(e) => match (e.raw_os_error() == Some(libc::EIO)).then(|| crate::tls::control_record(rd.get_ref().as_ref())).flatten() {
+            // kTLS: the host sent an alert (close_notify) or a handshake message
+            Some(record) => tracing::info!(%record, "TLS control record from the host; connection closed"),
+            None => tracing::info!(error = %e, "queue connection lost"),
+        },
         Stop::HostTerm(fes, fei) => {
             tracing::warn!(fes = ?fes, fei, error = %TransportError::HostTerminated(fes), "host sent H2CTermReq")
         }

@@ -74,6 +74,7 @@ fn example_file_parses_to_expected_values() {
             io_mode: IoMode::Auto,
             block_size: 4096,
             read_only: false,
+            ..VolumeConfig::none()
         }],
         subsystem: vec![SubsystemConfig {
             nqn: "nqn.2026-11.io.pinion:vol1".into(),
@@ -312,7 +313,7 @@ fn wrong_types_name_the_key() {
     );
     assert_err(
         &with_base("[[volume]]\nname = \"v1\"\nbackend = \"disk\"\n"),
-        &[r#"volume[1].backend: "disk" is not one of "ram", "null", "file", "block""#],
+        &[r#"volume[1].backend: "disk" is not one of "ram", "null", "file", "block", "rbd""#],
     );
     assert_err(
         &with_base("[[volume]]\nname = 7\nbackend = \"ram\"\n"),

@@ -82,6 +82,17 @@ fn volume_spec(v: &pinion_conf::VolumeConfig) -> VolumeSpec {
         BackendKind::Null => VolumeSpec::Null { size: v.size.unwrap_or(0), block_size: v.block_size },
         BackendKind::File => VolumeSpec::File { path, size: v.size, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
         BackendKind::Block => VolumeSpec::Block { path, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
+        BackendKind::Rbd => VolumeSpec::Rbd(pinion_backends::rbd::RbdSpec {
+            pool: v.pool.clone().unwrap_or_default(),
+            namespace: v.namespace.clone(),
+            image: v.image.clone().unwrap_or_default(),
+            ceph_conf: v.ceph_conf.clone(),
+            client: v.client.clone(),
+            keyring: v.keyring.clone(),
+            block_size: v.block_size,
+            read_only: v.read_only,
+            timeout: v.rbd_timeout.filter(|&t| t > 0).map(|t| std::time::Duration::from_secs(t.into())),
+        }),
     }
 }
 

@@ -124,6 +124,12 @@ impl Volume {
         self.backend.info()
     }
 
+    /// The size in bytes now: [`BackendInfo::size`], or for a backend whose
+    /// storage can grow while served (RBD) what it last saw.
+    pub fn size(&self) -> u64 {
+        self.backend.aio().map_or(self.info().size, |a| a.current_size())
+    }
+
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }

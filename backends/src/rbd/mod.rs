@@ -45,10 +45,56 @@ pub struct RbdBackend {
     info: BackendInfo,
     image: Arc<sys::Image>,
     timeout: Option<Duration>,
-    /// Image size as last seen (it may grow while served).
-    size: AtomicU64,
+    /// Image size as last seen (it may grow while served): updated by the
+    /// `rbd-size` thread, which stops when this backend is dropped.
+    size: Arc<AtomicU64>,
+    _poller: SizePoller,
     /// librbd requests: latency per operation, in flight.
     metrics: ProtoIo,
+}
+
+/// How often the image's size is looked at. librbd follows `rbd resize`
+/// through its watch on the image header, so `rbd_get_size` is a local
+/// read of what it knows (it refreshes the header first if a notification
+/// said it changed).
+const SIZE_POLL: Duration = Duration::from_secs(1);
+
+/// A thread that keeps `size` current; dropping it stops the thread.
+struct SizePoller {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SizePoller {
+    fn start(image: Arc<sys::Image>, size: Arc<AtomicU64>, describe: String) -> Result<SizePoller> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rbd-size".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(SIZE_POLL) {
+                    match image.size() {
+                        Ok(s) => {
+                            let old = size.swap(s, Relaxed);
+                            if old != s {
+                                tracing::info!(image = %describe, old, new = s, "rbd image size changed");
+                            }
+                        }
+                        Err(e) => tracing::debug!(image = %describe, error = %e, "rbd_get_size failed"),
+                    }
+                }
+            })
+            .map_err(BackendError::Io)?;
+        Ok(SizePoller { stop: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl Drop for SizePoller {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn err(e: CephError, write: bool) -> BackendError {
@@ -87,6 +133,10 @@ impl RbdBackend {
             )));
         }
         let ns = spec.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+        let describe = format!("rbd:{}/{ns}{}", spec.pool, spec.image);
+        let image = Arc::new(image);
+        let size_now = Arc::new(AtomicU64::new(size));
+        let poller = SizePoller::start(image.clone(), size_now.clone(), describe.clone())?;
         Ok(RbdBackend {
             info: BackendInfo {
                 kind: "rbd",
@@ -95,21 +145,14 @@ impl RbdBackend {
                 may_block: true,
                 read_only: spec.read_only,
                 volatile_cache: false,
-                describe: format!("rbd:{}/{ns}{}", spec.pool, spec.image),
+                describe,
             },
-            image: Arc::new(image),
+            image,
             timeout: spec.timeout,
-            size: AtomicU64::new(size),
+            size: size_now,
+            _poller: poller,
             metrics: ProtoIo::default(),
         })
-    }
-
-    /// The image's size now, as librbd knows it (it follows `rbd resize`
-    /// through the image header's watch).
-    pub fn poll_size(&self) -> Result<u64> {
-        let s = self.image.size().map_err(|e| err(e, false))?;
-        self.size.store(s, Relaxed);
-        Ok(s)
     }
 
     /// Submits and waits (without blocking the thread) for one request,
@@ -287,7 +330,7 @@ impl Backend for RbdBackend {
     }
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         // the image may have grown since it was opened
-        let size = self.size.load(Relaxed).max(self.info.size);
+        let size = self.size.load(Relaxed);
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
             _ => Err(BackendError::OutOfRange { offset, len, size }),

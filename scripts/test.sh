@@ -37,6 +37,14 @@ step() { printf '\n===== %s\n' "$*"; }
 ok() { passed=$((passed + ${2:-1})); printf -- '--- ok: %s\n' "$1"; }
 bad() { failed=$((failed + ${2:-1})); failures+=("$1"); printf -- '--- FAILED: %s\n' "$1"; }
 
+# A full disk fails every step at once with errors far from the cause
+# (one CI run did): say so first. A build tree takes ~1.5 GiB, the fuzz
+# builds and VM images a few more.
+avail_kib=$(df -Pk "$REPO" | awk 'NR == 2 {print $4}')
+if (( avail_kib < 8 * 1024 * 1024 )); then
+  echo "WARNING: only $((avail_kib / 1024)) MiB free on $(df -P "$REPO" | awk 'NR == 2 {print $6}'); the build and the VM tests need about 8 GiB"
+fi
+
 step "install test dependencies"
 if [[ $(id -u) == 0 ]]; then
   ./scripts/install-test-deps.sh || { bad "install-test-deps"; }

@@ -1,6 +1,7 @@
 //! Admin commands: Identify, Get Log Page, Set/Get Features, Asynchronous
 //! Event Request, Keep Alive, Abort.
 
+use super::aen::Park;
 use super::ctrl::CtrlState;
 use super::queue::{QueueCtx, Reply};
 use super::subsys::SubsysKind;
@@ -24,12 +25,11 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
         Opcode::GET_FEATURES => get_features(ctx, sqe).await,
         Opcode::KEEP_ALIVE => Reply::ok(),
         Opcode::ASYNC_EVENT => {
-            let mut s = ctx.ctrl.lock();
-            if s.aers.len() >= MAX_AERS {
-                Err(Status::ASYNC_LIMIT.dnr())
-            } else {
-                s.aers.push(sqe.cid());
-                return None;
+            let park = ctx.ctrl.lock().aen.park(sqe.cid(), MAX_AERS);
+            match park {
+                Park::Complete(dw0) => Reply::result(u64::from(dw0)),
+                Park::Parked => return None,
+                Park::Limit => Err(Status::ASYNC_LIMIT.dnr()),
             }
         }
         Opcode::ABORT if !discovery => Reply::result(abort(ctx, sqe)),
@@ -129,6 +129,8 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.aerl = (MAX_AERS - 1) as u8;
     if discovery {
         id.cntrltype = identify::cntrltype::DISCOVERY;
+        // discovery log change notices
+        id.oaes = (1 << 31).into();
         return id;
     }
     id.cntrltype = identify::cntrltype::IO;
@@ -194,6 +196,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             return Err(Status::INVALID_LOG_PAGE.dnr());
         }
     };
+    ctx.ctrl.lock().aen.log_read(g.lid, g.rae);
     let off = g.offset as usize;
     if off > page.len() {
         return Err(Status::INVALID_FIELD.dnr());

@@ -63,10 +63,8 @@ pub struct CtrlState {
     /// Per connected I/O queue: aborts its commands still waiting for
     /// write data (admin Abort).
     pub aborters: HashMap<u16, XferAborter>,
-    /// Outstanding Asynchronous Event Request command IDs. Held until the
-    /// association ends: no event source exists yet (namespaces do not
-    /// change while the server runs).
-    pub aers: Vec<u16>,
+    /// Parked Asynchronous Event Requests and events not yet reported.
+    pub aen: super::aen::AenState,
     /// Changed Namespace List log contents, until read.
     pub changed_ns: Vec<u32>,
     /// The host's address of each connected queue (admin = 0), for `pinion ctl status`.
@@ -81,6 +79,8 @@ pub struct Controller {
     pub state: Mutex<CtrlState>,
     last_seen: Mutex<Instant>,
     kill: watch::Sender<KillReason>,
+    /// Wakes the admin queue's driver when an event completion is ready.
+    pub aen_wake: tokio::sync::Notify,
 }
 
 impl Controller {
@@ -100,12 +100,13 @@ impl Controller {
                 async_event_config: 0,
                 connected_io: BTreeSet::new(),
                 aborters: HashMap::new(),
-                aers: Vec::new(),
+                aen: Default::default(),
                 changed_ns: Vec::new(),
                 queue_peers: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),
             kill,
+            aen_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -130,6 +131,20 @@ impl Controller {
 
     pub fn ready(&self) -> bool {
         self.lock().csts & csts::RDY != 0
+    }
+
+    /// Reports an asynchronous event to this controller's host (any
+    /// thread). The admin queue's driver sends the completion.
+    pub fn post_event(&self, ev: super::aen::AsyncEvent) {
+        let ready = {
+            let mut s = self.lock();
+            let config = s.async_event_config;
+            s.aen.post(ev, config)
+        };
+        if ready {
+            self.aen_wake.notify_one();
+        }
+        tracing::debug!(cntlid = self.cntlid, event = ?ev, reported = ready, "asynchronous event");
     }
 
     /// Tears the controller down: every queue of it closes.

@@ -8,6 +8,7 @@
 //! completes with.
 
 pub mod admin;
+pub mod aen;
 pub mod auth;
 pub mod ctrl;
 pub mod discovery;

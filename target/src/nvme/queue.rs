@@ -180,6 +180,13 @@ async fn run(mut conn: Connection, ctx: Arc<QueueCtx>, mut shutdown: watch::Rece
             _ = &mut killed_fut => break ctx.ctrl.kill_reason(),
             _ = &mut shutdown_fut => break KillReason::ServerShutdown,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // event completions ride the admin queue (aen.rs)
+            _ = ctx.ctrl.aen_wake.notified(), if ctx.qid == 0 => {
+                let ready = ctx.ctrl.lock().aen.take_ready();
+                for (cid, dw0) in ready {
+                    ctx.responder.complete(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0))).await;
+                }
+            }
             c = conn.commands.recv() => match c {
                 None => break KillReason::Alive,
                 Some(cmd) => {
@@ -495,5 +502,34 @@ mod tests {
         release(&admin, KillReason::Alive);
         assert!(admin.ctrl.is_killed());
         assert!(reg.lookup(NQN).unwrap().controllers().is_empty());
+    }
+
+    /// An Asynchronous Event Request waits, an event posted from elsewhere
+    /// wakes the admin queue's driver with its completion, and the event
+    /// is not reported again until its log page is read.
+    #[tokio::test]
+    async fn an_event_completes_a_parked_request() {
+        use super::super::aen::AsyncEvent;
+        let pool = PagePool::new(8 << 20, false);
+        let reg = registry(&pool);
+        let (admin, mut ah) = connect(&reg, &pool, 0, 0xffff).await;
+        let mut cc = sqe(Opcode::FABRICS.0, 1, FabricsType::PROPERTY_SET.0.into());
+        cc.cdw11 = prop::CC.into();
+        cc.cdw12 = (1 | 6 << 16 | 4 << 20).into();
+        assert!(matches!(&run(&admin, &mut ah, cc, &[]).await[..], [Sent::Resp(c)] if c.status().is_success()));
+        let mut aec = sqe(Opcode::SET_FEATURES.0, 2, 0);
+        aec.cdw10 = u32::from(nvme_types::command::feature::ASYNC_EVENT).into();
+        aec.cdw11 = (1u32 << 8).into();
+        assert!(matches!(&run(&admin, &mut ah, aec, &[]).await[..], [Sent::Resp(c)] if c.status().is_success()));
+        assert!(run(&admin, &mut ah, sqe(Opcode::ASYNC_EVENT.0, 9, 0), &[]).await.is_empty(), "parked");
+        let woken = admin.ctrl.aen_wake.notified();
+        reg.lookup(NQN).unwrap().post_event(AsyncEvent::NS_ATTR_CHANGED);
+        tokio::time::timeout(Duration::from_secs(5), woken).await.expect("the admin driver is woken");
+        assert_eq!(admin.ctrl.lock().aen.take_ready(), vec![(9, 0x0004_0002)]);
+        // folded until the Changed Namespace List is read
+        assert!(run(&admin, &mut ah, sqe(Opcode::ASYNC_EVENT.0, 10, 0), &[]).await.is_empty());
+        admin.ctrl.post_event(AsyncEvent::NS_ATTR_CHANGED);
+        assert!(admin.ctrl.lock().aen.take_ready().is_empty());
+        release(&admin, KillReason::Alive);
     }
 }

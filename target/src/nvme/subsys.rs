@@ -148,6 +148,13 @@ impl Subsystem {
         self.controllers.lock().unwrap_or_else(|e| e.into_inner()).by_id.remove(&cntlid);
     }
 
+    /// Reports an asynchronous event to every controller of the subsystem.
+    pub fn post_event(&self, ev: super::aen::AsyncEvent) {
+        for c in self.controllers() {
+            c.post_event(ev);
+        }
+    }
+
     pub fn controllers(&self) -> Vec<Arc<Controller>> {
         self.controllers.lock().unwrap_or_else(|e| e.into_inner()).by_id.values().cloned().collect()
     }
@@ -195,6 +202,13 @@ impl Registry {
 
     pub fn genctr(&self) -> u64 {
         self.genctr.load(Ordering::Relaxed)
+    }
+
+    /// The discovery log changed: a new generation, and connected discovery
+    /// controllers are told.
+    pub fn discovery_changed(&self) {
+        self.genctr.fetch_add(1, Ordering::Relaxed);
+        self.discovery.post_event(super::aen::AsyncEvent::DISCOVERY_CHANGE);
     }
 }
 

@@ -299,6 +299,10 @@ impl Server {
             });
         }
         drop(new_tx);
+        if self.volumes.iter().any(|v| v.backend().aio().is_some()) {
+            // storage that can grow while served (RBD): hosts are told
+            accepts.spawn(crate::nvme::resize::watch(self.reg.clone(), shutdown.clone()));
+        }
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone(), reactors: reactors.loads() };
             accepts.spawn(crate::metrics::serve(l, src));

@@ -16,4 +16,5 @@ pub mod fabrics;
 pub mod fused;
 pub mod io;
 pub mod queue;
+pub mod resize;
 pub mod subsys;

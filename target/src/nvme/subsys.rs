@@ -34,7 +34,7 @@ impl Namespace {
     }
     /// Size in logical blocks.
     pub fn nsze(&self) -> u64 {
-        self.volume.info().size >> self.lba_shift()
+        self.volume.size() >> self.lba_shift()
     }
 }
 

@@ -89,6 +89,10 @@ osd class default list = *
 osd op num shards = 2
 osd op num threads per shard = 1
 osd heartbeat grace = 20
+# a stopped OSD saves its memstore and a restarted one loads it (the fast
+# shutdown would exit without unmounting the store, and memstore would come
+# back empty)
+osd fast shutdown = false
 EOF
 
 K=$DIR/keyring

@@ -3,10 +3,11 @@
 //! Every data operation is submitted with `rbd_aio_*` and awaited on a
 //! oneshot channel that librbd's completion callback fills (see [`sys`]),
 //! so the connection's reactor never blocks on the cluster. READ and WRITE
-//! hand librbd iovecs over the SGL's pool pages: no copy on our side. FUA
-//! is a write followed by `rbd_aio_flush`; librbd's own cache is turned off
-//! (`rbd_cache = false`), so a completed write is already on the OSDs and
-//! the flush only orders. COMPARE AND WRITE is librbd's compare-and-write,
+//! hand librbd iovecs over the SGL's pool pages: no copy on our side.
+//! librbd's own cache is turned off (`rbd_cache = false`, forced over any
+//! ceph.conf), so librbd completes a write only once every replica's OSD has
+//! it: every write is durable when it completes, FUA included, and FLUSH
+//! (`rbd_aio_flush`) has nothing left to write back. COMPARE AND WRITE is librbd's compare-and-write,
 //! atomic at the OSD, so it stays atomic with other gateways on the image.
 //!
 //! Bounded waits: with `rbd_timeout` set, librados gives up on OSD and
@@ -224,11 +225,9 @@ impl AioBackend for RbdBackend {
             if sgl.is_empty() {
                 return Ok(());
             }
-            self.run(Op::Write, Req::Write { off: offset, sgl }, true).await?;
-            if fua {
-                self.run(Op::Flush, Req::Flush, true).await?;
-            }
-            Ok(())
+            // FUA: durable on completion (no librbd cache; see the module docs)
+            let _ = fua;
+            self.run(Op::Write, Req::Write { off: offset, sgl }, true).await.map(drop)
         })
     }
 
@@ -245,11 +244,8 @@ impl AioBackend for RbdBackend {
             if len > 0 {
                 // librbd's write-zeroes deallocates whole objects and zeroes
                 // partial ones: both read back as zeroes.
-                let _ = deallocate;
+                let _ = (deallocate, fua);
                 self.run(Op::Other, Req::WriteZeroes { off: offset, len }, true).await?;
-            }
-            if fua {
-                self.run(Op::Flush, Req::Flush, true).await?;
             }
             Ok(())
         })
@@ -286,9 +282,7 @@ impl AioBackend for RbdBackend {
                 // differing byte
                 return Ok(Some(done.mismatch.saturating_sub(offset)));
             }
-            if fua {
-                self.run(Op::Flush, Req::Flush, true).await?;
-            }
+            let _ = fua; // durable on completion
             Ok(None)
         })
     }
@@ -335,5 +329,40 @@ impl Backend for RbdBackend {
             Some(end) if end <= size => Ok(()),
             _ => Err(BackendError::OutOfRange { offset, len, size }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unreachable cluster is an open error within `rbd_timeout`, not a
+    /// hang (librbd1 must be installed: scripts/install-test-deps.sh).
+    #[test]
+    fn unreachable_cluster_fails_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("ceph.conf");
+        // a port nothing listens on: bound, never listening
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        std::fs::write(&conf, format!("[global]\nmon host = v2:127.0.0.1:{port}\nauth client required = none\nlog file = /dev/null\nadmin socket = \n")).unwrap();
+        let spec = RbdSpec {
+            pool: "rbd".into(),
+            namespace: None,
+            image: "nope".into(),
+            ceph_conf: Some(conf),
+            client: None,
+            keyring: None,
+            block_size: 4096,
+            read_only: false,
+            timeout: Some(Duration::from_secs(2)),
+        };
+        let t0 = Instant::now();
+        let e = RbdBackend::open(&spec).err().expect("no cluster there");
+        let took = t0.elapsed();
+        assert!(matches!(e, BackendError::Open(_)), "{e}");
+        assert!(e.to_string().contains("connecting to the cluster"), "{e}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
     }
 }

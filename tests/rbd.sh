@@ -97,7 +97,7 @@ vol() { # vol NAME IMAGE [extra lines]
   printf '[nvme_tcp]\nlisten = ["127.0.0.1:%s"]\n[iscsi]\nlisten = ["127.0.0.1:%s"]\n' "$NPORT" "$IPORT"
   printf '[metrics]\nlisten = "127.0.0.1:%s"\n[management]\nsocket = "%s/ctl.sock"\n[log]\nlevel = "info"\n' "$MPORT" "$OUT"
   vol a a; vol ro ro 'read_only = true'; vol n n; vol f f 'rbd_timeout = 3'; vol g g
-  printf '[[subsystem]]\nnqn = "%s"\nnamespaces = ["n", "f"]\nhosts = ["*"]\n' "$NQN"
+  printf '[[subsystem]]\nnqn = "%s"\nnamespaces = ["n", "f", "g"]\nhosts = ["*"]\n' "$NQN"
   printf '[[iscsi_target]]\niqn = "%s"\nluns = ["a", "ro", "f", "g"]\n' "$IQN"
 } >"$OUT/pinion.toml"
 setsid "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
@@ -216,11 +216,14 @@ sleep 3
 # the first command after the growth gets the unit attention (libiscsi's
 # tools log in afresh, so ask the server log and the new capacity)
 cap >"$OUT/cap-after.out"
+# NVMe: a new controller's Identify Namespace has the new size
+"$BIN" perf "nvme-tcp://127.0.0.1:$NPORT/$NQN/3" --rw read --ios 16 --json >"$OUT/perf-grown.json" 2>/dev/null
+nblocks=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["blocks"])' "$OUT/perf-grown.json" 2>/dev/null)
 if grep -q 'RETURNED LOGICAL BLOCK ADDRESS:16383' "$OUT/cap-before.out" && grep -q 'RETURNED LOGICAL BLOCK ADDRESS:24575' "$OUT/cap-after.out" &&
-  grep -q 'capacity changed' "$OUT/pinion.log"; then
-  ok "rbd resize 64 -> 96 MiB while served: noticed ($(grep -m1 -o 'capacity changed.*' "$OUT/pinion.log" | head -c 120)), READ CAPACITY says 96 MiB"
+  grep -q 'capacity changed' "$OUT/pinion.log" && [[ $nblocks == 24576 ]] && grep -q 'namespace size changed' "$OUT/pinion.log"; then
+  ok "rbd resize 64 -> 96 MiB while served: noticed ($(grep -m1 -o 'capacity changed.*' "$OUT/pinion.log" | head -c 120)), READ CAPACITY and NVMe Identify Namespace say 96 MiB"
 else
-  bad "image growth not noticed"; cat "$OUT/cap-before.out" "$OUT/cap-after.out"
+  bad "image growth not noticed (NVMe blocks: $nblocks)"; cat "$OUT/cap-before.out" "$OUT/cap-after.out"
 fi
 
 if kill -0 "$pinion_pid" 2>/dev/null && ! grep -q panicked "$OUT/pinion.log"; then

@@ -18,8 +18,9 @@
 #   5. OSD stopped mid-I/O on a volume with rbd_timeout = 3: commands fail
 #      within the timeout, the connection survives, reads resume once the
 #      OSD is back (Pinion's librbd request counter moves again).
-#   6. the image grown with `rbd resize` while served: iSCSI reports
-#      CAPACITY DATA HAS CHANGED and the new size.
+#   6. the image grown with `rbd resize` while served: Pinion notices
+#      (SCSI: CAPACITY DATA HAS CHANGED queued, NVMe: Namespace Attribute
+#      Changed posted), READ CAPACITY and Identify Namespace say the new size.
 #   7. libiscsi's iscsi-test-cu on two RBD LUNs (tests/iscsi-conformance.sh
 #      with VOLUMES_TOML): 0 failures; the ZeroBlocks tests send zero-length
 #      READs/WRITEs, which Pinion answers without calling librbd.

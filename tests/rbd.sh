@@ -26,7 +26,8 @@
 #      READs/WRITEs, which Pinion answers without calling librbd.
 #
 # environment: RBD_OUT (default build/rbd-test), RBD_PORT (iSCSI, 3275),
-#   RBD_NVME_PORT (4425), RBD_METRICS_PORT (9475), SKIP_CONFORMANCE=1
+#   RBD_NVME_PORT (4425), RBD_METRICS_PORT (9475), SKIP_CONFORMANCE=1,
+#   ONLY_CONFORMANCE=1 (step 7 alone)
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-}
@@ -83,6 +84,11 @@ OSD_PID() { cat "$CEPH_DIR/run/osd.0.pid"; }
 osd_stop() { local p; p=$(OSD_PID); kill -TERM "$p"; while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; }
 osd_start() { ceph-osd -c "$CEPH_CONF" -i 0 2>>"$OUT/osd-restart.log"; }
 
+vol() { # vol NAME IMAGE [extra lines]
+  printf '[[volume]]\nname = "%s"\nbackend = "rbd"\npool = "rbd"\nimage = "%s"\nceph_conf = "%s"\nkeyring = "%s"\nclient = "admin"\n%s\n' \
+    "$1" "$2" "$CEPH_CONF" "$CEPH_DIR/keyring" "${3:-}"
+}
+if [[ ${ONLY_CONFORMANCE:-} != 1 ]]; then
 # images: a (written by qemu), ro (imported), n (perf + OSD stop, waits),
 # f (OSD stop, fails after rbd_timeout), g (grown while served)
 head -c 64M /dev/urandom >"$OUT/import.bin"
@@ -90,10 +96,6 @@ R create --size 256M rbd/a && R create --size 256M rbd/n && R create --size 256M
   R create --size 64M rbd/g && R import "$OUT/import.bin" rbd/ro >/dev/null ||
   { echo "FAILED: creating images"; cat "$OUT/rbd-cli.log"; exit 1; }
 
-vol() { # vol NAME IMAGE [extra lines]
-  printf '[[volume]]\nname = "%s"\nbackend = "rbd"\npool = "rbd"\nimage = "%s"\nceph_conf = "%s"\nkeyring = "%s"\nclient = "admin"\n%s\n' \
-    "$1" "$2" "$CEPH_CONF" "$CEPH_DIR/keyring" "${3:-}"
-}
 {
   printf '[nvme_tcp]\nlisten = ["127.0.0.1:%s"]\n[iscsi]\nlisten = ["127.0.0.1:%s"]\n' "$NPORT" "$IPORT"
   printf '[metrics]\nlisten = "127.0.0.1:%s"\n[management]\nsocket = "%s/ctl.sock"\n[log]\nlevel = "info"\n' "$MPORT" "$OUT"
@@ -162,7 +164,7 @@ fi
 if timeout 60 qemu-io -f raw -c "write -P 0x11 0 4k" "$(LUN 1)" >"$OUT/qemu-ro.out" 2>&1 && ! grep -qi 'error\|fail\|denied\|protected' "$OUT/qemu-ro.out"; then
   bad "a write to the read_only RBD volume succeeded"; cat "$OUT/qemu-ro.out"
 elif R export rbd/ro - 2>/dev/null | cmp -s - "$OUT/import.bin"; then
-  ok "read_only: the write was refused ($(grep -oi 'write failed.*' "$OUT/qemu-ro.out" | head -n 1)) and the image is unchanged"
+  ok "read_only: the write was refused ($(grep -oiE 'write protected|write failed.*' "$OUT/qemu-ro.out" | head -n 1)) and the image is unchanged"
 else
   bad "read_only image changed"
 fi
@@ -234,6 +236,8 @@ else
 fi
 curl -s "http://127.0.0.1:$MPORT/metrics" | grep -E '^pinion_rbd_(in_flight|requests_total)' >"$OUT/metrics.txt"
 stop_pid "$pinion_pid"; pinion_pid=
+
+fi # ONLY_CONFORMANCE
 
 # ---- 7. iscsi-test-cu on RBD LUNs ----------------------------------------------
 if [[ ${SKIP_CONFORMANCE:-} != 1 ]]; then

@@ -202,6 +202,10 @@ pub trait AioBackend: Send + Sync {
     /// there and returns `None`; otherwise writes nothing and returns the
     /// offset (from `offset`) of the first differing byte.
     fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>, fua: bool) -> IoFuture<'_, Option<u64>>;
+    /// Whether [`AioBackend::compare_and_write`] can do this range
+    /// atomically (librbd: at most one 512-byte sector); otherwise the
+    /// volume compares and writes under its own range lock.
+    fn atomic_compare_and_write(&self, offset: u64, len: u64) -> bool;
     /// The backend's own requests: latency per operation and in flight.
     fn metrics(&self) -> &metrics::ProtoIo;
     /// The size of the storage now (it may have grown since it was opened).

@@ -304,7 +304,7 @@ impl Volume {
         if self.info().read_only {
             return Err(BackendError::ReadOnly);
         }
-        if let Some(a) = self.backend.aio() {
+        if let Some(a) = self.backend.aio().filter(|a| a.atomic_compare_and_write(offset, data.len() as u64)) {
             return a.compare_and_write(offset, cmp.to_vec(), data.to_vec(), fua).await;
         }
         let cur = self.read_locked(guard, offset, cmp.len()).await?.to_vec();

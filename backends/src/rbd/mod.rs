@@ -287,6 +287,12 @@ impl AioBackend for RbdBackend {
         })
     }
 
+    fn atomic_compare_and_write(&self, offset: u64, len: u64) -> bool {
+        // librbd's compare-and-write covers one 512-byte sector at most
+        // (what VMware's ATS uses); longer ranges fail with EINVAL
+        len > 0 && offset % 512 + len <= 512
+    }
+
     fn metrics(&self) -> &ProtoIo {
         &self.metrics
     }
@@ -322,6 +328,15 @@ impl Backend for RbdBackend {
     fn aio(&self) -> Option<&dyn AioBackend> {
         Some(self)
     }
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        // (runs on a blocking thread: may_block)
+        self.check_range(offset, max_len)?;
+        if max_len == 0 {
+            return Ok((true, 0));
+        }
+        let extents = self.image.allocated(offset, max_len).map_err(|e| err(e, false))?;
+        Ok(first_run(offset, max_len, &extents))
+    }
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         // the image may have grown since it was opened
         let size = self.size.load(Relaxed);
@@ -332,9 +347,43 @@ impl Backend for RbdBackend {
     }
 }
 
+/// Whether `offset` is allocated and for how many bytes (at most `len`),
+/// from the sorted allocated extents of `[offset, offset + len)`.
+fn first_run(offset: u64, len: u64, extents: &[(u64, u64)]) -> (bool, u64) {
+    let end = offset + len;
+    let mut at = offset;
+    let mut mapped = None;
+    for &(o, l) in extents {
+        let (o, e) = (o.max(offset), (o + l).min(end));
+        if e <= o || e <= at {
+            continue;
+        }
+        match mapped {
+            None if o > at => return (false, o - at),
+            None => mapped = Some(true),
+            Some(_) if o > at => break,
+            Some(_) => {}
+        }
+        at = e;
+    }
+    match mapped {
+        Some(_) => (true, at - offset),
+        None => (false, len),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocation_runs() {
+        assert_eq!(first_run(0, 100, &[]), (false, 100));
+        assert_eq!(first_run(0, 100, &[(0, 10), (10, 20), (40, 5)]), (true, 30));
+        assert_eq!(first_run(5, 100, &[(0, 10)]), (true, 5));
+        assert_eq!(first_run(0, 100, &[(30, 10)]), (false, 30));
+        assert_eq!(first_run(0, 100, &[(0, 500)]), (true, 100));
+    }
 
     /// An unreachable cluster is an open error within `rbd_timeout`, not a
     /// hang (librbd1 must be installed: scripts/install-test-deps.sh).

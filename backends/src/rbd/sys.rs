@@ -24,6 +24,7 @@ type IoctxT = *mut c_void;
 type ImageT = *mut c_void;
 type CompletionT = *mut c_void;
 type Callback = extern "C" fn(CompletionT, *mut c_void);
+type DiffCb = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 
 /// The functions used, resolved once.
 struct Lib {
@@ -39,6 +40,7 @@ struct Lib {
     rbd_open_read_only: unsafe extern "C" fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int,
     rbd_close: unsafe extern "C" fn(ImageT) -> c_int,
     rbd_get_size: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
+    rbd_diff_iterate2: unsafe extern "C" fn(ImageT, *const c_char, u64, u64, u8, u8, DiffCb, *mut c_void) -> c_int,
     rbd_aio_create_completion: unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> isize,
     rbd_aio_release: unsafe extern "C" fn(CompletionT),
@@ -113,6 +115,7 @@ fn lib() -> Result<&'static Lib, String> {
                 rbd_open_read_only: sym(rbd, c"rbd_open_read_only")?,
                 rbd_close: sym(rbd, c"rbd_close")?,
                 rbd_get_size: sym(rbd, c"rbd_get_size")?,
+                rbd_diff_iterate2: sym(rbd, c"rbd_diff_iterate2")?,
                 rbd_aio_create_completion: sym(rbd, c"rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: sym(rbd, c"rbd_aio_get_return_value")?,
                 rbd_aio_release: sym(rbd, c"rbd_aio_release")?,
@@ -308,6 +311,32 @@ impl Image {
         // SAFETY: live image, valid out pointer.
         check(unsafe { (self.lib.rbd_get_size)(self.img, &mut s) }, || "rbd_get_size".into())?;
         Ok(s)
+    }
+
+    /// The allocated extents (offset, length) within `[off, off + len)`,
+    /// in order: `rbd_diff_iterate2` from the image's creation.
+    /// Synchronous (it reads object maps or lists objects): callers run it
+    /// on a blocking thread.
+    pub(crate) fn allocated(&self, off: u64, len: u64) -> Result<Vec<(u64, u64)>, CephError> {
+        extern "C" fn cb(o: u64, l: usize, exists: c_int, arg: *mut c_void) -> c_int {
+            // SAFETY: `arg` is the `&mut Vec` passed below, alive and not
+            // otherwise borrowed for the duration of the synchronous call.
+            let v = unsafe { &mut *arg.cast::<Vec<(u64, u64)>>() };
+            if exists != 0 {
+                v.push((o, l as u64));
+            }
+            0
+        }
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        // SAFETY: live image; no snapshot (NULL: from creation); the
+        // callback and its argument are valid for the whole call, which
+        // returns only after the last callback.
+        let r = unsafe {
+            (self.lib.rbd_diff_iterate2)(self.img, std::ptr::null(), off, len, 1, 0, cb, (&mut v as *mut Vec<(u64, u64)>).cast())
+        };
+        check(r, || "rbd_diff_iterate2".into())?;
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// Starts `req`; the receiver yields it back when librbd completes it.

@@ -22,7 +22,7 @@
 #      (SCSI: CAPACITY DATA HAS CHANGED queued, NVMe: Namespace Attribute
 #      Changed posted), READ CAPACITY and Identify Namespace say the new size.
 #   7. libiscsi's iscsi-test-cu on two RBD LUNs (tests/iscsi-conformance.sh
-#      with VOLUMES_TOML): 0 failures; the ZeroBlocks tests send zero-length
+#      with VOLUMES_TOML), at 4096- and at 512-byte blocks: 0 failures; the ZeroBlocks tests send zero-length
 #      READs/WRITEs, which Pinion answers without calling librbd.
 #
 # environment: RBD_OUT (default build/rbd-test), RBD_PORT (iSCSI, 3275),
@@ -241,15 +241,19 @@ fi # ONLY_CONFORMANCE
 
 # ---- 7. iscsi-test-cu on RBD LUNs ----------------------------------------------
 if [[ ${SKIP_CONFORMANCE:-} != 1 ]]; then
-  R create --size 128M rbd/c0 && R create --size 128M rbd/c1
-  { vol lun0 c0; vol lun1 c1; } >"$OUT/conformance-volumes.toml"
-  t=$SECONDS
-  if VOLUMES_TOML=$OUT/conformance-volumes.toml BLOCK_SIZE=4096 SKIP_TGTD=1 CONF_OUT=$OUT/conformance \
-    "$REPO/tests/iscsi-conformance.sh" "$BIN" >"$OUT/conformance.out" 2>&1; then
-    ok "iscsi-test-cu on RBD LUNs: $(grep 'pinion/4096' "$OUT/conformance.out") (passed failed skipped), $((SECONDS - t)) s"
-  else
-    bad "iscsi-test-cu on RBD LUNs"; tail -n 20 "$OUT/conformance.out"
-  fi
+  # 4096-byte blocks, and 512 (where COMPARE AND WRITE of one block is
+  # librbd's own compare-and-write); fresh images for each
+  for bs in 4096 512; do
+    R create --size 128M "rbd/c0-$bs" && R create --size 128M "rbd/c1-$bs"
+    { vol lun0 "c0-$bs" "block_size = $bs"; vol lun1 "c1-$bs" "block_size = $bs"; } >"$OUT/conformance-volumes-$bs.toml"
+    t=$SECONDS
+    if VOLUMES_TOML=$OUT/conformance-volumes-$bs.toml BLOCK_SIZE=$bs SKIP_TGTD=1 CONF_OUT=$OUT/conformance-$bs \
+      "$REPO/tests/iscsi-conformance.sh" "$BIN" >"$OUT/conformance-$bs.out" 2>&1; then
+      ok "iscsi-test-cu on RBD LUNs, $bs-byte blocks: $(grep "pinion/$bs" "$OUT/conformance-$bs.out") (passed failed skipped), $((SECONDS - t)) s"
+    else
+      bad "iscsi-test-cu on RBD LUNs, $bs-byte blocks"; tail -n 20 "$OUT/conformance-$bs.out"
+    fi
+  done
 fi
 
 echo "rbd: $passed passed, $failed failed ($SECONDS s)"

@@ -21,7 +21,10 @@
 #     the read paths: O_DIRECT needs a real file system in the guest; and
 #     for the backend fault tests, whose mount/losetup come with util-linux),
 #     python3-prometheus-client (its OpenMetrics parser reads /metrics in
-#     tests/tests/ops.rs).
+#     tests/tests/ops.rs); for tests/rbd.sh a single-node Ceph cluster
+#     (ceph-mon, ceph-osd, ceph-mgr, ceph-common, librbd1), qemu-utils and
+#     qemu-block-extra (qemu-img's libiscsi driver, the same 7.2 as
+#     qemu-system-x86), tgt-rbd (tgtd's bs_rbd, for the benchmark) and curl.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GR_PROG=install-test-deps
@@ -29,6 +32,9 @@ GR_PROG=install-test-deps
 . "$REPO/tests/vm/lib/common.sh"
 
 EXTRA_PKGS="libiscsi-bin sg3-utils python3 python3-prometheus-client iperf3 linux-perf e2fsprogs libssl-dev pkg-config openssl gnutls-bin"
+# the RBD backend's tests (tests/rbd.sh): a throwaway Ceph cluster, librbd (loaded at run
+# time, so no -dev package), qemu-img/qemu-io with the libiscsi driver, tgtd's bs_rbd
+EXTRA_PKGS="$EXTRA_PKGS ceph-mon ceph-osd ceph-mgr ceph-common librbd1 qemu-utils qemu-block-extra tgt-rbd curl"
 
 export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || gr_die "run as root" 1

@@ -9,7 +9,9 @@
 # the real `pinion` binary); libiscsi's iSCSI conformance suite against
 # Pinion (at 4096- and at 512-byte blocks) and tgtd side by side, then
 # against Pinion alone three times while two CPU burners keep the cores
-# busy; a bounded fuzz run of every fuzz target; the
+# busy; the RBD backend against a throwaway single-node Ceph cluster
+# (tests/rbd.sh: qemu-img, rbd export/import, pinion perf --verify, an OSD
+# stopped mid-I/O, iscsi-test-cu); a bounded fuzz run of every fuzz target; the
 # kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
 # (the reference) and then against Pinion with the same script, and iSCSI
 # (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; live
@@ -92,6 +94,15 @@ if tests/iscsi-conformance-loaded.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/i
   tail -n 5 "$LOG/iscsi-conformance-loaded.out"; ok "iscsi conformance under load"
 else
   tail -n 40 "$LOG/iscsi-conformance-loaded.out"; bad "iscsi conformance under load"
+fi
+echo "(took $((SECONDS - t0)) s)"
+
+step "RBD backend against a single-node Ceph cluster (tests/rbd.sh)"
+t0=$SECONDS
+if tests/rbd.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/rbd.out" 2>&1; then
+  grep -E '^(--- |rbd: |ceph cluster)' "$LOG/rbd.out"; ok "rbd"
+else
+  tail -n 60 "$LOG/rbd.out"; bad "rbd"
 fi
 echo "(took $((SECONDS - t0)) s)"
 

@@ -18,7 +18,9 @@
 #   (3272), TGTD_PORT (3261), TGTD_CONTROL_PORT (1), LUN_SIZE (default 128M),
 #   SKIP_TGTD=1 (Pinion only; the comparison is then skipped),
 #   BLOCK_SIZE (run Pinion at this block size only; default: 4096, then 512),
-#   TEST_FILTER (a -t expression instead of ALL, for debugging)
+#   TEST_FILTER (a -t expression instead of ALL, for debugging),
+#   VOLUMES_TOML (a file with Pinion's two [[volume]] tables, lun0 and lun1,
+#   instead of the /dev/shm files: tests/rbd.sh runs the suite on RBD images)
 #
 # Results go to $CONF_OUT: per Pinion run pinion-bsN.{log,counts,failed,
 # skipped,notes} and pinion-bsN-server.log, for tgtd tgtd.*; pinion.counts /
@@ -130,6 +132,13 @@ EOF
 run_pinion() {
   local bs=$1 name=pinion-bs$1
   rm -f "$SHM"/pinion-lun*.img
+  if [[ -n ${VOLUMES_TOML:-} ]]; then
+    # the caller's two [[volume]] tables "lun0" and "lun1" (e.g. RBD images,
+    # tests/rbd.sh); block_size is theirs
+    { printf '[nvme_tcp]\nlisten = []\n[iscsi]\nlisten = ["127.0.0.1:%s"]\n[log]\nlevel = "info"\n' "$PPORT"
+      cat "$VOLUMES_TOML"
+      printf '[[iscsi_target]]\niqn = "%s"\nluns = ["lun0", "lun1"]\n' "$IQN"; } >"$OUT/$name.toml"
+  else
   cat >"$OUT/$name.toml" <<EOF
 [nvme_tcp]
 listen = []
@@ -155,6 +164,7 @@ io_mode = "buffered"
 iqn = "$IQN"
 luns = ["lun0", "lun1"]
 EOF
+  fi
   setsid "$BIN" serve --config "$OUT/$name.toml" >"$OUT/$name-server.log" 2>&1 </dev/null &
   pinion_pid=$!
   wait_port "$PPORT" 30 || { echo "pinion did not listen on $PPORT"; tail -n 30 "$OUT/$name-server.log"; exit 1; }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod null;
 pub mod pool;
 pub mod resv;
+pub mod rbd;
 pub mod sgl;
 pub mod splice;
 mod sys;
@@ -191,6 +192,11 @@ pub trait Backend: Send + Sync + 'static {
     /// I/O up to `new` bytes is accepted from now on.
     fn set_size(&self, _new: u64) {}
 
+    /// The asynchronous interface, for backends that have one.
+    fn aio(&self) -> Option<&dyn AioBackend> {
+        None
+    }
+
     /// Checks that a byte range lies inside the volume.
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.size();
@@ -199,6 +205,34 @@ pub trait Backend: Send + Sync + 'static {
             _ => Err(BackendError::OutOfRange { offset, len, size }),
         }
     }
+}
+
+/// A boxed future of a backend operation.
+pub type IoFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+
+/// A backend whose I/O is asynchronous at its source (librbd): the volume
+/// awaits these instead of running the synchronous calls on a thread. Each
+/// call takes ownership of its buffers and gives them back when done.
+pub trait AioBackend: Send + Sync {
+    /// Fills `sgl` (pool pages) with the bytes at `offset`.
+    fn read(&self, offset: u64, sgl: Sgl) -> IoFuture<'_, Sgl>;
+    /// Writes `sgl` at `offset`; with `fua` durable before it completes.
+    fn write(&self, offset: u64, sgl: Sgl, fua: bool) -> IoFuture<'_, ()>;
+    fn flush(&self) -> IoFuture<'_, ()>;
+    fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool, fua: bool) -> IoFuture<'_, ()>;
+    fn discard(&self, offset: u64, len: u64) -> IoFuture<'_, ()>;
+    /// Atomically: if the bytes at `offset` equal `cmp`, writes `data`
+    /// there and returns `None`; otherwise writes nothing and returns the
+    /// offset (from `offset`) of the first differing byte.
+    fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>, fua: bool) -> IoFuture<'_, Option<u64>>;
+    /// Whether [`AioBackend::compare_and_write`] can do this range
+    /// atomically (librbd: at most one 512-byte sector); otherwise the
+    /// volume compares and writes under its own range lock.
+    fn atomic_compare_and_write(&self, offset: u64, len: u64) -> bool;
+    /// The backend's own requests: latency per operation and in flight.
+    fn metrics(&self) -> &metrics::ProtoIo;
+    /// The size of the storage now (it may have grown since it was opened).
+    fn current_size(&self) -> u64;
 }
 
 /// How one WRITE reached the backing store.
@@ -230,6 +264,7 @@ pub enum VolumeSpec {
     Null { size: u64, block_size: u32 },
     File { path: std::path::PathBuf, size: Option<u64>, block_size: u32, io_mode: IoMode, read_only: bool },
     Block { path: std::path::PathBuf, block_size: u32, io_mode: IoMode, read_only: bool },
+    Rbd(rbd::RbdSpec),
 }
 
 /// Opens a volume.
@@ -243,6 +278,7 @@ pub fn open(name: &str, spec: &VolumeSpec) -> Result<Arc<dyn Backend>> {
         VolumeSpec::Block { path, block_size, io_mode, read_only } => {
             Arc::new(file::FileBackend::open_block(path, *block_size, *io_mode, *read_only)?)
         }
+        VolumeSpec::Rbd(spec) => Arc::new(rbd::RbdBackend::open(spec)?),
     };
     tracing::info!(volume = name, kind = b.info().kind, size = b.info().size, block_size = b.info().block_size,
         path = %b.info().describe, "volume opened");

@@ -130,9 +130,11 @@ impl Volume {
         self.backend.info()
     }
 
-    /// The size in bytes now.
+    /// The size in bytes now: for a backend whose storage can grow while
+    /// served (RBD) what it last saw, else what the backend says (a reload
+    /// may have grown it).
     pub fn size(&self) -> u64 {
-        self.backend.size()
+        self.backend.aio().map_or_else(|| self.backend.size(), |a| a.current_size())
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -179,6 +181,13 @@ impl Volume {
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
     pub async fn read(&self, offset: u64, len: usize, opts: ReadOpts) -> Result<Sgl> {
         self.check_range(offset, len as u64)?;
+        if let Some(a) = self.backend.aio() {
+            let sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+            let _g = self.read_lock(offset, len).await;
+            let sgl = a.read(offset, sgl).await?;
+            self.metrics.read_direct.add(len);
+            return Ok(sgl.into_source());
+        }
         let path = self.read_path(offset, len, opts);
         if path == ReadPath::Splice {
             if let Some(s) = self.read_splice(offset, len).await? {
@@ -275,6 +284,11 @@ impl Volume {
 
     async fn write_counted(&self, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
         let len = sgl.len();
+        if let Some(a) = self.backend.aio() {
+            a.write(offset, sgl, fua).await?;
+            self.metrics.write_direct.add(len);
+            return Ok(());
+        }
         let path = match self.ring() {
             Some((f, ring)) => f.ring_write(&ring, offset, sgl, fua).await?,
             None => self.run(move |b| b.write_path(offset, &sgl, fua)).await?,
@@ -296,6 +310,11 @@ impl Volume {
     pub async fn read_locked(&self, guard: &RangeGuard, offset: u64, len: usize) -> Result<Sgl> {
         self.check_locked(guard, offset, len as u64)?;
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
+        if let Some(a) = self.backend.aio() {
+            let sgl = a.read(offset, sgl).await?;
+            self.metrics.read_direct.add(len);
+            return Ok(sgl.into_source());
+        }
         let sgl = match self.ring() {
             Some((f, ring)) => {
                 let (r, sgl) = f.ring_read(&ring, offset, sgl).await;
@@ -318,6 +337,30 @@ impl Volume {
         self.write_counted(offset, sgl, fua).await
     }
 
+    /// COMPARE AND WRITE under `guard` (which must hold the range
+    /// exclusively): if the bytes at `offset` equal `cmp`, writes `data`
+    /// and returns `None`, else returns the offset of the first difference.
+    /// A backend that can do it atomically itself (librbd, atomic at the
+    /// OSD and so against other gateways too) does; otherwise a read, a
+    /// compare and a write under the lock.
+    pub async fn compare_and_write(&self, guard: &RangeGuard, offset: u64, cmp: &[u8], data: &[u8], fua: bool) -> Result<Option<u64>> {
+        self.check_locked(guard, offset, data.len() as u64)?;
+        if self.info().read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        if let Some(a) = self.backend.aio().filter(|a| a.atomic_compare_and_write(offset, data.len() as u64)) {
+            return a.compare_and_write(offset, cmp.to_vec(), data.to_vec(), fua).await;
+        }
+        let cur = self.read_locked(guard, offset, cmp.len()).await?.to_vec();
+        if let Some(i) = cur.iter().zip(cmp).position(|(a, b)| a != b) {
+            return Ok(Some(i as u64));
+        }
+        let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, data.len()).await;
+        assert!(sgl.copy_in(0, data), "an SGL of the data's length holds it");
+        self.write_locked(guard, offset, sgl, fua).await?;
+        Ok(None)
+    }
+
     fn check_locked(&self, guard: &RangeGuard, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         if !guard.covers_exclusive(offset, len) {
@@ -328,6 +371,9 @@ impl Volume {
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> Result<()> {
+        if let Some(a) = self.backend.aio() {
+            return a.flush().await;
+        }
         if let Some((f, ring)) = self.ring() {
             return f.ring_flush(&ring).await;
         }
@@ -342,6 +388,9 @@ impl Volume {
             return Err(BackendError::ReadOnly);
         }
         let _g = self.locks.lock(offset, len, LockMode::Exclusive).await;
+        if let Some(a) = self.backend.aio() {
+            return a.write_zeroes(offset, len, deallocate, fua).await;
+        }
         if let Some((f, ring)) = self.ring() {
             f.ring_write_zeroes(&ring, offset, len, deallocate).await?;
             if fua {
@@ -378,6 +427,12 @@ impl Volume {
         let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
         let _g = self.locks.lock(start, end - start, LockMode::Exclusive).await;
+        if let Some(a) = self.backend.aio() {
+            for &(o, l) in &ranges {
+                a.discard(o, l).await?;
+            }
+            return Ok(());
+        }
         if let Some((f, ring)) = self.ring() {
             for &(o, l) in &ranges {
                 // a discard is a deallocating write of zeroes (see FileBackend)

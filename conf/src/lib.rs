@@ -235,6 +235,47 @@ pub struct VolumeConfig {
     pub block_size: u32,
     #[serde(default)]
     pub read_only: bool,
+    /// `rbd` only: the Ceph pool, image and optional RADOS namespace of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `rbd` only: the ceph.conf to read (default: librados's search, /etc/ceph/ceph.conf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_conf: Option<PathBuf>,
+    /// `rbd` only: the cephx user without `client.` (default `admin`) and its keyring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+    /// `rbd` only: seconds a cluster operation may take before the command fails with an error
+    /// status (cluster unreachable, OSD down); absent or 0: commands wait for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd_timeout: Option<u32>,
+}
+
+impl VolumeConfig {
+    /// The `rbd` fields unset: `VolumeConfig { name, backend, .., ..VolumeConfig::none() }`.
+    pub fn none() -> VolumeConfig {
+        VolumeConfig {
+            name: String::new(),
+            backend: BackendKind::Null,
+            path: None,
+            size: None,
+            io_mode: IoMode::Auto,
+            block_size: default_block_size(),
+            read_only: false,
+            pool: None,
+            image: None,
+            namespace: None,
+            ceph_conf: None,
+            client: None,
+            keyring: None,
+            rbd_timeout: None,
+        }
+    }
 }
 
 fn default_block_size() -> u32 {
@@ -253,6 +294,8 @@ pub enum BackendKind {
     File,
     /// An existing block device.
     Block,
+    /// A Ceph RBD image (librbd).
+    Rbd,
 }
 
 impl BackendKind {
@@ -263,6 +306,7 @@ impl BackendKind {
             BackendKind::Null => "null",
             BackendKind::File => "file",
             BackendKind::Block => "block",
+            BackendKind::Rbd => "rbd",
         }
     }
 }
@@ -640,6 +684,7 @@ impl Config {
                 io_mode: IoMode::Auto,
                 block_size: 4096,
                 read_only: false,
+                ..VolumeConfig::none()
             }],
             subsystem: vec![SubsystemConfig {
                 nqn: "nqn.2026-11.io.pinion:default".to_owned(),

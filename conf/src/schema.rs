@@ -88,7 +88,7 @@ const INITIATOR_CHAP: &[Field] = &[
     req("user", Kind::Str),
     req("secret", Kind::Str),
 ];
-pub(crate) const BACKENDS: &[&str] = &["ram", "null", "file", "block"];
+pub(crate) const BACKENDS: &[&str] = &["ram", "null", "file", "block", "rbd"];
 const VOLUME: &[Field] = &[
     req("name", Kind::Str),
     req("backend", Kind::Enum(BACKENDS)),
@@ -97,6 +97,13 @@ const VOLUME: &[Field] = &[
     opt("io_mode", Kind::Enum(&["auto", "buffered", "direct"])),
     opt("block_size", Kind::Size(U32)),
     opt("read_only", Kind::Bool),
+    opt("pool", Kind::Str),
+    opt("image", Kind::Str),
+    opt("namespace", Kind::Str),
+    opt("ceph_conf", Kind::Str),
+    opt("client", Kind::Str),
+    opt("keyring", Kind::Str),
+    opt("rbd_timeout", Kind::Int(3600)),
 ];
 const SUBSYSTEM_HOST: &[Field] = &[
     req("nqn", Kind::Str),

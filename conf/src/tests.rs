@@ -74,6 +74,7 @@ fn example_file_parses_to_expected_values() {
             io_mode: IoMode::Auto,
             block_size: 4096,
             read_only: false,
+            ..VolumeConfig::none()
         }],
         subsystem: vec![SubsystemConfig {
             nqn: "nqn.2026-11.io.pinion:vol1".into(),
@@ -313,7 +314,7 @@ fn wrong_types_name_the_key() {
     );
     assert_err(
         &with_base("[[volume]]\nname = \"v1\"\nbackend = \"disk\"\n"),
-        &[r#"volume[1].backend: "disk" is not one of "ram", "null", "file", "block""#],
+        &[r#"volume[1].backend: "disk" is not one of "ram", "null", "file", "block", "rbd""#],
     );
     assert_err(
         &with_base("[[volume]]\nname = 7\nbackend = \"ram\"\n"),
@@ -360,6 +361,9 @@ fn all_problems_are_reported_together() {
 fn schema_matches_serde_structs() {
     let mut full = Config::default_ram();
     full.volume[0].path = Some("/x".into());
+    let v = &mut full.volume[0];
+    (v.pool, v.image, v.namespace, v.client) = (Some("p".into()), Some("i".into()), Some("n".into()), Some("c".into()));
+    (v.ceph_conf, v.keyring, v.rbd_timeout) = (Some("/c".into()), Some("/k".into()), Some(1));
     full.subsystem[0].serial = Some("s".into());
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
@@ -1159,4 +1163,38 @@ fn listener_tls_modes() {
     let err = bad.and_then(|c| c.validate().map(|_| c)).unwrap_err().to_string();
     assert!(err.contains("listener_tls[0].addr"), "{err}");
     assert!(Config::from_toml_str("[nvme_tcp]\ntls = \"sometimes\"\n").is_err());
+}
+
+#[test]
+fn rbd_volumes_need_pool_and_image_and_own_their_keys() {
+    let ok = with_base(
+        "[[volume]]\nname = \"r\"\nbackend = \"rbd\"\npool = \"rbd\"\nimage = \"img\"\nnamespace = \"ns\"\n\
+         ceph_conf = \"/etc/ceph/ceph.conf\"\nclient = \"pinion\"\nkeyring = \"/etc/ceph/k\"\nrbd_timeout = 30\nread_only = true\n",
+    );
+    let c = Config::from_toml_str(&ok).unwrap();
+    let v = &c.volume[1];
+    assert_eq!(v.backend, BackendKind::Rbd);
+    assert_eq!((v.pool.as_deref(), v.image.as_deref(), v.namespace.as_deref()), (Some("rbd"), Some("img"), Some("ns")));
+    assert_eq!((v.client.as_deref(), v.rbd_timeout, v.read_only), (Some("pinion"), Some(30), true));
+    assert_err(
+        &with_base("[[volume]]\nname = \"r\"\nbackend = \"rbd\"\nsize = \"1GiB\"\npath = \"/x\"\n"),
+        &[
+            r#"volume[1].pool: required for backend "rbd""#,
+            r#"volume[1].image: required for backend "rbd""#,
+            r#"volume[1].size: not allowed for backend "rbd""#,
+            r#"volume[1].path: not allowed for backend "rbd""#,
+        ],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"r\"\nbackend = \"rbd\"\npool = \"\"\nimage = \"i\"\n"),
+        &["volume[1].pool: must be a non-empty name"],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"r\"\nbackend = \"rbd\"\npool = \"p\"\nimage = \"i\"\nrbd_timeout = 4000\n"),
+        &["volume[1].rbd_timeout: 4000 is out of range"],
+    );
+    assert_err(
+        &with_base("[[volume]]\nname = \"f\"\nbackend = \"ram\"\nsize = \"1MiB\"\npool = \"rbd\"\nrbd_timeout = 3\n"),
+        &[r#"volume[1].pool: only for backend "rbd", not "ram""#, r#"volume[1].rbd_timeout: only for backend "rbd""#],
+    );
 }

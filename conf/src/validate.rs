@@ -313,6 +313,16 @@ fn volumes(c: &Config, out: &mut Vec<Problem>) {
                     )),
                 },
             },
+            BackendKind::Rbd => {
+                for (field, set) in [("path", v.path.is_some()), ("size", v.size.is_some())] {
+                    if set {
+                        out.push(Problem::at(
+                            at(field),
+                            "not allowed for backend \"rbd\" (the image is the volume)",
+                        ));
+                    }
+                }
+            }
             BackendKind::Block => {
                 match &v.path {
                     None => out.push(Problem::at(at("path"), "required for backend \"block\"")),
@@ -339,6 +349,8 @@ fn volumes(c: &Config, out: &mut Vec<Problem>) {
                 }
             }
         }
+
+        rbd_fields(v, &at, out);
 
         match v.size {
             None if size_needed => {
@@ -568,5 +580,37 @@ fn iscsi_targets(c: &Config, out: &mut Vec<Problem>) {
                 ));
             }
         }
+    }
+}
+
+/// The `rbd` keys: `pool` and `image` required (non-empty) for `backend = "rbd"`, and every
+/// `rbd` key refused for the other backends.
+fn rbd_fields(v: &crate::VolumeConfig, at: &dyn Fn(&str) -> String, out: &mut Vec<Problem>) {
+    let keys = [
+        ("pool", v.pool.is_some()),
+        ("image", v.image.is_some()),
+        ("namespace", v.namespace.is_some()),
+        ("ceph_conf", v.ceph_conf.is_some()),
+        ("client", v.client.is_some()),
+        ("keyring", v.keyring.is_some()),
+        ("rbd_timeout", v.rbd_timeout.is_some()),
+    ];
+    if v.backend != BackendKind::Rbd {
+        for (k, set) in keys {
+            if set {
+                out.push(Problem::at(at(k), format!("only for backend \"rbd\", not {:?}", v.backend.as_str())));
+            }
+        }
+        return;
+    }
+    for (k, val) in [("pool", &v.pool), ("image", &v.image)] {
+        match val {
+            None => out.push(Problem::at(at(k), "required for backend \"rbd\"")),
+            Some(s) if s.is_empty() || s.contains('\0') => out.push(Problem::at(at(k), "must be a non-empty name")),
+            Some(_) => {}
+        }
+    }
+    if v.rbd_timeout.is_some_and(|t| t > 3600) {
+        out.push(Problem::at(at("rbd_timeout"), "at most 3600 seconds (0: wait for the cluster)"));
     }
 }

@@ -80,6 +80,7 @@ impl Collector for Exposition {
         process_totals(&mut enc, &self.0)?;
         per_volume_paths(&mut enc, &self.0)?;
         per_volume_commands(&mut enc, &self.0)?;
+        backend_requests(&mut enc, &self.0)?;
         connected_hosts(&mut enc, &self.0)?;
         reloads(&mut enc)
     }
@@ -323,6 +324,50 @@ fn per_volume_commands(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Resul
         vols.iter().flat_map(|v| {
             Protocol::ALL.map(|p| (vec![("volume", v.name.as_str()), ("protocol", p.label())], v.metrics.proto(p).in_flight.load(Relaxed)))
         }),
+    )
+}
+
+/// Requests of asynchronous backends (RBD) as the storage sees them: each
+/// librbd request (a FUA write is a write and a flush), its latency from
+/// submission to completion, and those in flight, per volume and operation.
+fn backend_requests(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
+    let vols = src.volumes.get();
+    let aio: Vec<(&str, &pinion_backends::metrics::ProtoIo)> =
+        vols.iter().filter_map(|v| v.backend().aio().map(|a| (v.name.as_str(), a.metrics()))).collect();
+    let vo = |name, o: Op| vec![("volume", name), ("op", o.label())];
+    let each = || aio.iter().flat_map(|&(n, m)| Op::ALL.map(move |o| (n, m, o)));
+    counter(
+        enc,
+        "pinion_rbd_requests",
+        "librbd requests completed, by volume and operation (read, write, flush, other: discard and write zeroes).",
+        each().map(|(n, m, o)| (vo(n, o), m.ops[o as usize].cmds.load(Relaxed))),
+    )?;
+    counter(
+        enc,
+        "pinion_rbd_request_errors",
+        "librbd requests that failed or timed out (rbd_timeout), by volume and operation.",
+        each().map(|(n, m, o)| (vo(n, o), m.ops[o as usize].errors.load(Relaxed))),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "pinion_rbd_latency",
+            "librbd request latency from submission to completion, by volume and operation.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (n, io, o) in each() {
+            let (snap, sum_ns) = io.ops[o as usize].latency.snapshot();
+            let buckets: Vec<(f64, u64)> =
+                snap.iter().map(|(le, c)| (le.map_or(f64::INFINITY, |ns| ns as f64 / 1e9), *c)).collect();
+            let count = buckets.iter().map(|b| b.1).sum();
+            m.encode_family(&vo(n, o))?.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)?;
+        }
+    }
+    gauge(
+        enc,
+        "pinion_rbd_in_flight",
+        "librbd requests submitted and not yet completed, by volume.",
+        aio.iter().map(|&(n, m)| (vec![("volume", n)], m.in_flight.load(Relaxed))),
     )
 }
 

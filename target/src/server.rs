@@ -91,6 +91,17 @@ pub(crate) fn volume_spec(v: &pinion_conf::VolumeConfig) -> VolumeSpec {
         BackendKind::Null => VolumeSpec::Null { size: v.size.unwrap_or(0), block_size: v.block_size },
         BackendKind::File => VolumeSpec::File { path, size: v.size, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
         BackendKind::Block => VolumeSpec::Block { path, block_size: v.block_size, io_mode: io_mode(v.io_mode), read_only: v.read_only },
+        BackendKind::Rbd => VolumeSpec::Rbd(pinion_backends::rbd::RbdSpec {
+            pool: v.pool.clone().unwrap_or_default(),
+            namespace: v.namespace.clone(),
+            image: v.image.clone().unwrap_or_default(),
+            ceph_conf: v.ceph_conf.clone(),
+            client: v.client.clone(),
+            keyring: v.keyring.clone(),
+            block_size: v.block_size,
+            read_only: v.read_only,
+            timeout: v.rbd_timeout.filter(|&t| t > 0).map(|t| std::time::Duration::from_secs(t.into())),
+        }),
     }
 }
 
@@ -308,6 +319,10 @@ impl Server {
             }
             *self.live.bound.lock().unwrap_or_else(|e| e.into_inner()) = b;
             *self.live.accepting.lock().unwrap_or_else(|e| e.into_inner()) = Some(acc);
+        }
+        if self.live.volumes.get().iter().any(|v| v.backend().aio().is_some()) {
+            // storage that can grow while served (RBD): hosts are told
+            accepts.spawn(crate::nvme::resize::watch(self.reg.clone(), shutdown.clone()));
         }
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.live.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone(), reactors: reactors.loads() };

@@ -16,6 +16,7 @@ pub mod fabrics;
 pub mod fused;
 pub mod io;
 pub mod queue;
+pub mod resize;
 pub mod resv;
 pub mod subsys;
 pub mod tls;

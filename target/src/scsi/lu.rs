@@ -58,6 +58,9 @@ pub(crate) struct LogicalUnit {
     pub ids: Ids,
     st: Mutex<LuState>,
     live: LiveNexuses,
+    /// The volume's size in bytes as last reported: a change (an RBD image
+    /// grown while served) is told to every I_T nexus once.
+    size_seen: std::sync::atomic::AtomicU64,
 }
 
 /// What a command produced, before it is cut to the EDTL.
@@ -160,7 +163,9 @@ impl LogicalUnit {
     pub fn new(target: &str, lun: u64, volume: Arc<Volume>, live: LiveNexuses) -> LogicalUnit {
         let ids = Ids::new(target, &volume.name, lun);
         let mode = ModeParams::defaults(volume.info());
+        let size_seen = volume.size().into();
         LogicalUnit {
+            size_seen,
             lun,
             volume,
             ids,
@@ -180,6 +185,25 @@ impl LogicalUnit {
     /// Capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
         self.volume.size() / self.block_size()
+    }
+
+    /// A volume whose size changed since the last command (an RBD image
+    /// grown with `rbd resize`) gets CAPACITY DATA HAS CHANGED for every
+    /// I_T nexus (SBC-4 4.6).
+    /// The capacity changed (a reload grew the volume): every I_T nexus
+    /// is told, and the change is not noticed a second time.
+    pub(crate) fn capacity_changed(&self) {
+        self.size_seen.store(self.volume.size(), std::sync::atomic::Ordering::Relaxed);
+        self.ua_all(None, Asc::CAPACITY_DATA_CHANGED);
+    }
+
+    fn notice_capacity(&self) {
+        let now = self.volume.size();
+        let seen = self.size_seen.swap(now, std::sync::atomic::Ordering::Relaxed);
+        if seen != now {
+            tracing::info!(lun = self.lun, volume = %self.volume.name, old = seen, new = now, "capacity changed: unit attention to every I_T nexus");
+            self.ua_all(None, Asc::CAPACITY_DATA_CHANGED);
+        }
     }
 
     /// Byte offset and length of an LBA range inside the medium.
@@ -313,6 +337,7 @@ impl LogicalUnit {
     }
 
     pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
+        self.notice_capacity();
         let (cdb, _in_flight) = match self.admit(req.nexus, req.cdb) {
             Ok(c) => c,
             Err(resp) => return resp,

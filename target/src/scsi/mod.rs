@@ -378,10 +378,11 @@ impl ScsiTarget {
         }
     }
 
-    /// The capacity of a volume changed: every I_T nexus is told.
+    /// The capacity of a volume changed (a reload grew it): every I_T
+    /// nexus is told, once, however the change was noticed first.
     pub fn capacity_changed(&self, lun: u64) {
         if let Some(lu) = self.lu(lun) {
-            lu.ua_all(None, Asc::CAPACITY_DATA_CHANGED);
+            lu.capacity_changed();
         }
     }
 }

@@ -375,13 +375,12 @@ impl LogicalUnit {
         self.check_writable()?;
         let len = len as usize;
         let g = self.volume.lock_range(off, len as u64, LockMode::Exclusive).await;
-        let cur = self.volume.read_locked(&g, off, len).await.map_err(|e| backend_sense(e, false))?;
-        if let Some(i) = first_mismatch(&cur.to_vec(), &data[..len]) {
+        let fua = self.write_through(rw.fua);
+        let r = self.volume.compare_and_write(&g, off, &data[..len], &data[len..], fua).await.map_err(|e| backend_sense(e, true))?;
+        if let Some(i) = r {
             tracing::debug!(lba = rw.lba, offset = i, "COMPARE AND WRITE miscompare");
-            return Err(miscompare().with_info(i as u64).into());
+            return Err(miscompare().with_info(i).into());
         }
-        let sgl = sgl_of(&self.volume, &data[len..]).await;
-        self.volume.write_locked(&g, off, sgl, self.write_through(rw.fua)).await.map_err(|e| backend_sense(e, true))?;
         Ok(Done::Out { full })
     }
 }

@@ -82,6 +82,7 @@ fn registry(w: &World) -> Arc<Registry> {
         listeners: vec!["127.0.0.1:4420".parse().unwrap(), "0.0.0.0:4421".parse().unwrap()],
         limits: LIMITS,
         genctr: AtomicU64::new(3),
+        ana: Default::default(),
     })
 }
 

@@ -111,6 +111,8 @@ impl Server {
             sub.dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
+        // path states, shared by both protocols (ana.rs)
+        let ana = Arc::new(crate::ana::AnaTable::new(crate::ana::AnaSpec::from_config(cfg)));
         let mut targets = Vec::new();
         for t in &cfg.iscsi_target {
             let mut vols = Vec::new();
@@ -118,7 +120,9 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(t.iqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            targets.push(Arc::new(crate::iscsi::target_from_config(t, vols)));
+            let mut target = crate::iscsi::target_from_config(t, vols.clone());
+            target.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, vols).with_ana(ana.clone()));
+            targets.push(Arc::new(target));
         }
         let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
@@ -135,6 +139,7 @@ impl Server {
                 connect_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
             },
             genctr: 1.into(),
+            ana: ana.clone(),
         };
         Ok(Server {
             reg: Arc::new(reg),

@@ -81,6 +81,7 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
+            id.anagrpid = super::ana::group(ctx, ns).into();
             id.lbaf[0] = (u32::from(ns.lba_shift()) << 16).into();
             ctx.data_reply(sqe, id.as_bytes(), 0).await
         }
@@ -134,10 +135,10 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
         return id;
     }
     id.cntrltype = identify::cntrltype::IO;
-    // several controllers may share the subsystem
-    id.cmic = 1 << 1;
     // namespace attribute notices
     id.oaes = (1 << 8).into();
+    // several ports and controllers, ANA (ana.rs)
+    super::ana::identify_controller(&mut id);
     // 128-bit host identifier
     id.ctratt = 1.into();
     id.acl = 3;
@@ -191,6 +192,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             v
         }
         lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
+        lid::ANA if !discovery => super::ana::log_page(ctx, g.lsp),
         l => {
             tracing::debug!(lid = l, "unsupported log page");
             return Err(Status::INVALID_LOG_PAGE.dnr());

@@ -92,11 +92,14 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     }
 }
 
+/// The command's namespace, if this path may reach it (ANA state).
 fn namespace<'a>(ctx: &'a QueueCtx, sqe: &Sqe) -> Result<&'a Arc<Namespace>, Status> {
-    ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
+    let ns = ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
         tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
         Status::INVALID_NS.dnr()
-    })
+    })?;
+    super::ana::check(ctx, ns)?;
+    Ok(ns)
 }
 
 /// The data length the command's LBA count implies must match its SGL.

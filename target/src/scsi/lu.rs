@@ -273,7 +273,7 @@ impl LogicalUnit {
     /// unit attention, the CDB, reservations, and whether the unit is
     /// started. The I_T nexus identity is only built when some state is
     /// keyed by it.
-    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<Cdb, ScsiResponse> {
+    fn admit(&self, nexus: &Nexus, raw: &[u8], path: crate::ana::AnaState) -> Result<Cdb, ScsiResponse> {
         let op = Opcode(raw.first().copied().unwrap_or(0xff));
         let decoded = cdb::decode(raw);
         let mut st = self.state();
@@ -290,6 +290,8 @@ impl LogicalUnit {
             tracing::info!(cdb = ?&raw[..raw.len().min(16)], sense = ?s, "CDB rejected");
             ScsiResponse::check(&s, d_sense)
         })?;
+        // a path that is not active takes only a few commands (alua.rs)
+        super::alua::admit(path, &cdb).map_err(|s| ScsiResponse::check(&s, d_sense))?;
         if st.spc2.is_some() || st.pr.res.is_some() || !st.pr.regs.is_empty() {
             if let Err(e) = Self::check_access(&st, &nexus.key(), &cdb) {
                 return Err(match e {
@@ -305,7 +307,8 @@ impl LogicalUnit {
     }
 
     pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
-        let cdb = match self.admit(req.nexus, req.cdb) {
+        let path = super::alua::state_of(tgt, self, req.nexus);
+        let cdb = match self.admit(req.nexus, req.cdb, path) {
             Ok(c) => c,
             Err(resp) => return resp,
         };
@@ -413,6 +416,7 @@ impl LogicalUnit {
             Cdb::CompareAndWrite(rw) => self.compare_and_write(cmd, rw).await,
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
+            Cdb::ReportTargetPortGroups { extended, alloc } => Ok(super::alua::report_target_port_groups(cmd.tgt, self, extended, alloc)),
             Cdb::PrIn { sa, alloc } => Ok(self.pr_in(sa, alloc)),
             Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len),
             Cdb::Reserve { .. } => self.reserve(cmd),

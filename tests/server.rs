@@ -56,6 +56,7 @@ pub struct Server {
     config: String,
     /// The config has an iSCSI listener.
     iscsi: bool,
+    mport: u16,
 }
 
 /// Extra ways to start the server ([`Server::start_with`]).
@@ -128,7 +129,7 @@ impl Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let iscsi_addr = SocketAddr::from(([127, 0, 0, 1], iscsi_port));
         let iscsi = config_toml.contains("{ISCSI_PORT}");
-        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log, config, iscsi };
+        let mut s = Server { child, addr, port, iscsi_addr, metrics, dir, log, config, iscsi, mport };
         if !opts.no_wait {
             s.wait_ready();
         }
@@ -217,6 +218,33 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Replaces the server's configuration file (placeholders as in
+    /// [`Server::start`], with the same ports and directory; a control
+    /// socket section is added the same way), e.g. before `pinion reload`.
+    pub fn rewrite_config(&mut self, config_toml: &str) {
+        let mut t = config_toml.to_string();
+        if !t.contains("[management]") {
+            t += "\n[management]\nsocket = \"{DIR}/ctl.sock\"\n";
+        }
+        let config = t
+            .replace("{PORT}", &self.port.to_string())
+            .replace("{ISCSI_PORT}", &self.iscsi_addr.port().to_string())
+            .replace("{MPORT}", &self.mport.to_string())
+            .replace("{DIR}", &self.dir.path().display().to_string());
+        fs::write(self.config_path(), &config).expect("write config");
+        self.config = config;
+    }
+
+    /// The configuration file the server was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pinion.toml")
+    }
+
+    /// Runs `pinion reload --socket <ctl_socket> ARGS`.
+    pub fn reload(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary()).arg("reload").arg("--socket").arg(self.ctl_socket()).args(args).output().expect("run pinion reload")
     }
 
     pub fn dir(&self) -> &Path {

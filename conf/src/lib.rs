@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ana;
+pub mod diff;
 mod load;
 mod schema;
 pub mod size;
@@ -21,6 +22,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use diff::Diff;
 pub use size::{format_size, parse_size, SizeError};
 
 /// The well-known discovery subsystem NQN; the server serves it implicitly, so a configured

@@ -282,18 +282,29 @@ pub fn apply(table: &AnaTable, new: AnaSpec, nvme: &crate::nvme::subsys::Registr
         for c in sub.controllers() {
             let Some(local) = c.lock().local_addr else { continue };
             let Some((_, port)) = listener_of(&spec.nvme_ports, local) else { continue };
-            if ch.touches(&spec, &old_groups, port, sub.namespaces.iter().map(|n| n.volume.name.as_str())) {
+            if ch.touches(&spec, &old_groups, port, sub.namespaces().iter().map(|n| n.volume.name.as_str())) {
                 c.post_event(crate::nvme::aen::AsyncEvent::ANA_CHANGE);
                 told += 1;
             }
         }
     }
     let mut luns = 0usize;
-    for t in &iscsi.targets {
+    for t in iscsi.targets().iter() {
         luns += t.scsi.alua_changed(|volume| spec.iscsi_ports.iter().any(|p| ch.touches(&spec, &old_groups, *p, [volume])));
     }
     tracing::info!(changes = ch.states.len() + ch.moved.len(), nvme_controllers_told = told, scsi_lus_told = luns, "path states applied");
     ch
+}
+
+/// Path states follow every reload: the new configuration's states are
+/// applied (and announced) once its volumes, namespaces and LUNs are in
+/// place.
+pub struct OnReload;
+
+impl crate::reload::ReloadHook for OnReload {
+    fn apply(&self, live: &crate::reload::Live, _old: &Config, new: &Config, _diff: &pinion_conf::Diff) {
+        apply(&live.reg.ana, AnaSpec::from_config(new), &live.reg, &live.iscsi);
+    }
 }
 
 #[cfg(test)]
@@ -396,7 +407,7 @@ namespaces = ["a", "b"]
             drop(s);
             ctrls.push(c);
         }
-        let scsi = server.iscsi.targets[0].scsi.clone();
+        let scsi = server.iscsi.targets()[0].scsi.clone();
         let n = crate::scsi::Nexus { id: 1, initiator: "iqn.x".into(), isid: [0x40, 0, 0, 0, 0, 1], tpgt: 1, portal: Some(a("127.0.0.1:3260")) };
         scsi.nexus_added(&n);
         let tur = |n: crate::scsi::Nexus, scsi: std::sync::Arc<crate::scsi::ScsiTarget>| async move {

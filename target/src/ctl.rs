@@ -30,6 +30,10 @@ pub enum CtlCmd {
     /// Subsystems, namespaces, listeners, connected NVMe controllers and
     /// iSCSI sessions, per-volume I/O counters.
     Status,
+    /// Make the server read its configuration file again and apply the
+    /// difference (same as SIGHUP); exits 1 with the errors when the new
+    /// configuration is rejected (the server keeps the old one).
+    Reload,
     /// Tear down the connections of a host: every NVMe controller of a host
     /// NQN, every iSCSI session of an initiator name, or one iSCSI session.
     Disconnect {
@@ -56,8 +60,9 @@ fn socket_path(a: &CtlArgs) -> Result<PathBuf, String> {
 /// Sends one request and reads its reply.
 pub fn call(path: &std::path::Path, req: &Request) -> Result<Reply, String> {
     let s = UnixStream::connect(path).map_err(|e| format!("cannot connect to {}: {e} (is pinion serving? see --socket)", path.display()))?;
-    // a disconnect waits up to 15 s for the connections to close
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // a disconnect waits up to 15 s for the connections to close; a reload
+    // may open volumes
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     (&s).write_all(&line).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -77,6 +82,7 @@ pub fn main(a: CtlArgs) -> ExitCode {
     };
     let req = match &a.cmd {
         CtlCmd::Status => Request::Status,
+        CtlCmd::Reload => Request::Reload,
         CtlCmd::Disconnect { host, tsih } => Request::Disconnect { host: host.clone(), tsih: *tsih },
     };
     let reply = match call(&path, &req) {
@@ -87,8 +93,16 @@ pub fn main(a: CtlArgs) -> ExitCode {
         }
     };
     if !reply.ok {
-        eprintln!("pinion ctl: {}", reply.error.as_deref().unwrap_or("failed"));
+        eprintln!("pinion: {}", reply.error.as_deref().unwrap_or("failed"));
         return ExitCode::FAILURE;
+    }
+    if let Some(r) = &reply.reloaded {
+        if a.json {
+            println!("{}", serde_json::json!({ "reloaded": r }));
+        } else {
+            println!("reloaded: {r}");
+        }
+        return ExitCode::SUCCESS;
     }
     let out = match (&reply.status, &reply.disconnected) {
         (Some(s), _) if a.json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",

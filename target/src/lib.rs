@@ -14,6 +14,7 @@ pub mod mgmt;
 pub mod notify;
 pub mod nvme;
 pub mod reactor;
+pub mod reload;
 pub mod scsi;
 pub mod server;
 

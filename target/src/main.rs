@@ -33,8 +33,22 @@ enum Cmd {
     },
     /// Load-test an NVMe/TCP or iSCSI target (any target, not only Pinion).
     Perf(Box<pinion_initiator::perf::PerfArgs>),
-    /// Talk to a running server over its control socket: status, disconnect.
+    /// Talk to a running server over its control socket: status, disconnect, reload.
     Ctl(pinion_target::ctl::CtlArgs),
+    /// Make the running server read its configuration file again and apply
+    /// the difference (as SIGHUP does); exits non-zero with the errors when
+    /// the new configuration is rejected.
+    Reload {
+        /// The server's control socket [default: `[management] socket` of --config, else /run/pinion/ctl.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The server's configuration file, to find its control socket.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -65,6 +79,9 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Perf(args) => pinion_initiator::perf::main(*args),
         Cmd::Ctl(args) => pinion_target::ctl::main(args),
+        Cmd::Reload { socket, config, json } => {
+            pinion_target::ctl::main(pinion_target::ctl::CtlArgs { socket, config, json, cmd: pinion_target::ctl::CtlCmd::Reload })
+        }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 for w in cfg.warnings() {
@@ -98,12 +115,12 @@ fn main() -> ExitCode {
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }
-            serve(cfg)
+            serve(cfg, config)
         }
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
+fn serve(cfg: Config, file: Option<PathBuf>) -> ExitCode {
     // Connections run on the reactors (one thread per core, see
     // `pinion_target::reactor`); this thread only accepts, serves
     // `/metrics` and shuts down.
@@ -122,6 +139,10 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(f) = file {
+            // relative to where we started, as at start-up
+            server.live.set_config_file(std::path::absolute(&f).unwrap_or(f));
+        }
         let listeners = match server.bind() {
             Ok(l) => l,
             Err(e) => {
@@ -141,6 +162,24 @@ fn serve(cfg: Config) -> ExitCode {
         if let Some(w) = notify::watchdog() {
             tracing::info!(interval = ?w, "systemd watchdog: pinging at half the interval");
             helpers.spawn(notify::watchdog_pings(w));
+        }
+        {
+            // SIGHUP (and the unit's ExecReload=) reloads the configuration
+            let live = server.live.clone();
+            helpers.spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = match signal(SignalKind::hangup()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch SIGHUP: reload only through `pinion reload`");
+                        return;
+                    }
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = live.reload().await;
+                }
+            });
         }
         if notify::enabled() {
             let (reg, iscsi) = (server.reg.clone(), server.iscsi.clone());

@@ -38,7 +38,7 @@ pub static AUTH_FAILURES: AuthFailures = AuthFailures { iscsi: std::sync::atomic
 #[derive(Clone)]
 pub struct Sources {
     pub pool: PagePool,
-    pub volumes: Vec<Arc<Volume>>,
+    pub volumes: crate::reload::Volumes,
     /// NVMe subsystems and their controllers (connected hosts).
     pub nvme: Arc<NvmeRegistry>,
     /// iSCSI targets and their sessions (connected hosts).
@@ -71,7 +71,7 @@ struct Exposition(Sources);
 
 impl fmt::Debug for Exposition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Exposition").field("volumes", &self.0.volumes.len()).finish()
+        f.debug_struct("Exposition").field("volumes", &self.0.volumes.get().len()).finish()
     }
 }
 
@@ -80,8 +80,26 @@ impl Collector for Exposition {
         process_totals(&mut enc, &self.0)?;
         per_volume_paths(&mut enc, &self.0)?;
         per_volume_commands(&mut enc, &self.0)?;
-        connected_hosts(&mut enc, &self.0)
+        connected_hosts(&mut enc, &self.0)?;
+        reloads(&mut enc)
     }
+}
+
+/// Configuration reloads (`pinion reload`, SIGHUP): how many, and the last one's result.
+fn reloads(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let r = &crate::reload::RELOADS;
+    counter(
+        enc,
+        "pinion_reloads",
+        "Configuration reloads, by result (applied, or rejected with the previous configuration kept).",
+        [(vec![("result", "applied")], r.ok.load(Relaxed)), (vec![("result", "rejected")], r.failed.load(Relaxed))],
+    )?;
+    let last = r.last_ok.load(Relaxed);
+    if last >= 0 {
+        gauge(enc, "pinion_reload_last_success", "1 when the last reload was applied, 0 when it was rejected.", [(vec![], last as u64)])?;
+        gauge(enc, "pinion_reload_last_timestamp_seconds", "When the last reload ran (Unix time).", [(vec![], r.last_time.load(Relaxed))])?;
+    }
+    Ok(())
 }
 
 /// The process-wide data-path families, the pool and the range locks.
@@ -165,7 +183,7 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     )?;
     gauge(enc, "pinion_pool_waiting", "Allocations waiting for pool pages now.", one(p.waiting as u64))?;
     counter(enc, "pinion_pool_waits", "Allocations that had to wait for pool pages.", one(p.waits as u64))?;
-    let vols = &src.volumes;
+    let vols = &*src.volumes.get();
     gauge(
         enc,
         "pinion_range_lock_waiting",
@@ -197,7 +215,7 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
 /// Each volume's data paths, so an operator sees which path each volume's
 /// I/O takes (the unlabelled families above are the process totals).
 fn per_volume_paths(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
-    let vols = &src.volumes;
+    let vols = &*src.volumes.get();
     let reads = |bytes: bool| {
         vols.iter().flat_map(move |v| {
             let m = &v.metrics;
@@ -244,7 +262,7 @@ fn vpo<'a>(v: &'a Volume, p: Protocol, o: Op) -> Labels<'a> {
 
 /// Commands as the hosts see them, per volume, protocol and operation.
 fn per_volume_commands(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
-    let vols = &src.volumes;
+    let vols = &*src.volumes.get();
     fn op(v: &Volume, p: Protocol, o: Op) -> &pinion_backends::metrics::OpIo {
         &v.metrics.proto(p).ops[o as usize]
     }
@@ -298,16 +316,18 @@ fn per_volume_commands(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Resul
 fn connected_hosts(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     let mut subs: Vec<_> = src.nvme.subsystems.values().collect();
     subs.sort_by(|a, b| a.nqn.cmp(&b.nqn));
+    subs.push(src.nvme.discovery.clone());
     let mut samples: Vec<(Labels, u64)> = Vec::new();
-    for s in subs.into_iter().chain(std::iter::once(&src.nvme.discovery)) {
+    for s in &subs {
         samples.push((vec![("protocol", "nvme"), ("target", s.nqn.as_str())], s.controllers().len() as u64));
     }
     let sessions = src.iscsi.all_sessions();
-    for t in &src.iscsi.targets {
-        let n = sessions.iter().filter(|s| s.target.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))).count();
+    let targets = src.iscsi.targets();
+    for t in targets.iter() {
+        let n = sessions.iter().filter(|s| s.target.as_ref().is_some_and(|x| x.name == t.name)).count();
         samples.push((vec![("protocol", "iscsi"), ("target", t.name.as_str())], n as u64));
     }
-    if !src.iscsi.targets.is_empty() {
+    if !targets.is_empty() {
         samples.push((vec![("protocol", "iscsi"), ("target", "discovery")], sessions.iter().filter(|s| s.target.is_none()).count() as u64));
     }
     gauge(enc, "pinion_connected_hosts", "Connected hosts: NVMe controllers per subsystem, iSCSI sessions per target.", samples)
@@ -440,22 +460,22 @@ mod tests {
         let v = Arc::new(Volume::new("v\"1", b, pool.clone()));
         let sub = Arc::new(Subsystem::new_nvm("nqn.a", None, None, vec![v.clone()], vec!["*".into()]));
         let nvme = Arc::new(NvmeRegistry {
-            subsystems: HashMap::from([(sub.nqn.clone(), sub)]),
+            subsystems: HashMap::from([(sub.nqn.clone(), sub)]).into(),
             discovery: Arc::new(Subsystem::new_discovery()),
-            listeners: Vec::new(),
+            listeners: Vec::new().into(),
             limits: Limits { max_queue_size: 128, max_io_queues: 8, inline_data_size: 16384, mdts: 8, write_budget: 8 << 20, connect_timeout: std::time::Duration::from_secs(15) },
             genctr: 1.into(),
             ana: Default::default(),
         });
         let t = Arc::new(IscsiServer::target("iqn.t", vec![v.clone()], &["*".to_string()]));
         let iscsi = Arc::new(IscsiServer::new(vec![t], IscsiSettings::default(), pool.clone()));
-        Sources { pool, volumes: vec![v], nvme, iscsi, reactors: Default::default() }
+        Sources { pool, volumes: crate::reload::Volumes::new(vec![v]), nvme, iscsi, reactors: Default::default() }
     }
 
     #[test]
     fn exposition_has_every_family() {
         let src = sources();
-        let v = src.volumes[0].clone();
+        let v = src.volumes.get()[0].clone();
         let t = CmdTimer::start(&v, Protocol::Iscsi);
         t.done(Op::Write, 8192, true);
         let open = CmdTimer::start(&v, Protocol::Iscsi);

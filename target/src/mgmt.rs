@@ -8,7 +8,6 @@ use crate::nvme::ctrl::KillReason;
 use crate::nvme::subsys::Registry;
 use crate::server::Proto;
 use pinion_backends::metrics::{Op, Protocol};
-use pinion_backends::Volume;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +24,8 @@ use tokio::net::{UnixListener, UnixStream};
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
+    /// Reads the server's configuration file again and applies it.
+    Reload,
     /// Tears down every NVMe controller of the host NQN `host` and every
     /// iSCSI session of the initiator named `host`, or the one iSCSI session
     /// `tsih`.
@@ -46,6 +47,9 @@ pub struct Reply {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnected: Option<Disconnected>,
+    /// What a reload changed, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloaded: Option<String>,
 }
 
 impl Reply {
@@ -185,8 +189,9 @@ pub struct OpCounters {
 pub struct State {
     pub nvme: Arc<Registry>,
     pub iscsi: Arc<IscsiServer>,
-    pub volumes: Vec<Arc<Volume>>,
-    pub listeners: Vec<(Proto, SocketAddr)>,
+    pub volumes: crate::reload::Volumes,
+    /// The reloadable state: listeners as bound, `reload`.
+    pub live: Arc<crate::reload::Live>,
     pub metrics: Option<SocketAddr>,
     pub started: Instant,
 }
@@ -198,21 +203,22 @@ fn hex(b: &[u8]) -> String {
 impl State {
     pub fn status(&self) -> Status {
         let mut listeners: Vec<Listener> = self
-            .listeners
+            .live
+            .bound()
             .iter()
             .map(|(p, a)| Listener { protocol: if *p == Proto::NvmeTcp { "nvme-tcp" } else { "iscsi" }.into(), address: a.to_string() })
             .collect();
         if let Some(m) = self.metrics {
             listeners.push(Listener { protocol: "metrics".into(), address: m.to_string() });
         }
-        let mut subs: Vec<_> = self.nvme.subsystems.values().cloned().collect();
+        let mut subs: Vec<_> = self.nvme.subsystems.values().collect();
         subs.sort_by(|a, b| a.nqn.cmp(&b.nqn));
         let subsystems = subs
             .iter()
             .map(|s| Subsystem {
                 nqn: s.nqn.clone(),
-                namespaces: s.namespaces.iter().map(|n| Namespace { nsid: n.nsid, volume: n.volume.name.clone() }).collect(),
-                hosts: s.hosts.clone(),
+                namespaces: s.namespaces().iter().map(|n| Namespace { nsid: n.nsid, volume: n.volume.name.clone() }).collect(),
+                hosts: s.access().hosts.clone(),
             })
             .collect();
         let mut controllers = Vec::new();
@@ -233,7 +239,7 @@ impl State {
         }
         let iscsi_targets = self
             .iscsi
-            .targets
+            .targets()
             .iter()
             .map(|t| IscsiTarget {
                 iqn: t.name.clone(),
@@ -260,6 +266,7 @@ impl State {
             .collect();
         let volumes = self
             .volumes
+            .get()
             .iter()
             .map(|v| {
                 let i = v.info();
@@ -305,7 +312,7 @@ impl State {
         }
         let mut ctrls = Vec::new();
         if let Some(h) = host {
-            for s in self.nvme.subsystems.values().chain(std::iter::once(&self.nvme.discovery)) {
+            for s in self.nvme.subsystems.values().chain(std::iter::once(self.nvme.discovery.clone())) {
                 for c in s.controllers() {
                     if c.hostnqn == h {
                         ctrls.push((s.clone(), c));
@@ -357,6 +364,10 @@ impl State {
         match serde_json::from_str::<Request>(line) {
             Err(e) => Reply::error(format!("bad request: {e}")),
             Ok(Request::Status) => Reply { ok: true, status: Some(self.status()), ..Reply::default() },
+            Ok(Request::Reload) => match self.live.reload().await {
+                Ok(s) => Reply { ok: true, reloaded: Some(s), ..Reply::default() },
+                Err(e) => Reply::error(e.to_string()),
+            },
             Ok(Request::Disconnect { host, tsih }) => match self.disconnect(host.as_deref(), tsih).await {
                 Ok(d) => Reply { ok: true, disconnected: Some(d), ..Reply::default() },
                 Err(e) => Reply::error(e),

@@ -48,3 +48,12 @@ pub async fn watchdog_pings(interval: Duration) {
         send(&[NotifyState::Watchdog]);
     }
 }
+
+/// A reload has begun (READY=1 follows when it is done, applied or not).
+/// MONOTONIC_USEC goes with it, as `Type=notify-reload` requires.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the configuration")]),
+        Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading the configuration")]),
+    }
+}

@@ -31,7 +31,7 @@ pub enum ServerError {
 }
 
 /// Which protocol a listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
     NvmeTcp,
     Iscsi,
@@ -59,6 +59,9 @@ pub struct Server {
     pub volumes: Vec<Arc<Volume>>,
     /// The iSCSI targets over the same volumes.
     pub iscsi: Arc<IscsiServer>,
+    /// What a reload changes (the volumes, subsystems and targets above,
+    /// as they are now).
+    pub live: Arc<crate::reload::Live>,
     transport: TransportConfig,
     cfg: Config,
     /// Bound by [`Server::bind`], served by [`Server::run`].
@@ -75,7 +78,7 @@ fn io_mode(m: pinion_conf::IoMode) -> IoMode {
     }
 }
 
-fn volume_spec(v: &pinion_conf::VolumeConfig) -> VolumeSpec {
+pub(crate) fn volume_spec(v: &pinion_conf::VolumeConfig) -> VolumeSpec {
     let path = v.path.clone().unwrap_or_default();
     match v.backend {
         BackendKind::Ram => VolumeSpec::Ram { size: v.size.unwrap_or(0), block_size: v.block_size },
@@ -107,8 +110,9 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(s.nqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            let mut sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
-            sub.dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
+            let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
+            let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
+            sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         // path states, shared by both protocols (ana.rs)
@@ -127,9 +131,9 @@ impl Server {
         let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
         let reg = Registry {
-            subsystems,
+            subsystems: subsystems.into(),
             discovery: Arc::new(Subsystem::new_discovery()),
-            listeners: t.listen.clone(),
+            listeners: t.listen.clone().into(),
             limits: Limits {
                 max_queue_size: t.max_queue_size,
                 max_io_queues: t.max_io_queues,
@@ -141,11 +145,15 @@ impl Server {
             genctr: 1.into(),
             ana: ana.clone(),
         };
+        let reg = Arc::new(reg);
+        let live = Arc::new(crate::reload::Live::new(reg.clone(), iscsi.clone(), pool.clone(), volumes.clone(), cfg.clone()));
+        live.add_hook(Arc::new(crate::ana::OnReload));
         Ok(Server {
-            reg: Arc::new(reg),
+            reg,
             pool,
             volumes,
             iscsi,
+            live,
             transport: TransportConfig { max_inline: t.inline_data_size, max_h2c_data: t.max_h2c_data, icreq_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()), send: send_config(cfg) },
             cfg: cfg.clone(),
             metrics: std::sync::Mutex::new(None),
@@ -171,7 +179,7 @@ impl Server {
         if !nvme.is_empty() {
             for sub in &subs {
                 s += &format!("  subsystem {}\n", sub.nqn);
-                for ns in &sub.namespaces {
+                for ns in sub.namespaces().iter() {
                     let i = ns.volume.info();
                     s += &format!(
                         "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
@@ -236,7 +244,7 @@ impl Server {
                 Err(e) => return Err(e.into()),
             }
         }
-        let nvme_tcp = self.reg.listeners.iter().map(b).collect::<Result<Vec<_>, _>>()?;
+        let nvme_tcp = self.reg.listeners().iter().map(b).collect::<Result<Vec<_>, _>>()?;
         let iscsi = if self.cfg.iscsi_target.is_empty() {
             Vec::new()
         } else {
@@ -259,7 +267,6 @@ impl Server {
 
     /// Serves until `stop` resolves, then shuts down cleanly.
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
-        let bound = listeners.addrs();
         let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
         // Each connection runs start to end on one reactor thread.
@@ -272,29 +279,22 @@ impl Server {
         };
         let mut accepts = JoinSet::new();
         let (new_tx, mut new_rx) = tokio::sync::mpsc::channel::<(Proto, TcpStream, SocketAddr)>(64);
-        let all = listeners.nvme_tcp.into_iter().map(|l| (Proto::NvmeTcp, l)).chain(listeners.iscsi.into_iter().map(|l| (Proto::Iscsi, l)));
-        for (proto, l) in all {
-            let tx = new_tx.clone();
-            let mut sd = shutdown.clone();
-            accepts.spawn(async move {
-                loop {
-                    tokio::select! {
-                        r = l.accept() => match r {
-                            Ok((s, peer)) => { if tx.send((proto, s, peer)).await.is_err() { break } }
-                            Err(e) => {
-                                // e.g. out of file descriptors: keep serving the rest
-                                tracing::warn!(error = %e, "accept failed");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        },
-                        _ = sd.changed() => break,
-                    }
-                }
-            });
+        {
+            // the accept loops live with the reloadable state: a reload adds and closes listeners
+            let mut acc = crate::reload::Accepting { tx: new_tx, shutdown: shutdown.clone(), tasks: Default::default() };
+            let nvme = self.reg.listeners().into_iter().zip(listeners.nvme_tcp).map(|(a, l)| (Proto::NvmeTcp, a, l));
+            let iscsi = if self.cfg.iscsi_target.is_empty() { Vec::new() } else { self.cfg.iscsi.listen.clone() };
+            let iscsi = iscsi.into_iter().zip(listeners.iscsi).map(|(a, l)| (Proto::Iscsi, a, l));
+            let mut b = Vec::new();
+            for (proto, configured, l) in nvme.chain(iscsi) {
+                b.push((proto, configured, l.local_addr().unwrap_or(configured)));
+                acc.add(proto, configured, l);
+            }
+            *self.live.bound.lock().unwrap_or_else(|e| e.into_inner()) = b;
+            *self.live.accepting.lock().unwrap_or_else(|e| e.into_inner()) = Some(acc);
         }
-        drop(new_tx);
         if let Some(l) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone(), reactors: reactors.loads() };
+            let src = crate::metrics::Sources { pool: self.pool.clone(), volumes: self.live.volumes.clone(), nvme: self.reg.clone(), iscsi: self.iscsi.clone(), reactors: reactors.loads() };
             accepts.spawn(crate::metrics::serve(l, src));
         }
         // the socket file goes when this does, at the end of the shutdown
@@ -303,8 +303,8 @@ impl Server {
             let state = crate::mgmt::State {
                 nvme: self.reg.clone(),
                 iscsi: self.iscsi.clone(),
-                volumes: self.volumes.clone(),
-                listeners: bound,
+                volumes: self.live.volumes.clone(),
+                live: self.live.clone(),
                 metrics: metrics_addr,
                 started: std::time::Instant::now(),
             };
@@ -373,9 +373,12 @@ impl Server {
         }
         tracing::info!(connections = reactors.live(), "shutting down: no new connections; finishing in-flight commands");
         let _ = shutdown_tx.send(true);
+        if let Some(mut a) = self.live.accepting.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            a.close_all();
+        }
         accepts.abort_all();
         reactors.shutdown(Duration::from_secs(40)).await;
-        for v in &self.volumes {
+        for v in self.live.volumes.get().iter() {
             match v.flush().await {
                 Ok(()) => tracing::info!(volume = %v.name, "flushed"),
                 Err(e) => tracing::error!(volume = %v.name, error = %e, "flush at shutdown failed"),
@@ -421,7 +424,7 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;

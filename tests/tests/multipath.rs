@@ -50,9 +50,15 @@ luns = ["a", "b"]
 [[ana_group]]
 id = 2
 volumes = ["a"]
-optimized = ["127.0.0.1:{PORT}", "127.0.0.1:{ISCSI_PORT}"]
-inaccessible = ["127.0.0.1:{PORT2}", "127.0.0.1:{ISCSI_PORT2}"]
+{STATES}
 "#;
+
+/// The states at start.
+const STATES: &str = r#"optimized = ["127.0.0.1:{PORT}", "127.0.0.1:{ISCSI_PORT}"]
+inaccessible = ["127.0.0.1:{PORT2}", "127.0.0.1:{ISCSI_PORT2}"]"#;
+/// The other way round.
+const SWAPPED: &str = r#"inaccessible = ["127.0.0.1:{PORT}", "127.0.0.1:{ISCSI_PORT}"]
+non_optimized = ["127.0.0.1:{PORT2}"]"#;
 
 struct Paths {
     s: Server,
@@ -60,9 +66,17 @@ struct Paths {
     iscsi2: SocketAddr,
 }
 
+impl Paths {
+    /// The configuration with these `[[ana_group]]` states.
+    fn config(&self, states: &str) -> String {
+        let (p2, i2) = (self.nvme2.port().to_string(), self.iscsi2.port().to_string());
+        CONFIG.replace("{STATES}", states).replace("{PORT2}", &p2).replace("{ISCSI_PORT2}", &i2)
+    }
+}
+
 fn start() -> Paths {
     let (p2, i2) = (free_port(), free_port());
-    let cfg = CONFIG.replace("{PORT2}", &p2.to_string()).replace("{ISCSI_PORT2}", &i2.to_string());
+    let cfg = CONFIG.replace("{STATES}", STATES).replace("{PORT2}", &p2.to_string()).replace("{ISCSI_PORT2}", &i2.to_string());
     let s = Server::start(&cfg);
     Paths { s, nvme2: SocketAddr::from(([127, 0, 0, 1], p2)), iscsi2: SocketAddr::from(([127, 0, 0, 1], i2)) }
 }
@@ -188,4 +202,66 @@ fn alua_states_per_portal() {
     assert_eq!((r.sense_key(), r.asc()), (2, (0x04, 0x0b)), "and TEST UNIT READY");
     assert_eq!(s2.scsi_in(1, &read, 512).unwrap().status, 0, "LUN 1 is active on portal 2");
     assert_eq!(s1.scsi_in(0, &read, 512).unwrap().status, 0, "LUN 0 is active on portal 1");
+}
+
+/// Enables ANA change notices and parks an Asynchronous Event Request.
+fn park_aer(admin: &mut Queue) -> u16 {
+    ok(&admin.set_features(0x0b, 1 << 11).unwrap(), "Set Features: Asynchronous Event Configuration");
+    let sqe = nvme_types::Sqe { opcode: nvme_types::command::Opcode::ASYNC_EVENT.0, ..Default::default() };
+    admin.submit(sqe, None, 0).expect("submit AER")
+}
+
+fn reload_ok(s: &Server) {
+    let out = s.reload(&[]);
+    assert!(out.status.success(), "pinion reload: {}\n{}\n--- log ---\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.log_text());
+}
+
+/// `pinion reload` with the states swapped: both ports' controllers get an
+/// ANA change event, their ANA logs and the path statuses follow, the
+/// iSCSI sessions get ASYMMETRIC ACCESS STATE CHANGED and then the new
+/// states; reloading back restores everything. Hosts stay connected.
+#[test]
+fn reload_changes_path_states_and_tells_the_hosts() {
+    let mut p = start();
+    let (mut a1, mut io1, _) = controller(p.s.addr);
+    let (mut a2, mut io2, _) = controller(p.nvme2);
+    let (e1, e2) = (park_aer(&mut a1), park_aer(&mut a2));
+    let mut s1 = login(p.s.iscsi_addr, 1);
+    let data = vec![0xa5; 512];
+    ok(&io1.write(1, 7, &data, false).unwrap(), "write through port 1");
+
+    p.s.rewrite_config(&p.config(SWAPPED));
+    reload_ok(&p.s);
+    for (admin, aer) in [(&mut a1, e1), (&mut a2, e2)] {
+        let c = admin.wait(aer).expect("AER completion after the reload");
+        ok(&c.cqe, "AER");
+        assert_eq!(c.cqe.result.get() as u32, 0x000c_0302, "ANA change notice, log page 0Ch");
+    }
+    let (chg1, g1) = ana_log(&mut a1);
+    let (chg2, g2) = ana_log(&mut a2);
+    assert_eq!((chg1, chg2), (1, 1), "one change");
+    assert_eq!(g1[1], (2, 3, vec![1]), "group 2 inaccessible through port 1");
+    assert_eq!(g2[1], (2, 2, vec![1]), "group 2 non-optimized through port 2");
+    assert_eq!(io1.read(1, 7, 1, 512).unwrap().0.status(), Status::ANA_INACCESSIBLE);
+    let (c, d) = io2.read(1, 7, 1, 512).unwrap();
+    ok(&c, "read through port 2");
+    assert_eq!(d, data);
+    let r = s1.scsi_in(0, &[0; 6], 0).unwrap();
+    assert_eq!((r.sense_key(), r.asc()), (6, (0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED");
+    let r = s1.scsi_in(0, &rw16(0x88, 7, 1), 512).unwrap();
+    assert_eq!((r.sense_key(), r.asc()), (2, (0x04, 0x0b)), "portal 1 now standby");
+
+    // and back; an unchanged reload tells nobody
+    let e1 = park_aer(&mut a1);
+    p.s.rewrite_config(&p.config(STATES));
+    reload_ok(&p.s);
+    assert_eq!(a1.wait(e1).expect("AER").cqe.result.get() as u32, 0x000c_0302);
+    assert_eq!(ana_log(&mut a1), (2, vec![(1, 1, vec![2]), (2, 1, vec![1])]));
+    assert_eq!(io1.read(1, 7, 1, 512).unwrap().1, data);
+    let r = s1.scsi_in(0, &rw16(0x88, 7, 1), 512).unwrap();
+    assert_eq!((r.sense_key(), r.asc()), (6, (0x2a, 0x06)));
+    assert_eq!(s1.scsi_in(0, &rw16(0x88, 7, 1), 512).unwrap().data, data);
+    reload_ok(&p.s);
+    assert_eq!(ana_log(&mut a1).0, 2, "no change, no new count");
+    assert_eq!(s1.scsi_in(0, &[0; 6], 0).unwrap().status, 0, "no unit attention");
 }

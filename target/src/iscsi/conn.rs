@@ -242,7 +242,7 @@ pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch
         }
         Ok(Ok(x)) => x,
     };
-    let target = info.target.as_ref().and_then(|t| srv.find_target(&t.name).cloned());
+    let target = info.target.as_ref().and_then(|t| srv.find_target(&t.name));
     let window = Arc::new(Mutex::new(CmdWindow::new(info.cmdsn, srv.settings.queue_depth)));
     let tasks = Arc::new(TaskTable::new(window.clone()));
     let (kill, mut kill_rx) = watch::channel(Kill::Alive);
@@ -740,7 +740,7 @@ impl Reader {
             _ => scsi::TaskAttr::Simple,
         };
         let lun = decode_lun(&c.lun);
-        let timer = self.sess.target.as_ref().and_then(|t| t.scsi.volume(lun)).map(|v| CmdTimer::start(v, Protocol::Iscsi));
+        let timer = self.sess.target.as_ref().and_then(|t| t.scsi.volume(lun)).map(|v| CmdTimer::start(&v, Protocol::Iscsi));
         let cmd = CmdInfo {
             itt,
             lun_raw: c.lun,
@@ -1120,12 +1120,12 @@ impl Reader {
     fn send_targets(&self, v: &str, out: &mut Vec<(String, String)>) {
         let srv = &self.sess.srv;
         let me = &self.sess.nexus.initiator;
-        let wanted: Vec<&Arc<Target>> = match (self.discovery, v) {
-            (true, "All") => srv.targets.iter().filter(|t| t.allows(me)).collect(),
-            (false, "All") | (false, "") => self.sess.target.iter().collect(),
+        let wanted: Vec<Arc<Target>> = match (self.discovery, v) {
+            (true, "All") => srv.targets().iter().filter(|t| t.allows(me)).cloned().collect(),
+            (false, "All") | (false, "") => self.sess.target.iter().cloned().collect(),
             (_, "") => Vec::new(),
             (true, name) => srv.find_target(name).filter(|t| t.allows(me)).into_iter().collect(),
-            (false, name) => self.sess.target.iter().filter(|t| t.name.eq_ignore_ascii_case(name)).collect(),
+            (false, name) => self.sess.target.iter().filter(|t| t.name.eq_ignore_ascii_case(name)).cloned().collect(),
         };
         let portals = srv.portal_strings(self.sess.local);
         for t in wanted {

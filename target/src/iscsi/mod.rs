@@ -131,7 +131,8 @@ impl Default for IscsiSettings {
 }
 
 pub struct IscsiServer {
-    pub targets: Vec<Arc<Target>>,
+    /// Replaced whole by a reload; sessions keep the target they logged in to.
+    targets: std::sync::RwLock<Arc<Vec<Arc<Target>>>>,
     pub settings: IscsiSettings,
     pub pool: PagePool,
     /// Listener addresses as bound (set once the listeners exist).
@@ -144,7 +145,7 @@ pub struct IscsiServer {
 impl IscsiServer {
     pub fn new(targets: Vec<Arc<Target>>, settings: IscsiSettings, pool: PagePool) -> IscsiServer {
         IscsiServer {
-            targets,
+            targets: std::sync::RwLock::new(Arc::new(targets)),
             settings,
             pool,
             portals: Mutex::new(Vec::new()),
@@ -175,8 +176,18 @@ impl IscsiServer {
         self.portals.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn find_target(&self, name: &str) -> Option<&Arc<Target>> {
-        self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    pub fn find_target(&self, name: &str) -> Option<Arc<Target>> {
+        self.targets().iter().find(|t| t.name.eq_ignore_ascii_case(name)).cloned()
+    }
+
+    /// The targets now, in config order.
+    pub fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new target list.
+    pub fn set_targets(&self, t: Vec<Arc<Target>>) {
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Arc<SessionHandle>>> {

@@ -12,6 +12,9 @@ use nvme_types::{ascii_field, nul_field, Sqe, Status};
 use std::sync::atomic::Ordering::Relaxed;
 use zerocopy::{FromZeros, IntoBytes};
 
+/// Identify Controller NN: NSIDs 1..=this may exist (a reload adds namespaces).
+pub const MAX_NSID: u32 = 1024;
+
 pub const FIRMWARE_REV: &str = env!("CARGO_PKG_VERSION");
 const MAX_AERS: usize = 4;
 
@@ -81,13 +84,13 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
-            id.anagrpid = super::ana::group(ctx, ns).into();
+            id.anagrpid = super::ana::group(ctx, &ns).into();
             id.lbaf[0] = (u32::from(ns.lba_shift()) << 16).into();
             ctx.data_reply(sqe, id.as_bytes(), 0).await
         }
         cns::ACTIVE_NS_LIST if !discovery => {
             let mut list = Vec::with_capacity(4096);
-            for ns in ctx.subsys.namespaces.iter().filter(|n| n.nsid > nsid).take(1024) {
+            for ns in ctx.subsys.namespaces().iter().filter(|n| n.nsid > nsid).take(1024) {
                 list.extend_from_slice(&ns.nsid.to_le_bytes());
             }
             ctx.data_reply(sqe, &list, 0).await
@@ -147,7 +150,9 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     id.lpa |= 1 << 1;
     id.wctemp = 0x157.into();
     id.cctemp = 0x175.into();
-    id.nn = (ctx.subsys.namespaces.len() as u32).into();
+    // the most NSIDs there may be, not how many exist now: a reload may
+    // add namespaces, and hosts scan up to NN (nvmet advertises 1024 too)
+    id.nn = (ctx.subsys.namespaces().len() as u32).max(MAX_NSID).into();
     id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
     // Compare + Write runs atomically under the volume's range lock (io::fused)
     id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
@@ -208,7 +213,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
 
 fn smart_log(ctx: &QueueCtx, nsid: u32) -> Result<SmartLog, Status> {
     let nss: Vec<_> = if nsid == 0 || nsid == BROADCAST_NSID {
-        ctx.subsys.namespaces.iter().collect()
+        ctx.subsys.namespaces().iter().cloned().collect()
     } else {
         vec![ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?]
     };

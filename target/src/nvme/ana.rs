@@ -68,7 +68,7 @@ pub fn log_page(ctx: &QueueCtx, lsp: u8) -> Vec<u8> {
         let nsids: Vec<u32> = if rgo {
             Vec::new()
         } else {
-            ctx.subsys.namespaces.iter().filter(|n| view.spec.group_of(&n.volume.name) == g).map(|n| n.nsid).collect()
+            ctx.subsys.namespaces().iter().filter(|n| view.spec.group_of(&n.volume.name) == g).map(|n| n.nsid).collect()
         };
         let state = port.map_or(AnaState::Optimized, |p| view.spec.state(p, g));
         let mut d = AnaGroupDesc::new_zeroed();

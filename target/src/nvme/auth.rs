@@ -502,7 +502,7 @@ impl AuthSlot {
 /// After a successful Connect: requires authentication of a host that has
 /// a secret; returns the AUTHREQ bits for the Connect response.
 pub fn on_connect(ctx: &QueueCtx) -> u64 {
-    match ctx.subsys.dhchap.get(&ctx.ctrl.hostnqn) {
+    match ctx.subsys.access().dhchap.get(&ctx.ctrl.hostnqn) {
         Some(k) => {
             *ctx.auth.lock() = Some(QueueAuth::new(k.clone(), &ctx.ctrl.hostnqn, &ctx.subsys.nqn));
             AUTHREQ_ATR

@@ -50,17 +50,17 @@ pub fn log_page(ctx: &QueueCtx) -> Vec<u8> {
     let mut subs: Vec<_> = reg.subsystems.values().filter(|s| s.host_allowed(host)).collect();
     subs.sort_by(|a, b| a.nqn.cmp(&b.nqn));
     let mut entries = Vec::new();
-    for (i, l) in reg.listeners.iter().enumerate() {
+    let listeners = reg.listeners();
+    for (i, l) in listeners.iter().enumerate() {
         for s in &subs {
             entries.push(entry(disc::SUBTYPE_NVME, &s.nqn, i as u16 + 1, advertised(*l, ctx.local_addr)));
         }
     }
-    let here = reg
-        .listeners
+    let here = listeners
         .iter()
         .position(|l| *l == ctx.local_addr || (l.ip().is_unspecified() && l.port() == ctx.local_addr.port()));
     if let Some(i) = here {
-        entries.push(entry(disc::SUBTYPE_CURRENT_DISCOVERY, DISCOVERY_NQN, i as u16 + 1, advertised(reg.listeners[i], ctx.local_addr)));
+        entries.push(entry(disc::SUBTYPE_CURRENT_DISCOVERY, DISCOVERY_NQN, i as u16 + 1, advertised(listeners[i], ctx.local_addr)));
     }
     let mut h = DiscoveryLogHeader::new_zeroed();
     h.genctr = reg.genctr().into();

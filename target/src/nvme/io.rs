@@ -67,7 +67,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
         flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
         return Reply::ok();
     }
-    let ns = namespace(ctx, &sqe)?;
+    let ns = &namespace(ctx, &sqe)?;
     match op {
         io::READ => read(ctx, ns, &sqe).await,
         io::WRITE => write(ctx, ns, &sqe, data).await,
@@ -93,12 +93,12 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
 }
 
 /// The command's namespace, if this path may reach it (ANA state).
-fn namespace<'a>(ctx: &'a QueueCtx, sqe: &Sqe) -> Result<&'a Arc<Namespace>, Status> {
+fn namespace(ctx: &QueueCtx, sqe: &Sqe) -> Result<Arc<Namespace>, Status> {
     let ns = ctx.subsys.namespace(sqe.nsid()).ok_or_else(|| {
         tracing::debug!(nsid = sqe.nsid(), "I/O to an invalid namespace");
         Status::INVALID_NS.dnr()
     })?;
-    super::ana::check(ctx, ns)?;
+    super::ana::check(ctx, &ns)?;
     Ok(ns)
 }
 
@@ -202,7 +202,7 @@ async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sg
 /// own status: when one fails, the other is aborted with Failed Fused.
 pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: Sqe, second_data: Option<Sgl>) -> (Result<Reply, Status>, Result<Reply, Status>) {
     let failed = || Err(Status::ABORTED_FAILED_FUSED);
-    let ns = match namespace(ctx, &first) {
+    let ns = &match namespace(ctx, &first) {
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
@@ -280,7 +280,7 @@ pub fn metric_op(sqe: &Sqe) -> (Op, u64) {
 /// Flushes every namespace of a subsystem (Flush to the broadcast NSID,
 /// shutdown notification).
 pub async fn flush_all(subsys: &Subsystem) -> Result<(), BackendError> {
-    for ns in &subsys.namespaces {
+    for ns in subsys.namespaces().iter() {
         ns.volume.flush().await?;
     }
     Ok(())

@@ -404,9 +404,9 @@ mod tests {
         let v = Arc::new(Volume::new("q", b, pool.clone()));
         let s = Arc::new(Subsystem::new_nvm(NQN, None, None, vec![v], vec!["*".into()]));
         Arc::new(Registry {
-            subsystems: HashMap::from([(NQN.to_string(), s)]),
+            subsystems: HashMap::from([(NQN.to_string(), s)]).into(),
             discovery: Arc::new(Subsystem::new_discovery()),
-            listeners: vec![],
+            listeners: vec![].into(),
             limits: Limits { max_queue_size: 32, max_io_queues: 2, inline_data_size: 4096, mdts: 3, write_budget: 1 << 20, connect_timeout: Duration::from_secs(10) },
             genctr: Default::default(),
             ana: Default::default(),

@@ -5,7 +5,7 @@ use nvme_types::fabrics::DISCOVERY_NQN;
 use pinion_backends::Volume;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Per-namespace I/O counters (SMART / health log).
 #[derive(Default, Debug)]
@@ -26,6 +26,16 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    pub fn new(nqn: &str, nsid: u32, volume: Arc<Volume>) -> Arc<Namespace> {
+        let n = nsid.to_string();
+        let nguid = stable_id(&["nguid", nqn, &volume.name, &n]);
+        let uuid = stable_id(&["uuid", nqn, &volume.name, &n]);
+        let e = stable_id(&["eui64", nqn, &volume.name, &n]);
+        // locally administered, so it cannot collide with a vendor's OUI
+        let eui64 = [e[0] | 0x02, e[1], e[2], e[3], e[4], e[5], e[6], e[7]];
+        Arc::new(Namespace { nsid, volume, nguid, uuid, eui64, stats: NsStats::default() })
+    }
+
     pub fn block_size(&self) -> u32 {
         self.volume.info().block_size
     }
@@ -49,12 +59,21 @@ pub struct Subsystem {
     pub kind: SubsysKind,
     pub serial: String,
     pub model: String,
-    pub namespaces: Vec<Arc<Namespace>>,
+    /// In NSID order, NSID n at index n-1; replaced whole by a reload
+    /// (commands in flight keep the namespace they found).
+    namespaces: RwLock<Arc<Vec<Arc<Namespace>>>>,
+    /// Who may connect and how they authenticate; a reload replaces it.
+    access: RwLock<Arc<Access>>,
+    controllers: Mutex<Controllers>,
+}
+
+/// A subsystem's hosts and their secrets.
+#[derive(Default)]
+pub struct Access {
     /// Allowed host NQNs; `*` admits any host.
     pub hosts: Vec<String>,
     /// DH-HMAC-CHAP secrets by host NQN: these hosts must authenticate.
     pub dhchap: HashMap<String, super::auth::HostKeys>,
-    controllers: Mutex<Controllers>,
 }
 
 struct Controllers {
@@ -77,20 +96,7 @@ impl Subsystem {
         volumes: Vec<Arc<Volume>>,
         hosts: Vec<String>,
     ) -> Subsystem {
-        let namespaces = volumes
-            .into_iter()
-            .enumerate()
-            .map(|(i, volume)| {
-                let nsid = i as u32 + 1;
-                let n = nsid.to_string();
-                let nguid = stable_id(&["nguid", nqn, &volume.name, &n]);
-                let uuid = stable_id(&["uuid", nqn, &volume.name, &n]);
-                let e = stable_id(&["eui64", nqn, &volume.name, &n]);
-                // locally administered, so it cannot collide with a vendor's OUI
-                let eui64 = [e[0] | 0x02, e[1], e[2], e[3], e[4], e[5], e[6], e[7]];
-                Arc::new(Namespace { nsid, volume, nguid, uuid, eui64, stats: NsStats::default() })
-            })
-            .collect();
+        let namespaces = volumes.into_iter().enumerate().map(|(i, volume)| Namespace::new(nqn, i as u32 + 1, volume)).collect();
         let serial = match serial {
             Some(s) => s.to_string(),
             None => hex::encode(&stable_id(&["serial", nqn])[..10]),
@@ -100,9 +106,8 @@ impl Subsystem {
             kind: SubsysKind::Nvm,
             serial,
             model: model.unwrap_or("Pinion").to_string(),
-            namespaces,
-            hosts,
-            dhchap: HashMap::new(),
+            namespaces: RwLock::new(Arc::new(namespaces)),
+            access: RwLock::new(Arc::new(Access { hosts, dhchap: HashMap::new() })),
             controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1 }),
         }
     }
@@ -114,14 +119,56 @@ impl Subsystem {
     }
 
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.hosts.iter().any(|h| h == "*" || h == hostnqn)
+        self.access().hosts.iter().any(|h| h == "*" || h == hostnqn)
     }
 
-    pub fn namespace(&self, nsid: u32) -> Option<&Arc<Namespace>> {
+    pub fn access(&self) -> Arc<Access> {
+        self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new hosts and secrets (connected controllers are the
+    /// reload's business).
+    pub fn set_access(&self, a: Access) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(a);
+    }
+
+    /// The namespaces now, in NSID order.
+    pub fn namespaces(&self) -> Arc<Vec<Arc<Namespace>>> {
+        self.namespaces.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new namespace list (NSID n at index n-1).
+    pub fn set_namespaces(&self, ns: Vec<Arc<Namespace>>) {
+        *self.namespaces.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ns);
+    }
+
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
         if nsid == 0 {
             return None;
         }
-        self.namespaces.get(nsid as usize - 1)
+        self.namespaces.read().unwrap_or_else(|e| e.into_inner()).get(nsid as usize - 1).cloned()
+    }
+
+    /// Tells every controller that these namespaces were added, removed
+    /// or changed: their NSIDs go on the Changed Namespace List, then the
+    /// Namespace Attribute Changed event is posted.
+    pub fn namespaces_changed(&self, nsids: &[u32]) {
+        if nsids.is_empty() {
+            return;
+        }
+        for c in self.controllers() {
+            {
+                let mut st = c.lock();
+                for n in nsids {
+                    // past 1024 the log says "more than 1024": no need to keep them
+                    if st.changed_ns.len() <= 1024 && !st.changed_ns.contains(n) {
+                        st.changed_ns.push(*n);
+                    }
+                }
+                st.changed_ns.sort_unstable();
+            }
+            c.post_event(super::aen::AsyncEvent::NS_ATTR_CHANGED);
+        }
     }
 
     /// Registers a new controller under a free ID (1..=0xffef, as the
@@ -162,10 +209,10 @@ impl Subsystem {
 
 /// Everything a queue needs to find: subsystems by NQN, listeners.
 pub struct Registry {
-    pub subsystems: HashMap<String, Arc<Subsystem>>,
+    pub subsystems: Subsystems,
     pub discovery: Arc<Subsystem>,
     /// NVMe/TCP listeners, in config order (discovery port IDs are 1-based).
-    pub listeners: Vec<std::net::SocketAddr>,
+    pub listeners: RwLock<Vec<std::net::SocketAddr>>,
     pub limits: Limits,
     /// Discovery log generation counter.
     pub genctr: AtomicU64,
@@ -194,12 +241,50 @@ impl Limits {
     }
 }
 
+/// The NVM subsystems by NQN; a reload adds and removes them.
+#[derive(Default)]
+pub struct Subsystems(RwLock<HashMap<String, Arc<Subsystem>>>);
+
+impl From<HashMap<String, Arc<Subsystem>>> for Subsystems {
+    fn from(m: HashMap<String, Arc<Subsystem>>) -> Subsystems {
+        Subsystems(RwLock::new(m))
+    }
+}
+
+impl Subsystems {
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Subsystem>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.map().get(nqn).cloned()
+    }
+
+    /// The subsystems now (no order).
+    pub fn values(&self) -> std::vec::IntoIter<Arc<Subsystem>> {
+        self.map().values().cloned().collect::<Vec<_>>().into_iter()
+    }
+
+    pub fn insert(&self, s: Arc<Subsystem>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(s.nqn.clone(), s);
+    }
+
+    pub fn remove(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(nqn)
+    }
+}
+
 impl Registry {
     pub fn lookup(&self, nqn: &str) -> Option<Arc<Subsystem>> {
         if nqn == DISCOVERY_NQN {
             return Some(self.discovery.clone());
         }
-        self.subsystems.get(nqn).cloned()
+        self.subsystems.get(nqn)
+    }
+
+    /// The NVMe/TCP listeners now, in config order.
+    pub fn listeners(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn genctr(&self) -> u64 {
@@ -226,12 +311,13 @@ mod tests {
         let w = Arc::new(Volume::new("w", b, pool));
         let mk = || Subsystem::new_nvm("nqn.a", None, None, vec![v.clone(), w.clone()], vec![]);
         let (s1, s2) = (mk(), mk());
-        assert_eq!(s1.namespaces[0].nguid, s2.namespaces[0].nguid);
+        let (n1, n2) = (s1.namespaces(), s2.namespaces());
+        assert_eq!(n1[0].nguid, n2[0].nguid);
         assert_eq!(s1.serial, s2.serial);
         assert_eq!(s1.serial.len(), 20);
-        assert_ne!(s1.namespaces[0].nguid, s1.namespaces[1].nguid);
-        assert_ne!(s1.namespaces[0].nguid, s1.namespaces[0].uuid);
-        assert_eq!(s1.namespaces[1].nsid, 2);
+        assert_ne!(n1[0].nguid, n1[1].nguid);
+        assert_ne!(n1[0].nguid, n1[0].uuid);
+        assert_eq!(n1[1].nsid, 2);
         assert!(s1.namespace(0).is_none() && s1.namespace(3).is_none());
     }
 

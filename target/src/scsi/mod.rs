@@ -210,7 +210,9 @@ pub(crate) type LiveNexuses = Arc<Mutex<HashSet<ItKey>>>;
 
 pub struct ScsiTarget {
     name: String,
-    lus: Vec<Arc<LogicalUnit>>,
+    /// LUN n at index n; replaced whole by a reload (commands in flight
+    /// keep the logical unit they found).
+    lus: std::sync::RwLock<Arc<Vec<Arc<LogicalUnit>>>>,
     live: LiveNexuses,
     /// Path states (shared with NVMe; ALUA, alua.rs).
     ana: Arc<crate::ana::AnaTable>,
@@ -243,7 +245,7 @@ impl ScsiTarget {
         let live = LiveNexuses::default();
         let lus =
             volumes.into_iter().enumerate().map(|(i, v)| Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()))).collect();
-        ScsiTarget { name: target_name.to_string(), lus, live, ana: Default::default() }
+        ScsiTarget { name: target_name.to_string(), lus: std::sync::RwLock::new(Arc::new(lus)), live, ana: Default::default() }
     }
 
     /// The same target with the server's path states (otherwise every path
@@ -258,11 +260,42 @@ impl ScsiTarget {
     /// many LUs that was.
     pub fn alua_changed(&self, changed: impl Fn(&str) -> bool) -> usize {
         let mut n = 0;
-        for lu in self.lus.iter().filter(|lu| changed(&lu.volume.name)) {
+        for lu in self.lus().iter().filter(|lu| changed(&lu.volume.name)) {
             lu.ua_all(None, Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
             n += 1;
         }
         n
+    }
+
+    fn lus(&self) -> Arc<Vec<Arc<LogicalUnit>>> {
+        self.lus.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new LUN list (LUN n = `volumes[n]`). A LUN whose volume
+    /// stays keeps its logical unit (unit attentions, mode pages,
+    /// reservations); the others get new ones. When the list changed,
+    /// every I_T nexus is told REPORTED LUNS DATA HAS CHANGED on every LUN.
+    /// Returns whether it changed.
+    pub fn set_luns(&self, volumes: Vec<Arc<Volume>>) -> bool {
+        let mut w = self.lus.write().unwrap_or_else(|e| e.into_inner());
+        let old = w.clone();
+        let new: Vec<Arc<LogicalUnit>> = volumes
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match old.get(i) {
+                Some(lu) if Arc::ptr_eq(&lu.volume, &v) => lu.clone(),
+                _ => Arc::new(LogicalUnit::new(&self.name, i as u64, v, self.live.clone())),
+            })
+            .collect();
+        let changed = new.len() != old.len() || new.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        *w = Arc::new(new);
+        drop(w);
+        if changed {
+            for lu in self.lus().iter() {
+                lu.ua_all(None, Asc::REPORTED_LUNS_DATA_CHANGED);
+            }
+        }
+        changed
     }
 
     pub fn name(&self) -> &str {
@@ -270,16 +303,16 @@ impl ScsiTarget {
     }
 
     pub fn luns(&self) -> usize {
-        self.lus.len()
+        self.lus.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The volume behind a LUN.
-    pub fn volume(&self, lun: u64) -> Option<&Arc<Volume>> {
-        self.lu(lun).map(|l| &l.volume)
+    pub fn volume(&self, lun: u64) -> Option<Arc<Volume>> {
+        self.lu(lun).map(|l| l.volume.clone())
     }
 
-    fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
-        usize::try_from(lun).ok().and_then(|i| self.lus.get(i))
+    fn lu(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        usize::try_from(lun).ok().and_then(|i| self.lus.read().unwrap_or_else(|e| e.into_inner()).get(i).cloned())
     }
 
     /// Runs one SCSI command. Never panics on peer data; every failure is a
@@ -328,7 +361,7 @@ impl ScsiTarget {
             },
             TmfKind::TargetWarmReset | TmfKind::TargetColdReset => {
                 let asc = if f == TmfKind::TargetColdReset { Asc::POWER_ON_OCCURRED } else { Asc::POWER_ON_RESET };
-                for lu in &self.lus {
+                for lu in self.lus().iter() {
                     lu.reset(asc);
                 }
                 TmfResult::Complete
@@ -349,7 +382,7 @@ impl ScsiTarget {
     pub fn nexus_gone(&self, n: &Nexus) {
         let key = n.key();
         self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        for lu in &self.lus {
+        for lu in self.lus().iter() {
             lu.nexus_gone(&key);
         }
     }
@@ -362,8 +395,7 @@ impl ScsiTarget {
         }
     }
 
-    /// The capacity of a volume changed: every I_T nexus is told (there is
-    /// no runtime resize yet; this is the mechanism it will use).
+    /// The capacity of a volume changed: every I_T nexus is told.
     pub fn capacity_changed(&self, lun: u64) {
         if let Some(lu) = self.lu(lun) {
             lu.ua_all(None, Asc::CAPACITY_DATA_CHANGED);

@@ -131,7 +131,7 @@ pub(crate) async fn no_such_lun(tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiR
     };
     let edtl_in = if req.read { req.edtl } else { 0 };
     let send = bytes.len().min(edtl_in as usize);
-    let data_in = match tgt.lus.first() {
+    let data_in = match tgt.lus().first() {
         Some(lu) if send > 0 => Some(bytes_to_sgl(&lu.volume, &bytes[..send]).await),
         _ => None,
     };

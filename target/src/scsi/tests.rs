@@ -620,11 +620,11 @@ async fn write_cache_can_be_turned_off_on_a_file_volume() {
     dout(&t.tgt, &t.a, &[0x15, 0x10, 0, 0, l.len() as u8, 0], &l).await.good();
     let r = din(&t.tgt, &t.a, &[0x1a, 0x08, 0x08, 0, 255, 0], 255).await;
     assert_eq!(r.data[4 + 2] & 0x04, 0);
-    assert!(!t.tgt.lus[0].state().mode.wce);
+    assert!(!t.tgt.lus()[0].state().mode.wce);
     dout(&t.tgt, &t.a, &write10(0, 1), &[1; BS]).await.good();
     // a LUN reset restores the default
     t.tgt.task_mgmt(TmfKind::LunReset, 0, &t.a);
-    assert!(t.tgt.lus[0].state().mode.wce);
+    assert!(t.tgt.lus()[0].state().mode.wce);
 }
 
 // ---- SYNCHRONIZE CACHE, VERIFY, WRITE AND VERIFY, ORWRITE -------------------
@@ -875,7 +875,7 @@ async fn compare_and_write() {
 #[tokio::test]
 async fn compare_and_write_waits_for_the_range_lock() {
     let t = Arc::new(setup());
-    let vol = t.tgt.lus[0].volume.clone();
+    let vol = t.tgt.lus()[0].volume.clone();
     let g = vol.lock_range(60 * BS as u64, BS as u64, LockMode::Exclusive).await;
     let t2 = t.clone();
     let h = tokio::spawn(async move {

@@ -1,0 +1,407 @@
+//! Live reconfiguration: `pinion reload`, SIGHUP and the unit's
+//! `ExecReload=` all end in [`Live::reload`]. It reads the configuration file
+//! again, validates it whole (the same checks as `pinion check-config`),
+//! prepares everything that can fail (opens new volumes, parses secrets,
+//! binds new listeners) and only then applies the difference in one step
+//! that cannot fail. What the change does not touch keeps its connections
+//! and its commands in flight; what it touches is told the protocol's way:
+//!
+//! - NVMe: changed NSIDs go on each controller's Changed Namespace List and
+//!   a Namespace Attribute Changed event is posted; the discovery log gets a
+//!   new generation and connected discovery controllers a Discovery Log
+//!   Change event; controllers of a host no longer allowed, and of a removed
+//!   subsystem, are torn down.
+//! - SCSI: REPORTED LUNS DATA HAS CHANGED on every LUN of a target whose
+//!   LUN list changed; sessions of an initiator no longer allowed, and of a
+//!   removed target, are ended.
+//!
+//! Other areas plug into the same step through [`ReloadHook`] (e.g. ANA
+//! states): a hook may veto a new configuration before anything changes,
+//! and applies its part inside the step, after volumes, namespaces and LUNs
+//! are in place.
+
+use crate::iscsi::{IscsiServer, Kill, Target};
+use crate::nvme::ctrl::KillReason;
+use crate::nvme::subsys::{Access, Namespace, Registry, Subsystem};
+use crate::server::Proto;
+use pinion_backends::{DataPolicy, PagePool, Volume};
+use pinion_conf::{Config, Diff};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The volumes being served, shared by the metrics endpoint and the
+/// control socket; a reload replaces the list.
+#[derive(Clone, Default)]
+pub struct Volumes(Arc<RwLock<Arc<Vec<Arc<Volume>>>>>);
+
+impl Volumes {
+    pub fn new(v: Vec<Arc<Volume>>) -> Volumes {
+        Volumes(Arc::new(RwLock::new(Arc::new(v))))
+    }
+
+    /// The volumes now, in config order.
+    pub fn get(&self) -> Arc<Vec<Arc<Volume>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, v: Vec<Arc<Volume>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v);
+    }
+}
+
+/// Reload counts and the last result, for `/metrics`.
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// 1 = the last reload applied, 0 = rejected, -1 = none yet.
+    pub last_ok: AtomicI64,
+    /// Unix time of the last reload, seconds.
+    pub last_time: AtomicU64,
+}
+
+pub static RELOADS: ReloadStats = ReloadStats { ok: AtomicU64::new(0), failed: AtomicU64::new(0), last_ok: AtomicI64::new(-1), last_time: AtomicU64::new(0) };
+
+/// A part of the server that a reload must also reconfigure (register with
+/// [`Live::add_hook`]). Both calls run with the reload lock held, so no two
+/// reloads interleave.
+pub trait ReloadHook: Send + Sync {
+    /// Whether this part can take the new configuration; an error rejects
+    /// the reload whole, before anything changes.
+    fn check(&self, _old: &Config, _new: &Config) -> Result<(), String> {
+        Ok(())
+    }
+    /// Applies this part of the difference. Called inside the one step,
+    /// after the volumes, namespaces, LUNs and ACLs are the new ones and
+    /// before the step returns; must not fail (what can fail belongs in
+    /// [`ReloadHook::check`]).
+    fn apply(&self, live: &Live, old: &Config, new: &Config, diff: &Diff);
+}
+
+/// Listeners a reload may add or close, with the accept loop that serves them.
+pub(crate) struct Accepting {
+    pub tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// By configured address: the accept task.
+    pub tasks: HashMap<(Proto, SocketAddr), tokio::task::AbortHandle>,
+}
+
+impl Accepting {
+    pub fn add(&mut self, proto: Proto, configured: SocketAddr, l: TcpListener) {
+        let h = tokio::spawn(accept_loop(proto, l, self.tx.clone(), self.shutdown.clone()));
+        self.tasks.insert((proto, configured), h.abort_handle());
+    }
+
+    pub fn close(&mut self, proto: Proto, configured: SocketAddr) {
+        if let Some(h) = self.tasks.remove(&(proto, configured)) {
+            h.abort();
+        }
+    }
+
+    pub fn close_all(&mut self) {
+        for (_, h) in self.tasks.drain() {
+            h.abort();
+        }
+    }
+}
+
+/// Hands accepted connections to the server loop until shutdown.
+pub(crate) async fn accept_loop(proto: Proto, l: TcpListener, tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>, mut sd: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = l.accept() => match r {
+                Ok((s, peer)) => { if tx.send((proto, s, peer)).await.is_err() { break } }
+                Err(e) => {
+                    // e.g. out of file descriptors: keep serving the rest
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = sd.changed() => break,
+        }
+    }
+}
+
+/// The live, reconfigurable state of a server.
+pub struct Live {
+    pub reg: Arc<Registry>,
+    pub iscsi: Arc<IscsiServer>,
+    pub pool: PagePool,
+    pub volumes: Volumes,
+    /// The configuration being served; held through a reload, so reloads
+    /// run one at a time.
+    cfg: tokio::sync::Mutex<Config>,
+    /// Where the configuration is read from (`None`: built-in default).
+    path: Mutex<Option<PathBuf>>,
+    hooks: Mutex<Vec<Arc<dyn ReloadHook>>>,
+    pub(crate) accepting: Mutex<Option<Accepting>>,
+    /// Listener addresses as bound (ephemeral ports resolved), by protocol and configured address.
+    pub(crate) bound: Mutex<Vec<(Proto, SocketAddr, SocketAddr)>>,
+}
+
+/// Why a reload was rejected (the server keeps serving the old configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the server runs the built-in configuration (no --config file): nothing to reload")]
+    NoFile,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("these settings change only at a restart: {}", .0.join(", "))]
+    RestartOnly(Vec<String>),
+    #[error("volume {name}: {source}")]
+    Volume { name: String, source: pinion_backends::BackendError },
+    #[error("subsystem {0}: {1}")]
+    Secret(String, String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Hook(String),
+}
+
+/// Everything a reload prepares before it changes anything.
+struct Prepared {
+    opened: HashMap<String, Arc<Volume>>,
+    access: HashMap<String, Access>,
+    listeners: Vec<(Proto, SocketAddr, TcpListener)>,
+}
+
+impl Live {
+    pub fn new(reg: Arc<Registry>, iscsi: Arc<IscsiServer>, pool: PagePool, volumes: Vec<Arc<Volume>>, cfg: Config) -> Live {
+        Live {
+            reg,
+            iscsi,
+            pool,
+            volumes: Volumes::new(volumes),
+            cfg: tokio::sync::Mutex::new(cfg),
+            path: Mutex::new(None),
+            hooks: Mutex::new(Vec::new()),
+            accepting: Mutex::new(None),
+            bound: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The file a reload reads.
+    pub fn set_config_file(&self, path: PathBuf) {
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    /// Plugs a part of the server into every reload (see [`ReloadHook`]).
+    pub fn add_hook(&self, h: Arc<dyn ReloadHook>) {
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+    }
+
+    /// The configuration being served.
+    pub async fn config(&self) -> Config {
+        self.cfg.lock().await.clone()
+    }
+
+    /// Listener addresses as bound, by protocol.
+    pub fn bound(&self) -> Vec<(Proto, SocketAddr)> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, _, a)| (*p, *a)).collect()
+    }
+
+    /// Reads the configuration file again and applies it (see the module
+    /// docs); tells the service manager RELOADING=1, then READY=1. On an
+    /// error nothing has changed.
+    pub async fn reload(&self) -> Result<String, ReloadError> {
+        crate::notify::reloading();
+        let path = self.path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let r = match &path {
+            None => Err(ReloadError::NoFile),
+            Some(p) => match Config::load(p) {
+                Ok(new) => self.apply(new).await,
+                Err(e) => Err(ReloadError::Invalid(format!("{}: {e}", p.display()))),
+            },
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        RELOADS.last_time.store(now, Relaxed);
+        match &r {
+            Ok(summary) => {
+                RELOADS.ok.fetch_add(1, Relaxed);
+                RELOADS.last_ok.store(1, Relaxed);
+                tracing::info!(changes = %summary, "configuration reloaded");
+                crate::notify::ready(&format!("reloaded: {summary}"));
+            }
+            Err(e) => {
+                RELOADS.failed.fetch_add(1, Relaxed);
+                RELOADS.last_ok.store(0, Relaxed);
+                tracing::error!(error = %e, "reload rejected; still serving the previous configuration");
+                crate::notify::ready(&format!("reload rejected: {e}"));
+            }
+        }
+        r
+    }
+
+    /// Applies a validated configuration: prepare (may fail, changes
+    /// nothing), then the one step (cannot fail). Returns what changed.
+    pub async fn apply(&self, new: Config) -> Result<String, ReloadError> {
+        let mut cur = self.cfg.lock().await;
+        let diff = Diff::between(&cur, &new);
+        if !diff.restart_only.is_empty() {
+            return Err(ReloadError::RestartOnly(diff.restart_only));
+        }
+        let hooks: Vec<_> = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for h in &hooks {
+            h.check(&cur, &new).map_err(ReloadError::Hook)?;
+        }
+        let prep = self.prepare(&new, &diff)?;
+        self.commit(&new, &diff, prep);
+        for h in &hooks {
+            h.apply(self, &cur, &new, &diff);
+        }
+        let summary = diff.summary();
+        *cur = new;
+        Ok(summary)
+    }
+
+    fn prepare(&self, new: &Config, diff: &Diff) -> Result<Prepared, ReloadError> {
+        let mut opened = HashMap::new();
+        for name in diff.volumes_added.iter().chain(&diff.volumes_replaced) {
+            let Some(v) = new.volume(name) else { continue };
+            let b = pinion_backends::open(&v.name, &crate::server::volume_spec(v)).map_err(|source| ReloadError::Volume { name: v.name.clone(), source })?;
+            let policy = DataPolicy { splice_min: new.memory.splice_min as usize };
+            opened.insert(v.name.clone(), Arc::new(Volume::with_policy(&v.name, b, self.pool.clone(), policy)));
+        }
+        if let Some((name, _, _)) = diff.volumes_resized.first() {
+            return Err(ReloadError::Invalid(format!("volume {name}: a size change takes a restart (resizing a served volume is not supported yet)")));
+        }
+        let mut access = HashMap::new();
+        for s in &new.subsystem {
+            let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ReloadError::Secret(s.nqn.clone(), e))?;
+            access.insert(s.nqn.clone(), Access { hosts: s.allowed_hosts(), dhchap });
+        }
+        let mut listeners = Vec::new();
+        let adds = diff.nvme_listen_added.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_added.iter().map(|a| (Proto::Iscsi, *a)));
+        for (p, a) in adds {
+            let l = crate::server::bind(a).map_err(|source| ReloadError::Bind { addr: a, source })?;
+            listeners.push((p, a, l));
+        }
+        Ok(Prepared { opened, access, listeners })
+    }
+
+    /// The one step: swaps in the new state and tells the hosts.
+    fn commit(&self, new: &Config, diff: &Diff, mut prep: Prepared) {
+        // volumes, in the new config's order
+        let cur: HashMap<String, Arc<Volume>> = self.volumes.get().iter().map(|v| (v.name.clone(), v.clone())).collect();
+        let vols: Vec<Arc<Volume>> = new
+            .volume
+            .iter()
+            .filter_map(|v| prep.opened.remove(&v.name).or_else(|| cur.get(&v.name).cloned()))
+            .collect();
+        let by_name: HashMap<&str, &Arc<Volume>> = vols.iter().map(|v| (v.name.as_str(), v)).collect();
+        let pick = |names: &[String]| -> Vec<Arc<Volume>> { names.iter().filter_map(|n| by_name.get(n.as_str()).map(|v| (*v).clone())).collect() };
+
+        // NVMe subsystems
+        let mut discovery_changed = !diff.subsystems_added.is_empty() || !diff.subsystems_removed.is_empty() || !diff.nvme_listen_added.is_empty() || !diff.nvme_listen_removed.is_empty();
+        for nqn in &diff.subsystems_removed {
+            if let Some(s) = self.reg.subsystems.remove(nqn) {
+                for c in s.controllers() {
+                    tracing::info!(subsys = %nqn, cntlid = c.cntlid, host = %c.hostnqn, "subsystem removed by reload: tearing its controller down");
+                    c.kill(KillReason::Disconnected);
+                }
+            }
+        }
+        for s in &new.subsystem {
+            let access = prep.access.remove(&s.nqn).unwrap_or_default();
+            match self.reg.subsystems.get(&s.nqn) {
+                None => {
+                    let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), pick(&s.namespaces), Vec::new());
+                    sub.set_access(access);
+                    self.reg.subsystems.insert(Arc::new(sub));
+                }
+                Some(sub) => {
+                    let old_ns = sub.namespaces();
+                    let new_vols = pick(&s.namespaces);
+                    let mut changed = Vec::new();
+                    let ns: Vec<Arc<Namespace>> = new_vols
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| match old_ns.get(i) {
+                            Some(n) if Arc::ptr_eq(&n.volume, &v) => n.clone(),
+                            _ => {
+                                changed.push(i as u32 + 1);
+                                Namespace::new(&s.nqn, i as u32 + 1, v)
+                            }
+                        })
+                        .collect();
+                    changed.extend((ns.len() + 1..=old_ns.len()).map(|n| n as u32));
+                    let host_change = sub.access().hosts != access.hosts;
+                    sub.set_namespaces(ns);
+                    sub.set_access(access);
+                    if host_change {
+                        discovery_changed = true;
+                        for c in sub.controllers().into_iter().filter(|c| !sub.host_allowed(&c.hostnqn)) {
+                            tracing::info!(subsys = %s.nqn, cntlid = c.cntlid, host = %c.hostnqn, "host no longer allowed: tearing its controller down");
+                            c.kill(KillReason::Disconnected);
+                        }
+                    }
+                    if !changed.is_empty() {
+                        tracing::info!(subsys = %s.nqn, nsids = ?changed, "namespaces changed: telling the connected controllers");
+                    }
+                    sub.namespaces_changed(&changed);
+                }
+            }
+        }
+
+        // iSCSI targets
+        let old_targets = self.iscsi.targets();
+        let mut targets = Vec::new();
+        for t in &new.iscsi_target {
+            let luns = pick(&t.luns);
+            let mut nt: Target = crate::iscsi::target_from_config(t, Vec::new());
+            if let Some(o) = old_targets.iter().find(|o| o.name == t.iqn) {
+                // the SCSI side stays (unit attentions, reservations, nexuses)
+                nt.scsi = o.scsi.clone();
+                if nt.scsi.set_luns(luns) {
+                    tracing::info!(target = %t.iqn, luns = nt.scsi.luns(), "LUNs changed: REPORTED LUNS DATA HAS CHANGED");
+                }
+            } else {
+                nt.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, luns).with_ana(self.reg.ana.clone()));
+            }
+            targets.push(Arc::new(nt));
+        }
+        self.iscsi.set_targets(targets.clone());
+        for s in self.iscsi.all_sessions() {
+            let Some(st) = &s.target else { continue };
+            let why = match targets.iter().find(|t| t.name == st.name) {
+                None => "target removed by reload",
+                Some(t) if !t.allows(&s.initiator) => "initiator no longer allowed",
+                Some(_) => continue,
+            };
+            tracing::info!(tsih = s.tsih, initiator = %s.initiator, target = %st.name, why, "ending the session");
+            let _ = s.kill.send(Kill::Disconnected);
+        }
+
+        // listeners
+        {
+            let mut acc = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            let removed = diff.nvme_listen_removed.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_removed.iter().map(|a| (Proto::Iscsi, *a)));
+            for (p, a) in removed {
+                tracing::info!(proto = ?p, addr = %a, "listener closed by reload");
+                if let Some(acc) = acc.as_mut() {
+                    acc.close(p, a);
+                }
+                bound.retain(|(q, c, _)| !(*q == p && *c == a));
+            }
+            for (p, a, l) in prep.listeners {
+                let local = l.local_addr().unwrap_or(a);
+                tracing::info!(proto = ?p, addr = %local, "listener added by reload");
+                bound.push((p, a, local));
+                match acc.as_mut() {
+                    Some(acc) => acc.add(p, a, l),
+                    None => tracing::warn!(addr = %a, "not serving yet: the new listener waits for the server loop"),
+                }
+            }
+            *self.reg.listeners.write().unwrap_or_else(|e| e.into_inner()) = new.nvme_tcp.listen.clone();
+            self.iscsi.set_portals(bound.iter().filter(|(p, _, _)| *p == Proto::Iscsi).map(|(_, _, a)| *a).collect());
+        }
+        if discovery_changed {
+            self.reg.discovery_changed();
+        }
+        self.volumes.set(vols);
+    }
+}

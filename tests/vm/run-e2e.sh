@@ -11,6 +11,8 @@
 #   iscsi    iSCSI run against Pinion (open-iscsi, with and without CHAP)
 #   paths    the per-I/O read path (splice, direct, copy) of `auto` file
 #            volumes on the guest kernel, from Pinion's metrics (nvme-paths.sh)
+#   multipath  NVMe multipath (ANA) with the kernel host: two listeners,
+#            path states switched by `pinion reload` under fio (nvme-multipath.sh)
 #   auth     NVMe DH-HMAC-CHAP run against Pinion (tests/vm/nvme-auth-e2e.sh)
 #   auth-nvmet  the same against the kernel's nvmet
 #            (auth targets boot Debian 12's 6.12 kernel, linux-image-6.12-amd64:
@@ -41,8 +43,9 @@ case $target in
     ;;&
   nvmet) ;;
   auth-nvmet) script=nvme-auth-e2e.sh ;;
-  pinion|iscsi|paths|auth)
+  pinion|iscsi|paths|auth|multipath)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
+    [[ $target == multipath ]] && script=nvme-multipath.sh
     [[ $target == paths ]] && script=nvme-paths.sh
     [[ $target == auth ]] && script=nvme-auth-e2e.sh
     bin=${2:-}
@@ -57,7 +60,7 @@ case $target in
     [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|multipath|auth|auth-nvmet] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
@@ -69,7 +72,7 @@ opts=(--timeout "${VM_E2E_TIMEOUT:-600}" --cwd "$REPO" --console "$OUT/$target.c
 # the guest's /tmp is an empty tmpfs: show the host's /tmp (copy-on-write)
 # when the repository or the binary lives there
 [[ $REPO == /tmp/* || ${bin:-} == /tmp/* ]] && opts+=(--host-tmp)
-for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE; do
+for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE MP_FIO_RUNTIME MP_PHASE; do
   [[ -n ${!v+x} ]] && opts+=(-e "$v")
 done
 # shellcheck disable=SC2206

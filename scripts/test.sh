@@ -12,7 +12,8 @@
 # busy; a bounded fuzz run of every fuzz target; the
 # kernel-initiator VM tests: NVMe/TCP first against the kernel's own nvmet
 # (the reference) and then against Pinion with the same script, and iSCSI
-# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; NVMe
+# (open-iscsi + iscsi_tcp) against Pinion, without and with CHAP; live
+# reconfiguration and restarts under both kernel hosts with fio verifying; NVMe
 # DH-HMAC-CHAP with the kernel host on the 6.12 kernel, against nvmet and
 # Pinion with the same script; durability (Pinion killed with SIGKILL
 # mid-write and restarted, then the guest loses power mid-write: every write
@@ -109,6 +110,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "live reconfiguration and restarts with the kernel NVMe/TCP and iSCSI hosts (VM)"
+  if tests/vm/run-e2e.sh reload "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-reload.out" 2>&1; then tail -n 2 "$LOG/vm-reload.out"; ok "vm e2e reload"; else tail -n 80 "$LOG/vm-reload.out"; bad "vm e2e reload"; fi
   step "per-I/O read paths on the guest's 6.1 kernel (VM)"
   if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
   # NVMe DH-HMAC-CHAP needs the 6.12 kernel (6.1 has no NVMe authentication):

@@ -19,6 +19,8 @@ use crate::metrics::METRICS;
 
 pub struct FileBackend {
     info: BackendInfo,
+    /// The size now: `info.size` until a reload grows the volume.
+    size: std::sync::atomic::AtomicU64,
     /// The fd used for buffered I/O and splice (and everything when not
     /// direct); shared with page-cache payloads in flight.
     file: Arc<File>,
@@ -180,6 +182,7 @@ impl FileBackend {
 
     fn new(info: BackendInfo, file: File, direct: Option<File>, mode: IoMode) -> FileBackend {
         FileBackend {
+            size: info.size.into(),
             info,
             file: Arc::new(file),
             direct,
@@ -316,6 +319,34 @@ impl Backend for FileBackend {
 
     fn io_error(&self, e: std::io::Error, write: bool) -> BackendError {
         self.fail(e, write)
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// RAM and file volumes grow by extending their file (a block device's
+    /// size is the device's). Shrinking is refused: blocks a host may
+    /// still address would vanish.
+    fn grow_storage(&self, new: u64) -> Result<()> {
+        let cur = self.size();
+        if self.info.kind == "block" {
+            return Err(BackendError::Open(format!("{}: a block volume has the device's size", self.info.describe)));
+        }
+        if self.info.read_only {
+            return Err(BackendError::Open(format!("{}: a read-only volume cannot grow", self.info.describe)));
+        }
+        if new < cur {
+            return Err(BackendError::Open(format!("{}: shrinking a served volume ({cur} to {new} bytes) is not supported", self.info.describe)));
+        }
+        if self.file.metadata()?.len() < new {
+            self.file.set_len(new)?;
+        }
+        Ok(())
+    }
+
+    fn set_size(&self, new: u64) {
+        self.size.store(new, std::sync::atomic::Ordering::Release);
     }
 
     fn resident(&self, offset: u64, len: u64) -> Option<bool> {

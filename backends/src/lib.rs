@@ -168,9 +168,25 @@ pub trait Backend: Send + Sync + 'static {
         BackendError::from_io(e, write)
     }
 
+    /// The size now: [`BackendInfo::size`] at open, until a resize.
+    fn size(&self) -> u64 {
+        self.info().size
+    }
+
+    /// First half of a resize (a reload grew the volume): makes room for
+    /// `new` bytes (e.g. extends the file). The volume keeps its old size
+    /// until [`Backend::set_size`]. Backends that cannot grow say so.
+    fn grow_storage(&self, new: u64) -> Result<()> {
+        Err(BackendError::Open(format!("a {} volume cannot be resized while it is served ({} to {new} bytes)", self.info().kind, self.size())))
+    }
+
+    /// Second half of a resize, after [`Backend::grow_storage`] succeeded:
+    /// I/O up to `new` bytes is accepted from now on.
+    fn set_size(&self, _new: u64) {}
+
     /// Checks that a byte range lies inside the volume.
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        let size = self.info().size;
+        let size = self.size();
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
             _ => Err(BackendError::OutOfRange { offset, len, size }),

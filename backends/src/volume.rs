@@ -120,8 +120,15 @@ impl Volume {
         ReadPath::Splice
     }
 
+    /// What the volume was opened as; its size may since have grown (see
+    /// [`Volume::size`]).
     pub fn info(&self) -> &BackendInfo {
         self.backend.info()
+    }
+
+    /// The size in bytes now.
+    pub fn size(&self) -> u64 {
+        self.backend.size()
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

@@ -35,7 +35,7 @@ pub struct Diff {
     pub restart_only: Vec<String>,
 }
 
-fn by_key<'a, T>(v: &'a [T], key: impl Fn(&T) -> &str) -> Vec<(&'a str, &'a T)> {
+fn by_key<T>(v: &[T], key: impl Fn(&T) -> &str) -> Vec<(&str, &T)> {
     v.iter().map(|x| (key(x), x)).collect()
 }
 

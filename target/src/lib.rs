@@ -17,5 +17,6 @@ pub mod reactor;
 pub mod reload;
 pub mod scsi;
 pub mod server;
+pub mod sockets;
 
 pub use server::{Server, ServerError};

@@ -6,6 +6,8 @@ use pinion_target::{notify, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod sys;
+
 #[derive(Parser)]
 #[command(name = "pinion", version, about = "Pinion: an NVMe/TCP and iSCSI storage target")]
 struct Cli {
@@ -75,6 +77,8 @@ fn init_logging(cfg: &pinion_conf::LogConfig) {
 }
 
 fn main() -> ExitCode {
+    // before anything opens a file: descriptors 3.. may be passed-in sockets
+    let passed = sys::listen_fds();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Perf(args) => pinion_initiator::perf::main(*args),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
                 None => {}
             }
             init_logging(&cfg.log);
+            pinion_target::sockets::Inherited::set(passed);
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }
@@ -132,6 +137,10 @@ fn serve(cfg: Config, file: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async {
+        // watched from the start: a SIGHUP while starting must not kill
+        // the process (its default action); it reloads once serving
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup());
         let server = match Server::build(&cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -167,8 +176,7 @@ fn serve(cfg: Config, file: Option<PathBuf>) -> ExitCode {
             // SIGHUP (and the unit's ExecReload=) reloads the configuration
             let live = server.live.clone();
             helpers.spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut hup = match signal(SignalKind::hangup()) {
+                let mut hup = match hup {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot watch SIGHUP: reload only through `pinion reload`");

@@ -288,7 +288,7 @@ impl State {
                         }
                     })
                     .collect();
-                VolumeStatus { name: v.name.clone(), backend: i.kind.into(), size: i.size, block_size: i.block_size, read_only: i.read_only, io }
+                VolumeStatus { name: v.name.clone(), backend: i.kind.into(), size: v.size(), block_size: i.block_size, read_only: i.read_only, io }
             })
             .collect();
         Status {

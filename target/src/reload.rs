@@ -85,24 +85,33 @@ pub trait ReloadHook: Send + Sync {
 pub(crate) struct Accepting {
     pub tx: tokio::sync::mpsc::Sender<(Proto, TcpStream, SocketAddr)>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// By configured address: the accept task.
-    pub tasks: HashMap<(Proto, SocketAddr), tokio::task::AbortHandle>,
+    /// By configured address: the accept task, and the socket (to stop it
+    /// listening at once; the task lets go of its descriptor later).
+    pub tasks: HashMap<(Proto, SocketAddr), (tokio::task::AbortHandle, Option<socket2::Socket>)>,
 }
 
 impl Accepting {
     pub fn add(&mut self, proto: Proto, configured: SocketAddr, l: TcpListener) {
+        use std::os::fd::AsFd;
+        let sock = l.as_fd().try_clone_to_owned().ok().map(socket2::Socket::from);
         let h = tokio::spawn(accept_loop(proto, l, self.tx.clone(), self.shutdown.clone()));
-        self.tasks.insert((proto, configured), h.abort_handle());
+        self.tasks.insert((proto, configured), (h.abort_handle(), sock));
     }
 
+    /// Stops listening on the address before returning: a connection
+    /// attempt right after is refused, not queued for nobody.
     pub fn close(&mut self, proto: Proto, configured: SocketAddr) {
-        if let Some(h) = self.tasks.remove(&(proto, configured)) {
+        if let Some((h, sock)) = self.tasks.remove(&(proto, configured)) {
+            if let Some(s) = sock {
+                // on a listening socket: leaves the listening state now
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
             h.abort();
         }
     }
 
     pub fn close_all(&mut self) {
-        for (_, h) in self.tasks.drain() {
+        for (_, (h, _)) in self.tasks.drain() {
             h.abort();
         }
     }
@@ -166,6 +175,8 @@ struct Prepared {
     opened: HashMap<String, Arc<Volume>>,
     access: HashMap<String, Access>,
     listeners: Vec<(Proto, SocketAddr, TcpListener)>,
+    /// Volumes whose storage has grown, with their new size.
+    resized: Vec<(Arc<Volume>, u64)>,
 }
 
 impl Live {
@@ -265,13 +276,19 @@ impl Live {
             let policy = DataPolicy { splice_min: new.memory.splice_min as usize };
             opened.insert(v.name.clone(), Arc::new(Volume::with_policy(&v.name, b, self.pool.clone(), policy)));
         }
-        if let Some((name, _, _)) = diff.volumes_resized.first() {
-            return Err(ReloadError::Invalid(format!("volume {name}: a size change takes a restart (resizing a served volume is not supported yet)")));
-        }
         let mut access = HashMap::new();
         for s in &new.subsystem {
             let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ReloadError::Secret(s.nqn.clone(), e))?;
             access.insert(s.nqn.clone(), Access { hosts: s.allowed_hosts(), dhchap });
+        }
+        // last of what can fail: make room for volumes that grow (their
+        // size changes in the step)
+        let cur = self.volumes.get();
+        let mut resized = Vec::new();
+        for (name, _, new_size) in &diff.volumes_resized {
+            let Some(v) = cur.iter().find(|v| &v.name == name) else { continue };
+            v.backend().grow_storage(*new_size).map_err(|source| ReloadError::Volume { name: name.clone(), source })?;
+            resized.push((v.clone(), *new_size));
         }
         let mut listeners = Vec::new();
         let adds = diff.nvme_listen_added.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_added.iter().map(|a| (Proto::Iscsi, *a)));
@@ -279,7 +296,7 @@ impl Live {
             let l = crate::server::bind(a).map_err(|source| ReloadError::Bind { addr: a, source })?;
             listeners.push((p, a, l));
         }
-        Ok(Prepared { opened, access, listeners })
+        Ok(Prepared { opened, access, listeners, resized })
     }
 
     /// The one step: swaps in the new state and tells the hosts.
@@ -294,11 +311,17 @@ impl Live {
         let by_name: HashMap<&str, &Arc<Volume>> = vols.iter().map(|v| (v.name.as_str(), v)).collect();
         let pick = |names: &[String]| -> Vec<Arc<Volume>> { names.iter().filter_map(|n| by_name.get(n.as_str()).map(|v| (*v).clone())).collect() };
 
+        for (v, size) in &prep.resized {
+            tracing::info!(volume = %v.name, old = v.size(), new = size, "volume resized");
+            v.backend().set_size(*size);
+        }
+        let grown = |v: &Arc<Volume>| prep.resized.iter().any(|(r, _)| Arc::ptr_eq(r, v));
+
         // NVMe subsystems
         let mut discovery_changed = !diff.subsystems_added.is_empty() || !diff.subsystems_removed.is_empty() || !diff.nvme_listen_added.is_empty() || !diff.nvme_listen_removed.is_empty();
         for nqn in &diff.subsystems_removed {
             if let Some(s) = self.reg.subsystems.remove(nqn) {
-                for c in s.controllers() {
+                for c in s.close() {
                     tracing::info!(subsys = %nqn, cntlid = c.cntlid, host = %c.hostnqn, "subsystem removed by reload: tearing its controller down");
                     c.kill(KillReason::Disconnected);
                 }
@@ -309,7 +332,7 @@ impl Live {
             match self.reg.subsystems.get(&s.nqn) {
                 None => {
                     let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), pick(&s.namespaces), Vec::new());
-                    sub.set_access(access);
+                    let _ = sub.set_access(access);
                     self.reg.subsystems.insert(Arc::new(sub));
                 }
                 Some(sub) => {
@@ -320,7 +343,12 @@ impl Live {
                         .into_iter()
                         .enumerate()
                         .map(|(i, v)| match old_ns.get(i) {
-                            Some(n) if Arc::ptr_eq(&n.volume, &v) => n.clone(),
+                            Some(n) if Arc::ptr_eq(&n.volume, &v) => {
+                                if grown(&v) {
+                                    changed.push(i as u32 + 1);
+                                }
+                                n.clone()
+                            }
                             _ => {
                                 changed.push(i as u32 + 1);
                                 Namespace::new(&s.nqn, i as u32 + 1, v)
@@ -328,15 +356,11 @@ impl Live {
                         })
                         .collect();
                     changed.extend((ns.len() + 1..=old_ns.len()).map(|n| n as u32));
-                    let host_change = sub.access().hosts != access.hosts;
+                    discovery_changed |= sub.access().hosts != access.hosts;
                     sub.set_namespaces(ns);
-                    sub.set_access(access);
-                    if host_change {
-                        discovery_changed = true;
-                        for c in sub.controllers().into_iter().filter(|c| !sub.host_allowed(&c.hostnqn)) {
-                            tracing::info!(subsys = %s.nqn, cntlid = c.cntlid, host = %c.hostnqn, "host no longer allowed: tearing its controller down");
-                            c.kill(KillReason::Disconnected);
-                        }
+                    for c in sub.set_access(access) {
+                        tracing::info!(subsys = %s.nqn, cntlid = c.cntlid, host = %c.hostnqn, "host no longer allowed: tearing its controller down");
+                        c.kill(KillReason::Disconnected);
                     }
                     if !changed.is_empty() {
                         tracing::info!(subsys = %s.nqn, nsids = ?changed, "namespaces changed: telling the connected controllers");
@@ -355,8 +379,13 @@ impl Live {
             if let Some(o) = old_targets.iter().find(|o| o.name == t.iqn) {
                 // the SCSI side stays (unit attentions, reservations, nexuses)
                 nt.scsi = o.scsi.clone();
+                let grew: Vec<u64> = luns.iter().enumerate().filter(|(_, v)| grown(v)).map(|(i, _)| i as u64).collect();
                 if nt.scsi.set_luns(luns) {
                     tracing::info!(target = %t.iqn, luns = nt.scsi.luns(), "LUNs changed: REPORTED LUNS DATA HAS CHANGED");
+                }
+                for lun in grew {
+                    tracing::info!(target = %t.iqn, lun, "LUN grew: CAPACITY DATA HAS CHANGED");
+                    nt.scsi.capacity_changed(lun);
                 }
             } else {
                 nt.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, luns).with_ana(self.reg.ana.clone()));
@@ -382,6 +411,7 @@ impl Live {
             let removed = diff.nvme_listen_removed.iter().map(|a| (Proto::NvmeTcp, *a)).chain(diff.iscsi_listen_removed.iter().map(|a| (Proto::Iscsi, *a)));
             for (p, a) in removed {
                 tracing::info!(proto = ?p, addr = %a, "listener closed by reload");
+                crate::sockets::unstore(&crate::sockets::fd_name(p.name(), a));
                 if let Some(acc) = acc.as_mut() {
                     acc.close(p, a);
                 }
@@ -390,6 +420,7 @@ impl Live {
             for (p, a, l) in prep.listeners {
                 let local = l.local_addr().unwrap_or(a);
                 tracing::info!(proto = ?p, addr = %local, "listener added by reload");
+                crate::sockets::store(&crate::sockets::fd_name(p.name(), a), &l);
                 bound.push((p, a, local));
                 match acc.as_mut() {
                     Some(acc) => acc.add(p, a, l),
@@ -403,5 +434,82 @@ impl Live {
             self.reg.discovery_changed();
         }
         self.volumes.set(vols);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::ctrl::Controller;
+    use crate::nvme::subsys::SubsysKind;
+
+    fn config(a_hosts: &str, with_b: bool) -> Config {
+        let mut s = format!(
+            r#"
+            [nvme_tcp]
+            listen = ["127.0.0.1:4420"]
+            [management]
+            socket = ""
+            [[volume]]
+            name = "v"
+            backend = "ram"
+            size = "1MiB"
+            [[subsystem]]
+            nqn = "nqn.2026-11.io.pinion:a"
+            namespaces = ["v"]
+            hosts = [{a_hosts}]
+            "#
+        );
+        if with_b {
+            s += "[[subsystem]]\nnqn = \"nqn.2026-11.io.pinion:b\"\nnamespaces = [\"v\"]\n";
+        }
+        Config::from_toml_str(&s).unwrap()
+    }
+
+    const H1: &str = "nqn.2014-08.org.nvmexpress:h1";
+    const H2: &str = "nqn.2014-08.org.nvmexpress:h2";
+
+    fn connect(s: &Subsystem, host: &str) -> Option<Arc<Controller>> {
+        s.add_controller(|id| Controller::new(id, SubsysKind::Nvm, host.into(), [0; 16], 0, 1))
+    }
+
+    #[tokio::test]
+    async fn removed_hosts_and_subsystems_lose_their_controllers_and_take_no_new_ones() {
+        let srv = crate::Server::build(&config(r#""nqn.2014-08.org.nvmexpress:h1", "nqn.2014-08.org.nvmexpress:h2""#, true)).unwrap();
+        let a = srv.reg.subsystems.get("nqn.2026-11.io.pinion:a").unwrap();
+        let b = srv.reg.subsystems.get("nqn.2026-11.io.pinion:b").unwrap();
+        let (a1, a2, b1) = (connect(&a, H1).unwrap(), connect(&a, H2).unwrap(), connect(&b, H1).unwrap());
+        let gen = srv.reg.genctr();
+
+        let summary = srv.live.apply(config(r#""nqn.2014-08.org.nvmexpress:h1""#, false)).await.unwrap();
+        assert!(summary.contains("subsystems removed: nqn.2026-11.io.pinion:b"), "{summary}");
+        assert!(!a1.is_killed());
+        assert_eq!(a2.kill_reason(), KillReason::Disconnected, "h2 is no longer allowed");
+        assert_eq!(b1.kill_reason(), KillReason::Disconnected, "b is gone");
+        // a Connect that looked the subsystem or the host up before the reload
+        assert!(connect(&a, H2).is_none());
+        assert!(connect(&b, H1).is_none());
+        assert!(connect(&a, H1).is_some());
+        assert!(srv.reg.lookup("nqn.2026-11.io.pinion:b").is_none());
+        assert!(srv.reg.genctr() > gen, "the discovery log has a new generation");
+        // the running configuration is the new one: the same file again is no change
+        assert_eq!(srv.live.apply(config(r#""nqn.2014-08.org.nvmexpress:h1""#, false)).await.unwrap(), "no change");
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_rejects_the_reload_before_anything_changes() {
+        struct Veto;
+        impl ReloadHook for Veto {
+            fn check(&self, _: &Config, new: &Config) -> Result<(), String> {
+                if new.subsystem.len() > 1 { Err("no second subsystem".into()) } else { Ok(()) }
+            }
+            fn apply(&self, _: &Live, _: &Config, _: &Config, _: &Diff) {}
+        }
+        let srv = crate::Server::build(&config(r#""*""#, false)).unwrap();
+        srv.live.add_hook(Arc::new(Veto));
+        let e = srv.live.apply(config(r#""*""#, true)).await.unwrap_err();
+        assert!(e.to_string().contains("no second subsystem"), "{e}");
+        assert!(srv.reg.lookup("nqn.2026-11.io.pinion:b").is_none());
+        assert_eq!(srv.live.config().await, config(r#""*""#, false));
     }
 }

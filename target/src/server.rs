@@ -112,7 +112,7 @@ impl Server {
             }
             let sub = Subsystem::new_nvm(&s.nqn, s.serial.as_deref(), s.model.as_deref(), vols, s.allowed_hosts());
             let dhchap = crate::nvme::auth::host_keys_from_config(s).map_err(|e| ServerError::DhchapSecret(s.nqn.clone(), e))?;
-            sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
+            let _ = sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
         // path states, shared by both protocols (ana.rs)
@@ -183,7 +183,7 @@ impl Server {
                     let i = ns.volume.info();
                     s += &format!(
                         "    namespace {}: volume {} ({}, {}, {}-byte blocks)\n",
-                        ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(i.size), i.block_size
+                        ns.nsid, ns.volume.name, i.kind, pinion_conf::size::format_size(ns.volume.size()), i.block_size
                     );
                 }
             }
@@ -252,6 +252,14 @@ impl Server {
         };
         // SendTargets reports the portals as bound (ephemeral ports resolved)
         self.iscsi.set_portals(iscsi.iter().filter_map(|l| l.local_addr().ok()).collect());
+        // every listener outlives this process in the service manager's fd
+        // store; passed-in sockets no longer configured are closed
+        crate::sockets::Inherited::close_unclaimed();
+        let named = self.reg.listeners().into_iter().zip(&nvme_tcp).map(|(a, l)| (Proto::NvmeTcp, a, l));
+        let iscsi_addrs = if self.cfg.iscsi_target.is_empty() { Vec::new() } else { self.cfg.iscsi.listen.clone() };
+        for (p, a, l) in named.chain(iscsi_addrs.into_iter().zip(&iscsi).map(|(a, l)| (Proto::Iscsi, a, l))) {
+            crate::sockets::store(&crate::sockets::fd_name(p.name(), a), l);
+        }
         Ok(Listeners { nvme_tcp, iscsi })
     }
 
@@ -424,17 +432,20 @@ fn iscsi_settings(cfg: &Config) -> IscsiSettings {
     }
 }
 
+/// A listener: the socket the service manager passed in for `addr`, else
+/// a new one (see [`crate::sockets`]).
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+    crate::sockets::listen(addr)
+}
+
+impl Proto {
+    /// The name in logs and the fd store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::NvmeTcp => "nvme-tcp",
+            Proto::Iscsi => "iscsi",
+        }
     }
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    s.set_nonblocking(true)?;
-    TcpListener::from_std(s.into())
 }
 
 async fn connection(stream: TcpStream, reg: Arc<Registry>, pool: PagePool, tcfg: TransportConfig, shutdown: watch::Receiver<bool>) {

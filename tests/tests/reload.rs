@@ -184,6 +184,7 @@ fn reload_adds_and_removes_a_namespace_and_a_lun_while_hosts_stay_connected() {
     assert_eq!(c.cqe.result.get() as u32, NS_CHANGED_DW0);
     assert_eq!(changed_ns(&mut n.admin), [2]);
     assert_eq!(n.io.read(2, 0, 1, 4096).unwrap().0.status().sc(), 0x0b, "Invalid Namespace after the removal");
+    assert_eq!(n.admin.identify_namespace(2).unwrap().nsze.get(), 0, "an inactive NSID identifies as zeroes");
     assert_eq!(n.io.read(1, 3, 1, 4096).unwrap().1, block);
     let r = i.scsi_in(0, &rw16(0x88, 5, 1), 4096).unwrap();
     assert_eq!((r.status, r.asc()), (2, (0x3f, 0x0e)));
@@ -194,6 +195,42 @@ fn reload_adds_and_removes_a_namespace_and_a_lun_while_hosts_stay_connected() {
     parse_with_prometheus(&text);
     assert_eq!(s.metric("pinion_reloads_total{result=\"applied\"}"), 2);
     assert_eq!(s.metric("pinion_reload_last_success"), 1);
+}
+
+#[test]
+fn reload_grows_a_volume_and_both_protocols_see_the_new_capacity() {
+    let mut s = Server::start(&conf(&BASE));
+    let mut n = nvme_host(s.addr);
+    let aer = park_aer(&mut n.admin);
+    let block = vec![0xa5u8; 4096];
+    let old_blocks = (64u64 << 20) / 4096;
+    assert_ok(&n.io.write(1, old_blocks - 1, &block, false).unwrap(), "write the last block");
+    assert_eq!(n.io.write(1, old_blocks, &block, false).unwrap().status().sc(), 0x80, "LBA Out of Range past the end");
+    let mut i = iscsi_login(s.iscsi_addr);
+    i.clear_unit_attentions(1).unwrap();
+
+    s.rewrite_config(&conf(&BASE).replacen(r#"size = "64MiB""#, r#"size = "96MiB""#, 1));
+    let out = reload_ok(&s);
+    assert!(out.contains("volumes resized: ram0 64 MiB -> 96 MiB"), "{out}");
+    assert_eq!(n.admin.wait(aer).unwrap().cqe.result.get() as u32, NS_CHANGED_DW0);
+    assert_eq!(changed_ns(&mut n.admin), [1]);
+    assert_eq!(n.admin.identify_namespace(1).unwrap().nsze.get(), (96 << 20) / 4096);
+    assert_ok(&n.io.write(1, old_blocks, &block, false).unwrap(), "write past the old end");
+    assert_eq!(n.io.read(1, old_blocks - 1, 1, 4096).unwrap().1, block, "data before the old end kept");
+
+    let r = i.scsi_in(0, &rw16(0x88, 0, 1), 4096).unwrap();
+    assert_eq!((r.status, r.sense_key(), r.asc()), (2, 6, (0x2a, 0x09)), "CAPACITY DATA HAS CHANGED");
+    let cap = i.scsi_in(0, &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], 32).unwrap();
+    assert_eq!(cap.status, 0);
+    assert_eq!(u64::from_be_bytes(cap.data[0..8].try_into().unwrap()) + 1, (96 << 20) / 4096, "READ CAPACITY(16)");
+    assert_eq!(i.scsi_in(0, &rw16(0x88, old_blocks, 1), 4096).unwrap().data, block);
+
+    // shrinking would take blocks from under the hosts: refused
+    s.rewrite_config(&conf(&BASE).replacen(r#"size = "64MiB""#, r#"size = "32MiB""#, 1));
+    let out = s.reload(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shrinking"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(n.admin.identify_namespace(1).unwrap().nsze.get(), (96 << 20) / 4096);
 }
 
 #[test]

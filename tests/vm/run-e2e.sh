@@ -14,6 +14,8 @@
 #   multipath  NVMe multipath (ANA) with the kernel host: two listeners,
 #            path states switched by `pinion reload` under fio (nvme-multipath.sh)
 #   auth     NVMe DH-HMAC-CHAP run against Pinion (tests/vm/nvme-auth-e2e.sh)
+#   reload   live reconfiguration and restarts with both kernel hosts
+#            (tests/vm/reload-e2e.sh)
 #   auth-nvmet  the same against the kernel's nvmet
 #            (auth targets boot Debian 12's 6.12 kernel, linux-image-6.12-amd64:
 #            6.1 has no NVMe authentication; its cache defaults to
@@ -43,8 +45,9 @@ case $target in
     ;;&
   nvmet) ;;
   auth-nvmet) script=nvme-auth-e2e.sh ;;
-  pinion|iscsi|paths|auth|multipath)
+  pinion|iscsi|paths|auth|reload|multipath)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
+    [[ $target == reload ]] && script=reload-e2e.sh
     [[ $target == multipath ]] && script=nvme-multipath.sh
     [[ $target == paths ]] && script=nvme-paths.sh
     [[ $target == auth ]] && script=nvme-auth-e2e.sh
@@ -60,7 +63,7 @@ case $target in
     [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|multipath|auth|auth-nvmet] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|multipath|auth|auth-nvmet|reload] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}

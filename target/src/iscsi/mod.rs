@@ -185,8 +185,11 @@ impl IscsiServer {
         self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A reload's new target list.
+    /// A reload's new target list. Swapped under the sessions' lock: a
+    /// login racing the reload is either among [`IscsiServer::all_sessions`]
+    /// afterwards or checked against the new list by [`IscsiServer::register`].
     pub fn set_targets(&self, t: Vec<Arc<Target>>) {
+        let _s = self.sessions();
         *self.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
     }
 
@@ -254,7 +257,17 @@ impl IscsiServer {
         }
         h.tsih = if old_tsih != 0 { old_tsih } else { self.alloc_tsih() };
         let h = Arc::new(h);
-        self.sessions().insert(h.tsih, h.clone());
+        let mut s = self.sessions();
+        s.insert(h.tsih, h.clone());
+        // a reload since the login looked the target up may have removed
+        // it or this initiator: the session ends at once
+        if let Some(t) = &h.target {
+            if !self.targets().iter().any(|x| x.name == t.name && x.allows(&h.initiator)) {
+                tracing::info!(tsih = h.tsih, initiator = %h.initiator, target = %t.name, "login raced a reload that removed the target or the initiator: ending the session");
+                let _ = h.kill.send(Kill::Disconnected);
+            }
+        }
+        drop(s);
         h
     }
 

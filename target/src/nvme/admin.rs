@@ -69,7 +69,14 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             ctx.data_reply(sqe, id.as_bytes(), 0).await
         }
         cns::NAMESPACE if !discovery => {
-            let ns = ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr())?;
+            let Some(ns) = ctx.subsys.namespace(nsid) else {
+                // an NSID up to NN that no namespace has (now) is inactive:
+                // a zero-filled structure, not an error (base spec, Identify)
+                if nsid != 0 && nsid <= MAX_NSID {
+                    return ctx.data_reply(sqe, IdentifyNamespace::new_zeroed().as_bytes(), 0).await;
+                }
+                return Err(Status::INVALID_NS.dnr());
+            };
             let mut id = IdentifyNamespace::new_zeroed();
             let nsze = ns.nsze();
             id.nsze = nsze.into();
@@ -81,7 +88,7 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.dlfeat = 0x1 | 1 << 3;
             // may be attached to several controllers
             id.nmic = 1;
-            id.nvmcap = log::u128_le(u128::from(ns.volume.info().size));
+            id.nvmcap = log::u128_le(u128::from(ns.volume.size()));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
             id.anagrpid = super::ana::group(ctx, &ns).into();

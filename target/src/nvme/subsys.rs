@@ -44,7 +44,7 @@ impl Namespace {
     }
     /// Size in logical blocks.
     pub fn nsze(&self) -> u64 {
-        self.volume.info().size >> self.lba_shift()
+        self.volume.size() >> self.lba_shift()
     }
 }
 
@@ -79,6 +79,8 @@ pub struct Access {
 struct Controllers {
     by_id: HashMap<u16, Arc<Controller>>,
     next: u16,
+    /// A reload removed the subsystem: no new controllers.
+    closed: bool,
 }
 
 /// Identifiers derived from names, so they survive restarts without state.
@@ -108,7 +110,7 @@ impl Subsystem {
             model: model.unwrap_or("Pinion").to_string(),
             namespaces: RwLock::new(Arc::new(namespaces)),
             access: RwLock::new(Arc::new(Access { hosts, dhchap: HashMap::new() })),
-            controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1 }),
+            controllers: Mutex::new(Controllers { by_id: HashMap::new(), next: 1, closed: false }),
         }
     }
 
@@ -126,10 +128,22 @@ impl Subsystem {
         self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A reload's new hosts and secrets (connected controllers are the
-    /// reload's business).
-    pub fn set_access(&self, a: Access) {
+    /// A reload's new hosts and secrets. Returns the controllers of hosts
+    /// no longer allowed (the caller tears them down): swapped under the
+    /// controllers' lock, so a Connect racing the reload is either in that
+    /// list or checked against the new hosts by [`Subsystem::add_controller`].
+    pub fn set_access(&self, a: Access) -> Vec<Arc<Controller>> {
+        let c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
         *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(a);
+        c.by_id.values().filter(|x| !self.host_allowed(&x.hostnqn)).cloned().collect()
+    }
+
+    /// A reload removed the subsystem: no controller is added from now on;
+    /// returns those there are (the caller tears them down).
+    pub fn close(&self) -> Vec<Arc<Controller>> {
+        let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        c.closed = true;
+        c.by_id.values().cloned().collect()
     }
 
     /// The namespaces now, in NSID order.
@@ -172,14 +186,24 @@ impl Subsystem {
     }
 
     /// Registers a new controller under a free ID (1..=0xffef, as the
-    /// dynamic controller model allows).
+    /// dynamic controller model allows). None when no ID is free, or when
+    /// a reload removed the subsystem or its host since the Connect
+    /// checked them.
     pub fn add_controller(&self, make: impl FnOnce(u16) -> Arc<Controller>) -> Option<Arc<Controller>> {
         let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        if c.closed {
+            tracing::info!(subsys = %self.nqn, "Connect refused: the subsystem was removed by a reload");
+            return None;
+        }
         for _ in 0..0xffef {
             let id = c.next;
             c.next = if c.next >= 0xffef { 1 } else { c.next + 1 };
             if let std::collections::hash_map::Entry::Vacant(v) = c.by_id.entry(id) {
                 let ctrl = make(id);
+                if !self.host_allowed(&ctrl.hostnqn) {
+                    tracing::info!(subsys = %self.nqn, host = %ctrl.hostnqn, "Connect refused: a reload removed the host");
+                    return None;
+                }
                 v.insert(ctrl.clone());
                 return Some(ctrl);
             }

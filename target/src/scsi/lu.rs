@@ -179,7 +179,7 @@ impl LogicalUnit {
 
     /// Capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
-        self.volume.info().size / self.block_size()
+        self.volume.size() / self.block_size()
     }
 
     /// Byte offset and length of an LBA range inside the medium.

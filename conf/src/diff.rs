@@ -33,6 +33,8 @@ pub struct Diff {
     /// with any of them is refused (the file would no longer describe
     /// what runs).
     pub restart_only: Vec<String>,
+    /// `[[ana_group]]` IDs whose volumes or path states changed (applied live, ana.rs).
+    pub ana_groups_changed: Vec<String>,
 }
 
 fn by_key<T>(v: &[T], key: impl Fn(&T) -> &str) -> Vec<(&str, &T)> {
@@ -102,6 +104,10 @@ impl Diff {
         restart("[log]", old.log != new.log);
         restart("[debug]", old.debug != new.debug);
         restart("[management]", old.management != new.management);
+        let id = |g: &crate::ana::AnaGroupConfig| g.id.to_string();
+        let ids: std::collections::BTreeSet<String> = old.ana_group.iter().chain(&new.ana_group).map(id).collect();
+        let find = |c: &Config, i: &str| c.ana_group.iter().find(|g| id(g) == i).cloned();
+        d.ana_groups_changed = ids.into_iter().filter(|i| find(old, i) != find(new, i)).collect();
         d
     }
 
@@ -134,6 +140,7 @@ impl Diff {
         list("NVMe/TCP listeners removed:", &s(&self.nvme_listen_removed));
         list("iSCSI listeners added:", &s(&self.iscsi_listen_added));
         list("iSCSI listeners removed:", &s(&self.iscsi_listen_removed));
+        list("ANA groups changed:", &self.ana_groups_changed);
         if parts.is_empty() {
             "no change".into()
         } else {
@@ -204,5 +211,17 @@ mod tests {
         assert_eq!(d.volumes_resized, vec![("a".to_string(), 1 << 20, 4 << 20)]);
         assert_eq!(d.volumes_replaced, vec!["b"]);
         assert_eq!(d.restart_only, vec!["[memory]"]);
+    }
+
+    #[test]
+    fn ana_groups_are_compared_by_id() {
+        let g = |s: &str| format!("{BASE}\n[[ana_group]]\nid = 2\nvolumes = [\"a\"]\n{s}\n");
+        let d = Diff::between(&cfg(&g("")), &cfg(&g("")));
+        assert!(d.is_empty(), "{d:?}");
+        let d = Diff::between(&cfg(&g("")), &cfg(&g(r#"inaccessible = ["127.0.0.1:4420"]"#)));
+        assert_eq!(d.ana_groups_changed, vec!["2"]);
+        assert!(d.restart_only.is_empty());
+        assert_eq!(d.summary(), "ANA groups changed: 2");
+        assert_eq!(Diff::between(&cfg(BASE), &cfg(&g(""))).ana_groups_changed, vec!["2"]);
     }
 }

@@ -54,8 +54,14 @@ pub fn check(ctx: &QueueCtx, ns: &Namespace) -> Result<(), Status> {
     Err(status)
 }
 
+/// The largest the ANA log can be (what a host sizes its buffer to from
+/// Identify: header, NANAGRPID descriptors, MNAN NSIDs).
+pub const LOG_MAX: usize = 16 + 32 * MAX_GROUP as usize + 4 * MNAN as usize;
+
 /// The ANA log page as this controller's port sees it: every ANA group,
-/// with the namespaces of this subsystem in it (none with RGO).
+/// with the namespaces of this subsystem in it (none with RGO). Zero padded
+/// to [`LOG_MAX`], so that a host reading it in pieces (nvme-cli asks for
+/// 4 KiB at a time) finds zeroes past the end rather than an error.
 pub fn log_page(ctx: &QueueCtx, lsp: u8) -> Vec<u8> {
     let rgo = lsp & ANA_LSP_RGO != 0;
     let view = ctx.reg.ana.view();
@@ -81,5 +87,6 @@ pub fn log_page(ctx: &QueueCtx, lsp: u8) -> Vec<u8> {
             out.extend_from_slice(&n.to_le_bytes());
         }
     }
+    out.resize(out.len().max(LOG_MAX), 0);
     out
 }

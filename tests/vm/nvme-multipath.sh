@@ -126,7 +126,10 @@ nvme list-subsys
 nvme list-subsys "$head" | tee "$WORK/ls1"
 grep -Eq "trsvcid=$P1.* live optimized" "$WORK/ls1" || fail "list-subsys: $P1 is not live optimized"
 grep -Eq "trsvcid=$P2.* live non-optimized" "$WORK/ls1" || fail "list-subsys: $P2 is not live non-optimized"
-nvme ana-log "/dev/${A%%n1}" 2>/dev/null | head -n 20 || nvme ana-log "$head" | head -n 20 || true
+# the controller of path nvme<S>c<C>n1 is nvme<C>
+ctrl_a=${A#*c}; ctrl_a=nvme${ctrl_a%%n*}
+nvme ana-log "/dev/$ctrl_a" | tee "$WORK/ana1" || fail "nvme ana-log /dev/$ctrl_a"
+grep -Eq 'state[[:space:]]*:[[:space:]]*optimized' "$WORK/ana1" || fail "ana-log of $ctrl_a ($P1) does not say optimized"
 [[ $(ana "$A") == optimized && $(ana "$B") == non-optimized ]] || fail "sysfs ana_state: $A=$(ana "$A") $B=$(ana "$B")"
 cat /sys/class/nvme-subsystem/nvme-subsys*/iopolicy 2>/dev/null | sed 's/^/iopolicy: /'
 

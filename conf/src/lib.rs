@@ -467,6 +467,14 @@ pub struct ManagementConfig {
 }
 
 impl ManagementConfig {
+    /// `[management]` of a file that may not validate as a whole (`pinion
+    /// reload` must reach the server to have it reject the file): just that
+    /// key, from the file and `PINION_MANAGEMENT__SOCKET`; the default when
+    /// neither says.
+    pub fn of_file_leniently(path: &Path) -> ManagementConfig {
+        load::management_leniently(path)
+    }
+
     /// The socket to serve (`None`: off), and whether it was asked for explicitly (so failing to
     /// create it is an error rather than a warning).
     pub fn socket_path(&self) -> Option<(PathBuf, bool)> {

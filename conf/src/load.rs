@@ -68,3 +68,14 @@ pub(crate) fn load_str(
     config.validate()?;
     Ok(config)
 }
+
+/// See [`crate::ManagementConfig::of_file_leniently`].
+pub(crate) fn management_leniently(path: &Path) -> crate::ManagementConfig {
+    let from_env = std::env::var_os("PINION_MANAGEMENT__SOCKET").map(std::path::PathBuf::from);
+    let from_file = || {
+        let text = std::fs::read_to_string(path).ok()?;
+        let c = config::Config::builder().add_source(File::from_str(&text, FileFormat::Toml)).build().ok()?;
+        c.get_string("management.socket").ok().map(std::path::PathBuf::from)
+    };
+    crate::ManagementConfig { socket: from_env.or_else(from_file) }
+}

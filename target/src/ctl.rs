@@ -51,6 +51,9 @@ fn socket_path(a: &CtlArgs) -> Result<PathBuf, String> {
         return Ok(s.clone());
     }
     let m = match &a.config {
+        // a reload is how the server hears that the file is wrong: it must
+        // reach the server even so, which then rejects it with the errors
+        Some(f) if matches!(a.cmd, CtlCmd::Reload) => pinion_conf::ManagementConfig::of_file_leniently(f),
         Some(f) => pinion_conf::Config::load(f).map_err(|e| format!("{}: {e}", f.display()))?.management,
         None => pinion_conf::ManagementConfig::default(),
     };

@@ -253,6 +253,10 @@ fn an_invalid_config_is_rejected_whole_and_the_server_is_unchanged() {
     let first = check_err.lines().find(|l| l.contains("nosuch")).expect("check-config names the problem");
     assert!(err.contains(first.split_once(": ").map(|(_, e)| e).unwrap_or(first)), "reload:\n{err}\ncheck-config:\n{check_err}");
     assert_eq!(namespaces(&s), [(1, "ram0".to_string())]);
+    // as ExecReload= runs it: the socket is found in the file although the file is invalid
+    let out = Command::new(pinion_tests::server::binary()).arg("reload").arg("--config").arg(s.config_path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
 
     // a volume that cannot be opened (a read-only file shorter than its
     // size): rejected too, nothing half-applied
@@ -274,7 +278,7 @@ fn an_invalid_config_is_rejected_whole_and_the_server_is_unchanged() {
     // no event was posted; the host's queues still work
     assert!(changed_ns(&mut n.admin).is_empty());
     assert_ok(&n.io.write(1, 0, &[1u8; 4096], false).unwrap(), "write after rejected reloads");
-    assert_eq!(s.metric("pinion_reloads_total{result=\"rejected\"}"), 3);
+    assert_eq!(s.metric("pinion_reloads_total{result=\"rejected\"}"), 4);
     assert_eq!(s.metric("pinion_reload_last_success"), 0);
     // a good config afterwards applies
     s.rewrite_config(&conf(&Conf { ns: r#""ram0", "ram1""#, ..BASE }));

@@ -36,6 +36,14 @@ step() { printf '\n===== %s\n' "$*"; }
 ok() { passed=$((passed + ${2:-1})); printf -- '--- ok: %s\n' "$1"; }
 bad() { failed=$((failed + ${2:-1})); failures+=("$1"); printf -- '--- FAILED: %s\n' "$1"; }
 
+# A full disk fails every step at once with errors far from the cause
+# (one CI run did): say so first. A build tree takes ~1.5 GiB, the fuzz
+# builds and VM images a few more.
+avail_kib=$(df -Pk "$REPO" | awk 'NR == 2 {print $4}')
+if (( avail_kib < 8 * 1024 * 1024 )); then
+  echo "WARNING: only $((avail_kib / 1024)) MiB free on $(df -P "$REPO" | awk 'NR == 2 {print $6}'); the build and the VM tests need about 8 GiB"
+fi
+
 step "install test dependencies"
 if [[ $(id -u) == 0 ]]; then
   ./scripts/install-test-deps.sh || { bad "install-test-deps"; }
@@ -110,6 +118,8 @@ else
   if tests/vm/run-e2e.sh pinion "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-pinion.out" 2>&1; then tail -n 2 "$LOG/vm-pinion.out"; ok "vm e2e pinion"; else tail -n 80 "$LOG/vm-pinion.out"; bad "vm e2e pinion"; fi
   step "kernel iSCSI initiator (open-iscsi) vs Pinion, without and with CHAP"
   if tests/vm/run-e2e.sh iscsi "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-iscsi.out" 2>&1; then tail -n 2 "$LOG/vm-iscsi.out"; ok "vm e2e iscsi"; else tail -n 80 "$LOG/vm-iscsi.out"; bad "vm e2e iscsi"; fi
+  step "reservations across NVMe/TCP and iSCSI: nvme-cli resv-*, sg_persist, a second NVMe host (VM, ~30 s)"
+  if tests/vm/run-e2e.sh resv "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-resv.out" 2>&1; then tail -n 2 "$LOG/vm-resv.out"; ok "vm e2e resv"; else tail -n 80 "$LOG/vm-resv.out"; bad "vm e2e resv"; fi
   step "live reconfiguration and restarts with the kernel NVMe/TCP and iSCSI hosts (VM)"
   if tests/vm/run-e2e.sh reload "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-reload.out" 2>&1; then tail -n 2 "$LOG/vm-reload.out"; ok "vm e2e reload"; else tail -n 80 "$LOG/vm-reload.out"; bad "vm e2e reload"; fi
   step "NVMe multipath (ANA): kernel host on two listeners, path states switched by pinion reload under fio verify (VM, ~2 min)"

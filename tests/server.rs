@@ -260,6 +260,39 @@ impl Server {
         fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
+    /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again (after [`Server::kill9`]) with the same
+    /// config, ports and directory; its log goes on in the same file.
+    pub fn restart(mut self) -> Server {
+        self.respawn();
+        self.wait_ready();
+        self
+    }
+
+    /// [`Server::restart`] without waiting for the listeners.
+    pub fn restart_no_wait(mut self) -> Server {
+        self.respawn();
+        self
+    }
+
+    fn respawn(&mut self) {
+        let out = fs::OpenOptions::new().append(true).open(&self.log).expect("open log");
+        let err = out.try_clone().expect("clone log fd");
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve").arg("--config").arg(self.dir.path().join("pinion.toml")).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().to_ascii_uppercase().starts_with("PINION_") {
+                cmd.env_remove(&k);
+            }
+        }
+        self.child = cmd.spawn().expect("respawn pinion");
+    }
+
     /// True while the process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

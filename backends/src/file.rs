@@ -17,6 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 use crate::metrics::METRICS;
 
+mod ram;
+mod ring;
+
 pub struct FileBackend {
     info: BackendInfo,
     /// The size now: `info.size` until a reload grows the volume.
@@ -26,10 +29,12 @@ pub struct FileBackend {
     file: Arc<File>,
     /// An `O_DIRECT` fd when the volume is `direct` or `auto`; I/O it
     /// cannot align falls back to `file`.
-    direct: Option<File>,
+    direct: Option<Arc<File>>,
     mode: IoMode,
     /// A memfd: every page is resident by construction.
     in_memory: bool,
+    /// A RAM volume's memfd, mapped: its I/O is a memcpy ([`ram`]).
+    ram: Option<ram::Ram>,
     /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
     /// that `mincore(2)` reads residency from.
     residency: Option<crate::sys::ResidencyMap>,
@@ -68,7 +73,8 @@ impl FileBackend {
             None,
             IoMode::Auto,
         )
-        .in_memory())
+        .in_memory()
+        .with_ram_map())
     }
 
     /// A regular file, created with `size` when missing; an existing file
@@ -185,9 +191,10 @@ impl FileBackend {
             size: info.size.into(),
             info,
             file: Arc::new(file),
-            direct,
+            direct: direct.map(Arc::new),
             mode,
             in_memory: false,
+            ram: None,
             residency: None,
             no_punch: false.into(),
             no_zero_range: false.into(),
@@ -201,7 +208,7 @@ impl FileBackend {
 
     /// Direct I/O needs page-aligned memory (pool pages are) and lengths
     /// and offsets aligned to the logical block size.
-    fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&File> {
+    fn direct_fd(&self, offset: u64, sgl: &Sgl) -> Option<&Arc<File>> {
         let d = self.direct.as_ref()?;
         let bs = u64::from(self.info.block_size);
         let aligned = offset.is_multiple_of(bs)
@@ -317,6 +324,10 @@ impl Backend for FileBackend {
         Some(&self.file)
     }
 
+    fn as_file(&self) -> Option<&FileBackend> {
+        Some(self)
+    }
+
     fn io_error(&self, e: std::io::Error, write: bool) -> BackendError {
         self.fail(e, write)
     }
@@ -373,6 +384,9 @@ impl Backend for FileBackend {
 
     fn read_cached(&self, offset: u64, sgl: &mut Sgl) -> Result<bool> {
         self.check_range(offset, sgl.len() as u64)?;
+        if self.ram_read(offset, sgl).map_err(|e| self.fail(e, false))? {
+            return Ok(true);
+        }
         let want = sgl.len();
         let mut bufs = sgl.io_slices_mut();
         match rustix::io::preadv2(&*self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
@@ -384,6 +398,9 @@ impl Backend for FileBackend {
 
     fn read_buffered(&self, offset: u64, sgl: &mut Sgl) -> Result<()> {
         self.check_range(offset, sgl.len() as u64)?;
+        if self.ram_read(offset, sgl).map_err(|e| self.fail(e, false))? {
+            return Ok(());
+        }
         read_all(&self.file, offset, &mut sgl.io_slices_mut(), self.eof_reads_zeroes()).map_err(|e| self.fail(e, false))
     }
 
@@ -405,6 +422,10 @@ impl Backend for FileBackend {
         let dsync = fua && self.info.volatile_cache;
         if dsync {
             METRICS.write_durable.add(sgl.len());
+        }
+        if self.ram_write(offset, sgl).map_err(|e| self.fail(e, true))? {
+            METRICS.write_buffered.add(sgl.len());
+            return Ok(WritePath::Buffered);
         }
         // `auto` writes through the page cache, so what was just written is
         // hot for the reads that often follow; only `direct` bypasses it.
@@ -445,7 +466,10 @@ impl Backend for FileBackend {
         use std::sync::atomic::Ordering::Relaxed;
         if deallocate && !self.no_punch.load(Relaxed) {
             match rustix::fs::fallocate(&*self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.ram_punched(offset, len);
+                    return Ok(());
+                }
                 Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => self.no_punch.store(true, Relaxed),
                 Err(e) => return Err(self.fail(e.into(), true)),
             }

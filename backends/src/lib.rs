@@ -14,9 +14,11 @@ pub mod locks;
 pub mod metrics;
 pub mod null;
 pub mod pool;
+pub mod resv;
 pub mod sgl;
 pub mod splice;
 mod sys;
+pub mod uring;
 pub mod volume;
 
 use std::sync::Arc;
@@ -132,6 +134,11 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The file whose page cache holds the volume's bytes, for splice.
     fn splice_file(&self) -> Option<&Arc<std::fs::File>> {
+        None
+    }
+    /// The file backend behind this one, whose I/O the io_uring engine
+    /// can submit ([`crate::uring`]); `None` for the others.
+    fn as_file(&self) -> Option<&file::FileBackend> {
         None
     }
     /// Whether a range is entirely in the page cache; `None` when unknown.

@@ -47,6 +47,14 @@ pub struct DataPathMetrics {
     pub zerocopy_copied: AtomicU64,
     /// Connections that stopped using zero-copy because the kernel copied.
     pub zerocopy_disabled: AtomicU64,
+    /// 1 when file and block volumes do their I/O on io_uring, 0 when on
+    /// the blocking thread pool (see [`crate::uring`]).
+    pub io_engine_uring: AtomicU64,
+    /// Times io_uring could not be used: unavailable at start, turned off
+    /// by configuration, or a thread's ring could not be set up.
+    pub io_engine_fallbacks: AtomicU64,
+    /// File-volume operations submitted to io_uring.
+    pub uring_ops: AtomicU64,
     /// Why a cheaper path was not taken.
     pub fallback_data_digest: AtomicU64,
     pub fallback_no_pipe: AtomicU64,

@@ -146,6 +146,74 @@ impl Drop for ResidencyMap {
     }
 }
 
+/// A RAM volume's memfd, mapped shared and writable once, so reads and
+/// writes are a `memcpy` between its pages and pool pages with no system
+/// call. The memfd's page cache *is* this memory: splice from the memfd,
+/// `fallocate` on it and `SEEK_DATA` see what the copies wrote.
+///
+/// No Rust reference into the mapping is ever made: it is only copied from
+/// and to through raw pointers, bounds-checked here. Copies of the same
+/// bytes from several threads at once are kept apart by the volume's range
+/// locks; without them (a caller that bypasses [`crate::Volume`]) a
+/// concurrent read may see a mix of old and new bytes, as with
+/// `pread`/`pwrite` on the memfd, never memory outside the mapping.
+pub(crate) struct RamMap {
+    /// The mapping's address, kept as an integer (see [`ResidencyMap`]).
+    addr: usize,
+    len: usize,
+}
+
+impl RamMap {
+    /// Maps all `len` bytes of `fd` (a memfd of at least that size, which
+    /// is never truncated while mapped).
+    pub(crate) fn new(fd: impl AsFd, len: u64) -> std::io::Result<RamMap> {
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a new mapping at an address the kernel picks cannot
+        // overlap memory Rust owns; the memfd is ours and never shrunk, so
+        // every byte of the mapping stays backed (no SIGBUS).
+        let ptr = unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::NORESERVE, fd, 0) }?;
+        Ok(RamMap { addr: ptr as usize, len })
+    }
+
+    fn at(&self, off: u64, n: usize) -> std::io::Result<usize> {
+        match off.checked_add(n as u64) {
+            Some(end) if end <= self.len as u64 => Ok(self.addr + off as usize),
+            _ => Err(std::io::Error::from_raw_os_error(libc::ERANGE)),
+        }
+    }
+
+    /// Copies `dst.len()` bytes from byte `off` of the volume.
+    pub(crate) fn read(&self, off: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let src = self.at(off, dst.len())?;
+        // SAFETY: `[src, src + dst.len())` lies inside the mapping (checked
+        // by `at`), which is readable and stays mapped while `self` lives;
+        // `dst` is a distinct Rust buffer (pool memory never overlaps the
+        // mapping), valid for writes of its length.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` to byte `off` of the volume.
+    pub(crate) fn write(&self, off: u64, src: &[u8]) -> std::io::Result<()> {
+        let dst = self.at(off, src.len())?;
+        // SAFETY: as in `read`, with the mapping writable and `src` valid
+        // for reads of its length.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for RamMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`, unmapped only here.
+        let _ = unsafe { rustix::mm::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

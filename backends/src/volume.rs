@@ -11,6 +11,7 @@
 
 use crate::metrics::{Fallback, VolumeMetrics, METRICS};
 use crate::splice::{PageCacheRange, PipeLease, PIPE_BYTES};
+use crate::uring::Ring;
 use crate::{Backend, BackendError, BackendInfo, IoMode, PagePool, Result, Sgl, WritePath};
 use crate::{Direction, LockMode, RangeGuard, RangeLocks};
 use std::sync::Arc;
@@ -63,6 +64,9 @@ pub struct Volume {
     policy: DataPolicy,
     /// This volume's paths (the process-wide totals are in [`METRICS`]).
     pub metrics: VolumeMetrics,
+    /// The one reservation state of this volume, whichever protocol
+    /// serves it (see [`crate::resv`]).
+    pub resv: crate::resv::Reservations,
 }
 
 impl std::fmt::Debug for Volume {
@@ -77,7 +81,7 @@ impl Volume {
     }
 
     pub fn with_policy(name: &str, backend: Arc<dyn Backend>, pool: PagePool, policy: DataPolicy) -> Volume {
-        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy, metrics: VolumeMetrics::default() }
+        Volume { name: name.to_string(), backend, pool, locks: Arc::default(), policy, metrics: VolumeMetrics::default(), resv: Default::default() }
     }
 
     /// The path a READ takes (see the module docs and DESIGN.md "Splice or
@@ -165,6 +169,13 @@ impl Volume {
         }
     }
 
+    /// The file backend and this thread's ring, when this volume's I/O goes
+    /// to io_uring (file and block volumes, io_uring engine, on a runtime).
+    fn ring(&self) -> Option<(&crate::file::FileBackend, Arc<Ring>)> {
+        let f = self.backend.as_file().filter(|f| f.info().may_block)?;
+        Some((f, Ring::current()?))
+    }
+
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
     pub async fn read(&self, offset: u64, len: usize, opts: ReadOpts) -> Result<Sgl> {
         self.check_range(offset, len as u64)?;
@@ -184,8 +195,27 @@ impl Volume {
         let _g = self.read_lock(offset, len).await;
         let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
         let probe = path == ReadPath::Probe;
-        let (sgl, was_direct) = self
-            .run(move |b| {
+        let (sgl, was_direct) = if let Some((f, ring)) = self.ring() {
+            // the probe cannot block (RWF_NOWAIT): it runs inline
+            if probe && f.read_cached(offset, &mut sgl)? {
+                (sgl, false)
+            } else {
+                let mut sgl = sgl;
+                let mut was_direct = false;
+                if direct {
+                    let (r, s) = f.ring_read_direct(&ring, offset, sgl).await;
+                    sgl = s;
+                    was_direct = r?;
+                }
+                if !was_direct {
+                    let (r, s) = f.ring_read_buffered(&ring, offset, sgl).await;
+                    sgl = s;
+                    r?;
+                }
+                (sgl, was_direct)
+            }
+        } else {
+            self.run(move |b| {
                 if probe && b.read_cached(offset, &mut sgl)? {
                     return Ok((sgl, false));
                 }
@@ -194,7 +224,8 @@ impl Volume {
                 }
                 b.read_buffered(offset, &mut sgl).map(|()| (sgl, false))
             })
-            .await?;
+            .await?
+        };
         if was_direct {
             METRICS.direct.add(len);
             self.metrics.read_direct.add(len);
@@ -244,7 +275,11 @@ impl Volume {
 
     async fn write_counted(&self, offset: u64, sgl: Sgl, fua: bool) -> Result<()> {
         let len = sgl.len();
-        match self.run(move |b| b.write_path(offset, &sgl, fua)).await? {
+        let path = match self.ring() {
+            Some((f, ring)) => f.ring_write(&ring, offset, sgl, fua).await?,
+            None => self.run(move |b| b.write_path(offset, &sgl, fua)).await?,
+        };
+        match path {
             WritePath::Direct => self.metrics.write_direct.add(len),
             WritePath::Buffered => self.metrics.write_buffered.add(len),
             WritePath::BufferedUnaligned => {
@@ -261,7 +296,13 @@ impl Volume {
     pub async fn read_locked(&self, guard: &RangeGuard, offset: u64, len: usize) -> Result<Sgl> {
         self.check_locked(guard, offset, len as u64)?;
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
-        let sgl = self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?;
+        let sgl = match self.ring() {
+            Some((f, ring)) => {
+                let (r, sgl) = f.ring_read(&ring, offset, sgl).await;
+                r.map(|()| sgl)?
+            }
+            None => self.run(move |b| b.read(offset, &mut sgl).map(|()| sgl)).await?,
+        };
         METRICS.copy.add(len);
         self.metrics.read_copy.add(len);
         Ok(sgl.into_source())
@@ -287,6 +328,9 @@ impl Volume {
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> Result<()> {
+        if let Some((f, ring)) = self.ring() {
+            return f.ring_flush(&ring).await;
+        }
         self.run(|b| b.flush()).await
     }
 
@@ -298,6 +342,13 @@ impl Volume {
             return Err(BackendError::ReadOnly);
         }
         let _g = self.locks.lock(offset, len, LockMode::Exclusive).await;
+        if let Some((f, ring)) = self.ring() {
+            f.ring_write_zeroes(&ring, offset, len, deallocate).await?;
+            if fua {
+                f.ring_flush(&ring).await?;
+            }
+            return Ok(());
+        }
         self.run(move |b| {
             b.write_zeroes(offset, len, deallocate)?;
             if fua {
@@ -327,6 +378,13 @@ impl Volume {
         let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
         let _g = self.locks.lock(start, end - start, LockMode::Exclusive).await;
+        if let Some((f, ring)) = self.ring() {
+            for &(o, l) in &ranges {
+                // a discard is a deallocating write of zeroes (see FileBackend)
+                f.ring_write_zeroes(&ring, o, l, true).await?;
+            }
+            return Ok(());
+        }
         self.run(move |b| ranges.iter().try_for_each(|&(o, l)| b.discard(o, l))).await
     }
 }

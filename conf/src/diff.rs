@@ -108,6 +108,8 @@ impl Diff {
         let ids: std::collections::BTreeSet<String> = old.ana_group.iter().chain(&new.ana_group).map(id).collect();
         let find = |c: &Config, i: &str| c.ana_group.iter().find(|g| id(g) == i).cloned();
         d.ana_groups_changed = ids.into_iter().filter(|i| find(old, i) != find(new, i)).collect();
+        // volumes already serving keep the store they were started with
+        restart("[state]", old.state != new.state);
         d
     }
 

@@ -57,6 +57,7 @@ pub struct Config {
     /// Multipath path states (`[[ana_group]]`, see [`ana`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ana_group: Vec<ana::AnaGroupConfig>,
+    pub state: StateConfig,
 }
 
 /// `[nvme_tcp]`: listener addresses and the limits advertised to hosts.
@@ -486,6 +487,17 @@ impl ManagementConfig {
     }
 }
 
+/// `[state]`: where the server keeps what must survive a restart (reservations with APTPL /
+/// PTPL set, one file per volume, written atomically).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory (created if missing). Absent: nothing persists, and hosts are told so
+    /// (SCSI PTPL_C 0, NVMe RESCAP without PTPL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
 /// `[runtime]`: how the server spreads connections over threads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -495,6 +507,19 @@ pub struct RuntimeConfig {
     /// mask). More reactors than CPUs share CPUs round-robin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
+    /// How file and block volumes do their I/O: `auto` (io_uring, one ring per reactor, where the
+    /// kernel allows it; else the blocking thread pool) or `threads` (always the thread pool).
+    /// `PINION_RUNTIME__IO_ENGINE=threads` forces the fallback from the environment.
+    pub io_engine: IoEngine,
+}
+
+/// `[runtime] io_engine`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    #[default]
+    Auto,
+    Threads,
 }
 
 /// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).
@@ -558,6 +583,7 @@ impl Default for Config {
             debug: DebugConfig::default(),
             management: ManagementConfig::default(),
             ana_group: Vec::new(),
+            state: StateConfig::default(),
         }
     }
 }

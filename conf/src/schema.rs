@@ -139,12 +139,13 @@ const ANA_GROUP: &[Field] = &[
     opt("change", Kind::Addrs),
 ];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
-const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32))];
+const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32)), opt("io_engine", Kind::Enum(&["auto", "threads"]))];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),
 ];
 const MANAGEMENT: &[Field] = &[opt("socket", Kind::Str)];
+const STATE: &[Field] = &[opt("dir", Kind::Str)];
 const DEBUG: &[Field] = &[
     opt("poison_released_pages", Kind::Bool),
     opt("early_release", Kind::Bool),
@@ -165,6 +166,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("debug", Kind::Section(DEBUG)),
     opt("management", Kind::Section(MANAGEMENT)),
     opt("ana_group", Kind::Tables(ANA_GROUP)),
+    opt("state", Kind::Section(STATE)),
 ];
 
 /// Checks the merged tree against [`ROOT`]; returns every problem, in file-schema order.

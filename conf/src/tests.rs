@@ -95,7 +95,7 @@ fn example_file_parses_to_expected_values() {
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
-        runtime: RuntimeConfig { cores: None },
+        runtime: RuntimeConfig { cores: None, io_engine: Default::default() },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
@@ -107,6 +107,7 @@ fn example_file_parses_to_expected_values() {
         },
         management: ManagementConfig { socket: None },
         ana_group: vec![],
+        state: StateConfig { dir: None },
     };
     assert_eq!(c, expected);
     assert_eq!(c.nvme_tcp.inline_data_size, 16384);
@@ -364,6 +365,7 @@ fn schema_matches_serde_structs() {
     full.subsystem[0].model = Some("m".into());
     full.metrics.listen = Some(addr("127.0.0.1:9464"));
     full.management.socket = Some("/run/pinion/ctl.sock".into());
+    full.state.dir = Some("/var/lib/pinion".into());
     full.runtime.cores = Some(2);
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     full.subsystem[0].host = vec![SubsystemHostConfig {

@@ -189,7 +189,8 @@ async fn run_one(q: &mut Queue, cmd: Command, h2c: &[u8]) -> Stop {
     // what may stay outstanding under this CID: a held fused first, AERs
     let outstanding = q.pending.get(&sqe.cid()).copied().unwrap_or(0);
     let held = usize::from(q.fused.as_ref().is_some_and(|c| c.sqe.cid() == sqe.cid()));
-    let aers = if q.ctx.qid == 0 { q.ctx.ctrl.lock().aers.iter().filter(|&&c| c == sqe.cid()).count() } else { 0 };
+    // (parked AERs are not listed by CID: any of them may be this one)
+    let aers = if q.ctx.qid == 0 { q.ctx.ctrl.lock().aen.parked() } else { 0 };
     assert!(outstanding <= held + aers, "command {:#x} (CID {}) never completed", sqe.opcode, sqe.cid());
     stop
 }

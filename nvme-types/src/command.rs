@@ -149,6 +149,10 @@ pub mod io {
     pub const COMPARE: Opcode = Opcode(0x05);
     pub const WRITE_ZEROES: Opcode = Opcode(0x08);
     pub const DSM: Opcode = Opcode(0x09);
+    pub const RESV_REGISTER: Opcode = Opcode(0x0d);
+    pub const RESV_REPORT: Opcode = Opcode(0x0e);
+    pub const RESV_ACQUIRE: Opcode = Opcode(0x11);
+    pub const RESV_RELEASE: Opcode = Opcode(0x15);
 
     /// Name of an I/O opcode, for logs.
     pub fn name(op: Opcode) -> &'static str {
@@ -159,6 +163,10 @@ pub mod io {
             COMPARE => "compare",
             WRITE_ZEROES => "write_zeroes",
             DSM => "dsm",
+            RESV_REGISTER => "resv_register",
+            RESV_REPORT => "resv_report",
+            RESV_ACQUIRE => "resv_acquire",
+            RESV_RELEASE => "resv_release",
             _ => "unknown",
         }
     }
@@ -188,6 +196,10 @@ pub mod feature {
     pub const ASYNC_EVENT: u8 = 0x0b;
     pub const KATO: u8 = 0x0f;
     pub const HOST_ID: u8 = 0x81;
+    /// Reservation Notification Mask (per namespace).
+    pub const RESV_MASK: u8 = 0x82;
+    /// Reservation Persistence: PTPL (per namespace).
+    pub const RESV_PERSIST: u8 = 0x83;
 }
 
 #[cfg(test)]

@@ -122,6 +122,17 @@ pub mod oncs {
     pub const WRITE_UNCORRECTABLE: u16 = 1 << 1;
     pub const DSM: u16 = 1 << 2;
     pub const WRITE_ZEROES: u16 = 1 << 3;
+    pub const RESERVATIONS: u16 = 1 << 5;
+}
+
+/// Reservation Capabilities (RESCAP, Identify Namespace).
+pub mod rescap {
+    /// Persist Through Power Loss.
+    pub const PTPL: u8 = 1 << 0;
+    /// The six reservation types (bits 1 to 6).
+    pub const ALL_TYPES: u8 = 0x7e;
+    /// Ignore Existing Key has the meaning of NVMe 1.3 and later.
+    pub const IEKEY: u8 = 1 << 7;
 }
 
 /// Fused Operation Support bits (FUSES).

@@ -14,6 +14,8 @@ pub mod lid {
     /// Asymmetric Namespace Access.
     pub const ANA: u8 = 0x0c;
     pub const DISCOVERY: u8 = 0x70;
+    /// Reservation Notification.
+    pub const RESV_NOTIFY: u8 = 0x80;
 }
 
 /// Get Log Page fields (CDW10-13).

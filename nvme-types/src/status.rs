@@ -47,9 +47,14 @@ codes! {
     CMD_INTERRUPTED = 0x021,
     /// NVMe/TCP: a data digest did not match; the host may retry.
     TRANSIENT_TRANSPORT_ERROR = 0x022,
+    /// Reservation Report without the extended data structure from a host
+    /// with a 128-bit Host Identifier (all fabrics hosts).
+    HOST_ID_INCONSISTENT = 0x018,
     LBA_RANGE = 0x080,
     CAP_EXCEEDED = 0x081,
     NS_NOT_READY = 0x082,
+    /// The command conflicts with a reservation on the namespace.
+    RESERVATION_CONFLICT = 0x083,
     // command specific (SCT 1)
     QID_INVALID = 0x101,
     QUEUE_SIZE = 0x102,

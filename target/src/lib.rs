@@ -15,6 +15,7 @@ pub mod notify;
 pub mod nvme;
 pub mod reactor;
 pub mod reload;
+pub mod resv_store;
 pub mod scsi;
 pub mod server;
 pub mod sockets;

@@ -168,6 +168,8 @@ pub enum ReloadError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Hook(String),
+    #[error(transparent)]
+    State(#[from] crate::resv_store::StoreError),
 }
 
 /// Everything a reload prepares before it changes anything.
@@ -275,6 +277,12 @@ impl Live {
             let b = pinion_backends::open(&v.name, &crate::server::volume_spec(v)).map_err(|source| ReloadError::Volume { name: v.name.clone(), source })?;
             let policy = DataPolicy { splice_min: new.memory.splice_min as usize };
             opened.insert(v.name.clone(), Arc::new(Volume::with_policy(&v.name, b, self.pool.clone(), policy)));
+        }
+        // added volumes keep their reservations across restarts like the
+        // first ones (a saved state of a volume that comes back is restored)
+        if let Some(dir) = &new.state.dir {
+            let vols: Vec<_> = opened.values().cloned().collect();
+            crate::resv_store::attach(dir, &vols)?;
         }
         let mut access = HashMap::new();
         for s in &new.subsystem {

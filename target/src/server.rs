@@ -28,6 +28,8 @@ pub enum ServerError {
     Ctl(#[from] crate::mgmt::CtlError),
     #[error("subsystem {0}: {1}")]
     DhchapSecret(String, String),
+    #[error(transparent)]
+    State(#[from] crate::resv_store::StoreError),
 }
 
 /// Which protocol a listener serves.
@@ -101,6 +103,9 @@ impl Server {
             let b = pinion_backends::open(&v.name, &volume_spec(v)).map_err(|source| ServerError::Volume { name: v.name.clone(), source })?;
             let policy = DataPolicy { splice_min: cfg.memory.splice_min as usize };
             volumes.push(Arc::new(Volume::with_policy(&v.name, b, pool.clone(), policy)));
+        }
+        if let Some(dir) = &cfg.state.dir {
+            crate::resv_store::attach(dir, &volumes)?;
         }
         let by_name: HashMap<_, _> = volumes.iter().map(|v| (v.name.clone(), v.clone())).collect();
         let mut subsystems = HashMap::new();
@@ -277,6 +282,7 @@ impl Server {
     pub async fn run(self, listeners: Listeners, stop: impl std::future::Future<Output = ()>) {
         let metrics_addr = self.metrics_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
+        pinion_backends::uring::select(self.cfg.runtime.io_engine == pinion_conf::IoEngine::Threads);
         // Each connection runs start to end on one reactor thread.
         let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores) {
             Ok(r) => r,

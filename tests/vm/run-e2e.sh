@@ -3,12 +3,15 @@
 # (tests/vm/guest-run, QEMU/TCG) and runs tests/vm/nvme-e2e.sh (NVMe/TCP) or
 # tests/vm/iscsi-e2e.sh (iSCSI) in it.
 #
-#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi|paths] [PINION_BIN]
+#   tests/vm/run-e2e.sh [nvmet|pinion|iscsi|paths|resv] [PINION_BIN]
 #
 #   nvmet    NVMe/TCP reference run against the kernel's nvmet-tcp target
 #   pinion   (default) NVMe/TCP run against Pinion; PINION_BIN defaults to
 #            build/cargo/release/pinion, else build/cargo/debug/pinion
 #   iscsi    iSCSI run against Pinion (open-iscsi, with and without CHAP)
+#   resv     reservations: nvme-cli resv-* and sg_persist on one volume over
+#            both protocols, a second NVMe host (pinion perf) in conflict
+#            (tests/vm/resv-e2e.sh)
 #   paths    the per-I/O read path (splice, direct, copy) of `auto` file
 #            volumes on the guest kernel, from Pinion's metrics (nvme-paths.sh)
 #   multipath  NVMe multipath (ANA) with the kernel host: two listeners,
@@ -45,8 +48,9 @@ case $target in
     ;;&
   nvmet) ;;
   auth-nvmet) script=nvme-auth-e2e.sh ;;
-  pinion|iscsi|paths|auth|reload|multipath)
+  pinion|iscsi|paths|auth|resv|reload|multipath)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
+    [[ $target == resv ]] && script=resv-e2e.sh
     [[ $target == reload ]] && script=reload-e2e.sh
     [[ $target == multipath ]] && script=nvme-multipath.sh
     [[ $target == paths ]] && script=nvme-paths.sh
@@ -63,7 +67,7 @@ case $target in
     [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|multipath|auth|auth-nvmet|reload] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|multipath|auth|auth-nvmet|resv|reload] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}

@@ -309,6 +309,41 @@ fn nvme_seeds(dir: &Path) {
     rec(&mut iov, IO, fabrics(FabricsType::DISCONNECT, 11), &[]);
     write(dir, "nvme_cmd", "io", &iov);
 
+    // reservations: register (PTPL asked for), acquire, report with and
+    // without the extended structure, preempt and abort, release, clear,
+    // the notification log and the features 82h/83h
+    let mut rv = vec![0u8];
+    let keys = |a: u64, b: u64| [a.to_le_bytes(), b.to_le_bytes()].concat();
+    let resv = |op: nvme_types::command::Opcode, cdw10: u32, cid: u16, len: u32| {
+        let mut s = with_sgl(sqe(op.0, cid, 1), SglType::DATA_BLOCK_OFFSET, len);
+        s.cdw10 = cdw10.into();
+        s
+    };
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_REGISTER, 3 << 30, 1, 16), &keys(0, 0xaa));
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_REGISTER, 0, 2, 16), &keys(0, 0xaa));
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_ACQUIRE, 1 << 8, 3, 16), &keys(0xaa, 0));
+    rec(&mut rv, IO | INCAPSULE, rw(io::WRITE, 1, 0, 1, inc(512), 4), &[0x11; 512]);
+    let mut rep = with_sgl(sqe(io::RESV_REPORT.0, 5, 1), SglType::TRANSPORT_DATA_BLOCK, 4096);
+    rep.cdw10 = 1023.into();
+    rep.cdw11 = 1.into();
+    rec(&mut rv, IO, rep, &[]);
+    rep.cid = 6.into();
+    rep.cdw11 = 0.into();
+    rec(&mut rv, IO, rep, &[]);
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_ACQUIRE, 2 | 2 << 8 | 1 << 3, 7, 16), &keys(0, 0xaa));
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_RELEASE, 2 << 8, 8, 8), &0xaau64.to_le_bytes());
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_REGISTER, 2, 9, 16), &keys(0xaa, 0xbb));
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_RELEASE, 1, 10, 8), &0xbbu64.to_le_bytes());
+    rec(&mut rv, IO | INCAPSULE, resv(io::RESV_REGISTER, 1, 11, 16), &keys(0xbb, 0));
+    rec(&mut rv, 0, get_log(0x80, 64, 0, 12, 0), &[]);
+    let mut m = feature(true, f::RESV_MASK, 0xe, 13);
+    m.nsid = 0xffff_ffff.into();
+    rec(&mut rv, 0, m, &[]);
+    let mut p = feature(false, f::RESV_PERSIST, 0, 14);
+    p.nsid = 1.into();
+    rec(&mut rv, 0, p, &[]);
+    write(dir, "nvme_cmd", "reservations", &rv);
+
     // discovery controller
     let mut disc = vec![1u8];
     rec(&mut disc, 0, identify(1, 0, 1), &[]);
@@ -439,8 +474,9 @@ impl Directory for Dir {
     fn prefs(&self) -> TargetPrefs {
         TargetPrefs::default()
     }
-    fn fill_random(&self, buf: &mut [u8]) {
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), pinion_transport::iscsi::chap::NoRandomness> {
         buf.fill(0x42);
+        Ok(())
     }
 }
 

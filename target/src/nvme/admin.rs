@@ -88,6 +88,12 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
             id.dlfeat = 0x1 | 1 << 3;
             // may be attached to several controllers
             id.nmic = 1;
+            // reservations: every type, Ignore Existing Key, and PTPL
+            // when the server has somewhere to persist to
+            id.rescap = identify::rescap::ALL_TYPES | identify::rescap::IEKEY;
+            if ns.volume.resv.can_persist() {
+                id.rescap |= identify::rescap::PTPL;
+            }
             id.nvmcap = log::u128_le(u128::from(ns.volume.size()));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
@@ -160,7 +166,7 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     // the most NSIDs there may be, not how many exist now: a reload may
     // add namespaces, and hosts scan up to NN (nvmet advertises 1024 too)
     id.nn = (ctx.subsys.namespaces().len() as u32).max(MAX_NSID).into();
-    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES).into();
+    id.oncs = (identify::oncs::COMPARE | identify::oncs::DSM | identify::oncs::WRITE_ZEROES | identify::oncs::RESERVATIONS).into();
     // Compare + Write runs atomically under the volume's range lock (io::fused)
     id.fuses = identify::fuses::COMPARE_AND_WRITE.into();
     // volatile write cache present (Flush to the broadcast NSID works too,
@@ -205,6 +211,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         }
         lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
         lid::ANA if !discovery => super::ana::log_page(ctx, g.lsp),
+        lid::RESV_NOTIFY if !discovery => super::resv::notification_log(&ctx.ctrl),
         l => {
             tracing::debug!(lid = l, "unsupported log page");
             return Err(Status::INVALID_LOG_PAGE.dnr());
@@ -247,6 +254,9 @@ fn effects_log() -> EffectsLog {
     use nvme_types::command::io;
     e.iocs[io::FLUSH.0 as usize] = effects::CSUPP.into();
     e.iocs[io::READ.0 as usize] = effects::CSUPP.into();
+    for op in [io::COMPARE, io::RESV_REGISTER, io::RESV_REPORT, io::RESV_ACQUIRE, io::RESV_RELEASE] {
+        e.iocs[op.0 as usize] = effects::CSUPP.into();
+    }
     for op in [io::WRITE, io::WRITE_ZEROES, io::DSM] {
         e.iocs[op.0 as usize] = (effects::CSUPP | effects::LBCC).into();
     }
@@ -261,6 +271,13 @@ async fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         return Err(Status::FEATURE_NOT_SAVEABLE.dnr());
     }
     let discovery = ctx.subsys.kind == SubsysKind::Discovery;
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery {
+        return super::resv::feature(ctx, fid, sqe.nsid(), Some(v));
+    }
+    if fid == feature::HOST_ID && !discovery {
+        // on fabrics the Host Identifier is the one of the Connect command
+        return Err(Status::CMD_SEQ_ERROR.dnr());
+    }
     if fid == feature::VOLATILE_WC && !discovery {
         let on = v & 1 != 0;
         let was = std::mem::replace(&mut ctx.ctrl.lock().vwc, on);
@@ -336,6 +353,9 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Result<Reply, Status> {
         }
         let hostid = ctx.ctrl.hostid;
         return ctx.data_reply(sqe, &hostid, 0).await;
+    }
+    if matches!(fid, feature::RESV_MASK | feature::RESV_PERSIST) && !discovery && sel <= 2 {
+        return super::resv::feature(ctx, fid, sqe.nsid(), None);
     }
     if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
         return Err(Status::INVALID_FIELD.dnr());

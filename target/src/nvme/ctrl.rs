@@ -72,6 +72,8 @@ pub struct CtrlState {
     /// Our address the admin queue connected to: the controller's port
     /// (its ANA states, ana.rs).
     pub local_addr: Option<std::net::SocketAddr>,
+    /// Reservation notification log, its mask, the notice sinks.
+    pub resv: super::resv::CtrlResv,
 }
 
 pub struct Controller {
@@ -107,6 +109,7 @@ impl Controller {
                 changed_ns: Vec::new(),
                 queue_peers: Default::default(),
                 local_addr: None,
+                resv: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),
             kill,

@@ -64,14 +64,23 @@ fn lba_range(ns: &Namespace, slba: u64, nlb: u64) -> Result<(u64, u64), Status> 
 pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
     let op = sqe.opcode();
     if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+        for ns in ctx.subsys.namespaces().iter() {
+            super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
+        }
         flush_all(&ctx.subsys).await.map_err(|e| map_err(e, true))?;
         return Reply::ok();
     }
     let ns = &namespace(ctx, &sqe)?;
+    // the reservation check, before any data moves; commands check again
+    // (and count themselves in flight) right before the medium
+    let access = super::resv::access(op);
+    super::resv::check(ctx, ns, access)?;
     match op {
+        io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE => super::resv::execute(ctx, ns, &sqe, data).await,
         io::READ => read(ctx, ns, &sqe).await,
         io::WRITE => write(ctx, ns, &sqe, data).await,
         io::FLUSH => {
+            let _in = super::resv::admit(ctx, ns, access)?;
             ns.volume.flush().await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
@@ -80,6 +89,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             let (off, len) = lba_range(ns, sqe.slba(), u64::from(sqe.nlb()))?;
             let deallocate = d12 & (1 << 25) != 0;
             let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
+            let _in = super::resv::admit(ctx, ns, access)?;
             ns.volume.write_zeroes(off, len, deallocate, fua).await.map_err(|e| map_err(e, true))?;
             Reply::ok()
         }
@@ -120,6 +130,7 @@ async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, S
     }
     let n = ctx.responder.negotiated();
     let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
+    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Read)?;
     let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
     ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
     ns.stats.read_cmds.fetch_add(1, Relaxed);
@@ -128,7 +139,7 @@ async fn read(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe) -> Result<Reply, S
 
 /// The host's data for a write-type command: in the capsule, or fetched
 /// with an R2T.
-async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
     match (sqe.sgl_type(), data) {
         (SglType::DATA_BLOCK_OFFSET, Some(d)) => {
             // in-capsule: offset 0 (ICDOFF 0) and exactly the data we got
@@ -160,6 +171,7 @@ async fn write(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>
     let sgl = host_data(ctx, sqe, data, len).await?;
     // With the volatile write cache turned off, every write is written through.
     let fua = sqe.fua() || !ctx.ctrl.lock().vwc;
+    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write)?;
     ns.volume.write(off, sgl, fua).await.map_err(|e| map_err(e, true))?;
     ns.stats.bytes_written.fetch_add(len as u64, Relaxed);
     ns.stats.write_cmds.fetch_add(1, Relaxed);
@@ -189,6 +201,7 @@ async fn compare_locked(ns: &Namespace, g: &RangeGuard, off: u64, want: &[u8]) -
 /// exclusively so the comparison sees one writer's data, never a mix.
 async fn compare(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
     let (off, want) = compare_data(ctx, ns, sqe, data).await?;
+    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Read)?;
     let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
     compare_locked(ns, &g, off, &want).await?;
     Reply::ok()
@@ -206,6 +219,11 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
+    // the pair writes: both parts need write access (the compare alone
+    // would need read access only)
+    if let Err(s) = super::resv::check(ctx, ns, pinion_backends::resv::Access::Write) {
+        return (Err(s), failed());
+    }
     let (off, want) = match compare_data(ctx, ns, &first, first_data).await {
         Ok(v) => v,
         Err(s) => return (Err(s), failed()),
@@ -226,6 +244,10 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Err(s) => return (failed(), Err(s)),
     };
     let fua = second.fua() || !ctx.ctrl.lock().vwc;
+    let _in = match super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write) {
+        Ok(t) => t,
+        Err(s) => return (Err(s), failed()),
+    };
     let g = ns.volume.lock_range(off, want.len() as u64, LockMode::Exclusive).await;
     if let Err(s) = compare_locked(ns, &g, off, &want).await {
         return (Err(s), failed());
@@ -252,6 +274,7 @@ async fn dsm(ctx: &QueueCtx, ns: &Arc<Namespace>, sqe: &Sqe, data: Option<Sgl>) 
         // only hints (access frequency etc.): nothing to do
         return Reply::ok();
     }
+    let _in = super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write)?;
     let bytes = sgl.to_vec();
     let mut ranges = Vec::with_capacity(nr);
     for r in bytes[..len].chunks_exact(16) {

@@ -17,4 +17,5 @@ pub mod fabrics;
 pub mod fused;
 pub mod io;
 pub mod queue;
+pub mod resv;
 pub mod subsys;

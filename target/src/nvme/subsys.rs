@@ -154,6 +154,11 @@ impl Subsystem {
     /// A reload's new namespace list (NSID n at index n-1).
     pub fn set_namespaces(&self, ns: Vec<Arc<Namespace>>) {
         *self.namespaces.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ns);
+        // connected hosts hear of reservation changes on the new list's
+        // volumes too (the old list's notice sinks drop with it)
+        for c in self.controllers() {
+            super::resv::attach(&c, self);
+        }
     }
 
     pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {

@@ -4,7 +4,8 @@
 
 use super::cdb::{self, Cdb, Dir, Opcode};
 use super::mode::ModeParams;
-use super::pr::{self, PrState};
+use super::pr;
+use pinion_backends::resv::{Access, InflightToken};
 use super::sense::{Asc, Sense, SenseKey};
 use super::{CmdError, ItKey, LiveNexuses, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus, ScsiTarget};
 use crate::nvme::subsys::stable_id;
@@ -45,7 +46,6 @@ pub(crate) struct LuState {
     /// Pending unit attentions per I_T nexus, oldest first.
     pub ua: HashMap<ItKey, VecDeque<Asc>>,
     pub mode: ModeParams,
-    pub pr: PrState,
     /// The SPC-2 RESERVE(6)/(10) holder.
     pub spc2: Option<ItKey>,
     /// STOP UNIT was received: media access is refused until START UNIT.
@@ -164,7 +164,7 @@ impl LogicalUnit {
             lun,
             volume,
             ids,
-            st: Mutex::new(LuState { ua: HashMap::new(), mode, pr: PrState::default(), spc2: None, stopped: false }),
+            st: Mutex::new(LuState { ua: HashMap::new(), mode, spc2: None, stopped: false }),
             live,
         }
     }
@@ -273,7 +273,10 @@ impl LogicalUnit {
     /// unit attention, the CDB, reservations, and whether the unit is
     /// started. The I_T nexus identity is only built when some state is
     /// keyed by it.
-    fn admit(&self, nexus: &Nexus, raw: &[u8], path: crate::ana::AnaState) -> Result<Cdb, ScsiResponse> {
+    /// While the volume has registrations, a media command is counted in
+    /// flight (the token), so an NVMe host's preempt-and-abort of this I_T
+    /// nexus completes only after it.
+    fn admit(&self, nexus: &Nexus, raw: &[u8], path: crate::ana::AnaState) -> Result<(Cdb, Option<InflightToken>), ScsiResponse> {
         let op = Opcode(raw.first().copied().unwrap_or(0xff));
         let decoded = cdb::decode(raw);
         let mut st = self.state();
@@ -292,23 +295,28 @@ impl LogicalUnit {
         })?;
         // a path that is not active takes only a few commands (alua.rs)
         super::alua::admit(path, &cdb).map_err(|s| ScsiResponse::check(&s, d_sense))?;
-        if st.spc2.is_some() || st.pr.res.is_some() || !st.pr.regs.is_empty() {
-            if let Err(e) = Self::check_access(&st, &nexus.key(), &cdb) {
+        let resv = self.volume.resv.lock();
+        let mut token = None;
+        if st.spc2.is_some() || resv.res.is_some() || !resv.regs.is_empty() {
+            if let Err(e) = Self::check_access(&st, &resv, &nexus.key(), &cdb) {
                 return Err(match e {
                     CmdError::Check(s) => ScsiResponse::check(&s, d_sense),
                     CmdError::Conflict => ScsiResponse::status(ScsiStatus::RESERVATION_CONFLICT),
                 });
             }
+            if !resv.regs.is_empty() && pr::access_class(&cdb) != Access::Always {
+                token = Some(self.volume.resv.enter_locked(&resv, &pr::registrant(&nexus.key())));
+            }
         }
         if st.stopped && Self::media_access(&cdb) {
             return Err(ScsiResponse::check(&Sense::new(SenseKey::NOT_READY, Asc::NOT_READY_INIT_REQUIRED), d_sense));
         }
-        Ok(cdb)
+        Ok((cdb, token))
     }
 
     pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
         let path = super::alua::state_of(tgt, self, req.nexus);
-        let cdb = match self.admit(req.nexus, req.cdb, path) {
+        let (cdb, _in_flight) = match self.admit(req.nexus, req.cdb, path) {
             Ok(c) => c,
             Err(resp) => return resp,
         };
@@ -347,7 +355,7 @@ impl LogicalUnit {
 
     /// Reservation checks (SPC-2 RESERVE and SPC-4 persistent
     /// reservations), before anything runs.
-    fn check_access(st: &LuState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
+    fn check_access(st: &LuState, resv: &pinion_backends::resv::ResvState, key: &ItKey, cdb: &Cdb) -> Result<(), CmdError> {
         if let Some(holder) = &st.spc2 {
             if holder != key
                 && !matches!(cdb, Cdb::Inquiry { .. } | Cdb::ReportLuns { .. } | Cdb::RequestSense { .. } | Cdb::Release { .. })
@@ -357,11 +365,11 @@ impl LogicalUnit {
             }
         }
         // SPC-3 5.6.3: with persistent registrations, RESERVE and RELEASE conflict
-        if matches!(cdb, Cdb::Reserve { .. } | Cdb::Release { .. }) && !st.pr.regs.is_empty() {
+        if matches!(cdb, Cdb::Reserve { .. } | Cdb::Release { .. }) && !resv.regs.is_empty() {
             return Err(CmdError::Conflict);
         }
-        if pr::conflicts(&st.pr, key, pr::access_class(cdb)) {
-            tracing::debug!(ty = ?st.pr.res.as_ref().map(|r| r.ty), "conflict with a persistent reservation");
+        if resv.conflicts(&pr::registrant(key), pr::access_class(cdb)) {
+            tracing::debug!(ty = ?resv.res.as_ref().map(|r| r.ty), "conflict with a persistent reservation");
             return Err(CmdError::Conflict);
         }
         Ok(())
@@ -418,7 +426,7 @@ impl LogicalUnit {
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
             Cdb::ReportTargetPortGroups { extended, alloc } => Ok(super::alua::report_target_port_groups(cmd.tgt, self, extended, alloc)),
             Cdb::PrIn { sa, alloc } => Ok(self.pr_in(sa, alloc)),
-            Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len),
+            Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len).await,
             Cdb::Reserve { .. } => self.reserve(cmd),
             Cdb::Release { .. } => {
                 let mut st = self.state();

@@ -218,6 +218,15 @@ pub struct ScsiTarget {
     ana: Arc<crate::ana::AnaTable>,
 }
 
+/// A logical unit whose reservation notices for I_T nexuses become its unit
+/// attentions.
+fn new_lu(target_name: &str, lun: u64, v: Arc<Volume>, live: &LiveNexuses) -> Arc<LogicalUnit> {
+    let lu = Arc::new(LogicalUnit::new(target_name, lun, v, live.clone()));
+    let sink: std::sync::Weak<dyn pinion_backends::resv::NoticeSink> = Arc::downgrade(&lu) as _;
+    lu.volume.resv.add_sink(sink);
+    lu
+}
+
 impl ScsiTarget {
     /// The largest transfer of one command, in bytes, with a pool large
     /// enough (see [`ScsiTarget::max_transfer_bytes`]): 8 MiB, LIO's limit
@@ -244,7 +253,7 @@ impl ScsiTarget {
     pub fn new(target_name: &str, volumes: Vec<Arc<Volume>>) -> ScsiTarget {
         let live = LiveNexuses::default();
         let lus =
-            volumes.into_iter().enumerate().map(|(i, v)| Arc::new(LogicalUnit::new(target_name, i as u64, v, live.clone()))).collect();
+            volumes.into_iter().enumerate().map(|(i, v)| new_lu(target_name, i as u64, v, &live)).collect();
         ScsiTarget { name: target_name.to_string(), lus: std::sync::RwLock::new(Arc::new(lus)), live, ana: Default::default() }
     }
 
@@ -284,7 +293,7 @@ impl ScsiTarget {
             .enumerate()
             .map(|(i, v)| match old.get(i) {
                 Some(lu) if Arc::ptr_eq(&lu.volume, &v) => lu.clone(),
-                _ => Arc::new(LogicalUnit::new(&self.name, i as u64, v, self.live.clone())),
+                _ => new_lu(&self.name, i as u64, v, &self.live),
             })
             .collect();
         let changed = new.len() != old.len() || new.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));

@@ -38,10 +38,11 @@ declare -A GR_TEST_CMDS=(
   [tgtd]=tgt
   [tgtadm]=tgt
   [ss]=iproute2
+  [sg_persist]=sg3-utils
 )
 # everything `guest-setup --install` installs (harness + in-guest test tools;
 # open-iscsi/tgt are for the iSCSI tests).  xz-utils: extract the vmlinux.
-GR_ALL_PKGS="qemu-system-x86 busybox-static kmod cpio gzip xz-utils iproute2 nvme-cli fio open-iscsi tgt"
+GR_ALL_PKGS="qemu-system-x86 busybox-static kmod cpio gzip xz-utils iproute2 nvme-cli fio open-iscsi tgt sg3-utils"
 
 # gr_check_cmds ASSOC_ARRAY_NAME -> prints missing packages (space separated)
 gr_missing_pkgs() {

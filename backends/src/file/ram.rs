@@ -1,0 +1,165 @@
+//! RAM volumes without a system call per I/O: the memfd is mapped once
+//! ([`crate::sys::RamMap`]) and a READ or WRITE is a `memcpy` between the
+//! mapping and the SGL's pool pages. The memfd stays what the volume is, so
+//! splice to sockets (the zero-copy path), `fallocate` (WRITE ZEROES,
+//! deallocate) and `SEEK_DATA` (GET LBA STATUS) act on the same pages.
+//!
+//! A read fault on a shared memfd mapping allocates the page (where `pread`
+//! of a hole copies the zero page), which would make every range a host
+//! reads "mapped" and a sparse volume dense. So the volume keeps one bit
+//! per page that may hold data: set by a write, cleared when a hole is
+//! punched; a page whose bit is clear is all zeroes and reads as zeroes
+//! without touching the mapping.
+
+use super::FileBackend;
+use crate::sgl::Sgl;
+use crate::sys::RamMap;
+use crate::PAGE_SIZE;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub(super) struct Ram {
+    map: RamMap,
+    /// Bit `p`: page `p` may hold data (clear: all zeroes).
+    written: Vec<AtomicU64>,
+}
+
+impl Ram {
+    fn is_written(&self, page: u64) -> bool {
+        self.written[(page / 64) as usize].load(Relaxed) & (1 << (page % 64)) != 0
+    }
+
+    /// Pages `[offset, offset + len)` touches.
+    fn pages(offset: u64, len: u64) -> std::ops::Range<u64> {
+        offset / PAGE_SIZE as u64..(offset + len).div_ceil(PAGE_SIZE as u64)
+    }
+}
+
+impl FileBackend {
+    /// Maps the memfd of a RAM volume; without a mapping (the kernel
+    /// refused it) I/O goes through the memfd with system calls.
+    pub(super) fn with_ram_map(mut self) -> FileBackend {
+        match RamMap::new(&*self.file, self.info.size) {
+            Ok(map) => {
+                let pages = self.info.size.div_ceil(PAGE_SIZE as u64);
+                let written = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+                self.ram = Some(Ram { map, written });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot map the RAM volume: its I/O uses pread/pwrite"),
+        }
+        self
+    }
+
+    /// Fills the SGL's pages from the mapping (zeroes for pages never
+    /// written); `false` without a mapping.
+    pub(super) fn ram_read(&self, mut offset: u64, sgl: &mut Sgl) -> std::io::Result<bool> {
+        let Some(ram) = &self.ram else { return Ok(false) };
+        self.ram_bounds(offset, sgl.len())?;
+        for s in sgl.io_slices_mut().iter_mut() {
+            let mut done = 0;
+            while done < s.len() {
+                let at = offset + done as u64;
+                let n = (PAGE_SIZE - (at % PAGE_SIZE as u64) as usize).min(s.len() - done);
+                let chunk = &mut s[done..done + n];
+                if ram.is_written(at / PAGE_SIZE as u64) {
+                    ram.map.read(at, chunk)?;
+                } else {
+                    chunk.fill(0);
+                }
+                done += n;
+            }
+            offset += s.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// Copies the SGL's bytes into the mapping; `false` without one.
+    pub(super) fn ram_write(&self, mut offset: u64, sgl: &Sgl) -> std::io::Result<bool> {
+        let Some(ram) = &self.ram else { return Ok(false) };
+        self.ram_bounds(offset, sgl.len())?;
+        for p in Ram::pages(offset, sgl.len() as u64) {
+            ram.written[(p / 64) as usize].fetch_or(1 << (p % 64), Relaxed);
+        }
+        for s in sgl.io_slices().iter() {
+            ram.map.write(offset, s)?;
+            offset += s.len() as u64;
+        }
+        Ok(true)
+    }
+
+    fn ram_bounds(&self, offset: u64, len: usize) -> std::io::Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.info.size => Ok(()),
+            _ => Err(std::io::Error::from_raw_os_error(libc::ERANGE)),
+        }
+    }
+
+    /// After a hole was punched in `[offset, offset + len)`: the pages it
+    /// covers whole are zeroes again.
+    pub(super) fn ram_punched(&self, offset: u64, len: u64) {
+        let Some(ram) = &self.ram else { return };
+        let first = offset.div_ceil(PAGE_SIZE as u64);
+        let end = (offset + len) / PAGE_SIZE as u64;
+        for p in first..end {
+            ram.written[(p / 64) as usize].fetch_and(!(1 << (p % 64)), Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Direction, PagePool};
+    use std::os::unix::fs::FileExt;
+
+    #[tokio::test]
+    async fn ram_io_is_a_copy_through_the_mapping_that_the_memfd_sees() {
+        let pool = PagePool::new(1 << 22, false);
+        let b = FileBackend::ram("map", 1 << 20, 512).unwrap();
+        assert!(b.ram.is_some(), "RAM volumes are mapped");
+        let mut w = Sgl::alloc(&pool, Direction::Dest, 8192 + 512).await;
+        let data: Vec<u8> = (0..8704u32).map(|i| (i % 251) as u8).collect();
+        assert!(w.copy_in(0, &data));
+        b.write(4096 + 512, &w, false).unwrap();
+        // the memfd (what splice sends from) has the bytes
+        let mut back = vec![0u8; data.len()];
+        b.file.read_exact_at(&mut back, 4096 + 512).unwrap();
+        assert_eq!(back, data);
+        // what reads see is the memfd's bytes
+        b.file.write_all_at(&[9u8; 512], 4096 + 512).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 1024).await;
+        b.read(4096 + 512, &mut r).unwrap();
+        assert_eq!(r.to_vec()[..512], [9u8; 512]);
+        assert_eq!(r.to_vec()[512..], data[512..1024]);
+        b.file.write_all_at(&data[..512], 4096 + 512).unwrap();
+        // a hole punched in the memfd reads back as zeroes
+        b.discard(4096, 4096).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 8192).await;
+        b.read(4096, &mut r).unwrap();
+        let v = r.to_vec();
+        assert!(v[..4096].iter().all(|&x| x == 0));
+        assert_eq!(v[4096..], data[3584..3584 + 4096]);
+        assert!(b.ram_read(1 << 20, &mut r).is_err(), "bounds are checked");
+    }
+
+    /// Reading never-written or deallocated ranges gives them no pages: a
+    /// sparse volume stays sparse and GET LBA STATUS stays right.
+    #[tokio::test]
+    async fn reads_of_holes_allocate_nothing() {
+        let pool = PagePool::new(1 << 22, false);
+        let b = FileBackend::ram("holes", 1 << 20, 512).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 65536).await;
+        b.read(512, &mut r).unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 0));
+        assert_eq!(b.allocation(0, 1 << 20).unwrap(), (false, 1 << 20), "still one hole");
+        let mut w = Sgl::alloc(&pool, Direction::Dest, 16384).await;
+        assert!(w.copy_in(0, &[4u8; 16384]));
+        b.write(8192, &w, false).unwrap();
+        // a discard of part of a page keeps that page's data
+        b.discard(8192 + 512, 4096 + 3584).unwrap();
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 16384).await;
+        b.read(8192, &mut r).unwrap();
+        let v = r.to_vec();
+        assert!(v[..512].iter().all(|&x| x == 4) && v[512..8192].iter().all(|&x| x == 0) && v[8192..].iter().all(|&x| x == 4));
+        assert_eq!(b.allocation(12288, 4096).unwrap(), (false, 4096), "the whole page punched out stays a hole after the read");
+    }
+}

@@ -1,0 +1,456 @@
+//! The io_uring engine for file and block volumes: one ring per executor
+//! thread (each reactor's), so a file I/O is submitted by the task that needs
+//! it and its completion wakes that task on the same thread, with no hop to
+//! a blocking thread and back.
+//!
+//! * A ring is made on a thread's first I/O and lives as long as the thread
+//!   (or, in tests, as long as the runtime it served). A small reaper task on
+//!   that thread's executor waits for the ring's fd to turn readable (tokio's
+//!   `AsyncFd`: the ring fd is polled like a socket), takes every completion
+//!   and wakes each submitter.
+//! * An in-flight operation owns what the kernel uses: the SGL's pages, the
+//!   iovec array and the file. Dropping its future before the completion
+//!   (a cancelled command, a closed connection) parks them in the ring until
+//!   the kernel is done with them; a ring is not freed while operations are
+//!   in flight.
+//! * Where io_uring is unavailable (ENOSYS, EPERM from seccomp or
+//!   `kernel.io_uring_disabled`, a missing opcode), or when configured off
+//!   (`[runtime] io_engine = "threads"`), file I/O runs on the blocking
+//!   thread pool as before; the choice is made once, logged once and shown
+//!   in the metrics (`pinion_io_engine_uring`).
+//!
+//! Pool pages are not registered as fixed buffers (READ_FIXED/WRITE_FIXED):
+//! registering pins them, which makes the whole pool budget resident from
+//! the start (hundreds of MiB of RSS for an idle server), and one fixed-buffer
+//! op covers one contiguous buffer where an SGL is a list of pages. READV and
+//! WRITEV on the same pages cost one `get_user_pages` per op instead.
+
+use crate::metrics::{bump, METRICS};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::any::Any;
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use tokio::io::unix::AsyncFd;
+
+mod sys;
+
+/// Submission queue entries per ring (the completion queue is twice that;
+/// completions beyond it are kept by the kernel, `IORING_FEAT_NODROP`).
+const ENTRIES: u32 = 256;
+
+/// Which engine file and block volumes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// io_uring, one ring per executor thread.
+    Uring,
+    /// Blocking calls on tokio's blocking thread pool.
+    Threads,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+/// Chooses the engine, once per process: io_uring unless `force_threads`
+/// or the kernel refuses it. Later calls return the first choice. The
+/// server calls this at start; I/O before that chooses with
+/// `force_threads = false`.
+pub fn select(force_threads: bool) -> Engine {
+    *ENGINE.get_or_init(|| {
+        let e = if force_threads {
+            tracing::info!(engine = "threads", "file I/O on the blocking thread pool: io_uring turned off by configuration");
+            Engine::Threads
+        } else {
+            match probe() {
+                Ok(()) => {
+                    tracing::info!(engine = "io_uring", "file I/O on io_uring, one ring per reactor");
+                    Engine::Uring
+                }
+                Err(e) => {
+                    tracing::warn!(engine = "threads", error = %e, "io_uring unavailable: file I/O on the blocking thread pool");
+                    Engine::Threads
+                }
+            }
+        };
+        METRICS.io_engine_uring.store(u64::from(e == Engine::Uring), Relaxed);
+        if e == Engine::Threads {
+            bump(&METRICS.io_engine_fallbacks);
+        }
+        e
+    })
+}
+
+/// The engine in use (chosen now if nothing chose it yet).
+pub fn engine() -> Engine {
+    select(false)
+}
+
+/// Whether this kernel gives us a ring with every opcode we submit.
+fn probe() -> std::io::Result<()> {
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        // 1: only a privileged group may; 2: nobody. Setup says EPERM then;
+        // reading it first only makes the log say why.
+        if s.trim() == "2" {
+            return Err(std::io::Error::other("kernel.io_uring_disabled = 2"));
+        }
+    }
+    let ring = IoUring::new(4)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    for (op, name) in [
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::Fallocate::CODE, "FALLOCATE"),
+    ] {
+        if !p.is_supported(op) {
+            return Err(std::io::Error::other(format!("io_uring has no {name}")));
+        }
+    }
+    Ok(())
+}
+
+enum Slot {
+    Free,
+    /// Submitted; the waker of the task waiting for it.
+    Waiting(Option<Waker>),
+    /// Completed with this result (a byte count or `-errno`).
+    Done(i32),
+    /// Its future was dropped: what the kernel may still touch, dropped
+    /// when the completion arrives.
+    Orphan(#[allow(dead_code)] Box<dyn Any + Send>),
+}
+
+struct State {
+    ring: IoUring,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+impl State {
+    /// Takes every completion, waking the tasks they belong to.
+    fn reap(&mut self) {
+        let State { ring, slots, free, in_flight } = self;
+        for cqe in ring.completion() {
+            let i = cqe.user_data() as usize;
+            let Some(slot) = slots.get_mut(i) else {
+                tracing::error!(user_data = i, "io_uring completion for no operation");
+                continue;
+            };
+            match std::mem::replace(slot, Slot::Done(cqe.result())) {
+                Slot::Waiting(w) => {
+                    *in_flight -= 1;
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                }
+                Slot::Orphan(keep) => {
+                    *in_flight -= 1;
+                    *slot = Slot::Free;
+                    free.push(i);
+                    drop(keep);
+                }
+                s @ (Slot::Free | Slot::Done(_)) => {
+                    *slot = s;
+                    tracing::error!(user_data = i, "io_uring completion for an operation not in flight");
+                }
+            }
+        }
+    }
+
+    fn alloc(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::Free);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        self.slots[i] = Slot::Free;
+        self.free.push(i);
+    }
+
+    /// Hands the queued entries to the kernel.
+    fn submit(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // completions the kernel could not post yet: take ours, retry
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    self.reap();
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One thread's ring.
+pub(crate) struct Ring {
+    /// The ring's fd in the executor's poller. Declared before `state`, so
+    /// it is deregistered before the ring (and its fd) is closed.
+    fd: AsyncFd<sys::RingFd>,
+    state: Mutex<State>,
+    /// False once the reaper task is gone (its runtime shut down): the
+    /// thread then needs a new ring.
+    alive: AtomicBool,
+}
+
+thread_local! {
+    static RING: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
+}
+
+/// Marks the ring dead when the reaper task (and with it its runtime) ends.
+struct Alive(Arc<Ring>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Relaxed);
+    }
+}
+
+impl Ring {
+    /// This thread's ring, made on first use; `None` when the engine is not
+    /// io_uring or the thread runs no tokio runtime.
+    pub(crate) fn current() -> Option<Arc<Ring>> {
+        if engine() != Engine::Uring {
+            return None;
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        RING.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some(r) = cell.as_ref().filter(|r| r.alive.load(Relaxed)) {
+                return Some(r.clone());
+            }
+            let ring = match Ring::new() {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up this thread's io_uring: its file I/O uses the blocking pool");
+                    bump(&METRICS.io_engine_fallbacks);
+                    return None;
+                }
+            };
+            let alive = Alive(ring.clone());
+            handle.spawn(async move {
+                let alive = alive;
+                alive.0.reap_loop().await
+            });
+            *cell = Some(ring.clone());
+            Some(ring)
+        })
+    }
+
+    fn new() -> std::io::Result<Ring> {
+        let ring = IoUring::new(ENTRIES)?;
+        let fd = sys::register(&ring)?;
+        Ok(Ring {
+            state: Mutex::new(State { ring, slots: Vec::new(), free: Vec::new(), in_flight: 0 }),
+            fd,
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for completions and hands them out, for as long as the
+    /// runtime runs. The ring fd is readable while completions are queued;
+    /// readiness is cleared before the queue is emptied, so a completion
+    /// posted meanwhile raises it again.
+    async fn reap_loop(&self) {
+        loop {
+            match self.fd.readable().await {
+                Ok(mut g) => g.clear_ready(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait on the io_uring fd");
+                    return;
+                }
+            }
+            self.lock().reap();
+        }
+    }
+
+    /// Submits `entry`; `keep` is what it points to (buffers, iovecs, the
+    /// file), returned with the result when it completes.
+    pub(crate) fn submit<K: Send + Unpin + 'static>(self: &Arc<Self>, entry: squeue::Entry, keep: K) -> Op<K> {
+        let mut st = self.lock();
+        let i = st.alloc();
+        let entry = entry.user_data(i as u64);
+        // a full submission queue: hand it to the kernel, then there is room
+        if !sys::push(&mut st.ring, &entry) {
+            if let Err(e) = st.submit() {
+                st.release(i);
+                return Op::failed(self, e, keep);
+            }
+            if !sys::push(&mut st.ring, &entry) {
+                st.release(i);
+                return Op::failed(self, std::io::Error::from_raw_os_error(libc::EBUSY), keep);
+            }
+        }
+        st.slots[i] = Slot::Waiting(None);
+        st.in_flight += 1;
+        if let Err(e) = st.submit() {
+            // the entry stays queued: it goes in with the next submission,
+            // and its completion arrives as usual
+            tracing::warn!(error = %e, "io_uring submission failed; retried with the next one");
+        }
+        Op { ring: self.clone(), slot: Some(i), keep: Some(keep), error: None }
+    }
+
+    /// Operations in flight (for tests).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The kernel may still write into orphaned buffers: wait for it.
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        while st.in_flight > 0 {
+            if let Err(e) = st.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(error = %e, in_flight = st.in_flight, "cannot wait for io_uring operations; leaking their buffers");
+                    for s in &mut st.slots {
+                        if let Slot::Orphan(k) = std::mem::replace(s, Slot::Free) {
+                            std::mem::forget(k);
+                        }
+                    }
+                    return;
+                }
+            }
+            st.reap();
+        }
+    }
+}
+
+/// A submitted operation: resolves to the kernel's result and what it kept.
+pub(crate) struct Op<K: Send + Unpin + 'static> {
+    ring: Arc<Ring>,
+    slot: Option<usize>,
+    keep: Option<K>,
+    /// Submission failed.
+    error: Option<std::io::Error>,
+}
+
+impl<K: Send + Unpin + 'static> Op<K> {
+    fn failed(ring: &Arc<Ring>, e: std::io::Error, keep: K) -> Op<K> {
+        Op { ring: ring.clone(), slot: None, keep: Some(keep), error: Some(e) }
+    }
+}
+
+impl<K: Send + Unpin + 'static> Future for Op<K> {
+    /// The result (bytes moved, or the OS error) and what was kept.
+    type Output = (std::io::Result<u32>, K);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(e) = this.error.take() {
+            return Poll::Ready((Err(e), this.keep.take().expect("polled after completion")));
+        }
+        let i = this.slot.expect("polled after completion");
+        let mut st = this.ring.lock();
+        match &mut st.slots[i] {
+            Slot::Done(r) => {
+                let r = *r;
+                st.release(i);
+                drop(st);
+                this.slot = None;
+                let res = if r < 0 { Err(std::io::Error::from_raw_os_error(-r)) } else { Ok(r as u32) };
+                Poll::Ready((res, this.keep.take().expect("kept until completion")))
+            }
+            Slot::Waiting(w) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Slot::Free | Slot::Orphan(_) => unreachable!("an operation's slot is its own until it completes"),
+        }
+    }
+}
+
+impl<K: Send + Unpin + 'static> Drop for Op<K> {
+    fn drop(&mut self) {
+        let Some(i) = self.slot else { return };
+        let mut st = self.ring.lock();
+        match st.slots[i] {
+            Slot::Done(_) => st.release(i),
+            _ => {
+                // still in flight: the kernel may use these until it completes
+                let keep: Box<dyn Any + Send> = Box::new(self.keep.take());
+                st.slots[i] = Slot::Orphan(keep);
+            }
+        }
+    }
+}
+
+/// One iovec, kept as integers so that what holds it is `Send`; the same
+/// layout as `struct iovec`, which is what the kernel reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoVec {
+    base: usize,
+    len: usize,
+}
+const _: () = assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
+
+impl IoVec {
+    pub(crate) fn of(s: &[u8]) -> IoVec {
+        IoVec { base: s.as_ptr() as usize, len: s.len() }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    /// Drops the first `n` bytes (`n` < `len`).
+    pub(crate) fn skip(&mut self, n: usize) {
+        self.base += n;
+        self.len -= n;
+    }
+}
+
+/// What a vectored operation keeps alive until it completes: the iovec
+/// array the entry points to, the memory it describes (an SGL owning pool
+/// pages, which stay put when the SGL moves) and the file.
+pub(crate) struct Vectored<B> {
+    pub iov: Vec<IoVec>,
+    pub buf: B,
+    /// Open until the kernel is done with its fd.
+    #[allow(dead_code)]
+    pub file: Arc<std::fs::File>,
+}
+
+impl<B> Unpin for Vectored<B> {}
+
+/// Entries for the operations the file backend submits.
+pub(crate) mod entry {
+    use super::*;
+
+    pub(crate) fn readv(fd: RawFd, iov: &[IoVec], offset: u64) -> squeue::Entry {
+        opcode::Readv::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32).offset(offset).build()
+    }
+
+    /// `rw_flags`: e.g. `RWF_DSYNC` for a write that is durable when done.
+    pub(crate) fn writev(fd: RawFd, iov: &[IoVec], offset: u64, rw_flags: i32) -> squeue::Entry {
+        opcode::Writev::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32).offset(offset).rw_flags(rw_flags).build()
+    }
+
+    pub(crate) fn fdatasync(fd: RawFd) -> squeue::Entry {
+        opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build()
+    }
+
+    pub(crate) fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> squeue::Entry {
+        opcode::Fallocate::new(types::Fd(fd), len).offset(offset).mode(mode).build()
+    }
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# O_DIRECT file volume, 4 KiB random read at QD32: what fio (io_uring,
+# direct) reads locally from a file against what `pinion perf` reads from
+# Pinion serving the same file over NVMe/TCP (issue 9's goal: >= 0.9x).
+# fio and the target run on the target CPU, the initiator on the other;
+# rounds alternate fio and Pinion, and each Pinion round runs both I/O
+# engines (io_uring, and the blocking thread pool via
+# PINION_RUNTIME__IO_ENGINE=threads) so one binary gives before and after.
+# Prints one line per cell and the medians; run it under the heavy lock:
+#
+#   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH]
+#
+# Env: BENCH_NVME_PORT (4521). Every process it starts is stopped by PID.
+set -Eeuo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ROUNDS=3 TIME=5 BIN= TCPU=0 ICPU=1 SIZE=1G
+while (($#)); do
+  case $1 in
+    --rounds) ROUNDS=$2; shift ;;
+    --time) TIME=$2; shift ;;
+    --bin) BIN=$2; shift ;;
+    --size) SIZE=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+BIN=${BIN:-$REPO/build/cargo/release/pinion}
+PORT=${BENCH_NVME_PORT:-4521}
+command -v fio >/dev/null || { echo "fio missing" >&2; exit 2; }
+# O_DIRECT needs a real file system (not tmpfs): keep the image beside the build
+DATA=$REPO/build/bench/data
+OUT=$(mktemp -d /tmp/pinion-fio-file.XXXXXX)
+mkdir -p "$DATA"
+IMG=$DATA/fio-file.img
+if [[ ! -f $IMG ]] || (($(stat -c %s "$IMG") != $(numfmt --from=iec "$SIZE"))); then
+  # written, not sparse: reads of holes would not touch the device
+  dd if=/dev/urandom of="$IMG" bs=1M count=$(($(numfmt --from=iec "$SIZE") >> 20)) status=none
+fi
+pid=
+cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$OUT"; }
+trap cleanup EXIT
+
+cat >"$OUT/pinion.toml" <<CFG
+[nvme_tcp]
+listen = ["127.0.0.1:$PORT"]
+[iscsi]
+listen = []
+[runtime]
+cores = 1
+[log]
+level = "warn"
+[[volume]]
+name = "f"
+backend = "file"
+path = "$IMG"
+io_mode = "direct"
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:fio-file"
+namespaces = ["f"]
+hosts = ["*"]
+CFG
+
+fio_cell() {
+  taskset -c "$TCPU" fio --name=local --filename="$IMG" --direct=1 --ioengine=io_uring --rw=randread --bs=4k \
+    --iodepth=32 --time_based --runtime="$TIME" --output-format=json >"$OUT/fio.json" 2>/dev/null
+  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$OUT/fio.json"
+}
+
+pinion_cell() { # ENGINE
+  local env=()
+  [[ $1 == threads ]] && env=(PINION_RUNTIME__IO_ENGINE=threads)
+  env "${env[@]}" taskset -c "$TCPU" "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
+  pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+  local t0 t1
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  taskset -c "$ICPU" "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
+    --qd 32 --time "$TIME" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log"
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(round(j["iops"]), round((int(sys.argv[2]) * 1e4) / (j["iops"] * float(sys.argv[3])), 2))' \
+    "$OUT/perf.json" $((t1 - t0)) "$TIME"
+}
+
+declare -a F U T
+for r in $(seq "$ROUNDS"); do
+  if ((r % 2)); then f=$(fio_cell); u=$(pinion_cell uring); t=$(pinion_cell threads)
+  else t=$(pinion_cell threads); u=$(pinion_cell uring); f=$(fio_cell); fi
+  F+=("$f"); U+=("${u% *}"); T+=("${t% *}")
+  printf 'round %d: fio %s IOPS | pinion io_uring %s IOPS (%s us target CPU/IO) | pinion threads %s IOPS (%s us target CPU/IO)\n' \
+    "$r" "$f" "${u% *}" "${u#* }" "${t% *}" "${t#* }"
+done
+med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+mf=$(med "${F[@]}") mu=$(med "${U[@]}") mt=$(med "${T[@]}")
+printf 'median: fio %s | io_uring %s (%.2fx fio) | threads %s (%.2fx fio)\n' "$mf" "$mu" "$(echo "$mu / $mf" | bc -l)" "$mt" "$(echo "$mt / $mf" | bc -l)"

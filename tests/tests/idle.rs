@@ -1,0 +1,110 @@
+//! Idle means idle: connected queues that carry no I/O cost the server no
+//! CPU (no busy polling, no periodic timers that wake every reactor) and
+//! little memory. Measured from outside, on the real binary, with
+//! the process's user + system time from `/proc/PID/stat`.
+//!
+//! Build the binary first: `cargo build -p pinion-target` (or set `PINION_BIN`).
+
+use pinion_tests::host::{rw_sqe, Digests, Queue, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
+use pinion_tests::server::Server;
+use nvme_types::command::io;
+use std::time::Duration;
+
+const NQN: &str = "nqn.2026-11.io.pinion:idle";
+
+/// ns 1: RAM; ns 2: an O_DIRECT file (the io_uring engine), 2 reactors.
+const CONFIG: &str = r#"
+[nvme_tcp]
+listen = ["127.0.0.1:{PORT}"]
+
+[iscsi]
+listen = []
+
+[runtime]
+cores = 2
+
+[[volume]]
+name = "ram0"
+backend = "ram"
+size = "64MiB"
+block_size = 4096
+
+[[volume]]
+name = "file0"
+backend = "file"
+path = "{DIR}/file0.img"
+size = "16MiB"
+block_size = 4096
+io_mode = "direct"
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:idle"
+namespaces = ["ram0", "file0"]
+hosts = ["*"]
+"#;
+
+/// The server's CPU time so far (user + system, every thread, exited ones
+/// too), in nanoseconds; the kernel counts it in clock ticks (10 ms).
+fn cpu_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // fields after the command name (which may hold spaces) in parentheses
+    let rest = &s[s.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // /proc counts in USER_HZ, which the kernel's ABI fixes at 100
+    ticks * 10_000_000
+}
+
+/// VmRSS of the server, in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS line");
+    kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS value") * 1024
+}
+
+#[test]
+fn sixteen_idle_queues_cost_no_cpu() {
+    let s = Server::start(CONFIG);
+    let pid = s.pid();
+    let mut queues = Vec::new();
+    // two controllers, each an admin queue and 7 I/O queues (the most a
+    // controller grants is 8); each I/O queue carries one write and one read
+    // on both namespaces first, so every path the data takes has been set up
+    for ctrl in 0..2u16 {
+        let mut admin = Queue::connect(s.addr, Digests::default()).expect("admin TCP connect");
+        let c = admin.fabrics_connect(0, 31, 30_000, CNTLID_DYNAMIC, NQN, HOSTNQN, HOSTID, 0).expect("admin Connect");
+        assert_eq!(c.status.get() >> 1, 0, "admin Connect");
+        let cntlid = c.result.get() as u16;
+        admin.enable_controller().expect("enable controller");
+        for qid in 1..=7u16 {
+            let mut q = Queue::connect(s.addr, Digests::default()).expect("I/O queue TCP connect");
+            let c = q.fabrics_connect(qid, 127, 0, cntlid, NQN, HOSTNQN, HOSTID, 0).expect("I/O Connect");
+            assert_eq!(c.status.get() >> 1, 0, "I/O queue {qid} Connect");
+            let lba = u64::from(ctrl * 8 + qid);
+            for nsid in [1, 2] {
+                q.set_block_size(nsid, 4096);
+                let data = vec![lba as u8; 4096];
+                let cid = q.submit(rw_sqe(io::WRITE, nsid, lba, 1, false), Some(data.clone()), 0).expect("write");
+                assert_eq!(q.wait(cid).expect("write completion").status().0, 0);
+                let cid = q.submit(rw_sqe(io::READ, nsid, lba, 1, false), None, 4096).expect("read");
+                let done = q.wait(cid).expect("read completion");
+                assert_eq!(done.status().0, 0);
+                assert_eq!(done.data, data);
+            }
+            queues.push(q);
+        }
+        queues.push(admin);
+    }
+    assert_eq!(queues.len(), 16);
+    // let anything the I/O started (writeback, delayed frees) settle
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_ns(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_ns(pid) - before;
+    let rss = rss(pid);
+    eprintln!("idle for 10 s with 16 queues: {:.3} ms CPU, RSS {:.1} MiB", used as f64 / 1e6, rss as f64 / 1048576.0);
+    assert!(used < 20_000_000, "16 idle queues used {:.3} ms of CPU in 10 s", used as f64 / 1e6);
+    assert!(rss < 32 << 20, "idle RSS {} MiB", rss >> 20);
+    drop(queues);
+}

@@ -53,7 +53,9 @@ impl FileBackend {
     /// written); `false` without a mapping.
     pub(super) fn ram_read(&self, mut offset: u64, sgl: &mut Sgl) -> std::io::Result<bool> {
         let Some(ram) = &self.ram else { return Ok(false) };
-        self.ram_bounds(offset, sgl.len())?;
+        if !self.ram_covers(offset, sgl.len()) {
+            return Ok(false);
+        }
         for s in sgl.io_slices_mut().iter_mut() {
             let mut done = 0;
             while done < s.len() {
@@ -75,7 +77,9 @@ impl FileBackend {
     /// Copies the SGL's bytes into the mapping; `false` without one.
     pub(super) fn ram_write(&self, mut offset: u64, sgl: &Sgl) -> std::io::Result<bool> {
         let Some(ram) = &self.ram else { return Ok(false) };
-        self.ram_bounds(offset, sgl.len())?;
+        if !self.ram_covers(offset, sgl.len()) {
+            return Ok(false);
+        }
         for p in Ram::pages(offset, sgl.len() as u64) {
             ram.written[(p / 64) as usize].fetch_or(1 << (p % 64), Relaxed);
         }
@@ -86,11 +90,12 @@ impl FileBackend {
         Ok(true)
     }
 
-    fn ram_bounds(&self, offset: u64, len: usize) -> std::io::Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.info.size => Ok(()),
-            _ => Err(std::io::Error::from_raw_os_error(libc::ERANGE)),
-        }
+    /// Whether the mapping (the size at start) holds the range. A reload
+    /// may grow the memfd past it: that part goes through the memfd with
+    /// system calls, which see the same pages (the volume's range is
+    /// checked before, against its size now).
+    fn ram_covers(&self, offset: u64, len: usize) -> bool {
+        offset.checked_add(len as u64).is_some_and(|end| end <= self.info.size)
     }
 
     /// After a hole was punched in `[offset, offset + len)`: the pages it
@@ -138,7 +143,31 @@ mod tests {
         let v = r.to_vec();
         assert!(v[..4096].iter().all(|&x| x == 0));
         assert_eq!(v[4096..], data[3584..3584 + 4096]);
-        assert!(b.ram_read(1 << 20, &mut r).is_err(), "bounds are checked");
+        assert!(!b.ram_read(1 << 20, &mut r).unwrap(), "past the mapping: the memfd's path");
+    }
+
+    /// A reload grows a RAM volume past its mapping: the new part reads and
+    /// writes through the memfd, and the old part keeps its data.
+    #[tokio::test]
+    async fn a_grown_volume_serves_past_its_mapping() {
+        let pool = PagePool::new(1 << 22, false);
+        let b = FileBackend::ram("grow", 1 << 20, 512).unwrap();
+        let mut w = Sgl::alloc(&pool, Direction::Dest, 8192).await;
+        assert!(w.copy_in(0, &[7u8; 8192]));
+        b.write((1 << 20) - 4096, &w, false).unwrap_err();
+        b.grow_storage(2 << 20).unwrap();
+        b.set_size(2 << 20);
+        // across the old end, and wholly past it
+        b.write((1 << 20) - 4096, &w, true).unwrap();
+        b.write((2 << 20) - 8192, &w, false).unwrap();
+        for at in [(1 << 20) - 4096, (2 << 20) - 8192] {
+            let mut r = Sgl::alloc(&pool, Direction::Dest, 8192).await;
+            b.read(at, &mut r).unwrap();
+            assert!(r.to_vec().iter().all(|&x| x == 7), "at {at}");
+        }
+        let mut r = Sgl::alloc(&pool, Direction::Dest, 4096).await;
+        b.read((1 << 20) + 8192, &mut r).unwrap();
+        assert!(r.to_vec().iter().all(|&x| x == 0), "never written");
     }
 
     /// Reading never-written or deallocated ranges gives them no pages: a

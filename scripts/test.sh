@@ -133,6 +133,8 @@ else
   if tests/vm/run-e2e.sh resv "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-resv.out" 2>&1; then tail -n 2 "$LOG/vm-resv.out"; ok "vm e2e resv"; else tail -n 80 "$LOG/vm-resv.out"; bad "vm e2e resv"; fi
   step "live reconfiguration and restarts with the kernel NVMe/TCP and iSCSI hosts (VM)"
   if tests/vm/run-e2e.sh reload "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-reload.out" 2>&1; then tail -n 2 "$LOG/vm-reload.out"; ok "vm e2e reload"; else tail -n 80 "$LOG/vm-reload.out"; bad "vm e2e reload"; fi
+  step "NVMe multipath (ANA): kernel host on two listeners, path states switched by pinion reload under fio verify (VM, ~2 min)"
+  if tests/vm/run-e2e.sh multipath "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-multipath.out" 2>&1; then tail -n 2 "$LOG/vm-multipath.out"; ok "vm multipath"; else tail -n 80 "$LOG/vm-multipath.out"; bad "vm multipath"; fi
   step "per-I/O read paths on the guest's 6.1 kernel (VM)"
   if tests/vm/run-e2e.sh paths "$CARGO_TARGET_DIR/release/pinion" >"$LOG/vm-paths.out" 2>&1; then tail -n 2 "$LOG/vm-paths.out"; ok "vm paths"; else tail -n 60 "$LOG/vm-paths.out"; bad "vm paths"; fi
   step "NVMe/TCP TLS 1.3 with kTLS: s_client and pinion perf --tls vs Pinion (VM, ~1 min)"

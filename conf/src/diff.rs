@@ -33,6 +33,8 @@ pub struct Diff {
     /// with any of them is refused (the file would no longer describe
     /// what runs).
     pub restart_only: Vec<String>,
+    /// `[[ana_group]]` IDs whose volumes or path states changed (applied live, ana.rs).
+    pub ana_groups_changed: Vec<String>,
 }
 
 fn by_key<T>(v: &[T], key: impl Fn(&T) -> &str) -> Vec<(&str, &T)> {
@@ -102,6 +104,10 @@ impl Diff {
         restart("[log]", old.log != new.log);
         restart("[debug]", old.debug != new.debug);
         restart("[management]", old.management != new.management);
+        let id = |g: &crate::ana::AnaGroupConfig| g.id.to_string();
+        let ids: std::collections::BTreeSet<String> = old.ana_group.iter().chain(&new.ana_group).map(id).collect();
+        let find = |c: &Config, i: &str| c.ana_group.iter().find(|g| id(g) == i).cloned();
+        d.ana_groups_changed = ids.into_iter().filter(|i| find(old, i) != find(new, i)).collect();
         // volumes already serving keep the store they were started with
         restart("[state]", old.state != new.state);
         // TLS listeners take their PSKs when they start: while TLS is on,
@@ -151,6 +157,7 @@ impl Diff {
         list("NVMe/TCP listeners removed:", &s(&self.nvme_listen_removed));
         list("iSCSI listeners added:", &s(&self.iscsi_listen_added));
         list("iSCSI listeners removed:", &s(&self.iscsi_listen_removed));
+        list("ANA groups changed:", &self.ana_groups_changed);
         if parts.is_empty() {
             "no change".into()
         } else {
@@ -235,5 +242,17 @@ mod tests {
         // without TLS, listeners move on a reload
         let plain = BASE.replace("127.0.0.1:4420", "127.0.0.1:4421");
         assert!(Diff::between(&cfg(BASE), &cfg(&plain)).restart_only.is_empty());
+    }
+
+    #[test]
+    fn ana_groups_are_compared_by_id() {
+        let g = |s: &str| format!("{BASE}\n[[ana_group]]\nid = 2\nvolumes = [\"a\"]\n{s}\n");
+        let d = Diff::between(&cfg(&g("")), &cfg(&g("")));
+        assert!(d.is_empty(), "{d:?}");
+        let d = Diff::between(&cfg(&g("")), &cfg(&g(r#"inaccessible = ["127.0.0.1:4420"]"#)));
+        assert_eq!(d.ana_groups_changed, vec!["2"]);
+        assert!(d.restart_only.is_empty());
+        assert_eq!(d.summary(), "ANA groups changed: 2");
+        assert_eq!(Diff::between(&cfg(BASE), &cfg(&g(""))).ana_groups_changed, vec!["2"]);
     }
 }

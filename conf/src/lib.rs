@@ -10,6 +10,7 @@
 //! All problems found in a stage are reported together, so a user fixes a file in one round.
 #![forbid(unsafe_code)]
 
+pub mod ana;
 pub mod diff;
 mod load;
 mod schema;
@@ -53,6 +54,9 @@ pub struct Config {
     pub log: LogConfig,
     pub debug: DebugConfig,
     pub management: ManagementConfig,
+    /// Multipath path states (`[[ana_group]]`, see [`ana`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ana_group: Vec<ana::AnaGroupConfig>,
     pub state: StateConfig,
 }
 
@@ -664,6 +668,7 @@ impl Default for Config {
             log: LogConfig::default(),
             debug: DebugConfig::default(),
             management: ManagementConfig::default(),
+            ana_group: Vec::new(),
             state: StateConfig::default(),
         }
     }

@@ -142,6 +142,15 @@ const LIMITS: &[Field] = &[
     opt("max_write_data_in_flight", Kind::Size(u64::MAX)),
     opt("handshake_timeout", Kind::Int(U32)),
 ];
+const ANA_GROUP: &[Field] = &[
+    req("id", Kind::Int(U32)),
+    opt("volumes", Kind::Strs),
+    opt("optimized", Kind::Addrs),
+    opt("non_optimized", Kind::Addrs),
+    opt("inaccessible", Kind::Addrs),
+    opt("persistent_loss", Kind::Addrs),
+    opt("change", Kind::Addrs),
+];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
 const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32)), opt("io_engine", Kind::Enum(&["auto", "threads"]))];
 const LOG: &[Field] = &[
@@ -169,6 +178,7 @@ pub(crate) const ROOT: &[Field] = &[
     opt("log", Kind::Section(LOG)),
     opt("debug", Kind::Section(DEBUG)),
     opt("management", Kind::Section(MANAGEMENT)),
+    opt("ana_group", Kind::Tables(ANA_GROUP)),
     opt("state", Kind::Section(STATE)),
 ];
 

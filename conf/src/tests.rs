@@ -107,6 +107,7 @@ fn example_file_parses_to_expected_values() {
             keep_zerocopy_when_copied: false,
         },
         management: ManagementConfig { socket: None },
+        ana_group: vec![],
         state: StateConfig { dir: None },
     };
     assert_eq!(c, expected);
@@ -389,6 +390,17 @@ fn schema_matches_serde_structs() {
     t.chap = Some(creds("one"));
     t.mutual_chap = Some(creds("two"));
     t.initiator_chap = vec![InitiatorChapConfig { initiator: "iqn.x".into(), user: "three".into(), secret: Secret("three-secret-long".into()) }];
+    let l = full.nvme_tcp.listen[0];
+    full.ana_group = vec![ana::AnaGroupConfig {
+        id: 2,
+        volumes: vec![full.volume[0].name.clone()],
+        // every list non-empty, so each key is serialised (not a valid config)
+        optimized: vec![l],
+        non_optimized: vec![l],
+        inaccessible: vec![l],
+        persistent_loss: vec![l],
+        change: vec![l],
+    }];
     let tree = config::Config::try_from(&full).unwrap();
     assert_eq!(schema::check(&tree.cache), []);
 
@@ -1197,4 +1209,38 @@ fn rbd_volumes_need_pool_and_image_and_own_their_keys() {
         &with_base("[[volume]]\nname = \"f\"\nbackend = \"ram\"\nsize = \"1MiB\"\npool = \"rbd\"\nrbd_timeout = 3\n"),
         &[r#"volume[1].pool: only for backend "rbd", not "ram""#, r#"volume[1].rbd_timeout: only for backend "rbd""#],
     );
+}
+
+#[test]
+fn ana_group_rules() {
+    let two = "[nvme_tcp]\nlisten = [\"127.0.0.1:4420\", \"127.0.0.1:4421\"]\n";
+    let c = Config::from_toml_str(&with_base(&format!(
+        "{two}[[ana_group]]\nid = 2\nvolumes = [\"v0\"]\noptimized = [\"127.0.0.1:4420\"]\ninaccessible = [\"127.0.0.1:4421\"]\n"
+    )))
+    .unwrap();
+    let g = &c.ana_group[0];
+    assert_eq!(
+        g.ports().collect::<Vec<_>>(),
+        [(addr("127.0.0.1:4420"), ana::AnaStateConfig::Optimized), (addr("127.0.0.1:4421"), ana::AnaStateConfig::Inaccessible)]
+    );
+    assert_err(
+        &with_base(&format!("{two}[[ana_group]]\nid = 0\n[[ana_group]]\nid = 33\n")),
+        &["ana_group[0].id: 0 is out of range (1..=32)", "ana_group[1].id: 33 is out of range (1..=32)"],
+    );
+    assert_err(
+        &with_base(&format!("{two}[[ana_group]]\nid = 3\n[[ana_group]]\nid = 3\n")),
+        &["ana_group[1].id: 3 is already used by ana_group[0]"],
+    );
+    assert_err(
+        &with_base(&format!("{two}[[ana_group]]\nid = 1\nvolumes = [\"v9\"]\n[[ana_group]]\nid = 2\nvolumes = [\"v0\"]\n[[ana_group]]\nid = 3\nvolumes = [\"v0\"]\n")),
+        &[r#"ana_group[0].volumes[0]: "v9" is not a [[volume]] name"#, r#"ana_group[2].volumes[0]: volume "v0" is already in ana_group[1]"#],
+    );
+    assert_err(
+        &with_base(&format!("{two}[[ana_group]]\nid = 1\noptimized = [\"127.0.0.1:4422\"]\nchange = [\"127.0.0.1:4420\"]\ninaccessible = [\"127.0.0.1:4420\"]\n")),
+        &[
+            "ana_group[0].optimized[0]: 127.0.0.1:4422 is not one of nvme_tcp.listen or iscsi.listen",
+            r#"ana_group[0].change[0]: 127.0.0.1:4420 is already given the state "inaccessible" in this group"#,
+        ],
+    );
+    assert_err(&with_base("[[ana_group]]\nid = 1\nstandby = []\n"), &["unknown key \"standby\" in ana_group[0]"]);
 }

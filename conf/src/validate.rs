@@ -24,6 +24,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     volumes(c, &mut out);
     subsystems(c, &mut out);
     iscsi_targets(c, &mut out);
+    crate::ana::validate(c, &mut out);
     if c.memory.pool < 4 * MIB {
         out.push(Problem::at(
             "memory.pool",

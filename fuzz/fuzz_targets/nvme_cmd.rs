@@ -83,6 +83,7 @@ fn registry(w: &World) -> Arc<Registry> {
         listener_tls: vec![],
         limits: LIMITS,
         genctr: AtomicU64::new(3),
+        ana: Default::default(),
     })
 }
 

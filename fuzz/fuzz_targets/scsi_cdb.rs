@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let out = &rest[16..];
     let w = world();
-    let nexus = Nexus { id: u64::from(sel >> 5), initiator: format!("iqn.fuzz:{}", sel >> 5), isid: [0x40, 0, 0, 0, 0, sel >> 5], tpgt: 1 };
+    let nexus = Nexus { id: u64::from(sel >> 5), initiator: format!("iqn.fuzz:{}", sel >> 5), isid: [0x40, 0, 0, 0, 0, sel >> 5], tpgt: 1, portal: None };
     // the EDTL: the Data-Out length, or an arbitrary Data-In length
     let edtl = if sel & 2 != 0 { out.len() as u32 } else { u32::from(u16::from_be_bytes([sel, out.first().copied().unwrap_or(0)])) * 8 };
     let resp = w.rt.block_on(async {

@@ -11,6 +11,8 @@ pub mod lid {
     pub const FW_SLOT: u8 = 0x03;
     pub const CHANGED_NS: u8 = 0x04;
     pub const CMD_EFFECTS: u8 = 0x05;
+    /// Asymmetric Namespace Access.
+    pub const ANA: u8 = 0x0c;
     pub const DISCOVERY: u8 = 0x70;
     /// Reservation Notification.
     pub const RESV_NOTIFY: u8 = 0x80;
@@ -73,6 +75,46 @@ pub struct SmartLog {
     pub rsvd216: [u8; 296],
 }
 assert_size!(SmartLog, 512);
+
+/// Asymmetric Namespace Access log header (16 bytes); a group descriptor
+/// per ANA group follows.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+pub struct AnaLogHeader {
+    /// Change count: bumped whenever any ANA state or group changes.
+    pub chgcnt: Le64,
+    /// Group descriptors that follow.
+    pub ngrps: Le16,
+    pub rsvd10: [u8; 6],
+}
+assert_size!(AnaLogHeader, 16);
+
+/// One ANA group in the ANA log (32 bytes), followed by `nnsids` 4-byte
+/// namespace IDs.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+pub struct AnaGroupDesc {
+    pub grpid: Le32,
+    pub nnsids: Le32,
+    /// The header's change count when this group last changed.
+    pub chgcnt: Le64,
+    /// ANA state, bits 3:0 (see [`ana_state`]).
+    pub state: u8,
+    pub rsvd17: [u8; 15],
+}
+assert_size!(AnaGroupDesc, 32);
+
+/// ANA states (NVMe base specification, Asymmetric Namespace Access).
+pub mod ana_state {
+    pub const OPTIMIZED: u8 = 0x1;
+    pub const NON_OPTIMIZED: u8 = 0x2;
+    pub const INACCESSIBLE: u8 = 0x3;
+    pub const PERSISTENT_LOSS: u8 = 0x4;
+    pub const CHANGE: u8 = 0xf;
+}
+
+/// Get Log Page LSP for the ANA log: Return Groups Only (no NSID lists).
+pub const ANA_LSP_RGO: u8 = 1 << 0;
 
 /// A 128-bit little-endian counter field.
 pub fn u128_le(v: u128) -> [u8; 16] {

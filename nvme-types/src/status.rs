@@ -76,6 +76,13 @@ codes! {
     /// Compare: the medium differs from the host's data.
     COMPARE_FAILURE = 0x285,
     ACCESS_DENIED = 0x286,
+    // path related (SCT 3): the host retries on another path
+    /// The namespace is in ANA Persistent Loss state on this path.
+    ANA_PERSISTENT_LOSS = 0x301,
+    /// The namespace is in ANA Inaccessible state on this path.
+    ANA_INACCESSIBLE = 0x302,
+    /// The namespace is in ANA Change state on this path.
+    ANA_TRANSITION = 0x303,
 }
 
 impl Status {

@@ -4,6 +4,7 @@
 //! shutdown, systemd notification, the `pinion ctl` socket).
 #![forbid(unsafe_code)]
 
+pub mod ana;
 pub mod auth_throttle;
 pub mod ctl;
 pub mod iscsi;

@@ -527,6 +527,7 @@ mod tests {
             listener_tls: Default::default(),
             limits: Limits { max_queue_size: 128, max_io_queues: 8, inline_data_size: 16384, mdts: 8, write_budget: 8 << 20, connect_timeout: std::time::Duration::from_secs(15) },
             genctr: 1.into(),
+            ana: Default::default(),
         });
         let t = Arc::new(IscsiServer::target("iqn.t", vec![v.clone()], &["*".to_string()]));
         let iscsi = Arc::new(IscsiServer::new(vec![t], IscsiSettings::default(), pool.clone()));

@@ -406,7 +406,7 @@ impl Live {
                     nt.scsi.capacity_changed(lun);
                 }
             } else {
-                nt.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, luns));
+                nt.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, luns).with_ana(self.reg.ana.clone()));
             }
             targets.push(Arc::new(nt));
         }

@@ -135,6 +135,8 @@ impl Server {
             let _ = sub.set_access(crate::nvme::subsys::Access { hosts: s.allowed_hosts(), dhchap });
             subsystems.insert(s.nqn.clone(), Arc::new(sub));
         }
+        // path states, shared by both protocols (ana.rs)
+        let ana = Arc::new(crate::ana::AnaTable::new(crate::ana::AnaSpec::from_config(cfg)));
         let mut targets = Vec::new();
         for t in &cfg.iscsi_target {
             let mut vols = Vec::new();
@@ -142,7 +144,9 @@ impl Server {
                 let b = by_name.get(n).ok_or_else(|| ServerError::UnknownVolume(t.iqn.clone(), n.clone()))?;
                 vols.push(b.clone());
             }
-            targets.push(Arc::new(crate::iscsi::target_from_config(t, vols)));
+            let mut target = crate::iscsi::target_from_config(t, vols.clone());
+            target.scsi = Arc::new(crate::scsi::ScsiTarget::new(&t.iqn, vols).with_ana(ana.clone()));
+            targets.push(Arc::new(target));
         }
         let iscsi = Arc::new(IscsiServer::new(targets, iscsi_settings(cfg), pool.clone()));
         let t = &cfg.nvme_tcp;
@@ -161,9 +165,11 @@ impl Server {
                 connect_timeout: Duration::from_secs(cfg.limits.handshake_timeout.into()),
             },
             genctr: 1.into(),
+            ana: ana.clone(),
         };
         let reg = Arc::new(reg);
         let live = Arc::new(crate::reload::Live::new(reg.clone(), iscsi.clone(), pool.clone(), volumes.clone(), cfg.clone()));
+        live.add_hook(Arc::new(crate::ana::OnReload));
         Ok(Server {
             reg,
             pool,

@@ -9,7 +9,7 @@
 # Three targets export the same 256 MiB volume (a file on /dev/shm, 512-byte
 # blocks): without authentication, with one-way CHAP, and with mutual CHAP.
 # Steps: discovery (SendTargets), login, disk size, fio 4k randwrite + crc32c
-# verify, fio randrw 4k-128k + verify, sg_sync, sg_inq -p 0x83 / 0xb0,
+# verify, fio randrw 4k-128k + verify, sg_sync, sg_inq -p 0x83 / 0xb0, sg_rtpg,
 # logout; then one-way CHAP (a wrong secret is refused first) and mutual CHAP
 # with header and data digests, each with a fio verify.  Every step prints
 # its command and rc; the script stops at the first failure and ends with
@@ -230,6 +230,11 @@ run sg_inq -p 0xb0 "$disk"
 check "block limits report a maximum transfer length" grep -qi 'Maximum transfer length' "$LAST"
 run sg_inq "$disk"
 check "standard INQUIRY: direct access device" grep -qi 'disk\|direct' "$LAST"
+check "standard INQUIRY: implicit ALUA (TPGS=1)" grep -q 'TPGS=1' "$LAST"
+run sg_rtpg -d "$disk"
+check "REPORT TARGET PORT GROUPS: the portal's group 1" grep -Eqi 'target port group id *: *0x1\b' "$LAST"
+check "REPORT TARGET PORT GROUPS: active/optimized" grep -qi 'active/optimized' "$LAST"
+check "REPORT TARGET PORT GROUPS: relative target port 1" grep -Eqi '^ *0x0*1 *$' "$LAST"
 
 step "logout"
 logout "$IQN"

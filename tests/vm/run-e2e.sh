@@ -14,6 +14,8 @@
 #            (tests/vm/resv-e2e.sh)
 #   paths    the per-I/O read path (splice, direct, copy) of `auto` file
 #            volumes on the guest kernel, from Pinion's metrics (nvme-paths.sh)
+#   multipath  NVMe multipath (ANA) with the kernel host: two listeners,
+#            path states switched by `pinion reload` under fio (nvme-multipath.sh)
 #   auth     NVMe DH-HMAC-CHAP run against Pinion (tests/vm/nvme-auth-e2e.sh)
 #   reload   live reconfiguration and restarts with both kernel hosts
 #            (tests/vm/reload-e2e.sh)
@@ -48,10 +50,11 @@ case $target in
     ;;&
   nvmet) ;;
   auth-nvmet) script=nvme-auth-e2e.sh ;;
-  pinion|iscsi|paths|auth|resv|reload|tls)
+  pinion|iscsi|paths|auth|resv|reload|tls|multipath)
     [[ $target == iscsi ]] && script=iscsi-e2e.sh
     [[ $target == resv ]] && script=resv-e2e.sh
     [[ $target == reload ]] && script=reload-e2e.sh
+    [[ $target == multipath ]] && script=nvme-multipath.sh
     [[ $target == paths ]] && script=nvme-paths.sh
     [[ $target == auth ]] && script=nvme-auth-e2e.sh
     [[ $target == tls ]] && script=nvme-tls-e2e.sh
@@ -67,7 +70,7 @@ case $target in
     [[ $target == pinion || $target == auth ]] && args=(pinion "$bin")
     ;;
   -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet|resv|reload|tls] [PINION_BIN]" >&2; exit 2 ;;
+  *) echo "usage: $0 [nvmet|pinion|iscsi|paths|auth|auth-nvmet|resv|reload|tls|multipath] [PINION_BIN]" >&2; exit 2 ;;
 esac
 
 OUT=${VM_E2E_OUT:-$REPO/build/vm-e2e}
@@ -80,6 +83,7 @@ opts=(--timeout "${VM_E2E_TIMEOUT:-600}" --cwd "$REPO" --console "$OUT/$target.c
 # when the repository or the binary lives there
 [[ $REPO == /tmp/* || ${bin:-} == /tmp/* ]] && opts+=(--host-tmp)
 for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE BENCH_TIME; do
+for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE MP_FIO_RUNTIME MP_PHASE; do
   [[ -n ${!v+x} ]] && opts+=(-e "$v")
 done
 # shellcheck disable=SC2206

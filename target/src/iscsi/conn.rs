@@ -386,6 +386,7 @@ async fn full_feature(
         initiator: info.initiator_name.clone(),
         isid: info.isid,
         tpgt: srv.settings.portal_group_tag,
+        portal: Some(local),
     });
     if let Some(t) = &target {
         t.scsi.nexus_added(&nexus);

@@ -214,6 +214,7 @@ async fn identify(ctx: &QueueCtx, sqe: &Sqe, c: u8, nsid: u32) -> Result<Reply, 
             id.nvmcap = log::u128_le(u128::from(ns.volume.size()));
             id.nguid = ns.nguid;
             id.eui64 = ns.eui64;
+            id.anagrpid = super::ana::group(ctx, &ns).into();
             id.lbaf[0] = (u32::from(ns.lba_shift()) << 16).into();
             ctx.data_reply(sqe, id.as_bytes(), 0).await
         }
@@ -267,10 +268,10 @@ pub fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
         return id;
     }
     id.cntrltype = identify::cntrltype::IO;
-    // several controllers may share the subsystem
-    id.cmic = 1 << 1;
     // namespace attribute notices
     id.oaes = (1 << 8).into();
+    // several ports and controllers, ANA (ana.rs)
+    super::ana::identify_controller(&mut id);
     // 128-bit host identifier
     id.ctratt = 1.into();
     id.acl = 3;
@@ -320,6 +321,7 @@ async fn get_log_page(ctx: &QueueCtx, sqe: &Sqe, g: GetLogPage) -> Result<Reply,
             v
         }
         lid::CMD_EFFECTS if !discovery => effects_log().as_bytes().to_vec(),
+        lid::ANA if !discovery => super::ana::log_page(ctx, g.lsp),
         lid::RESV_NOTIFY if !discovery => super::resv::notification_log(&ctx.ctrl),
         l => {
             tracing::debug!(lid = l, "unsupported log page");

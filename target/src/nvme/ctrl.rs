@@ -69,6 +69,9 @@ pub struct CtrlState {
     pub changed_ns: Vec<u32>,
     /// The host's address of each connected queue (admin = 0), for `pinion ctl status`.
     pub queue_peers: std::collections::BTreeMap<u16, std::net::SocketAddr>,
+    /// Our address the admin queue connected to: the controller's port
+    /// (its ANA states, ana.rs).
+    pub local_addr: Option<std::net::SocketAddr>,
     /// Reservation notification log, its mask, the notice sinks.
     pub resv: super::resv::CtrlResv,
 }
@@ -105,6 +108,7 @@ impl Controller {
                 aen: Default::default(),
                 changed_ns: Vec::new(),
                 queue_peers: Default::default(),
+                local_addr: None,
                 resv: Default::default(),
             }),
             last_seen: Mutex::new(Instant::now()),

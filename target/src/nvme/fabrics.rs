@@ -88,6 +88,7 @@ pub async fn connect(
         let ctrl = subsys
             .add_controller(|id| Controller::new(id, subsys.kind, hostnqn.clone(), d.hostid, c.kato, max_io))
             .ok_or((Status::CONNECT_CTRL_BUSY, 0))?;
+        ctrl.lock().local_addr = Some(local_addr);
         super::resv::attach(&ctrl, &subsys);
         if c.kato > 0 {
             tokio::spawn(ctrl::keep_alive_timer(ctrl.clone()));

@@ -191,6 +191,8 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
         }
     } else if let Some(ns) = &ctx.subsys.namespace(sqe.nsid()) {
+        // this path's ANA state first: a host retries elsewhere on a path error
+        super::ana::check(ctx, ns)?;
         super::resv::check(ctx, ns, super::resv::access(op))?;
         if matches!(op, io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE) {
             return super::resv::execute(ctx, ns, &sqe, data).await;
@@ -353,6 +355,9 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Ok(ns) => ns,
         Err(s) => return (Err(s), failed()),
     };
+    if let Err(s) = super::ana::check(ctx, ns) {
+        return (Err(s), failed());
+    }
     // the pair writes: both parts need write access (the compare alone
     // would need read access only)
     if let Err(s) = super::resv::check(ctx, ns, pinion_backends::resv::Access::Write) {

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod aen;
+pub mod ana;
 pub mod auth;
 pub mod ctrl;
 pub mod discovery;

@@ -780,6 +780,7 @@ mod tests {
             listener_tls: Default::default(),
             limits: Limits { max_queue_size: 32, max_io_queues: 2, inline_data_size: 4096, mdts: 3, write_budget: 1 << 20, connect_timeout: Duration::from_secs(10) },
             genctr: Default::default(),
+            ana: Default::default(),
         })
     }
 

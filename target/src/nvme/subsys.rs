@@ -247,6 +247,8 @@ pub struct Registry {
     pub limits: Limits,
     /// Discovery log generation counter.
     pub genctr: AtomicU64,
+    /// Path states per port and ANA group (shared with the iSCSI side).
+    pub ana: Arc<crate::ana::AnaTable>,
 }
 
 /// What the controllers advertise.

@@ -68,6 +68,7 @@ impl Opcode {
 pub const SAI_READ_CAPACITY_16: u8 = 0x10;
 pub const SAI_GET_LBA_STATUS: u8 = 0x12;
 /// Service actions of MAINTENANCE IN.
+pub const MI_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
 pub const MI_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
 pub const MI_REPORT_SUPPORTED_TMFS: u8 = 0x0d;
 
@@ -183,6 +184,7 @@ pub static COMMANDS: &[CmdDesc] = &[
     cmd!(Opcode::SERVICE_ACTION_IN_16, sa SAI_READ_CAPACITY_16, "READ CAPACITY(16)", [0x1f, F, F, F, F, F, F, F, F, F, F, F, F, 0x01, 0]),
     cmd!(Opcode::SERVICE_ACTION_IN_16, sa SAI_GET_LBA_STATUS, "GET LBA STATUS", [0x1f, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
     cmd!(Opcode::REPORT_LUNS, "REPORT LUNS", [0, F, 0, 0, 0, F, F, F, F, 0, 0]),
+    cmd!(Opcode::MAINTENANCE_IN, sa MI_REPORT_TARGET_PORT_GROUPS, "REPORT TARGET PORT GROUPS", [0xff, 0, 0, 0, 0, F, F, F, F, 0, 0]),
     cmd!(Opcode::MAINTENANCE_IN, sa MI_REPORT_SUPPORTED_OPCODES, "REPORT SUPPORTED OPERATION CODES", [0x1f, 0x87, F, F, F, F, F, F, F, 0, 0]),
     cmd!(Opcode::MAINTENANCE_IN, sa MI_REPORT_SUPPORTED_TMFS, "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0x1f, 0x80, 0, 0, 0, F, F, F, F, 0, 0]),
     cmd!(Opcode::READ_12, "READ(12)", [0x1c, F, F, F, F, F, F, F, F, G, 0]),
@@ -314,6 +316,11 @@ pub enum Cdb {
     },
     ReportTmfs {
         repd: bool,
+        alloc: u32,
+    },
+    /// REPORT TARGET PORT GROUPS; `extended`: PARAMETER DATA FORMAT 001b.
+    ReportTargetPortGroups {
+        extended: bool,
         alloc: u32,
     },
     PrIn {
@@ -567,6 +574,10 @@ pub fn decode(cdb: &[u8]) -> Result<Cdb, Sense> {
                 }
                 Cdb::ReportOpcodes { rctd: c[2] & 0x80 != 0, options, opcode: c[3], sa: be16(c, 4) as u16, alloc: be32(c, 6) }
             }
+            MI_REPORT_TARGET_PORT_GROUPS => match c[1] >> 5 {
+                f @ (0 | 1) => Cdb::ReportTargetPortGroups { extended: f == 1, alloc: be32(c, 6) },
+                _ => return Err(Sense::invalid_cdb(1, Some(7))),
+            },
             _ => Cdb::ReportTmfs { repd: c[2] & 0x80 != 0, alloc: be32(c, 6) },
         },
         Opcode::PERSISTENT_RESERVE_IN => Cdb::PrIn { sa: sa_byte, alloc: be16(c, 7) },
@@ -705,6 +716,12 @@ mod tests {
             decode(&cdb(&[0xa3, 0x0c, 0x82, 0x9e, 0, 0x10, 0, 0, 1, 0])).unwrap(),
             Cdb::ReportOpcodes { rctd: true, options: 2, opcode: 0x9e, sa: 0x10, alloc: 256 }
         );
+        assert_eq!(
+            decode(&cdb(&[0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0])).unwrap(),
+            Cdb::ReportTargetPortGroups { extended: true, alloc: 512 }
+        );
+        assert_eq!(decode(&cdb(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0])).unwrap(), Cdb::ReportTargetPortGroups { extended: false, alloc: 4 });
+        assert_eq!(field(decode(&cdb(&[0xa3, 0x4a])).unwrap_err()), (1, Some(7)));
     }
 
     #[test]

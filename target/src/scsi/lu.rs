@@ -300,7 +300,7 @@ impl LogicalUnit {
     /// While the volume has registrations, a media command is counted in
     /// flight (the token), so an NVMe host's preempt-and-abort of this I_T
     /// nexus completes only after it.
-    fn admit(&self, nexus: &Nexus, raw: &[u8]) -> Result<(Cdb, Option<InflightToken>), ScsiResponse> {
+    fn admit(&self, nexus: &Nexus, raw: &[u8], path: crate::ana::AnaState) -> Result<(Cdb, Option<InflightToken>), ScsiResponse> {
         let op = Opcode(raw.first().copied().unwrap_or(0xff));
         let decoded = cdb::decode(raw);
         let mut st = self.state();
@@ -317,6 +317,8 @@ impl LogicalUnit {
             tracing::info!(cdb = ?&raw[..raw.len().min(16)], sense = ?s, "CDB rejected");
             ScsiResponse::check(&s, d_sense)
         })?;
+        // a path that is not active takes only a few commands (alua.rs)
+        super::alua::admit(path, &cdb).map_err(|s| ScsiResponse::check(&s, d_sense))?;
         let resv = self.volume.resv.lock();
         let mut token = None;
         if st.spc2.is_some() || resv.res.is_some() || !resv.regs.is_empty() {
@@ -338,7 +340,8 @@ impl LogicalUnit {
 
     pub async fn execute(&self, tgt: &ScsiTarget, req: ScsiRequest<'_>) -> ScsiResponse {
         self.notice_capacity();
-        let (cdb, _in_flight) = match self.admit(req.nexus, req.cdb) {
+        let path = super::alua::state_of(tgt, self, req.nexus);
+        let (cdb, _in_flight) = match self.admit(req.nexus, req.cdb, path) {
             Ok(c) => c,
             Err(resp) => return resp,
         };
@@ -446,6 +449,7 @@ impl LogicalUnit {
             Cdb::CompareAndWrite(rw) => self.compare_and_write(cmd, rw).await,
             Cdb::ReportOpcodes { rctd, options, opcode, sa, alloc } => super::spc::report_opcodes(rctd, options, opcode, sa, alloc),
             Cdb::ReportTmfs { repd, alloc } => Ok(super::spc::report_tmfs(repd, alloc)),
+            Cdb::ReportTargetPortGroups { extended, alloc } => Ok(super::alua::report_target_port_groups(cmd.tgt, self, extended, alloc)),
             Cdb::PrIn { sa, alloc } => Ok(self.pr_in(sa, alloc)),
             Cdb::PrOut { sa, scope, ty, len } => self.pr_out(cmd, sa, scope, ty, len).await,
             Cdb::Reserve { .. } => self.reserve(cmd),

@@ -18,6 +18,7 @@
 //! group), not by session: a reinstated session is the same I_T nexus, and
 //! persistent reservation registrations outlive sessions.
 
+mod alua;
 pub mod cdb;
 mod lu;
 mod mode;
@@ -41,6 +42,10 @@ pub struct Nexus {
     pub initiator: String,
     pub isid: [u8; 6],
     pub tpgt: u16,
+    /// Our address the session's leading connection reached: its portal,
+    /// which decides the ALUA state it sees (alua.rs). `None` outside a
+    /// real connection.
+    pub portal: Option<std::net::SocketAddr>,
 }
 
 /// The identity of an I_T nexus, which outlives sessions (SAM-5: initiator
@@ -209,6 +214,8 @@ pub struct ScsiTarget {
     /// keep the logical unit they found).
     lus: std::sync::RwLock<Arc<Vec<Arc<LogicalUnit>>>>,
     live: LiveNexuses,
+    /// Path states (shared with NVMe; ALUA, alua.rs).
+    ana: Arc<crate::ana::AnaTable>,
 }
 
 /// A logical unit whose reservation notices for I_T nexuses become its unit
@@ -247,7 +254,26 @@ impl ScsiTarget {
         let live = LiveNexuses::default();
         let lus =
             volumes.into_iter().enumerate().map(|(i, v)| new_lu(target_name, i as u64, v, &live)).collect();
-        ScsiTarget { name: target_name.to_string(), lus: std::sync::RwLock::new(Arc::new(lus)), live }
+        ScsiTarget { name: target_name.to_string(), lus: std::sync::RwLock::new(Arc::new(lus)), live, ana: Default::default() }
+    }
+
+    /// The same target with the server's path states (otherwise every path
+    /// is active/optimized).
+    pub fn with_ana(mut self, ana: Arc<crate::ana::AnaTable>) -> ScsiTarget {
+        self.ana = ana;
+        self
+    }
+
+    /// Path states changed: every I_T nexus of each LU whose volume
+    /// `changed` names is told ASYMMETRIC ACCESS STATE CHANGED. Returns how
+    /// many LUs that was.
+    pub fn alua_changed(&self, changed: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for lu in self.lus().iter().filter(|lu| changed(&lu.volume.name)) {
+            lu.ua_all(None, Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+            n += 1;
+        }
+        n
     }
 
     fn lus(&self) -> Arc<Vec<Arc<LogicalUnit>>> {

@@ -60,6 +60,7 @@ pub(crate) fn access_class(cdb: &Cdb) -> Access {
         | Cdb::RequestSense { .. }
         | Cdb::ReportOpcodes { .. }
         | Cdb::ReportTmfs { .. }
+        | Cdb::ReportTargetPortGroups { .. }
         | Cdb::PrIn { .. }
         | Cdb::PrOut { .. }
         | Cdb::ReadCapacity10

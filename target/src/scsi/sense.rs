@@ -26,6 +26,12 @@ pub struct Asc(pub u16);
 impl Asc {
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x0000);
     pub const NOT_READY_INIT_REQUIRED: Asc = Asc(0x0402);
+    /// LOGICAL UNIT NOT READY, ASYMMETRIC ACCESS STATE TRANSITION.
+    pub const NOT_READY_TRANSITIONING: Asc = Asc(0x040a);
+    /// LOGICAL UNIT NOT READY, TARGET PORT IN STANDBY STATE.
+    pub const NOT_READY_STANDBY: Asc = Asc(0x040b);
+    /// LOGICAL UNIT NOT READY, TARGET PORT IN UNAVAILABLE STATE.
+    pub const NOT_READY_UNAVAILABLE: Asc = Asc(0x040c);
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x0800);
     pub const WRITE_ERROR: Asc = Asc(0x0c00);
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e03);
@@ -48,6 +54,7 @@ impl Asc {
     pub const RESERVATIONS_PREEMPTED: Asc = Asc(0x2a03);
     pub const RESERVATIONS_RELEASED: Asc = Asc(0x2a04);
     pub const REGISTRATIONS_PREEMPTED: Asc = Asc(0x2a05);
+    pub const ASYMMETRIC_ACCESS_STATE_CHANGED: Asc = Asc(0x2a06);
     pub const CAPACITY_DATA_CHANGED: Asc = Asc(0x2a09);
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f00);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x3900);

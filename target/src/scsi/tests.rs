@@ -18,7 +18,7 @@ fn ram(name: &str, size: u64, bs: u32) -> Arc<Volume> {
 }
 
 fn nexus(id: u64, name: &str) -> Nexus {
-    Nexus { id, initiator: name.into(), isid: [0x40, 0, 0, 0, 0, id as u8], tpgt: 1 }
+    Nexus { id, initiator: name.into(), isid: [0x40, 0, 0, 0, 0, id as u8], tpgt: 1, portal: None }
 }
 
 struct T {
@@ -163,7 +163,7 @@ async fn standard_inquiry() {
     assert_eq!(d[2], 6, "SPC-4");
     assert_eq!(d[3], 0x12, "HiSup, format 2");
     assert_eq!(usize::from(d[4]), d.len() - 5);
-    assert_eq!(d[5], 0, "TPGS 0, 3PC 0, PROTECT 0");
+    assert_eq!(d[5], 0x10, "TPGS 01b (implicit ALUA), 3PC 0, PROTECT 0");
     assert_eq!(d[7] & 0x02, 0x02, "CmdQue");
     assert_eq!(&d[8..16], b"PINION  ");
     assert!(d[8..36].iter().all(|&c| (0x20..0x7f).contains(&c)));

@@ -38,7 +38,7 @@ pub(crate) fn standard_inquiry() -> Vec<u8> {
     v[2] = 0x06; // SPC-4
     v[3] = 0x12; // HISUP, response data format 2
     v[4] = (v.len() - 5) as u8;
-    v[5] = 0x00; // SCCS 0, ACC 0, TPGS 00b, 3PC 0, PROTECT 0
+    v[5] = 0x10; // SCCS 0, ACC 0, TPGS 01b (implicit ALUA), 3PC 0, PROTECT 0
     v[6] = 0x00;
     v[7] = 0x02; // CMDQUE
     v[8..16].copy_from_slice(VENDOR);
@@ -75,12 +75,6 @@ fn name_string(s: &str) -> Vec<u8> {
     b
 }
 
-/// The relative target port of a portal group: the TPGT, which is never
-/// zero for a real portal group (0 is reserved as a port identifier).
-fn rel_port(n: &Nexus) -> u16 {
-    n.tpgt.max(1)
-}
-
 impl LogicalUnit {
     pub(crate) fn inquiry(&self, cmd: &Cmd<'_>, evpd: bool, page_code: u8, alloc: u32) -> CmdResult {
         let mut v = if !evpd {
@@ -110,11 +104,11 @@ impl LogicalUnit {
         let mut t10 = VENDOR.to_vec();
         t10.extend_from_slice(self.ids.serial.as_bytes());
         designator(&mut b, 0x02, 0x01, &t10);
-        // target port (PIV, iSCSI): relative port, port group, port name
-        let rel = rel_port(n).to_be_bytes();
+        // target port (PIV, iSCSI): relative port and its target port
+        // group (the portal's, alua.rs), port name
+        let rel = super::alua::port_id(tgt, n).to_be_bytes();
         designator(&mut b, 0x51, 0x94, &[0, 0, rel[0], rel[1]]);
-        let tpg = n.tpgt.to_be_bytes();
-        designator(&mut b, 0x51, 0x95, &[0, 0, tpg[0], tpg[1]]);
+        designator(&mut b, 0x51, 0x95, &[0, 0, rel[0], rel[1]]);
         designator(&mut b, 0x53, 0x98, &name_string(&format!("{},t,0x{:04x}", tgt.name(), n.tpgt)));
         // target device: its iSCSI name
         designator(&mut b, 0x53, 0xa8, &name_string(tgt.name()));

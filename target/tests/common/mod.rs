@@ -26,6 +26,7 @@ pub fn start_target(on_thread: fn()) -> (std::net::SocketAddr, Arc<Registry>) {
         discovery: Arc::new(Subsystem::new_discovery()),
         listeners: vec![addr].into(),
         listener_tls: Default::default(),
+        ana: Default::default(),
         limits: Limits { max_queue_size: 128, max_io_queues: 2, inline_data_size: 8192, mdts: 5, write_budget: 8 << 20, connect_timeout: Duration::from_secs(10) },
         genctr: Default::default(),
     });

@@ -77,10 +77,10 @@ fn world() -> &'static World {
 fn registry(w: &World) -> Arc<Registry> {
     let s = Arc::new(Subsystem::new_nvm(NQN, None, None, w.volumes.clone(), vec!["*".into()]));
     Arc::new(Registry {
-        subsystems: HashMap::from([(NQN.to_string(), s)]),
+        subsystems: HashMap::from([(NQN.to_string(), s)]).into(),
         discovery: Arc::new(Subsystem::new_discovery()),
-        listeners: vec!["127.0.0.1:4420".parse().unwrap(), "0.0.0.0:4421".parse().unwrap()],
-        listener_tls: vec![],
+        listeners: vec!["127.0.0.1:4420".parse().unwrap(), "0.0.0.0:4421".parse().unwrap()].into(),
+        listener_tls: Default::default(),
         limits: LIMITS,
         genctr: AtomicU64::new(3),
         ana: Default::default(),
@@ -322,7 +322,7 @@ async fn run(w: &World, sel: u8, mut data: &[u8]) {
     close(io).await;
     close(admin).await;
     // every controller went with its admin queue
-    for s in reg.subsystems.values().chain([&reg.discovery]) {
+    for s in reg.subsystems.values().chain([reg.discovery.clone()]) {
         assert!(s.controllers().is_empty(), "a controller outlived its admin queue");
     }
 }

@@ -67,7 +67,7 @@ pub fn parse(subsys: &Subsystem, max_transfer: usize, sqe: &Sqe) -> Result<Admin
             }
             match g.lid {
                 lid::DISCOVERY if discovery => {}
-                lid::ERROR | lid::FW_SLOT | lid::CHANGED_NS | lid::CMD_EFFECTS | lid::RESV_NOTIFY if !discovery => {}
+                lid::ERROR | lid::FW_SLOT | lid::CHANGED_NS | lid::CMD_EFFECTS | lid::RESV_NOTIFY | lid::ANA if !discovery => {}
                 lid::SMART if !discovery => {
                     let nsid = sqe.nsid();
                     if nsid != 0 && nsid != BROADCAST_NSID {
@@ -551,6 +551,9 @@ mod tests {
         assert_eq!(p(&s, log(lid::DISCOVERY, 0, 1024, 0)), Err(Status::INVALID_LOG_PAGE.dnr()));
         assert_eq!(p(&d, log(lid::SMART, 0, 512, 0)), Err(Status::INVALID_LOG_PAGE.dnr()));
         assert!(p(&d, log(lid::DISCOVERY, 0, 1024, 0)).is_ok());
+        // the ANA log is per port: an I/O controller's, not discovery's
+        assert!(p(&s, log(lid::ANA, 0, 4096, 0)).is_ok());
+        assert_eq!(p(&d, log(lid::ANA, 0, 4096, 0)), Err(Status::INVALID_LOG_PAGE.dnr()));
     }
 
     #[test]

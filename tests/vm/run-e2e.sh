@@ -82,8 +82,7 @@ opts=(--timeout "${VM_E2E_TIMEOUT:-600}" --cwd "$REPO" --console "$OUT/$target.c
 # the guest's /tmp is an empty tmpfs: show the host's /tmp (copy-on-write)
 # when the repository or the binary lives there
 [[ $REPO == /tmp/* || ${bin:-} == /tmp/* ]] && opts+=(--host-tmp)
-for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE BENCH_TIME; do
-for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE MP_FIO_RUNTIME MP_PHASE; do
+for v in FIO_SIZE FIO_MIX_SIZE FIO_RUNTIME CTRL_LOSS_TMO PINION_READY_TIMEOUT RUST_LOG RUST_BACKTRACE BENCH_TIME MP_FIO_RUNTIME MP_PHASE; do
   [[ -n ${!v+x} ]] && opts+=(-e "$v")
 done
 # shellcheck disable=SC2206

@@ -5,4 +5,5 @@
 
 pub mod host;
 pub mod iscsi_host;
+pub mod ops;
 pub mod server;

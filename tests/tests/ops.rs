@@ -7,13 +7,12 @@
 
 use pinion_tests::host::{Digests, Queue, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
 use pinion_tests::iscsi_host::{rw16, LoginOpts, Session, INITIATOR};
+use pinion_tests::ops::{ctl_json, parse_with_prometheus, recv_notify_until};
 use pinion_tests::server::{Server, StartOpts};
 use serde_json::Value;
-use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NQN: &str = "nqn.2026-11.io.pinion:ops";
@@ -73,40 +72,6 @@ fn nvme_host(s: &Server) -> NvmeHost {
 fn iscsi_login(s: &Server) -> Session {
     let o = LoginOpts { initiator: Some(INITIATOR.into()), target: Some(IQN.into()), ..LoginOpts::default() };
     Session::login(s.iscsi_addr, &o).unwrap_or_else(|e| panic!("login: {e:?}"))
-}
-
-/// The exposition as the Python Prometheus client's OpenMetrics parser
-/// reads it: `[{name, type, unit, samples: [[name, labels, value]]}]`. A
-/// parse error fails the test with the parser's message.
-fn parse_with_prometheus(text: &str) -> Vec<Value> {
-    const SCRIPT: &str = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-out = []
-for f in text_string_to_metric_families(sys.stdin.read()):
-    out.append({"name": f.name, "type": f.type, "unit": f.unit,
-                "samples": [[s.name, s.labels, s.value] for s in f.samples]})
-print(json.dumps(out))
-"#;
-    // Debian's interpreter, where python3-prometheus-client installs (a
-    // python3 earlier in PATH may be another one)
-    let py = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    let mut child = Command::new(py)
-        .arg("-c")
-        .arg(SCRIPT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {py}: {e} (scripts/install-test-deps.sh installs python3-prometheus-client)"));
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser rejected /metrics (is python3-prometheus-client installed? scripts/install-test-deps.sh):\n{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("parser output")
 }
 
 /// The value of the sample `name` whose labels include `labels`.
@@ -202,12 +167,6 @@ fn metrics_parse_after_io_through_both_protocols() {
     drop(n);
 }
 
-fn ctl_json(s: &Server, args: &[&str]) -> Value {
-    let out = s.ctl(args);
-    assert!(out.status.success(), "pinion ctl {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("pinion ctl {args:?}: {e}\n{}", String::from_utf8_lossy(&out.stdout)))
-}
-
 #[test]
 fn ctl_status_lists_hosts_and_disconnect_drops_them() {
     let mut s = Server::start(CONFIG);
@@ -285,30 +244,6 @@ fn ctl_status_lists_hosts_and_disconnect_drops_them() {
     assert!(!sock.exists(), "control socket left behind");
 }
 
-/// Reads notify datagrams until one contains `want`; returns all read.
-fn recv_until(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {want:?} within {timeout:?}; got {got:?}");
-        sock.set_read_timeout(Some(left)).unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let hit = m.lines().any(|l| l == want);
-                got.push(m);
-                if hit {
-                    return got;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => panic!("notify socket: {e}"),
-        }
-    }
-}
-
 #[test]
 fn systemd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -320,7 +255,7 @@ fn systemd_notify_ready_watchdog_stopping() {
         ..StartOpts::default()
     };
     let mut s = Server::start_with(CONFIG, &opts);
-    let got = recv_until(&sock, "READY=1", Duration::from_secs(15));
+    let got = recv_notify_until(&sock, "READY=1", Duration::from_secs(15));
     // READY=1 comes once every listener is bound: both ports accept now
     TcpStream::connect_timeout(&s.addr, Duration::from_secs(1)).expect("NVMe/TCP port accepts at READY=1");
     TcpStream::connect_timeout(&s.iscsi_addr, Duration::from_secs(1)).expect("iSCSI port accepts at READY=1");
@@ -330,12 +265,12 @@ fn systemd_notify_ready_watchdog_stopping() {
     s.wait_ready();
     // WATCHDOG_USEC=400000: a ping every 200 ms
     let t = Instant::now();
-    recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
-    recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
-    recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    recv_notify_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    recv_notify_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    recv_notify_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
     assert!(t.elapsed() < Duration::from_secs(3), "three pings took {:?}", t.elapsed());
     s.terminate();
-    recv_until(&sock, "STOPPING=1", Duration::from_secs(10));
+    recv_notify_until(&sock, "STOPPING=1", Duration::from_secs(10));
     assert!(s.wait_exit(Duration::from_secs(30)).is_some_and(|st| st.success()), "clean exit after SIGTERM");
 }
 
@@ -346,7 +281,7 @@ fn watchdog_is_off_without_watchdog_usec() {
     let sock = UnixDatagram::bind(&path).unwrap();
     let opts = StartOpts { env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())], ..StartOpts::default() };
     let s = Server::start_with(CONFIG, &opts);
-    recv_until(&sock, "READY=1", Duration::from_secs(15));
+    recv_notify_until(&sock, "READY=1", Duration::from_secs(15));
     sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut buf = [0u8; 4096];
     if let Ok(n) = sock.recv(&mut buf) {

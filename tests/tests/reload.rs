@@ -9,13 +9,12 @@ use nvme_types::command::{Opcode, BROADCAST_NSID};
 use nvme_types::Sqe;
 use pinion_tests::host::{Digests, Queue, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
 use pinion_tests::iscsi_host::{rw16, LoginOpts, Session, INITIATOR};
+use pinion_tests::ops::{ctl_json, parse_with_prometheus, recv_notify_until};
 use pinion_tests::server::{Server, StartOpts};
-use serde_json::Value;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const NQN: &str = "nqn.2026-11.io.pinion:reload";
 const IQN: &str = "iqn.2026-11.io.pinion:reload";
@@ -124,12 +123,6 @@ fn reload_ok(s: &Server) -> String {
     let out = s.reload(&[]);
     assert!(out.status.success(), "pinion reload: {}\n{}\n--- log ---\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.log_text());
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ctl_json(s: &Server, args: &[&str]) -> Value {
-    let out = s.ctl(args);
-    assert!(out.status.success(), "pinion ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn namespaces(s: &Server) -> Vec<(u64, String)> {
@@ -320,29 +313,9 @@ fn hosts_removed_from_the_acls_are_disconnected_and_listeners_follow_the_config(
     assert!(Session::login(s.iscsi_addr, &o).is_err(), "an initiator no longer allowed cannot log in");
 }
 
-/// Reads notify datagrams until a line equals `want`; returns every line read.
+/// Every notify line up to and including the datagram with `want`.
 fn recv_until(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {want:?} within {timeout:?}; got {got:?}");
-        sock.set_read_timeout(Some(left)).unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let lines: Vec<String> = m.lines().map(str::to_string).collect();
-                let hit = lines.iter().any(|l| l == want);
-                got.extend(lines);
-                if hit {
-                    return got;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => panic!("notify socket: {e}"),
-        }
-    }
+    recv_notify_until(sock, want, timeout).iter().flat_map(|m| m.lines().map(str::to_string)).collect()
 }
 
 #[test]
@@ -371,12 +344,3 @@ fn sighup_reloads_and_systemd_hears_reloading_then_ready() {
     assert_eq!(namespaces(&s).len(), 2);
 }
 
-/// The Python Prometheus client's OpenMetrics parser must accept the text.
-fn parse_with_prometheus(text: &str) {
-    const SCRIPT: &str = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\nlist(text_string_to_metric_families(sys.stdin.read()))\n";
-    let py = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    let mut child = Command::new(py).arg("-c").arg(SCRIPT).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("python3");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Prometheus parser rejected /metrics:\n{}\n{text}", String::from_utf8_lossy(&out.stderr));
-}

@@ -35,10 +35,27 @@ pub fn binary() -> PathBuf {
     repo.join("build/cargo/debug/pinion")
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1 for a server a test starts: bound once to
+/// check it, then released for the server. A port the kernel picked (`:0`)
+/// comes from its ephemeral range, where any test's client connection may
+/// take it as a source port before the server binds it (CI saw `Address
+/// already in use` that way). So ports come from below that range (Linux:
+/// 32768 and up), each handed out once per test binary, starting at a place
+/// that depends on the process so two binaries rarely meet.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in 127.0.0.1:{LOW}..{}", LOW + SPAN);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Server {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::metrics::METRICS;
 
 mod ram;
+mod residency;
 mod ring;
 
 pub struct FileBackend {
@@ -35,9 +36,9 @@ pub struct FileBackend {
     in_memory: bool,
     /// A RAM volume's memfd, mapped: its I/O is a memcpy ([`ram`]).
     ram: Option<ram::Ram>,
-    /// For `auto` volumes on kernels without `cachestat(2)`: a mapping
-    /// that `mincore(2)` reads residency from.
-    residency: Option<crate::sys::ResidencyMap>,
+    /// For `auto` volumes on kernels without `cachestat(2)`: the mapping
+    /// that `mincore(2)` reads residency from, made on first use.
+    residency: Option<residency::Residency>,
     /// fallocate modes the file system refused once; not tried again.
     no_punch: std::sync::atomic::AtomicBool,
     no_zero_range: std::sync::atomic::AtomicBool,
@@ -156,13 +157,7 @@ impl FileBackend {
     /// Tells residency with `mincore(2)` over a mapping of the file instead
     /// of `cachestat(2)`.
     fn with_mincore(mut self) -> FileBackend {
-        self.residency = match crate::sys::ResidencyMap::new(&*self.file, self.info.size) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(path = %self.info.describe, error = %e, "no cachestat(2) and the file cannot be mapped for mincore(2): residency is probed per read");
-                None
-            }
-        };
+        self.residency = Some(residency::Residency::default());
         self
     }
 
@@ -364,8 +359,8 @@ impl Backend for FileBackend {
         if self.in_memory {
             return Some(true);
         }
-        if let Some(m) = &self.residency {
-            return m.resident(offset, len).ok();
+        if let Some(r) = &self.residency {
+            return r.resident(&self.file, self.size(), &self.info.describe, offset, len);
         }
         match crate::sys::cachestat(&*self.file, offset, len)? {
             Ok(c) => Some(c.nr_cache >= len.div_ceil(crate::PAGE_SIZE as u64)),
@@ -658,6 +653,32 @@ mod tests {
             b.flush().unwrap();
             assert_eq!(unwritten(&b, 0, 1 << 22), Some(0), "{mode:?}: FLUSH left dirty pages");
         }
+    }
+
+    /// Without cachestat(2) the file is mapped for mincore(2) on the first
+    /// question, not before, and again when the volume has grown past the
+    /// mapping: residency past the old end is still told, not probed.
+    #[tokio::test]
+    async fn mincore_mapping_is_made_on_first_use_and_follows_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = PagePool::new(1 << 22, false);
+        let b = FileBackend::open_file_mincore(&dir.path().join("g.img"), 1 << 20, 4096).unwrap();
+        let r = b.residency.as_ref().unwrap();
+        assert_eq!(r.mapped_len(), None, "nothing mapped before the first read");
+        b.write(0, &filled(&pool, 65536, 1).await, false).unwrap();
+        assert_eq!(b.resident(0, 65536), Some(true));
+        assert_eq!(b.resident(65536, 65536), Some(false), "never written or read");
+        assert_eq!(r.mapped_len(), Some(1 << 20));
+        // one mapping serves every later question
+        assert_eq!(b.resident(4096, 4096), Some(true));
+        assert_eq!(r.mapped_len(), Some(1 << 20));
+        // a reload grows the volume; the new range is written and asked about
+        b.grow_storage(4 << 20).unwrap();
+        b.set_size(4 << 20);
+        b.write(3 << 20, &filled(&pool, 65536, 2).await, false).unwrap();
+        assert_eq!(b.resident(3 << 20, 65536), Some(true), "past the first mapping");
+        assert_eq!(r.mapped_len(), Some(4 << 20));
+        assert_eq!(b.resident(0, 65536), Some(true));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct DataPathMetrics {
     pub io_engine_fallbacks: AtomicU64,
     /// File-volume operations submitted to io_uring.
     pub uring_ops: AtomicU64,
+    /// `io_uring_enter` calls that submitted them: operations queued in one
+    /// turn of this thread's tasks go in together.
+    pub uring_enters: AtomicU64,
     /// Why a cheaper path was not taken.
     pub fallback_data_digest: AtomicU64,
     pub fallback_no_pipe: AtomicU64,

@@ -110,6 +110,11 @@ impl ResidencyMap {
         Ok(ResidencyMap { addr: ptr as usize, len })
     }
 
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len as u64
+    }
+
     /// Whether every page of `[off, off + len)` is in the page cache.
     pub(crate) fn resident(&self, off: u64, len: u64) -> std::io::Result<bool> {
         const CHUNK: usize = 256;

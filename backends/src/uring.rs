@@ -8,6 +8,13 @@
 //!   that thread's executor waits for the ring's fd to turn readable (tokio's
 //!   `AsyncFd`: the ring fd is polled like a socket), takes every completion
 //!   and wakes each submitter.
+//! * Submissions are batched per turn: an operation is only queued; the
+//!   first of a batch wakes the reaper task, which runs after the tasks
+//!   already woken (a connection driver queues the reads of every command
+//!   its turn took) and submits them all with one `io_uring_enter`. An
+//!   operation still pending when polled first takes the completions the
+//!   kernel has already posted, so a driver's turn sees them without a trip
+//!   through the poller.
 //! * An in-flight operation owns what the kernel uses: the SGL's pages, the
 //!   iovec array and the file. Dropping its future before the completion
 //!   (a cancelled command, a closed connection) parks them in the ring until
@@ -103,6 +110,8 @@ fn probe() -> std::io::Result<()> {
     for (op, name) in [
         (opcode::Readv::CODE, "READV"),
         (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
         (opcode::Fsync::CODE, "FSYNC"),
         (opcode::Fallocate::CODE, "FALLOCATE"),
     ] {
@@ -129,12 +138,20 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: usize,
+    /// `io_uring_enter` calls that submitted entries.
+    enters: u64,
+    /// The reaper task, woken when the first entry of a batch is queued:
+    /// it runs after the tasks already woken on this thread (a connection
+    /// driver's turn), so one `io_uring_enter` takes the whole batch.
+    reaper: Option<Waker>,
+    /// The reaper was woken to submit and has not run since.
+    kicked: bool,
 }
 
 impl State {
     /// Takes every completion, waking the tasks they belong to.
     fn reap(&mut self) {
-        let State { ring, slots, free, in_flight } = self;
+        let State { ring, slots, free, in_flight, .. } = self;
         for cqe in ring.completion() {
             let i = cqe.user_data() as usize;
             let Some(slot) = slots.get_mut(i) else {
@@ -177,8 +194,15 @@ impl State {
         self.free.push(i);
     }
 
+    /// Entries queued and not yet handed to the kernel.
+    fn unsubmitted(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
     /// Hands the queued entries to the kernel.
     fn submit(&mut self) -> std::io::Result<()> {
+        bump(&METRICS.uring_enters);
+        self.enters += 1;
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
@@ -250,10 +274,19 @@ impl Ring {
     }
 
     fn new() -> std::io::Result<Ring> {
-        let ring = IoUring::new(ENTRIES)?;
+        // Completions are posted by task work on this thread. By default
+        // the kernel interrupts the thread (an IPI, a VM exit in a guest)
+        // to run it at once; cooperatively it runs at the thread's next
+        // system call, which a reactor makes constantly (and its poller
+        // wait is woken as before). Kernels before 5.19 refuse the flag.
+        let ring = match IoUring::builder().setup_coop_taskrun().build(ENTRIES) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(ENTRIES)?,
+            Err(e) => return Err(e),
+        };
         let fd = sys::register(&ring)?;
         Ok(Ring {
-            state: Mutex::new(State { ring, slots: Vec::new(), free: Vec::new(), in_flight: 0 }),
+            state: Mutex::new(State { ring, slots: Vec::new(), free: Vec::new(), in_flight: 0, enters: 0, reaper: None, kicked: false }),
             fd,
             alive: AtomicBool::new(true),
         })
@@ -263,25 +296,46 @@ impl Ring {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for completions and hands them out, for as long as the
-    /// runtime runs. The ring fd is readable while completions are queued;
-    /// readiness is cleared before the queue is emptied, so a completion
-    /// posted meanwhile raises it again.
+    /// Submits what this thread's tasks queued and hands out completions,
+    /// for as long as the runtime runs. Woken by the first entry of a batch
+    /// (see [`Ring::submit`]) and by the ring fd turning readable
+    /// (completions queued). Readiness is cleared before the completion
+    /// queue is emptied, so a completion posted meanwhile raises it again.
     async fn reap_loop(&self) {
-        loop {
-            match self.fd.readable().await {
-                Ok(mut g) => g.clear_ready(),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot wait on the io_uring fd");
-                    return;
+        let e = std::future::poll_fn(|cx| {
+            loop {
+                match self.fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut g)) => g.clear_ready(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(e),
+                    Poll::Pending => break,
                 }
             }
-            self.lock().reap();
-        }
+            let mut st = self.lock();
+            if !st.reaper.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.reaper = Some(cx.waker().clone());
+            }
+            st.kicked = false;
+            if st.unsubmitted() > 0 {
+                if let Err(e) = st.submit() {
+                    // the entries stay queued; the next batch retries them
+                    tracing::warn!(error = %e, "io_uring submission failed; retried with the next batch");
+                }
+            }
+            st.reap();
+            Poll::Pending
+        })
+        .await;
+        tracing::error!(error = %e, "cannot wait on the io_uring fd");
     }
 
-    /// Submits `entry`; `keep` is what it points to (buffers, iovecs, the
+    /// Queues `entry`; `keep` is what it points to (buffers, iovecs, the
     /// file), returned with the result when it completes.
+    ///
+    /// The entry is not handed to the kernel here: the first entry of a
+    /// batch wakes this thread's reaper task, which runs once the tasks
+    /// woken before it (the connection drivers' turns) have queued theirs,
+    /// and submits them all with one `io_uring_enter`. A full submission
+    /// queue is submitted at once.
     pub(crate) fn submit<K: Send + Unpin + 'static>(self: &Arc<Self>, entry: squeue::Entry, keep: K) -> Op<K> {
         let mut st = self.lock();
         let i = st.alloc();
@@ -299,10 +353,10 @@ impl Ring {
         }
         st.slots[i] = Slot::Waiting(None);
         st.in_flight += 1;
-        if let Err(e) = st.submit() {
-            // the entry stays queued: it goes in with the next submission,
-            // and its completion arrives as usual
-            tracing::warn!(error = %e, "io_uring submission failed; retried with the next one");
+        let State { reaper, kicked, .. } = &mut *st;
+        if let Some(w) = reaper.as_ref().filter(|_| !*kicked) {
+            w.wake_by_ref();
+            *kicked = true;
         }
         Op { ring: self.clone(), slot: Some(i), keep: Some(keep), error: None }
     }
@@ -311,6 +365,13 @@ impl Ring {
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.lock().in_flight
+    }
+
+    /// `io_uring_enter` calls that submitted entries, on this ring (for
+    /// tests: the process-wide count sees every test's rings).
+    #[cfg(test)]
+    pub(crate) fn submits(&self) -> u64 {
+        self.lock().enters
     }
 }
 
@@ -361,6 +422,16 @@ impl<K: Send + Unpin + 'static> Future for Op<K> {
         }
         let i = this.slot.expect("polled after completion");
         let mut st = this.ring.lock();
+        // Completions already posted are taken now, in this turn, rather
+        // than after a trip through the poller to the reaper task. (The
+        // waker is set aside meanwhile: this poll is its wake-up.)
+        if let Slot::Waiting(w) = &mut st.slots[i] {
+            let w = w.take();
+            st.reap();
+            if let Slot::Waiting(slot) = &mut st.slots[i] {
+                *slot = w;
+            }
+        }
         match &mut st.slots[i] {
             Slot::Done(r) => {
                 let r = *r;
@@ -437,12 +508,24 @@ impl<B> Unpin for Vectored<B> {}
 pub(crate) mod entry {
     use super::*;
 
+    /// One buffer (a 4 KiB I/O) goes as a plain READ: the kernel then has
+    /// no iovec array to copy in and check.
     pub(crate) fn readv(fd: RawFd, iov: &[IoVec], offset: u64) -> squeue::Entry {
+        if let [one] = iov {
+            if let Ok(len) = u32::try_from(one.len) {
+                return opcode::Read::new(types::Fd(fd), one.base as *mut u8, len).offset(offset).build();
+            }
+        }
         opcode::Readv::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32).offset(offset).build()
     }
 
     /// `rw_flags`: e.g. `RWF_DSYNC` for a write that is durable when done.
     pub(crate) fn writev(fd: RawFd, iov: &[IoVec], offset: u64, rw_flags: i32) -> squeue::Entry {
+        if let [one] = iov {
+            if let Ok(len) = u32::try_from(one.len) {
+                return opcode::Write::new(types::Fd(fd), one.base as *const u8, len).offset(offset).rw_flags(rw_flags).build();
+            }
+        }
         opcode::Writev::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32).offset(offset).rw_flags(rw_flags).build()
     }
 

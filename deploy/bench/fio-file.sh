@@ -8,17 +8,22 @@
 # PINION_RUNTIME__IO_ENGINE=threads) so one binary gives before and after.
 # Prints one line per cell and the medians; run it under the heavy lock:
 #
-#   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH]
+#   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH] [--base PATH] [--no-threads]
+#
+# --base PATH adds a column: another binary (e.g. main's) on io_uring, in
+# the same rounds, for before/after; --no-threads drops the thread-pool one.
 #
 # Env: BENCH_NVME_PORT (4521). Every process it starts is stopped by PID.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-ROUNDS=3 TIME=5 BIN= TCPU=0 ICPU=1 SIZE=1G
+ROUNDS=3 TIME=5 BIN= BASE= THREADS=1 TCPU=0 ICPU=1 SIZE=1G
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=$2; shift ;;
     --time) TIME=$2; shift ;;
     --bin) BIN=$2; shift ;;
+    --base) BASE=$2; shift ;;
+    --no-threads) THREADS=0 ;;
     --size) SIZE=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -66,10 +71,10 @@ fio_cell() {
   python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$OUT/fio.json"
 }
 
-pinion_cell() { # ENGINE
-  local env=()
+pinion_cell() { # ENGINE [BINARY]
+  local env=() bin=${2:-$BIN}
   [[ $1 == threads ]] && env=(PINION_RUNTIME__IO_ENGINE=threads)
-  env "${env[@]}" taskset -c "$TCPU" "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
+  env "${env[@]}" taskset -c "$TCPU" "$bin" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
   pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
   local t0 t1
@@ -82,14 +87,37 @@ pinion_cell() { # ENGINE
     "$OUT/perf.json" $((t1 - t0)) "$TIME"
 }
 
-declare -a F U T
+# cells in the order of a round; odd rounds run it forwards, even backwards
+cells=(fio uring)
+[[ -n $BASE ]] && cells+=(base)
+((THREADS)) && cells+=(threads)
+cell() {
+  case $1 in
+    fio) fio_cell ;;
+    uring) pinion_cell uring ;;
+    base) pinion_cell uring "$BASE" ;;
+    threads) pinion_cell threads ;;
+  esac
+}
+declare -A R
+label() { case $1 in fio) echo "fio" ;; uring) echo "pinion io_uring" ;; base) echo "base io_uring" ;; threads) echo "pinion threads" ;; esac; }
 for r in $(seq "$ROUNDS"); do
-  if ((r % 2)); then f=$(fio_cell); u=$(pinion_cell uring); t=$(pinion_cell threads)
-  else t=$(pinion_cell threads); u=$(pinion_cell uring); f=$(fio_cell); fi
-  F+=("$f"); U+=("${u% *}"); T+=("${t% *}")
-  printf 'round %d: fio %s IOPS | pinion io_uring %s IOPS (%s us target CPU/IO) | pinion threads %s IOPS (%s us target CPU/IO)\n' \
-    "$r" "$f" "${u% *}" "${u#* }" "${t% *}" "${t#* }"
+  order=("${cells[@]}")
+  ((r % 2)) || order=($(printf '%s\n' "${cells[@]}" | tac))
+  line="round $r ($(cut -d' ' -f1 /proc/loadavg) load):"
+  for c in "${order[@]}"; do
+    v=$(cell "$c")
+    R[$c]+="${v% *} "
+    if [[ $c == fio ]]; then line+=" | fio $v IOPS"; else line+=" | $(label "$c") ${v% *} IOPS (${v#* } us target CPU/IO)"; fi
+  done
+  echo "$line"
 done
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
-mf=$(med "${F[@]}") mu=$(med "${U[@]}") mt=$(med "${T[@]}")
-printf 'median: fio %s | io_uring %s (%.2fx fio) | threads %s (%.2fx fio)\n' "$mf" "$mu" "$(echo "$mu / $mf" | bc -l)" "$mt" "$(echo "$mt / $mf" | bc -l)"
+mf=$(med ${R[fio]})
+line="median: fio $mf"
+for c in "${cells[@]}"; do
+  [[ $c == fio ]] && continue
+  m=$(med ${R[$c]})
+  line+=" | $(label "$c") $m ($(printf '%.2f' "$(echo "$m / $mf" | bc -l)")x fio)"
+done
+echo "$line"

@@ -101,6 +101,8 @@ fn file_volumes_use_io_uring_by_default() {
     assert_eq!(s.metric("pinion_io_engine_fallbacks_total"), 0);
     // 2 namespaces x (2 writes, flush, 2 reads, 2 zeroings, 2 reads)
     assert!(s.metric("pinion_io_uring_ops_total") >= 18, "{}", s.metrics_text());
+    let submits = s.metric("pinion_io_uring_submits_total");
+    assert!(submits >= 1 && submits <= s.metric("pinion_io_uring_ops_total"), "{}", s.metrics_text());
 }
 
 #[test]
@@ -111,5 +113,6 @@ fn the_thread_pool_engine_is_chosen_by_configuration() {
     assert_eq!(s.metric("pinion_io_engine_uring"), 0);
     assert_eq!(s.metric("pinion_io_engine_fallbacks_total"), 1);
     assert_eq!(s.metric("pinion_io_uring_ops_total"), 0);
+    assert_eq!(s.metric("pinion_io_uring_submits_total"), 0);
     assert!(s.log_text().contains("io_uring turned off by configuration"), "{}", s.log_text());
 }

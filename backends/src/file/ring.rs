@@ -398,6 +398,48 @@ mod tests {
         assert!(read(&b, &ring, &pool, 0, 4096).await.unwrap().iter().all(|&x| x == 3));
     }
 
+    /// Reads queued by one task in one turn (a connection driver running
+    /// the commands it has read) go to the kernel together: one
+    /// `io_uring_enter` for the batch, not one per read.
+    #[tokio::test]
+    async fn reads_of_one_turn_are_submitted_together() {
+        let ring = ring();
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_file(&dir.path().join("batch.img"), Some(1 << 20), 4096, IoMode::Direct, false).unwrap();
+        let data: Vec<u8> = (0..(1 << 20)).map(|i: usize| (i / 4096) as u8).collect();
+        let mut w = Sgl::alloc(&pool, Direction::Dest, 1 << 20).await;
+        assert!(w.copy_in(0, &data));
+        b.ring_write(&ring, 0, w, false).await.unwrap();
+        const N: usize = 16;
+        let mut reads = Vec::new();
+        for i in 0..N {
+            let off = (i * 7 % 256 * 4096) as u64;
+            reads.push((off, Box::pin(b.ring_read(&ring, off, Sgl::alloc(&pool, Direction::Dest, 4096).await))));
+        }
+        let before = ring.submits();
+        let mut left = N;
+        std::future::poll_fn(|cx| {
+            for (off, r) in reads.iter_mut() {
+                if *off == u64::MAX {
+                    continue;
+                }
+                if let std::task::Poll::Ready((r, s)) = std::future::Future::poll(r.as_mut(), cx) {
+                    r.unwrap();
+                    let o = *off as usize;
+                    assert!(s.to_vec() == data[o..o + 4096], "the bytes at {o}");
+                    *off = u64::MAX;
+                    left -= 1;
+                }
+            }
+            if left == 0 { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await;
+        let enters = ring.submits() - before;
+        assert_eq!(enters, 1, "{N} reads of one turn took {enters} submissions");
+        assert_eq!(ring.in_flight(), 0);
+    }
+
     /// Polls a future once.
     async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
         std::future::poll_fn(|cx| std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {

@@ -76,7 +76,8 @@ fn sixteen_idle_queues_cost_no_cpu() {
 fn sixteen_idle_queues_cost_no_cpu_with_busy_poll() {
     let cfg = CONFIG.replace("cores = 2\n", "cores = 2\nbusy_poll_us = 500\n");
     assert_ne!(cfg, CONFIG);
-    let s = idle_queues(&format!("{cfg}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    // the queues stay connected while the metrics are read: closing them is activity
+    let (s, _queues) = idle_queues(&format!("{cfg}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
     let spins: u64 = (0..2).map(|r| s.metric(&format!("pinion_reactor_busy_poll_spins_total{{reactor=\"{r}\"}}"))).sum();
     assert!(spins > 0, "the reactors never spun:\n{}", s.metrics_text());
     for r in 0..2 {
@@ -85,8 +86,8 @@ fn sixteen_idle_queues_cost_no_cpu_with_busy_poll() {
 }
 
 /// Connects 16 queues, runs I/O on them, then measures the server's CPU
-/// time and RSS while they are idle.
-fn idle_queues(config: &str) -> Server {
+/// time and RSS while they are idle; returns them still connected.
+fn idle_queues(config: &str) -> (Server, Vec<Queue>) {
     let s = Server::start(config);
     let pid = s.pid();
     let mut queues = Vec::new();
@@ -128,6 +129,5 @@ fn idle_queues(config: &str) -> Server {
     eprintln!("idle for 10 s with 16 queues: {:.3} ms CPU, RSS {:.1} MiB", used as f64 / 1e6, rss as f64 / 1048576.0);
     assert!(used < 20_000_000, "16 idle queues used {:.3} ms of CPU in 10 s", used as f64 / 1e6);
     assert!(rss < 32 << 20, "idle RSS {} MiB", rss >> 20);
-    drop(queues);
-    s
+    (s, queues)
 }

@@ -424,6 +424,7 @@ mod tests {
         // idle, connection still open: after the budget, no CPU at all
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!busy.spinning.load(Relaxed), "still spinning 100 ms after the last ping: {busy:?}");
+        let caught = busy.caught.load(Relaxed);
         let tid = tid.load(Relaxed);
         let before = thread_ticks(tid);
         tokio::time::sleep(Duration::from_secs(1)).await;

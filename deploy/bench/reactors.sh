@@ -17,7 +17,7 @@
 #
 #   flock /tmp/pinion-heavy.lock deploy/bench/reactors.sh [qd1|scale|all]
 #   env: BIN (default build/cargo/release/pinion), REF (another pinion binary,
-#        qd1 only), ROUNDS=3, SECS=5, BUSY_US=50, OUT (default build/bench/reactors-<time>)
+#        compared at QD1 and with 2 reactors), ROUNDS=3, SECS=5, BUSY_US=50, OUT (default build/bench/reactors-<time>)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PART=${1:-all}
@@ -109,9 +109,11 @@ fi
 if [[ $PART == scale || $PART == all ]]; then
   serve r1 "$BIN" 4484 0 "cores = 1"
   serve r2 "$BIN" 4485 0,1 "cores = 2"
+  systems=(r1 r2)
+  if [[ -n $REF ]]; then serve ref-r2 "$REF" 4486 0,1 "cores = 2"; systems=(r1 r2 ref-r2); fi
   for r in $(seq "$ROUNDS"); do
     say "scale round $r (load $(cut -d' ' -f1 /proc/loadavg))"
-    order=(r1 r2); ((r % 2)) || order=(r2 r1)
+    order=("${systems[@]}"); ((r % 2)) || order=($(printf '%s\n' "${systems[@]}" | tac))
     for s in "${order[@]}"; do
       for rw in randread randwrite; do cell "$r" scale "$s" sleep --rw $rw --bs 4k --qd 32 --queues 2; done
     done

@@ -597,6 +597,16 @@ pub struct RuntimeConfig {
     /// kernel allows it; else the blocking thread pool) or `threads` (always the thread pool).
     /// `PINION_RUNTIME__IO_ENGINE=threads` forces the fallback from the environment.
     pub io_engine: IoEngine,
+    /// Busy polling, in microseconds: after serving a connection a reactor keeps polling its
+    /// sockets for up to this long (adaptively less when commands come slower) before it parks,
+    /// trading CPU while I/O flows for QD1 latency. 0 (default) = never spin. An idle reactor
+    /// stops spinning after the budget either way.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub busy_poll_us: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// `[runtime] io_engine`.
@@ -610,6 +620,9 @@ pub enum IoEngine {
 
 /// The largest `[runtime] cores` accepted (the kernel's `CPU_SETSIZE`).
 pub const MAX_CORES: u32 = 1024;
+
+/// The largest `[runtime] busy_poll_us` accepted (10 ms: past that it is not a spin).
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

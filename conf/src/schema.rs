@@ -152,7 +152,7 @@ const ANA_GROUP: &[Field] = &[
     opt("change", Kind::Addrs),
 ];
 const METRICS: &[Field] = &[opt("listen", Kind::Addr)];
-const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32)), opt("io_engine", Kind::Enum(&["auto", "threads"]))];
+const RUNTIME: &[Field] = &[opt("cores", Kind::Int(U32)), opt("io_engine", Kind::Enum(&["auto", "threads"])), opt("busy_poll_us", Kind::Int(U32))];
 const LOG: &[Field] = &[
     opt("level", Kind::Str),
     opt("format", Kind::Enum(&["text", "json"])),

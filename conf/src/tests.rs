@@ -96,7 +96,7 @@ fn example_file_parses_to_expected_values() {
         memory: MemoryConfig { pool: 256 << 20, splice_min: 32 << 10, zerocopy_min: 32 << 10 },
         limits: LimitsConfig { max_connections: 1024, max_connections_per_host: 256, max_write_data_in_flight: 8 << 20, handshake_timeout: 15 },
         metrics: MetricsConfig { listen: None },
-        runtime: RuntimeConfig { cores: None, io_engine: Default::default() },
+        runtime: RuntimeConfig { cores: None, io_engine: Default::default(), busy_poll_us: 0 },
         log: LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
@@ -371,6 +371,7 @@ fn schema_matches_serde_structs() {
     full.management.socket = Some("/run/pinion/ctl.sock".into());
     full.state.dir = Some("/var/lib/pinion".into());
     full.runtime.cores = Some(2);
+    full.runtime.busy_poll_us = 50;
     let creds = |u: &str| ChapConfig { user: u.into(), secret: Secret(format!("{u}-secret-long")) };
     full.subsystem[0].host = vec![SubsystemHostConfig {
         nqn: "nqn.h".into(),
@@ -1158,6 +1159,15 @@ fn runtime_cores() {
     assert!(e.contains("runtime.cores"), "{e}");
     let e = Config::from_toml_str("[runtime]\nthreads = 2\n").unwrap_err().to_string();
     assert!(e.contains("\"threads\" in runtime"), "{e}");
+}
+
+#[test]
+fn runtime_busy_poll() {
+    assert_eq!(Config::from_toml_str("").unwrap().runtime.busy_poll_us, 0, "off by default");
+    assert_eq!(Config::from_toml_str("[runtime]\nbusy_poll_us = 50\n").unwrap().runtime.busy_poll_us, 50);
+    assert_err("[runtime]\nbusy_poll_us = 10001\n", &["runtime.busy_poll_us: 10001 is out of range (0..=10000)"]);
+    let e = Config::from_toml_str("[runtime]\nbusy_poll_us = -1\n").unwrap_err().to_string();
+    assert!(e.contains("runtime.busy_poll_us"), "{e}");
 }
 
 #[test]

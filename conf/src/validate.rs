@@ -51,6 +51,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Problem> {
     if let Some(n) = c.runtime.cores {
         range(&mut out, "runtime.cores", n.into(), 1, Some(crate::MAX_CORES.into()));
     }
+    range(&mut out, "runtime.busy_poll_us", c.runtime.busy_poll_us.into(), 0, Some(crate::MAX_BUSY_POLL_US.into()));
     if c.log.level.trim().is_empty() {
         out.push(Problem::at(
             "log.level",

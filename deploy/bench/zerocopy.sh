@@ -11,6 +11,7 @@
 # cannot change (writable ones are copied; see ReadOpts::local_peer).
 #
 #   deploy/bench/zerocopy.sh            # ROUNDS=3 SECS=5 by default
+#   CORES=2 deploy/bench/zerocopy.sh    # two reactors, the target on CPUs 0 and 1
 #
 # The initiator is tests/examples/loopback_bench.rs (one thread, QD commands
 # in flight, checks every status).
@@ -18,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
+CORES=${CORES:-}
+TCPUS=0; [[ -n $CORES ]] && TCPUS=0-$((CORES - 1))
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/build/cargo}
 cargo build -q --release -p pinion-target -p pinion-tests --example loopback_bench
 BIN=$CARGO_TARGET_DIR/release/pinion
@@ -42,6 +45,7 @@ splice_min = "$3"
 zerocopy_min = "$4"
 [log]
 level = "warn"
+$([[ -n $CORES ]] && printf '[runtime]\ncores = %s\n' "$CORES")
 [[volume]]
 name = "file"
 backend = "file"
@@ -56,7 +60,7 @@ size = "1GiB"
 nqn = "nqn.2026-11.io.pinion:bench"
 namespaces = ["file", "ram"]
 EOT
-  taskset -c 0 "$BIN" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
+  taskset -c "$TCPUS" "$BIN" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/$1.pid"
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return; sleep 0.1; done
@@ -101,4 +105,4 @@ for c in "${cases[@]}"; do
   done
   awk -v a="$med_splice" -v b="$med_copy" -v w="$1" 'BEGIN{printf "%-10s splice/copy IOPS ratio %.2f\n", w, a/b}'
 done
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r); rounds=$ROUNDS secs=$SECS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r); rounds=$ROUNDS secs=$SECS cores=${CORES:-default}; load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -6,6 +6,7 @@
 
 pub mod ana;
 pub mod auth_throttle;
+pub mod busy_poll;
 pub mod ctl;
 pub mod iscsi;
 pub mod limits;

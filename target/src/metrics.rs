@@ -227,7 +227,28 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
         "pinion_reactor_connections",
         "Live connections on each reactor (the thread that runs them).",
         ids.iter().zip(&loads).map(|(i, n)| (vec![("reactor", i.as_str())], *n as u64)),
-    )
+    )?;
+    reactor_busy_poll(enc, src, &ids)
+}
+
+/// `[runtime] busy_poll_us`: what each reactor's spinning cost and caught
+/// (no families when busy polling is off).
+fn reactor_busy_poll(enc: &mut DescriptorEncoder, src: &Sources, ids: &[String]) -> fmt::Result {
+    let b = src.reactors.busy_poll();
+    if b.is_empty() {
+        return Ok(());
+    }
+    let per = |f: fn(&crate::busy_poll::Counters) -> u64| ids.iter().zip(b).map(move |(i, c)| (vec![("reactor", i.as_str())], f(c)));
+    counter(enc, "pinion_reactor_busy_poll_spins", "Spins a reactor started after connection activity.", per(|c| c.spins.load(Relaxed)))?;
+    counter(
+        enc,
+        "pinion_reactor_busy_poll_caught",
+        "Connection activity a spinning reactor picked up without parking.",
+        per(|c| c.caught.load(Relaxed)),
+    )?;
+    counter(enc, "pinion_reactor_busy_poll_microseconds", "Time reactors spent spinning.", per(|c| c.spin_us.load(Relaxed)))?;
+    gauge(enc, "pinion_reactor_busy_poll_budget_microseconds", "Each reactor's adaptive spin budget now.", per(|c| c.budget_us.load(Relaxed)))?;
+    gauge(enc, "pinion_reactor_busy_poll_spinning", "1 while a reactor spins, 0 once it has parked.", per(|c| u64::from(c.spinning.load(Relaxed))))
 }
 
 /// Each volume's data paths, so an operator sees which path each volume's

@@ -5,6 +5,10 @@
 //! and every timer and socket wake-up stays on that thread, so the hot path
 //! has no cross-thread wake-ups. Blocking file I/O still goes through the
 //! reactor's own `spawn_blocking` pool.
+//!
+//! With `[runtime] busy_poll_us` a reactor that has just served a connection
+//! keeps polling its sockets for a bounded, adaptive budget before it parks
+//! (see [`crate::busy_poll`]); off by default.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::busy_poll;
+
 /// Blocking threads of all reactors together (tokio's default for one
 /// runtime), split evenly so more reactors do not mean more threads.
 const BLOCKING_THREADS: usize = 512;
@@ -26,20 +32,27 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(5);
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// Live connections per reactor, for `/metrics`.
+/// Live connections per reactor, and with busy polling on its counters,
+/// for `/metrics`.
 #[derive(Clone, Default)]
-pub struct Loads(Vec<Arc<AtomicUsize>>);
+pub struct Loads(Vec<Arc<AtomicUsize>>, Vec<Arc<busy_poll::Counters>>);
 
 impl Loads {
     /// Live connections of each reactor, by reactor number.
     pub fn get(&self) -> Vec<usize> {
         self.0.iter().map(|l| l.load(Relaxed)).collect()
     }
+
+    /// Each reactor's busy-poll counters (empty when busy polling is off).
+    pub fn busy_poll(&self) -> &[Arc<busy_poll::Counters>] {
+        &self.1
+    }
 }
 
 struct Reactor {
     tx: mpsc::UnboundedSender<Job>,
     live: Arc<AtomicUsize>,
+    busy: Option<Arc<busy_poll::Counters>>,
 }
 
 /// Counts a connection as live on its reactor from hand-off until the
@@ -82,8 +95,9 @@ fn pin_to(cpu: usize) -> std::io::Result<()> {
 impl Reactors {
     /// Starts `cores` reactors (default: one per CPU in the affinity mask),
     /// reactor N pinned to the Nth allowed CPU (round-robin when there are
-    /// more reactors than CPUs).
-    pub fn start(cores: Option<u32>) -> std::io::Result<Reactors> {
+    /// more reactors than CPUs). A non-zero `spin_max` is the most each
+    /// reactor spins for after connection activity before it parks.
+    pub fn start(cores: Option<u32>, spin_max: Duration) -> std::io::Result<Reactors> {
         let cpus = allowed_cpus();
         let n = cores.map_or(cpus.len(), |c| c as usize).max(1);
         if n > cpus.len() {
@@ -103,18 +117,20 @@ impl Reactors {
             let (tx, rx) = mpsc::unbounded_channel();
             let (done_tx, done) = oneshot::channel();
             let abort = abort_rx.clone();
+            let busy = (!spin_max.is_zero()).then(|| Arc::new(busy_poll::Counters::default()));
+            let spin = busy.clone().map(|c| busy_poll::spinner(spin_max, c));
             let t = std::thread::Builder::new().name(format!("pinion-reactor-{id}")).spawn(move || {
                 match cpu.map(pin_to) {
                     Some(Ok(())) => tracing::info!(reactor = id, cpu, blocking_threads = blocking, "reactor started"),
                     Some(Err(e)) => tracing::warn!(reactor = id, cpu, error = %e, "reactor started unpinned: cannot set its CPU affinity"),
                     None => tracing::warn!(reactor = id, "reactor started unpinned: no CPU known"),
                 }
-                rt.block_on(serve(rx, abort));
+                rt.block_on(serve(rx, abort, spin));
                 rt.shutdown_timeout(BLOCKING_GRACE);
                 tracing::debug!(reactor = id, "reactor stopped");
                 let _ = done_tx.send(());
             })?;
-            reactors.push(Reactor { tx, live: Arc::default() });
+            reactors.push(Reactor { tx, live: Arc::default(), busy });
             threads.push((t, done));
         }
         Ok(Reactors { reactors, threads, abort })
@@ -132,7 +148,10 @@ impl Reactors {
 
     /// The live-connection counters, for `/metrics`.
     pub fn loads(&self) -> Loads {
-        Loads(self.reactors.iter().map(|r| r.live.clone()).collect())
+        Loads(
+            self.reactors.iter().map(|r| r.live.clone()).collect(),
+            self.reactors.iter().filter_map(|r| r.busy.clone()).collect(),
+        )
     }
 
     /// Live connections on all reactors.
@@ -162,8 +181,9 @@ impl Reactors {
         r.live.fetch_add(1, Relaxed);
         let live = Live(r.live.clone());
         span.record("reactor", id);
+        let busy = r.busy.is_some();
         let job: Job = Box::new(move || {
-            Box::pin(
+            let conn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
                 async move {
                     let _live = live;
                     match TcpStream::from_std(std_stream) {
@@ -172,7 +192,13 @@ impl Reactors {
                     }
                 }
                 .instrument(span),
-            )
+            );
+            // the spinner watches connections' polls; without it, nothing in between
+            if busy {
+                Box::pin(busy_poll::Active(conn))
+            } else {
+                conn
+            }
         });
         // A send fails only when the reactor is gone (shutting down): the job,
         // and with it the socket and the live count, is dropped.
@@ -202,6 +228,15 @@ impl Reactors {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 type Threads = Vec<(std::thread::JoinHandle<()>, Option<oneshot::Receiver<()>>)>;
 
 /// Waits for every reactor's last message (a receiver that delivered is
@@ -216,8 +251,10 @@ async fn all_done(threads: &mut Threads) {
 }
 
 /// A reactor's loop: runs connections as they arrive until the pool closes
-/// the channel, then lets them finish (or aborts them when told to).
-async fn serve(mut rx: mpsc::UnboundedReceiver<Job>, mut abort: watch::Receiver<bool>) {
+/// the channel, then lets them finish (or aborts them when told to). The
+/// busy-poll spinner, if any, runs beside them for the reactor's life.
+async fn serve<S: Future<Output = ()> + Send + 'static>(mut rx: mpsc::UnboundedReceiver<Job>, mut abort: watch::Receiver<bool>, spin: Option<S>) {
+    let _spinner = spin.map(|s| AbortOnDrop(tokio::spawn(s)));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -281,7 +318,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_spread_and_stay_on_their_reactor() {
         use std::io::Write;
-        let r = Reactors::start(Some(2)).unwrap();
+        let r = Reactors::start(Some(2), Duration::ZERO).unwrap();
         assert_eq!(r.len(), 2);
         let mut clients = Vec::new();
         let mut seen = Vec::new();
@@ -320,7 +357,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fewest_live_connections_wins() {
-        let r = Reactors::start(Some(3)).unwrap();
+        let r = Reactors::start(Some(3), Duration::ZERO).unwrap();
         let mut keep = Vec::new();
         let mut ids = Vec::new();
         for _ in 0..5 {
@@ -339,6 +376,63 @@ mod tests {
         r.shutdown(Duration::from_millis(200)).await;
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(loads.get(), [0, 0, 0]);
+    }
+
+    /// CPU time of thread `tid` of this process so far, in 10 ms ticks.
+    fn thread_ticks(tid: usize) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
+    /// A connection that echoes each byte spins its reactor while the pings
+    /// come quickly; once they stop, the spinner parks and the reactor
+    /// thread costs nothing. Fails if the spin never stops (or never starts).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_poll_spins_while_busy_and_stops_when_idle() {
+        use std::io::{Read, Write};
+        let r = Reactors::start(Some(1), Duration::from_millis(2)).unwrap();
+        let (s, mut c) = pair().await;
+        let tid = Arc::new(AtomicUsize::new(0));
+        let t = tid.clone();
+        r.spawn_connection(s, tracing::Span::none(), move |mut s| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            t.store(rustix::thread::gettid().as_raw_nonzero().get() as usize, Relaxed);
+            let mut b = [0u8; 1];
+            while s.read(&mut b).await.unwrap_or(0) == 1 {
+                if s.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap();
+        let busy = r.loads().busy_poll()[0].clone();
+        let c = tokio::task::spawn_blocking(move || {
+            c.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            for i in 0..2000u32 {
+                c.write_all(&[i as u8]).unwrap();
+                c.read_exact(&mut b).unwrap();
+                assert_eq!(b[0], i as u8);
+            }
+            c
+        })
+        .await
+        .unwrap();
+        let caught = busy.caught.load(Relaxed);
+        assert!(busy.spins.load(Relaxed) > 0 && caught > 0, "the reactor did not spin between pings: {busy:?}");
+        // idle, connection still open: after the budget, no CPU at all
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!busy.spinning.load(Relaxed), "still spinning 100 ms after the last ping: {busy:?}");
+        let caught = busy.caught.load(Relaxed);
+        let tid = tid.load(Relaxed);
+        let before = thread_ticks(tid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = thread_ticks(tid) - before;
+        assert!(used <= 2, "an idle reactor with busy polling on used {used}0 ms of CPU in 1 s: {busy:?}");
+        assert_eq!(busy.caught.load(Relaxed), caught, "nothing to catch while idle");
+        drop(c);
+        r.shutdown(Duration::from_secs(5)).await;
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl Server {
         let (shutdown_tx, shutdown) = watch::channel(false);
         pinion_backends::uring::select(self.cfg.runtime.io_engine == pinion_conf::IoEngine::Threads);
         // Each connection runs start to end on one reactor thread.
-        let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores) {
+        let reactors = match crate::reactor::Reactors::start(self.cfg.runtime.cores, Duration::from_micros(self.cfg.runtime.busy_poll_us.into())) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the reactors; serving nothing");

@@ -65,7 +65,30 @@ fn rss(pid: u32) -> u64 {
 
 #[test]
 fn sixteen_idle_queues_cost_no_cpu() {
-    let s = Server::start(CONFIG);
+    idle_queues(CONFIG);
+}
+
+/// The same with busy polling on: the reactors spin while the setup I/O
+/// runs, and once it stops they stop spinning within their budget, so the
+/// idle queues still cost nothing. A spin that never stopped would burn a
+/// core here (about 10 s of CPU, not under 20 ms).
+#[test]
+fn sixteen_idle_queues_cost_no_cpu_with_busy_poll() {
+    let cfg = CONFIG.replace("cores = 2\n", "cores = 2\nbusy_poll_us = 500\n");
+    assert_ne!(cfg, CONFIG);
+    // the queues stay connected while the metrics are read: closing them is activity
+    let (s, _queues) = idle_queues(&format!("{cfg}\n[metrics]\nlisten = \"127.0.0.1:{{MPORT}}\"\n"));
+    let spins: u64 = (0..2).map(|r| s.metric(&format!("pinion_reactor_busy_poll_spins_total{{reactor=\"{r}\"}}"))).sum();
+    assert!(spins > 0, "the reactors never spun:\n{}", s.metrics_text());
+    for r in 0..2 {
+        assert_eq!(s.metric(&format!("pinion_reactor_busy_poll_spinning{{reactor=\"{r}\"}}")), 0, "reactor {r} still spins");
+    }
+}
+
+/// Connects 16 queues, runs I/O on them, then measures the server's CPU
+/// time and RSS while they are idle; returns them still connected.
+fn idle_queues(config: &str) -> (Server, Vec<Queue>) {
+    let s = Server::start(config);
     let pid = s.pid();
     let mut queues = Vec::new();
     // two controllers, each an admin queue and 7 I/O queues (the most a
@@ -106,5 +129,5 @@ fn sixteen_idle_queues_cost_no_cpu() {
     eprintln!("idle for 10 s with 16 queues: {:.3} ms CPU, RSS {:.1} MiB", used as f64 / 1e6, rss as f64 / 1048576.0);
     assert!(used < 20_000_000, "16 idle queues used {:.3} ms of CPU in 10 s", used as f64 / 1e6);
     assert!(rss < 32 << 20, "idle RSS {} MiB", rss >> 20);
-    drop(queues);
+    (s, queues)
 }

@@ -107,6 +107,20 @@ fn clean(r: &Run) -> Value {
     j
 }
 
+/// `--poll` never sleeps in poll(2) (the plain run at QD1 does, for every
+/// completion) and its I/O is still right: a verified mixed run.
+#[test]
+fn poll_mode_spins_instead_of_waiting() {
+    let s = Server::start(CONFIG);
+    let j = clean(&perf(&[&url(&s, 1), "--rw", "randrw", "--qd", "1", "--ios", "3000", "--verify", "--json", "--poll"]));
+    assert_eq!(j["ios"], 3000);
+    assert_eq!(j["verify"]["mismatches"], 0, "{j:#}");
+    assert!(j["verify"]["blocks_checked"].as_u64().unwrap() > 0, "{j:#}");
+    assert_eq!(j["waits"], 0, "--poll slept in poll(2): {j:#}");
+    let j = clean(&perf(&[&url(&s, 1), "--rw", "randread", "--qd", "1", "--ios", "1000", "--json"]));
+    assert!(j["waits"].as_u64().unwrap() > 0, "without --poll the initiator waits in poll(2): {j:#}");
+}
+
 #[test]
 fn json_report_has_every_field() {
     let s = Server::start(CONFIG);

@@ -414,6 +414,14 @@ fn stress_mixed_io_no_corruption_two_reactors() {
     stress("[runtime]\ncores = 2\n");
 }
 
+/// Two reactors that busy-poll: commands are picked up by a spinning
+/// reactor between its zero-timeout polls, a different interleaving of
+/// reads, sends and completions than a parked one sees.
+#[test]
+fn stress_mixed_io_no_corruption_two_reactors_busy_poll() {
+    stress("[runtime]\ncores = 2\nbusy_poll_us = 50\n");
+}
+
 /// `extra`: TOML appended after `[debug]` (its keys, or further sections).
 fn stress(extra: &str) {
     let ro = ro_image();

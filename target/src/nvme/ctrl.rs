@@ -4,6 +4,7 @@
 use super::subsys::SubsysKind;
 use pinion_transport::nvme_tcp::XferAborter;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 // tokio's clock, so tests can run the keep-alive timer on paused time
@@ -82,7 +83,13 @@ pub struct Controller {
     pub hostnqn: String,
     pub hostid: [u8; 16],
     pub state: Mutex<CtrlState>,
-    last_seen: Mutex<Instant>,
+    /// When the controller was made: `last_seen_ms` counts from here.
+    born: Instant,
+    /// When the host was last heard from, in milliseconds since `born`.
+    /// Written only when the millisecond changes: queues of one controller
+    /// run on different reactors, and a write (or a lock) per command would
+    /// pass the cache line between their cores on every command.
+    last_seen_ms: AtomicU64,
     kill: watch::Sender<KillReason>,
     /// Wakes the admin queue's driver when an event completion is ready.
     pub aen_wake: tokio::sync::Notify,
@@ -111,7 +118,8 @@ impl Controller {
                 local_addr: None,
                 resv: Default::default(),
             }),
-            last_seen: Mutex::new(Instant::now()),
+            born: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
             kill,
             aen_wake: tokio::sync::Notify::new(),
         })
@@ -129,11 +137,15 @@ impl Controller {
     /// Any command from the host counts as a sign of life (traffic-based
     /// keep-alive): a busy host need not also send Keep Alive.
     pub fn touch(&self) {
-        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let ms = self.born.elapsed().as_millis() as u64;
+        if self.last_seen_ms.load(Relaxed) < ms {
+            self.last_seen_ms.store(ms, Relaxed);
+        }
     }
 
+    /// How long the host has been silent (rounded up to the millisecond).
     pub fn idle_for(&self) -> Duration {
-        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+        self.born.elapsed().saturating_sub(Duration::from_millis(self.last_seen_ms.load(Relaxed)))
     }
 
     pub fn ready(&self) -> bool {

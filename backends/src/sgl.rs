@@ -22,7 +22,9 @@ use std::io::{IoSlice, IoSliceMut};
 
 /// Segments an SGL holds without a heap allocation: a 4 KiB I/O is one
 /// pool page, so the common command costs no allocation for its list.
-const INLINE_SEGS: usize = 2;
+/// (One: every SGL carries the inline room, and SGLs travel inside the
+/// protocols' responses, which should stay small to move.)
+const INLINE_SEGS: usize = 1;
 /// Slice lists over an SGL's segments, inline up to this many.
 pub const INLINE_SLICES: usize = 4;
 /// A list of slices (or I/O vectors) over an SGL, inline for small SGLs.
@@ -102,8 +104,8 @@ impl Sgl {
         Sgl::alloc_from(pool, Direction::Dest, len, true).await
     }
 
-    /// No allocation for an SGL of up to `INLINE_SEGS` pages (one for a
-    /// larger one, its segment vector): pages go from the pool straight
+    /// No allocation for an SGL of one page (one for a larger one, its
+    /// segment vector): pages go from the pool straight
     /// into it.
     async fn alloc_from(pool: &PagePool, dir: Direction, len: usize, peer: bool) -> Sgl {
         let n = len.div_ceil(PAGE_SIZE);
@@ -300,6 +302,13 @@ impl Sgl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_stay_small() {
+        // an SGL moves with every response: a page-cache range is boxed
+        assert!(std::mem::size_of::<Segment>() <= 32, "{}", std::mem::size_of::<Segment>());
+        assert!(std::mem::size_of::<Sgl>() <= 64, "{}", std::mem::size_of::<Sgl>());
+    }
 
     #[tokio::test]
     async fn dest_slices_cover_page_boundaries() {

@@ -30,7 +30,6 @@ use crate::sys;
 use pinion_backends::metrics::{bump, METRICS};
 use pinion_backends::{Segment, Sgl};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io::IoSlice;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -413,15 +412,13 @@ pub struct Sender<T: Outgoing, E: Encode<T>> {
 /// polling on a timer, then calls [`Sender::housekeeping`] and waits
 /// again with a fresh one. Every call returns the same type, so a driver
 /// can keep one pinned and re-arm it in place.
-pub fn completions_ready(errq: Option<Arc<AsyncFd<OwnedFd>>>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let Some(fd) = errq else { return std::future::pending().await };
-        match fd.ready(Interest::ERROR).await {
-            // the readiness is cleared before the queue is read, so a
-            // completion that arrives later raises it again
-            Ok(mut g) => g.clear_ready(),
-            Err(e) => tracing::debug!(error = %e, "waiting for the error queue failed"),
-        }
+pub async fn completions_ready(errq: Option<Arc<AsyncFd<OwnedFd>>>) {
+    let Some(fd) = errq else { return std::future::pending().await };
+    match fd.ready(Interest::ERROR).await {
+        // the readiness is cleared before the queue is read, so a
+        // completion that arrives later raises it again
+        Ok(mut g) => g.clear_ready(),
+        Err(e) => tracing::debug!(error = %e, "waiting for the error queue failed"),
     }
 }
 

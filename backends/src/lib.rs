@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use locks::{LockMode, RangeGuard, RangeLocks};
 pub use pool::{Page, PagePool, PoolStats, PAGE_SIZE};
-pub use sgl::{Direction, Segment, Sgl};
+pub use sgl::{Direction, Segment, Sgl, Slices};
 pub use volume::{DataPolicy, ReadOpts, ReadPath, Volume};
 
 /// Errors of the storage layer; the target maps them to protocol status at

@@ -34,7 +34,6 @@
 //! set) by whoever owns the state directory, through [`Persist`].
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Who holds a registration (see the module docs for the mapping).
@@ -548,20 +547,33 @@ impl Reservations {
     }
 }
 
+/// Commands in flight by registrant. A list, not a hash map: at any time
+/// it holds the few hosts with commands running (one, usually), and every
+/// I/O enters and leaves it, where hashing the key twice cost more than a
+/// comparison with each entry.
 #[derive(Default)]
 struct Inflight {
-    by: Mutex<HashMap<Registrant, usize>>,
+    by: Mutex<Vec<(Registrant, usize)>>,
     idle: tokio::sync::Notify,
 }
 
 impl Inflight {
+    fn lock(&self) -> MutexGuard<'_, Vec<(Registrant, usize)>> {
+        self.by.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn enter(self: &Arc<Self>, who: &Registrant) -> InflightToken {
-        *self.by.lock().unwrap_or_else(|e| e.into_inner()).entry(who.clone()).or_default() += 1;
+        let mut m = self.lock();
+        match m.iter_mut().find(|(r, _)| r == who) {
+            Some((_, n)) => *n += 1,
+            None => m.push((who.clone(), 1)),
+        }
+        drop(m);
         InflightToken { owner: self.clone(), who: who.clone() }
     }
 
     fn count(&self, who: &Registrant) -> usize {
-        self.by.lock().unwrap_or_else(|e| e.into_inner()).get(who).copied().unwrap_or(0)
+        self.lock().iter().find(|(r, _)| r == who).map_or(0, |(_, n)| *n)
     }
 }
 
@@ -573,11 +585,11 @@ pub struct InflightToken {
 
 impl Drop for InflightToken {
     fn drop(&mut self) {
-        let mut m = self.owner.by.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.who) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.who);
+        let mut m = self.owner.lock();
+        if let Some(i) = m.iter().position(|(r, _)| *r == self.who) {
+            m[i].1 -= 1;
+            if m[i].1 == 0 {
+                m.swap_remove(i);
                 drop(m);
                 self.owner.idle.notify_waiters();
             }

@@ -17,7 +17,18 @@
 
 use crate::pool::{Page, PagePool, PAGE_SIZE};
 use crate::splice::PageCacheRange;
+use smallvec::SmallVec;
 use std::io::{IoSlice, IoSliceMut};
+
+/// Segments an SGL holds without a heap allocation: a 4 KiB I/O is one
+/// pool page, so the common command costs no allocation for its list.
+/// (One: every SGL carries the inline room, and SGLs travel inside the
+/// protocols' responses, which should stay small to move.)
+const INLINE_SEGS: usize = 1;
+/// Slice lists over an SGL's segments, inline up to this many.
+pub const INLINE_SLICES: usize = 4;
+/// A list of slices (or I/O vectors) over an SGL, inline for small SGLs.
+pub type Slices<T> = SmallVec<[T; INLINE_SLICES]>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -35,8 +46,9 @@ pub enum Segment {
     /// Shared read-only bytes (e.g. the zero page); never released.
     Static { data: &'static [u8] },
     /// Page-cache pages of a volume's file, referenced by a pipe; sent with
-    /// splice, never readable as memory.
-    PageCache(PageCacheRange),
+    /// splice, never readable as memory. (Boxed: it is large and rare, and
+    /// the other segments are kept inline in the SGL.)
+    PageCache(Box<PageCacheRange>),
 }
 
 impl Segment {
@@ -75,7 +87,7 @@ impl Segment {
 #[derive(Debug)]
 pub struct Sgl {
     dir: Direction,
-    segs: Vec<Segment>,
+    segs: SmallVec<[Segment; INLINE_SEGS]>,
     len: usize,
 }
 
@@ -92,11 +104,12 @@ impl Sgl {
         Sgl::alloc_from(pool, Direction::Dest, len, true).await
     }
 
-    /// One allocation (the segment vector) per SGL: pages go from the pool
-    /// straight into it.
+    /// No allocation for an SGL of one page (one for a larger one, its
+    /// segment vector): pages go from the pool straight
+    /// into it.
     async fn alloc_from(pool: &PagePool, dir: Direction, len: usize, peer: bool) -> Sgl {
         let n = len.div_ceil(PAGE_SIZE);
-        let mut segs = Vec::with_capacity(n);
+        let mut segs = SmallVec::with_capacity(n);
         let mut left = len;
         pool.alloc_each(n, peer, |page| {
             let l = left.min(PAGE_SIZE);
@@ -123,7 +136,7 @@ impl Sgl {
 
     /// A source of `len` zero bytes that owns no pages.
     pub fn zeroes(len: usize) -> Sgl {
-        let mut segs = Vec::with_capacity(len.div_ceil(PAGE_SIZE));
+        let mut segs = SmallVec::with_capacity(len.div_ceil(PAGE_SIZE));
         let mut left = len;
         while left > 0 {
             let l = left.min(PAGE_SIZE);
@@ -136,7 +149,7 @@ impl Sgl {
     /// A READ payload held in the page cache.
     pub fn page_cache(r: PageCacheRange) -> Sgl {
         let len = r.len;
-        Sgl { dir: Direction::Source, segs: vec![Segment::PageCache(r)], len }
+        Sgl { dir: Direction::Source, segs: smallvec::smallvec![Segment::PageCache(Box::new(r))], len }
     }
 
     /// The segments covering `range` of the SGL, each with the part of it
@@ -157,7 +170,7 @@ impl Sgl {
     }
 
     pub fn empty(dir: Direction) -> Sgl {
-        Sgl { dir, segs: Vec::new(), len: 0 }
+        Sgl { dir, segs: SmallVec::new(), len: 0 }
     }
 
     pub fn direction(&self) -> Direction {
@@ -211,13 +224,13 @@ impl Sgl {
 
     /// Slices to write out (to a file or a socket). Page-cache segments
     /// have no slices; the send engine splices them instead.
-    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
+    pub fn io_slices(&self) -> Slices<IoSlice<'_>> {
         self.segs.iter().filter_map(|s| s.memory().map(IoSlice::new)).collect()
     }
 
     /// Mutable slices for a backend to fill, covering `len()` bytes. Static
     /// segments cannot be filled; a source SGL of them is already complete.
-    pub fn io_slices_mut(&mut self) -> Vec<IoSliceMut<'_>> {
+    pub fn io_slices_mut(&mut self) -> Slices<IoSliceMut<'_>> {
         self.segs
             .iter_mut()
             .filter_map(|s| match s {
@@ -231,11 +244,11 @@ impl Sgl {
     /// order, so a receiver can read socket data straight into the pages.
     /// Returns `None` when the range is outside the SGL or touches a
     /// segment that cannot be written.
-    pub fn dest_slices(&mut self, offset: usize, len: usize) -> Option<Vec<&mut [u8]>> {
+    pub fn dest_slices(&mut self, offset: usize, len: usize) -> Option<Slices<&mut [u8]>> {
         if offset.checked_add(len)? > self.len {
             return None;
         }
-        let mut out = Vec::new();
+        let mut out = Slices::new();
         let mut pos = 0usize;
         let end = offset + len;
         for s in self.segs.iter_mut() {
@@ -290,6 +303,13 @@ impl Sgl {
 mod tests {
     use super::*;
 
+    #[test]
+    fn segments_stay_small() {
+        // an SGL moves with every response: a page-cache range is boxed
+        assert!(std::mem::size_of::<Segment>() <= 32, "{}", std::mem::size_of::<Segment>());
+        assert!(std::mem::size_of::<Sgl>() <= 64, "{}", std::mem::size_of::<Sgl>());
+    }
+
     #[tokio::test]
     async fn dest_slices_cover_page_boundaries() {
         let pool = PagePool::new(1 << 20, false);
@@ -299,8 +319,8 @@ mod tests {
         assert!(s.copy_in(4000, &data));
         let v = s.to_vec();
         assert_eq!(&v[4000..9000], &data[..]);
-        let sl = s.dest_slices(4000, 5000).unwrap();
-        assert_eq!(sl.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![96, 4096, 808]);
+        let lens: Vec<usize> = s.dest_slices(4000, 5000).unwrap().iter().map(|x| x.len()).collect();
+        assert_eq!(lens, vec![96, 4096, 808]);
         assert!(s.dest_slices(3 * PAGE_SIZE - 150, 51).is_none(), "past the end");
         assert!(s.dest_slices(usize::MAX, 2).is_none(), "overflow");
         let s = s.into_source();

@@ -32,7 +32,10 @@ use pinion_backends::{Segment, Sgl};
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -395,6 +398,28 @@ pub struct Sender<T: Outgoing, E: Encode<T>> {
     failed: bool,
     /// The encoder asked to close (a fatal error PDU went out).
     closed: bool,
+    /// The socket again (a duplicate descriptor), registered for its
+    /// error queue while zero-copy sends are made: its readiness says a
+    /// completion arrived ([`completions_ready`]). Made at the first
+    /// zero-copy send, on the owner's runtime; dropped (deregistered) once
+    /// the connection stops sending zero-copy.
+    errq: Option<Arc<AsyncFd<OwnedFd>>>,
+}
+
+/// Completes when the socket behind `errq` has something on its error
+/// queue (zero-copy completions); never without one. The owner of a
+/// [`Sender`] waits on it (with [`Sender::error_queue`]) instead of
+/// polling on a timer, then calls [`Sender::housekeeping`] and waits
+/// again with a fresh one. Every call returns the same type, so a driver
+/// can keep one pinned and re-arm it in place.
+pub async fn completions_ready(errq: Option<Arc<AsyncFd<OwnedFd>>>) {
+    let Some(fd) = errq else { return std::future::pending().await };
+    match fd.ready(Interest::ERROR).await {
+        // the readiness is cleared before the queue is read, so a
+        // completion that arrives later raises it again
+        Ok(mut g) => g.clear_ready(),
+        Err(e) => tracing::debug!(error = %e, "waiting for the error queue failed"),
+    }
 }
 
 impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
@@ -415,6 +440,37 @@ impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
             batch: Vec::with_capacity(MAX_BATCH),
             failed: false,
             closed: false,
+            errq: None,
+        }
+    }
+
+    /// The registration of the socket's error queue, for
+    /// [`completions_ready`]; `None` while no zero-copy send is made (then
+    /// nothing waits for completions, or the owner polls on a timer).
+    pub fn error_queue(&self) -> Option<Arc<AsyncFd<OwnedFd>>> {
+        self.errq.clone()
+    }
+
+    /// Whether sent items wait for zero-copy completions.
+    pub fn awaits_completions(&self) -> bool {
+        self.inflight.iter().any(|f| !f.zc_ids.is_empty())
+    }
+
+    /// Whether sent page-cache payloads wait for the socket to drain: that
+    /// is seen only by asking (`SIOCOUTQ`), so the owner calls
+    /// [`Sender::housekeeping`] every millisecond or so until not.
+    pub fn awaits_drain(&self) -> bool {
+        self.inflight.iter().any(|f| f.drain_to.is_some())
+    }
+
+    fn register_error_queue(&mut self) {
+        if self.errq.is_some() {
+            return;
+        }
+        match sys::error_queue(self.eng.stream()) {
+            Ok(fd) => self.errq = Some(Arc::new(fd)),
+            // the owner falls back to polling on a timer
+            Err(e) => tracing::debug!(error = %e, "cannot register the error queue for zero-copy completions"),
         }
     }
 
@@ -451,6 +507,9 @@ impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
             self.failed = true;
         }
         self.eng.retire(&mut self.inflight, &mut self.spare, true);
+        if !self.eng.zerocopy && !self.awaits_completions() {
+            self.errq = None;
+        }
     }
 
     /// Encodes and sends everything queued. Waits while the socket is full.
@@ -480,6 +539,7 @@ impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
                         frames.clear();
                         self.spare.push(frames);
                     } else {
+                        self.register_error_queue();
                         self.inflight.push_back(InFlight {
                             items: Vec::new(),
                             frames: Some(frames),
@@ -493,6 +553,9 @@ impl<T: Outgoing, E: Encode<T>> Sender<T, E> {
                     frames.clear();
                     self.spare.push(frames);
                 } else {
+                    if !sent.zc_ids.is_empty() {
+                        self.register_error_queue();
+                    }
                     let items = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
                     let frames = (!sent.zc_ids.is_empty()).then_some(frames);
                     self.inflight.push_back(InFlight {

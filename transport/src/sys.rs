@@ -1,6 +1,6 @@
 //! The transport's only `unsafe`: socket options and calls for zero-copy
 //! sends that no safe wrapper offers (`SO_ZEROCOPY`, the `MSG_ERRQUEUE`
-//! completion records, `SIOCOUTQ`).
+//! completion records, `SIOCOUTQ`, the error queue's readiness).
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -11,6 +11,18 @@ const SO_ZEROCOPY: libc::c_int = 60;
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 const SIOCOUTQ: libc::c_ulong = 0x5411;
+
+/// A socket registered with the runtime for its error queue only (a
+/// duplicate of its descriptor, owned here): its readiness says a
+/// zero-copy completion (or an error) is waiting. Must be called on the
+/// runtime that will wait on it.
+pub(crate) fn error_queue(fd: impl AsFd) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let dup = fd.as_fd().try_clone_to_owned()?;
+    // SAFETY: `dup` is a descriptor of our own that the `AsyncFd` owns: it
+    // stays open, and refers to the same socket, until the `AsyncFd` drops
+    // it (nothing hands it out to be closed or replaced).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::ERROR) }.map_err(|e| e.into())
+}
 
 /// Turns on `MSG_ZEROCOPY` for a socket.
 pub(crate) fn enable_zerocopy(fd: impl AsFd) -> std::io::Result<()> {

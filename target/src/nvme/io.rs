@@ -110,11 +110,16 @@ impl Plan {
 /// length, if the capsule carried data; `vwc`: the volatile write cache is
 /// on (off, every write is written through).
 pub fn parse(subsys: &Subsystem, max_transfer: usize, vwc: bool, sqe: &Sqe, capsule: Option<usize>) -> Result<Plan, Status> {
-    let op = sqe.opcode();
-    if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+    if sqe.opcode() == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
         return Ok(Plan::Flush { nsid: None });
     }
-    let ns = &namespace(subsys, sqe)?;
+    parse_in(&*namespace(subsys, sqe)?, max_transfer, vwc, sqe, capsule)
+}
+
+/// [`parse`] for a command to one namespace, `ns`, which the caller has
+/// looked up (one lookup per command on the hot path).
+fn parse_in(ns: &Namespace, max_transfer: usize, vwc: bool, sqe: &Sqe, capsule: Option<usize>) -> Result<Plan, Status> {
+    let op = sqe.opcode();
     let nsid = sqe.nsid();
     let fua = sqe.fua() || !vwc;
     match op {
@@ -186,11 +191,13 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     let op = sqe.opcode();
     // the reservation check, before any data moves; commands check again
     // (and count themselves in flight) right before the medium
-    if op == io::FLUSH && sqe.nsid() == BROADCAST_NSID {
+    let broadcast = op == io::FLUSH && sqe.nsid() == BROADCAST_NSID;
+    let ns = if broadcast { None } else { ctx.subsys.namespace(sqe.nsid()) };
+    if broadcast {
         for ns in ctx.subsys.namespaces().iter() {
             super::resv::check(ctx, ns, pinion_backends::resv::Access::Write)?;
         }
-    } else if let Some(ns) = &ctx.subsys.namespace(sqe.nsid()) {
+    } else if let Some(ns) = &ns {
         // this path's ANA state first: a host retries elsewhere on a path error
         super::ana::check(ctx, ns)?;
         super::resv::check(ctx, ns, super::resv::access(op))?;
@@ -198,13 +205,18 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             return super::resv::execute(ctx, ns, &sqe, data).await;
         }
     }
-    let vwc = ctx.ctrl.lock().vwc;
-    let plan = parse(&ctx.subsys, ctx.reg.limits.max_transfer(), vwc, &sqe, data.as_ref().map(Sgl::len))?;
+    // only writes ask whether the cache is on (a lock per command)
+    let vwc = if matches!(op, io::WRITE | io::WRITE_ZEROES) { ctx.ctrl.lock().vwc } else { true };
+    let (max, capsule) = (ctx.reg.limits.max_transfer(), data.as_ref().map(Sgl::len));
+    let plan = match &ns {
+        Some(ns) => parse_in(ns, max, vwc, &sqe, capsule)?,
+        None => parse(&ctx.subsys, max, vwc, &sqe, capsule)?,
+    };
     let data = match plan.host_data() {
         Some((len, from)) => Some(fetch(ctx, &sqe, from, data, len).await?),
         None => None,
     };
-    run(ctx, &plan, data).await
+    run_in(ctx, &plan, data, ns.as_ref()).await
 }
 
 /// The host's data for a write-type command (reservation commands): in the
@@ -233,9 +245,18 @@ pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, capsule: Option<Sg
 /// Runs a parsed plan with the host's data (fetched when the plan needs
 /// it).
 pub async fn run(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>) -> Result<Reply, Status> {
+    run_in(ctx, plan, data, None).await
+}
+
+/// [`run`] with the command's namespace when the caller has it (the
+/// plan's namespace is looked up again only when it is another one).
+async fn run_in(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>, known: Option<&Arc<Namespace>>) -> Result<Reply, Status> {
     use pinion_backends::resv::Access;
     use super::resv::admit;
-    let ns = |nsid: u32| ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr());
+    let ns = |nsid: u32| match known {
+        Some(n) if n.nsid == nsid => Ok(n.clone()),
+        _ => ctx.subsys.namespace(nsid).ok_or(Status::INVALID_NS.dnr()),
+    };
     let need = |d: Option<Sgl>| d.ok_or(Status::SGL_INVALID_DATA.dnr());
     match *plan {
         Plan::Read { nsid, off, len } => {

@@ -292,7 +292,8 @@ fn emit(link: &mut Link, o: Outcome) {
 
 /// Items a turn gathers before it sends them.
 const MAX_BATCH: usize = 64;
-/// How often sent payloads the kernel may still reference are looked at.
+/// How often sent page-cache payloads are looked at while they wait for
+/// the socket to drain.
 const HOUSEKEEPING: Duration = Duration::from_millis(1);
 
 /// Serves one accepted NVMe/TCP connection until it closes.
@@ -332,11 +333,8 @@ pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_a
     run(reader, link, peer, ctx, shutdown).instrument(span).await
 }
 
-/// What woke the driver. (Large, but it lives on the stack for one turn:
-/// boxing the reader would allocate per command.)
-#[allow(clippy::large_enum_variant)]
+/// What woke the driver.
 enum Ev {
-    Command(Reader, Option<Command>),
     /// A command held while a serial one ran may go now.
     Held,
     Flush,
@@ -357,9 +355,14 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let shutdown_fut = shutdown.changed();
     let read = reader.next();
     let tick = tokio::time::sleep(HOUSEKEEPING);
+    // Zero-copy completions wake the driver through the socket's error
+    // queue; the timer is for what only polling shows (page-cache sends
+    // draining). `armed`: `zc` waits on the error queue (not for ever).
+    let zc = link.completions_ready();
+    let mut armed = false;
     let ctrl = ctx.ctrl.clone();
     let aen = ctrl.aen_wake.notified();
-    tokio::pin!(killed_fut, shutdown_fut, read, tick, aen);
+    tokio::pin!(killed_fut, shutdown_fut, read, tick, zc, aen);
     let mut slab = Slab::new(ctx.sq_entries.into(), io_job);
     // Commands that came while a serial (admin, fabrics) command ran.
     let mut held: VecDeque<Command> = VecDeque::new();
@@ -372,6 +375,9 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
         if ctx.ctrl.is_killed() {
             break ctx.ctrl.kill_reason();
         }
+        // One wake-up, one turn: every command the socket holds is taken
+        // and run in this poll (not one command per poll of everything the
+        // driver waits on), then the turn's outcomes go out together.
         let ev = std::future::poll_fn(|cx| {
             if killed_fut.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ev::Stop(ctx.ctrl.kill_reason()));
@@ -379,10 +385,6 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
             if shutdown_fut.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ev::Stop(KillReason::ServerShutdown));
             }
-            if slab.poll(cx, &mut out, &mut serial) {
-                return Poll::Ready(Ev::Stop(KillReason::Alive));
-            }
-            link.poll_collect(cx);
             // event completions ride the admin queue (aen.rs)
             while ctx.qid == 0 && aen.as_mut().poll(cx).is_ready() {
                 aen.set(ctrl.aen_wake.notified());
@@ -391,18 +393,53 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                     out.push(Outcome::Resp(ctx.cqe(cid, Status::SUCCESS, u64::from(dw0))));
                 }
             }
-            if link.holds_pages() && tick.as_mut().poll(cx).is_ready() {
+            if link.awaits_completions() {
+                if !armed && link.has_error_queue() {
+                    zc.set(link.completions_ready());
+                    armed = true;
+                }
+                while armed && zc.as_mut().poll(cx).is_ready() {
+                    link.housekeeping();
+                    zc.set(link.completions_ready());
+                    armed = link.has_error_queue();
+                }
+            }
+            if link.needs_polling() && tick.as_mut().poll(cx).is_ready() {
                 link.housekeeping();
                 tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
                 let _ = tick.as_mut().poll(cx);
             }
-            if serial.is_none() && !held.is_empty() {
-                return Poll::Ready(Ev::Held);
-            }
-            if link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
-                if let Poll::Ready((r, c)) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Ev::Command(r, c));
+            loop {
+                if slab.poll(cx, &mut out, &mut serial) {
+                    return Poll::Ready(Ev::Stop(KillReason::Alive));
                 }
+                link.poll_collect(cx);
+                if serial.is_none() && !held.is_empty() {
+                    return Poll::Ready(Ev::Held);
+                }
+                let mut took = false;
+                while link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
+                    match read.as_mut().poll(cx) {
+                        Poll::Ready((r, Some(cmd))) => {
+                            read.set(r.next());
+                            if serial.is_some() {
+                                held.push_back(cmd);
+                                continue;
+                            }
+                            if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
+                                return Poll::Ready(Ev::Stop(KillReason::Alive));
+                            }
+                            took = true;
+                        }
+                        Poll::Ready((_, None)) => return Poll::Ready(Ev::Stop(KillReason::Alive)),
+                        Poll::Pending => break,
+                    }
+                }
+                // the commands just taken run (most complete) before the send
+                if !took {
+                    break;
+                }
+                ctx.ctrl.touch();
             }
             if link.queued() + out.len() > 0 {
                 return Poll::Ready(Ev::Flush);
@@ -436,6 +473,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                                 match read.as_mut().poll(cx) {
                                     Poll::Ready((r, Some(cmd))) => {
                                         read.set(r.next());
+                                        ctx.ctrl.touch();
                                         if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
                                             stop = Some(KillReason::Alive);
                                         }
@@ -456,18 +494,8 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                     break why;
                 }
             }
-            Ev::Command(_, None) => break KillReason::Alive,
-            Ev::Command(r, Some(cmd)) => {
-                read.set(r.next());
-                if serial.is_some() {
-                    held.push_back(cmd);
-                    continue;
-                }
-                if let Stop::Disconnect = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) {
-                    break KillReason::Alive;
-                }
-            }
             Ev::Held => {
+                ctx.ctrl.touch();
                 let mut stop = Stop::Continue;
                 while serial.is_none() && stop == Stop::Continue {
                     let Some(cmd) = held.pop_front() else { break };
@@ -516,7 +544,9 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
 }
 
 /// Takes one command from the host in the driver: advances the SQ head,
-/// counts as a sign of life, routes it, and starts what has to run.
+/// routes it, and starts what has to run. (The driver counts the commands
+/// of a turn as a sign of life once, [`Controller::touch`]: a clock read
+/// and a lock per command cost more than the keep-alive needs.)
 fn take<F: Future<Output = Done>>(
     ctx: &Arc<QueueCtx>,
     cmd: Command,
@@ -526,7 +556,7 @@ fn take<F: Future<Output = Done>>(
     serial: &mut Option<usize>,
     job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F,
 ) -> Stop {
-    advance(ctx);
+    advance_sq(ctx);
     match route(ctx, cmd, fused_first) {
         Route::Now(done) => {
             out.extend(done.out.into_iter().flatten());
@@ -550,8 +580,12 @@ fn take<F: Future<Output = Done>>(
 }
 
 fn advance(ctx: &QueueCtx) {
-    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
+    advance_sq(ctx);
     ctx.ctrl.touch();
+}
+
+fn advance_sq(ctx: &QueueCtx) {
+    ctx.sq_head.store((ctx.sq_head.load(Ordering::Relaxed) + 1) % ctx.sq_entries, Ordering::Relaxed);
 }
 
 /// Undoes what Connect set up for a queue that has ended: an admin queue

@@ -364,9 +364,35 @@ impl Link {
     }
 
     /// Whether sent payloads still wait for the kernel; then
-    /// [`Link::housekeeping`] should run every millisecond or so.
+    /// [`Link::housekeeping`] should run when [`Link::completions_ready`]
+    /// says so, or every millisecond or so ([`Link::needs_polling`]).
     pub fn holds_pages(&self) -> bool {
         self.sender.holds_pages()
+    }
+
+    /// Whether what the kernel still holds is seen only by asking it on a
+    /// timer: page-cache payloads waiting for the socket to drain, or
+    /// zero-copy completions when the error queue could not be registered.
+    pub fn needs_polling(&self) -> bool {
+        self.sender.awaits_drain() || (self.sender.awaits_completions() && self.sender.error_queue().is_none())
+    }
+
+    /// Whether sent payloads wait for zero-copy completions.
+    pub fn awaits_completions(&self) -> bool {
+        self.sender.awaits_completions()
+    }
+
+    /// A future that completes when a zero-copy completion has arrived
+    /// (see [`crate::send::completions_ready`]); pending for ever while
+    /// no zero-copy send is made. Each call returns the same type.
+    pub fn completions_ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::send::completions_ready(self.sender.error_queue())
+    }
+
+    /// Whether [`Link::completions_ready`] would wait on the error queue
+    /// (and not for ever).
+    pub fn has_error_queue(&self) -> bool {
+        self.sender.error_queue().is_some()
     }
 
     /// Releases payloads the kernel is done with. Never waits.

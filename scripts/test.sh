@@ -99,7 +99,7 @@ echo "(took $((SECONDS - t0)) s)"
 
 step "RBD backend against a single-node Ceph cluster (tests/rbd.sh)"
 t0=$SECONDS
-if tests/rbd.sh "$CARGO_TARGET_DIR/release/pinion" >"$LOG/rbd.out" 2>&1; then
+if tests/rbd.sh "$CARGO_TARGET_DIR/release/pinion" "$CARGO_TARGET_DIR/debug/examples/nvme_aen" >"$LOG/rbd.out" 2>&1; then
   grep -E '^(--- |rbd: |ceph cluster)' "$LOG/rbd.out"; ok "rbd"
 else
   tail -n 60 "$LOG/rbd.out"; bad "rbd"

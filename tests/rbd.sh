@@ -4,8 +4,10 @@
 # (scripts/ceph-up.sh) and torn down at the end. If it cannot start, the
 # test FAILS (it is never skipped).
 #
-#   tests/rbd.sh [PINION_BIN]        (root not needed; run it under
+#   tests/rbd.sh [PINION_BIN [NVME_AEN_BIN]]   (root not needed; run it under
 #                                     flock /tmp/pinion-heavy.lock: fixed ports)
+#   NVME_AEN_BIN: tests/examples/nvme_aen.rs (cargo build -p pinion-tests
+#   --example nvme_aen); default build/cargo/{debug,release}/examples/nvme_aen
 #
 # Checks, each with independent clients:
 #   1. qemu-img (libiscsi driver) and qemu-io write through Pinion's iSCSI
@@ -19,8 +21,11 @@
 #      within the timeout, the connection survives, reads resume once the
 #      OSD is back (Pinion's librbd request counter moves again).
 #   6. the image grown with `rbd resize` while served: Pinion notices
-#      (SCSI: CAPACITY DATA HAS CHANGED queued, NVMe: Namespace Attribute
-#      Changed posted), READ CAPACITY and Identify Namespace say the new size.
+#      (SCSI: CAPACITY DATA HAS CHANGED queued), READ CAPACITY and Identify
+#      Namespace say the new size, and an NVMe host connected before the
+#      resize (tests/examples/nvme_aen.rs, with an Asynchronous Event Request
+#      parked) gets the Namespace Attribute Changed event and finds the
+#      namespace in the Changed Namespace List.
 #   7. libiscsi's iscsi-test-cu on two RBD LUNs (tests/iscsi-conformance.sh
 #      with VOLUMES_TOML), at 4096- and at 512-byte blocks: 0 failures; the ZeroBlocks tests send zero-length
 #      READs/WRITEs, which Pinion answers without calling librbd.
@@ -37,6 +42,13 @@ if [[ -z $BIN ]]; then
   done
 fi
 [[ -n $BIN && -x $BIN ]] || { echo "rbd: no pinion binary (build it first)" >&2; exit 2; }
+AEN=${2:-}
+if [[ -z $AEN ]]; then
+  for b in "$REPO/build/cargo/debug/examples/nvme_aen" "$REPO/build/cargo/release/examples/nvme_aen"; do
+    [[ -x $b ]] && { AEN=$b; break; }
+  done
+fi
+[[ -n $AEN && -x $AEN ]] || { echo "rbd: no nvme_aen (cargo build -p pinion-tests --example nvme_aen)" >&2; exit 2; }
 for t in qemu-img qemu-io iscsi-test-cu rbd ceph-mon ceph-osd python3 curl; do
   command -v "$t" >/dev/null || { echo "rbd: $t missing (scripts/install-test-deps.sh installs it)" >&2; exit 1; }
 done
@@ -214,8 +226,12 @@ grep -c 'rbd request' "$OUT/pinion.log" | sed 's/^/  rbd warnings in the server 
 # ---- 6. image growth ----------------------------------------------------------
 cap() { timeout 30 iscsi-readcapacity16 "$(LUN 3)" 2>&1; }
 cap >"$OUT/cap-before.out"
+# an NVMe host connected before the growth, waiting for the event
+"$AEN" "127.0.0.1:$NPORT" "$NQN" 3 20 >"$OUT/aen.out" 2>&1 &
+aen=$!
+for _ in $(seq 100); do grep -q '^ready' "$OUT/aen.out" && break; sleep 0.1; done
 R resize --size 96M rbd/g >/dev/null
-sleep 3
+wait "$aen"; aen_rc=$?
 # the first command after the growth gets the unit attention (libiscsi's
 # tools log in afresh, so ask the server log and the new capacity)
 cap >"$OUT/cap-after.out"
@@ -223,10 +239,11 @@ cap >"$OUT/cap-after.out"
 "$BIN" perf "nvme-tcp://127.0.0.1:$NPORT/$NQN/3" --rw read --ios 16 --json >"$OUT/perf-grown.json" 2>/dev/null
 nblocks=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["blocks"])' "$OUT/perf-grown.json" 2>/dev/null)
 if grep -q 'RETURNED LOGICAL BLOCK ADDRESS:16383' "$OUT/cap-before.out" && grep -q 'RETURNED LOGICAL BLOCK ADDRESS:24575' "$OUT/cap-after.out" &&
-  grep -q 'capacity changed' "$OUT/pinion.log" && [[ $nblocks == 24576 ]] && grep -q 'namespace size changed' "$OUT/pinion.log"; then
-  ok "rbd resize 64 -> 96 MiB while served: noticed ($(grep -m1 -o 'capacity changed.*' "$OUT/pinion.log" | head -c 120)), READ CAPACITY and NVMe Identify Namespace say 96 MiB"
+  grep -q 'capacity changed' "$OUT/pinion.log" && [[ $nblocks == 24576 ]] &&
+  ((aen_rc == 0)) && grep -q '^before nsze=16384$' "$OUT/aen.out" && grep -q '^aen dw0=0x00040002 changed=\[3\] nsze=24576$' "$OUT/aen.out"; then
+  ok "rbd resize 64 -> 96 MiB while served: noticed ($(grep -m1 -o 'capacity changed.*' "$OUT/pinion.log" | head -c 120)), READ CAPACITY and NVMe Identify Namespace say 96 MiB; the connected NVMe host got the event ($(grep '^aen' "$OUT/aen.out"))"
 else
-  bad "image growth not noticed (NVMe blocks: $nblocks)"; cat "$OUT/cap-before.out" "$OUT/cap-after.out"
+  bad "image growth not noticed (NVMe blocks: $nblocks, nvme_aen rc $aen_rc)"; cat "$OUT/cap-before.out" "$OUT/cap-after.out" "$OUT/aen.out"
 fi
 
 if kill -0 "$pinion_pid" 2>/dev/null && ! grep -q panicked "$OUT/pinion.log"; then

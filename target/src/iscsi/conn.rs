@@ -363,9 +363,6 @@ async fn write_login(wr: &mut tokio::net::tcp::OwnedWriteHalf, resp: &LoginResp,
 
 /// Items a turn gathers before it sends them.
 const MAX_BATCH: usize = 64;
-/// Payload bytes a turn gathers before it sends them: large reads go out
-/// while the next ones are read from the volume, not all at the end.
-const MAX_BATCH_BYTES: usize = 256 << 10;
 /// How often sent payloads the kernel may still reference are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(1);
 
@@ -441,7 +438,7 @@ async fn full_feature(
     let reader = Reader::new(sess.clone(), discovery);
     let st = &srv.settings;
     let watchdog = tokio::spawn(watch_loop(sess.clone(), st.nop_interval, st.nop_timeout, st.data_timeout).instrument(span.clone()));
-    let work = Work { sess: sess.clone(), slab: Slab::new(srv.settings.queue_depth as usize, cmd_job), out: Vec::with_capacity(MAX_BATCH), out_bytes: 0, rx };
+    let work = Work { sess: sess.clone(), slab: Slab::new(srv.settings.queue_depth as usize, cmd_job), out: Vec::with_capacity(MAX_BATCH), rx };
     drive(work, sender, reader, rd, kill_rx.clone(), shutdown.clone()).await;
     watchdog.abort();
     drop(sess);
@@ -604,8 +601,6 @@ struct Work<F> {
     slab: Slab<F>,
     /// This turn's PDUs, in order, for the next send.
     out: Vec<Tx>,
-    /// Data-In bytes in `out`.
-    out_bytes: usize,
     rx: mpsc::UnboundedReceiver<Tx>,
 }
 
@@ -614,31 +609,11 @@ impl<F: Future<Output = CmdOut> + Send> Work<F> {
     /// `out` in the order they come.
     fn poll(&mut self, cx: &mut Context<'_>) {
         let sess = &self.sess;
-        let (out, bytes) = (&mut self.out, &mut self.out_bytes);
-        self.slab.poll(cx, |(cmd, resp, r2ts)| {
-            sess.finish_with(&cmd, resp, r2ts, |t| {
-                if let Tx::Scsi(d) = &t {
-                    *bytes += d.data.as_ref().map_or(0, Sgl::len);
-                }
-                out.push(t)
-            })
-        });
+        let out = &mut self.out;
+        self.slab.poll(cx, |(cmd, resp, r2ts)| sess.finish_with(&cmd, resp, r2ts, |t| out.push(t)));
         while let Poll::Ready(Some(t)) = self.rx.poll_recv(cx) {
             self.out.push(t);
         }
-    }
-
-    /// Whether the turn may take more PDUs before it sends.
-    fn room(&self) -> bool {
-        self.out.len() < MAX_BATCH && self.out_bytes < MAX_BATCH_BYTES
-    }
-
-    /// Moves this turn's PDUs to the send side.
-    fn drain_into(&mut self, sender: &mut Sender<Tx, pinion_transport::iscsi::wire::SendEncoder>) {
-        for t in self.out.drain(..) {
-            sender.push(t);
-        }
-        self.out_bytes = 0;
     }
 
     /// Starts what the reader's last step let through.
@@ -683,7 +658,7 @@ async fn drive<F: Future<Output = CmdOut> + Send + 'static>(
                 tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
                 let _ = tick.as_mut().poll(cx);
             }
-            if w.room() {
+            if w.out.len() < MAX_BATCH {
                 if let Some(s) = step.as_mut().as_pin_mut() {
                     if let Poll::Ready((r, rd, res)) = s.poll(cx) {
                         return Poll::Ready(Ev::Step(r, rd, res));
@@ -699,7 +674,9 @@ async fn drive<F: Future<Output = CmdOut> + Send + 'static>(
         let stepped = match ev {
             Ev::Step(r, rd, res) => Some((r, rd, res)),
             Ev::Flush => {
-                w.drain_into(&mut sender);
+                for t in w.out.drain(..) {
+                    sender.push(t);
+                }
                 // While the socket is full the turn goes on: PDUs are read
                 // (one) and commands run; their responses wait in `out`.
                 let mut stepped = None;
@@ -711,7 +688,7 @@ async fn drive<F: Future<Output = CmdOut> + Send + 'static>(
                             return Poll::Ready(());
                         }
                         w.poll(cx);
-                        if stepped.is_none() && w.room() {
+                        if stepped.is_none() && w.out.len() < MAX_BATCH {
                             if let Some(s) = step.as_mut().as_pin_mut() {
                                 if let Poll::Ready(x) = s.poll(cx) {
                                     step.set(None);
@@ -799,7 +776,9 @@ async fn drive<F: Future<Output = CmdOut> + Send + 'static>(
                 }
             })
             .await;
-            w.drain_into(&mut sender);
+            for t in w.out.drain(..) {
+                sender.push(t);
+            }
             sender.flush().await;
             if w.slab.live == 0 {
                 break;

@@ -204,7 +204,14 @@ impl Volume {
         let _g = self.read_lock(offset, len).await;
         let direct = matches!(path, ReadPath::Direct | ReadPath::Probe);
         let probe = path == ReadPath::Probe;
-        let (sgl, was_direct) = if let Some((f, ring)) = self.ring() {
+        // A copy of a file's page-cache pages is tried inline first with a
+        // read that fails rather than waits (`RWF_NOWAIT`): a hit then
+        // completes in the command's first poll, with no ring submission, no
+        // completion wake-up and no hop to a blocking thread.
+        let copy_inline = path == ReadPath::Copy && self.backend.info().may_block && self.backend.as_file().is_some();
+        let (sgl, was_direct) = if copy_inline && self.backend.read_cached(offset, &mut sgl)? {
+            (sgl, false)
+        } else if let Some((f, ring)) = self.ring() {
             // the probe cannot block (RWF_NOWAIT): it runs inline
             if probe && f.read_cached(offset, &mut sgl)? {
                 (sgl, false)

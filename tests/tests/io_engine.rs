@@ -99,8 +99,10 @@ fn file_volumes_use_io_uring_by_default() {
     exercise(&s);
     assert_eq!(s.metric("pinion_io_engine_uring"), 1);
     assert_eq!(s.metric("pinion_io_engine_fallbacks_total"), 0);
-    // 2 namespaces x (2 writes, flush, 2 reads, 2 zeroings, 2 reads)
-    assert!(s.metric("pinion_io_uring_ops_total") >= 18, "{}", s.metrics_text());
+    // 2 namespaces x (2 writes, flush, 2 zeroings) and the direct
+    // namespace's 4 reads; the buffered namespace's reads hit the page
+    // cache and complete inline (RWF_NOWAIT) without the ring
+    assert!(s.metric("pinion_io_uring_ops_total") >= 14, "{}", s.metrics_text());
     let submits = s.metric("pinion_io_uring_submits_total");
     assert!(submits >= 1 && submits <= s.metric("pinion_io_uring_ops_total"), "{}", s.metrics_text());
 }

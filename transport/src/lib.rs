@@ -7,6 +7,8 @@
 //! splice, and the tracker that releases each payload only once the kernel
 //! is done with it.
 //!
+//! `recv` receives payloads straight into destination SGLs, for both.
+//!
 //! `iscsi` is the sans-IO core of the iSCSI target: PDUs, text negotiation,
 //! login with CHAP, the CmdSN window and write transfers, and the encoder of
 //! the send path.
@@ -16,6 +18,7 @@
 pub mod digest;
 pub mod iscsi;
 pub mod nvme_tcp;
+pub mod recv;
 pub mod send;
 mod sys;
 pub mod tls;

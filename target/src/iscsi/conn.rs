@@ -1,12 +1,18 @@
 //! One iSCSI connection (= one session: MaxConnections=1, ERL 0).
 //!
-//! The login runs inline on the socket. In the full feature phase the
-//! reader task is the session's engine: it checks every header before its
-//! payload, keeps the CmdSN window, receives WRITE data straight into `Dest`
-//! pool pages (immediate, unsolicited and R2T-solicited), answers NOP-Out,
-//! Text, Logout and task management itself, and starts one task per SCSI
-//! command once its data is complete. Tasks queue their results for the
-//! writer, which cuts Data-In from the volume's `Source` SGL.
+//! The login runs inline on the socket. In the full feature phase one
+//! driver task runs the whole connection (the shape of the NVMe/TCP queue
+//! driver, `nvme/queue.rs`): it reads PDUs, checking every header before
+//! its payload; keeps the CmdSN window; receives WRITE data straight into
+//! `Dest` pool pages (immediate, unsolicited and R2T-solicited); answers
+//! NOP-Out, Text, Logout and task management itself; runs each SCSI
+//! command as a future it polls itself, kept in a slab sized to the
+//! session's queue depth (a command on RAM, or on page-cache hits,
+//! completes in its first poll); and sends every response ready in a turn,
+//! Data-In cut from the volume's `Source` SGL, with one vectored send. No
+//! task per command and no channel between reading, running and sending.
+//! Only the cold paths (task management answers that wait, the watchdog's
+//! pings) hand their PDUs to the driver through a channel.
 
 use super::task::{AbortTask, State, TaskTable};
 use super::{scsi, Dir, IscsiServer, Kill, SessionHandle, Target};
@@ -22,16 +28,24 @@ use pinion_transport::iscsi::pdu::{
 use pinion_transport::iscsi::session::{CmdSnCheck, CmdWindow, DataOutHdr, WriteXfer, XferError};
 use pinion_transport::iscsi::text::{self, OpParams};
 use pinion_transport::iscsi::wire::{self, Encoder, ScsiDone, SendParams, Tx};
+use pinion_transport::send::Sender;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
+
+/// The connection's receive side: headers through a small buffer, payloads
+/// straight into their pages ([`pinion_transport::recv`]).
+type Rd = BufReader<OwnedReadHalf>;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// What a session's tasks and helpers share.
@@ -41,7 +55,9 @@ struct Sess {
     target: Option<Arc<Target>>,
     nexus: Arc<scsi::Nexus>,
     params: OpParams,
-    tx: mpsc::Sender<Tx>,
+    /// PDUs from outside the driver's turn (task management answers that
+    /// waited, the watchdog), sent in the order they come.
+    tx: mpsc::UnboundedSender<Tx>,
     tasks: Arc<TaskTable>,
     local: SocketAddr,
     /// The initiator is on this host ([`pinion_backends::ReadOpts::local_peer`]).
@@ -52,8 +68,9 @@ struct Sess {
     last_rx: AtomicU64,
     /// Our outstanding NOP-In ping: its TTT and when it went out.
     ping: Mutex<Option<(u32, Instant)>>,
-    /// When the longest-waiting write started to wait for its Data-Out.
-    oldest_xfer: Mutex<Option<Instant>>,
+    /// Milliseconds since `start` (plus one; 0: none) at which the
+    /// longest-waiting write started to wait for its Data-Out.
+    oldest_xfer: AtomicU64,
 }
 
 impl Sess {
@@ -62,7 +79,7 @@ impl Sess {
     }
 
     async fn send(&self, t: Tx) -> Result<(), Stop> {
-        self.tx.send(t).await.map_err(|_| Stop::WriterGone)
+        self.tx.send(t).map_err(|_| Stop::WriterGone)
     }
 
     async fn reject(&self, reason: RejectReason, bhs: &Bhs) -> Result<(), Stop> {
@@ -71,18 +88,9 @@ impl Sess {
         self.send(Tx::pdu(&r, data)).await
     }
 
-    /// Sends a task's outcome unless an abort claimed it first (the rule in
-    /// `task.rs`): the response is queued under the task table's lock.
-    async fn finish(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32) {
-        // a slot in the writer's queue first, so that queuing the response
-        // cannot wait while the table is locked
-        let permit = match self.tx.reserve().await {
-            Ok(p) => p,
-            Err(_) => {
-                self.tasks.complete(c.itt, || {});
-                return;
-            }
-        };
+    /// A task's response as it goes on the wire (counted in the volume's
+    /// metrics here).
+    fn response(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32) -> ScsiDone {
         let mut data = if c.read { resp.data_in } else { None };
         let mut status = resp.status.0;
         let mut sense = resp.sense;
@@ -98,7 +106,7 @@ impl Sess {
             sense = Some(fixed_sense(0x04, 0x44, 0x00)); // HARDWARE ERROR, INTERNAL TARGET FAILURE
         }
         if let Some(t) = &c.timer {
-            let (op, write) = metric_op(&c.cdb);
+            let (op, write) = metric_op(c.cdb());
             let ok = status == scsi::ScsiStatus::GOOD.0;
             let bytes = match (&data, write && ok) {
                 (Some(d), _) => d.len() as u64,
@@ -107,10 +115,24 @@ impl Sess {
             };
             t.done(op, bytes, ok);
         }
-        let done = ScsiDone { itt: c.itt, lun: c.lun_raw, data, status, sense, residual, r2ts };
-        if !self.tasks.complete(c.itt, move || permit.send(Tx::Scsi(Box::new(done)))) {
+        ScsiDone { itt: c.itt, lun: c.lun_raw, data, status, sense, residual, r2ts }
+    }
+
+    /// Sends a task's outcome unless an abort claimed it first (the rule in
+    /// `task.rs`): `send` queues the response under the task table's lock.
+    /// The driver passes its own queue; outside it, the channel.
+    fn finish_with(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32, send: impl FnOnce(Tx)) {
+        let done = self.response(c, resp, r2ts);
+        if !self.tasks.complete(c.itt, move || send(Tx::Scsi(Box::new(done)))) {
             tracing::debug!(itt = c.itt, "task was aborted; no response");
         }
+    }
+
+    async fn finish(&self, c: &CmdInfo, resp: scsi::ScsiResponse, r2ts: u32) {
+        let tx = &self.tx;
+        self.finish_with(c, resp, r2ts, |t| {
+            let _ = tx.send(t);
+        });
     }
 
     /// PERSISTENT RESERVE OUT with PREEMPT AND ABORT: the preempted I_T
@@ -226,7 +248,7 @@ impl From<std::io::Error> for Stop {
 pub async fn serve(srv: Arc<IscsiServer>, stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
     let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(16 * 1024, rd);
+    let mut rd = BufReader::with_capacity(pinion_transport::recv::RECV_BUFFER, rd);
     let login = tokio::select! {
         r = tokio::time::timeout(srv.settings.login_timeout, login(&srv, &mut rd, &mut wr, peer)) => r,
         _ = shutdown.changed() => return,
@@ -339,10 +361,15 @@ async fn write_login(wr: &mut tokio::net::tcp::OwnedWriteHalf, resp: &LoginResp,
     wr.write_all(&v).await
 }
 
+/// Items a turn gathers before it sends them.
+const MAX_BATCH: usize = 64;
+/// How often sent payloads the kernel may still reference are looked at.
+const HOUSEKEEPING: Duration = Duration::from_millis(1);
+
 #[allow(clippy::too_many_arguments)]
 async fn full_feature(
     srv: Arc<IscsiServer>,
-    rd: BufReader<OwnedReadHalf>,
+    rd: Rd,
     wr: tokio::net::tcp::OwnedWriteHalf,
     info: Box<SessionInfo>,
     handle: Arc<SessionHandle>,
@@ -368,7 +395,7 @@ async fn full_feature(
         max_r2t = params.max_outstanding_r2t,
         "session in full feature phase"
     );
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::unbounded_channel();
     let enc = Encoder::new(
         SendParams {
             header_digest: params.header_digest,
@@ -380,7 +407,7 @@ async fn full_feature(
     );
     let span = tracing::Span::current();
     let enc = pinion_transport::iscsi::wire::SendEncoder { enc, window: window.clone() };
-    let writer = tokio::spawn(pinion_transport::send::run(wr, rx, enc, srv.settings.send).instrument(span.clone()));
+    let sender = Sender::new(wr, enc, srv.settings.send);
     let nexus = Arc::new(scsi::Nexus {
         id: srv.next_nexus_id(),
         initiator: info.initiator_name.clone(),
@@ -397,7 +424,7 @@ async fn full_feature(
         target: target.clone(),
         nexus: nexus.clone(),
         params,
-        tx: tx.clone(),
+        tx,
         tasks: tasks.clone(),
         local,
         local_peer,
@@ -405,79 +432,370 @@ async fn full_feature(
         start: Instant::now(),
         last_rx: AtomicU64::new(0),
         ping: Mutex::new(None),
-        oldest_xfer: Mutex::new(None),
+        oldest_xfer: AtomicU64::new(0),
     });
     let discovery = info.session_type == SessionType::Discovery;
-    let mut reader = tokio::spawn(read_loop(rd, sess.clone(), discovery).instrument(span.clone()));
+    let reader = Reader::new(sess.clone(), discovery);
     let st = &srv.settings;
     let watchdog = tokio::spawn(watch_loop(sess.clone(), st.nop_interval, st.nop_timeout, st.data_timeout).instrument(span.clone()));
-    // logout and server shutdown let tasks in flight finish
-    let mut graceful = false;
-    let why = tokio::select! {
-        r = &mut reader => {
-            match r {
-                Ok(Stop::Logout) => graceful = true,
-                Ok(Stop::ColdReset) => tracing::info!("session ended by TARGET COLD RESET"),
-                Ok(Stop::Eof) => tracing::info!("initiator closed the connection"),
-                Ok(s) => tracing::info!(reason = ?s, "connection ended"),
-                Err(e) => tracing::error!(error = %e, "reader task failed"),
-            }
-            Kill::Alive
-        }
-        _ = kill_rx.changed() => {
-            let k = *kill_rx.borrow();
-            graceful = k == Kill::Disconnected;
-            k
-        }
-        _ = shutdown.changed() => {
-            graceful = true;
-            // ask the initiator to log out, give it a moment, then drop it
-            let wait = 3u16;
-            let m = pdu::AsyncMsg {
-                opcode: Opcode::ASYNC.0,
-                flags: F,
-                itt: RESERVED_TAG.into(),
-                rsvd2: RESERVED_TAG.into(),
-                event: pdu::AsyncEvent::LOGOUT_REQUEST.0,
-                param3: wait.into(),
-                ..Default::default()
-            };
-            let _ = tx.send(Tx::pdu(&m, Vec::new())).await;
-            if tokio::time::timeout(Duration::from_secs(u64::from(wait)), &mut reader).await.is_err() {
-                tracing::info!("initiator did not log out after the Async logout request");
-            }
-            Kill::Alive
-        }
-    };
-    if why != Kill::Alive {
-        tracing::info!(reason = ?why, "session ended from outside");
-    }
-    reader.abort();
+    let work = Work { sess: sess.clone(), slab: Slab::new(srv.settings.queue_depth as usize, cmd_job), out: Vec::with_capacity(MAX_BATCH), rx };
+    drive(work, sender, reader, rd, kill_rx.clone(), shutdown.clone()).await;
     watchdog.abort();
-    if !graceful {
-        // ERL 0: the tasks of a dropped session are terminated
-        tasks.abort_where(|_| true);
-    } else {
-        let drain = async {
-            while !tasks.is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
-            tracing::warn!(tasks = tasks.len(), "tasks did not finish within 10 s; aborting them");
-            tasks.abort_where(|_| true);
-        }
-    }
-    let _ = tx.send(Tx::Close).await;
-    drop(tx);
     drop(sess);
-    if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
-        tracing::warn!("writer did not finish within 5 s");
-    }
     if let Some(t) = &target {
         t.scsi.nexus_gone(&nexus);
     }
     tracing::info!("session closed");
+}
+
+/// The output of a SCSI command's future: the command, its outcome and
+/// the R2Ts its data took.
+type CmdOut = (CmdInfo, scsi::ScsiResponse, u32);
+
+/// A job that is not a SCSI command (a task management answer that waits
+/// for the tasks it aborted).
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A SCSI command from start to outcome. Its future has one concrete type,
+/// so the driver keeps it in a slot allocated once, not in a box per command.
+fn cmd_job(s: Arc<Sess>, target: Arc<Target>, cmd: CmdInfo, data: Option<Sgl>, r2ts: u32) -> impl Future<Output = CmdOut> + Send {
+    let span = tracing::debug_span!("task", itt = cmd.itt, op = cmd.cdb16[0], lun = cmd.lun);
+    async move {
+        // a future dropped before its end (the connection closed) still
+        // leaves the table
+        let guard = EndGuard { tasks: s.tasks.clone(), itt: cmd.itt, armed: true };
+        let resp = target
+            .scsi
+            .execute(scsi::ScsiRequest {
+                nexus: &s.nexus,
+                lun: cmd.lun,
+                cdb: cmd.cdb(),
+                edtl: cmd.edtl,
+                read: cmd.read,
+                write: cmd.write,
+                data_out: data,
+                attr: cmd.attr,
+                need_bytes: s.params.data_digest,
+                local_peer: s.local_peer,
+            })
+            .await;
+        let resp = s.preempt_and_abort(&cmd, resp).await;
+        // the driver completes it in the same poll
+        guard.disarm();
+        (cmd, resp, r2ts)
+    }
+    .instrument(span)
+}
+
+/// Commands in flight on one connection, polled by its driver: SCSI
+/// commands in slots allocated once (the slab stops growing at the most
+/// commands the session had in flight, at most the queue depth plus
+/// immediate ones, so the steady state allocates nothing here), the rest
+/// boxed.
+struct Slab<F> {
+    cmds: Vec<Pin<Box<Option<F>>>>,
+    other: Vec<Option<Job>>,
+    live: usize,
+    make: MakeCmd<F>,
+}
+
+/// Makes a command's future ([`cmd_job`]; the type names its future).
+type MakeCmd<F> = fn(Arc<Sess>, Arc<Target>, CmdInfo, Option<Sgl>, u32) -> F;
+
+impl<F: Future<Output = CmdOut>> Slab<F> {
+    /// Slots are made as the session's commands in flight first need them
+    /// (an idle session holds none) and kept.
+    fn new(depth: usize, make: MakeCmd<F>) -> Slab<F> {
+        Slab { cmds: Vec::with_capacity(depth), other: Vec::new(), live: 0, make }
+    }
+
+    fn insert_cmd(&mut self, job: F) {
+        self.live += 1;
+        match self.cmds.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => slot.set(Some(job)),
+            None => self.cmds.push(Box::pin(Some(job))),
+        }
+    }
+
+    fn insert(&mut self, job: Job) {
+        self.live += 1;
+        match self.other.iter().position(Option::is_none) {
+            Some(i) => self.other[i] = Some(job),
+            None => self.other.push(Some(job)),
+        }
+    }
+
+    /// Polls everything in flight; each finished command goes to `done`.
+    fn poll(&mut self, cx: &mut Context<'_>, mut done: impl FnMut(CmdOut)) {
+        if self.live == 0 {
+            return;
+        }
+        for slot in self.cmds.iter_mut() {
+            let Some(job) = slot.as_mut().as_pin_mut() else { continue };
+            if let Poll::Ready(out) = job.poll(cx) {
+                slot.set(None);
+                self.live -= 1;
+                done(out);
+            }
+        }
+        for slot in self.other.iter_mut() {
+            let Some(job) = slot else { continue };
+            if job.as_mut().poll(cx).is_ready() {
+                *slot = None;
+                self.live -= 1;
+            }
+        }
+    }
+}
+
+/// What woke the driver.
+#[allow(clippy::large_enum_variant)]
+enum Ev {
+    /// The reader took one PDU (or stopped).
+    Step(Reader, Rd, Result<(), Stop>),
+    Flush,
+    Kill(Kill),
+    /// Server shutdown: the initiator is asked to log out.
+    Shutdown,
+    /// It did not within the time it was given.
+    LogoutTimeout,
+}
+
+/// The futures that end a session from outside: a kill (reinstatement,
+/// reset, ping timeout, operator), server shutdown, and after a shutdown
+/// the time the initiator has to log out.
+fn control(mut kill: watch::Receiver<Kill>, shutdown: Option<watch::Receiver<bool>>, logout_wait: Option<Duration>) -> Pin<Box<dyn Future<Output = Ev> + Send>> {
+    Box::pin(async move {
+        let shut = async {
+            match shutdown {
+                Some(mut s) => {
+                    let _ = s.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let wait = async {
+            match logout_wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let killed = async {
+            match kill.changed().await {
+                Ok(()) => *kill.borrow(),
+                // the handle outlives the session: never
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            k = killed => Ev::Kill(k),
+            _ = shut => Ev::Shutdown,
+            _ = wait => Ev::LogoutTimeout,
+        }
+    })
+}
+
+/// What a driver turn works on besides the socket's send side.
+struct Work<F> {
+    sess: Arc<Sess>,
+    slab: Slab<F>,
+    /// This turn's PDUs, in order, for the next send.
+    out: Vec<Tx>,
+    rx: mpsc::UnboundedReceiver<Tx>,
+}
+
+impl<F: Future<Output = CmdOut> + Send> Work<F> {
+    /// Finished commands' responses, and PDUs from outside the turn, join
+    /// `out` in the order they come.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        let sess = &self.sess;
+        let out = &mut self.out;
+        self.slab.poll(cx, |(cmd, resp, r2ts)| sess.finish_with(&cmd, resp, r2ts, |t| out.push(t)));
+        while let Poll::Ready(Some(t)) = self.rx.poll_recv(cx) {
+            self.out.push(t);
+        }
+    }
+
+    /// Starts what the reader's last step let through.
+    fn take(&mut self, reader: &mut Reader) {
+        for job in reader.jobs.drain(..) {
+            self.slab.insert(job);
+        }
+        let Some(target) = &self.sess.target else {
+            reader.starts.clear();
+            return;
+        };
+        for (cmd, data, r2ts) in reader.starts.drain(..) {
+            let job = (self.slab.make)(self.sess.clone(), target.clone(), cmd, data, r2ts);
+            self.slab.insert_cmd(job);
+        }
+    }
+}
+
+/// Runs the full feature phase until the session ends.
+async fn drive<F: Future<Output = CmdOut> + Send + 'static>(
+    mut w: Work<F>,
+    mut sender: Sender<Tx, pinion_transport::iscsi::wire::SendEncoder>,
+    reader: Reader,
+    rd: Rd,
+    kill: watch::Receiver<Kill>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut ctl = control(kill.clone(), Some(shutdown), None);
+    let step = Some(reader.step(rd));
+    let tick = tokio::time::sleep(HOUSEKEEPING);
+    tokio::pin!(step, tick);
+    // logout and server shutdown let tasks in flight finish
+    let mut graceful = false;
+    loop {
+        let ev = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ev) = ctl.as_mut().poll(cx) {
+                return Poll::Ready(ev);
+            }
+            w.poll(cx);
+            if sender.holds_pages() && tick.as_mut().poll(cx).is_ready() {
+                sender.housekeeping();
+                tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
+                let _ = tick.as_mut().poll(cx);
+            }
+            if w.out.len() < MAX_BATCH {
+                if let Some(s) = step.as_mut().as_pin_mut() {
+                    if let Poll::Ready((r, rd, res)) = s.poll(cx) {
+                        return Poll::Ready(Ev::Step(r, rd, res));
+                    }
+                }
+            }
+            if !w.out.is_empty() {
+                return Poll::Ready(Ev::Flush);
+            }
+            Poll::Pending
+        })
+        .await;
+        let stepped = match ev {
+            Ev::Step(r, rd, res) => Some((r, rd, res)),
+            Ev::Flush => {
+                for t in w.out.drain(..) {
+                    sender.push(t);
+                }
+                // While the socket is full the turn goes on: PDUs are read
+                // (one) and commands run; their responses wait in `out`.
+                let mut stepped = None;
+                {
+                    let flush = sender.flush();
+                    tokio::pin!(flush);
+                    std::future::poll_fn(|cx| {
+                        if flush.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(());
+                        }
+                        w.poll(cx);
+                        if stepped.is_none() && w.out.len() < MAX_BATCH {
+                            if let Some(s) = step.as_mut().as_pin_mut() {
+                                if let Poll::Ready(x) = s.poll(cx) {
+                                    step.set(None);
+                                    stepped = Some(x);
+                                }
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                }
+                if sender.is_done() {
+                    // the socket failed, or a Logout or cold reset closed
+                    // it; commands the last step started still end here
+                    if let Some((mut r, _, res)) = stepped {
+                        w.take(&mut r);
+                        graceful = matches!(res, Err(Stop::Logout));
+                    }
+                    break;
+                }
+                stepped
+            }
+            Ev::Kill(k) => {
+                tracing::info!(reason = ?k, "session ended from outside");
+                graceful = k == Kill::Disconnected;
+                break;
+            }
+            Ev::Shutdown => {
+                // ask the initiator to log out, give it a moment, then drop it
+                let wait = 3u16;
+                let m = pdu::AsyncMsg {
+                    opcode: Opcode::ASYNC.0,
+                    flags: F,
+                    itt: RESERVED_TAG.into(),
+                    rsvd2: RESERVED_TAG.into(),
+                    event: pdu::AsyncEvent::LOGOUT_REQUEST.0,
+                    param3: wait.into(),
+                    ..Default::default()
+                };
+                w.out.push(Tx::pdu(&m, Vec::new()));
+                ctl = control(kill.clone(), None, Some(Duration::from_secs(u64::from(wait))));
+                None
+            }
+            Ev::LogoutTimeout => {
+                tracing::info!("initiator did not log out after the Async logout request");
+                graceful = true;
+                break;
+            }
+        };
+        if let Some((mut r, rd, res)) = stepped {
+            w.take(&mut r);
+            match res {
+                Ok(()) => step.set(Some(r.step(rd))),
+                Err(stop) => {
+                    match &stop {
+                        Stop::Logout => graceful = true,
+                        Stop::ColdReset => tracing::info!("session ended by TARGET COLD RESET"),
+                        Stop::Eof => tracing::info!("initiator closed the connection"),
+                        Stop::Protocol(why) => tracing::warn!(reason = %why, "closing the connection after a protocol error"),
+                        Stop::HeaderDigest => tracing::warn!("header digest error; closing the connection (ERL 0)"),
+                        Stop::Io(e) => tracing::info!(error = %e, "connection lost"),
+                        s => tracing::info!(reason = ?s, "connection ended"),
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    // The reader goes: the buffers of writes still waiting for data with it.
+    step.set(None);
+    let tasks = w.sess.tasks.clone();
+    if !graceful {
+        // ERL 0: the tasks of a dropped session are terminated
+        tasks.abort_where(|_| true);
+    }
+    // Tasks in flight run to their end (an aborted one without a response).
+    let drain = async {
+        loop {
+            std::future::poll_fn(|cx| {
+                w.poll(cx);
+                if !w.out.is_empty() || w.slab.live == 0 {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            for t in w.out.drain(..) {
+                sender.push(t);
+            }
+            sender.flush().await;
+            if w.slab.live == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!(tasks = w.slab.live, "tasks did not finish within 10 s; aborting them");
+        tasks.abort_where(|_| true);
+    }
+    drop(w);
+    // The send side closes once the kernel is done with every page it
+    // was given; that may take long, and does not hold up the session's end.
+    let closing = tokio::spawn(sender.close().instrument(tracing::Span::current()));
+    if tokio::time::timeout(Duration::from_secs(5), closing).await.is_err() {
+        tracing::warn!("writer did not finish within 5 s");
+    }
 }
 
 /// The session's watchdog: pings an idle initiator with NOP-In (when
@@ -489,9 +807,10 @@ async fn watch_loop(s: Arc<Sess>, interval: Option<Duration>, timeout: Duration,
     let tick = interval.unwrap_or(data_timeout).min(timeout).min(data_timeout).max(Duration::from_millis(100)) / 2;
     loop {
         tokio::time::sleep(tick).await;
-        let oldest = *s.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = oldest.filter(|t| t.elapsed() >= data_timeout) {
-            tracing::warn!(waited = ?t.elapsed(), "a write's Data-Out did not arrive in time; dropping the session");
+        let oldest = s.oldest_xfer.load(Ordering::Relaxed);
+        let waited = s.start.elapsed().saturating_sub(Duration::from_millis(oldest.saturating_sub(1)));
+        if oldest > 0 && waited >= data_timeout {
+            tracing::warn!(?waited, "a write's Data-Out did not arrive in time; dropping the session");
             let _ = s.handle.kill.send(Kill::DataTimeout);
             return;
         }
@@ -515,7 +834,7 @@ async fn watch_loop(s: Arc<Sess>, interval: Option<Duration>, timeout: Duration,
                 let n = NopIn { opcode: Opcode::NOP_IN.0, flags: F, itt: RESERVED_TAG.into(), ttt: ttt.into(), ..Default::default() };
                 *s.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((ttt, Instant::now()));
                 tracing::debug!(ttt, "pinging an idle initiator");
-                if s.tx.send(Tx::pdu(&n, Vec::new())).await.is_err() {
+                if s.tx.send(Tx::pdu(&n, Vec::new())).is_err() {
                     return;
                 }
                 ttt = ttt.wrapping_add(1);
@@ -534,7 +853,9 @@ struct CmdInfo {
     itt: u32,
     lun_raw: [u8; 8],
     lun: u64,
-    cdb: Vec<u8>,
+    /// The CDB of the BHS; a longer one (extended by an AHS) in `cdb_long`.
+    cdb16: [u8; 16],
+    cdb_long: Option<Box<[u8]>>,
     edtl: u32,
     read: bool,
     write: bool,
@@ -543,6 +864,12 @@ struct CmdInfo {
     /// Counts the command in flight on its LUN's volume from its arrival;
     /// `None` for a LUN that does not exist.
     timer: Option<CmdTimer>,
+}
+
+impl CmdInfo {
+    fn cdb(&self) -> &[u8] {
+        self.cdb_long.as_deref().unwrap_or(&self.cdb16)
+    }
 }
 
 /// A WRITE whose data is still arriving.
@@ -565,6 +892,13 @@ struct Xfer {
 
 struct Reader {
     sess: Arc<Sess>,
+    /// Commands whose data is whole, for the driver to start.
+    starts: Vec<(CmdInfo, Option<Sgl>, u32)>,
+    /// Other work for the driver to run (task management answers that wait).
+    jobs: Vec<Job>,
+    /// Writes were waiting for data at the last look (the watchdog's view
+    /// needs updating).
+    had_xfers: bool,
     discovery: bool,
     st: RxState,
     xfers: HashMap<u32, Xfer>,
@@ -582,65 +916,59 @@ struct Reader {
     text_pending: Option<(u32, u32, Vec<u8>)>,
 }
 
-async fn read_loop(rd: BufReader<OwnedReadHalf>, sess: Arc<Sess>, discovery: bool) -> Stop {
-    let p = sess.params;
-    let st = RxState { login: false, header_digest: p.header_digest, data_digest: p.data_digest, max_recv_dsl: p.target_max_recv_dsl };
-    let budget_pages = sess.srv.settings.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
-    let mut r = Reader {
-        sess,
-        discovery,
-        st,
-        xfers: HashMap::new(),
-        deferred: VecDeque::new(),
-        budget_pages,
-        stale: VecDeque::new(),
-        next_ttt: 0x1000,
-        text: text::Accumulator::default(),
-        text_pending: None,
-    };
-    let mut rd = rd;
-    let stop = r.run(&mut rd).await;
-    match &stop {
-        Stop::Protocol(why) => tracing::warn!(reason = %why, "closing the connection after a protocol error"),
-        Stop::HeaderDigest => tracing::warn!("header digest error; closing the connection (ERL 0)"),
-        Stop::Io(e) => tracing::info!(error = %e, "connection lost"),
-        _ => {}
-    }
-    stop
-}
-
 impl Reader {
-    async fn run<R: AsyncBufRead + Unpin>(&mut self, rd: &mut R) -> Stop {
-        let mut had_xfers = false;
-        loop {
-            // Between PDUs: release the buffers of writes another session
-            // aborted (fill_buf is cancel-safe: nothing is consumed)
-            let tasks = self.sess.tasks.clone();
-            tokio::select! {
-                biased;
-                _ = tasks.reap().notified() => self.reap(),
-                _ = rd.fill_buf() => {
-                    if let Err(s) = self.one(rd).await {
-                        return s;
-                    }
-                }
-            }
-            if !self.deferred.is_empty() {
-                if let Err(s) = self.admit_deferred().await {
-                    return s;
-                }
-            }
-            // publish the oldest pending write for the watchdog; writes not
-            // yet solicited wait for us, not for the initiator
-            if had_xfers || !self.xfers.is_empty() {
-                let oldest = self.xfers.values().filter(|x| x.admitted).map(|x| x.started).min();
-                *self.sess.oldest_xfer.lock().unwrap_or_else(|e| e.into_inner()) = oldest;
-                had_xfers = oldest.is_some();
-            }
+    fn new(sess: Arc<Sess>, discovery: bool) -> Reader {
+        let p = sess.params;
+        let st = RxState { login: false, header_digest: p.header_digest, data_digest: p.data_digest, max_recv_dsl: p.target_max_recv_dsl };
+        let budget_pages = sess.srv.settings.write_budget.div_ceil(pinion_backends::PAGE_SIZE).max(1);
+        Reader {
+            sess,
+            starts: Vec::new(),
+            jobs: Vec::new(),
+            had_xfers: false,
+            discovery,
+            st,
+            xfers: HashMap::new(),
+            deferred: VecDeque::new(),
+            budget_pages,
+            stale: VecDeque::new(),
+            next_ttt: 0x1000,
+            text: text::Accumulator::default(),
+            text_pending: None,
         }
     }
 
-    async fn one<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<(), Stop> {
+    /// Takes the next PDU (or, between PDUs, releases the buffers of writes
+    /// another session aborted). The reader moves in and out, so that the
+    /// driver can keep this future across its turns.
+    async fn step(mut self, mut rd: Rd) -> (Reader, Rd, Result<(), Stop>) {
+        let r = self.step_on(&mut rd).await;
+        (self, rd, r)
+    }
+
+    async fn step_on(&mut self, rd: &mut Rd) -> Result<(), Stop> {
+        // fill_buf is cancel-safe: nothing is consumed
+        let tasks = self.sess.tasks.clone();
+        tokio::select! {
+            biased;
+            _ = tasks.reap().notified() => self.reap(),
+            _ = rd.fill_buf() => self.one(rd).await?,
+        }
+        if !self.deferred.is_empty() {
+            self.admit_deferred().await?;
+        }
+        // publish the oldest pending write for the watchdog; writes not
+        // yet solicited wait for us, not for the initiator
+        if self.had_xfers || !self.xfers.is_empty() {
+            let oldest = self.xfers.values().filter(|x| x.admitted).map(|x| x.started).min();
+            let ms = oldest.map_or(0, |t| t.duration_since(self.sess.start).as_millis() as u64 + 1);
+            self.sess.oldest_xfer.store(ms, Ordering::Relaxed);
+            self.had_xfers = oldest.is_some();
+        }
+        Ok(())
+    }
+
+    async fn one(&mut self, rd: &mut Rd) -> Result<(), Stop> {
         let mut hdr = [0u8; BHS_LEN];
         rd.read_exact(&mut hdr).await?;
         self.sess.touch();
@@ -709,7 +1037,7 @@ impl Reader {
         }
     }
 
-    async fn scsi_cmd<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, ahs: &[u8], layout: &Layout) -> Result<(), Stop> {
+    async fn scsi_cmd(&mut self, rd: &mut Rd, bhs: &Bhs, ahs: &[u8], layout: &Layout) -> Result<(), Stop> {
         let c = ScsiCmd::from_bhs(bhs);
         let itt = c.itt.get();
         let ahs = match parse_ahs(ahs) {
@@ -729,10 +1057,11 @@ impl Reader {
             self.done_cmdsn(bhs);
             return self.sess.reject(RejectReason::TASK_IN_PROGRESS, bhs).await;
         }
-        let mut cdb = c.cdb.to_vec();
-        if let Some(ext) = ahs.extended_cdb {
-            cdb.extend_from_slice(&ext);
-        }
+        let cdb_long = ahs.extended_cdb.map(|ext| {
+            let mut v = c.cdb.to_vec();
+            v.extend_from_slice(&ext);
+            v.into_boxed_slice()
+        });
         let attr = match c.flags & cmd_flags::ATTR_MASK {
             2 => scsi::TaskAttr::Ordered,
             3 => scsi::TaskAttr::HeadOfQueue,
@@ -745,7 +1074,8 @@ impl Reader {
             itt,
             lun_raw: c.lun,
             lun,
-            cdb,
+            cdb16: c.cdb,
+            cdb_long,
             edtl: c.edtl.get(),
             read: c.flags & cmd_flags::READ != 0,
             write: c.flags & cmd_flags::WRITE != 0,
@@ -917,7 +1247,7 @@ impl Reader {
         self.stale.push_back(itt);
     }
 
-    async fn data_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+    async fn data_out(&mut self, rd: &mut Rd, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
         let d = DataOut::from_bhs(bhs);
         let itt = d.itt.get();
         if self.xfers.contains_key(&itt) && self.sess.tasks.state(itt) != Some(State::Receiving) {
@@ -971,48 +1301,22 @@ impl Reader {
     }
 
     /// Starts a SCSI task, unless it was aborted while it received data
-    /// (then its data is dropped here and it never runs).
+    /// (then its data is dropped here and it never runs): the driver runs
+    /// it once this step is done.
     fn execute(&mut self, cmd: CmdInfo, data: Option<Sgl>, r2ts: u32) {
-        let s = self.sess.clone();
+        if self.sess.target.is_none() {
+            return;
+        }
         let itt = cmd.itt;
-        let Some(target) = s.target.clone() else { return };
-        if !s.tasks.start(itt) {
+        if !self.sess.tasks.start(itt) {
             tracing::info!(itt, "task aborted before it started");
             self.mark_stale(itt);
             return;
         }
-        let span = tracing::debug_span!("task", itt, op = cmd.cdb.first().copied().unwrap_or(0), lun = cmd.lun);
-        tokio::spawn(
-            async move {
-                // a task that ends any other way (a panic) still leaves the table
-                let guard = EndGuard { tasks: s.tasks.clone(), itt, armed: true };
-                let resp = target
-                    .scsi
-                    .execute(scsi::ScsiRequest {
-                        nexus: &s.nexus,
-                        lun: cmd.lun,
-                        cdb: &cmd.cdb,
-                        edtl: cmd.edtl,
-                        read: cmd.read,
-                        write: cmd.write,
-                        data_out: data,
-                        attr: cmd.attr,
-                        need_bytes: s.params.data_digest,
-                        local_peer: s.local_peer,
-                    })
-                    .await;
-                if resp.status != scsi::ScsiStatus::GOOD {
-                    tracing::debug!(status = resp.status.0, sense = ?resp.sense.as_deref().map(|s| &s[..s.len().min(18)]), "command failed");
-                }
-                let resp = s.preempt_and_abort(&cmd, resp).await;
-                s.finish(&cmd, resp, r2ts).await;
-                guard.disarm();
-            }
-            .instrument(span),
-        );
+        self.starts.push((cmd, data, r2ts));
     }
 
-    async fn nop_out<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+    async fn nop_out(&mut self, rd: &mut Rd, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
         let n = NopOut::from_bhs(bhs);
         let (data, ok) = read_vec(rd, layout).await?;
         if !ok {
@@ -1038,7 +1342,7 @@ impl Reader {
         self.sess.send(Tx::pdu(&r, data)).await
     }
 
-    async fn text_req<R: AsyncRead + Unpin>(&mut self, rd: &mut R, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
+    async fn text_req(&mut self, rd: &mut Rd, bhs: &Bhs, layout: &Layout) -> Result<(), Stop> {
         let t = TextReq::from_bhs(bhs);
         let (data, ok) = read_vec(rd, layout).await?;
         if !ok {
@@ -1241,13 +1545,18 @@ impl Reader {
                     let _ = s.kill.send(Kill::ColdReset);
                 }
             }
-            let _ = self.sess.tx.send(Tx::Close).await;
+            let _ = self.sess.tx.send(Tx::Close);
             return Err(Stop::ColdReset);
         }
         if waits {
             // the reader goes on (a claimed task may wait for pool pages
             // that writes still receiving data hold)
-            tokio::spawn(answer.instrument(tracing::Span::current()));
+            self.jobs.push(Box::pin(
+                async move {
+                    let _ = answer.await;
+                }
+                .instrument(tracing::Span::current()),
+            ));
         } else {
             answer.await?;
         }
@@ -1329,7 +1638,7 @@ impl Reader {
         };
         self.sess.send(Tx::pdu(&r, Vec::new())).await?;
         if response == LogoutResponse::CLOSED {
-            let _ = self.sess.tx.send(Tx::Close).await;
+            let _ = self.sess.tx.send(Tx::Close);
             return Err(Stop::Logout);
         }
         Ok(())
@@ -1365,25 +1674,23 @@ async fn read_vec<R: AsyncRead + Unpin>(rd: &mut R, l: &Layout) -> Result<(Vec<u
     Ok((v, ok))
 }
 
-/// Reads a data segment straight into an SGL's pages at `offset`; returns
-/// whether the digest matched. The caller has checked the range.
-async fn read_into_sgl<R: AsyncRead + Unpin>(rd: &mut R, sgl: &mut Sgl, offset: usize, l: &Layout) -> Result<bool, Stop> {
-    let slices = sgl
-        .dest_slices(offset, l.data_len)
-        .ok_or_else(|| Stop::Protocol(format!("receive range {offset}+{} outside the buffer", l.data_len)))?;
-    let mut crc = 0;
-    for s in slices {
-        rd.read_exact(s).await?;
-        if l.data_digest {
-            crc = crc32c::crc32c_append(crc, s);
+/// Reads a data segment straight into an SGL's pages at `offset` (see
+/// [`pinion_transport::recv`]); returns whether the digest matched. The
+/// caller has checked the range.
+async fn read_into_sgl(rd: &mut Rd, sgl: &mut Sgl, offset: usize, l: &Layout) -> Result<bool, Stop> {
+    let crc = pinion_transport::recv::read_into(rd, sgl, offset, l.data_len, l.data_digest).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::Other {
+            Stop::Protocol(e.to_string())
+        } else {
+            Stop::from(e)
         }
-    }
+    })?;
     let mut pad = [0u8; 4];
     rd.read_exact(&mut pad[..l.pad]).await?;
     if !l.data_digest {
         return Ok(true);
     }
-    crc = crc32c::crc32c_append(crc, &pad[..l.pad]);
+    let crc = crc32c::crc32c_append(crc, &pad[..l.pad]);
     let mut d = [0u8; DIGEST_LEN];
     rd.read_exact(&mut d).await?;
     Ok(crc == u32::from_le_bytes(d))

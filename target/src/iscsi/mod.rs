@@ -3,11 +3,13 @@
 //! around the sans-IO core in `pinion_transport::iscsi`.
 //!
 //! One connection per session (MaxConnections=1, ErrorRecoveryLevel=0).
-//! A connection runs: the login exchange inline on the socket; then a
-//! reader task (the session's engine: CmdSN window, write transfers, TMF,
-//! Text, Logout, NOP), one task per SCSI command, the shared send engine
-//! (`pinion_transport::send`) as its writer, and a watchdog (NOP-In pings
-//! to idle initiators, Data-Out that never comes).
+//! A connection runs: the login exchange inline on the socket; then one
+//! driver task (`conn.rs`: it reads and checks PDUs, keeps the CmdSN window
+//! and write transfers, answers TMF, Text, Logout and NOP, runs the SCSI
+//! commands as futures it polls itself, and sends a turn's responses
+//! through the shared send engine, `pinion_transport::send`, in one
+//! vectored send), and a watchdog (NOP-In pings to idle initiators,
+//! Data-Out that never comes).
 
 mod conn;
 mod task;

@@ -10,8 +10,8 @@
 //! takes the PDUs that follow.
 
 use pinion_backends::Sgl;
-use std::io::{ErrorKind, IoSliceMut};
-use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+use std::io::ErrorKind;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 
 /// `readv` takes at most this many slices.
@@ -24,6 +24,10 @@ pub const RECV_BUFFER: usize = 64 * 1024;
 /// receive buffer (one read that also takes the PDUs behind it, then a
 /// copy); a longer one is read from the socket straight into its pages.
 pub const THROUGH_BUFFER: usize = 16 * 1024;
+/// Pages of the largest payload read straight into its pages (128 KiB)
+/// that need no allocation for their I/O vector.
+const INLINE_IOV: usize = 32;
+
 
 /// Receives `len` bytes into `sgl` at `offset`; with `digest`, returns the
 /// CRC32C of exactly those bytes (else 0). The caller checks the range
@@ -35,52 +39,47 @@ pub async fn read_into(rd: &mut BufReader<OwnedReadHalf>, sgl: &mut Sgl, offset:
         .ok_or_else(|| std::io::Error::other(format!("receive range {offset}+{len} outside the destination SGL")))?;
     let mut first = 0;
     let mut filled = 0;
-    // the buffered bytes first
-    while first < slices.len() {
+    let mut left = len;
+    while left > 0 {
         let buffered = rd.buffer();
-        if buffered.is_empty() {
-            break;
+        if !buffered.is_empty() {
+            let s = &mut slices[first];
+            let n = buffered.len().min(s.len() - filled);
+            s[filled..filled + n].copy_from_slice(&buffered[..n]);
+            rd.consume(n);
+            filled += n;
+            left -= n;
+            if filled == s.len() {
+                first += 1;
+                filled = 0;
+            }
+            continue;
         }
-        let s = &mut slices[first];
-        let n = buffered.len().min(s.len() - filled);
-        s[filled..filled + n].copy_from_slice(&buffered[..n]);
-        std::pin::Pin::new(&mut *rd).consume(n);
-        filled += n;
-        if filled == s.len() {
-            first += 1;
-            filled = 0;
+        if left <= THROUGH_BUFFER {
+            if rd.fill_buf().await?.is_empty() {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            continue;
         }
-    }
-    let left: usize = slices[first..].iter().map(|s| s.len()).sum::<usize>() - filled;
-    if left > 0 && left <= THROUGH_BUFFER {
-        // a short rest: one read that also takes the PDUs behind it, then a
-        // copy (cheaper than a system call of its own)
-        let mut f = filled;
-        for s in &mut slices[first..] {
-            rd.read_exact(&mut s[f..]).await?;
-            f = 0;
-        }
-        first = slices.len();
-    }
-    // then the socket, straight into the pages
-    if first < slices.len() {
-        let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(slices.len() - first);
+        // the socket, straight into the pages
+        let mut iov: smallvec::SmallVec<[std::io::IoSliceMut<'_>; INLINE_IOV]> = smallvec::SmallVec::new();
         let mut rest = slices[first..].iter_mut();
         if let Some(s) = rest.next() {
-            iov.push(IoSliceMut::new(&mut s[filled..]));
+            iov.push(std::io::IoSliceMut::new(&mut s[filled..]));
         }
-        iov.extend(rest.map(|s| IoSliceMut::new(&mut s[..])));
+        iov.extend(rest.map(|s| std::io::IoSliceMut::new(&mut s[..])));
         let mut iov = &mut iov[..];
         while !iov.is_empty() {
             let sock = rd.get_ref();
             let n = iov.len().min(IOV_MAX);
             match sock.try_read_vectored(&mut iov[..n]) {
                 Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => IoSliceMut::advance_slices(&mut iov, n),
+                Ok(n) => std::io::IoSliceMut::advance_slices(&mut iov, n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => sock.readable().await?,
                 Err(e) => return Err(e),
             }
         }
+        break;
     }
     let mut crc = 0;
     if digest {

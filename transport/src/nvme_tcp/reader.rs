@@ -3,12 +3,13 @@
 
 use super::{Command, PendingXfer, Shared, TransportError, Tx};
 use crate::digest::crc32c;
+use crate::recv::{read_into, RECV_BUFFER};
 use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HLEN};
 use nvme_types::Status;
 use pinion_backends::{PagePool, Sgl};
 use std::io::ErrorKind;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use zerocopy::FromBytes;
@@ -103,86 +104,6 @@ async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
     let mut d = [0u8; DIGEST_LEN];
     rd.read_exact(&mut d).await?;
     Ok(u32::from_le_bytes(d))
-}
-
-/// Bytes the receive buffer holds: one read takes every capsule the socket
-/// has for a turn at a queue depth of 32 (4 KiB writes in the capsule are
-/// 4168 bytes each), instead of a read per capsule.
-const RECV_BUFFER: usize = 64 * 1024;
-/// Payloads with at most this many bytes still to come go through the
-/// receive buffer (a read that also takes the PDUs behind them, then a
-/// copy); longer ones are read from the socket straight into their pages.
-/// A 4 KiB copy costs less than the system call a page of its own would.
-const THROUGH_BUFFER: usize = 16 * 1024;
-/// Pages of the largest payload read straight into its pages (128 KiB)
-/// that need no allocation for their I/O vector.
-const INLINE_IOV: usize = 32;
-
-/// Receives `len` payload bytes at `offset` of the SGL; with `digest`,
-/// returns the CRC32C of exactly those bytes (else 0). Callers check the
-/// range first, so an out-of-range request is a bug, reported as an error
-/// rather than a silent desync of the stream.
-///
-/// What the buffer holds is copied; a short rest is read through the
-/// buffer (with whatever follows it on the socket); a long rest is read
-/// from the socket straight into the pages with vectored reads (through
-/// the buffer it would be copied twice; page by page it would cost a
-/// system call a page).
-async fn read_into(rd: &mut BufReader<OwnedReadHalf>, sgl: &mut Sgl, offset: usize, len: usize, digest: bool) -> std::io::Result<u32> {
-    let mut slices = sgl
-        .dest_slices(offset, len)
-        .ok_or_else(|| std::io::Error::other(format!("receive range {offset}+{len} outside the destination SGL")))?;
-    let mut first = 0;
-    let mut filled = 0;
-    let mut left = len;
-    while left > 0 {
-        let buffered = rd.buffer();
-        if !buffered.is_empty() {
-            let s = &mut slices[first];
-            let n = buffered.len().min(s.len() - filled);
-            s[filled..filled + n].copy_from_slice(&buffered[..n]);
-            rd.consume(n);
-            filled += n;
-            left -= n;
-            if filled == s.len() {
-                first += 1;
-                filled = 0;
-            }
-            continue;
-        }
-        if left <= THROUGH_BUFFER {
-            if rd.fill_buf().await?.is_empty() {
-                return Err(ErrorKind::UnexpectedEof.into());
-            }
-            continue;
-        }
-        // the socket, straight into the pages
-        let mut iov: smallvec::SmallVec<[std::io::IoSliceMut<'_>; INLINE_IOV]> = smallvec::SmallVec::new();
-        let mut rest = slices[first..].iter_mut();
-        if let Some(s) = rest.next() {
-            iov.push(std::io::IoSliceMut::new(&mut s[filled..]));
-        }
-        iov.extend(rest.map(|s| std::io::IoSliceMut::new(&mut s[..])));
-        let mut iov = &mut iov[..];
-        while !iov.is_empty() {
-            let sock = rd.get_ref();
-            let n = iov.len().min(1024);
-            match sock.try_read_vectored(&mut iov[..n]) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => std::io::IoSliceMut::advance_slices(&mut iov, n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => sock.readable().await?,
-                Err(e) => return Err(e),
-            }
-        }
-        break;
-    }
-    let mut crc = 0;
-    if digest {
-        for s in &slices {
-            crc = crc32c::crc32c_append(crc, s);
-        }
-    }
-    Ok(crc)
 }
 
 /// Reads PDUs until a command capsule (which it returns) or the end.

@@ -399,10 +399,12 @@ mod tests {
     }
 
     /// Reads queued by one task in one turn (a connection driver running
-    /// the commands it has read) go to the kernel together: one
-    /// `io_uring_enter` for the batch, not one per read.
+    /// the commands it has read) each go to the kernel as they are queued,
+    /// so the disk starts on the first before the turn ends (batching them
+    /// into one enter cost 15% of the O_DIRECT rate), and all complete
+    /// with their own bytes.
     #[tokio::test]
-    async fn reads_of_one_turn_are_submitted_together() {
+    async fn reads_of_one_turn_go_to_the_kernel_as_queued() {
         let ring = ring();
         let pool = PagePool::new(1 << 22, false);
         let dir = tempfile::tempdir().unwrap();
@@ -436,7 +438,7 @@ mod tests {
         })
         .await;
         let enters = ring.submits() - before;
-        assert_eq!(enters, 1, "{N} reads of one turn took {enters} submissions");
+        assert_eq!(enters as usize, N, "{N} reads of one turn took {enters} submissions");
         assert_eq!(ring.in_flight(), 0);
     }
 

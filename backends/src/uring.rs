@@ -296,9 +296,9 @@ impl Ring {
     }
 
     /// Submits what this thread's tasks queued and hands out completions,
-    /// for as long as the runtime runs. Woken by the first entry of a batch
-    /// (see [`Ring::submit`]) and by the ring fd turning readable
-    /// (completions queued). Readiness is cleared before the completion
+    /// for as long as the runtime runs. Woken when an entry could not be
+    /// submitted at once (see [`Ring::submit`]) and by the ring fd turning
+    /// readable (completions queued). Readiness is cleared before the completion
     /// queue is emptied, so a completion posted meanwhile raises it again.
     async fn reap_loop(&self) {
         let e = std::future::poll_fn(|cx| {

@@ -177,23 +177,34 @@ for v in $VOLUMES; do
 done
 
 # ---- one cell ----------------------------------------------------------------------------
-# record ROUND VOLUME WORKLOAD SYSTEM IOPS MIBS P99US CPU%
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+# record ROUND VOLUME WORKLOAD SYSTEM IOPS MIBS P99US CPU% TARGET_US_PER_IO
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+HZ=$(getconf CLK_TCK)
+# The target's CPU time (all its threads, user + system, in clock ticks): read
+# around every cell, divided by the cell's I/Os. The steadiest figure on a
+# shared machine, where rates move with whatever else runs.
+target_pid() { case $1 in *tgtd) echo "$tgtd_pid" ;; *) echo "$pinion_pid" ;; esac; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo NA; }
+# us_per_io TICKS_BEFORE TICKS_AFTER IOS
+us_per_io() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$HZ" 'BEGIN {if (a == "NA" || b == "NA" || n + 0 <= 0) print "NA"; else printf "%.2f", (b - a) / hz * 1e6 / n}'; }
 jnum() { awk -v k="\"$1\":" '$1 == k {gsub(/,/, "", $2); print $2; exit}' "$2"; }
 
 # pperf ROUND VOL WL SYSTEM URL ARGS...: one `pinion perf` cell
 pperf() {
   local r=$1 v=$2 wl=$3 sys=$4 url=$5; shift 5
-  local j=$OUT/cell.json rc=0
+  local j=$OUT/cell.json rc=0 tp t0 t1
+  tp=$(target_pid "$sys"); t0=$(ticks "$tp")
   timeout -k 5 $((TIME + 60)) taskset -c "$ICPU" "$BIN" perf "$url" --time "$TIME" --json "$@" >"$j" 2>>"$LOG" || rc=$?
+  t1=$(ticks "$tp")
   if ((rc != 0)) || [[ ! -s $j ]]; then
     say "  $sys $v $wl: FAILED (rc=$rc)"; cat "$j" >>"$LOG" 2>/dev/null
-    record "$r" "$v" "$wl" "$sys" NA NA NA NA; return 0
+    record "$r" "$v" "$wl" "$sys" NA NA NA NA NA; return 0
   fi
-  local iops mibs p99 cpu
+  local iops mibs p99 cpu us
   iops=$(jnum iops "$j"); mibs=$(jnum mib_s "$j"); p99=$(jnum p99_us "$j"); cpu=$(jnum percent_of_one_core "$j")
-  record "$r" "$v" "$wl" "$sys" "$iops" "$mibs" "$p99" "$cpu"
-  say "  $(printf '%-18s %-10s %-16s %10.0f IOPS %8.1f MiB/s  p99 %8.1f us  initiator cpu %3.0f%%' "$sys" "$v" "$wl" "$iops" "$mibs" "$p99" "$cpu")"
+  us=$(us_per_io "$t0" "$t1" "$(jnum ios "$j")")
+  record "$r" "$v" "$wl" "$sys" "$iops" "$mibs" "$p99" "$cpu" "$us"
+  say "  $(printf '%-18s %-10s %-16s %10.0f IOPS %8.1f MiB/s  p99 %8.1f us  target %6s us/IO  initiator cpu %3.0f%%' "$sys" "$v" "$wl" "$iops" "$mibs" "$p99" "$us" "$cpu")"
 }
 
 # iperf ROUND VOL WL SYSTEM URL LUN BS QD RANDOM: one iscsi-perf (read) cell
@@ -209,21 +220,27 @@ iperf_cell() {
   done
   if [[ ! $cap =~ ^[0-9]+$ ]] || ((cap == 0 || bs % cap)); then
     say "  $sys $v $wl: FAILED (no block length from iscsi-readcapacity16)"
-    record "$r" "$v" "$wl" "$sys" NA NA NA NA; return 0
+    record "$r" "$v" "$wl" "$sys" NA NA NA NA NA; return 0
   fi
   blk=$((bs / cap))
   out=$OUT/cell.iscsi-perf
+  local tp t0 t1 start end
+  tp=$(target_pid "$sys"); t0=$(ticks "$tp"); start=$(date +%s.%N)
   # shellcheck disable=SC2046
   timeout -k 5 $((TIME + 30)) taskset -c "$ICPU" iscsi-perf -i iqn.2026-11.io.pinion:iscsi-perf -m "$qd" -b "$blk" -t "$TIME" $( ((rnd)) && echo -r) "$url" >"$out" 2>&1 || rc=$?
+  t1=$(ticks "$tp"); end=$(date +%s.%N)
   iops=$(tr '\r' '\n' <"$out" | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n 1)
   if [[ -z $iops ]] || ! grep -q finished "$out"; then
     say "  $sys $v $wl: FAILED (rc=$rc): $(tr '\r' '\n' <"$out" | tail -n 3 | tr '\n' ' ')"
-    record "$r" "$v" "$wl" "$sys" NA NA NA NA; return 0
+    record "$r" "$v" "$wl" "$sys" NA NA NA NA NA; return 0
   fi
-  local mibs
+  # iscsi-perf prints a rate, not a count: its I/Os are the rate over the
+  # time the target was measured (login and logout included, a few ms)
+  local mibs us
   mibs=$(awk -v i="$iops" -v b="$bs" 'BEGIN {printf "%.1f", i * b / 1048576}')
-  record "$r" "$v" "$wl" "$sys" "$iops" "$mibs" NA NA
-  say "  $(printf '%-18s %-10s %-16s %10.0f IOPS %8.1f MiB/s' "$sys" "$v" "$wl" "$iops" "$mibs")"
+  us=$(us_per_io "$t0" "$t1" "$(awk -v i="$iops" -v a="$start" -v b="$end" 'BEGIN {printf "%.0f", i * (b - a)}')")
+  record "$r" "$v" "$wl" "$sys" "$iops" "$mibs" NA NA "$us"
+  say "  $(printf '%-18s %-10s %-16s %10.0f IOPS %8.1f MiB/s  target %6s us/IO' "$sys" "$v" "$wl" "$iops" "$mibs" "$us")"
 }
 
 # loopback ROUND: iperf3 and iperf3 -Z, single stream, server on the target CPU
@@ -240,10 +257,10 @@ loopback() {
       local bps mibs
       bps=$(awk '/"sum_received"/ {f=1} f && /"bits_per_second"/ {gsub(/,/, "", $2); print $2; exit}' "$j")
       mibs=$(awk -v b="$bps" 'BEGIN {printf "%.1f", b / 8 / 1048576}')
-      record "$r" loopback "tcp stream" "iperf3${z:+ $z}" NA "$mibs" NA NA
+      record "$r" loopback "tcp stream" "iperf3${z:+ $z}" NA "$mibs" NA NA NA
       say "  $(printf '%-18s %-10s %-16s %19s %8.1f MiB/s' "iperf3${z:+ $z}" loopback "tcp stream" "" "$mibs")"
     else
-      record "$r" loopback "tcp stream" "iperf3${z:+ $z}" NA NA NA NA
+      record "$r" loopback "tcp stream" "iperf3${z:+ $z}" NA NA NA NA NA
     fi
     stop_pid "$srv"
   done
@@ -319,20 +336,23 @@ function median(key,    n, i, j, t, a) {
   return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 function add(key, v) { if (v != "NA" && v != "") vals[key] = vals[key] " " v }
-function cell(v, m) { if (v == "") return "n/a"; return sprintf("%.0fK", v / 1000) }
+# a rate, with the target CPU time per I/O when known
+function cell(v, us) { if (v == "") return "n/a"; return sprintf("%.0fK", v / 1000) (us == "" ? "" : sprintf(" (%.1f us)", us)) }
+function rcell(r, sys) { return cell(median(r SUBSEP sys SUBSEP "iops"), median(r SUBSEP sys SUBSEP "us")) }
 function ratio(a, b) { if (a == "" || b == "" || b + 0 == 0) return "n/a"; return sprintf("%.2fx", a / b) }
 {
   row = $2 SUBSEP $3
   if (!(row in seen)) { seen[row] = 1; rows[++nrows] = row }
   add(row SUBSEP $4 SUBSEP "iops", $5); add(row SUBSEP $4 SUBSEP "mibs", $6)
-  add(row SUBSEP $4 SUBSEP "p99", $7); add(row SUBSEP $4 SUBSEP "cpu", $8)
+  add(row SUBSEP $4 SUBSEP "p99", $7); add(row SUBSEP $4 SUBSEP "cpu", $8); add(row SUBSEP $4 SUBSEP "us", $9)
 }
 END {
   lp = median("loopback" SUBSEP "tcp stream" SUBSEP "iperf3" SUBSEP "mibs")
   lz = median("loopback" SUBSEP "tcp stream" SUBSEP "iperf3 -Z" SUBSEP "mibs")
   printf "Loopback limit (one TCP stream, iperf3 server on the target core): %s MiB/s; with -Z (sendfile): %s MiB/s. Medians of %d round(s), %s s per cell.\n\n", lp, lz, rounds, time
-  print "| volume | workload | NVMe/TCP Pinion IOPS (MiB/s) | iSCSI Pinion | iSCSI tgtd | Pinion/tgtd | iscsi-perf Pinion | iscsi-perf tgtd | Pinion/tgtd (iscsi-perf) | NVMe MiB/s vs iperf3 | NVMe p99 us | perf CPU |"
-  print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  print "Rates are IOPS with, in parentheses, the target'"'"'s CPU time per I/O (user + system, all its threads, from /proc/PID/stat around the cell; on loopback it includes delivering its sends to the initiator'"'"'s socket). The last column is the initiator'"'"'s (`pinion perf`) CPU on the NVMe/TCP cell.\n"
+  print "| volume | workload | NVMe/TCP Pinion IOPS | NVMe MiB/s | iSCSI Pinion | iSCSI tgtd | Pinion/tgtd | iscsi-perf Pinion | iscsi-perf tgtd | Pinion/tgtd (iscsi-perf) | NVMe MiB/s vs iperf3 | NVMe p99 us | initiator CPU |"
+  print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for (i = 1; i <= nrows; i++) {
     split(rows[i], rk, SUBSEP)
     if (rk[1] == "loopback") continue
@@ -341,7 +361,7 @@ END {
     pi = median(r SUBSEP "iscsi pinion" SUBSEP "iops"); ti = median(r SUBSEP "iscsi tgtd" SUBSEP "iops")
     xp = median(r SUBSEP "iscsi-perf pinion" SUBSEP "iops"); xt = median(r SUBSEP "iscsi-perf tgtd" SUBSEP "iops")
     np99 = median(r SUBSEP "nvme pinion" SUBSEP "p99"); ncpu = median(r SUBSEP "nvme pinion" SUBSEP "cpu")
-    printf "| %s | %s | %s (%s) | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", rk[1], rk[2], cell(ni), (nm == "" ? "n/a" : sprintf("%.0f", nm)), cell(pi), cell(ti), ratio(pi, ti), cell(xp), cell(xt), ratio(xp, xt), (nm == "" || lp == "" ? "n/a" : sprintf("%.0f%%", 100 * nm / lp)), (np99 == "" ? "n/a" : sprintf("%.0f", np99)), (ncpu == "" ? "n/a" : sprintf("%.0f%%", ncpu))
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", rk[1], rk[2], rcell(r, "nvme pinion"), (nm == "" ? "n/a" : sprintf("%.0f", nm)), rcell(r, "iscsi pinion"), rcell(r, "iscsi tgtd"), ratio(pi, ti), rcell(r, "iscsi-perf pinion"), rcell(r, "iscsi-perf tgtd"), ratio(xp, xt), (nm == "" || lp == "" ? "n/a" : sprintf("%.0f%%", 100 * nm / lp)), (np99 == "" ? "n/a" : sprintf("%.0f", np99)), (ncpu == "" ? "n/a" : sprintf("%.0f%%", ncpu))
   }
 }' "$RESULTS" >"$TABLE"
 {

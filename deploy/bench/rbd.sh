@@ -9,8 +9,9 @@
 # The `hop` cell is the iSCSI hop alone: the same iscsi-perf against a null
 # LUN of the same Pinion (no cluster behind it). With the CPU time per I/O of
 # every party (target, OSD, initiator) and how busy the machine was, the
-# summary bounds what any iSCSI target can reach here: when `rbd bench`
-# keeps the CPUs busy, a target does librbd's work plus the hop's, so at best
+# summary bounds what any iSCSI target can reach here: the rates on this
+# machine follow the CPU time a read costs all parties together
+# (docs/rbd.md), and a target does librbd's work plus the hop's, so at best
 # it reaches rbd bench x (client + OSD) / (client + OSD + hop target +
 # hop initiator), CPU time per I/O each.
 #

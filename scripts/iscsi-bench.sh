@@ -46,7 +46,7 @@ bench() {
     for r in $(seq "$RUNS"); do
       t0=$(cputicks "$pid")
       # shellcheck disable=SC2086
-      out=$(taskset -c "$ICPU" timeout $((SECS + 20)) iscsi-perf $args -m "$DEPTH" -t "$SECS" "$url" 2>&1 | tr '\r' '\n' | grep 'iops average' | tail -n 1)
+      out=$(taskset -c "$ICPU" timeout -k 5 $((SECS + 20)) iscsi-perf $args -m "$DEPTH" -t "$SECS" "$url" 2>&1 | tr '\r' '\n' | grep 'iops average' | tail -n 1)
       t1=$(cputicks "$pid")
       iops=$(echo "$out" | awk '{print $3}')
       printf '%-14s %-12s run %d: %-40s target CPU %s us/IO\n' "$name" "${kind%%:*}" "$r" "$(echo "$out" | sed 's/ *$//')" \

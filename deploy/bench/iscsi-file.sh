@@ -71,7 +71,7 @@ cell() { # sys pid url args...
   local sys=$1 pid=$2 url=$3; shift 3
   local t0 t1 out iops
   t0=$(ticks $pid)
-  out=$(taskset -c 1 timeout $((SECS+20)) iscsi-perf -i iqn.2026-11.io.pinion:bench-$RANDOM "$@" -t $SECS "$url" 2>&1 | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n1)
+  out=$(taskset -c 1 timeout -k 5 $((SECS+20)) iscsi-perf -i iqn.2026-11.io.pinion:bench-$RANDOM "$@" -t $SECS "$url" 2>&1 | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n1)
   t1=$(ticks $pid)
   iops=${out:-0}
   printf '%s\t%s\t%s\t%s\n' "$sys" "$*" "$iops" "$(awk -v t=$((t1-t0)) -v hz=$HZ -v n=$iops -v s=$SECS 'BEGIN{ if (n>0) printf "%.1f", t/hz*1e6/(n*s); else print "NA"}')"

@@ -171,7 +171,7 @@ cell() {
     if [[ $wl == 4k-randread ]]; then args="-r -b 8"; else args="-b 256"; fi
     t0=$(ticks "${PID[$sys]}")
     # shellcheck disable=SC2086
-    out=$(timeout $((SECS + 20)) /usr/bin/time -f 'cpu %U %S' iscsi-perf $args -m "$DEPTH" -t "$SECS" "${URL[$sys]}" 2>&1 | tr '\r' '\n')
+    out=$(timeout -k 5 $((SECS + 20)) /usr/bin/time -f 'cpu %U %S' iscsi-perf $args -m "$DEPTH" -t "$SECS" "${URL[$sys]}" 2>&1 | tr '\r' '\n')
     t1=$(ticks "${PID[$sys]}")
     iops=$(grep 'iops average' <<<"$out" | tail -n 1 | sed -n 's/.*iops average \([0-9.]*\).*/\1/p')
     n=$(awk -v i="${iops:-0}" -v s="$SECS" 'BEGIN {print i * s}')

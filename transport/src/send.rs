@@ -19,6 +19,11 @@
 //!   acknowledged past its last byte (`SIOCOUTQ`): a write to those blocks
 //!   before that would change bytes still queued for the wire, or about to
 //!   be retransmitted.
+//! * `Mapped` payloads (hot page-cache bytes seen through a mapping of the
+//!   file, [`pinion_backends::mapped`]): in the vectored `sendmsg` like
+//!   memory, but a send that carries one never uses `MSG_ZEROCOPY`, so the
+//!   kernel copies them during the call and never holds the page-cache
+//!   pages.
 //! * anything else is released as soon as the send call returns (the
 //!   kernel copied it).
 //!
@@ -825,5 +830,34 @@ mod tests {
             assert_eq!(&p[..4], b"HDR!");
             assert!(p[4..] == data[..], "payload {k}'s bytes");
         }
+    }
+
+    /// A file cut short behind the target's back while a mapped payload
+    /// waits to be sent: only the kernel reads through the mapping, so the
+    /// send fails (EFAULT) and the connection is given up; no SIGBUS.
+    #[tokio::test]
+    async fn mapped_payload_of_a_truncated_file_fails_the_send_not_the_process() {
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let b = FileBackend::open_file(&path, Some(1 << 20), 512, pinion_backends::IoMode::Buffered, false).unwrap();
+        let vol = Volume::new("t", Arc::new(b), pool.clone());
+        let mut s = Sgl::alloc(&pool, pinion_backends::Direction::Dest, 64 << 10).await;
+        assert!(s.copy_in(0, &[5u8; 64 << 10]));
+        vol.write(0, s, false).await.unwrap();
+        let payload = vol.read(0, 64 << 10, ReadOpts { local_peer: true, ..Default::default() }).await.unwrap();
+        assert!(matches!(payload.segments(), [Segment::Mapped(_)]), "{:?}", payload.segments());
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (_rd, wr) = TcpStream::from_std(sock).unwrap().into_split();
+        let mut sender = Sender::new(wr, Raw, SendConfig::default());
+        sender.push(Item(payload));
+        sender.flush().await;
+        assert!(sender.is_done(), "the send of vanished pages should have failed");
+        sender.close().await;
+        assert_eq!(vol.range_locks().held(), 0, "released when the failed connection closed");
     }
 }

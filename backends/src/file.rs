@@ -235,6 +235,15 @@ impl FileBackend {
         if !map.resident(offset, len as u64).ok()? {
             return None;
         }
+        // The mapping would still show cached pages of a file system that
+        // has shut down, or of a device that vanished: one byte read the
+        // usual way lets them say so, and the read then takes the usual path,
+        // which reports it as such.
+        let mut probe = [0u8; 1];
+        match rustix::io::preadv2(&*self.file, &mut [IoSliceMut::new(&mut probe)], offset, ReadWriteFlags::NOWAIT) {
+            Ok(1) => {}
+            _ => return None,
+        }
         crate::mapped::MappedRange::new(map, self.file.clone(), offset, len, lock)
     }
 

@@ -199,8 +199,10 @@ impl Volume {
         }
         // A copy of hot page-cache bytes is made by the send itself, through
         // a mapping of the file: one copy instead of two, no pool pages. Not
-        // when the transport must see the bytes (digests).
-        if path == ReadPath::Copy && !opts.need_bytes {
+        // when the transport must see the bytes (digests), nor for small
+        // reads, where the residency check and the probe cost about what
+        // the second copy saves.
+        if path == ReadPath::Copy && !opts.need_bytes && len >= self.policy.splice_min {
             if let Some(f) = self.backend.as_file() {
                 let lock = self.read_lock(offset, len).await;
                 if let Some(m) = f.mapped_read(offset, len, lock) {
@@ -549,8 +551,8 @@ mod tests {
         assert_eq!(ram.range_locks().held(), 0);
     }
 
-    /// A copy of hot page-cache bytes (a local peer, or a small read) is a
-    /// payload the send copies through a mapping of the file, and it keeps
+    /// A copy of hot page-cache bytes for a local peer is a payload the
+    /// send copies through a mapping of the file, and it keeps
     /// the range locked against writers until then: every block goes out
     /// entirely old or entirely new.
     #[tokio::test]
@@ -569,13 +571,14 @@ mod tests {
         let local = ReadOpts { local_peer: true, ..Default::default() };
 
         let r = v.read(512, 4096, ReadOpts::default()).await.unwrap();
-        assert!(mapped(&r), "a small hot read: {:?}", r.segments());
+        assert!(r.is_memory(), "a small read is copied into pool pages: {:?}", r.segments());
         assert_eq!(r.to_vec(), &data[512..4608]);
         drop(r);
         let r = v.read(0, big, local).await.unwrap();
         assert!(mapped(&r), "a local peer's hot read: {:?}", r.segments());
         assert_eq!(r.to_vec(), data);
         assert_eq!(v.metrics.read_copy.get(), (2, (4096 + big) as u64), "counted as copies");
+        assert!(crate::metrics::METRICS.mapped.get().1 >= big as u64);
         assert_eq!(v.range_locks().held(), 1, "held while the payload lives");
         // an overlapping write waits for the payload to be sent (dropped)
         let mut s = Sgl::alloc(&pool, Direction::Dest, 512).await;

@@ -39,6 +39,10 @@ pub struct FileBackend {
     /// For `auto` volumes on kernels without `cachestat(2)`: the mapping
     /// that `mincore(2)` reads residency from, made on first use.
     residency: Option<residency::Residency>,
+    /// The mapping copying sends read hot ranges through
+    /// ([`FileBackend::mapped_read`]); made on first use (shared with
+    /// `residency` when that exists).
+    send_map: residency::Residency,
     /// fallocate modes the file system refused once; not tried again.
     no_punch: std::sync::atomic::AtomicBool,
     no_zero_range: std::sync::atomic::AtomicBool,
@@ -191,6 +195,7 @@ impl FileBackend {
             in_memory: false,
             ram: None,
             residency: None,
+            send_map: residency::Residency::default(),
             no_punch: false.into(),
             no_zero_range: false.into(),
         }
@@ -211,6 +216,35 @@ impl FileBackend {
                 (s.len() as u64).is_multiple_of(bs) && s.memory().is_some_and(|m| (m.as_ptr() as usize).is_multiple_of(crate::PAGE_SIZE))
             });
         aligned.then_some(d)
+    }
+
+    /// `[offset, offset + len)` as a payload that a copying send reads
+    /// through a mapping of the file (see [`crate::mapped`]), when every page
+    /// of it is in the page cache now; `None` otherwise (a cold range, a
+    /// RAM or `direct` volume, a file that cannot be mapped), and the read
+    /// takes the usual paths. `lock` is the read's shared range lock.
+    pub fn mapped_read(&self, offset: u64, len: usize, lock: Option<crate::RangeGuard>) -> Option<crate::mapped::MappedRange> {
+        if self.in_memory || self.mode == IoMode::Direct || len == 0 {
+            return None;
+        }
+        let end = offset.checked_add(len as u64)?;
+        let r = self.residency.as_ref().unwrap_or(&self.send_map);
+        let map = r.map_covering(&self.file, self.size(), &self.info.describe, end)?;
+        // A page evicted between this and the send is read in by the send
+        // (which then waits for the device): rare, and still correct.
+        if !map.resident(offset, len as u64).ok()? {
+            return None;
+        }
+        // The mapping would still show cached pages of a file system that
+        // has shut down, or of a device that vanished: one byte read the
+        // usual way lets them say so, and the read then takes the usual path,
+        // which reports it as such.
+        let mut probe = [0u8; 1];
+        match rustix::io::preadv2(&*self.file, &mut [IoSliceMut::new(&mut probe)], offset, ReadWriteFlags::NOWAIT) {
+            Ok(1) => {}
+            _ => return None,
+        }
+        crate::mapped::MappedRange::new(map, self.file.clone(), offset, len, lock)
     }
 
     fn zero_fill(&self, offset: u64, len: u64) -> Result<()> {

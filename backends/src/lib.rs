@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod locks;
+pub mod mapped;
 pub mod metrics;
 pub mod null;
 pub mod pool;

@@ -28,6 +28,9 @@ pub struct DataPathMetrics {
     pub direct: PathCounter,
     /// READs copied into pool pages (buffered), and payloads sent by copy.
     pub copy: PathCounter,
+    /// Of the copied READs, those sent straight from a mapping of the
+    /// volume's file: the send is the only copy (no pool pages).
+    pub mapped: PathCounter,
     /// Payloads sent with `MSG_ZEROCOPY` from pool pages.
     pub zerocopy: PathCounter,
     /// Pool-page payloads sent by a copying `sendmsg`.

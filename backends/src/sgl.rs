@@ -13,9 +13,12 @@
 //! every user (backend I/O, send) has given the SGL up; a
 //! [`Segment::PageCache`] range releases its pipe and its range lock when
 //! dropped, which the send engine does only once the socket has sent it; a
+//! [`Segment::Mapped`] range releases its range lock when dropped, which the
+//! send engine does once the send call has copied it; a
 //! [`Segment::Static`] slice is never released.
 
 use crate::pool::{Page, PagePool, PAGE_SIZE};
+use crate::mapped::MappedRange;
 use crate::splice::PageCacheRange;
 use smallvec::SmallVec;
 use std::io::{IoSlice, IoSliceMut};
@@ -49,6 +52,10 @@ pub enum Segment {
     /// splice, never readable as memory. (Boxed: it is large and rare, and
     /// the other segments are kept inline in the SGL.)
     PageCache(Box<PageCacheRange>),
+    /// Page-cache bytes of a volume's file seen through a mapping: a send
+    /// copies them from there (never with `MSG_ZEROCOPY`); not readable as
+    /// memory here. (Boxed like `PageCache`.)
+    Mapped(Box<MappedRange>),
 }
 
 impl Segment {
@@ -57,6 +64,7 @@ impl Segment {
             Segment::Pool { len, .. } => *len,
             Segment::Static { data } => data.len(),
             Segment::PageCache(r) => r.len,
+            Segment::Mapped(m) => m.len,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -71,6 +79,10 @@ impl Segment {
                 tracing::error!(offset = r.offset, len = r.len, error = %e, "re-reading a page-cache payload failed");
                 vec![0; r.len]
             }),
+            Segment::Mapped(m) => m.read_bytes().unwrap_or_else(|e| {
+                tracing::error!(offset = m.offset, len = m.len, error = %e, "re-reading a mapped payload failed");
+                vec![0; m.len]
+            }),
         }
     }
 
@@ -79,7 +91,7 @@ impl Segment {
         match self {
             Segment::Pool { page, len } => Some(&page.as_slice()[..*len]),
             Segment::Static { data } => Some(data),
-            Segment::PageCache(_) => None,
+            Segment::PageCache(_) | Segment::Mapped(_) => None,
         }
     }
 }
@@ -147,6 +159,11 @@ impl Sgl {
     }
 
     /// A READ payload held in the page cache.
+    pub fn mapped(m: MappedRange) -> Sgl {
+        let len = m.len;
+        Sgl { dir: Direction::Source, segs: smallvec::smallvec![Segment::Mapped(Box::new(m))], len }
+    }
+
     pub fn page_cache(r: PageCacheRange) -> Sgl {
         let len = r.len;
         Sgl { dir: Direction::Source, segs: smallvec::smallvec![Segment::PageCache(Box::new(r))], len }
@@ -164,9 +181,9 @@ impl Sgl {
         })
     }
 
-    /// Whether every byte is in our memory (no page-cache segment).
+    /// Whether every byte is in our memory (no page-cache or mapped segment).
     pub fn is_memory(&self) -> bool {
-        self.segs.iter().all(|s| !matches!(s, Segment::PageCache(_)))
+        self.segs.iter().all(|s| !matches!(s, Segment::PageCache(_) | Segment::Mapped(_)))
     }
 
     pub fn empty(dir: Direction) -> Sgl {
@@ -207,6 +224,7 @@ impl Sgl {
                 // The pipe keeps the bytes past the cut; it is closed
                 // rather than reused (see `PageCacheRange::fully_sent`).
                 Segment::PageCache(r) => r.len = l,
+                Segment::Mapped(m) => m.len = l,
             }
             pos += l;
             keep += 1;
@@ -235,7 +253,7 @@ impl Sgl {
             .iter_mut()
             .filter_map(|s| match s {
                 Segment::Pool { page, len } => Some(IoSliceMut::new(&mut page.as_mut_slice()[..*len])),
-                Segment::Static { .. } | Segment::PageCache(_) => None,
+                Segment::Static { .. } | Segment::PageCache(_) | Segment::Mapped(_) => None,
             })
             .collect()
     }
@@ -265,7 +283,7 @@ impl Sgl {
             let b = end.min(send) - sstart;
             match s {
                 Segment::Pool { page, .. } => out.push(&mut page.as_mut_slice()[a..b]),
-                Segment::Static { .. } | Segment::PageCache(_) => return None,
+                Segment::Static { .. } | Segment::PageCache(_) | Segment::Mapped(_) => return None,
             }
         }
         Some(out)

@@ -1,7 +1,7 @@
 //! The backends' only `unsafe`: mapping the page pool's memory, the
 //! `cachestat(2)` system call, which no safe wrapper offers yet, and a
 //! never-touched file mapping that `mincore(2)` inspects where the kernel
-//! has no `cachestat(2)`.
+//! has no `cachestat(2)` and that copying sends read the file through.
 #![allow(unsafe_code)]
 
 use crate::pool::PageBuf;
@@ -81,10 +81,12 @@ pub(crate) fn cachestat(fd: impl AsFd, off: u64, len: u64) -> Option<std::io::Re
     Some(Err(e))
 }
 
-/// A read-only shared mapping of a whole file that nothing ever reads
-/// through: it exists only so that `mincore(2)` can report which of the
-/// file's pages are in the page cache. Mapping costs address space, not
-/// memory, and `mincore` neither faults pages in nor needs them mapped.
+/// A read-only shared mapping of a whole file that Pinion itself never
+/// reads through: `mincore(2)` reports from it which of the file's pages are
+/// in the page cache, and a copying send hands the kernel I/O vectors into
+/// it ([`ResidencyMap::io_slice`]). Mapping costs address space and the page
+/// tables of what sends touched, not memory, and `mincore` neither faults
+/// pages in nor needs them mapped.
 /// (Since Linux 5.0 `mincore` reports page-cache pages of a file mapping
 /// only to a caller that owns the file or may write it, as root does;
 /// otherwise every range looks cold and reads go direct, which is safe.)
@@ -140,6 +142,26 @@ impl ResidencyMap {
             first += n as u64;
         }
         Ok(true)
+    }
+
+    /// An I/O vector over `[off, off + len)` of the mapping, for a send that
+    /// copies (a plain `sendmsg`, never `MSG_ZEROCOPY`): the kernel copies
+    /// the file's page-cache pages straight into socket buffers, and no
+    /// Rust reference into the mapping is made. A page that went away (the
+    /// file was truncated behind our back) makes the send fail with
+    /// `EFAULT`, since only the kernel touches the mapping; it cannot raise
+    /// SIGBUS here. `None` when the range is not inside the mapping.
+    pub(crate) fn io_slice(&self, off: u64, len: usize) -> Option<std::io::IoSlice<'_>> {
+        let end = off.checked_add(len as u64)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        let iov = libc::iovec { iov_base: (self.addr + off as usize) as *mut libc::c_void, iov_len: len };
+        // SAFETY: std guarantees `IoSlice` is ABI compatible with `iovec` on
+        // Unix. The vector lies inside this mapping (checked above), which
+        // stays mapped while the returned value borrows `self`; the memory is
+        // only read, by the kernel, during the send call.
+        Some(unsafe { std::mem::transmute::<libc::iovec, std::io::IoSlice<'_>>(iov) })
     }
 }
 

@@ -197,6 +197,22 @@ impl Volume {
             }
             self.metrics.fallback(Fallback::NoPipe);
         }
+        // A copy of hot page-cache bytes is made by the send itself, through
+        // a mapping of the file: one copy instead of two, no pool pages. Not
+        // when the transport must see the bytes (digests), nor for small
+        // reads, where the residency check and the probe cost about what
+        // the second copy saves.
+        if path == ReadPath::Copy && !opts.need_bytes && len >= self.policy.splice_min {
+            if let Some(f) = self.backend.as_file() {
+                let lock = self.read_lock(offset, len).await;
+                if let Some(m) = f.mapped_read(offset, len, lock) {
+                    METRICS.copy.add(len);
+                    METRICS.mapped.add(len);
+                    self.metrics.read_copy.add(len);
+                    return Ok(Sgl::mapped(m));
+                }
+            }
+        }
         let mut sgl = Sgl::alloc(&self.pool, Direction::Dest, len).await;
         // Held only while the bytes are copied: a write of the same blocks
         // running at the same time could otherwise tear them (each logical
@@ -533,5 +549,65 @@ mod tests {
         assert_eq!(ram.range_locks().held(), 1, "held while the payload lives");
         drop(r);
         assert_eq!(ram.range_locks().held(), 0);
+    }
+
+    /// A copy of hot page-cache bytes for a local peer is a payload the
+    /// send copies through a mapping of the file, and it keeps
+    /// the range locked against writers until then: every block goes out
+    /// entirely old or entirely new.
+    #[tokio::test]
+    async fn hot_copies_are_sent_from_a_mapping_under_the_range_lock() {
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let b = crate::file::FileBackend::open_file(&p, Some(1 << 22), 512, IoMode::Buffered, false).unwrap();
+        let v = Arc::new(Volume::new("b", Arc::new(b), pool.clone()));
+        let big = 128 << 10;
+        let data: Vec<u8> = (0..big as u32).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut s = Sgl::alloc(&pool, Direction::Dest, big).await;
+        assert!(s.copy_in(0, &data));
+        v.write(0, s, false).await.unwrap();
+        let mapped = |r: &Sgl| r.segments().iter().all(|s| matches!(s, crate::Segment::Mapped(_)));
+        let local = ReadOpts { local_peer: true, ..Default::default() };
+
+        let r = v.read(512, 4096, ReadOpts::default()).await.unwrap();
+        assert!(r.is_memory(), "a small read is copied into pool pages: {:?}", r.segments());
+        assert_eq!(r.to_vec(), &data[512..4608]);
+        drop(r);
+        let r = v.read(0, big, local).await.unwrap();
+        assert!(mapped(&r), "a local peer's hot read: {:?}", r.segments());
+        assert_eq!(r.to_vec(), data);
+        assert_eq!(v.metrics.read_copy.get(), (2, (4096 + big) as u64), "counted as copies");
+        assert!(crate::metrics::METRICS.mapped.get().1 >= big as u64);
+        assert_eq!(v.range_locks().held(), 1, "held while the payload lives");
+        // an overlapping write waits for the payload to be sent (dropped)
+        let mut s = Sgl::alloc(&pool, Direction::Dest, 512).await;
+        assert!(s.copy_in(0, &[9u8; 512]));
+        let w = tokio::spawn({
+            let v = v.clone();
+            async move { v.write(4096, s, false).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!w.is_finished(), "a write changed bytes a mapped payload still had to send");
+        drop(r);
+        w.await.unwrap().unwrap();
+        assert_eq!(v.range_locks().held(), 0);
+
+        // the transport must see the bytes (a digest): pool pages
+        let r = v.read(0, big, ReadOpts { need_bytes: true, local_peer: true }).await.unwrap();
+        assert!(r.is_memory());
+        assert_eq!(&r.to_vec()[4096..4608], &[9u8; 512]);
+        drop(r);
+        // a cold range is read into pool pages (the send must not wait for
+        // the device)
+        let f = std::fs::File::open(&p).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let r = v.read(0, big, local).await.unwrap();
+        assert!(r.is_memory(), "cold: {:?}", r.segments());
+        assert_eq!(&r.to_vec()[..4096], &data[..4096]);
+        // RAM volumes copy from their own mapping into pool pages
+        let ram = Volume::new("r", Arc::new(crate::file::FileBackend::ram("r", 1 << 20, 512).unwrap()), pool.clone());
+        assert!(ram.read(0, 4096, local).await.unwrap().is_memory());
     }
 }

@@ -106,12 +106,18 @@ fn reloads(enc: &mut DescriptorEncoder) -> fmt::Result {
 /// The process-wide data-path families, the pool and the range locks.
 fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     let m = &*METRICS;
-    let paths: [(&str, &PathCounter); 5] =
-        [("splice", &m.splice), ("direct", &m.direct), ("copy", &m.copy), ("zerocopy", &m.zerocopy), ("send_copy", &m.send_copy)];
+    let paths: [(&str, &PathCounter); 6] = [
+        ("splice", &m.splice),
+        ("direct", &m.direct),
+        ("copy", &m.copy),
+        ("copy_mapped", &m.mapped),
+        ("zerocopy", &m.zerocopy),
+        ("send_copy", &m.send_copy),
+    ];
     counter(
         enc,
         "pinion_io",
-        "I/Os by data path: READs spliced, read with O_DIRECT or copied; payloads sent with MSG_ZEROCOPY or by copy.",
+        "I/Os by data path: READs spliced, read with O_DIRECT or copied (copy_mapped: of those, copied by the send from a mapping of the file); payloads sent with MSG_ZEROCOPY or by copy.",
         paths.iter().map(|(p, c)| (vec![("path", *p)], c.get().0)),
     )?;
     counter(enc, "pinion_io_bytes", "Bytes by data path.", paths.iter().map(|(p, c)| (vec![("path", *p)], c.get().1)))?;

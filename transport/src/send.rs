@@ -19,6 +19,11 @@
 //!   acknowledged past its last byte (`SIOCOUTQ`): a write to those blocks
 //!   before that would change bytes still queued for the wire, or about to
 //!   be retransmitted.
+//! * `Mapped` payloads (hot page-cache bytes seen through a mapping of the
+//!   file, [`pinion_backends::mapped`]): in the vectored `sendmsg` like
+//!   memory, but a send that carries one never uses `MSG_ZEROCOPY`, so the
+//!   kernel copies them during the call and never holds the page-cache
+//!   pages.
 //! * anything else is released as soon as the send call returns (the
 //!   kernel copied it).
 //!
@@ -188,9 +193,12 @@ impl Engine {
         &mut self,
         iov: &mut Vec<IoSlice<'_>>,
         pool_bytes: &mut usize,
+        mapped: &mut bool,
         sent: &mut Sent,
     ) -> std::io::Result<()> {
-        let mut zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min;
+        // A mapped payload must be copied by this call: with MSG_ZEROCOPY
+        // the socket would hold the page-cache pages themselves.
+        let mut zc = self.zerocopy && self.cfg.zerocopy_min > 0 && *pool_bytes >= self.cfg.zerocopy_min && !*mapped;
         let mut s = &mut iov[..];
         while !s.is_empty() {
             let n = s.len().min(IOV_MAX);
@@ -226,6 +234,7 @@ impl Engine {
             c.add(*pool_bytes);
         }
         *pool_bytes = 0;
+        *mapped = false;
         iov.clear();
         Ok(())
     }
@@ -278,6 +287,7 @@ impl Engine {
         let mut sent = Sent::default();
         let mut iov = reuse(std::mem::take(&mut self.iov));
         let mut pool_bytes = 0usize;
+        let mut mapped = false;
         for p in &frames.pieces {
             match p {
                 Piece::Arena(r) => iov.push(IoSlice::new(&frames.arena[r.clone()])),
@@ -290,7 +300,7 @@ impl Engine {
                     for (seg, sub) in sgl.segments_in(range.clone()) {
                         match seg {
                             Segment::PageCache(r) => {
-                                self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+                                self.send_iov(&mut iov, &mut pool_bytes, &mut mapped, &mut sent).await?;
                                 self.splice(r, sub.len()).await?;
                                 r.sent(sub.end);
                                 sent.drain_to = Some(self.pos);
@@ -303,12 +313,16 @@ impl Engine {
                                 pool_bytes += sub.len();
                             }
                             Segment::Static { data } => iov.push(IoSlice::new(&data[sub])),
+                            Segment::Mapped(m) => {
+                                iov.push(m.io_slice(sub));
+                                mapped = true;
+                            }
                         }
                     }
                 }
             }
         }
-        self.send_iov(&mut iov, &mut pool_bytes, &mut sent).await?;
+        self.send_iov(&mut iov, &mut pool_bytes, &mut mapped, &mut sent).await?;
         self.iov = reuse(iov);
         Ok(sent)
     }
@@ -762,5 +776,88 @@ mod tests {
         }
         drop(tx);
         engine.await.unwrap();
+    }
+
+    /// A payload read through a mapping of the file is copied by the send
+    /// call, never sent with MSG_ZEROCOPY (the socket would hold the
+    /// page-cache pages), so its range lock goes when the call returns; a
+    /// pool-page payload of the same size is sent zero-copy here.
+    #[tokio::test]
+    async fn mapped_payload_is_copied_by_the_send_and_released_at_once() {
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_file(&dir.path().join("m"), Some(1 << 22), 512, pinion_backends::IoMode::Buffered, false).unwrap();
+        let vol = Volume::new("m", Arc::new(b), pool.clone());
+        let len = 128 << 10;
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 13 + i / 4096) as u8).collect();
+        let mut s = Sgl::alloc(&pool, pinion_backends::Direction::Dest, len).await;
+        assert!(s.copy_in(0, &data));
+        vol.write(0, s, false).await.unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (_rd, wr) = TcpStream::from_std(sock).unwrap().into_split();
+        let cfg = SendConfig { zerocopy_min: 1, keep_zerocopy_when_copied: true, ..SendConfig::default() };
+        let mut sender = Sender::new(wr, Raw, cfg);
+        let zerocopy = sender.eng.zerocopy;
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 3 * (len + 4)];
+            peer.read_exact(&mut got).unwrap();
+            got
+        });
+
+        let pages = || async {
+            let mut pages = Sgl::alloc(&pool, pinion_backends::Direction::Dest, len).await;
+            assert!(pages.copy_in(0, &data));
+            pages.into_source()
+        };
+        // pool pages of this size alone go zero-copy
+        sender.push(Item(pages().await));
+        sender.flush().await;
+        assert_eq!(sender.awaits_completions(), zerocopy);
+        // with a mapped payload in the same send, they are copied too
+        let local = ReadOpts { local_peer: true, ..Default::default() };
+        let payload = vol.read(0, len, local).await.unwrap();
+        assert!(payload.segments().iter().all(|s| matches!(s, Segment::Mapped(_))), "{:?}", payload.segments());
+        sender.push(Item(pages().await));
+        sender.push(Item(payload));
+        sender.flush().await;
+        assert_eq!(vol.range_locks().held(), 0, "a mapped payload was kept after its send: sent zero-copy?");
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+        for k in 0..3 {
+            let p = &got[k * (len + 4)..(k + 1) * (len + 4)];
+            assert_eq!(&p[..4], b"HDR!");
+            assert!(p[4..] == data[..], "payload {k}'s bytes");
+        }
+    }
+
+    /// A file cut short behind the target's back while a mapped payload
+    /// waits to be sent: only the kernel reads through the mapping, so the
+    /// send fails (EFAULT) and the connection is given up; no SIGBUS.
+    #[tokio::test]
+    async fn mapped_payload_of_a_truncated_file_fails_the_send_not_the_process() {
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let b = FileBackend::open_file(&path, Some(1 << 20), 512, pinion_backends::IoMode::Buffered, false).unwrap();
+        let vol = Volume::new("t", Arc::new(b), pool.clone());
+        let mut s = Sgl::alloc(&pool, pinion_backends::Direction::Dest, 64 << 10).await;
+        assert!(s.copy_in(0, &[5u8; 64 << 10]));
+        vol.write(0, s, false).await.unwrap();
+        let payload = vol.read(0, 64 << 10, ReadOpts { local_peer: true, ..Default::default() }).await.unwrap();
+        assert!(matches!(payload.segments(), [Segment::Mapped(_)]), "{:?}", payload.segments());
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (_rd, wr) = TcpStream::from_std(sock).unwrap().into_split();
+        let mut sender = Sender::new(wr, Raw, SendConfig::default());
+        sender.push(Item(payload));
+        sender.flush().await;
+        assert!(sender.is_done(), "the send of vanished pages should have failed");
+        sender.close().await;
+        assert_eq!(vol.range_locks().held(), 0, "released when the failed connection closed");
     }
 }

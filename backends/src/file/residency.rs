@@ -23,9 +23,15 @@ impl Residency {
     /// told.
     pub(crate) fn resident(&self, file: &File, size: u64, describe: &str, off: u64, len: u64) -> Option<bool> {
         let end = off.checked_add(len)?;
+        self.map_covering(file, size, describe, end)?.resident(off, len).ok()
+    }
+
+    /// The mapping, made or remade to cover `[0, end)` (a volume of `size`
+    /// bytes now); `None` when the file cannot be mapped.
+    pub(crate) fn map_covering(&self, file: &File, size: u64, describe: &str, end: u64) -> Option<Arc<ResidencyMap>> {
         let covers = |m: &Arc<ResidencyMap>| m.len() >= end;
         if let Some(m) = self.map.read().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|m| covers(m)).cloned() {
-            return m.resident(off, len).ok();
+            return Some(m);
         }
         if self.failed.load(Relaxed) {
             return None;
@@ -42,14 +48,14 @@ impl Residency {
                     m
                 }
                 Err(e) => {
-                    tracing::warn!(path = %describe, error = %e, "no cachestat(2) and the file cannot be mapped for mincore(2): residency is probed per read");
+                    tracing::warn!(path = %describe, error = %e, "the file cannot be mapped: without cachestat(2) residency is probed per read, and reads are copied through pool pages");
                     self.failed.store(true, Relaxed);
                     return None;
                 }
             },
         };
         drop(w);
-        m.resident(off, len).ok()
+        Some(m)
     }
 
     /// Whether a mapping exists now (for tests).

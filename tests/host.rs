@@ -346,37 +346,7 @@ impl Queue {
     /// Sends a command and returns its cid (assigned here). `data_out` is
     /// write data (in-capsule or pulled by R2T), `data_in_len` the bytes the
     /// target returns with C2HData.
-    pub fn submit_with(&mut self, sqe: Sqe, data_out: Option<Vec<u8>>, data_in_len: usize, xfer: Xfer) -> Result<u16> {
-        let (cid, pdu) = self.prepare(sqe, data_out, data_in_len, xfer);
-        if let Err(e) = self.stream.write_all(&pdu) {
-            self.pending.remove(&cid);
-            return Err(e.into());
-        }
-        Ok(cid)
-    }
-
-    /// Sends several commands (no write data, `data_in_len` bytes back
-    /// each) in one write to the socket, so the target finds them together
-    /// in one read; returns their cids.
-    pub fn submit_burst(&mut self, cmds: &[(Sqe, usize)]) -> Result<Vec<u16>> {
-        let mut cids = Vec::with_capacity(cmds.len());
-        let mut bytes = Vec::new();
-        for &(sqe, data_in_len) in cmds {
-            let (cid, pdu) = self.prepare(sqe, None, data_in_len, Xfer::Auto);
-            cids.push(cid);
-            bytes.extend_from_slice(&pdu);
-        }
-        if let Err(e) = self.stream.write_all(&bytes) {
-            for c in &cids {
-                self.pending.remove(c);
-            }
-            return Err(e.into());
-        }
-        Ok(cids)
-    }
-
-    /// A command's capsule, its cid assigned and its bookkeeping started.
-    fn prepare(&mut self, mut sqe: Sqe, data_out: Option<Vec<u8>>, data_in_len: usize, xfer: Xfer) -> (u16, Vec<u8>) {
+    pub fn submit_with(&mut self, mut sqe: Sqe, data_out: Option<Vec<u8>>, data_in_len: usize, xfer: Xfer) -> Result<u16> {
         let out = data_out.unwrap_or_default();
         let cid = self.alloc_cid();
         sqe.cid = cid.into();
@@ -400,7 +370,11 @@ impl Queue {
         self.stats.capsules_sent += 1;
         self.stats.inline_bytes_sent += capsule_data.len() as u64;
         self.pending.insert(cid, Pending { out, inbuf: vec![0; data_in_len] });
-        (cid, pdu)
+        if let Err(e) = self.stream.write_all(&pdu) {
+            self.pending.remove(&cid);
+            return Err(e.into());
+        }
+        Ok(cid)
     }
 
     /// Handles one PDU from the target.

@@ -9,10 +9,9 @@
 //!   `AsyncFd`: the ring fd is polled like a socket), takes every completion
 //!   and wakes each submitter.
 //! * An operation goes to the kernel as it is queued (one
-//!   `io_uring_enter` each), or, while the thread holds a [`Plug`], with
-//!   the others queued under it when the plug is dropped (a connection
-//!   driver plugs while it runs the commands one socket read brought); one
-//!   that could not be submitted is retried by the reaper task. An
+//!   `io_uring_enter` each: batching a turn's operations saved CPU but cost
+//!   rate, see [`Ring::submit`]); one that could not be submitted is retried
+//!   by the reaper task. An
 //!   operation still pending when polled first takes the completions the
 //!   kernel has already posted, so a driver's turn sees them without a trip
 //!   through the poller.
@@ -36,9 +35,8 @@
 use crate::metrics::{bump, METRICS};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -200,14 +198,6 @@ impl State {
         self.ring.submission().len()
     }
 
-    /// Wakes the reaper task to retry queued entries (once per run of it).
-    fn wake_reaper(&mut self) {
-        if let Some(w) = self.reaper.as_ref().filter(|_| !self.kicked) {
-            w.wake_by_ref();
-            self.kicked = true;
-        }
-    }
-
     /// Hands the queued entries to the kernel.
     fn submit(&mut self) -> std::io::Result<()> {
         bump(&METRICS.uring_enters);
@@ -240,52 +230,6 @@ pub(crate) struct Ring {
 
 thread_local! {
     static RING: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
-    /// Live [`Plug`]s on this thread: while there is one, entries wait in
-    /// the submission queue.
-    static PLUGS: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Holds back this thread's submissions until it is dropped, then hands
-/// them to the kernel in one `io_uring_enter` (which plugs the block layer:
-/// a virtio disk is notified once for the batch, not once per read).
-///
-/// A connection driver takes one while it runs the commands it has just
-/// read from its socket, and drops it once the socket is drained, before
-/// it sends: the reads reach the device together and before the send.
-/// (Submitting each at once made the last of a burst of 32 wait for 31
-/// `io_uring_enter`s, each with its own doorbell; deferring the batch to
-/// after the turn's send made the first wait for the send.) Not `Send`:
-/// it lives in one synchronous stretch of one thread, never across an
-/// `.await`.
-pub struct Plug {
-    _thread: PhantomData<*const ()>,
-}
-
-/// Starts holding back this thread's submissions (see [`Plug`]).
-pub fn plug() -> Plug {
-    PLUGS.with(|p| p.set(p.get() + 1));
-    Plug { _thread: PhantomData }
-}
-
-impl Drop for Plug {
-    fn drop(&mut self) {
-        let left = PLUGS.with(|p| {
-            let n = p.get() - 1;
-            p.set(n);
-            n
-        });
-        if left > 0 {
-            return;
-        }
-        let ring = RING.with(|c| c.try_borrow().ok().and_then(|r| r.clone()));
-        if let Some(ring) = ring {
-            ring.unplug();
-        }
-    }
-}
-
-fn plugged() -> bool {
-    PLUGS.with(|p| p.get() > 0)
 }
 
 /// Marks the ring dead when the reaper task (and with it its runtime) ends.
@@ -405,27 +349,21 @@ impl Ring {
         }
         st.slots[i] = Slot::Waiting(None);
         st.in_flight += 1;
-        // Handed to the kernel at once, unless a `Plug` holds it back for
-        // its batch. (Batching a turn's entries into one enter run by the
-        // reaper after the turn cost 15% of the O_DIRECT 4 KiB QD32 rate on
-        // a quiet machine: the first reads waited for the turn's send.) A
-        // failed enter leaves the entry queued and the reaper retries it
-        // with the next batch.
-        if plugged() || st.submit().is_ok() {
+        // Handed to the kernel at once. Batching a turn's entries into one
+        // enter (run by the reaper after the turn) cut the target's CPU per
+        // I/O by a quarter, but on a quiet machine it cost 15% of the
+        // O_DIRECT 4 KiB QD32 rate (52K against 60K): the first reads of a
+        // turn waited for the last. A failed enter leaves the entry queued
+        // and the reaper retries it with the next batch.
+        if st.submit().is_ok() {
             return Op { ring: self.clone(), slot: Some(i), keep: Some(keep), error: None };
         }
-        st.wake_reaper();
-        Op { ring: self.clone(), slot: Some(i), keep: Some(keep), error: None }
-    }
-
-    /// Hands what a [`Plug`] held back to the kernel; on failure the
-    /// entries stay queued and the reaper task retries them.
-    fn unplug(&self) {
-        let mut st = self.lock();
-        if st.unsubmitted() == 0 || st.submit().is_ok() {
-            return;
+        let State { reaper, kicked, .. } = &mut *st;
+        if let Some(w) = reaper.as_ref().filter(|_| !*kicked) {
+            w.wake_by_ref();
+            *kicked = true;
         }
-        st.wake_reaper();
+        Op { ring: self.clone(), slot: Some(i), keep: Some(keep), error: None }
     }
 
     /// Operations in flight (for tests).

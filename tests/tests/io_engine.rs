@@ -107,42 +107,6 @@ fn file_volumes_use_io_uring_by_default() {
     assert!(submits >= 1 && submits <= s.metric("pinion_io_uring_ops_total"), "{}", s.metrics_text());
 }
 
-/// Reads that reach the target in one socket read go to the ring
-/// together: the connection driver plugs the ring while it runs them and
-/// submits them in one `io_uring_enter` when the socket is drained (a
-/// virtio disk then sees one doorbell for the burst, not one per read).
-#[test]
-fn a_burst_of_reads_goes_to_the_ring_in_one_submission() {
-    let s = Server::start(CONFIG);
-    exercise(&s);
-    let mut admin = Queue::connect(s.addr, Digests::default()).expect("admin TCP connect");
-    let c = admin.fabrics_connect(0, 31, 30_000, CNTLID_DYNAMIC, NQN, HOSTNQN, HOSTID, 0).expect("admin Connect");
-    let cntlid = c.result.get() as u16;
-    admin.enable_controller().expect("enable controller");
-    let mut q = Queue::connect(s.addr, Digests::default()).expect("I/O queue TCP connect");
-    let c = q.fabrics_connect(1, 127, 0, cntlid, NQN, HOSTNQN, HOSTID, 0).expect("I/O Connect");
-    assert_eq!(c.status.get() >> 1, 0, "I/O Connect");
-    q.set_block_size(1, 4096);
-    let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i / 4096 * 3 + i % 251) as u8).collect();
-    let cid = q.submit(rw_sqe(io::WRITE, 1, 100, 64, false), Some(data.clone()), 0).unwrap();
-    ok(&mut q, cid, "write");
-    const N: u64 = 16;
-    for round in 0..3 {
-        let (ops, submits) = (s.metric("pinion_io_uring_ops_total"), s.metric("pinion_io_uring_submits_total"));
-        let burst: Vec<_> = (0..N).map(|i| (rw_sqe(io::READ, 1, 100 + (i * 5 + round) % 64, 1, false), 4096)).collect();
-        let cids = q.submit_burst(&burst).unwrap();
-        for (i, cid) in (0..N).zip(cids) {
-            let lba = ((i * 5 + round) % 64) as usize;
-            assert_eq!(ok(&mut q, cid, "read"), data[lba * 4096..][..4096], "lba {}", 100 + lba);
-        }
-        let (ops, submits) = (s.metric("pinion_io_uring_ops_total") - ops, s.metric("pinion_io_uring_submits_total") - submits);
-        assert_eq!(ops, N, "every read went to the ring");
-        // one socket read normally brings the whole burst; a segment split
-        // by the kernel may make it two turns
-        assert!(submits <= 2, "{N} reads of one burst took {submits} submissions");
-    }
-}
-
 #[test]
 fn the_thread_pool_engine_is_chosen_by_configuration() {
     let opts = StartOpts { env: vec![("PINION_RUNTIME__IO_ENGINE".into(), "threads".into())], ..Default::default() };

@@ -409,9 +409,6 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 tick.as_mut().reset(tokio::time::Instant::now() + HOUSEKEEPING);
                 let _ = tick.as_mut().poll(cx);
             }
-            // The file reads of the commands taken below reach the ring
-            // together when the socket is drained, before the send.
-            let plug = pinion_backends::uring::plug();
             loop {
                 if slab.poll(cx, &mut out, &mut serial) {
                     return Poll::Ready(Ev::Stop(KillReason::Alive));
@@ -444,7 +441,6 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 }
                 ctx.ctrl.touch();
             }
-            drop(plug);
             if link.queued() + out.len() > 0 {
                 return Poll::Ready(Ev::Flush);
             }

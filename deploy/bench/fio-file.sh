@@ -6,7 +6,10 @@
 # rounds alternate fio and Pinion, and each Pinion round runs both I/O
 # engines (io_uring, and the blocking thread pool via
 # PINION_RUNTIME__IO_ENGINE=threads) so one binary gives before and after.
-# Prints one line per cell and the medians; run it under the heavy lock:
+# Prints one line per cell and the medians; each cell also says how many
+# reads the disk under the image had in flight on average and how long each
+# took there (from /proc/diskstats around the cell; other I/O on that disk
+# counts too). Run it under the heavy lock:
 #
 #   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH] [--base PATH] [--no-threads]
 #
@@ -41,6 +44,16 @@ if [[ ! -f $IMG ]] || (($(stat -c %s "$IMG") != $(numfmt --from=iec "$SIZE"))); 
   # written, not sparse: reads of holes would not touch the device
   dd if=/dev/urandom of="$IMG" bs=1M count=$(($(numfmt --from=iec "$SIZE") >> 20)) status=none
 fi
+# The device under the image, for its reads in flight (Little's law over
+# /proc/diskstats: milliseconds spent reading / elapsed ms) and latency.
+dev=$((0x$(stat -c %D "$IMG")))
+DEV=$(basename "$(readlink -f "/sys/dev/block/$(((dev >> 8) & 0xfff)):$((dev & 0xff))")")
+disk() { awk -v d="$DEV" '$3 == d {print $4, $7}' /proc/diskstats; date +%s%N; }
+# "reads in flight, device latency us" between two `disk` samples
+disk_delta() {
+  local a=($1) b=($2)
+  python3 -c 'import sys; r0,m0,t0,r1,m1,t1=map(int,sys.argv[1:]); n=max(r1-r0,1); print("%.1f %.0f" % ((m1-m0)*1e6/(t1-t0), (m1-m0)*1e3/n))' "${a[@]}" "${b[@]}"
+}
 pid=
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$OUT"; }
 trap cleanup EXIT
@@ -66,9 +79,12 @@ hosts = ["*"]
 CFG
 
 fio_cell() {
+  local d0 d1
+  d0=$(disk)
   taskset -c "$TCPU" fio --name=local --filename="$IMG" --direct=1 --ioengine=io_uring --rw=randread --bs=4k \
     --iodepth=32 --time_based --runtime="$TIME" --output-format=json >"$OUT/fio.json" 2>/dev/null
-  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$OUT/fio.json"
+  d1=$(disk)
+  echo "$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$OUT/fio.json") $(disk_delta "$d0" "$d1")"
 }
 
 pinion_cell() { # ENGINE [BINARY]
@@ -77,14 +93,16 @@ pinion_cell() { # ENGINE [BINARY]
   env "${env[@]}" taskset -c "$TCPU" "$bin" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
   pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-  local t0 t1
+  local t0 t1 d0 d1
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  d0=$(disk)
   taskset -c "$ICPU" "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
     --qd 32 --time "$TIME" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  d1=$(disk)
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
-  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(round(j["iops"]), round((int(sys.argv[2]) * 1e4) / (j["iops"] * float(sys.argv[3])), 2))' \
-    "$OUT/perf.json" $((t1 - t0)) "$TIME"
+  echo "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(round(j["iops"]), round((int(sys.argv[2]) * 1e4) / (j["iops"] * float(sys.argv[3])), 2))' \
+    "$OUT/perf.json" $((t1 - t0)) "$TIME") $(disk_delta "$d0" "$d1")"
 }
 
 # cells in the order of a round; odd rounds run it forwards, even backwards
@@ -106,9 +124,13 @@ for r in $(seq "$ROUNDS"); do
   ((r % 2)) || order=($(printf '%s\n' "${cells[@]}" | tac))
   line="round $r ($(cut -d' ' -f1 /proc/loadavg) load):"
   for c in "${order[@]}"; do
-    v=$(cell "$c")
-    R[$c]+="${v% *} "
-    if [[ $c == fio ]]; then line+=" | fio $v IOPS"; else line+=" | $(label "$c") ${v% *} IOPS (${v#* } us target CPU/IO)"; fi
+    v=($(cell "$c"))
+    R[$c]+="${v[0]} "
+    if [[ $c == fio ]]; then
+      line+=" | fio ${v[0]} IOPS [${v[1]} reads at the device, ${v[2]} us each]"
+    else
+      line+=" | $(label "$c") ${v[0]} IOPS (${v[1]} us target CPU/IO) [${v[2]} at the device, ${v[3]} us]"
+    fi
   done
   echo "$line"
 done

@@ -5,6 +5,9 @@
 #         `pinion perf` on CPU 1: target busy polling off / on
 #         ([runtime] busy_poll_us) x initiator sleeping in poll(2) / spinning
 #         (`pinion perf --poll`), plus an optional reference binary (REF).
+#   qd32  4 KiB random read and write at QD32 on one queue, one reactor on
+#         CPU 0: target busy polling off / on x initiator sleeping / spinning
+#         (SPDK's reference figures were taken with both sides polling).
 #   scale 4 KiB random read and write at QD32 on 2 queues (one connection
 #         each): target with 1 reactor on CPU 0 against 2 reactors on CPUs 0
 #         and 1, `pinion perf` on CPU 1 (the machine has 2 cores, so with 2
@@ -15,7 +18,7 @@
 # initiator's CPU. Rounds alternate the order of the systems; the table shows
 # medians.
 #
-#   flock /tmp/pinion-heavy.lock deploy/bench/reactors.sh [qd1|scale|all]
+#   flock /tmp/pinion-heavy.lock deploy/bench/reactors.sh [qd1|qd32|scale|all]
 #   env: BIN (default build/cargo/release/pinion), REF (another pinion binary,
 #        compared at QD1 and with 2 reactors), ROUNDS=3, SECS=5, BUSY_US=50, OUT (default build/bench/reactors-<time>)
 set -euo pipefail
@@ -101,6 +104,25 @@ if [[ $PART == qd1 || $PART == all ]]; then
     order=("${systems[@]}"); ((r % 2)) || order=($(printf '%s\n' "${systems[@]}" | tac))
     for s in "${order[@]}"; do
       for i in sleep poll; do cell "$r" qd1 "$s" "$i" --rw randread --bs 4k --qd 1; done
+    done
+  done
+  cleanup; pids=()
+fi
+
+if [[ $PART == qd32 || $PART == all ]]; then
+  # The issue's reference figures for 4 KiB QD32 come from SPDK's target
+  # and its perf tool, both busy polling; this part puts Pinion next to
+  # them the same way (one reactor, one queue), and the default way.
+  serve q-off "$BIN" 4487 0 "cores = 1"
+  serve q-on "$BIN" 4488 0 "cores = 1
+busy_poll_us = $BUSY_US"
+  for r in $(seq "$ROUNDS"); do
+    say "qd32 round $r (load $(cut -d' ' -f1 /proc/loadavg))"
+    order=(q-off q-on); ((r % 2)) || order=(q-on q-off)
+    for s in "${order[@]}"; do
+      for i in sleep poll; do
+        for rw in randread randwrite; do cell "$r" qd32 "$s" "$i" --rw $rw --bs 4k --qd 32; done
+      done
     done
   done
   cleanup; pids=()

@@ -29,6 +29,11 @@ impl<T: Default> Default for Striped<T> {
 }
 
 impl<T> Striped<T> {
+    /// Stripes made by `f`.
+    pub fn with(mut f: impl FnMut() -> T) -> Striped<T> {
+        Striped { stripes: (0..STRIPES).map(|_| Padded(f())).collect() }
+    }
+
     /// This thread's stripe.
     pub fn local(&self) -> &T {
         static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -79,6 +79,7 @@ impl RangeLocks {
             return g;
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
+        // before the re-check below, under the mutex (see RangeGuard's drop)
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let g = loop {
             let released = self.released.notified();
@@ -107,7 +108,15 @@ impl Drop for RangeGuard {
             held.swap_remove(i);
         }
         drop(held);
-        self.locks.released.notify_waiters();
+        // Wake-ups only when someone waits: `notify_waiters` takes the
+        // Notify's own mutex, a second lock per I/O passed between the
+        // reactors' cores. No wake-up is lost: a waiter counts itself in
+        // `waiting` before the locked re-check in `lock`; if that re-check
+        // came before our removal above, the mutex orders its count before
+        // this load, and it registered for the wake-up before re-checking.
+        if self.locks.waiting.load(Ordering::Relaxed) > 0 {
+            self.locks.released.notify_waiters();
+        }
     }
 }
 
@@ -135,5 +144,34 @@ mod tests {
         drop(g);
         assert_eq!(l.waits.load(Ordering::Relaxed), 1);
         assert_eq!(l.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    /// Releases skip the wake-up when nobody waits: on two threads, with
+    /// writers racing for overlapping ranges, every waiter is still woken
+    /// (a lost wake-up would hang a task, and the timeout fails the test).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_up_is_lost_across_threads() {
+        let l = Arc::new(RangeLocks::default());
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    for i in 0..2000u64 {
+                        let mode = if (i + t) % 3 == 0 { LockMode::Shared } else { LockMode::Exclusive };
+                        let g = l.lock((i + t) % 4 * 4096, 8192, mode).await;
+                        if i % 7 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(20), t).await.expect("a waiter was never woken").unwrap();
+        }
+        assert!(l.waits.load(Ordering::Relaxed) > 0, "the writers did contend");
+        assert_eq!(l.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(l.held(), 0);
     }
 }

@@ -7,14 +7,19 @@
 //! so a page cannot be reused while anything still holds it: the borrow
 //! checker enforces for us what the kernel does with page references.
 
+use crate::metrics::{Counter, Striped};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 
 pub const PAGE_SIZE: usize = 4096;
 
 /// Pattern written over released pages when poisoning is on.
 pub const POISON: u8 = 0xa5;
+
+/// Free pages a thread keeps for itself (see `Inner::caches`): a queue
+/// depth's worth of 4 KiB I/Os.
+const CACHE_PAGES: usize = 32;
 
 /// Page-aligned so that `O_DIRECT` can use pool pages as they are.
 #[repr(C, align(4096))]
@@ -42,7 +47,16 @@ struct Inner {
     peer_permits: Semaphore,
     free: Mutex<Vec<&'static mut PageBuf>>,
     permits: Semaphore,
-    in_use: AtomicUsize,
+    /// Free pages kept per thread ([`Striped`]), each with its permit
+    /// still taken: a page freed and taken again on one reactor touches
+    /// only that reactor's stripe, where the shared list and semaphore
+    /// (two mutexes and three shared atomics a page) passed their cache
+    /// lines between the reactors' cores on every I/O. An allocation that
+    /// has to wait first returns every stripe's pages to the shared list,
+    /// and while anyone waits freed pages go there: a cached page never
+    /// keeps a waiter waiting.
+    caches: Striped<Mutex<Vec<&'static mut PageBuf>>>,
+    in_use: Counter,
     high_water: AtomicUsize,
     allocated: AtomicUsize,
     waits: AtomicUsize,
@@ -53,7 +67,10 @@ struct Inner {
 /// A shared handle to the pool.
 #[derive(Clone)]
 pub struct PagePool {
-    inner: Arc<Inner>,
+    /// Never freed, as the pages it hands out are never unmapped: a page
+    /// then needs no reference count on it (an atomic shared by every
+    /// reactor, written on every page taken and freed).
+    inner: &'static Inner,
 }
 
 impl std::fmt::Debug for PagePool {
@@ -79,18 +96,19 @@ impl PagePool {
         // Lowest addresses on top of the stack: reuse stays in few pages.
         let free: Vec<&'static mut PageBuf> = region.iter_mut().rev().collect();
         PagePool {
-            inner: Arc::new(Inner {
+            inner: Box::leak(Box::new(Inner {
                 budget,
                 peer_permits: Semaphore::new(budget - (budget / 8).max(64)),
                 free: Mutex::new(free),
                 permits: Semaphore::new(budget),
-                in_use: AtomicUsize::new(0),
+                caches: Striped::with(|| Mutex::new(Vec::with_capacity(CACHE_PAGES))),
+                in_use: Counter::default(),
                 high_water: AtomicUsize::new(0),
                 allocated: AtomicUsize::new(budget),
                 waits: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 poison,
-            }),
+            })),
         }
     }
 
@@ -100,8 +118,9 @@ impl PagePool {
 
     /// Takes `n` pages, waiting while the budget is spent.
     pub async fn alloc(&self, n: usize) -> Vec<Page> {
-        self.reserve(n).await;
-        self.take(n, false)
+        let mut out = Vec::with_capacity(n);
+        self.alloc_each(n, false, |p| out.push(p)).await;
+        out
     }
 
     /// Takes `n` pages (waiting as [`PagePool::alloc`] does) and hands each
@@ -111,8 +130,22 @@ impl PagePool {
             let p = self.inner.peer_permits.acquire_many(n as u32).await.expect("pool semaphore is never closed");
             p.forget();
         }
-        self.reserve(n).await;
-        self.take_each(n, peer, f)
+        let mut f = f;
+        if !self.take_cached(n, peer, &mut f) {
+            self.reserve(n).await;
+            self.take_each(n, peer, f)
+        }
+    }
+
+    /// Takes `n` pages from this thread's cache if it holds them.
+    fn take_cached(&self, n: usize, peer: bool, f: &mut impl FnMut(Page)) -> bool {
+        {
+            let mut c = lock(self.inner.caches.local());
+            let Some(at) = c.len().checked_sub(n) else { return false };
+            c.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner, peer }).for_each(f);
+        }
+        self.inner.in_use.fetch_add(n as u64, Ordering::Relaxed);
+        true
     }
 
     /// Takes `n` permits of the budget, waiting while it is spent.
@@ -121,11 +154,16 @@ impl PagePool {
         let permit = match self.inner.permits.try_acquire_many(n as u32) {
             Ok(p) => p,
             Err(_) => {
-                self.inner.waits.fetch_add(1, Ordering::Relaxed);
-                self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let p = self.inner.permits.acquire_many(n as u32).await.expect("pool semaphore is never closed");
-                self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                p
+                // counted before the caches are emptied (see `Inner::give_back`)
+                let _waiting = Waiting::new(self.inner);
+                self.inner.drain_caches();
+                match self.inner.permits.try_acquire_many(n as u32) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                        self.inner.permits.acquire_many(n as u32).await.expect("pool semaphore is never closed")
+                    }
+                }
             }
         };
         // Each Page gives its permit back on drop.
@@ -148,7 +186,13 @@ impl PagePool {
 
     /// Takes `n` pages if they are available now.
     pub fn try_alloc(&self, n: usize) -> Option<Vec<Page>> {
-        let permit = self.inner.permits.try_acquire_many(n as u32).ok()?;
+        let permit = match self.inner.permits.try_acquire_many(n as u32) {
+            Ok(p) => p,
+            Err(_) => {
+                self.inner.drain_caches();
+                self.inner.permits.try_acquire_many(n as u32).ok()?
+            }
+        };
         permit.forget();
         Some(self.take(n, false))
     }
@@ -163,18 +207,24 @@ impl PagePool {
     /// [`PagePool::take`], each page to `f`.
     fn take_each(&self, n: usize, peer: bool, f: impl FnMut(Page)) {
         {
-            let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
+            let mut free = lock(&self.inner.free);
             let at = free.len().checked_sub(n).expect("a permit for every free page");
-            free.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner.clone(), peer }).for_each(f);
+            free.drain(at..).rev().map(|buf| Page { buf: Some(buf), pool: self.inner, peer }).for_each(f);
         }
-        let now = self.inner.in_use.fetch_add(n, Ordering::Relaxed) + n;
-        self.inner.high_water.fetch_max(now, Ordering::Relaxed);
+        self.inner.in_use.fetch_add(n as u64, Ordering::Relaxed);
+        // Pages out of the shared list (cached ones included): the most
+        // ever in use, give or take the caches. Read before written, so
+        // the line is not written once the high water is reached.
+        let out = self.inner.budget - self.inner.permits.available_permits();
+        if out > self.inner.high_water.load(Ordering::Relaxed) {
+            self.inner.high_water.fetch_max(out, Ordering::Relaxed);
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
         PoolStats {
             budget_pages: self.inner.budget,
-            in_use: self.inner.in_use.load(Ordering::Relaxed),
+            in_use: self.inner.in_use.load(Ordering::Relaxed) as usize,
             high_water: self.inner.high_water.load(Ordering::Relaxed),
             allocated: self.inner.allocated.load(Ordering::Relaxed),
             waits: self.inner.waits.load(Ordering::Relaxed),
@@ -183,10 +233,62 @@ impl PagePool {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// A freed page: to this thread's cache while it has room and no
+    /// allocation waits, else to the shared list with its permit.
+    fn give_back(&self, buf: &'static mut PageBuf) {
+        {
+            let mut c = lock(self.caches.local());
+            // Read under the stripe's lock: a waiter counts itself before
+            // it empties the stripes, so either it sees this page or this
+            // sees it.
+            if c.len() < CACHE_PAGES && self.waiting.load(Ordering::Relaxed) == 0 {
+                c.push(buf);
+                return;
+            }
+        }
+        lock(&self.free).push(buf);
+        self.permits.add_permits(1);
+    }
+
+    /// Returns every thread's cached pages to the shared list.
+    fn drain_caches(&self) {
+        for c in self.caches.iter() {
+            let mut c = lock(c);
+            let n = c.len();
+            if n > 0 {
+                lock(&self.free).extend(c.drain(..));
+                self.permits.add_permits(n);
+            }
+        }
+    }
+}
+
+/// An allocation counted in `waiting` until it has its permits (or is
+/// dropped while waiting).
+struct Waiting<'a>(&'a Inner);
+
+impl<'a> Waiting<'a> {
+    fn new(inner: &'a Inner) -> Waiting<'a> {
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(inner)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One pool page, owned. Dropping it returns it to the pool.
 pub struct Page {
     buf: Option<&'static mut PageBuf>,
-    pool: Arc<Inner>,
+    pool: &'static Inner,
     /// Counted against the peer-wait cap too.
     peer: bool,
 }
@@ -212,9 +314,8 @@ impl Drop for Page {
             if self.pool.poison {
                 buf.0.fill(POISON);
             }
-            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
             self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
-            self.pool.permits.add_permits(1);
+            self.pool.give_back(buf);
             if self.peer {
                 self.pool.peer_permits.add_permits(1);
             }
@@ -256,6 +357,28 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), 4);
         assert_eq!(pool.stats().allocated, PagePool::MIN_PAGES, "never grown");
         assert_eq!(pool.stats().waits, 1);
+    }
+
+    /// Pages freed on one thread are cached there; another thread's
+    /// allocation still gets them, and pages freed while it waits go to it.
+    #[test]
+    fn cached_pages_never_keep_an_allocation_waiting() {
+        let rt = || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let pool = PagePool::new(0, false);
+        let mut all = rt().block_on(pool.alloc(PagePool::MIN_PAGES));
+        all.truncate(PagePool::MIN_PAGES - 16);
+        assert_eq!(pool.stats().in_use, PagePool::MIN_PAGES - 16);
+        let p = pool.clone();
+        let got = std::thread::spawn(move || rt().block_on(async { tokio::time::timeout(Duration::from_secs(5), p.alloc(16)).await.is_ok() }));
+        assert!(got.join().unwrap(), "pages cached by another thread are handed over");
+        let p = pool.clone();
+        let waiter = std::thread::spawn(move || rt().block_on(async { tokio::time::timeout(Duration::from_secs(5), p.alloc(64)).await.map(|v| v.len()) }));
+        while pool.stats().waits == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        all.truncate(all.len() - 64);
+        assert_eq!(waiter.join().unwrap().ok(), Some(64), "pages freed while it waited went to the waiter");
+        assert_eq!(pool.stats().waiting, 0);
     }
 
     #[tokio::test]

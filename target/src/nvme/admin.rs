@@ -2,7 +2,7 @@
 //! Event Request, Keep Alive, Abort.
 
 use super::aen::Park;
-use super::ctrl::CtrlState;
+use super::ctrl::{Controller, CtrlState};
 use super::queue::{QueueCtx, Reply};
 use super::subsys::{SubsysKind, Subsystem};
 use nvme_types::command::{feature, Opcode, BROADCAST_NSID};
@@ -385,7 +385,7 @@ async fn set_features(ctx: &QueueCtx, fid: u8, v: u32, nsid: u32) -> Result<Repl
     }
     if fid == feature::VOLATILE_WC && !discovery {
         let on = v & 1 != 0;
-        let was = std::mem::replace(&mut ctx.ctrl.lock().vwc, on);
+        let was = ctx.ctrl.vwc.swap(on, std::sync::atomic::Ordering::SeqCst);
         if was && !on {
             tracing::info!("volatile write cache disabled by host: writes become write-through");
             // writes acknowledged while the cache was on are made durable now,
@@ -448,13 +448,13 @@ fn has_value(fid: u8) -> bool {
     )
 }
 
-fn feature_value(s: &CtrlState, fid: u8) -> Option<u64> {
+fn feature_value(c: &Controller, s: &CtrlState, fid: u8) -> Option<u64> {
     Some(match fid {
         feature::NUM_QUEUES => {
             let n = u64::from(s.io_queues.max(1) - 1);
             n | n << 16
         }
-        feature::VOLATILE_WC => u64::from(s.vwc),
+        feature::VOLATILE_WC => u64::from(c.vwc.load(std::sync::atomic::Ordering::SeqCst)),
         feature::ASYNC_EVENT => u64::from(s.async_event_config),
         feature::KATO => u64::from(s.kato_ms),
         feature::ARBITRATION | feature::POWER_MGMT | feature::ERR_RECOVERY | feature::IRQ_COALESCE | feature::IRQ_CONFIG
@@ -480,7 +480,7 @@ async fn get_features(ctx: &QueueCtx, sqe: &Sqe, fid: u8, sel: u32) -> Result<Re
     if discovery && !matches!(fid, feature::ASYNC_EVENT | feature::KATO) {
         return Err(Status::INVALID_FIELD.dnr());
     }
-    let v = feature_value(&ctx.ctrl.lock(), fid).ok_or(Status::INVALID_FIELD.dnr())?;
+    let v = feature_value(&ctx.ctrl, &ctx.ctrl.lock(), fid).ok_or(Status::INVALID_FIELD.dnr())?;
     match sel {
         0..=2 => Reply::result(v),
         // supported capabilities: changeable, not saveable, not per namespace

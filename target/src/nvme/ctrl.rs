@@ -4,7 +4,7 @@
 use super::subsys::SubsysKind;
 use pinion_transport::nvme_tcp::XferAborter;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 // tokio's clock, so tests can run the keep-alive timer on paused time
@@ -54,9 +54,6 @@ pub struct CtrlState {
     pub cc: u32,
     pub csts: u32,
     pub kato_ms: u32,
-    /// Volatile write cache enabled (Set Features 06h); when off every
-    /// write is written through.
-    pub vwc: bool,
     /// I/O queues granted (Set Features 07h), 1-based.
     pub io_queues: u16,
     pub async_event_config: u32,
@@ -90,6 +87,12 @@ pub struct Controller {
     /// run on different reactors, and a write (or a lock) per command would
     /// pass the cache line between their cores on every command.
     last_seen_ms: AtomicU64,
+    /// Volatile write cache enabled (Set Features 06h); when off every
+    /// write is written through. Every WRITE reads it, from every queue's
+    /// reactor: an atomic (a shared line that stays in each core's cache),
+    /// not a field under `state`, whose lock per command passed the mutex
+    /// between the reactors' cores.
+    pub vwc: AtomicBool,
     kill: watch::Sender<KillReason>,
     /// Wakes the admin queue's driver when an event completion is ready.
     pub aen_wake: tokio::sync::Notify,
@@ -107,7 +110,6 @@ impl Controller {
                 cc: 0,
                 csts: 0,
                 kato_ms,
-                vwc: true,
                 io_queues,
                 async_event_config: 0,
                 connected_io: BTreeSet::new(),
@@ -120,6 +122,7 @@ impl Controller {
             }),
             born: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
+            vwc: AtomicBool::new(true),
             kill,
             aen_wake: tokio::sync::Notify::new(),
         })

@@ -205,8 +205,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
             return super::resv::execute(ctx, ns, &sqe, data).await;
         }
     }
-    // only writes ask whether the cache is on (a lock per command)
-    let vwc = if matches!(op, io::WRITE | io::WRITE_ZEROES) { ctx.ctrl.lock().vwc } else { true };
+    let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
     let (max, capsule) = (ctx.reg.limits.max_transfer(), data.as_ref().map(Sgl::len));
     let plan = match &ns {
         Some(ns) => parse_in(ns, max, vwc, &sqe, capsule)?,
@@ -404,7 +403,7 @@ pub async fn fused(ctx: &QueueCtx, first: Sqe, first_data: Option<Sgl>, second: 
         Ok(s) => s,
         Err(s) => return (failed(), Err(s)),
     };
-    let fua = second.fua() || !ctx.ctrl.lock().vwc;
+    let fua = second.fua() || !ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
     let _in = match super::resv::admit(ctx, ns, pinion_backends::resv::Access::Write) {
         Ok(t) => t,
         Err(s) => return (Err(s), failed()),

@@ -2,6 +2,7 @@
 
 use super::ctrl::Controller;
 use nvme_types::fabrics::DISCOVERY_NQN;
+use pinion_backends::metrics::Counter;
 use pinion_backends::Volume;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +11,10 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Per-namespace I/O counters (SMART / health log).
 #[derive(Default, Debug)]
 pub struct NsStats {
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub read_cmds: AtomicU64,
-    pub write_cmds: AtomicU64,
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    pub read_cmds: Counter,
+    pub write_cmds: Counter,
 }
 
 pub struct Namespace {

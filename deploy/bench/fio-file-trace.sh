@@ -34,25 +34,9 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-cat >"$OUT/pinion.toml" <<CFG
-[nvme_tcp]
-listen = ["127.0.0.1:$PORT"]
-[iscsi]
-listen = []
-[runtime]
-cores = 1
-[log]
-level = "warn"
-[[volume]]
-name = "f"
-backend = "file"
-path = "$IMG"
-io_mode = "direct"
-[[subsystem]]
-nqn = "nqn.2026-11.io.pinion:fio-file"
-namespaces = ["f"]
-hosts = ["*"]
-CFG
+# shellcheck source=fio-file-config.sh
+. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
+fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
 taskset -c 0 "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done

@@ -58,25 +58,9 @@ pid=
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$OUT"; }
 trap cleanup EXIT
 
-cat >"$OUT/pinion.toml" <<CFG
-[nvme_tcp]
-listen = ["127.0.0.1:$PORT"]
-[iscsi]
-listen = []
-[runtime]
-cores = 1
-[log]
-level = "warn"
-[[volume]]
-name = "f"
-backend = "file"
-path = "$IMG"
-io_mode = "direct"
-[[subsystem]]
-nqn = "nqn.2026-11.io.pinion:fio-file"
-namespaces = ["f"]
-hosts = ["*"]
-CFG
+# shellcheck source=fio-file-config.sh
+. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
+fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
 
 fio_cell() {
   local d0 d1

@@ -1,0 +1,24 @@
+# Sourced by fio-file.sh and fio-file-trace.sh: the one Pinion both measure.
+# fio_file_config PORT IMAGE > pinion.toml: one reactor, the image as an
+# O_DIRECT file volume behind nqn.2026-11.io.pinion:fio-file.
+fio_file_config() {
+  cat <<CFG
+[nvme_tcp]
+listen = ["127.0.0.1:$1"]
+[iscsi]
+listen = []
+[runtime]
+cores = 1
+[log]
+level = "warn"
+[[volume]]
+name = "f"
+backend = "file"
+path = "$2"
+io_mode = "direct"
+[[subsystem]]
+nqn = "nqn.2026-11.io.pinion:fio-file"
+namespaces = ["f"]
+hosts = ["*"]
+CFG
+}

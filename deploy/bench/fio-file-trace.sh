@@ -22,8 +22,9 @@ while (($#)); do
   shift
 done
 BIN=${BIN:-$REPO/build/cargo/release/pinion}
-PORT=${BENCH_NVME_PORT:-4521}
-IMG=$REPO/build/bench/data/fio-file.img
+# shellcheck source=fio-file-config.sh
+. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
+PORT=$FIO_FILE_PORT IMG=$FIO_FILE_IMG
 [[ -f $IMG ]] || { echo "no $IMG: run deploy/bench/fio-file.sh first" >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf missing" >&2; exit 2; }
 OUT=$(mktemp -d /tmp/pinion-fio-trace.XXXXXX)
@@ -34,8 +35,6 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-# shellcheck source=fio-file-config.sh
-. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
 taskset -c 0 "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
 pid=$!

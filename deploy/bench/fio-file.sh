@@ -33,13 +33,14 @@ while (($#)); do
   shift
 done
 BIN=${BIN:-$REPO/build/cargo/release/pinion}
-PORT=${BENCH_NVME_PORT:-4521}
+# shellcheck source=fio-file-config.sh
+. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
+PORT=$FIO_FILE_PORT
 command -v fio >/dev/null || { echo "fio missing" >&2; exit 2; }
-# O_DIRECT needs a real file system (not tmpfs): keep the image beside the build
-DATA=$REPO/build/bench/data
+IMG=$FIO_FILE_IMG
+DATA=$(dirname "$IMG")
 OUT=$(mktemp -d /tmp/pinion-fio-file.XXXXXX)
 mkdir -p "$DATA"
-IMG=$DATA/fio-file.img
 if [[ ! -f $IMG ]] || (($(stat -c %s "$IMG") != $(numfmt --from=iec "$SIZE"))); then
   # written, not sparse: reads of holes would not touch the device
   dd if=/dev/urandom of="$IMG" bs=1M count=$(($(numfmt --from=iec "$SIZE") >> 20)) status=none
@@ -58,8 +59,6 @@ pid=
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$OUT"; }
 trap cleanup EXIT
 
-# shellcheck source=fio-file-config.sh
-. "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
 
 fio_cell() {

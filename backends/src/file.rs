@@ -244,7 +244,7 @@ impl FileBackend {
             Ok(1) => {}
             _ => return None,
         }
-        crate::mapped::MappedRange::new(map, self.file.clone(), offset, len, lock)
+        crate::mapped::MappedRange::new(crate::mapped::Map::File(map), self.file.clone(), offset, len, lock)
     }
 
     fn zero_fill(&self, offset: u64, len: u64) -> Result<()> {

@@ -24,8 +24,17 @@ struct Held {
 }
 
 #[derive(Default)]
+struct Table {
+    held: Vec<Held>,
+    /// How many of `held` are exclusive: with none, a shared request
+    /// conflicts with nothing and skips the scan (reads hold their ranges
+    /// until the send, so a queue's worth of them are held at once).
+    exclusive: usize,
+}
+
+#[derive(Default)]
 pub struct RangeLocks {
-    held: Mutex<Vec<Held>>,
+    table: Mutex<Table>,
     released: Notify,
     next_id: AtomicU64,
     /// Lock requests that had to wait (metrics).
@@ -57,18 +66,28 @@ impl std::fmt::Debug for RangeGuard {
 }
 
 impl RangeLocks {
-    fn conflicts(held: &[Held], start: u64, end: u64, mode: LockMode) -> bool {
-        held.iter().any(|h| h.start < end && start < h.end && (mode == LockMode::Exclusive || h.mode == LockMode::Exclusive))
+    fn conflicts(t: &Table, start: u64, end: u64, mode: LockMode) -> bool {
+        if mode == LockMode::Shared && t.exclusive == 0 {
+            return false;
+        }
+        t.held.iter().any(|h| h.start < end && start < h.end && (mode == LockMode::Exclusive || h.mode == LockMode::Exclusive))
     }
 
     fn try_take(self: &Arc<Self>, start: u64, end: u64, mode: LockMode) -> Option<RangeGuard> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if Self::conflicts(&held, start, end, mode) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if Self::conflicts(&t, start, end, mode) {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        held.push(Held { id, start, end, mode });
+        t.held.push(Held { id, start, end, mode });
+        t.exclusive += usize::from(mode == LockMode::Exclusive);
         Some(RangeGuard { locks: self.clone(), id, start, end, mode })
+    }
+
+    /// Locks `[offset, offset + len)` if nothing overlapping conflicts now;
+    /// `None` (nothing taken) otherwise.
+    pub fn try_lock(self: &Arc<Self>, offset: u64, len: u64, mode: LockMode) -> Option<RangeGuard> {
+        self.try_take(offset, offset.saturating_add(len.max(1)), mode)
     }
 
     /// Locks `[offset, offset + len)`, waiting while an overlapping lock
@@ -97,17 +116,18 @@ impl RangeLocks {
 
     /// Number of ranges held now.
     pub fn held(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).held.len()
     }
 }
 
 impl Drop for RangeGuard {
     fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = held.iter().position(|h| h.id == self.id) {
-            held.swap_remove(i);
+        let mut t = self.locks.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = t.held.iter().position(|h| h.id == self.id) {
+            t.held.swap_remove(i);
+            t.exclusive -= usize::from(self.mode == LockMode::Exclusive);
         }
-        drop(held);
+        drop(t);
         // Wake-ups only when someone waits: `notify_waiters` takes the
         // Notify's own mutex, a second lock per I/O passed between the
         // reactors' cores. No wake-up is lost: a waiter counts itself in

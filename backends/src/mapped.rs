@@ -12,8 +12,12 @@
 //! the send engine does as soon as the call returns. A mapped payload is
 //! never sent with `MSG_ZEROCOPY`: the socket would then hold the
 //! page-cache pages themselves.
+//!
+//! A RAM volume's reads go the same way, through the mapping its I/O
+//! already uses: the memcpy into pool pages was as costly as the send's
+//! own copy (each a cold 4 KiB of a volume far larger than the caches).
 
-use crate::sys::ResidencyMap;
+use crate::sys::{RamMap, ResidencyMap};
 use crate::RangeGuard;
 use std::fs::File;
 use std::io::IoSlice;
@@ -21,8 +25,25 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// The mapping a payload is sent from.
+pub(crate) enum Map {
+    /// A read-only mapping of a file volume.
+    File(Arc<ResidencyMap>),
+    /// A RAM volume's own mapping of its memfd.
+    Ram(Arc<RamMap>),
+}
+
+impl Map {
+    fn io_slice(&self, off: u64, len: usize) -> Option<IoSlice<'_>> {
+        match self {
+            Map::File(m) => m.io_slice(off, len),
+            Map::Ram(m) => m.io_slice(off, len),
+        }
+    }
+}
+
 pub struct MappedRange {
-    map: Arc<ResidencyMap>,
+    map: Map,
     file: Arc<File>,
     /// Where the bytes start in the file.
     pub offset: u64,
@@ -38,7 +59,7 @@ impl std::fmt::Debug for MappedRange {
 
 impl MappedRange {
     /// `None` when the mapping does not cover the range.
-    pub(crate) fn new(map: Arc<ResidencyMap>, file: Arc<File>, offset: u64, len: usize, lock: Option<RangeGuard>) -> Option<MappedRange> {
+    pub(crate) fn new(map: Map, file: Arc<File>, offset: u64, len: usize, lock: Option<RangeGuard>) -> Option<MappedRange> {
         map.io_slice(offset, len)?;
         Some(MappedRange { map, file, offset, len, _lock: lock })
     }

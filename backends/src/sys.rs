@@ -224,6 +224,22 @@ impl RamMap {
         Ok(())
     }
 
+    /// An I/O vector over `[off, off + len)` of the volume, for a send that
+    /// copies (never `MSG_ZEROCOPY`): the kernel copies the bytes straight
+    /// from the memfd's pages into socket buffers, so a read needs no copy
+    /// into pool pages first. No Rust reference into the mapping is made.
+    /// `None` when the range is not inside the mapping.
+    pub(crate) fn io_slice(&self, off: u64, len: usize) -> Option<std::io::IoSlice<'_>> {
+        let at = self.at(off, len).ok()?;
+        let iov = libc::iovec { iov_base: at as *mut libc::c_void, iov_len: len };
+        // SAFETY: std guarantees `IoSlice` is ABI compatible with `iovec` on
+        // Unix. The vector lies inside this mapping (checked by `at`), which
+        // stays mapped while the returned value borrows `self` (the memfd is
+        // never shrunk); the memory is only read, by the kernel, during the
+        // send call, while the volume's range lock keeps writers out of it.
+        Some(unsafe { std::mem::transmute::<libc::iovec, std::io::IoSlice<'_>>(iov) })
+    }
+
     /// Copies `src` to byte `off` of the volume.
     pub(crate) fn write(&self, off: u64, src: &[u8]) -> std::io::Result<()> {
         let dst = self.at(off, src.len())?;

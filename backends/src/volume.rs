@@ -178,6 +178,38 @@ impl Volume {
         Some((f, Ring::current()?))
     }
 
+    /// Whether [`Volume::read_now`] can serve this volume's reads (a RAM
+    /// volume with its mapping): callers skip the attempt otherwise.
+    pub fn reads_now(&self) -> bool {
+        self.backend.aio().is_none() && self.backend.as_file().is_some_and(|f| f.is_ram_mapped())
+    }
+
+    /// [`Volume::read`] for a small read that completes without waiting, as
+    /// a plain call (no future, which for `read` is large and moved into the
+    /// command's slot): a RAM volume's range sent from its mapping, when
+    /// its lock is free now. `None`: nothing was done, and the read takes
+    /// [`Volume::read`].
+    pub fn read_now(&self, offset: u64, len: usize, opts: ReadOpts) -> Option<Result<Sgl>> {
+        if let Err(e) = self.check_range(offset, len as u64) {
+            return Some(Err(e));
+        }
+        // Below `splice_min`, `read_path` decides without counting a
+        // fallback, so an attempt that ends in `None` is not counted twice.
+        if !self.reads_now() || opts.need_bytes || len >= self.policy.splice_min || self.read_path(offset, len, opts) != ReadPath::Copy {
+            return None;
+        }
+        let f = self.backend.as_file()?;
+        let lock = match self.info().read_only {
+            true => None,
+            false => Some(self.locks.try_lock(offset, len as u64, LockMode::Shared)?),
+        };
+        let m = f.ram_mapped(offset, len, lock)?;
+        METRICS.copy.add(len);
+        METRICS.mapped.add(len);
+        self.metrics.read_copy.add(len);
+        Some(Ok(Sgl::mapped(m)))
+    }
+
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
     pub async fn read(&self, offset: u64, len: usize, opts: ReadOpts) -> Result<Sgl> {
         self.check_range(offset, len as u64)?;
@@ -196,6 +228,21 @@ impl Volume {
                 return Ok(s);
             }
             self.metrics.fallback(Fallback::NoPipe);
+        }
+        // A RAM volume's copy is made by the send itself, from the mapping
+        // its I/O uses, at any size: the copy into pool pages cost as much
+        // as the send's (both move cold bytes), and there is no residency to
+        // check.
+        if path == ReadPath::Copy && !opts.need_bytes {
+            if let Some(f) = self.backend.as_file().filter(|f| f.is_ram_mapped()) {
+                let lock = self.read_lock(offset, len).await;
+                if let Some(m) = f.ram_mapped(offset, len, lock) {
+                    METRICS.copy.add(len);
+                    METRICS.mapped.add(len);
+                    self.metrics.read_copy.add(len);
+                    return Ok(Sgl::mapped(m));
+                }
+            }
         }
         // A copy of hot page-cache bytes is made by the send itself, through
         // a mapping of the file: one copy instead of two, no pool pages. Not

@@ -18,7 +18,7 @@ use crate::PAGE_SIZE;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub(super) struct Ram {
-    map: RamMap,
+    map: std::sync::Arc<RamMap>,
     /// Bit `p`: page `p` may hold data (clear: all zeroes).
     written: Vec<AtomicU64>,
 }
@@ -42,7 +42,7 @@ impl FileBackend {
             Ok(map) => {
                 let pages = self.info.size.div_ceil(PAGE_SIZE as u64);
                 let written = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-                self.ram = Some(Ram { map, written });
+                self.ram = Some(Ram { map: std::sync::Arc::new(map), written });
             }
             Err(e) => tracing::warn!(error = %e, "cannot map the RAM volume: its I/O uses pread/pwrite"),
         }
@@ -72,6 +72,25 @@ impl FileBackend {
             offset += s.len() as u64;
         }
         Ok(true)
+    }
+
+    /// Whether this is a RAM volume with its mapping.
+    pub fn is_ram_mapped(&self) -> bool {
+        self.ram.is_some()
+    }
+
+    /// `[offset, offset + len)` as a payload a copying send reads straight
+    /// from the mapping (see [`crate::mapped`]), with the read's shared range
+    /// lock; `None` (the read copies into pool pages) without a mapping that
+    /// covers the range, or when a page of it was never written: the send's
+    /// fault on such a page would allocate it, making the volume dense where
+    /// the copy path reads zeroes without touching it.
+    pub fn ram_mapped(&self, offset: u64, len: usize, lock: Option<crate::RangeGuard>) -> Option<crate::mapped::MappedRange> {
+        let ram = self.ram.as_ref()?;
+        if len == 0 || !self.ram_covers(offset, len) || !Ram::pages(offset, len as u64).all(|p| ram.is_written(p)) {
+            return None;
+        }
+        crate::mapped::MappedRange::new(crate::mapped::Map::Ram(ram.map.clone()), self.file.clone(), offset, len, lock)
     }
 
     /// Copies the SGL's bytes into the mapping; `false` without one.

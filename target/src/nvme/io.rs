@@ -218,6 +218,38 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
     run_in(ctx, &plan, data, ns.as_ref()).await
 }
 
+/// A Read run as a plain call when it can complete without waiting
+/// ([`pinion_backends::Volume::read_now`]: a RAM volume), with the checks of
+/// [`execute`] in the same order. `None`: nothing was done, and the command
+/// runs as a job through [`execute`].
+pub fn read_now(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {
+    use pinion_backends::resv::Access;
+    if sqe.opcode() != io::READ {
+        return None;
+    }
+    let ns = ctx.subsys.namespace(sqe.nsid())?;
+    if !ns.volume.reads_now() {
+        return None;
+    }
+    let run = || -> Result<Option<Reply>, Status> {
+        super::ana::check(ctx, &ns)?;
+        super::resv::check(ctx, &ns, Access::Read)?;
+        let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
+        let Plan::Read { off, len, .. } = parse_in(&ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)? else {
+            unreachable!("a Read parses as a Read or fails")
+        };
+        let n = ctx.responder.negotiated();
+        let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
+        let _in = super::resv::admit(ctx, &ns, Access::Read)?;
+        let Some(r) = ns.volume.read_now(off, len, opts) else { return Ok(None) };
+        let sgl = r.map_err(|e| map_err(e, false))?;
+        ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
+        ns.stats.read_cmds.fetch_add(1, Relaxed);
+        Ok(Some(Reply { result: 0, data: Some(sgl) }))
+    };
+    run().transpose()
+}
+
 /// The host's data for a write-type command (reservation commands): in the
 /// capsule, or fetched with an R2T.
 pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {

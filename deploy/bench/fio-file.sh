@@ -11,15 +11,18 @@
 # took there (from /proc/diskstats around the cell; other I/O on that disk
 # counts too). Run it under the heavy lock:
 #
-#   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH] [--base PATH] [--no-threads]
+#   flock /tmp/pinion-heavy.lock deploy/bench/fio-file.sh [--rounds 3] [--time 5] [--bin PATH] [--base PATH] [--no-threads] [--poll] [--busy-poll US]
 #
 # --base PATH adds a column: another binary (e.g. main's) on io_uring, in
-# the same rounds, for before/after; --no-threads drops the thread-pool one.
+# the same rounds, for before/after; --no-threads drops the thread-pool one;
+# --poll makes the initiator spin (`pinion perf --poll`, as SPDK's perf
+# does) instead of sleeping in poll(2); --busy-poll US adds a column: Pinion
+# on io_uring with `[runtime] busy_poll_us = US`.
 #
 # Env: BENCH_NVME_PORT (4521). Every process it starts is stopped by PID.
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-ROUNDS=3 TIME=5 BIN= BASE= THREADS=1 TCPU=0 ICPU=1 SIZE=1G
+ROUNDS=3 TIME=5 BIN= BASE= THREADS=1 TCPU=0 ICPU=1 SIZE=1G POLL=() BUSY=
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=$2; shift ;;
@@ -27,6 +30,8 @@ while (($#)); do
     --bin) BIN=$2; shift ;;
     --base) BASE=$2; shift ;;
     --no-threads) THREADS=0 ;;
+    --poll) POLL=(--poll) ;;
+    --busy-poll) BUSY=$2; shift ;;
     --size) SIZE=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -73,6 +78,7 @@ fio_cell() {
 pinion_cell() { # ENGINE [BINARY]
   local env=() bin=${2:-$BIN}
   [[ $1 == threads ]] && env=(PINION_RUNTIME__IO_ENGINE=threads)
+  [[ $1 == busy ]] && env=(PINION_RUNTIME__BUSY_POLL_US=$BUSY)
   env "${env[@]}" taskset -c "$TCPU" "$bin" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
   pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
@@ -80,7 +86,7 @@ pinion_cell() { # ENGINE [BINARY]
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   d0=$(disk)
   taskset -c "$ICPU" "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
-    --qd 32 --time "$TIME" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log"
+    --qd 32 --time "$TIME" "${POLL[@]}" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   d1=$(disk)
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
@@ -92,16 +98,18 @@ pinion_cell() { # ENGINE [BINARY]
 cells=(fio uring)
 [[ -n $BASE ]] && cells+=(base)
 ((THREADS)) && cells+=(threads)
+[[ -n $BUSY ]] && cells+=(busy)
 cell() {
   case $1 in
     fio) fio_cell ;;
     uring) pinion_cell uring ;;
     base) pinion_cell uring "$BASE" ;;
     threads) pinion_cell threads ;;
+    busy) pinion_cell busy ;;
   esac
 }
 declare -A R
-label() { case $1 in fio) echo "fio" ;; uring) echo "pinion io_uring" ;; base) echo "base io_uring" ;; threads) echo "pinion threads" ;; esac; }
+label() { case $1 in fio) echo "fio" ;; uring) echo "pinion io_uring" ;; base) echo "base io_uring" ;; threads) echo "pinion threads" ;; busy) echo "pinion busy_poll_us=$BUSY" ;; esac; }
 for r in $(seq "$ROUNDS"); do
   order=("${cells[@]}")
   ((r % 2)) || order=($(printf '%s\n' "${cells[@]}" | tac))

@@ -12,13 +12,18 @@
 #         each): target with 1 reactor on CPU 0 against 2 reactors on CPUs 0
 #         and 1, `pinion perf` on CPU 1 (the machine has 2 cores, so with 2
 #         reactors reactor 1 shares CPU 1 with the initiator).
+#   scale-file  the same on a buffered file volume read from the page
+#         cache: more target work per I/O than RAM, so reactor 1 has CPU
+#         left beside the initiator. (On RAM one reactor now serves about
+#         what the initiator's core leaves room for: 2 reactors cannot show
+#         more there on 2 cores; their CPU per I/O says whether they would.)
 #
 # Every cell gives IOPS, p50/p99 latency, the target's CPU time per I/O (from
 # /proc/PID/stat around the cell) and its CPU as a share of one core, and the
 # initiator's CPU. Rounds alternate the order of the systems; the table shows
 # medians.
 #
-#   flock /tmp/pinion-heavy.lock deploy/bench/reactors.sh [qd1|qd32|scale|all]
+#   flock /tmp/pinion-heavy.lock deploy/bench/reactors.sh [qd1|qd32|scale|scale-file|all]
 #   env: BIN (default build/cargo/release/pinion), REF (another pinion binary,
 #        compared at QD1 and with 2 reactors), ROUNDS=3, SECS=5, BUSY_US=50, OUT (default build/bench/reactors-<time>)
 set -euo pipefail
@@ -33,14 +38,30 @@ OUT=${OUT:-$PWD/build/bench/reactors-$(date -u +%Y%m%dT%H%M%S)}
 mkdir -p "$OUT"
 [[ -x $BIN ]] || { echo "no binary $BIN (cargo build --release -p pinion-target)" >&2; exit 2; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+DATA=$PWD/build/bench/data
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -f "$DATA"/reactors-*.img
+}
 trap cleanup EXIT
 hz=$(getconf CLK_TCK)
 NQN=nqn.2026-11.io.pinion:bench
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
 
-# serve NAME BIN PORT CPUS RUNTIME-TOML
+# serve NAME BIN PORT CPUS RUNTIME-TOML [file]: a RAM volume, or with
+# `file` a buffered file volume (its image under build/bench/data, removed
+# at exit), written once either way
 serve() {
+  local volume='backend = "ram"
+size = "1GiB"'
+  if [[ ${6:-} == file ]]; then
+    mkdir -p "$DATA"
+    truncate -s 1G "$DATA/reactors-$1.img"
+    volume="backend = \"file\"
+path = \"$DATA/reactors-$1.img\"
+io_mode = \"buffered\""
+  fi
   cat >"$OUT/$1.toml" <<EOT
 [nvme_tcp]
 listen = ["127.0.0.1:$3"]
@@ -51,12 +72,11 @@ level = "warn"
 [runtime]
 $5
 [[volume]]
-name = "ram"
-backend = "ram"
-size = "1GiB"
+name = "vol"
+$volume
 [[subsystem]]
 nqn = "$NQN"
-namespaces = ["ram"]
+namespaces = ["vol"]
 EOT
   taskset -c "$4" "$2" serve --config "$OUT/$1.toml" >"$OUT/$1.log" 2>&1 </dev/null &
   pids+=($!)
@@ -128,19 +148,22 @@ busy_poll_us = $BUSY_US"
   cleanup; pids=()
 fi
 
-if [[ $PART == scale || $PART == all ]]; then
-  serve r1 "$BIN" 4484 0 "cores = 1"
-  serve r2 "$BIN" 4485 0,1 "cores = 2"
+for part in scale scale-file; do
+  [[ $PART == "$part" || $PART == all ]] || continue
+  kind=; [[ $part == scale-file ]] && kind=file
+  serve r1 "$BIN" 4484 0 "cores = 1" $kind
+  serve r2 "$BIN" 4485 0,1 "cores = 2" $kind
   systems=(r1 r2)
-  if [[ -n $REF ]]; then serve ref-r2 "$REF" 4486 0,1 "cores = 2"; systems=(r1 r2 ref-r2); fi
+  if [[ -n $REF ]]; then serve ref-r2 "$REF" 4486 0,1 "cores = 2" $kind; systems=(r1 r2 ref-r2); fi
   for r in $(seq "$ROUNDS"); do
-    say "scale round $r (load $(cut -d' ' -f1 /proc/loadavg))"
+    say "$part round $r (load $(cut -d' ' -f1 /proc/loadavg))"
     order=("${systems[@]}"); ((r % 2)) || order=($(printf '%s\n' "${systems[@]}" | tac))
     for s in "${order[@]}"; do
-      for rw in randread randwrite; do cell "$r" scale "$s" sleep --rw $rw --bs 4k --qd 32 --queues 2; done
+      for rw in randread randwrite; do cell "$r" $part "$s" sleep --rw $rw --bs 4k --qd 32 --queues 2; done
     done
   done
-fi
+  cleanup; pids=()
+done
 say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # medians per (part, args, system, initiator)

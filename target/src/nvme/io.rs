@@ -186,8 +186,30 @@ fn data_from(sqe: &Sqe, capsule: Option<usize>, len: usize) -> Result<HostData, 
     }
 }
 
-/// Parses, fetches the host's data, and runs an I/O command.
-pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
+/// For the connection driver, before a command without in-capsule data
+/// runs: the length of the host's data it needs by R2T, if it is a Write,
+/// Compare or Dataset Management that passes every check [`execute`] makes
+/// before it fetches (namespace, ANA, reservation, [`parse`]), so that a
+/// command failing them never solicits data. `Ok(None)`: it needs none
+/// (or is one the driver leaves to the cold path: reservation commands).
+pub fn transfer_needed(ctx: &QueueCtx, sqe: &Sqe) -> Result<Option<usize>, Status> {
+    let op = sqe.opcode();
+    if !matches!(op, io::WRITE | io::COMPARE | io::DSM) || sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
+        return Ok(None);
+    }
+    // an invalid namespace is execute's to report
+    let Some(ns) = ctx.subsys.namespace(sqe.nsid()) else { return Ok(None) };
+    super::ana::check(ctx, &ns)?;
+    super::resv::check(ctx, &ns, super::resv::access(op))?;
+    let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
+    let plan = parse_in(&ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)?;
+    Ok(plan.host_data().and_then(|(len, from)| (from == HostData::Transfer).then_some(len)))
+}
+
+/// Parses, fetches the host's data, and runs an I/O command. `fetched`:
+/// `data` is not in-capsule data but what the driver fetched by R2T (see
+/// [`transfer_needed`]).
+pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>, fetched: bool) -> Result<Reply, Status> {
     let op = sqe.opcode();
     // the reservation check, before any data moves; commands check again
     // (and count themselves in flight) right before the medium
@@ -206,7 +228,8 @@ pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Repl
         }
     }
     let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
-    let (max, capsule) = (ctx.reg.limits.max_transfer(), data.as_ref().map(Sgl::len));
+    let capsule = if fetched { None } else { data.as_ref().map(Sgl::len) };
+    let max = ctx.reg.limits.max_transfer();
     let plan = match &ns {
         Some(ns) => parse_in(ns, max, vwc, &sqe, capsule)?,
         None => parse(&ctx.subsys, max, vwc, &sqe, capsule)?,
@@ -225,14 +248,15 @@ pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len:
     fetch(ctx, sqe, from, data, len).await
 }
 
-/// The host's data for a parsed command: the capsule's, or fetched with an
-/// R2T (which waits for the queue's write budget first).
-pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, capsule: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
-    match (from, capsule) {
+/// The host's data for a parsed command: the capsule's, the one the
+/// driver fetched before the command ran, or fetched now with an R2T (the
+/// cold path: the driver solicits it within the queue's write budget).
+pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, data: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
+    match (from, data) {
         (HostData::Capsule, Some(d)) => Ok(d),
+        // parse said Transfer because execute was told the data was fetched
+        (HostData::Transfer, Some(d)) if d.len() == len => Ok(d),
         (HostData::Transfer, None) => {
-            // held until the host has sent the data (or the transfer failed)
-            let _owed = ctx.write_permit(len).await;
             let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
             ctx.responder.receive_data(sqe.cid(), sgl).await
         }

@@ -211,6 +211,9 @@ enum Want {
     Cold(FetchDone),
 }
 
+/// Pool pages a write waits for.
+type PoolWait = Pin<Box<dyn Future<Output = Sgl> + Send>>;
+
 /// The queue's R2T transfers, owned by its driver: a write whose data is
 /// not in its capsule is checked, queued for the write budget, given pool
 /// pages, solicited, and runs as an I/O job only once all its data is in
@@ -219,7 +222,7 @@ struct Fetcher {
     xfers: Transfers<Want>,
     /// A write ready to be solicited whose pages the spent pool still owes
     /// (the writes behind it wait: solicited in order).
-    allocating: Option<(Request<Want>, Pin<Box<dyn Future<Output = Sgl> + Send>>)>,
+    allocating: Option<(Request<Want>, PoolWait)>,
     /// The connection ends: no transfer is started any more.
     closed: bool,
 }
@@ -726,9 +729,11 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
 
 /// Takes one command from the host in the driver: advances the SQ head,
 /// routes it, and starts what has to run (a write whose data is still at
-/// the host is solicited first, and runs once its data is here). (The driver counts the commands
-/// of a turn as a sign of life once, [`Controller::touch`]: a clock read
-/// and a lock per command cost more than the keep-alive needs.)
+/// the host is solicited first, and runs once its data is here). (The
+/// driver counts the commands of a turn as a sign of life once,
+/// [`Controller::touch`]: a clock read and a lock per command cost more
+/// than the keep-alive needs.)
+#[allow(clippy::too_many_arguments)]
 fn take<F: Future<Output = Done>>(
     ctx: &Arc<QueueCtx>,
     cmd: Command,

@@ -125,12 +125,21 @@ enum Tx {
     Term { fes: Fes, fei: u32, hdr: Vec<u8> },
 }
 
-/// Sends completions and data, and asks the host for data. Cheap to clone;
-/// the connection closes once every clone and the [`Connection`] are gone.
+/// Sends completions and data, and asks the host for data, from outside
+/// the connection's driver turn. Cheap to clone; the connection closes once
+/// every clone and the [`Connection`] are gone.
+///
+/// Under a driver only cold-path items use it: the fabrics Connect
+/// response, the abort of a fused first left without its second, the
+/// reader's C2HTermReq, and data fetched for commands that run as their own
+/// job (Authentication Send, reservation commands, a fused pair). I/O
+/// completions, read data and the R2Ts of writes go from the driver to the
+/// [`Link`] directly. Without a driver ([`loopback`]) everything goes
+/// through it.
 #[derive(Clone)]
 pub struct Responder {
     // Unbounded: what is queued is bounded by the queue depth (each command
-    // sends at most an R2T, data and a completion), and the driver that
+    // sends at most a fetch, data and a completion), and the driver that
     // drains it must never wait on a command that waits on it.
     tx: mpsc::UnboundedSender<Msg>,
     aborts: mpsc::UnboundedSender<AbortReq>,

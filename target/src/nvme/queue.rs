@@ -175,17 +175,27 @@ enum Route {
     Io { first: Option<Outcome>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer> },
 }
 
-/// The signature of [`io_job`] (`fetched`: the data came by the driver's
-/// R2T, not in the capsule).
-type IoJob<F> = fn(Arc<QueueCtx>, Sqe, Option<Sgl>, bool, Option<CmdTimer>) -> F;
+/// An I/O command's data as its job starts.
+enum IoData {
+    /// In the capsule, if it had any.
+    Capsule(Option<Sgl>),
+    /// Fetched by the driver's R2T for the command it prepared.
+    Fetched(Sgl, io::Prepared),
+}
+
+/// The signature of [`io_job`].
+type IoJob<F> = fn(Arc<QueueCtx>, Sqe, IoData, Option<CmdTimer>) -> F;
 
 /// An I/O command from start to completion. Its future has one concrete
 /// type, so the driver keeps it in a slot allocated once, not in a box per
 /// command.
-fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: Option<Sgl>, fetched: bool, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
+fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: IoData, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
     async move {
-        let r = io::execute(&c, sqe, data, fetched).await;
+        let r = match data {
+            IoData::Capsule(d) => io::execute(&c, sqe, d).await,
+            IoData::Fetched(d, p) => io::run_prepared(&c, &p, d).await,
+        };
         Done::one(io_end(&c, &sqe, timer, r))
     }
     .instrument(span)
@@ -204,7 +214,7 @@ fn io_end(ctx: &QueueCtx, sqe: &Sqe, timer: Option<CmdTimer>, r: Result<Reply, S
 /// Who waits for an R2T transfer of the driver's.
 enum Want {
     /// A command the driver runs once its data is here.
-    Io { sqe: Sqe, timer: Option<CmdTimer> },
+    Io { sqe: Sqe, timer: Option<CmdTimer>, prepared: io::Prepared },
     /// A command running outside the driver's turn (the cold path,
     /// `Responder::receive_data`: Authentication Send, reservation
     /// commands, a fused write).
@@ -306,8 +316,8 @@ fn transfer_ended<F: Future<Output = Done>>(
     job: IoJob<F>,
 ) {
     match (w, r) {
-        (Want::Io { sqe, timer }, Ok(sgl)) => slab.insert_io(job(ctx.clone(), sqe, Some(sgl), true, timer)),
-        (Want::Io { sqe, timer }, Err(status)) => out.push(io_end(ctx, &sqe, timer, Err(status))),
+        (Want::Io { sqe, timer, prepared }, Ok(sgl)) => slab.insert_io(job(ctx.clone(), sqe, IoData::Fetched(sgl, prepared), timer)),
+        (Want::Io { sqe, timer, .. }, Err(status)) => out.push(io_end(ctx, &sqe, timer, Err(status))),
         (Want::Cold(done), r) => done.finish(r),
     }
 }
@@ -330,8 +340,7 @@ fn on_abort<F: Future<Output = Done>>(
 }
 
 /// What the driver does with the reader's event: the reader's next feed,
-/// and whether a command was taken or started (the slab has new work); or
-/// why the queue ends.
+/// and whether the slab has a new job to poll; or why the queue ends.
 #[allow(clippy::too_many_arguments)]
 fn on_event<F: Future<Output = Done>>(
     ctx: &Arc<QueueCtx>,
@@ -349,10 +358,14 @@ fn on_event<F: Future<Output = Done>>(
             held.push_back(cmd);
             Ok((Feed::Read, false))
         }
-        Event::Command(cmd) => match take(ctx, cmd, fused_first, f, slab, out, serial, job) {
-            Stop::Disconnect => Err(KillReason::Alive),
-            Stop::Continue => Ok((Feed::Read, true)),
-        },
+        Event::Command(cmd) => {
+            let live = slab.live;
+            match take(ctx, cmd, fused_first, f, slab, out, serial, job) {
+                Stop::Disconnect => Err(KillReason::Alive),
+                // a write waiting for its data started nothing yet
+                Stop::Continue => Ok((Feed::Read, slab.live != live)),
+            }
+        }
         Event::Data(h) => Ok((
             match f.xfers.on_data(&h) {
                 OnData::Place(sgl) => Feed::Place(sgl),
@@ -367,9 +380,10 @@ fn on_event<F: Future<Output = Done>>(
                 Placed::Done(w, sgl) => (w, Ok(sgl)),
                 Placed::Failed(w, status) => (w, Err(status)),
             };
+            let live = slab.live;
             transfer_ended(ctx, r.0, r.1, slab, out, job);
             f.solicit(&ctx.pool, out);
-            Ok((Feed::Read, true))
+            Ok((Feed::Read, slab.live != live))
         }
         Event::End => Err(KillReason::Alive),
     }
@@ -603,10 +617,12 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 if serial.is_none() && !held.is_empty() {
                     return Poll::Ready(Ev::Held);
                 }
-                let mut took = false;
+                // `took`: jobs to run; `cmds`: commands came (a sign of life)
+                let (mut took, mut cmds) = (false, false);
                 while link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
                     match read.as_mut().poll(cx) {
                         Poll::Ready((r, ev)) => {
+                            cmds |= matches!(ev, Event::Command(_));
                             match on_event(&ctx, ev, &mut fetcher, &mut fused_first, &mut slab, &mut out, &mut serial, &mut held, io_job) {
                                 Ok((feed, t)) => {
                                     read.set(r.next(feed));
@@ -618,11 +634,13 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                         Poll::Pending => break,
                     }
                 }
+                if cmds {
+                    ctx.ctrl.touch();
+                }
                 // the commands just taken run (most complete) before the send
                 if !took {
                     break;
                 }
-                ctx.ctrl.touch();
             }
             if link.queued() + out.len() > 0 {
                 return Poll::Ready(Ev::Flush);
@@ -762,10 +780,10 @@ fn take<F: Future<Output = Done>>(
         Route::Io { first, sqe, data, timer } => {
             out.extend(first);
             if data.is_none() {
-                match io::transfer_needed(ctx, &sqe) {
+                match io::prepare(ctx, &sqe) {
                     Ok(None) => {}
-                    Ok(Some(len)) => {
-                        f.request(sqe.cid(), len, None, Want::Io { sqe, timer }, &ctx.pool, out);
+                    Ok(Some((len, prepared))) => {
+                        f.request(sqe.cid(), len, None, Want::Io { sqe, timer, prepared }, &ctx.pool, out);
                         return Stop::Continue;
                     }
                     Err(status) => {
@@ -774,7 +792,7 @@ fn take<F: Future<Output = Done>>(
                     }
                 }
             }
-            slab.insert_io(job(ctx.clone(), sqe, data, false, timer));
+            slab.insert_io(job(ctx.clone(), sqe, IoData::Capsule(data), timer));
         }
     }
     Stop::Continue
@@ -831,7 +849,7 @@ pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, 
             if let Some(o) = first {
                 ctx.send(o).await;
             }
-            (Box::pin(io_job(ctx.clone(), sqe, data, false, timer)) as Job, false)
+            (Box::pin(io_job(ctx.clone(), sqe, IoData::Capsule(data), timer)) as Job, false)
         }
     };
     let (done, stop) = if serial {

@@ -8,7 +8,7 @@ use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HL
 use nvme_types::Status;
 use pinion_backends::{PagePool, Sgl};
 use std::io::ErrorKind;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use zerocopy::FromBytes;
@@ -191,10 +191,7 @@ async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State, held: &mut Opt
             Err(e) => return Err(Stop::Fatal(e, hdr[..hlen].to_vec())),
         };
         if layout.pad > 0 {
-            let mut pad = [0u8; 256];
-            if let Err(e) = rd.read_exact(&mut pad[..layout.pad]).await {
-                return Err(e.into());
-            }
+            skip(rd, layout.pad).await?;
         }
         let r = match pdu {
             Pdu::CapsuleCmd(c) => return capsule(rd, st, &layout, c.sqe).await.map(Event::Command),
@@ -253,12 +250,21 @@ async fn place(rd: &mut BufReader<OwnedReadHalf>, h: &Held, mut sgl: Sgl) -> Res
 
 /// Reads and drops an H2CData payload (of an aborted transfer).
 async fn drain(rd: &mut BufReader<OwnedReadHalf>, layout: &tcp::Layout) -> Result<(), Stop> {
-    let mut left = layout.data_len + if layout.data_digest { DIGEST_LEN } else { 0 };
-    let mut scratch = [0u8; 4096];
-    while left > 0 {
-        let n = left.min(scratch.len());
-        rd.read_exact(&mut scratch[..n]).await.map_err(Stop::from)?;
-        left -= n;
+    skip(rd, layout.data_len + if layout.data_digest { DIGEST_LEN } else { 0 }).await
+}
+
+/// Reads and drops `n` bytes, through the receive buffer: no scratch array
+/// in the reader's future, which the driver moves into place for every
+/// event.
+async fn skip(rd: &mut BufReader<OwnedReadHalf>, mut n: usize) -> Result<(), Stop> {
+    while n > 0 {
+        let got = rd.fill_buf().await?.len();
+        if got == 0 {
+            return Err(Stop::Done);
+        }
+        let k = got.min(n);
+        rd.consume(k);
+        n -= k;
     }
     Ok(())
 }

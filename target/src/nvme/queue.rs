@@ -6,9 +6,18 @@
 //! and quinn's connection driver): a single task reads what the socket
 //! holds, routes each command, runs it inline as a future it polls itself
 //! (a command on RAM or null storage completes in its first poll; one that
-//! waits, for a file's I/O or an R2T's data, stays in the driver's slab),
-//! and sends every completion ready in a turn with one vectored send. No
-//! task per command and no channel between reading, running and sending.
+//! waits for a file's I/O stays in the driver's slab), and sends every
+//! completion ready in a turn with one vectored send. No task per command
+//! and no channel between reading, running and sending.
+//!
+//! A write whose data is not in its capsule is checked and planned first
+//! (`io::prepare`), then the driver fetches its data: its own transfer
+//! table (`Fetcher`, over the transport's `Transfers`) keeps the write
+//! budget, numbers the R2T, checks each H2CData header the reader stops at
+//! and lends the reader the SGL to place the payload in; the command's job
+//! starts only once all its data is there. No lock, channel or oneshot on
+//! that path; an admin Abort (another connection, maybe another thread)
+//! reaches the table as a message the driver answers.
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};

@@ -137,6 +137,39 @@ impl PagePool {
         }
     }
 
+    /// [`PagePool::alloc_each`] without waiting: false (and nothing taken)
+    /// when the pages are not available now.
+    pub(crate) fn try_alloc_each(&self, n: usize, peer: bool, f: impl FnMut(Page)) -> bool {
+        let peer_permit = if peer {
+            match self.inner.peer_permits.try_acquire_many(n as u32) {
+                Ok(p) => Some(p),
+                Err(_) => return false,
+            }
+        } else {
+            None
+        };
+        let mut f = f;
+        if !self.take_cached(n, peer, &mut f) {
+            let permit = match self.inner.permits.try_acquire_many(n as u32) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.inner.drain_caches();
+                    match self.inner.permits.try_acquire_many(n as u32) {
+                        Ok(p) => p,
+                        // the peer permits go back as `peer_permit` drops
+                        Err(_) => return false,
+                    }
+                }
+            };
+            permit.forget();
+            self.take_each(n, peer, f);
+        }
+        if let Some(p) = peer_permit {
+            p.forget();
+        }
+        true
+    }
+
     /// Takes `n` pages from this thread's cache if it holds them.
     fn take_cached(&self, n: usize, peer: bool, f: &mut impl FnMut(Page)) -> bool {
         {

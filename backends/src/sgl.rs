@@ -116,6 +116,20 @@ impl Sgl {
         Sgl::alloc_from(pool, Direction::Dest, len, true).await
     }
 
+    /// [`Sgl::alloc_waiting_on_peer`] if the pages are available now
+    /// (for a connection driver, which must not wait).
+    pub fn try_alloc_waiting_on_peer(pool: &PagePool, len: usize) -> Option<Sgl> {
+        let n = len.div_ceil(PAGE_SIZE);
+        let mut segs = SmallVec::with_capacity(n);
+        let mut left = len;
+        let ok = pool.try_alloc_each(n, true, |page| {
+            let l = left.min(PAGE_SIZE);
+            left -= l;
+            segs.push(Segment::Pool { page, len: l });
+        });
+        ok.then_some(Sgl { dir: Direction::Dest, segs, len })
+    }
+
     /// No allocation for an SGL of one page (one for a larger one, its
     /// segment vector): pages go from the pool straight
     /// into it.

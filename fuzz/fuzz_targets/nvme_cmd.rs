@@ -124,7 +124,7 @@ struct Seen {
     completions: Vec<(u16, Status)>,
 }
 
-fn note(seen: &mut Seen, host: &Loopback, s: Sent, h2c: &[u8], sqflow_disabled: bool) {
+fn note(seen: &mut Seen, host: &mut Loopback, s: Sent, h2c: &[u8], sqflow_disabled: bool) {
     match s {
         Sent::Resp(c) => seen.completions.push((c.cid.get(), c.status())),
         Sent::Data { cccid, data, resp } => {
@@ -166,13 +166,13 @@ async fn run_one(q: &mut Queue, cmd: Command, h2c: &[u8]) -> Stop {
     let sqflow = q.ctx.sqflow_disabled;
     loop {
         while let Some(s) = q.host.try_recv() {
-            note(&mut seen, &q.host, s, h2c, sqflow);
+            note(&mut seen, &mut q.host, s, h2c, sqflow);
         }
         if q.tasks.is_empty() {
             break;
         }
         tokio::select! {
-            s = q.host.recv() => note(&mut seen, &q.host, s.expect("the queue holds a responder"), h2c, sqflow),
+            s = q.host.recv() => note(&mut seen, &mut q.host, s.expect("the queue holds a responder"), h2c, sqflow),
             r = q.tasks.join_next() => r.expect("tasks").expect("an I/O task panicked"),
         }
     }

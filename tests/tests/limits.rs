@@ -5,10 +5,10 @@
 //!
 //! Build the server first: `cargo build -p pinion-target`.
 
-use nvme_types::command::io;
+use nvme_types::command::{io, Opcode};
 use nvme_types::tcp::{self, Pdu, Role};
-use nvme_types::Status;
-use pinion_tests::host::{self, icreq_pdu, rw_sqe, Digests, Queue, Xfer, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
+use nvme_types::{Sqe, Status};
+use pinion_tests::host::{self, h2c_data_pdu, icreq_pdu, rw_sqe, Digests, Queue, Xfer, CNTLID_DYNAMIC, HOSTID, HOSTNQN};
 use pinion_tests::iscsi_host::{rw16, LoginOpts, Session};
 use pinion_tests::server::Server;
 use std::io::{Read, Write};
@@ -725,4 +725,48 @@ fn writes_over_the_budget_wait_and_land_intact() {
     assert!(log.contains("write waits for the queue's in-flight write budget"), "no NVMe/TCP write waited for the budget");
     assert!(log.contains("write waits for the connection's write budget"), "no iSCSI write waited for the budget");
     assert!(log.contains("write admitted to the connection's write budget"), "no waiting iSCSI write was admitted");
+}
+
+/// A write queued behind the write budget (not yet solicited) is a write
+/// still waiting for its data: an admin Abort ends it (Command Abort
+/// Requested, Abort DW0 bit 0 clear), its R2T never comes and nothing of it
+/// reaches the medium, while the write that holds the budget goes on and
+/// lands.
+#[test]
+fn abort_a_write_waiting_for_the_budget() {
+    let s = start_logging("64MiB", "max_write_data_in_flight = \"128KiB\"", "info");
+    let (mut admin, cntlid) = nvme_admin(s.addr);
+    let mut q = nvme_io(s.addr, cntlid);
+    let data = block_pattern(42, XFER);
+    let a = q.submit_with(rw_sqe(io::WRITE, 1, 0, 32, false), Some(data.clone()), 0, Xfer::Transport).unwrap();
+    let r2t = match q.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => r,
+        (p, _) => panic!("expected the first write's R2T, got {p:?}"),
+    };
+    assert_eq!((r2t.cccid.get(), r2t.r2tl.get() as usize), (a, XFER));
+    // the whole budget is owed: the second write waits for it, unsolicited
+    let b = q.submit_with(rw_sqe(io::WRITE, 1, 64, 32, false), Some(block_pattern(43, XFER)), 0, Xfer::Transport).unwrap();
+    let abort = Sqe { opcode: Opcode::ABORT.0, cdw10: (1 | u32::from(b) << 16).into(), ..Sqe::default() };
+    let (c, _) = admin.admin(abort, None, 0).expect("Abort");
+    host::ok(&c).expect("Abort status");
+    assert_eq!(c.result.get() & 1, 0, "the write waiting for the budget was aborted");
+    let c = q.wait(b).expect("the aborted write's completion");
+    assert!(c.cqe.status() == Status::ABORT_REQ, "aborted write: {:?}", c.cqe);
+    // the first write's data, in 32 KiB PDUs
+    for off in (0..XFER).step_by(32 << 10) {
+        let last = off + (32 << 10) == XFER;
+        let pdu = h2c_data_pdu(a, r2t.ttag.get(), off as u32, &data[off..off + (32 << 10)], last, NO_DIGESTS, q.cpda());
+        q.send_raw(&pdu).unwrap();
+    }
+    let c = q.wait(a).expect("the first write's completion");
+    host::ok(&c.cqe).expect("first write status");
+    let (c, back) = q.read(1, 0, 32, 4096).unwrap();
+    host::ok(&c).unwrap();
+    assert!(back == data, "the first write did not land intact");
+    let (c, back) = q.read(1, 64, 32, 4096).unwrap();
+    host::ok(&c).unwrap();
+    assert!(back == vec![0u8; XFER], "the aborted write reached the medium");
+    // nothing left to abort
+    let abort = Sqe { opcode: Opcode::ABORT.0, cdw10: (1 | u32::from(b) << 16).into(), ..Sqe::default() };
+    assert_eq!(admin.admin(abort, None, 0).expect("Abort").0.result.get() & 1, 1);
 }

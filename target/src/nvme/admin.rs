@@ -160,7 +160,7 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
                 Park::Limit => Err(Status::ASYNC_LIMIT.dnr()),
             }
         }
-        Admin::Abort { sqid, cid } => Reply::result(abort(ctx, sqid, cid)),
+        Admin::Abort { sqid, cid } => Reply::result(abort(ctx, sqid, cid).await),
     };
     Some(r)
 }
@@ -170,10 +170,14 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
 /// R2T) is aborted: it completes with Command Abort Requested and never
 /// reaches the medium. Anything else is not: it is already executing (the
 /// backend I/O is not cut) or unknown. Completion DW0 bit 0 is 0 when the
-/// command was aborted, 1 when it was not.
-fn abort(ctx: &QueueCtx, sqid: u16, cid: u16) -> u64 {
+/// command was aborted, 1 when it was not. The I/O queue's driver owns its
+/// transfers and answers (it may run on another thread).
+async fn abort(ctx: &QueueCtx, sqid: u16, cid: u16) -> u64 {
     let aborter = if sqid == 0 { None } else { ctx.ctrl.lock().aborters.get(&sqid).cloned() };
-    let aborted = aborter.is_some_and(|a| a.abort(cid, Status::ABORT_REQ));
+    let aborted = match aborter {
+        Some(a) => a.abort(cid, Status::ABORT_REQ).await,
+        None => false,
+    };
     tracing::info!(sqid, cid, aborted, "Abort");
     u64::from(!aborted)
 }

@@ -186,6 +186,45 @@ fn data_from(sqe: &Sqe, capsule: Option<usize>, len: usize) -> Result<HostData, 
     }
 }
 
+/// A command checked and planned before its data was fetched (by the
+/// connection driver, [`prepare`]); it runs with the data as it is.
+pub struct Prepared {
+    pub ns: Arc<Namespace>,
+    pub plan: Plan,
+}
+
+/// For the connection driver, before a command without in-capsule data
+/// runs: the length of the host's data it needs by R2T and its plan, if
+/// it is a Write, Compare or Dataset Management that passes every check
+/// [`execute`] makes before it fetches (namespace, ANA, reservation,
+/// [`parse`]), so that a command failing them never solicits data (and
+/// completes with the same status). `Ok(None)`: it needs none, or is one
+/// the driver leaves to [`execute`] (an invalid namespace, reservation
+/// commands: their data comes by the cold path).
+pub fn prepare(ctx: &QueueCtx, sqe: &Sqe) -> Result<Option<(usize, Prepared)>, Status> {
+    let op = sqe.opcode();
+    if !matches!(op, io::WRITE | io::COMPARE | io::DSM) || sqe.sgl_type() != SglType::TRANSPORT_DATA_BLOCK {
+        return Ok(None);
+    }
+    let Some(ns) = ctx.subsys.namespace(sqe.nsid()) else { return Ok(None) };
+    super::ana::check(ctx, &ns)?;
+    super::resv::check(ctx, &ns, super::resv::access(op))?;
+    let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
+    let plan = parse_in(&ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)?;
+    Ok(match plan.host_data() {
+        Some((len, HostData::Transfer)) => Some((len, Prepared { ns, plan })),
+        _ => None,
+    })
+}
+
+/// Runs a [`prepare`]d command with the data the driver fetched for it.
+/// The checks were made before the data was solicited (as [`execute`]
+/// makes them before it fetches); the reservation is checked again right
+/// before the medium, as for every command.
+pub async fn run_prepared(ctx: &QueueCtx, p: &Prepared, data: Sgl) -> Result<Reply, Status> {
+    run_in(ctx, &p.plan, Some(data), Some(&p.ns)).await
+}
+
 /// Parses, fetches the host's data, and runs an I/O command.
 pub async fn execute(ctx: &QueueCtx, sqe: Sqe, data: Option<Sgl>) -> Result<Reply, Status> {
     let op = sqe.opcode();
@@ -257,14 +296,14 @@ pub(super) async fn host_data(ctx: &QueueCtx, sqe: &Sqe, data: Option<Sgl>, len:
     fetch(ctx, sqe, from, data, len).await
 }
 
-/// The host's data for a parsed command: the capsule's, or fetched with an
-/// R2T (which waits for the queue's write budget first).
+/// The host's data for a parsed command: the capsule's, or fetched now
+/// with an R2T (the cold path: the driver solicits it within the queue's
+/// write budget; the driver fetches a plain write's data itself before the
+/// command runs, see [`prepare`]).
 pub async fn fetch(ctx: &QueueCtx, sqe: &Sqe, from: HostData, capsule: Option<Sgl>, len: usize) -> Result<Sgl, Status> {
     match (from, capsule) {
         (HostData::Capsule, Some(d)) => Ok(d),
         (HostData::Transfer, None) => {
-            // held until the host has sent the data (or the transfer failed)
-            let _owed = ctx.write_permit(len).await;
             let sgl = Sgl::alloc_waiting_on_peer(&ctx.pool, len).await;
             ctx.responder.receive_data(sqe.cid(), sgl).await
         }

@@ -6,9 +6,18 @@
 //! and quinn's connection driver): a single task reads what the socket
 //! holds, routes each command, runs it inline as a future it polls itself
 //! (a command on RAM or null storage completes in its first poll; one that
-//! waits, for a file's I/O or an R2T's data, stays in the driver's slab),
-//! and sends every completion ready in a turn with one vectored send. No
-//! task per command and no channel between reading, running and sending.
+//! waits for a file's I/O stays in the driver's slab), and sends every
+//! completion ready in a turn with one vectored send. No task per command
+//! and no channel between reading, running and sending.
+//!
+//! A write whose data is not in its capsule is checked and planned first
+//! (`io::prepare`), then the driver fetches its data: its own transfer
+//! table (`Fetcher`, over the transport's `Transfers`) keeps the write
+//! budget, numbers the R2T, checks each H2CData header the reader stops at
+//! and lends the reader the SGL to place the payload in; the command's job
+//! starts only once all its data is there. No lock, channel or oneshot on
+//! that path; an admin Abort (another connection, maybe another thread)
+//! reaches the table as a message the driver answers.
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
@@ -20,7 +29,7 @@ use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
 use pinion_transport::nvme_tcp::{Command, Connection, Responder};
-use pinion_transport::nvme_tcp::{Link, Reader};
+use pinion_transport::nvme_tcp::{Event, Feed, FetchDone, Link, OnData, Placed, Reader, Request, Transfers, R2t};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -48,8 +57,7 @@ pub struct QueueCtx {
     pub sqflow_disabled: bool,
     pub local_addr: std::net::SocketAddr,
     /// Pages this queue's R2T transfers may hold while their data is owed
-    /// by the host ([`QueueCtx::write_permit`]).
-    write_budget: Arc<tokio::sync::Semaphore>,
+    /// by the host (the driver's [`Transfers`] keep to it).
     write_budget_pages: usize,
     /// In-band authentication of this queue (DH-HMAC-CHAP), when required.
     pub auth: super::auth::AuthSlot,
@@ -71,21 +79,6 @@ impl Reply {
 }
 
 impl QueueCtx {
-    /// Waits until this queue may hold `len` more bytes of write data the
-    /// host still owes; until then the write is not solicited (no R2T), so
-    /// one host cannot pin the pool with transfers it never completes. A
-    /// write larger than the whole budget waits for all of it and runs alone.
-    pub async fn write_permit(&self, len: usize) -> tokio::sync::OwnedSemaphorePermit {
-        let pages = len.div_ceil(pinion_backends::PAGE_SIZE).clamp(1, self.write_budget_pages);
-        match self.write_budget.clone().try_acquire_many_owned(pages as u32) {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::debug!(len, "write waits for the queue's in-flight write budget");
-                self.write_budget.clone().acquire_many_owned(pages as u32).await.expect("never closed")
-            }
-        }
-    }
-
     pub fn cqe(&self, cid: u16, status: Status, result: u64) -> Cqe {
         let mut c = Cqe::new(cid, status, result);
         c.sqhd = self.sq_head.load(Ordering::Relaxed).into();
@@ -103,6 +96,8 @@ impl QueueCtx {
         match o {
             Outcome::Resp(c) => self.responder.complete(c).await,
             Outcome::Data { cccid, data, resp } => self.responder.send_data(cccid, data, resp).await,
+            // only the driver solicits data, and sends its R2Ts itself
+            Outcome::R2t(r) => debug_assert!(false, "R2T {r:?} outside the driver"),
         }
     }
 
@@ -154,6 +149,8 @@ pub fn transfer_len(sqe: &Sqe, max: usize) -> Result<usize, Status> {
 pub enum Outcome {
     Resp(Cqe),
     Data { cccid: u16, data: Sgl, resp: Option<Cqe> },
+    /// The driver asks for a write's data.
+    R2t(R2t),
 }
 
 /// A command's end as the driver sees it: up to two outcomes (a fused
@@ -187,21 +184,218 @@ enum Route {
     Io { first: Option<Outcome>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer> },
 }
 
+/// An I/O command's data as its job starts.
+enum IoData {
+    /// In the capsule, if it had any.
+    Capsule(Option<Sgl>),
+    /// Fetched by the driver's R2T for the command it prepared.
+    Fetched(Sgl, io::Prepared),
+}
+
+/// The signature of [`io_job`].
+type IoJob<F> = fn(Arc<QueueCtx>, Sqe, IoData, Option<CmdTimer>) -> F;
+
 /// An I/O command from start to completion. Its future has one concrete
 /// type, so the driver keeps it in a slot allocated once, not in a box per
 /// command.
-fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: Option<Sgl>, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
+fn io_job(c: Arc<QueueCtx>, sqe: Sqe, data: IoData, timer: Option<CmdTimer>) -> impl Future<Output = Done> + Send {
     let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
     async move {
-        let r = io::execute(&c, sqe, data).await;
-        if let Some(t) = timer {
-            let ok = r.is_ok();
-            let (op, bytes) = io::metric_op(&sqe);
-            t.done(op, if ok { bytes } else { 0 }, ok);
-        }
-        Done::one(c.outcome(&sqe, r))
+        let r = match data {
+            IoData::Capsule(d) => io::execute(&c, sqe, d).await,
+            IoData::Fetched(d, p) => io::run_prepared(&c, &p, d).await,
+        };
+        Done::one(io_end(&c, &sqe, timer, r))
     }
     .instrument(span)
+}
+
+/// An I/O command's outcome, counted in its volume's metrics.
+fn io_end(ctx: &QueueCtx, sqe: &Sqe, timer: Option<CmdTimer>, r: Result<Reply, Status>) -> Outcome {
+    if let Some(t) = timer {
+        let ok = r.is_ok();
+        let (op, bytes) = io::metric_op(sqe);
+        t.done(op, if ok { bytes } else { 0 }, ok);
+    }
+    ctx.outcome(sqe, r)
+}
+
+/// Who waits for an R2T transfer of the driver's.
+enum Want {
+    /// A command the driver runs once its data is here.
+    Io { sqe: Sqe, timer: Option<CmdTimer>, prepared: io::Prepared },
+    /// A command running outside the driver's turn (the cold path,
+    /// `Responder::receive_data`: Authentication Send, reservation
+    /// commands, a fused write).
+    Cold(FetchDone),
+}
+
+/// Pool pages a write waits for.
+type PoolWait = Pin<Box<dyn Future<Output = Sgl> + Send>>;
+
+/// The queue's R2T transfers, owned by its driver: a write whose data is
+/// not in its capsule is checked, queued for the write budget, given pool
+/// pages, solicited, and runs as an I/O job only once all its data is in
+/// those pages (or completes with its transfer's error).
+struct Fetcher {
+    xfers: Transfers<Want>,
+    /// A write ready to be solicited whose pages the spent pool still owes
+    /// (the writes behind it wait: solicited in order).
+    allocating: Option<(Request<Want>, PoolWait)>,
+    /// The connection ends: no transfer is started any more.
+    closed: bool,
+}
+
+impl Fetcher {
+    fn new(budget_pages: usize) -> Fetcher {
+        Fetcher { xfers: Transfers::new(budget_pages), allocating: None, closed: false }
+    }
+
+    /// Queues a write for its R2T and solicits what the budget has room for.
+    fn request(&mut self, cccid: u16, len: usize, sgl: Option<Sgl>, w: Want, pool: &PagePool, out: &mut Vec<Outcome>) {
+        self.xfers.request(cccid, len, sgl, w);
+        self.solicit(pool, out);
+        if self.xfers.queued() > 0 {
+            tracing::debug!(cid = cccid, len, owed_pages = self.xfers.owed_pages(), "write waits for the queue's in-flight write budget");
+        }
+    }
+
+    /// Solicits the queued writes the budget has room for, in order.
+    fn solicit(&mut self, pool: &PagePool, out: &mut Vec<Outcome>) {
+        while self.allocating.is_none() {
+            let Some(mut req) = self.xfers.next_ready() else { break };
+            let sgl = match req.sgl.take().or_else(|| Sgl::try_alloc_waiting_on_peer(pool, req.len)) {
+                Some(sgl) => sgl,
+                None => {
+                    tracing::debug!(cid = req.cccid, len = req.len, "write waits for pool pages");
+                    let (pool, len) = (pool.clone(), req.len);
+                    self.allocating = Some((req, Box::pin(async move { Sgl::alloc_waiting_on_peer(&pool, len).await })));
+                    break;
+                }
+            };
+            out.push(Outcome::R2t(self.xfers.start(req, sgl)));
+        }
+    }
+
+    /// Polls the allocation a write waits for; solicits it (and what the
+    /// budget lets follow) once it is there.
+    fn poll_alloc(&mut self, cx: &mut Context<'_>, pool: &PagePool, out: &mut Vec<Outcome>) {
+        let Some((_, fut)) = &mut self.allocating else { return };
+        if let Poll::Ready(sgl) = fut.as_mut().poll(cx) {
+            let (req, _) = self.allocating.take().expect("just polled");
+            out.push(Outcome::R2t(self.xfers.start(req, sgl)));
+            self.solicit(pool, out);
+        }
+    }
+
+    /// Cold-path fetches the link collected join the queue of writes.
+    fn take_fetches(&mut self, link: &mut Link, pool: &PagePool, out: &mut Vec<Outcome>) {
+        while let Some(f) = link.take_fetch() {
+            let (cccid, sgl, done) = f.split();
+            if self.closed {
+                done.finish(Err(Status::ABORT_QUEUE));
+            } else {
+                let len = sgl.len();
+                self.request(cccid, len, Some(sgl), Want::Cold(done), pool, out);
+            }
+        }
+    }
+
+    /// Every transfer ends with ABORT_QUEUE: the connection is going.
+    fn close<F: Future<Output = Done>>(&mut self, ctx: &Arc<QueueCtx>, slab: &mut Slab<F>, out: &mut Vec<Outcome>, job: IoJob<F>) {
+        self.closed = true;
+        let mut ended = self.xfers.close();
+        if let Some((req, _)) = self.allocating.take() {
+            ended.push(self.xfers.give_up(req));
+        }
+        for w in ended {
+            transfer_ended(ctx, w, Err(Status::ABORT_QUEUE), slab, out, job);
+        }
+    }
+}
+
+/// A transfer ended: with all its data, its command runs; with an error,
+/// the command completes with it.
+fn transfer_ended<F: Future<Output = Done>>(
+    ctx: &Arc<QueueCtx>,
+    w: Want,
+    r: Result<Sgl, Status>,
+    slab: &mut Slab<F>,
+    out: &mut Vec<Outcome>,
+    job: IoJob<F>,
+) {
+    match (w, r) {
+        (Want::Io { sqe, timer, prepared }, Ok(sgl)) => slab.insert_io(job(ctx.clone(), sqe, IoData::Fetched(sgl, prepared), timer)),
+        (Want::Io { sqe, timer, .. }, Err(status)) => out.push(io_end(ctx, &sqe, timer, Err(status))),
+        (Want::Cold(done), r) => done.finish(r),
+    }
+}
+
+/// An admin Abort for a command of this queue (see `admin::abort`): only
+/// a write still waiting for its data is aborted.
+fn on_abort<F: Future<Output = Done>>(
+    ctx: &Arc<QueueCtx>,
+    f: &mut Fetcher,
+    cccid: u16,
+    status: Status,
+    slab: &mut Slab<F>,
+    out: &mut Vec<Outcome>,
+    job: IoJob<F>,
+) -> bool {
+    let Some(w) = f.xfers.abort(cccid) else { return false };
+    transfer_ended(ctx, w, Err(status), slab, out, job);
+    f.solicit(&ctx.pool, out);
+    true
+}
+
+/// What the driver does with the reader's event: the reader's next feed,
+/// and whether the slab has a new job to poll; or why the queue ends.
+#[allow(clippy::too_many_arguments)]
+fn on_event<F: Future<Output = Done>>(
+    ctx: &Arc<QueueCtx>,
+    ev: Event,
+    f: &mut Fetcher,
+    fused_first: &mut Option<Command>,
+    slab: &mut Slab<F>,
+    out: &mut Vec<Outcome>,
+    serial: &mut Option<usize>,
+    held: &mut VecDeque<Command>,
+    job: IoJob<F>,
+) -> Result<(Feed, bool), KillReason> {
+    match ev {
+        Event::Command(cmd) if serial.is_some() => {
+            held.push_back(cmd);
+            Ok((Feed::Read, false))
+        }
+        Event::Command(cmd) => {
+            let live = slab.live;
+            match take(ctx, cmd, fused_first, f, slab, out, serial, job) {
+                Stop::Disconnect => Err(KillReason::Alive),
+                // a write waiting for its data started nothing yet
+                Stop::Continue => Ok((Feed::Read, slab.live != live)),
+            }
+        }
+        Event::Data(h) => Ok((
+            match f.xfers.on_data(&h) {
+                OnData::Place(sgl) => Feed::Place(sgl),
+                OnData::Drain => Feed::Drain,
+                OnData::Fatal(e) => Feed::Fatal(e),
+            },
+            false,
+        )),
+        Event::Placed { hdr, sgl, digest_ok } => {
+            let r = match f.xfers.placed(&hdr, sgl, digest_ok) {
+                Placed::More => return Ok((Feed::Read, false)),
+                Placed::Done(w, sgl) => (w, Ok(sgl)),
+                Placed::Failed(w, status) => (w, Err(status)),
+            };
+            let live = slab.live;
+            transfer_ended(ctx, r.0, r.1, slab, out, job);
+            f.solicit(&ctx.pool, out);
+            Ok((Feed::Read, slab.live != live))
+        }
+        Event::End => Err(KillReason::Alive),
+    }
 }
 
 /// Commands in flight on one connection, polled by its driver: I/O
@@ -215,7 +409,7 @@ struct Slab<F> {
 
 impl<F: Future<Output = Done>> Slab<F> {
     /// `_job` only names the I/O future's type.
-    fn new(depth: usize, _job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F) -> Slab<F> {
+    fn new(depth: usize, _job: IoJob<F>) -> Slab<F> {
         let mut io = Vec::with_capacity(depth);
         io.resize_with(depth, || Box::pin(None));
         Slab { io, other: Vec::new(), live: 0 }
@@ -287,6 +481,7 @@ fn emit(link: &mut Link, o: Outcome) {
     match o {
         Outcome::Resp(c) => link.respond(c),
         Outcome::Data { cccid, data, resp } => link.send_data(cccid, data, resp),
+        Outcome::R2t(r) => link.request_data(r),
     }
 }
 
@@ -301,12 +496,19 @@ pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_a
     let Connection { reader, link, responder, peer } = conn;
     // The host sends Connect right after ICResp; a silent peer is dropped.
     let first = tokio::select! {
-        c = tokio::time::timeout(reg.limits.connect_timeout, reader.next()) => c,
+        c = tokio::time::timeout(reg.limits.connect_timeout, reader.next(Feed::Read)) => c,
         _ = shutdown.changed() => return link.close().await,
     };
     let (reader, cmd) = match first {
-        Ok((r, Some(c))) => (r, c),
-        Ok((_, None)) => return link.close().await,
+        Ok((r, Event::Command(c))) => (r, c),
+        Ok((r, Event::Data(h))) => {
+            // no transfer exists yet: the table answers what it answers an unknown tag
+            if let OnData::Fatal(e) = Transfers::<()>::new(1).on_data(&h) {
+                let _ = r.next(Feed::Fatal(e)).await;
+            }
+            return link.close().await;
+        }
+        Ok(_) => return link.close().await,
         Err(_) => {
             tracing::info!(timeout = ?reg.limits.connect_timeout, "no Connect in time; closing");
             return link.close().await;
@@ -353,7 +555,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     // every command costs more than the command's own bookkeeping.
     let killed_fut = killed.changed();
     let shutdown_fut = shutdown.changed();
-    let read = reader.next();
+    let read = reader.next(Feed::Read);
     let tick = tokio::time::sleep(HOUSEKEEPING);
     // Zero-copy completions wake the driver through the socket's error
     // queue; the timer is for what only polling shows (page-cache sends
@@ -364,6 +566,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     let aen = ctrl.aen_wake.notified();
     tokio::pin!(killed_fut, shutdown_fut, read, tick, zc, aen);
     let mut slab = Slab::new(ctx.sq_entries.into(), io_job);
+    let mut fetcher = Fetcher::new(ctx.write_budget_pages);
     // Commands that came while a serial (admin, fabrics) command ran.
     let mut held: VecDeque<Command> = VecDeque::new();
     let mut serial: Option<usize> = None;
@@ -414,32 +617,39 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                     return Poll::Ready(Ev::Stop(KillReason::Alive));
                 }
                 link.poll_collect(cx);
+                fetcher.take_fetches(&mut link, &ctx.pool, &mut out);
+                while let Some(a) = link.poll_abort(cx) {
+                    let aborted = on_abort(&ctx, &mut fetcher, a.cccid, a.status, &mut slab, &mut out, io_job);
+                    a.answer(aborted);
+                }
+                fetcher.poll_alloc(cx, &ctx.pool, &mut out);
                 if serial.is_none() && !held.is_empty() {
                     return Poll::Ready(Ev::Held);
                 }
-                let mut took = false;
+                // `took`: jobs to run; `cmds`: commands came (a sign of life)
+                let (mut took, mut cmds) = (false, false);
                 while link.queued() + out.len() < MAX_BATCH && (serial.is_none() || held.len() < hold_max) {
                     match read.as_mut().poll(cx) {
-                        Poll::Ready((r, Some(cmd))) => {
-                            read.set(r.next());
-                            if serial.is_some() {
-                                held.push_back(cmd);
-                                continue;
+                        Poll::Ready((r, ev)) => {
+                            cmds |= matches!(ev, Event::Command(_));
+                            match on_event(&ctx, ev, &mut fetcher, &mut fused_first, &mut slab, &mut out, &mut serial, &mut held, io_job) {
+                                Ok((feed, t)) => {
+                                    read.set(r.next(feed));
+                                    took |= t;
+                                }
+                                Err(why) => return Poll::Ready(Ev::Stop(why)),
                             }
-                            if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
-                                return Poll::Ready(Ev::Stop(KillReason::Alive));
-                            }
-                            took = true;
                         }
-                        Poll::Ready((_, None)) => return Poll::Ready(Ev::Stop(KillReason::Alive)),
                         Poll::Pending => break,
                     }
+                }
+                if cmds {
+                    ctx.ctrl.touch();
                 }
                 // the commands just taken run (most complete) before the send
                 if !took {
                     break;
                 }
-                ctx.ctrl.touch();
             }
             if link.queued() + out.len() > 0 {
                 return Poll::Ready(Ev::Flush);
@@ -471,14 +681,13 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                                 stop = Some(KillReason::Alive);
                             } else {
                                 match read.as_mut().poll(cx) {
-                                    Poll::Ready((r, Some(cmd))) => {
-                                        read.set(r.next());
+                                    Poll::Ready((r, ev)) => {
                                         ctx.ctrl.touch();
-                                        if take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job) == Stop::Disconnect {
-                                            stop = Some(KillReason::Alive);
+                                        match on_event(&ctx, ev, &mut fetcher, &mut fused_first, &mut slab, &mut out, &mut serial, &mut held, io_job) {
+                                            Ok((feed, _)) => read.set(r.next(feed)),
+                                            Err(why) => stop = Some(why),
                                         }
                                     }
-                                    Poll::Ready((_, None)) => stop = Some(KillReason::Alive),
                                     Poll::Pending => break,
                                 }
                             }
@@ -499,7 +708,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 let mut stop = Stop::Continue;
                 while serial.is_none() && stop == Stop::Continue {
                     let Some(cmd) = held.pop_front() else { break };
-                    stop = take(&ctx, cmd, &mut fused_first, &mut slab, &mut out, &mut serial, io_job);
+                    stop = take(&ctx, cmd, &mut fused_first, &mut fetcher, &mut slab, &mut out, &mut serial, io_job);
                 }
                 if stop == Stop::Disconnect {
                     break KillReason::Alive;
@@ -513,12 +722,14 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     // never run.
     abort_held_fused(&ctx, &mut fused_first).await;
     drop(held);
-    link.stop_transfers();
+    link.refuse_aborts();
+    fetcher.close(&ctx, &mut slab, &mut out, io_job);
     let drain = async {
         loop {
             let more = std::future::poll_fn(|cx| {
                 slab.poll(cx, &mut out, &mut serial);
                 link.poll_collect(cx);
+                fetcher.take_fetches(&mut link, &ctx.pool, &mut out);
                 if link.queued() + out.len() > 0 || slab.live == 0 {
                     Poll::Ready(slab.live > 0)
                 } else {
@@ -544,17 +755,21 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
 }
 
 /// Takes one command from the host in the driver: advances the SQ head,
-/// routes it, and starts what has to run. (The driver counts the commands
-/// of a turn as a sign of life once, [`Controller::touch`]: a clock read
-/// and a lock per command cost more than the keep-alive needs.)
+/// routes it, and starts what has to run (a write whose data is still at
+/// the host is solicited first, and runs once its data is here). (The
+/// driver counts the commands of a turn as a sign of life once,
+/// [`Controller::touch`]: a clock read and a lock per command cost more
+/// than the keep-alive needs.)
+#[allow(clippy::too_many_arguments)]
 fn take<F: Future<Output = Done>>(
     ctx: &Arc<QueueCtx>,
     cmd: Command,
     fused_first: &mut Option<Command>,
+    f: &mut Fetcher,
     slab: &mut Slab<F>,
     out: &mut Vec<Outcome>,
     serial: &mut Option<usize>,
-    job: fn(Arc<QueueCtx>, Sqe, Option<Sgl>, Option<CmdTimer>) -> F,
+    job: IoJob<F>,
 ) -> Stop {
     advance_sq(ctx);
     match route(ctx, cmd, fused_first) {
@@ -573,22 +788,28 @@ fn take<F: Future<Output = Done>>(
         }
         Route::Io { first, sqe, data, timer } => {
             out.extend(first);
-            // A read that completes now needs no job: building the job's
-            // future (about 2 KiB) and moving it into its slot cost more
-            // than the read itself.
             if data.is_none() {
+                // A read that completes now needs no job: building the job's
+                // future (about 2 KiB) and moving it into its slot cost more
+                // than the read itself.
                 let span = tracing::debug_span!("io", cid = sqe.cid(), op = nvme_types::command::io::name(sqe.opcode()));
-                let _e = span.enter();
-                if let Some(r) = io::read_now(ctx, &sqe) {
-                    if let Some(t) = timer {
-                        let (op, bytes) = io::metric_op(&sqe);
-                        t.done(op, if r.is_ok() { bytes } else { 0 }, r.is_ok());
-                    }
-                    out.push(ctx.outcome(&sqe, r));
+                if let Some(r) = span.in_scope(|| io::read_now(ctx, &sqe)) {
+                    out.push(io_end(ctx, &sqe, timer, r));
                     return Stop::Continue;
                 }
+                match io::prepare(ctx, &sqe) {
+                    Ok(None) => {}
+                    Ok(Some((len, prepared))) => {
+                        f.request(sqe.cid(), len, None, Want::Io { sqe, timer, prepared }, &ctx.pool, out);
+                        return Stop::Continue;
+                    }
+                    Err(status) => {
+                        out.push(io_end(ctx, &sqe, timer, Err(status)));
+                        return Stop::Continue;
+                    }
+                }
             }
-            slab.insert_io(job(ctx.clone(), sqe, data, timer));
+            slab.insert_io(job(ctx.clone(), sqe, IoData::Capsule(data), timer));
         }
     }
     Stop::Continue
@@ -645,7 +866,7 @@ pub async fn submit(ctx: &Arc<QueueCtx>, cmd: Command, tasks: &mut JoinSet<()>, 
             if let Some(o) = first {
                 ctx.send(o).await;
             }
-            (Box::pin(io_job(ctx.clone(), sqe, data, timer)) as Job, false)
+            (Box::pin(io_job(ctx.clone(), sqe, IoData::Capsule(data), timer)) as Job, false)
         }
     };
     let (done, stop) = if serial {
@@ -799,7 +1020,6 @@ pub fn new_ctx(
         pool,
         sqflow_disabled,
         local_addr,
-        write_budget: Arc::new(tokio::sync::Semaphore::new(write_budget_pages)),
         write_budget_pages,
         auth: Default::default(),
     }

@@ -2,23 +2,27 @@
 //!
 //! [`accept`] performs the ICReq/ICResp exchange and hands back the two
 //! sides of the queue for its connection driver (one task per connection,
-//! `target::nvme::queue`): the [`Reader`], which turns PDUs into
-//! [`Command`]s (and places H2CData for the command that asked for it with
-//! an R2T), and the [`Link`], which sends completions and data, gathered
-//! over a turn of the driver, with one vectored send. Commands that finish
-//! later (or on another thread: AERs, Abort) send through a [`Responder`],
-//! whose items the driver moves to the link every turn.
+//! `target::nvme::queue`): the [`Reader`], which turns PDUs into events
+//! (command capsules, and H2CData headers whose payload it places where the
+//! driver says), and the [`Link`], which sends completions, data and R2Ts,
+//! gathered over a turn of the driver, with one vectored send. The driver
+//! owns the queue's R2T transfers ([`Transfers`]): no lock, no channel on
+//! that path. Commands that finish later (or on another thread: AERs) send
+//! through a [`Responder`], whose items the driver moves to the link every
+//! turn; an admin Abort reaches the driver through its [`XferAborter`].
 
 mod reader;
 mod writer;
+mod xfer;
 
-pub use reader::Reader;
+pub use reader::{DataHeader, Event, Feed, Reader};
+pub use xfer::{OnData, Placed, Request, Transfers, R2t};
 
 use nvme_types::tcp::{self, Digests, Fes, Limits};
 use nvme_types::{Cqe, Status};
 use pinion_backends::{PagePool, Sgl};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -77,39 +81,37 @@ pub struct Command {
     pub data_error: Option<Status>,
 }
 
-/// A data transfer the host was asked for with an R2T.
-struct PendingXfer {
-    cccid: u16,
-    sgl: Sgl,
-    received: usize,
-    done: oneshot::Sender<Result<Sgl, Status>>,
+/// A command's wait for write data asked from the driver by a command
+/// that runs outside it ([`Responder::receive_data`], the cold path).
+#[derive(Debug)]
+pub struct Fetch {
+    pub cccid: u16,
+    pub sgl: Sgl,
+    done: FetchDone,
 }
 
-/// Transfers waiting for H2CData, by transfer tag, and the next tag to try.
-///
-/// Whoever takes a transfer out of `pending` (under the lock) owns its
-/// end: the reader while it places a PDU's data (it puts the transfer back
-/// if more is to come), or an abort ([`XferAborter`]), which completes the
-/// command with the abort status; H2CData that still comes for an aborted
-/// transfer's tag is read and dropped.
-#[derive(Default)]
-struct Xfers {
-    pending: HashMap<u16, PendingXfer>,
-    /// Tags of aborted transfers, newest last (bounded).
-    aborted: VecDeque<u16>,
-    next_ttag: u16,
-    /// The reader is gone: no transfer can complete any more.
-    closed: bool,
-}
+/// Where a [`Fetch`]'s result goes.
+#[derive(Debug)]
+pub struct FetchDone(oneshot::Sender<Result<Sgl, Status>>);
 
-struct Shared {
-    xfers: Mutex<Xfers>,
-}
-
-impl Shared {
-    fn xfers(&self) -> std::sync::MutexGuard<'_, Xfers> {
-        self.xfers.lock().unwrap_or_else(|e| e.into_inner())
+impl Fetch {
+    /// The command, the SGL to fill, and where the result goes.
+    pub fn split(self) -> (u16, Sgl, FetchDone) {
+        (self.cccid, self.sgl, self.done)
     }
+}
+
+impl FetchDone {
+    /// The data has arrived (`Ok`), or the status the command completes with.
+    pub fn finish(self, r: Result<Sgl, Status>) {
+        let _ = self.0.send(r);
+    }
+}
+
+/// What a [`Responder`] sends to the connection's driver.
+enum Msg {
+    Tx(Tx),
+    Fetch(Fetch),
 }
 
 /// Items for the writer.
@@ -123,15 +125,24 @@ enum Tx {
     Term { fes: Fes, fei: u32, hdr: Vec<u8> },
 }
 
-/// Sends completions and data, and asks the host for data. Cheap to clone;
-/// the connection closes once every clone and the [`Connection`] are gone.
+/// Sends completions and data, and asks the host for data, from outside
+/// the connection's driver turn. Cheap to clone; the connection closes once
+/// every clone and the [`Connection`] are gone.
+///
+/// Under a driver only cold-path items use it: the fabrics Connect
+/// response, the abort of a fused first left without its second, the
+/// reader's C2HTermReq, and data fetched for commands that run as their own
+/// job (Authentication Send, reservation commands, a fused pair). I/O
+/// completions, read data and the R2Ts of writes go from the driver to the
+/// [`Link`] directly. Without a driver ([`loopback`]) everything goes
+/// through it.
 #[derive(Clone)]
 pub struct Responder {
     // Unbounded: what is queued is bounded by the queue depth (each command
-    // sends at most an R2T, data and a completion), and the driver that
+    // sends at most a fetch, data and a completion), and the driver that
     // drains it must never wait on a command that waits on it.
-    tx: mpsc::UnboundedSender<Tx>,
-    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    aborts: mpsc::UnboundedSender<AbortReq>,
     negotiated: Negotiated,
     /// The TLS PSK identity the host used, when the connection is TLS.
     tls_identity: Option<Arc<str>>,
@@ -149,39 +160,26 @@ impl Responder {
 
     /// Sends a response capsule.
     pub async fn complete(&self, cqe: Cqe) {
-        let _ = self.tx.send(Tx::Resp(cqe));
+        let _ = self.tx.send(Msg::Tx(Tx::Resp(cqe)));
     }
 
     /// Sends read data, then `resp`; with `resp == None` the data PDU carries
     /// the SUCCESS flag instead (only when the host disabled SQ flow
     /// control, because no CQE will report SQHD).
     pub async fn send_data(&self, cccid: u16, data: Sgl, resp: Option<Cqe>) {
-        let _ = self.tx.send(Tx::Data { cccid, data, resp });
+        let _ = self.tx.send(Msg::Tx(Tx::Data { cccid, data, resp }));
     }
 
     /// Asks the host for `sgl.len()` bytes of a write with an R2T and waits
     /// until they have landed in `sgl`. An error is the status the command
-    /// must complete with.
+    /// must complete with. This is the cold path, for commands that run
+    /// outside the connection's driver (Authentication Send, reservation
+    /// commands, a fused write, the socketless [`loopback`]): the request
+    /// goes to the driver, which solicits the data as for the writes it
+    /// fetches itself before they run, within the same write budget.
     pub async fn receive_data(&self, cccid: u16, sgl: Sgl) -> Result<Sgl, Status> {
-        let len = sgl.len() as u32;
         let (done, wait) = oneshot::channel();
-        let ttag = {
-            let mut x = self.shared.xfers();
-            if x.closed {
-                return Err(Status::ABORT_QUEUE);
-            }
-            // queue depth is at most 128, so a free tag is always near
-            while x.pending.contains_key(&x.next_ttag) {
-                x.next_ttag = x.next_ttag.wrapping_add(1);
-            }
-            let t = x.next_ttag;
-            x.next_ttag = t.wrapping_add(1);
-            x.aborted.retain(|a| *a != t);
-            x.pending.insert(t, PendingXfer { cccid, sgl, received: 0, done });
-            t
-        };
-        if self.tx.send(Tx::R2t { cccid, ttag, offset: 0, len }).is_err() {
-            self.shared.xfers().pending.remove(&ttag);
+        if self.tx.send(Msg::Fetch(Fetch { cccid, sgl, done: FetchDone(done) })).is_err() {
             return Err(Status::ABORT_QUEUE);
         }
         wait.await.unwrap_or(Err(Status::ABORT_QUEUE))
@@ -190,13 +188,13 @@ impl Responder {
     /// A handle that aborts this queue's transfers waiting for data, for
     /// the admin queue's Abort command. It does not keep the connection open.
     pub fn aborter(&self) -> XferAborter {
-        XferAborter { shared: Arc::downgrade(&self.shared) }
+        XferAborter { tx: self.aborts.clone() }
     }
 
     /// Ends the connection with a C2HTermReq (a fatal protocol error found
     /// above the framing layer).
     pub async fn terminate(&self, fes: Fes, fei: u32) {
-        let _ = self.tx.send(Tx::Term { fes, fei, hdr: Vec::new() });
+        let _ = self.tx.send(Msg::Tx(Tx::Term { fes, fei, hdr: Vec::new() }));
     }
 }
 
@@ -223,8 +221,13 @@ impl From<Tx> for Sent {
 
 /// The host end of a [`loopback`] responder.
 pub struct Loopback {
-    rx: mpsc::UnboundedReceiver<Tx>,
-    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Transfers asked for and not yet supplied, by tag.
+    fetches: HashMap<u16, Fetch>,
+    next_ttag: u16,
+    closed: bool,
+    /// Aborts are answered "not aborted" (nothing drives the transfers).
+    _aborts: mpsc::UnboundedReceiver<AbortReq>,
 }
 
 /// A [`Responder`] with no socket behind it, for driving the NVMe command
@@ -233,25 +236,56 @@ pub struct Loopback {
 /// R2T transfers.
 pub fn loopback(negotiated: Negotiated) -> (Responder, Loopback) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
-    (Responder { tx, shared: shared.clone(), negotiated, tls_identity: None }, Loopback { rx, shared })
+    let (aborts, _aborts) = mpsc::unbounded_channel();
+    (
+        Responder { tx, aborts, negotiated, tls_identity: None },
+        Loopback { rx, fetches: HashMap::new(), next_ttag: 0, closed: false, _aborts },
+    )
 }
 
 impl Loopback {
     /// The next thing sent, waiting for it.
     pub async fn recv(&mut self) -> Option<Sent> {
-        self.rx.recv().await.map(Sent::from)
+        loop {
+            let m = self.rx.recv().await?;
+            if let Some(s) = self.sent(m) {
+                return Some(s);
+            }
+        }
     }
 
     /// The next thing sent, if there is one already.
     pub fn try_recv(&mut self) -> Option<Sent> {
-        self.rx.try_recv().ok().map(Sent::from)
+        loop {
+            let m = self.rx.try_recv().ok()?;
+            if let Some(s) = self.sent(m) {
+                return Some(s);
+            }
+        }
+    }
+
+    /// A fetch becomes an R2T (or fails, once closed).
+    fn sent(&mut self, m: Msg) -> Option<Sent> {
+        match m {
+            Msg::Tx(t) => Some(t.into()),
+            Msg::Fetch(f) if self.closed => {
+                f.done.finish(Err(Status::ABORT_QUEUE));
+                None
+            }
+            Msg::Fetch(f) => {
+                let ttag = self.next_ttag;
+                self.next_ttag = ttag.wrapping_add(1);
+                let s = Sent::R2t { cccid: f.cccid, ttag, offset: 0, len: f.sgl.len() as u32 };
+                self.fetches.insert(ttag, f);
+                Some(s)
+            }
+        }
     }
 
     /// The host's data for an R2T, all of it at once: `bytes`, repeated to
     /// the transfer's length. False when no transfer has that tag.
-    pub fn supply(&self, ttag: u16, bytes: &[u8]) -> bool {
-        let Some(PendingXfer { mut sgl, done, .. }) = self.shared.xfers().pending.remove(&ttag) else {
+    pub fn supply(&mut self, ttag: u16, bytes: &[u8]) -> bool {
+        let Some(Fetch { mut sgl, done, .. }) = self.fetches.remove(&ttag) else {
             return false;
         };
         let len = sgl.len();
@@ -265,43 +299,55 @@ impl Loopback {
             }
         }
         sgl.copy_in(0, &fill);
-        let _ = done.send(Ok(sgl));
+        done.finish(Ok(sgl));
         true
     }
 
     /// As when the connection's reader stops: transfers waiting for data
     /// fail, and new ones are refused.
-    pub fn close(&self) {
-        let mut x = self.shared.xfers();
-        x.closed = true;
-        x.pending.clear();
+    pub fn close(&mut self) {
+        self.closed = true;
+        for (_, f) in self.fetches.drain() {
+            f.done.finish(Err(Status::ABORT_QUEUE));
+        }
     }
 }
 
-/// Aborts commands of one queue whose write data is still awaited.
+/// An admin Abort's question to an I/O queue's driver.
+#[derive(Debug)]
+pub struct AbortReq {
+    pub cccid: u16,
+    /// The status the aborted command completes with.
+    pub status: Status,
+    reply: oneshot::Sender<bool>,
+}
+
+impl AbortReq {
+    /// Whether the command was aborted.
+    pub fn answer(self, aborted: bool) {
+        let _ = self.reply.send(aborted);
+    }
+}
+
+/// Aborts commands of one queue whose write data is still awaited: a
+/// message to the queue's driver (which may run on another thread; a cold
+/// path), answered by it.
 #[derive(Clone)]
 pub struct XferAborter {
-    shared: std::sync::Weak<Shared>,
+    tx: mpsc::UnboundedSender<AbortReq>,
 }
 
 impl XferAborter {
     /// If command `cccid` still waits for its H2CData (no PDU of it is being
     /// placed), ends its transfer: the command completes with `status`.
     /// True if it was aborted; false if there was nothing to abort (never
-    /// came, already has its data, or finished).
-    pub fn abort(&self, cccid: u16, status: Status) -> bool {
-        let Some(shared) = self.shared.upgrade() else { return false };
-        let mut x = shared.xfers();
-        let Some(ttag) = x.pending.iter().find(|(_, p)| p.cccid == cccid).map(|(t, _)| *t) else { return false };
-        let p = x.pending.remove(&ttag).expect("found");
-        if x.aborted.len() >= 256 {
-            x.aborted.pop_front();
+    /// came, already has its data, finished, or the queue is gone).
+    pub async fn abort(&self, cccid: u16, status: Status) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(AbortReq { cccid, status, reply }).is_err() {
+            return false;
         }
-        x.aborted.push_back(ttag);
-        drop(x);
-        // the command's task gets the status; the pool pages go with `p`
-        let _ = p.done.send(Err(status));
-        true
+        answer.await.unwrap_or(false)
     }
 }
 
@@ -323,18 +369,52 @@ impl Connection {
 
 /// The send side of a queue connection, owned by its driver.
 pub struct Link {
-    out: mpsc::UnboundedReceiver<Tx>,
+    out: mpsc::UnboundedReceiver<Msg>,
     sender: crate::send::Sender<Tx, writer::Encoder>,
-    shared: Arc<Shared>,
+    /// Cold-path fetches collected, for the driver's transfer table.
+    fetches: VecDeque<Fetch>,
+    aborts: mpsc::UnboundedReceiver<AbortReq>,
 }
 
 impl Link {
     /// Moves what commands sent through the [`Responder`] since the last
     /// turn into this turn's batch; registers for a wake-up when more comes.
+    /// Fetches ([`Responder::receive_data`]) wait for [`Link::take_fetch`].
     pub fn poll_collect(&mut self, cx: &mut Context<'_>) {
-        while let Poll::Ready(Some(t)) = self.out.poll_recv(cx) {
-            self.sender.push(t);
+        while let Poll::Ready(Some(m)) = self.out.poll_recv(cx) {
+            match m {
+                Msg::Tx(t) => self.sender.push(t),
+                Msg::Fetch(f) => self.fetches.push_back(f),
+            }
         }
+    }
+
+    /// A cold-path fetch collected by [`Link::poll_collect`].
+    pub fn take_fetch(&mut self) -> Option<Fetch> {
+        self.fetches.pop_front()
+    }
+
+    /// The next admin Abort for this queue; registers for a wake-up when
+    /// none is there.
+    pub fn poll_abort(&mut self, cx: &mut Context<'_>) -> Option<AbortReq> {
+        match self.aborts.poll_recv(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => None,
+        }
+    }
+
+    /// No abort will be answered any more: those still asked (and later
+    /// ones) get "not aborted".
+    pub fn refuse_aborts(&mut self) {
+        self.aborts.close();
+        while let Ok(a) = self.aborts.try_recv() {
+            a.answer(false);
+        }
+    }
+
+    /// An R2T for the whole of a transfer, sent with the turn's batch.
+    pub fn request_data(&mut self, r: R2t) {
+        self.sender.push(Tx::R2t { cccid: r.cccid, ttag: r.ttag, offset: 0, len: r.len });
     }
 
     /// A response capsule, sent with the turn's batch.
@@ -400,21 +480,19 @@ impl Link {
         self.sender.housekeeping()
     }
 
-    /// The receive side is gone: transfers waiting for data fail now, and
-    /// new ones are refused.
-    pub fn stop_transfers(&self) {
-        let mut x = self.shared.xfers();
-        x.closed = true;
-        x.pending.clear();
-    }
-
     /// Sends what is still queued (including what responders queued), waits
     /// (bounded) for the kernel to release every page, and closes the socket.
     pub async fn close(mut self) {
-        self.stop_transfers();
+        self.refuse_aborts();
         self.out.close();
-        while let Ok(t) = self.out.try_recv() {
-            self.sender.push(t);
+        while let Ok(m) = self.out.try_recv() {
+            match m {
+                Msg::Tx(t) => self.sender.push(t),
+                Msg::Fetch(f) => f.done.finish(Err(Status::ABORT_QUEUE)),
+            }
+        }
+        for f in self.fetches.drain(..) {
+            f.done.finish(Err(Status::ABORT_QUEUE));
         }
         self.sender.flush().await;
         self.sender.close().await;
@@ -496,10 +574,11 @@ pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg:
 
     let (rd, wr) = stream.into_split();
     let (tx, out) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared { xfers: Mutex::new(Xfers::default()) });
+    let (aborts_tx, aborts) = mpsc::unbounded_channel();
     let sender = crate::send::Sender::new(wr, writer::Encoder { neg: negotiated }, cfg.send);
-    let reader = Reader::new(rd, reader::State { negotiated, limits, pool, shared: shared.clone(), tx: tx.clone() });
-    Ok(Connection { reader, link: Link { out, sender, shared: shared.clone() }, responder: Responder { tx, shared, negotiated, tls_identity: None }, peer })
+    let reader = Reader::new(rd, reader::State { negotiated, limits, pool, tx: tx.clone() });
+    let link = Link { out, sender, fetches: VecDeque::new(), aborts };
+    Ok(Connection { reader, link, responder: Responder { tx, aborts: aborts_tx, negotiated, tls_identity: None }, peer })
 }
 
 /// A C2HTermReq written directly (before the writer task exists).

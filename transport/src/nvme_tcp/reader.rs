@@ -1,15 +1,14 @@
 //! The receive side of a queue: every PDU is checked whole (common header,
 //! header, digest, lengths, transfer tags) before anything acts on it.
 
-use super::{Command, PendingXfer, Shared, TransportError, Tx};
+use super::{Command, Msg, TransportError, Tx};
 use crate::digest::crc32c;
 use crate::recv::{read_into, RECV_BUFFER};
 use nvme_types::tcp::{self, Fes, Limits, Pdu, PduError, Role, DIGEST_LEN, MAX_HLEN};
 use nvme_types::Status;
 use pinion_backends::{PagePool, Sgl};
 use std::io::ErrorKind;
-use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use zerocopy::FromBytes;
@@ -18,40 +17,101 @@ pub(super) struct State {
     pub negotiated: super::Negotiated,
     pub limits: Limits,
     pub pool: PagePool,
-    pub shared: Arc<Shared>,
-    pub tx: mpsc::UnboundedSender<Tx>,
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// An H2CData header, checked as a PDU (common header, digest, lengths):
+/// whether it fits its transfer is for the transfer table to say
+/// ([`super::Transfers::on_data`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHeader {
+    pub ttag: u16,
+    pub cccid: u16,
+    pub datao: usize,
+    pub datal: usize,
+    /// The LAST_PDU flag.
+    pub last: bool,
+}
+
+/// What the driver tells the reader to do next.
+#[derive(Debug)]
+pub enum Feed {
+    /// Read the next PDU.
+    Read,
+    /// Read the payload of the H2CData just returned into this SGL (at its
+    /// data offset), then return it ([`Event::Placed`]).
+    Place(Sgl),
+    /// Read and drop the payload of the H2CData just returned.
+    Drain,
+    /// The H2CData just returned is wrong: C2HTermReq with its header, end.
+    Fatal(PduError),
+}
+
+/// What the reader found.
+#[derive(Debug)]
+pub enum Event {
+    /// A command capsule (with its in-capsule data, if any).
+    Command(Command),
+    /// An H2CData header: the driver answers with a [`Feed`] for its payload.
+    Data(DataHeader),
+    /// The payload of H2CData `hdr` is in `sgl`; `digest_ok`: its data
+    /// digest matched (or none was negotiated).
+    Placed { hdr: DataHeader, sgl: Sgl, digest_ok: bool },
+    /// The receive side has ended (the host closed, the socket failed, or
+    /// a fatal PDU error, whose C2HTermReq is queued to be sent).
+    End,
+}
+
+/// An H2CData whose payload waits for the driver's [`Feed`].
+struct Held {
+    hdr: DataHeader,
+    layout: tcp::Layout,
+    bytes: [u8; MAX_HLEN],
 }
 
 /// The receive side of a queue, run inside the connection's driver:
-/// [`Reader::next`] reads PDUs until the next command capsule, placing
-/// H2CData of R2T transfers on the way.
+/// [`Reader::next`] reads PDUs until the next command capsule or H2CData
+/// header, and places H2CData payloads where the driver says.
 pub struct Reader {
     rd: BufReader<OwnedReadHalf>,
     st: State,
+    held: Option<Held>,
 }
 
 impl Reader {
     pub(super) fn new(rd: OwnedReadHalf, st: State) -> Reader {
         // Headers are small and frequent: buffer them. Payloads are read
         // straight into their pages.
-        Reader { rd: BufReader::with_capacity(RECV_BUFFER, rd), st }
+        Reader { rd: BufReader::with_capacity(RECV_BUFFER, rd), st, held: None }
     }
 
-    /// The next command from the host. `None`: the receive side has ended
-    /// (the host closed, the socket failed, or a fatal PDU error, whose
-    /// C2HTermReq is queued to be sent); transfers still waiting for data
-    /// then fail. The reader moves in and out, so the future is `'static`
-    /// and the driver keeps it across its turns.
-    pub async fn next(mut self) -> (Reader, Option<Command>) {
-        let r = read_loop(&mut self.rd, &self.st).await;
-        let c = match r {
-            Ok(c) => Some(c),
-            Err(stop) => {
-                end(&self.rd, &self.st, stop);
-                None
+    /// Does what `feed` says and returns the next event. The reader moves
+    /// in and out, so the future is `'static` and the driver keeps it
+    /// across its turns.
+    pub async fn next(mut self, feed: Feed) -> (Reader, Event) {
+        let held = self.held.take();
+        let r = match (feed, held) {
+            (Feed::Read, None) => read_loop(&mut self.rd, &self.st, &mut self.held).await,
+            (Feed::Place(sgl), Some(h)) => place(&mut self.rd, &h, sgl).await,
+            (Feed::Drain, Some(h)) => match drain(&mut self.rd, &h.layout).await {
+                Ok(()) => read_loop(&mut self.rd, &self.st, &mut self.held).await,
+                Err(e) => Err(e),
+            },
+            (Feed::Fatal(e), Some(h)) => Err(Stop::Fatal(e, h.bytes[..h.layout.hlen].to_vec())),
+            (f, h) => {
+                // a driver bug, not the host's: end the connection, loudly
+                tracing::error!(feed = ?f, held = h.is_some(), "reader fed out of turn");
+                Err(fatal(Fes::PDU_SEQUENCE_ERROR, 0, "internal: reader fed out of turn", &[]))
             }
         };
-        (self, c)
+        let e = match r {
+            Ok(e) => e,
+            Err(stop) => {
+                end(&self.rd, &self.st, stop);
+                Event::End
+            }
+        };
+        (self, e)
     }
 }
 
@@ -91,13 +151,9 @@ fn end(rd: &BufReader<OwnedReadHalf>, st: &State, stop: Stop) {
         }
         Stop::Fatal(e, hdr) => {
             tracing::warn!(fes = ?e.fes, fei = e.fei, reason = e.reason, "fatal PDU error; sending C2HTermReq");
-            let _ = st.tx.send(Tx::Term { fes: e.fes, fei: e.fei, hdr });
+            let _ = st.tx.send(Msg::Tx(Tx::Term { fes: e.fes, fei: e.fei, hdr }));
         }
     }
-    // Transfers still waiting for data will never get it.
-    let mut x = st.shared.xfers();
-    x.closed = true;
-    x.pending.clear();
 }
 
 async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
@@ -106,8 +162,9 @@ async fn read_digest<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<u32> {
     Ok(u32::from_le_bytes(d))
 }
 
-/// Reads PDUs until a command capsule (which it returns) or the end.
-async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Result<Command, Stop> {
+/// Reads PDUs until a command capsule or an H2CData header (kept in
+/// `held` for the driver's answer), or the end.
+async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State, held: &mut Option<Held>) -> Result<Event, Stop> {
     let digests = st.negotiated.digests;
     let mut hdr = [0u8; MAX_HLEN + DIGEST_LEN];
     loop {
@@ -134,14 +191,23 @@ async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State) -> Result<Comm
             Err(e) => return Err(Stop::Fatal(e, hdr[..hlen].to_vec())),
         };
         if layout.pad > 0 {
-            let mut pad = [0u8; 256];
-            if let Err(e) = rd.read_exact(&mut pad[..layout.pad]).await {
-                return Err(e.into());
-            }
+            skip(rd, layout.pad).await?;
         }
         let r = match pdu {
-            Pdu::CapsuleCmd(c) => return capsule(rd, st, &layout, c.sqe).await,
-            Pdu::H2CData(d) => h2c_data(rd, st, &layout, &d, &hdr[..hlen]).await,
+            Pdu::CapsuleCmd(c) => return capsule(rd, st, &layout, c.sqe).await.map(Event::Command),
+            Pdu::H2CData(d) => {
+                let h = DataHeader {
+                    ttag: d.ttag.get(),
+                    cccid: d.cccid.get(),
+                    datao: d.datao.get() as usize,
+                    datal: d.datal.get() as usize,
+                    last: d.ch.flags & tcp::flags::LAST_PDU != 0,
+                };
+                let mut bytes = [0u8; MAX_HLEN];
+                bytes[..hlen].copy_from_slice(&hdr[..hlen]);
+                *held = Some(Held { hdr: h, layout, bytes });
+                return Ok(Event::Data(h));
+            }
             Pdu::H2CTermReq(t) => {
                 let mut data = vec![0u8; layout.data_len];
                 let _ = rd.read_exact(&mut data).await;
@@ -173,66 +239,32 @@ async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::La
     Ok(Command { sqe, data, data_error })
 }
 
-async fn h2c_data(
-    rd: &mut BufReader<OwnedReadHalf>,
-    st: &State,
-    layout: &tcp::Layout,
-    d: &tcp::DataHdr,
-    hdr: &[u8],
-) -> Result<(), Stop> {
-    let ttag = d.ttag.get();
-    let (datao, datal) = (d.datao.get() as usize, d.datal.get() as usize);
-    let taken = {
-        let mut x = st.shared.xfers();
-        let p = x.pending.remove(&ttag);
-        let aborted = p.is_none() && x.aborted.contains(&ttag);
-        (p, aborted)
-    };
-    let mut x = match taken {
-        (Some(x), _) => x,
-        (None, true) => {
-            // the command was aborted (admin Abort) while the host sent this
-            tracing::debug!(ttag, "H2CData for an aborted transfer dropped");
-            let mut left = layout.data_len + if layout.data_digest { 4 } else { 0 };
-            let mut scratch = [0u8; 4096];
-            while left > 0 {
-                let n = left.min(scratch.len());
-                rd.read_exact(&mut scratch[..n]).await.map_err(Stop::from)?;
-                left -= n;
-            }
-            return Ok(());
+/// Reads an H2CData payload (its header checked by the transfer table)
+/// into the transfer's SGL.
+async fn place(rd: &mut BufReader<OwnedReadHalf>, h: &Held, mut sgl: Sgl) -> Result<Event, Stop> {
+    let (datao, datal, dd) = (h.hdr.datao, h.hdr.datal, h.layout.data_digest);
+    let got = read_into(rd, &mut sgl, datao, datal, dd).await?;
+    let digest_ok = !dd || read_digest(rd).await? == got;
+    Ok(Event::Placed { hdr: h.hdr, sgl, digest_ok })
+}
+
+/// Reads and drops an H2CData payload (of an aborted transfer).
+async fn drain(rd: &mut BufReader<OwnedReadHalf>, layout: &tcp::Layout) -> Result<(), Stop> {
+    skip(rd, layout.data_len + if layout.data_digest { DIGEST_LEN } else { 0 }).await
+}
+
+/// Reads and drops `n` bytes, through the receive buffer: no scratch array
+/// in the reader's future, which the driver moves into place for every
+/// event.
+async fn skip(rd: &mut BufReader<OwnedReadHalf>, mut n: usize) -> Result<(), Stop> {
+    while n > 0 {
+        let got = rd.fill_buf().await?.len();
+        if got == 0 {
+            return Err(Stop::Done);
         }
-        (None, false) => return Err(fatal(Fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag", hdr)),
-    };
-    if x.cccid != d.cccid.get() {
-        return Err(fatal(Fes::INVALID_HEADER_FIELD, 8, "H2CData command id does not match its R2T", hdr));
-    }
-    // We send one R2T per command for the whole transfer and take its data
-    // in order, as the Linux host sends it.
-    if datao != x.received {
-        return Err(fatal(Fes::DATA_OUT_OF_RANGE, 12, "H2CData offset out of order", hdr));
-    }
-    if datao + datal > x.sgl.len() {
-        return Err(fatal(Fes::DATA_OUT_OF_RANGE, 16, "H2CData beyond the requested range", hdr));
-    }
-    let got = read_into(rd, &mut x.sgl, datao, datal, layout.data_digest).await?;
-    let digest_ok = !layout.data_digest || read_digest(rd).await? == got;
-    x.received += datal;
-    if !digest_ok {
-        tracing::warn!(cid = x.cccid, ttag, "H2CData digest mismatch");
-        let _ = x.done.send(Err(Status::TRANSIENT_TRANSPORT_ERROR));
-        // the rest of this transfer (if any) is unknown-tag and fatal; the
-        // Linux host sends one PDU per R2T chunk and stops on the error
-        return Ok(());
-    }
-    let last = d.ch.flags & tcp::flags::LAST_PDU != 0;
-    if x.received == x.sgl.len() {
-        let PendingXfer { sgl, done, .. } = x;
-        let _ = done.send(Ok(sgl));
-    } else if last {
-        return Err(fatal(Fes::PDU_SEQUENCE_ERROR, 1, "last H2CData before the transfer was complete", hdr));
-    } else {
-        st.shared.xfers().pending.insert(ttag, x);
+        let k = got.min(n);
+        rd.consume(k);
+        n -= k;
     }
     Ok(())
 }

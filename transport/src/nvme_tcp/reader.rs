@@ -66,8 +66,12 @@ pub enum Event {
 struct Held {
     hdr: DataHeader,
     layout: tcp::Layout,
-    bytes: [u8; MAX_HLEN],
+    bytes: [u8; H2C_HLEN],
 }
+
+/// An H2CData PDU's header length (the Reader, which holds one, is moved
+/// for every command: it stays small).
+const H2C_HLEN: usize = core::mem::size_of::<tcp::DataHdr>();
 
 /// The receive side of a queue, run inside the connection's driver:
 /// [`Reader::next`] reads PDUs until the next command capsule or H2CData
@@ -89,20 +93,29 @@ impl Reader {
     /// in and out, so the future is `'static` and the driver keeps it
     /// across its turns.
     pub async fn next(mut self, feed: Feed) -> (Reader, Event) {
-        let held = self.held.take();
-        let r = match (feed, held) {
-            (Feed::Read, None) => read_loop(&mut self.rd, &self.st, &mut self.held).await,
-            (Feed::Place(sgl), Some(h)) => place(&mut self.rd, &h, sgl).await,
-            (Feed::Drain, Some(h)) => match drain(&mut self.rd, &h.layout).await {
-                Ok(()) => read_loop(&mut self.rd, &self.st, &mut self.held).await,
-                Err(e) => Err(e),
-            },
-            (Feed::Fatal(e), Some(h)) => Err(Stop::Fatal(e, h.bytes[..h.layout.hlen].to_vec())),
-            (f, h) => {
-                // a driver bug, not the host's: end the connection, loudly
-                tracing::error!(feed = ?f, held = h.is_some(), "reader fed out of turn");
-                Err(fatal(Fes::PDU_SEQUENCE_ERROR, 0, "internal: reader fed out of turn", &[]))
-            }
+        // The driver moves this future into place for every event, so what
+        // it holds is copied per command: the payload's arms are boxed (one
+        // allocation per H2CData PDU, never per command), and it holds one
+        // `read_loop`.
+        let mut feed = feed;
+        let r = loop {
+            break match (feed, self.held.take()) {
+                (Feed::Read, None) => read_loop(&mut self.rd, &self.st, &mut self.held).await,
+                (Feed::Place(sgl), Some(h)) => Box::pin(place(&mut self.rd, h, sgl)).await,
+                (Feed::Drain, Some(h)) => match Box::pin(drain(&mut self.rd, h.layout)).await {
+                    Ok(()) => {
+                        feed = Feed::Read;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                (Feed::Fatal(e), Some(h)) => Err(Stop::Fatal(e, h.bytes.to_vec())),
+                (f, h) => {
+                    // a driver bug, not the host's: end the connection, loudly
+                    tracing::error!(feed = ?f, held = h.is_some(), "reader fed out of turn");
+                    Err(fatal(Fes::PDU_SEQUENCE_ERROR, 0, "internal: reader fed out of turn", &[]))
+                }
+            };
         };
         let e = match r {
             Ok(e) => e,
@@ -203,8 +216,9 @@ async fn read_loop(rd: &mut BufReader<OwnedReadHalf>, st: &State, held: &mut Opt
                     datal: d.datal.get() as usize,
                     last: d.ch.flags & tcp::flags::LAST_PDU != 0,
                 };
-                let mut bytes = [0u8; MAX_HLEN];
-                bytes[..hlen].copy_from_slice(&hdr[..hlen]);
+                // check_header admits H2CData with its one header length only
+                let mut bytes = [0u8; H2C_HLEN];
+                bytes.copy_from_slice(&hdr[..H2C_HLEN]);
                 *held = Some(Held { hdr: h, layout, bytes });
                 return Ok(Event::Data(h));
             }
@@ -241,7 +255,7 @@ async fn capsule(rd: &mut BufReader<OwnedReadHalf>, st: &State, layout: &tcp::La
 
 /// Reads an H2CData payload (its header checked by the transfer table)
 /// into the transfer's SGL.
-async fn place(rd: &mut BufReader<OwnedReadHalf>, h: &Held, mut sgl: Sgl) -> Result<Event, Stop> {
+async fn place(rd: &mut BufReader<OwnedReadHalf>, h: Held, mut sgl: Sgl) -> Result<Event, Stop> {
     let (datao, datal, dd) = (h.hdr.datao, h.hdr.datal, h.layout.data_digest);
     let got = read_into(rd, &mut sgl, datao, datal, dd).await?;
     let digest_ok = !dd || read_digest(rd).await? == got;
@@ -249,7 +263,7 @@ async fn place(rd: &mut BufReader<OwnedReadHalf>, h: &Held, mut sgl: Sgl) -> Res
 }
 
 /// Reads and drops an H2CData payload (of an aborted transfer).
-async fn drain(rd: &mut BufReader<OwnedReadHalf>, layout: &tcp::Layout) -> Result<(), Stop> {
+async fn drain(rd: &mut BufReader<OwnedReadHalf>, layout: tcp::Layout) -> Result<(), Stop> {
     skip(rd, layout.data_len + if layout.data_digest { DIGEST_LEN } else { 0 }).await
 }
 

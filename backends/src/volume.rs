@@ -207,10 +207,15 @@ impl Volume {
             false => Some(self.locks.try_lock(offset, len as u64, LockMode::Shared)?),
         };
         let m = f.ram_mapped(offset, len, lock)?;
-        METRICS.copy.add(len);
-        METRICS.mapped.add(len);
-        self.metrics.read_copy.add(len);
-        Some(Ok(Sgl::mapped(m)))
+        Some(Ok(self.mapped_payload(m)))
+    }
+
+    /// A read's payload sent from a mapping, counted as the copy it is.
+    fn mapped_payload(&self, m: crate::mapped::MappedRange) -> Sgl {
+        METRICS.copy.add(m.len);
+        METRICS.mapped.add(m.len);
+        self.metrics.read_copy.add(m.len);
+        Sgl::mapped(m)
     }
 
     /// The bytes of `[offset, offset + len)` as a `Source` SGL.
@@ -232,34 +237,22 @@ impl Volume {
             }
             self.metrics.fallback(Fallback::NoPipe);
         }
-        // A RAM volume's copy is made by the send itself, from the mapping
-        // its I/O uses, at any size: the copy into pool pages cost as much
-        // as the send's (both move cold bytes), and there is no residency to
-        // check.
+        // The copy is made by the send itself, through a mapping: one copy
+        // instead of two, no pool pages. A RAM volume's own mapping serves
+        // any size (its copy into pool pages cost as much as the send's, both
+        // moving cold bytes, and there is no residency to check); a file's
+        // hot page-cache bytes only from `splice_min` up, below which the
+        // residency check and the probe cost about what the second copy
+        // saves. Not when the transport must see the bytes (digests).
         if path == ReadPath::Copy && !opts.need_bytes {
-            if let Some(f) = self.backend.as_file().filter(|f| f.is_ram_mapped()) {
-                let lock = self.read_lock(offset, len).await;
-                if let Some(m) = f.ram_mapped(offset, len, lock) {
-                    METRICS.copy.add(len);
-                    METRICS.mapped.add(len);
-                    self.metrics.read_copy.add(len);
-                    return Ok(Sgl::mapped(m));
-                }
-            }
-        }
-        // A copy of hot page-cache bytes is made by the send itself, through
-        // a mapping of the file: one copy instead of two, no pool pages. Not
-        // when the transport must see the bytes (digests), nor for small
-        // reads, where the residency check and the probe cost about what
-        // the second copy saves.
-        if path == ReadPath::Copy && !opts.need_bytes && len >= self.policy.splice_min {
             if let Some(f) = self.backend.as_file() {
-                let lock = self.read_lock(offset, len).await;
-                if let Some(m) = f.mapped_read(offset, len, lock) {
-                    METRICS.copy.add(len);
-                    METRICS.mapped.add(len);
-                    self.metrics.read_copy.add(len);
-                    return Ok(Sgl::mapped(m));
+                let ram = f.is_ram_mapped();
+                if ram || len >= self.policy.splice_min {
+                    let lock = self.read_lock(offset, len).await;
+                    let m = if ram { f.ram_mapped(offset, len, lock) } else { f.mapped_read(offset, len, lock) };
+                    if let Some(m) = m {
+                        return Ok(self.mapped_payload(m));
+                    }
                 }
             }
         }

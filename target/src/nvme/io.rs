@@ -207,14 +207,23 @@ pub fn prepare(ctx: &QueueCtx, sqe: &Sqe) -> Result<Option<(usize, Prepared)>, S
         return Ok(None);
     }
     let Some(ns) = ctx.subsys.namespace(sqe.nsid()) else { return Ok(None) };
-    super::ana::check(ctx, &ns)?;
-    super::resv::check(ctx, &ns, super::resv::access(op))?;
-    let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
-    let plan = parse_in(&ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)?;
+    let plan = checked_plan(ctx, &ns, sqe)?;
     Ok(match plan.host_data() {
         Some((len, HostData::Transfer)) => Some((len, Prepared { ns, plan })),
         _ => None,
     })
+}
+
+/// The checks [`execute`] makes before it fetches, in its order, for a
+/// command without in-capsule data to one namespace: this path's ANA state
+/// (a host retries elsewhere on a path error), the reservation, then
+/// [`parse`]. For the driver's calls that run before a job would
+/// ([`prepare`], [`read_now`]).
+fn checked_plan(ctx: &QueueCtx, ns: &Namespace, sqe: &Sqe) -> Result<Plan, Status> {
+    super::ana::check(ctx, ns)?;
+    super::resv::check(ctx, ns, super::resv::access(sqe.opcode()))?;
+    let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
+    parse_in(ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)
 }
 
 /// Runs a [`prepare`]d command with the data the driver fetched for it.
@@ -271,10 +280,7 @@ pub fn read_now(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {
         return None;
     }
     let run = || -> Result<Option<Reply>, Status> {
-        super::ana::check(ctx, &ns)?;
-        super::resv::check(ctx, &ns, Access::Read)?;
-        let vwc = ctx.ctrl.vwc.load(std::sync::atomic::Ordering::SeqCst);
-        let Plan::Read { off, len, .. } = parse_in(&ns, ctx.reg.limits.max_transfer(), vwc, sqe, None)? else {
+        let Plan::Read { off, len, .. } = checked_plan(ctx, &ns, sqe)? else {
             unreachable!("a Read parses as a Read or fails")
         };
         let n = ctx.responder.negotiated();

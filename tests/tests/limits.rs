@@ -770,3 +770,58 @@ fn abort_a_write_waiting_for_the_budget() {
     let abort = Sqe { opcode: Opcode::ABORT.0, cdw10: (1 | u32::from(b) << 16).into(), ..Sqe::default() };
     assert_eq!(admin.admin(abort, None, 0).expect("Abort").0.result.get() & 1, 1);
 }
+
+/// An admin Abort is answered while the I/O queue's driver waits for a host
+/// that stopped reading its socket: large reads fill the socket, a write on
+/// the same queue waits for its data, and the Abort of that write (and the
+/// admin command behind it) is answered within seconds, not once the socket
+/// drains. When the host reads again it gets every read, intact, and the
+/// aborted write's completion, and the queue goes on.
+#[test]
+fn abort_is_answered_while_the_host_does_not_read() {
+    const READS: usize = 120;
+    let s = start("64MiB", "");
+    let (mut admin, cntlid) = nvme_admin(s.addr);
+    let mut q = nvme_io(s.addr, cntlid);
+    let data = block_pattern(7, XFER);
+    host::ok(&q.write(1, 0, &data, false).unwrap()).expect("seed write");
+    // a small receive buffer: the reads (15 MiB) fill it and the target's
+    // send buffer long before they are all sent
+    socket2::SockRef::from(q.stream()).set_recv_buffer_size(64 << 10).unwrap();
+    let w = q.submit_with(rw_sqe(io::WRITE, 1, 64, 32, false), Some(block_pattern(8, XFER)), 0, Xfer::Transport).unwrap();
+    match q.recv_pdu().expect("R2T") {
+        (Pdu::R2t(r), _) => assert_eq!(r.cccid.get(), w),
+        (p, _) => panic!("expected the write's R2T, got {p:?}"),
+    }
+    // the host never sends the write's data, and stops reading
+    let reads: Vec<u16> = (0..READS).map(|_| q.submit_read(1, 0, 32, 4096).unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    admin.stream().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let abort = Sqe { opcode: Opcode::ABORT.0, cdw10: (1 | u32::from(w) << 16).into(), ..Sqe::default() };
+    let (c, _) = admin
+        .admin(abort, None, 0)
+        .unwrap_or_else(|e| panic!("the Abort was not answered while the I/O queue's host does not read ({e} after {:?})", t.elapsed()));
+    host::ok(&c).expect("Abort status");
+    assert_eq!(c.result.get() & 1, 0, "the write waiting for its data was aborted");
+    host::ok(&admin.keep_alive().expect("the admin command after the Abort")).unwrap();
+    let (c, _) = admin.identify(nvme_types::identify::cns::CONTROLLER, 0).expect("Identify after the Abort");
+    host::ok(&c).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "Abort and the admin commands after it took {:?}", t.elapsed());
+    // the host reads again
+    let c = q.wait(w).expect("the aborted write's completion");
+    assert!(c.cqe.status() == Status::ABORT_REQ, "aborted write: {:?}", c.cqe);
+    for (i, r) in reads.into_iter().enumerate() {
+        let c = q.wait(r).unwrap_or_else(|e| panic!("read {i}: {e}"));
+        host::ok(&c.cqe).unwrap();
+        assert!(c.data == data, "read {i} did not return the data written");
+    }
+    let (c, back) = q.read(1, 64, 32, 4096).unwrap();
+    host::ok(&c).unwrap();
+    assert!(back == vec![0u8; XFER], "the aborted write reached the medium");
+    let more = block_pattern(9, XFER);
+    host::ok(&q.write(1, 128, &more, false).unwrap()).expect("a write after the Abort");
+    let (c, back) = q.read(1, 128, 32, 4096).unwrap();
+    host::ok(&c).unwrap();
+    assert!(back == more, "the write after the Abort did not land intact");
+}

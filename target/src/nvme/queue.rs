@@ -17,7 +17,9 @@
 //! and lends the reader the SGL to place the payload in; the command's job
 //! starts only once all its data is there. No lock, channel or oneshot on
 //! that path; an admin Abort (another connection, maybe another thread)
-//! reaches the table as a message the driver answers.
+//! reaches the table as a message the driver answers, in its turn and while
+//! its send waits for the socket (a host that stops reading its I/O queue
+//! does not hold up the admin queue).
 
 use super::ctrl::{Controller, KillReason};
 use super::subsys::{Registry, Subsystem};
@@ -28,7 +30,7 @@ use pinion_backends::metrics::Protocol;
 use nvme_types::command::Opcode;
 use nvme_types::{Cqe, Sqe, Status};
 use pinion_backends::{Direction, PagePool, Sgl};
-use pinion_transport::nvme_tcp::{Command, Connection, Responder};
+use pinion_transport::nvme_tcp::{Aborts, Command, Connection, Responder};
 use pinion_transport::nvme_tcp::{Event, Feed, FetchDone, Link, OnData, Placed, Reader, Request, Transfers, R2t};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -348,6 +350,24 @@ fn on_abort<F: Future<Output = Done>>(
     true
 }
 
+/// Answers the admin Aborts asked of this queue since the last poll (in
+/// the driver's turn, and while its send waits for the socket); registers
+/// for a wake-up when more come.
+fn answer_aborts<F: Future<Output = Done>>(
+    cx: &mut Context<'_>,
+    aborts: &mut Aborts,
+    ctx: &Arc<QueueCtx>,
+    f: &mut Fetcher,
+    slab: &mut Slab<F>,
+    out: &mut Vec<Outcome>,
+    job: IoJob<F>,
+) {
+    while let Some(a) = aborts.poll_next(cx) {
+        let aborted = on_abort(ctx, f, a.cccid, a.status, slab, out, job);
+        a.answer(aborted);
+    }
+}
+
 /// What the driver does with the reader's event: the reader's next feed,
 /// and whether the slab has a new job to poll; or why the queue ends.
 #[allow(clippy::too_many_arguments)]
@@ -493,7 +513,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(1);
 
 /// Serves one accepted NVMe/TCP connection until it closes.
 pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_addr: std::net::SocketAddr, mut shutdown: watch::Receiver<bool>) {
-    let Connection { reader, link, responder, peer } = conn;
+    let Connection { reader, link, aborts, responder, peer } = conn;
     // The host sends Connect right after ICResp; a silent peer is dropped.
     let first = tokio::select! {
         c = tokio::time::timeout(reg.limits.connect_timeout, reader.next(Feed::Read)) => c,
@@ -532,7 +552,7 @@ pub async fn serve(conn: Connection, reg: Arc<Registry>, pool: PagePool, local_a
     // Its in-capsule Connect data is a pool page: not kept for the queue's life.
     drop(cmd);
     let span = tracing::info_span!("queue", cntlid = ctx.ctrl.cntlid, qid = ctx.qid);
-    run(reader, link, peer, ctx, shutdown).instrument(span).await
+    run(reader, link, aborts, peer, ctx, shutdown).instrument(span).await
 }
 
 /// What woke the driver.
@@ -545,7 +565,7 @@ enum Ev {
 
 /// The connection's driver: reads, runs and sends in one task until the
 /// queue ends.
-async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
+async fn run(reader: Reader, mut link: Link, mut aborts: Aborts, peer: std::net::SocketAddr, ctx: Arc<QueueCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut killed = ctx.ctrl.killed();
     // A fused first waiting for the next command of this queue.
     let mut fused_first: Option<Command> = None;
@@ -618,10 +638,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 }
                 link.poll_collect(cx);
                 fetcher.take_fetches(&mut link, &ctx.pool, &mut out);
-                while let Some(a) = link.poll_abort(cx) {
-                    let aborted = on_abort(&ctx, &mut fetcher, a.cccid, a.status, &mut slab, &mut out, io_job);
-                    a.answer(aborted);
-                }
+                answer_aborts(cx, &mut aborts, &ctx, &mut fetcher, &mut slab, &mut out, io_job);
                 fetcher.poll_alloc(cx, &ctx.pool, &mut out);
                 if serial.is_none() && !held.is_empty() {
                     return Poll::Ready(Ev::Held);
@@ -663,7 +680,9 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                 emit_all(&mut link, &mut out);
                 // While the socket is full the turn goes on: commands are
                 // read and run, their outcomes wait in `out` for the next
-                // send (so a large read is copied while the last is sent).
+                // send (so a large read is copied while the last is sent),
+                // and admin Aborts are answered (the admin queue behind one
+                // must not wait for a host that does not read this socket).
                 let mut stop: Option<KillReason> = None;
                 {
                     let flush = link.flush();
@@ -672,6 +691,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
                         if flush.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(());
                         }
+                        answer_aborts(cx, &mut aborts, &ctx, &mut fetcher, &mut slab, &mut out, io_job);
                         while stop.is_none() && serial.is_none() && held.is_empty() && out.len() < MAX_BATCH {
                             if killed_fut.as_mut().poll(cx).is_ready() {
                                 stop = Some(ctx.ctrl.kill_reason());
@@ -722,7 +742,7 @@ async fn run(reader: Reader, mut link: Link, peer: std::net::SocketAddr, ctx: Ar
     // never run.
     abort_held_fused(&ctx, &mut fused_first).await;
     drop(held);
-    link.refuse_aborts();
+    aborts.refuse();
     fetcher.close(&ctx, &mut slab, &mut out, io_job);
     let drain = async {
         loop {

@@ -9,7 +9,9 @@
 //! owns the queue's R2T transfers ([`Transfers`]): no lock, no channel on
 //! that path. Commands that finish later (or on another thread: AERs) send
 //! through a [`Responder`], whose items the driver moves to the link every
-//! turn; an admin Abort reaches the driver through its [`XferAborter`].
+//! turn; an admin Abort reaches the driver through its [`XferAborter`] and
+//! the queue's [`Aborts`] mailbox, which the driver holds beside the link so
+//! that it answers while a send waits for the socket as well as in its turn.
 
 mod reader;
 mod writer;
@@ -332,7 +334,9 @@ impl AbortReq {
 
 /// Aborts commands of one queue whose write data is still awaited: a
 /// message to the queue's driver (which may run on another thread; a cold
-/// path), answered by it.
+/// path), answered by it from its [`Aborts`] mailbox, in its turn or while
+/// its send waits for a host that does not read (never only once the socket
+/// drains).
 #[derive(Clone)]
 pub struct XferAborter {
     tx: mpsc::UnboundedSender<AbortReq>,
@@ -356,6 +360,9 @@ impl XferAborter {
 pub struct Connection {
     pub reader: Reader,
     pub link: Link,
+    /// The queue's abort mailbox: not part of the [`Link`], so that the
+    /// driver can answer an Abort while [`Link::flush`] holds the link.
+    pub aborts: Aborts,
     pub responder: Responder,
     pub peer: std::net::SocketAddr,
 }
@@ -374,7 +381,33 @@ pub struct Link {
     sender: crate::send::Sender<Tx, writer::Encoder>,
     /// Cold-path fetches collected, for the driver's transfer table.
     fetches: VecDeque<Fetch>,
-    aborts: mpsc::UnboundedReceiver<AbortReq>,
+}
+
+/// The admin Aborts asked of one queue ([`XferAborter`]), for its driver to
+/// answer. Dropping it answers those asked (and later ones) "not aborted",
+/// as [`Aborts::refuse`] does.
+pub struct Aborts {
+    rx: mpsc::UnboundedReceiver<AbortReq>,
+}
+
+impl Aborts {
+    /// The next admin Abort for this queue; registers for a wake-up when
+    /// none is there.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Option<AbortReq> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => None,
+        }
+    }
+
+    /// No abort will be answered any more: those still asked (and later
+    /// ones) get "not aborted".
+    pub fn refuse(&mut self) {
+        self.rx.close();
+        while let Ok(a) = self.rx.try_recv() {
+            a.answer(false);
+        }
+    }
 }
 
 impl Link {
@@ -393,24 +426,6 @@ impl Link {
     /// A cold-path fetch collected by [`Link::poll_collect`].
     pub fn take_fetch(&mut self) -> Option<Fetch> {
         self.fetches.pop_front()
-    }
-
-    /// The next admin Abort for this queue; registers for a wake-up when
-    /// none is there.
-    pub fn poll_abort(&mut self, cx: &mut Context<'_>) -> Option<AbortReq> {
-        match self.aborts.poll_recv(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => None,
-        }
-    }
-
-    /// No abort will be answered any more: those still asked (and later
-    /// ones) get "not aborted".
-    pub fn refuse_aborts(&mut self) {
-        self.aborts.close();
-        while let Ok(a) = self.aborts.try_recv() {
-            a.answer(false);
-        }
     }
 
     /// An R2T for the whole of a transfer, sent with the turn's batch.
@@ -484,7 +499,6 @@ impl Link {
     /// Sends what is still queued (including what responders queued), waits
     /// (bounded) for the kernel to release every page, and closes the socket.
     pub async fn close(mut self) {
-        self.refuse_aborts();
         self.out.close();
         while let Ok(m) = self.out.try_recv() {
             match m {
@@ -503,7 +517,8 @@ impl Link {
 impl Connection {
     /// Closes a connection that never got a driver: what was queued is
     /// sent, then the socket closes.
-    pub async fn closed(self) {
+    pub async fn closed(mut self) {
+        self.aborts.refuse();
         drop(self.reader);
         self.link.close().await;
     }
@@ -578,8 +593,9 @@ pub async fn accept_from(mut stream: TcpStream, peer: std::net::SocketAddr, cfg:
     let (aborts_tx, aborts) = mpsc::unbounded_channel();
     let sender = crate::send::Sender::new(wr, writer::Encoder { neg: negotiated }, cfg.send);
     let reader = Reader::new(rd, reader::State { negotiated, limits, pool, tx: tx.clone() });
-    let link = Link { out, sender, fetches: VecDeque::new(), aborts };
-    Ok(Connection { reader, link, responder: Responder { tx, aborts: aborts_tx, negotiated, tls_identity: None }, peer })
+    let link = Link { out, sender, fetches: VecDeque::new() };
+    let aborts = Aborts { rx: aborts };
+    Ok(Connection { reader, link, aborts, responder: Responder { tx, aborts: aborts_tx, negotiated, tls_identity: None }, peer })
 }
 
 /// A C2HTermReq written directly (before the writer task exists).
@@ -603,5 +619,41 @@ mod tests {
         let aborter = r.aborter();
         let a = aborter.abort(7, Status::ABORT_REQ);
         assert!(!tokio::time::timeout(std::time::Duration::from_secs(5), a).await.expect("answered"));
+    }
+
+    /// A driver that stops answering (the queue ends) refuses the Aborts
+    /// asked and every later one: each is answered "not aborted" at once,
+    /// and so is one asked after the mailbox is dropped.
+    #[tokio::test]
+    async fn refused_and_dropped_mailboxes_answer_not_aborted() {
+        async fn wait<T>(f: impl std::future::Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+            tokio::time::timeout(std::time::Duration::from_secs(5), f).await
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (aborter, mut aborts) = (XferAborter { tx }, Aborts { rx });
+        let asked = tokio::spawn({
+            let a = aborter.clone();
+            async move { a.abort(3, Status::ABORT_REQ).await }
+        });
+        // the question is in the mailbox before it is refused
+        let req = wait(std::future::poll_fn(|cx| match aborts.poll_next(cx) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }))
+        .await
+        .expect("asked");
+        assert_eq!(req.cccid, 3);
+        req.answer(true);
+        assert!(wait(asked).await.expect("answered").unwrap());
+        let asked = tokio::spawn({
+            let a = aborter.clone();
+            async move { a.abort(4, Status::ABORT_REQ).await }
+        });
+        tokio::task::yield_now().await;
+        aborts.refuse();
+        assert!(!wait(asked).await.expect("answered").unwrap());
+        assert!(!wait(aborter.abort(5, Status::ABORT_REQ)).await.expect("answered"));
+        drop(aborts);
+        assert!(!wait(aborter.abort(6, Status::ABORT_REQ)).await.expect("answered"));
     }
 }

@@ -171,7 +171,8 @@ pub async fn execute(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>>
 /// reaches the medium. Anything else is not: it is already executing (the
 /// backend I/O is not cut) or unknown. Completion DW0 bit 0 is 0 when the
 /// command was aborted, 1 when it was not. The I/O queue's driver owns its
-/// transfers and answers (it may run on another thread).
+/// transfers and answers (it may run on another thread), also while its
+/// send waits for a host that does not read that queue's socket.
 async fn abort(ctx: &QueueCtx, sqid: u16, cid: u16) -> u64 {
     let aborter = if sqid == 0 { None } else { ctx.ctrl.lock().aborters.get(&sqid).cloned() };
     let aborted = match aborter {

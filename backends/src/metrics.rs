@@ -128,6 +128,9 @@ pub struct DataPathMetrics {
     /// `io_uring_enter` calls that submitted them: operations queued in one
     /// turn of this thread's tasks go in together.
     pub uring_enters: AtomicU64,
+    /// Enters that ran the completion work a reactor's ring defers to its
+    /// reaper (see `uring::Ring::new`); stays 0 on kernels before 6.1.
+    pub uring_deferred_runs: AtomicU64,
     /// Why a cheaper path was not taken.
     pub fallback_data_digest: AtomicU64,
     pub fallback_no_pipe: AtomicU64,

@@ -130,6 +130,7 @@ fn process_totals(enc: &mut DescriptorEncoder, src: &Sources) -> fmt::Result {
     gauge(enc, "pinion_io_engine_uring", "1 when file and block volumes do their I/O on io_uring, 0 when on the blocking thread pool.", one(m.io_engine_uring.load(Relaxed)))?;
     counter(enc, "pinion_io_uring_ops", "File and block volume operations submitted to io_uring.", one(m.uring_ops.load(Relaxed)))?;
     counter(enc, "pinion_io_uring_submits", "io_uring_enter calls that submitted them (operations of one turn go together).", one(m.uring_enters.load(Relaxed)))?;
+    counter(enc, "pinion_io_uring_deferred_runs", "Times a reactor's reaper ran the completion work its ring defers to it (DEFER_TASKRUN; 0 on kernels before 6.1).", one(m.uring_deferred_runs.load(Relaxed)))?;
     counter(enc, "pinion_io_engine_fallbacks", "Times file I/O could not use io_uring (unavailable, turned off, or a thread's ring failed) and used the blocking thread pool.", one(m.io_engine_fallbacks.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_completions", "Zero-copy send completions read from the error queue.", one(m.zerocopy_completions.load(Relaxed)))?;
     counter(enc, "pinion_zerocopy_copied", "Zero-copy completions reporting that the kernel copied anyway.", one(m.zerocopy_copied.load(Relaxed)))?;

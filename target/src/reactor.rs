@@ -120,6 +120,8 @@ impl Reactors {
             let busy = (!spin_max.is_zero()).then(|| Arc::new(busy_poll::Counters::default()));
             let spin = busy.clone().map(|c| busy_poll::spinner(spin_max, c));
             let t = std::thread::Builder::new().name(format!("pinion-reactor-{id}")).spawn(move || {
+                // everything on this thread's ring is entered from here
+                pinion_backends::uring::this_thread_is_a_reactor();
                 match cpu.map(pin_to) {
                     Some(Ok(())) => tracing::info!(reactor = id, cpu, blocking_threads = blocking, "reactor started"),
                     Some(Err(e)) => tracing::warn!(reactor = id, cpu, error = %e, "reactor started unpinned: cannot set its CPU affinity"),

@@ -10,8 +10,9 @@
 # and 2 to the kernel nvme-tcp host on the guest's loopback.  The host is
 # local, so only the read-only volume may be spliced.  Cold reads (caches
 # dropped) must go O_DIRECT on both; hot reads must splice `ro` and copy
-# `rw`; small reads are copied.  Every read returns the file's bytes.  The
-# verdict is read from Pinion's /metrics per volume.  Last line
+# `rw`; small reads are copied; the reactor's io_uring defers its completion
+# work to its reaper.  Every read returns the file's bytes.  The verdict is
+# read from Pinion's /metrics per volume.  Last line
 # "NVME-PATHS: PASS".
 set -euo pipefail
 exec 2>&1
@@ -136,6 +137,13 @@ dd if="${devs[2]}" of=/dev/null bs=4k count=256 iflag=direct status=none
 small=$(($(metric ro copy) - before))
 ((small >= 256)) || fail "4 KiB reads were not copied ($small)"
 echo "small: $small copies"
+
+# The direct reads above ran on the reactor's io_uring with its completion
+# work deferred to the reaper (DEFER_TASKRUN): 6.1 has it, and a reaper
+# that missed the kernel's eventfd would have hung the reads instead.
+deferred=$(metrics | awk '$1 == "pinion_io_uring_deferred_runs_total" { print $2 }')
+((${deferred:-0} > 0)) || fail "no deferred io_uring completions on this kernel ($(uname -r)): pinion_io_uring_deferred_runs_total=${deferred:-missing}"
+echo "deferred completion runs: $deferred"
 
 nvme disconnect -n "$NQN"
 grep -q panicked "$WORK/pinion.log" && fail "pinion panicked"

@@ -264,6 +264,52 @@ mod tests {
     #[tokio::test]
     async fn read_write_flush_fallocate_on_the_ring() {
         let ring = ring();
+        assert!(!ring.deferred(), "a test thread is no reactor: the cooperative default");
+        every_operation(ring).await;
+    }
+
+    /// A reactor's ring defers completion work to its reaper: every
+    /// operation still completes, and 64 reads in flight at once all wake
+    /// their tasks (the eventfd wake-up loses none).
+    #[tokio::test]
+    async fn a_reactor_ring_defers_completions_and_loses_none() {
+        crate::uring::this_thread_is_a_reactor();
+        let ring = ring();
+        assert!(ring.deferred(), "a reactor's ring defers its completion work");
+        every_operation(ring.clone()).await;
+        let pool = PagePool::new(1 << 22, false);
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_file(&dir.path().join("many.img"), Some(1 << 20), 4096, IoMode::Direct, false).unwrap();
+        for i in 0..64u64 {
+            b.ring_write(&ring, i * 4096, filled(&pool, 4096, i as u8).await, false).await.unwrap();
+        }
+        for _ in 0..20 {
+            let mut reads: Vec<_> = (0..64u64).map(|i| Box::pin(read(&b, &ring, &pool, i * 4096, 4096))).collect();
+            let mut got: Vec<Option<Vec<u8>>> = vec![None; reads.len()];
+            // all in flight together, each polled until its completion wakes it
+            let all = std::future::poll_fn(|cx| {
+                let mut pending = false;
+                for (r, g) in reads.iter_mut().zip(got.iter_mut()).filter(|(_, g)| g.is_none()) {
+                    match std::future::Future::poll(r.as_mut(), cx) {
+                        std::task::Poll::Ready(v) => *g = Some(v.unwrap()),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+                if pending {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            });
+            tokio::time::timeout(std::time::Duration::from_secs(10), all).await.expect("a completion was lost");
+            for (i, v) in got.into_iter().enumerate() {
+                assert!(v.unwrap().iter().all(|&x| x == i as u8), "block {i}");
+            }
+        }
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    async fn every_operation(ring: Arc<Ring>) {
         let pool = PagePool::new(1 << 22, false);
         let dir = tempfile::tempdir().unwrap();
         for mode in [IoMode::Buffered, IoMode::Direct, IoMode::Auto] {

@@ -1,4 +1,4 @@
-//! The one unsafe call of the io_uring engine.
+//! The unsafe calls of the io_uring engine.
 #![allow(unsafe_code)]
 
 use io_uring::{squeue, IoUring};
@@ -38,4 +38,21 @@ pub(super) fn register(ring: &IoUring) -> std::io::Result<AsyncFd<RingFd>> {
     // and the `AsyncFd` is dropped (deregistered) before that, as its
     // caller guarantees; `RingFd::as_raw_fd` always returns that fd.
     unsafe { AsyncFd::register_with_interest(RingFd(ring.as_raw_fd()), Interest::READABLE) }.map_err(|e| e.into())
+}
+
+/// A non-blocking eventfd, registered with the current tokio runtime's
+/// poller, for the kernel to say that completions wait to be run (a ring
+/// with deferred task work, see `Ring::new`; the caller registers it with
+/// the ring).
+pub(super) fn eventfd() -> std::io::Result<AsyncFd<std::fs::File>> {
+    // SAFETY: eventfd(2) takes no pointers; a negative return is an error.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: the `AsyncFd` owns the `File`, which keeps the fd open (and
+    // the same) until the `AsyncFd` is dropped.
+    unsafe { AsyncFd::register_with_interest(file, Interest::READABLE) }.map_err(|e| e.into())
 }

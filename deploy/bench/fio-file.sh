@@ -17,7 +17,8 @@
 # the same rounds, for before/after; --no-threads drops the thread-pool one;
 # --poll makes the initiator spin (`pinion perf --poll`, as SPDK's perf
 # does) instead of sleeping in poll(2); --busy-poll US adds a column: Pinion
-# on io_uring with `[runtime] busy_poll_us = US`.
+# on io_uring with `[runtime] busy_poll_us = US` (and, with --base, the base
+# binary the same way).
 #
 # Env: BENCH_NVME_PORT (4521). Every process it starts is stopped by PID.
 set -Eeuo pipefail
@@ -99,6 +100,7 @@ cells=(fio uring)
 [[ -n $BASE ]] && cells+=(base)
 ((THREADS)) && cells+=(threads)
 [[ -n $BUSY ]] && cells+=(busy)
+[[ -n $BUSY && -n $BASE ]] && cells+=(basebusy)
 cell() {
   case $1 in
     fio) fio_cell ;;
@@ -106,10 +108,11 @@ cell() {
     base) pinion_cell uring "$BASE" ;;
     threads) pinion_cell threads ;;
     busy) pinion_cell busy ;;
+    basebusy) pinion_cell busy "$BASE" ;;
   esac
 }
 declare -A R
-label() { case $1 in fio) echo "fio" ;; uring) echo "pinion io_uring" ;; base) echo "base io_uring" ;; threads) echo "pinion threads" ;; busy) echo "pinion busy_poll_us=$BUSY" ;; esac; }
+label() { case $1 in fio) echo "fio" ;; uring) echo "pinion io_uring" ;; base) echo "base io_uring" ;; threads) echo "pinion threads" ;; busy) echo "pinion busy_poll_us=$BUSY" ;; basebusy) echo "base busy_poll_us=$BUSY" ;; esac; }
 for r in $(seq "$ROUNDS"); do
   order=("${cells[@]}")
   ((r % 2)) || order=($(printf '%s\n' "${cells[@]}" | tac))

@@ -507,10 +507,26 @@ fn emit(link: &mut Link, o: Outcome) {
 
 /// Items a turn gathers before it sends them.
 const MAX_BATCH: usize = 64;
-/// Completions of disk I/O go out this many per send, with the commands
-/// that came in the meantime taken between the sends (see `Ev::Flush` in
-/// [`run`]).
-const DISK_STEP: usize = 2;
+/// Completions of disk I/O go out in sends of about this much read data,
+/// with the commands that came in the meantime taken between the sends
+/// (see `Ev::Flush` in [`run`]): two 4 KiB reads. (One read per send cost
+/// a quarter of the rate, four cost 3-8%, in alternating rounds.)
+const DISK_STEP_BYTES: usize = 8192;
+
+/// How many of `out`'s first outcomes make one step: up to
+/// [`DISK_STEP_BYTES`] of read data (responses without data ride along).
+fn step_len(out: &[Outcome]) -> usize {
+    let mut bytes = 0;
+    for (i, o) in out.iter().enumerate() {
+        if bytes >= DISK_STEP_BYTES {
+            return i;
+        }
+        if let Outcome::Data { data, .. } = o {
+            bytes += data.len();
+        }
+    }
+    out.len()
+}
 /// How often sent page-cache payloads are looked at while they wait for
 /// the socket to drain.
 const HOUSEKEEPING: Duration = Duration::from_millis(1);
@@ -696,14 +712,17 @@ async fn run(reader: Reader, mut link: Link, mut aborts: Aborts, peer: std::net:
                 // yields between the sends: the next turn takes (and
                 // submits) what the host sent meanwhile. Outcomes of work
                 // done in the turn (RAM, page-cache hits) still go out
-                // together: there the extra sends cost more than they save
-                // (4 KiB reads from RAM fell by a third).
+                // together, and so do responses without data (writes):
+                // there the extra sends cost more than they save (4 KiB
+                // reads from RAM fell by a third, buffered file writes by
+                // a tenth).
                 let now = pinion_backends::uring::completions_handed_out();
                 stepping |= now != handed_out;
                 handed_out = now;
-                let step = stepping && out.len() > DISK_STEP;
+                let n = if stepping { step_len(&out) } else { out.len() };
+                let step = n < out.len();
                 if step {
-                    for o in out.drain(..DISK_STEP) {
+                    for o in out.drain(..n) {
                         emit(&mut link, o);
                     }
                 } else {

@@ -167,7 +167,6 @@ impl State {
             match std::mem::replace(slot, Slot::Done(cqe.result())) {
                 Slot::Waiting(w) => {
                     *in_flight -= 1;
-                    HANDED_OUT.with(|n| n.set(n.get() + 1));
                     if let Some(w) = w {
                         w.wake();
                     }
@@ -267,16 +266,6 @@ thread_local! {
     /// This thread runs its own single-threaded executor for its whole
     /// life (a reactor): see [`this_thread_is_a_reactor`].
     static REACTOR: Cell<bool> = const { Cell::new(false) };
-    /// Completions handed to this thread's tasks so far.
-    static HANDED_OUT: Cell<u64> = const { Cell::new(0) };
-}
-
-/// How many io_uring completions this thread's ring has handed to the tasks
-/// waiting for them so far: a connection driver that sees it move knows its
-/// turn carries completions of I/O that went to the kernel (a disk), not of
-/// work done in the turn.
-pub fn completions_handed_out() -> u64 {
-    HANDED_OUT.with(Cell::get)
 }
 
 /// Says that the calling thread runs a single-threaded executor for its

@@ -114,10 +114,9 @@ fn file_volumes_use_io_uring_by_default() {
 }
 
 /// 32 O_DIRECT reads in flight at once, the depth of the benchmarks: the
-/// disk completes them in bursts, which the reactor's ring hands out with
-/// its deferred completion work and the driver sends a few at a time while
-/// it takes the next commands. Every read gets its own block's bytes, none
-/// is lost or sent twice, over 20 rounds.
+/// disk completes them in bursts, which the reactor's ring hands out by
+/// running the completion work it deferred, in one enter. Every read gets
+/// its own block's bytes, none is lost or sent twice, over 20 rounds.
 #[test]
 fn a_queue_of_direct_reads_completes_with_the_right_bytes() {
     let s = Server::start(CONFIG);

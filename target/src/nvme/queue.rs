@@ -507,26 +507,6 @@ fn emit(link: &mut Link, o: Outcome) {
 
 /// Items a turn gathers before it sends them.
 const MAX_BATCH: usize = 64;
-/// Completions of disk I/O go out in sends of about this much read data,
-/// with the commands that came in the meantime taken between the sends
-/// (see `Ev::Flush` in [`run`]): two 4 KiB reads. (One read per send cost
-/// a quarter of the rate, four cost 3-8%, in alternating rounds.)
-const DISK_STEP_BYTES: usize = 8192;
-
-/// How many of `out`'s first outcomes make one step: up to
-/// [`DISK_STEP_BYTES`] of read data (responses without data ride along).
-fn step_len(out: &[Outcome]) -> usize {
-    let mut bytes = 0;
-    for (i, o) in out.iter().enumerate() {
-        if bytes >= DISK_STEP_BYTES {
-            return i;
-        }
-        if let Outcome::Data { data, .. } = o {
-            bytes += data.len();
-        }
-    }
-    out.len()
-}
 /// How often sent page-cache payloads are looked at while they wait for
 /// the socket to drain.
 const HOUSEKEEPING: Duration = Duration::from_millis(1);
@@ -613,9 +593,6 @@ async fn run(reader: Reader, mut link: Link, mut aborts: Aborts, peer: std::net:
     let hold_max = usize::from(ctx.sq_entries);
     // Outcomes of this turn, for the next send (the vector is kept).
     let mut out: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
-    // `out` holds completions of disk I/O: they go out in steps.
-    let mut stepping = false;
-    let mut handed_out = pinion_backends::uring::completions_handed_out();
     let why = loop {
         // a kill before we subscribed is not seen by `changed()`
         if ctx.ctrl.is_killed() {
@@ -700,35 +677,7 @@ async fn run(reader: Reader, mut link: Link, mut aborts: Aborts, peer: std::net:
         match ev {
             Ev::Stop(why) => break why,
             Ev::Flush => {
-                // A disk may finish a queue's reads together (this VM's
-                // virtio disk finishes all it holds at once, ~300 us after
-                // the first) and then idle until the host's next command
-                // arrives. Sent at once, a burst's completions reach the
-                // host only after the whole copy, and the commands it sends
-                // back wait in the socket behind the rest of the burst's
-                // work (the poller does not look at the socket again until
-                // the driver yields). So when the ring handed out
-                // completions, they go out a few per send, and the driver
-                // yields between the sends: the next turn takes (and
-                // submits) what the host sent meanwhile. Outcomes of work
-                // done in the turn (RAM, page-cache hits) still go out
-                // together, and so do responses without data (writes):
-                // there the extra sends cost more than they save (4 KiB
-                // reads from RAM fell by a third, buffered file writes by
-                // a tenth).
-                let now = pinion_backends::uring::completions_handed_out();
-                stepping |= now != handed_out;
-                handed_out = now;
-                let n = if stepping { step_len(&out) } else { out.len() };
-                let step = n < out.len();
-                if step {
-                    for o in out.drain(..n) {
-                        emit(&mut link, o);
-                    }
-                } else {
-                    stepping = false;
-                    emit_all(&mut link, &mut out);
-                }
+                emit_all(&mut link, &mut out);
                 // While the socket is full the turn goes on: commands are
                 // read and run, their outcomes wait in `out` for the next
                 // send (so a large read is copied while the last is sent),
@@ -772,9 +721,6 @@ async fn run(reader: Reader, mut link: Link, mut aborts: Aborts, peer: std::net:
                 }
                 if let Some(why) = stop {
                     break why;
-                }
-                if step {
-                    tokio::task::yield_now().await;
                 }
             }
             Ev::Held => {

@@ -27,3 +27,18 @@ namespaces = ["f"]
 hosts = ["*"]
 CFG
 }
+
+# fio_file_need_trace: the traces read the image fio-file.sh made, with perf.
+fio_file_need_trace() {
+  [[ -f $FIO_FILE_IMG ]] || { echo "no $FIO_FILE_IMG: run deploy/bench/fio-file.sh first" >&2; exit 2; }
+  command -v perf >/dev/null || { echo "perf missing" >&2; exit 2; }
+}
+
+# fio_file_serve BIN DIR: Pinion on CPU 0 serving the image, its config and
+# log in DIR; sets `pid` and returns once its port answers.
+fio_file_serve() {
+  fio_file_config "$FIO_FILE_PORT" "$FIO_FILE_IMG" >"$2/pinion.toml"
+  taskset -c 0 "$1" serve --config "$2/pinion.toml" >"$2/pinion.log" 2>&1 </dev/null &
+  pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$FIO_FILE_PORT) 2>/dev/null && break; sleep 0.1; done
+}

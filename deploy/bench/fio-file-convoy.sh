@@ -33,8 +33,7 @@ BIN=${BIN:-$REPO/build/cargo/release/pinion}
 # shellcheck source=fio-file-config.sh
 . "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 PORT=$FIO_FILE_PORT IMG=$FIO_FILE_IMG
-[[ -f $IMG ]] || { echo "no $IMG: run deploy/bench/fio-file.sh first" >&2; exit 2; }
-command -v perf >/dev/null || { echo "perf missing" >&2; exit 2; }
+fio_file_need_trace
 OUT=$(mktemp -d /tmp/pinion-fio-convoy.XXXXXX)
 pid= hp=
 cleanup() {
@@ -48,10 +47,8 @@ if ((FIO)); then
     --time_based --runtime=4 --output-format=json >"$OUT/fio.json" 2>/dev/null &
   hp=$! tgt=$!
 else
-  fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
-  taskset -c 0 "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
-  pid=$! tgt=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+  fio_file_serve "$BIN" "$OUT"
+  tgt=$pid
   taskset -c 1 "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
     --qd 32 --time 4 --poll --json >"$OUT/perf.json" 2>>"$OUT/pinion.log" &
   hp=$!

@@ -25,8 +25,7 @@ BIN=${BIN:-$REPO/build/cargo/release/pinion}
 # shellcheck source=fio-file-config.sh
 . "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 PORT=$FIO_FILE_PORT IMG=$FIO_FILE_IMG
-[[ -f $IMG ]] || { echo "no $IMG: run deploy/bench/fio-file.sh first" >&2; exit 2; }
-command -v perf >/dev/null || { echo "perf missing" >&2; exit 2; }
+fio_file_need_trace
 OUT=$(mktemp -d /tmp/pinion-fio-trace.XXXXXX)
 pid= ppid_=
 cleanup() {
@@ -35,10 +34,7 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-fio_file_config "$PORT" "$IMG" >"$OUT/pinion.toml"
-taskset -c 0 "$BIN" serve --config "$OUT/pinion.toml" >"$OUT/pinion.log" 2>&1 </dev/null &
-pid=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+fio_file_serve "$BIN" "$OUT"
 taskset -c 1 "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
   --qd 32 --time "$TIME" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log" &
 ppid_=$!

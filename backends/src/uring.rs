@@ -332,9 +332,13 @@ impl Ring {
             // Kernels before 6.1 refuse the flags: the default below.
             match IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().setup_single_issuer().setup_defer_taskrun().build(ENTRIES) {
                 Ok(ring) => {
-                    let ev = sys::eventfd()?;
-                    ring.submitter().register_eventfd(ev.as_raw_fd())?;
-                    return Ok(Ring::with(ring, Wait::Event(ev), true));
+                    let ev = sys::eventfd().and_then(|ev| ring.submitter().register_eventfd(ev.as_raw_fd()).map(|()| ev));
+                    match ev {
+                        Ok(ev) => return Ok(Ring::with(ring, Wait::Event(ev), true)),
+                        // without its wake-up the reaper could not defer:
+                        // a cooperative ring still beats the blocking pool
+                        Err(e) => tracing::warn!(error = %e, "no eventfd for this reactor's io_uring: its completions run at its system calls"),
+                    }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 Err(e) => return Err(e),

@@ -283,16 +283,26 @@ pub fn read_now(ctx: &QueueCtx, sqe: &Sqe) -> Option<Result<Reply, Status>> {
         let Plan::Read { off, len, .. } = checked_plan(ctx, &ns, sqe)? else {
             unreachable!("a Read parses as a Read or fails")
         };
-        let n = ctx.responder.negotiated();
-        let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
         let _in = super::resv::admit(ctx, &ns, Access::Read)?;
-        let Some(r) = ns.volume.read_now(off, len, opts) else { return Ok(None) };
+        let Some(r) = ns.volume.read_now(off, len, read_opts(ctx)) else { return Ok(None) };
         let sgl = r.map_err(|e| map_err(e, false))?;
-        ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
-        ns.stats.read_cmds.fetch_add(1, Relaxed);
-        Ok(Some(Reply { result: 0, data: Some(sgl) }))
+        Ok(Some(read_reply(&ns, len, sgl)))
     };
     run().transpose()
+}
+
+/// How this connection's reads are sent: the transport must see the bytes
+/// for a data digest; a local peer must not get page-cache pages.
+fn read_opts(ctx: &QueueCtx) -> ReadOpts {
+    let n = ctx.responder.negotiated();
+    ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer }
+}
+
+/// A finished Read's reply, counted in the namespace's SMART figures.
+fn read_reply(ns: &Namespace, len: usize, sgl: Sgl) -> Reply {
+    ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
+    ns.stats.read_cmds.fetch_add(1, Relaxed);
+    Reply { result: 0, data: Some(sgl) }
 }
 
 /// The host's data for a write-type command (reservation commands): in the
@@ -337,13 +347,9 @@ async fn run_in(ctx: &QueueCtx, plan: &Plan, data: Option<Sgl>, known: Option<&A
     match *plan {
         Plan::Read { nsid, off, len } => {
             let ns = &ns(nsid)?;
-            let n = ctx.responder.negotiated();
-            let opts = ReadOpts { need_bytes: n.digests.data, local_peer: n.local_peer };
             let _in = admit(ctx, ns, Access::Read)?;
-            let sgl = ns.volume.read(off, len, opts).await.map_err(|e| map_err(e, false))?;
-            ns.stats.bytes_read.fetch_add(len as u64, Relaxed);
-            ns.stats.read_cmds.fetch_add(1, Relaxed);
-            Ok(Reply { result: 0, data: Some(sgl) })
+            let sgl = ns.volume.read(off, len, read_opts(ctx)).await.map_err(|e| map_err(e, false))?;
+            Ok(read_reply(ns, len, sgl))
         }
         Plan::Write { nsid, off, len, fua, .. } => {
             let ns = &ns(nsid)?;

@@ -202,11 +202,7 @@ impl Volume {
             return None;
         }
         let f = self.backend.as_file()?;
-        let lock = match self.info().read_only {
-            true => None,
-            false => Some(self.locks.try_lock(offset, len as u64, LockMode::Shared)?),
-        };
-        let m = f.ram_mapped(offset, len, lock)?;
+        let m = f.ram_mapped(offset, len, self.try_read_lock(offset, len)?)?;
         Some(Ok(self.mapped_payload(m)))
     }
 
@@ -320,6 +316,15 @@ impl Volume {
         match self.info().read_only {
             true => None,
             false => Some(self.locks.lock(offset, len as u64, LockMode::Shared).await),
+        }
+    }
+
+    /// [`Volume::read_lock`] without waiting: `None` when a writer holds
+    /// part of the range now.
+    fn try_read_lock(&self, offset: u64, len: usize) -> Option<Option<RangeGuard>> {
+        match self.info().read_only {
+            true => Some(None),
+            false => self.locks.try_lock(offset, len as u64, LockMode::Shared).map(Some),
         }
     }
 

@@ -5,8 +5,9 @@
 # on the other CPU), then prints
 #   * per convoy (the disk had no read in flight, then got one again): how
 #     long it stood idle and when, after its last completion, the first
-#     completion reached the reader, the target sent, the host received and
-#     sent, the target received and the next read was submitted and issued;
+#     completion reached the reader, the target sent (and its send returned:
+#     how long the send held the target), the host received and sent, the
+#     target received and the next read was submitted and issued;
 #   * per burst of completions: how many reads it held and how long its
 #     first-issued read took (a disk that finishes what it holds at once
 #     shows the same completion time for every read of a burst).
@@ -57,7 +58,7 @@ sleep 2
 # recvfrom only when it returned data: the polling host's empty reads
 # would flood the buffer
 perf record -q -a -o "$OUT/t.data" \
-  -e block:block_rq_issue,block:block_rq_complete,io_uring:io_uring_submit_req,io_uring:io_uring_complete,syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev,syscalls:sys_exit_epoll_wait \
+  -e block:block_rq_issue,block:block_rq_complete,io_uring:io_uring_submit_req,io_uring:io_uring_complete,syscalls:sys_enter_sendmsg,syscalls:sys_exit_sendmsg,syscalls:sys_enter_writev,syscalls:sys_exit_epoll_wait \
   -e syscalls:sys_exit_recvfrom --filter 'ret > 0' -- sleep 0.3 >/dev/null 2>&1
 wait "$hp" || true; hp=
 perf script -i "$OUT/t.data" -F pid,time,event,trace >"$OUT/t.txt" 2>/dev/null
@@ -99,8 +100,11 @@ for t, pid, e, r in ev:
              ('sys_exit_recvfrom', True): 'target receives', ('io_uring_submit_req', True): 'next read submitted'}.get((e, mine))
         if k and k not in cur:
             cur[k] = t
+        # the target's first send after the burst: how long it held the CPU
+        if e == 'sys_exit_sendmsg' and mine and 'target sends' in cur and 'target send returns' not in cur:
+            cur['target send returns'] = t
 print(f"convoys (the disk idle, then busy again): {len(convoys)} in 0.3 s")
-for k in ['completion reaped', 'target sends', 'host receives', 'host sends', 'target receives', 'next read submitted', 'issue']:
+for k in ['completion reaped', 'target sends', 'target send returns', 'host receives', 'host sends', 'target receives', 'next read submitted', 'issue']:
     v = sorted(c[k] - c['idle'] for c in convoys if k in c)
     if v:
         print(f"  first {k:20} +{st.median(v):6.1f} us after the last completion (p50), p90 {v[int(len(v) * .9)]:6.1f}")

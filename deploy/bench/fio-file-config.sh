@@ -1,5 +1,6 @@
-# Sourced by fio-file.sh and fio-file-trace.sh: the one Pinion both measure,
-# on the image fio-file.sh makes (the trace reads what the benchmark wrote).
+# Sourced by the fio-file*.sh scripts: the one Pinion they measure, on the
+# image fio-file.sh makes (the traces read what the benchmark wrote) or, in
+# fio-file-nullblk.sh, on a null_blk device.
 FIO_FILE_PORT=${BENCH_NVME_PORT:-4521}
 # O_DIRECT needs a real file system (not tmpfs): the image lives beside the build
 FIO_FILE_IMG=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/bench/data/fio-file.img
@@ -42,3 +43,6 @@ fio_file_serve() {
   pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$FIO_FILE_PORT) 2>/dev/null && break; sleep 0.1; done
 }
+
+# med N...: the median (the lower middle one of an even count)
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }

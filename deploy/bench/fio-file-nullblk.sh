@@ -163,7 +163,6 @@ print(round(j["iops"]), round(ticks * 1e6 / hz / max(j["ios"], 1), 1), sys.argv[
     "$OUT/perf.json" $((t1 - t0)) "$(getconf CLK_TCK)" $b
 }
 
-med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 cells=(fio sleep poll)
 declare -A R
 table=()

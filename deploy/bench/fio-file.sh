@@ -128,7 +128,6 @@ for r in $(seq "$ROUNDS"); do
   done
   echo "$line"
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 mf=$(med ${R[fio]})
 line="median: fio $mf"
 for c in "${cells[@]}"; do

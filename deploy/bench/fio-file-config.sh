@@ -29,10 +29,21 @@ hosts = ["*"]
 CFG
 }
 
-# fio_file_need_trace: the traces read the image fio-file.sh made, with perf.
-fio_file_need_trace() {
+# fio_file_trace_setup NAME: for the trace scripts, which read the image
+# fio-file.sh made, with perf: checks both, makes the scratch directory OUT
+# and stops at exit what they start: the target (`pid`, see fio_file_serve)
+# and the host or local fio (`hp`).
+fio_file_trace_setup() {
   [[ -f $FIO_FILE_IMG ]] || { echo "no $FIO_FILE_IMG: run deploy/bench/fio-file.sh first" >&2; exit 2; }
   command -v perf >/dev/null || { echo "perf missing" >&2; exit 2; }
+  OUT=$(mktemp -d "/tmp/pinion-fio-$1.XXXXXX")
+  pid= hp=
+  trap fio_file_trace_cleanup EXIT
+}
+fio_file_trace_cleanup() {
+  [[ -n $hp ]] && kill "$hp" 2>/dev/null
+  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$OUT"
 }
 
 # fio_file_serve BIN DIR: Pinion on CPU 0 serving the image, its config and

@@ -34,15 +34,7 @@ BIN=${BIN:-$REPO/build/cargo/release/pinion}
 # shellcheck source=fio-file-config.sh
 . "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 PORT=$FIO_FILE_PORT IMG=$FIO_FILE_IMG
-fio_file_need_trace
-OUT=$(mktemp -d /tmp/pinion-fio-convoy.XXXXXX)
-pid= hp=
-cleanup() {
-  [[ -n $hp ]] && kill "$hp" 2>/dev/null
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
+fio_file_trace_setup convoy
 if ((FIO)); then
   taskset -c 0 fio --name=local --filename="$IMG" --direct=1 --ioengine=io_uring --rw=randread --bs=4k --iodepth=32 \
     --time_based --runtime=4 --output-format=json >"$OUT/fio.json" 2>/dev/null &

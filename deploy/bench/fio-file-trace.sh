@@ -25,22 +25,14 @@ BIN=${BIN:-$REPO/build/cargo/release/pinion}
 # shellcheck source=fio-file-config.sh
 . "$(dirname "${BASH_SOURCE[0]}")/fio-file-config.sh"
 PORT=$FIO_FILE_PORT IMG=$FIO_FILE_IMG
-fio_file_need_trace
-OUT=$(mktemp -d /tmp/pinion-fio-trace.XXXXXX)
-pid= ppid_=
-cleanup() {
-  [[ -n $ppid_ ]] && kill "$ppid_" 2>/dev/null
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
+fio_file_trace_setup trace
 fio_file_serve "$BIN" "$OUT"
 taskset -c 1 "$BIN" perf "nvme-tcp://127.0.0.1:$PORT/nqn.2026-11.io.pinion:fio-file" --rw randread --bs 4096 \
   --qd 32 --time "$TIME" --json >"$OUT/perf.json" 2>>"$OUT/pinion.log" &
-ppid_=$!
+hp=$!
 sleep $((TIME / 2))
 perf record -q -a -o "$OUT/trace.data" -e block:block_rq_issue,block:block_rq_complete,io_uring:io_uring_submit_req,io_uring:io_uring_complete,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,syscalls:sys_enter_io_uring_enter,syscalls:sys_exit_io_uring_enter -- sleep 0.5 >/dev/null 2>&1
-wait "$ppid_"; ppid_=
+wait "$hp"; hp=
 kill "$pid"; wait "$pid" 2>/dev/null || true
 perf script -i "$OUT/trace.data" -F pid,time,event,trace >"$OUT/trace.txt" 2>/dev/null
 python3 - "$OUT/trace.txt" "$pid" "$OUT/perf.json" <<'PY'

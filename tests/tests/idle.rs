@@ -1,7 +1,7 @@
 //! Idle means idle: connected queues that carry no I/O cost the server no
 //! CPU (no busy polling, no periodic timers that wake every reactor) and
 //! little memory. Measured from outside, on the real binary, with the
-//! scheduler's exact CPU time of each of its threads.
+//! scheduler's exact CPU time and wake-up count of each of its threads.
 //!
 //! Build the binary first: `cargo build -p pinion-target` (or set `PINION_BIN`).
 
@@ -62,33 +62,58 @@ fn process_cpu_ns(pid: u32) -> u64 {
 
 const TICK_NS: u64 = 10_000_000;
 
-/// Each live thread's CPU time so far, in nanoseconds: the scheduler's own
-/// running sum (`/proc/PID/task/TID/schedstat`), exact to the nanosecond.
-fn thread_cpu_ns(pid: u32) -> HashMap<u32, u64> {
+/// What the scheduler has counted of one thread (`/proc/PID/task/TID/schedstat`).
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    /// CPU time so far, in nanoseconds (exact, not sampled).
+    cpu_ns: u64,
+    /// Times it was put on a CPU: each wake-up of a thread that sleeps.
+    runs: u64,
+}
+
+/// Each live thread's name and scheduler counts.
+fn threads(pid: u32) -> HashMap<u32, (String, Sched)> {
     let mut threads = HashMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the server's threads") {
         let entry = entry.expect("thread entry");
         let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
-        // a thread that exits between the listing and this read is not counted
+        // a thread that exits between the listing and these reads is not counted
         let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else { continue };
-        let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok()).expect("schedstat's first field");
-        threads.insert(tid, ns);
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string();
+        // running time (ns), time waiting to run (ns), times run
+        let f: Vec<u64> = stat.split_whitespace().map(|n| n.parse().expect("schedstat field")).collect();
+        threads.insert(tid, (name, Sched { cpu_ns: f[0], runs: f[2] }));
     }
     threads
 }
 
-/// CPU time the server spends while `idle` runs, in nanoseconds: exact for
-/// the threads alive at the end (threads started meanwhile count in full),
-/// then as `/proc/PID/stat` counts it, which also sees threads that exit
-/// meanwhile.
-fn cpu_used_during(pid: u32, idle: impl FnOnce()) -> (u64, u64) {
+/// What the server spends while `idle` runs.
+struct Spent {
+    /// CPU time, exact for the threads alive at the end (threads started
+    /// meanwhile count in full), in nanoseconds.
+    cpu_ns: u64,
+    /// The same as `/proc/PID/stat` counts it, which also sees threads that
+    /// exit meanwhile.
+    coarse_ns: u64,
+    /// Wake-ups of each thread alive at the end, most first: (name, count).
+    wakeups: Vec<(String, u64)>,
+}
+
+fn spent_during(pid: u32, idle: impl FnOnce()) -> Spent {
     let coarse_before = process_cpu_ns(pid);
-    let before = thread_cpu_ns(pid);
+    let before = threads(pid);
     idle();
-    let after = thread_cpu_ns(pid);
-    let coarse = process_cpu_ns(pid).saturating_sub(coarse_before);
-    let exact = after.iter().map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum();
-    (exact, coarse)
+    let after = threads(pid);
+    let coarse_ns = process_cpu_ns(pid).saturating_sub(coarse_before);
+    let mut cpu_ns = 0;
+    let mut wakeups = Vec::new();
+    for (tid, (name, now)) in after {
+        let then = before.get(&tid).map(|t| t.1).unwrap_or_default();
+        cpu_ns += now.cpu_ns.saturating_sub(then.cpu_ns);
+        wakeups.push((format!("{name}/{tid}"), now.runs.saturating_sub(then.runs)));
+    }
+    wakeups.sort_by_key(|w| std::cmp::Reverse(w.1));
+    Spent { cpu_ns, coarse_ns, wakeups }
 }
 
 /// VmRSS of the server, in bytes.
@@ -157,15 +182,33 @@ fn idle_queues(config: &str) -> (Server, Vec<Queue>) {
     assert_eq!(queues.len(), 16);
     // let anything the I/O started (writeback, delayed frees) settle
     std::thread::sleep(Duration::from_secs(1));
-    const LIMIT_NS: u64 = 20_000_000;
-    let (used, coarse) = cpu_used_during(pid, || std::thread::sleep(Duration::from_secs(10)));
+    // 0.0% of a core over 10 s, as the goal says: under 5 ms
+    const LIMIT_NS: u64 = 5_000_000;
+    // Each controller's keep-alive check and each io_uring worker's idle
+    // check wake a thread every few seconds, about 10 wake-ups in all; a
+    // timer that fires every 100 ms or sooner takes it past this.
+    const WAKEUPS: u64 = 100;
+    let spent = spent_during(pid, || std::thread::sleep(Duration::from_secs(10)));
     let rss = rss(pid);
     let ms = |ns: u64| ns as f64 / 1e6;
-    eprintln!("idle for 10 s with 16 queues: {:.3} ms CPU ({:.0} ms by /proc/PID/stat), RSS {:.1} MiB", ms(used), ms(coarse), rss as f64 / 1048576.0);
-    assert!(used < LIMIT_NS, "16 idle queues used {:.3} ms of CPU in 10 s", ms(used));
+    eprintln!(
+        "idle for 10 s with 16 queues: {:.3} ms CPU ({:.3}% of a core; {:.0} ms by /proc/PID/stat), wake-ups {:?}, RSS {:.1} MiB",
+        ms(spent.cpu_ns),
+        ms(spent.cpu_ns) / 100.0,
+        ms(spent.coarse_ns),
+        spent.wakeups,
+        rss as f64 / 1048576.0
+    );
+    let wakeups: u64 = spent.wakeups.iter().map(|w| w.1).sum();
+    assert!(wakeups < WAKEUPS, "16 idle queues woke the server's threads {wakeups} times in 10 s: {:?}", spent.wakeups);
+    assert!(spent.cpu_ns < LIMIT_NS, "16 idle queues used {:.3} ms of CPU in 10 s", ms(spent.cpu_ns));
     // the coarse count is off by under two ticks, so only a thread that
     // exited meanwhile can take it past this
-    assert!(coarse < LIMIT_NS + 2 * TICK_NS, "a thread that exited used {:.0} ms of CPU in 10 s", ms(coarse.saturating_sub(used)));
+    assert!(
+        spent.coarse_ns < LIMIT_NS + 2 * TICK_NS,
+        "a thread that exited used {:.0} ms of CPU in 10 s",
+        ms(spent.coarse_ns.saturating_sub(spent.cpu_ns))
+    );
     assert!(rss < 32 << 20, "idle RSS {} MiB", rss >> 20);
     (s, queues)
 }

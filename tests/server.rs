@@ -277,6 +277,18 @@ impl Server {
         fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
+    /// Waits until the server has logged a line holding every one of
+    /// `needles`: a state the server reports only in its log has been
+    /// reached. Panics after `within`.
+    #[track_caller]
+    pub fn wait_log(&self, needles: &[&str], within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log_text().lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            assert!(Instant::now() < deadline, "the server logged no line with {needles:?} in {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

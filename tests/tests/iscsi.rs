@@ -445,14 +445,6 @@ fn read_lun0(sess: &mut Session, lba: u64, blocks: u32) -> Vec<u8> {
     r.data
 }
 
-fn wait_for_log(s: &Server, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !s.log_text().contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "the server never logged {needle:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A LUN RESET from one session stops another session's write that waits
 /// for its Data-Out: the reset's FUNCTION COMPLETE comes, the write's
 /// buffers are released before any data arrives, the data that comes later
@@ -466,7 +458,7 @@ fn lun_reset_stops_another_sessions_data_out() {
     assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048]);
     let (c, ttt) = write_waiting_for_data(&mut w, lba, 4);
     assert_eq!(a.tmf(5, 0, 0, 0).unwrap(), TmfResponse::COMPLETE.0, "LUN RESET");
-    wait_for_log(&s, "write aborted while waiting for its data; buffers released");
+    s.wait_log(&["write aborted while waiting for its data; buffers released"], Duration::from_secs(10));
     late_data_gets_no_response(&mut w, &c, ttt, &pattern(2048, 7));
     a.clear_unit_attentions(1).unwrap();
     assert_eq!(read_lun0(&mut a, lba, 4), vec![0u8; 2048], "the aborted write reached the medium");

@@ -734,7 +734,7 @@ fn writes_over_the_budget_wait_and_land_intact() {
 /// lands.
 #[test]
 fn abort_a_write_waiting_for_the_budget() {
-    let s = start_logging("64MiB", "max_write_data_in_flight = \"128KiB\"", "info");
+    let s = start_logging("64MiB", "max_write_data_in_flight = \"128KiB\"", "info,pinion_target::nvme::queue=debug");
     let (mut admin, cntlid) = nvme_admin(s.addr);
     let mut q = nvme_io(s.addr, cntlid);
     let data = block_pattern(42, XFER);
@@ -746,6 +746,10 @@ fn abort_a_write_waiting_for_the_budget() {
     assert_eq!((r2t.cccid.get(), r2t.r2tl.get() as usize), (a, XFER));
     // the whole budget is owed: the second write waits for it, unsolicited
     let b = q.submit_with(rw_sqe(io::WRITE, 1, 64, 32, false), Some(block_pattern(43, XFER)), 0, Xfer::Transport).unwrap();
+    // The Abort goes over the admin queue's own connection, which may be
+    // served first: it must find the write already queued, or it has
+    // nothing to abort (what a loaded machine showed).
+    s.wait_log(&["write waits for the queue's in-flight write budget", &format!("cid={b} ")], Duration::from_secs(20));
     let abort = Sqe { opcode: Opcode::ABORT.0, cdw10: (1 | u32::from(b) << 16).into(), ..Sqe::default() };
     let (c, _) = admin.admin(abort, None, 0).expect("Abort");
     host::ok(&c).expect("Abort status");

@@ -272,6 +272,28 @@ impl Server {
         self.child.id()
     }
 
+    /// The server's CPU time so far as `/proc/PID/stat` counts it (user +
+    /// system, every thread, exited ones too). The kernel prints user and
+    /// system time each truncated to a clock tick (USER_HZ, which its ABI
+    /// fixes at 100), so a difference of two readings is off by up to two
+    /// ticks (20 ms) either way.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.pid();
+        let s = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+        // fields after the command name (which may hold spaces) in parentheses;
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name
+        let f: Vec<&str> = s.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+        let ticks = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// The server's resident memory now (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
+        let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS line");
+        kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS value") * 1024
+    }
+
     /// Everything the server has logged so far.
     pub fn log_text(&self) -> String {
         fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()

@@ -44,22 +44,7 @@ namespaces = ["ram0", "file0"]
 hosts = ["*"]
 "#;
 
-/// The server's CPU time so far as `/proc/PID/stat` counts it (user +
-/// system, every thread, exited ones too), in nanoseconds. The kernel prints
-/// user and system time each truncated to a clock tick (10 ms), so a
-/// difference of two readings is off by up to two ticks either way: too
-/// coarse to hold idle to a few milliseconds, but it sees threads that exit.
-fn process_cpu_ns(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // fields after the command name (which may hold spaces) in parentheses
-    let rest = &s[s.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name
-    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    // /proc counts in USER_HZ, which the kernel's ABI fixes at 100
-    ticks * TICK_NS
-}
-
+/// A clock tick of `/proc/PID/stat`'s CPU times ([`Server::cpu_time`]).
 const TICK_NS: u64 = 10_000_000;
 
 /// What the scheduler has counted of one thread (`/proc/PID/task/TID/schedstat`).
@@ -99,12 +84,12 @@ struct Spent {
     wakeups: Vec<(String, u64)>,
 }
 
-fn spent_during(pid: u32, idle: impl FnOnce()) -> Spent {
-    let coarse_before = process_cpu_ns(pid);
-    let before = threads(pid);
+fn spent_during(s: &Server, idle: impl FnOnce()) -> Spent {
+    let coarse_before = s.cpu_time();
+    let before = threads(s.pid());
     idle();
-    let after = threads(pid);
-    let coarse_ns = process_cpu_ns(pid).saturating_sub(coarse_before);
+    let after = threads(s.pid());
+    let coarse_ns = s.cpu_time().saturating_sub(coarse_before).as_nanos() as u64;
     let mut cpu_ns = 0;
     let mut wakeups = Vec::new();
     for (tid, (name, now)) in after {
@@ -114,13 +99,6 @@ fn spent_during(pid: u32, idle: impl FnOnce()) -> Spent {
     }
     wakeups.sort_by_key(|w| std::cmp::Reverse(w.1));
     Spent { cpu_ns, coarse_ns, wakeups }
-}
-
-/// VmRSS of the server, in bytes.
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS line");
-    kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS value") * 1024
 }
 
 #[test]
@@ -149,7 +127,6 @@ fn sixteen_idle_queues_cost_no_cpu_with_busy_poll() {
 /// time and RSS while they are idle; returns them still connected.
 fn idle_queues(config: &str) -> (Server, Vec<Queue>) {
     let s = Server::start(config);
-    let pid = s.pid();
     let mut queues = Vec::new();
     // two controllers, each an admin queue and 7 I/O queues (the most a
     // controller grants is 8); each I/O queue carries one write and one read
@@ -188,8 +165,8 @@ fn idle_queues(config: &str) -> (Server, Vec<Queue>) {
     // check wake a thread every few seconds, about 10 wake-ups in all; a
     // timer that fires every 100 ms or sooner takes it past this.
     const WAKEUPS: u64 = 100;
-    let spent = spent_during(pid, || std::thread::sleep(Duration::from_secs(10)));
-    let rss = rss(pid);
+    let spent = spent_during(&s, || std::thread::sleep(Duration::from_secs(10)));
+    let rss = s.rss();
     let ms = |ns: u64| ns as f64 / 1e6;
     eprintln!(
         "idle for 10 s with 16 queues: {:.3} ms CPU ({:.3}% of a core; {:.0} ms by /proc/PID/stat), wake-ups {:?}, RSS {:.1} MiB",

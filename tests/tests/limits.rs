@@ -237,25 +237,9 @@ fn handshake_timeouts_close_silent_and_half_sent_peers() {
 
 // ---------------------------------------------------------------- churn
 
-/// (open fds, VmRSS in KiB, utime+stime in clock ticks) of a process.
-fn proc_usage(pid: u32) -> (usize, u64, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // fields after the parenthesised command name; utime and stime are fields 14 and 15
-    let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let cpu = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
-    (fds, rss, cpu)
-}
-
-fn clock_ticks() -> u64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100)
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
 /// Runs `n` jobs on `threads` threads; `job(i)` for i in 0..n.
@@ -330,7 +314,7 @@ fn churn_leaves_no_fds_memory_or_busy_tasks() {
     parallel(12, 4, |i| hostile_peer(&s, i));
     wait_conns(&s, 0, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    let (fds0, rss0, _) = proc_usage(pid);
+    let (fds0, rss0) = (open_fds(pid), s.rss() / 1024);
     let warm = t0.elapsed();
     let t1 = Instant::now();
     std::thread::scope(|sc| {
@@ -341,10 +325,9 @@ fn churn_leaves_no_fds_memory_or_busy_tasks() {
     let churn = t1.elapsed();
     wait_conns(&s, 0, Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(500));
-    let (fds1, rss1, cpu1) = proc_usage(pid);
+    let (fds1, rss1, cpu1) = (open_fds(pid), s.rss() / 1024, s.cpu_time());
     std::thread::sleep(Duration::from_secs(5));
-    let (_, _, cpu2) = proc_usage(pid);
-    let idle_cpu = Duration::from_secs_f64((cpu2 - cpu1) as f64 / clock_ticks() as f64);
+    let idle_cpu = s.cpu_time() - cpu1;
     eprintln!(
         "churn: warm-up {warm:?}, 600 iscsi-inq + 300 NVMe connects + 300 hostile peers in {churn:?}; \
          fds {fds0} -> {fds1}, VmRSS {rss0} KiB -> {rss1} KiB, CPU in 5 idle s: {idle_cpu:?}"
